@@ -31,7 +31,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..errors import BudgetExceeded, StoreError
-from . import ledger, repo
+from . import bulk, ledger, repo
 from .db import get_engine, is_sqlite
 from .tx import Deferred
 
@@ -51,12 +51,13 @@ def _is_disconnect(e: BaseException) -> bool:
 
 
 class _Op:
-    __slots__ = ("fn", "args", "kwargs", "future", "deferring", "reserves")
+    __slots__ = ("fn", "args", "kwargs", "future", "deferring", "reserves", "many")
 
-    def __init__(self, fn, args, kwargs, *, deferring: bool = False, reserves: bool = False):
+    def __init__(self, fn, args, kwargs, *, deferring: bool = False, reserves: bool = False, many=None):
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.deferring = deferring  # takes the transaction's Deferred (job-row work at the end)
         self.reserves = reserves  # returns an attempt id whose hold is decided at flush
+        self.many = many  # the set-based form (bulk.py) that runs all such ops of a batch as one statement
         self.future: Future = Future()
 
 
@@ -65,6 +66,8 @@ class AsyncStore:
         self.engine: Engine = get_engine(database_url)
         self.max_batch = max_batch
         n = threads or (1 if is_sqlite(self.engine) else 4)
+        # Set-based forms of the hot operations, where a statement costs a round trip (Postgres).
+        self._many = {} if is_sqlite(self.engine) else bulk.MANY
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._serve, name=f"llmbatch-store-{i}", daemon=True)
                          for i in range(n)]
@@ -76,7 +79,7 @@ class AsyncStore:
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a repo operation decorated with @in_transaction, batched with others."""
         op = _Op(fn.on_conn, args, kwargs, deferring=fn.takes_deferred,  # type: ignore[attr-defined]
-                 reserves=fn is ledger.reserve)
+                 reserves=fn is ledger.reserve, many=self._many.get(fn))
         self._queue.put(op)
         return await asyncio.wrap_future(op.future)
 
@@ -161,17 +164,22 @@ class AsyncStore:
             return
 
     def _in_one_transaction(self, batch: list[_Op]) -> list[tuple[bool, Any]]:
-        results: list[tuple[bool, Any]] = []
+        results: list[tuple[bool, Any]] = [(False, None)] * len(batch)
+        bulk_groups: dict[Callable, list[int]] = {}
         with self.engine.begin() as conn:
             deferred = Deferred()
-            for op in batch:
-                try:
-                    if op.deferring:
-                        results.append((True, op.fn(conn, *op.args, deferred=deferred, **op.kwargs)))
-                    else:
-                        results.append((True, op.fn(conn, *op.args, **op.kwargs)))
-                except EXPECTED as e:
-                    results.append((False, e))
+            for i, op in enumerate(batch):
+                if op.many is not None:
+                    bulk_groups.setdefault(op.many, []).append(i)
+                else:
+                    results[i] = _run_one(conn, op, deferred)
+            for many, idxs in bulk_groups.items():
+                if len(idxs) == 1:
+                    results[idxs[0]] = _run_one(conn, batch[idxs[0]], deferred)
+                    continue
+                values = many(conn, [(batch[i].args, batch[i].kwargs) for i in idxs], deferred=deferred)
+                for i, value in zip(idxs, values):
+                    results[i] = (True, value)
             refused = deferred.flush(conn)  # job and window rows, locked last and briefly
         if refused:
             for i, op in enumerate(batch):
@@ -179,3 +187,12 @@ class AsyncStore:
                 if op.reserves and ok and value in refused:
                     results[i] = (False, refused[value])
         return results
+
+
+def _run_one(conn, op: _Op, deferred: Deferred) -> tuple[bool, Any]:
+    try:
+        if op.deferring:
+            return True, op.fn(conn, *op.args, deferred=deferred, **op.kwargs)
+        return True, op.fn(conn, *op.args, **op.kwargs)
+    except EXPECTED as e:
+        return False, e

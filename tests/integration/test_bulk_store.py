@@ -1,0 +1,166 @@
+"""The set-based (bulk) forms of reserve and settle_and_record on real Postgres: they must leave exactly the
+rows the single forms leave, refuse exactly what the single forms refuse, and fall back when a key repeats."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import insert, select
+
+from llmbatch.models import Usage
+from llmbatch.store import bulk, ledger, repo
+from llmbatch.store.aio import AsyncStore, _Op
+from llmbatch.store.db import get_engine
+from llmbatch.store.schema import attempts, jobs, tasks
+from llmbatch.store.tx import Deferred
+
+WORKER = "w1"
+
+
+def _job(engine, n: int, budget: int | None) -> str:
+    with engine.begin() as c:
+        job = repo.create_job(c, name=None, spec={}, input_path=None, executor="celery", simulate=True,
+                              budget_micros=budget, max_cost_per_task_micros=None)
+        c.execute(insert(tasks), [dict(job_id=job, seq=i, task_id=f"t{i}", line_no=i + 1, task_type="chat",
+                                       payload="{}", status="queued") for i in range(n)])
+    repo.claim_tasks(engine, job, 0, n - 1, worker=WORKER, lease_s=300, max_deliveries=5)
+    return job
+
+
+def _reserve_kw(job: str, seq: int, amount: int, cap: int | None = None) -> dict:
+    return dict(job_id=job, task_seq=seq, task_id=f"t{seq}", provider="openai", model="gpt-4o-mini",
+                amount_micros=amount, purpose="first", worker=WORKER, daily_cap_micros=cap)
+
+
+def _settlement(attempt_id: int, i: int) -> ledger.Settlement:
+    return ledger.Settlement(attempt_id=attempt_id, status="succeeded", cost_micros=10 + i, cost_source="usage",
+                             usage=Usage(input_tokens=100 + i, output_tokens=7 + i, cached_tokens=i % 3,
+                                         reasoning_tokens=i % 2), latency_ms=5 + i,
+                             provider_request_id=f"req-{i}" if i % 2 else None)
+
+
+def _outcome(job: str, seq: int, worker: str = WORKER) -> repo.TaskOutcome:
+    return repo.TaskOutcome(job_id=job, seq=seq, worker=worker, status="succeeded", provider="openai",
+                            model="gpt-4o-mini", output={"answer": seq}, escalations=seq % 2)
+
+
+def _state(engine, job: str):
+    """Everything the operations wrote, minus ids and clocks, comparable across two jobs."""
+    skip_a = {"id", "job_id", "started_at", "finished_at"}
+    skip_t = {"job_id", "finished_at", "lease_expires_at"}
+    with engine.connect() as c:
+        a = [{k: v for k, v in r.items() if k not in skip_a} for r in
+             c.execute(select(attempts).where(attempts.c.job_id == job).order_by(attempts.c.task_seq,
+                                                                                  attempts.c.attempt_no)).mappings()]
+        t = [{k: v for k, v in r.items() if k not in skip_t} for r in
+             c.execute(select(tasks).where(tasks.c.job_id == job).order_by(tasks.c.seq)).mappings()]
+        j = c.execute(select(jobs.c.spent_micros, jobs.c.reserved_micros).where(jobs.c.id == job)).one()
+    return a, t, tuple(j)
+
+
+def _single(engine, job: str, n: int, *, steal: set[int], dup: set[int]) -> list:
+    ids = [ledger.reserve(engine, **_reserve_kw(job, i, 500 + i, cap=10**9)) for i in range(n)]
+    for i in dup:  # settled before (reconcile got there first)
+        ledger.settle(engine, _settlement(ids[i], i))
+    _steal(engine, job, steal)
+    return [ledger.settle_and_record(engine, _settlement(ids[i], i), _outcome(job, i)) for i in range(n)]
+
+
+def _bulk(engine, job: str, n: int, *, steal: set[int], dup: set[int]) -> list:
+    with engine.begin() as c:
+        d = Deferred()
+        ids = bulk.reserve_many(c, [((), _reserve_kw(job, i, 500 + i, cap=10**9)) for i in range(n)], deferred=d)
+        assert not d.flush(c)
+    for i in dup:
+        ledger.settle(engine, _settlement(ids[i], i))
+    _steal(engine, job, steal)
+    with engine.begin() as c:
+        d = Deferred()
+        out = bulk.settle_and_record_many(c, [((_settlement(ids[i], i), _outcome(job, i)), {}) for i in range(n)],
+                                          deferred=d)
+        d.flush(c)
+    return out
+
+
+def _steal(engine, job: str, seqs: set[int]) -> None:
+    """Another worker took these tasks' leases (ours expired): our outcome must not be recorded."""
+    with engine.begin() as c:
+        for s in seqs:
+            c.execute(tasks.update().where(tasks.c.job_id == job, tasks.c.seq == s).values(lease_owner="w2"))
+
+
+def test_bulk_forms_write_what_single_forms_write(fresh_postgres_url):
+    engine = get_engine(fresh_postgres_url)
+    n, steal, dup = 12, {3, 7}, {5}
+    a, b = _job(engine, n, 10**6), _job(engine, n, 10**6)
+    single = _single(engine, a, n, steal=steal, dup=dup)
+    many = _bulk(engine, b, n, steal=steal, dup=dup)
+    assert single == many
+    assert many[3] == (True, False) and many[5] == (False, True) and many[0] == (True, True)
+    sa, sb = _state(engine, a), _state(engine, b)
+    assert sa == sb
+    attempts_rows, task_rows, (spent, reserved) = sb
+    assert reserved == 0 and spent == sum(r["cost_micros"] for r in attempts_rows)
+    assert [t["status"] for t in task_rows if t["seq"] in steal] == ["running", "running"]  # not recorded...
+    assert all(t["cost_micros"] > 0 for t in task_rows)  # ...but every charge landed on its task
+
+
+def test_bulk_reserve_refuses_what_does_not_fit(fresh_postgres_url):
+    """A batch of reservations near the cap: the summed hold does not fit, so they are taken one by one and
+    the rest are refused (their ledger rows removed), as with the single forms."""
+    engine = get_engine(fresh_postgres_url)
+    job = _job(engine, 10, 2_500)
+    store = AsyncStore(fresh_postgres_url, threads=1)
+    try:
+        batch = [_Op(ledger.reserve.on_conn, (), _reserve_kw(job, i, 1_000), deferring=True, reserves=True,
+                     many=bulk.reserve_many) for i in range(10)]
+        results = store._in_one_transaction(batch)
+    finally:
+        store.close()
+    ok = [v for good, v in results if good]
+    refused = [v for good, v in results if not good]
+    assert len(ok) == 2 and len(refused) == 8
+    assert all(type(e).__name__ == "BudgetExceeded" for e in refused)
+    with engine.connect() as c:
+        assert sorted(c.execute(select(attempts.c.id).where(attempts.c.job_id == job)).scalars()) == sorted(ok)
+        assert c.execute(select(jobs.c.reserved_micros).where(jobs.c.id == job)).scalar() == 2_000
+
+
+def test_bulk_reserve_falls_back_when_a_task_repeats(fresh_postgres_url):
+    engine = get_engine(fresh_postgres_url)
+    job = _job(engine, 2, None)
+    with engine.begin() as c:
+        d = Deferred()
+        ids = bulk.reserve_many(c, [((), _reserve_kw(job, 0, 10)), ((), _reserve_kw(job, 0, 20)),
+                                    ((), _reserve_kw(job, 1, 30))], deferred=d)
+        d.flush(c)
+    with engine.connect() as c:
+        rows = c.execute(select(attempts.c.id, attempts.c.task_seq, attempts.c.attempt_no, attempts.c.reserved_micros)
+                         .where(attempts.c.job_id == job).order_by(attempts.c.id)).all()
+    assert [tuple(r) for r in rows] == [(ids[0], 0, 1, 10), (ids[1], 0, 2, 20), (ids[2], 1, 1, 30)]
+
+
+@pytest.mark.parametrize("n", [2, 64])
+def test_store_batches_use_the_bulk_forms(fresh_postgres_url, n):
+    """Through the group-commit store: n concurrent tasks reserve and settle; totals are exact."""
+    import asyncio
+
+    engine = get_engine(fresh_postgres_url)
+    job = _job(engine, n, 10**6)
+    store = AsyncStore(fresh_postgres_url)
+    assert store._many is bulk.MANY
+
+    async def one(i: int):
+        attempt = await store.reserve(**_reserve_kw(job, i, 900))
+        return await store.call(ledger.settle_and_record, _settlement(attempt, i), _outcome(job, i))
+
+    async def main():
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+    try:
+        out = asyncio.run(main())
+    finally:
+        store.close()
+    assert out == [(True, True)] * n
+    _, task_rows, (spent, reserved) = _state(engine, job)
+    assert reserved == 0 and spent == sum(10 + i for i in range(n))
+    assert all(t["status"] == "succeeded" and t["attempts"] == 1 for t in task_rows)

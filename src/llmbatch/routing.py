@@ -34,6 +34,7 @@ sorts last, so a proven model wins a tie), then by model key.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -64,7 +65,21 @@ class Candidate:
     input_tokens_upper: int
     output_tokens_est: int  # expected billed output: visible answer + expected reasoning, within the cap
     completion_cap: int  # max_output_tokens (+ the reasoning budget on reasoning models), within the model's max
-    reason: str
+    first: bool  # the cheapest candidate (the one the engine tries first)
+    cheapest_micros: int  # the first candidate's estimate
+    notes: tuple[str, ...] = ()  # how the adapter adapts the request for this model
+
+    @property
+    def reason(self) -> str:
+        """Why it is a candidate, for `route --explain` and plans. Built on demand: the engine routes every
+        task and never reads it, and formatting money is a noticeable share of routing."""
+        m = self.model
+        if self.first:
+            why = f"cheapest eligible: {m.tier.value} tier, est {usd(self.estimated_micros)}"
+        else:
+            why = (f"eligible: {m.tier.value} tier, est {usd(self.estimated_micros)} "
+                   f"(+{usd(self.estimated_micros - self.cheapest_micros)})")
+        return why + ("; " + ", ".join(self.notes) if self.notes else "")
 
 
 @dataclass(frozen=True)
@@ -196,14 +211,24 @@ def _system_adaptation(model: ModelInfo) -> str | None:
     return how if how in SYSTEM_ROLE_ADAPTATIONS else None
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """What the request-size-independent rules look at: hashable, so verdicts are cached per shape."""
+
+    images: bool
+    system: bool
+    schema: bool
+    max_output: int
+
+
 def _check_static(
     model: ModelInfo,
-    needs: _Needs,
+    shape: _Shape,
     *,
     pinned: bool,
     allow: frozenset[str] | None,
     deny: frozenset[str],
-    credentials: set[str],
+    credentials: frozenset[str],
     catalog: Catalog,
     min_tier: Tier,
     today: date,
@@ -221,15 +246,38 @@ def _check_static(
         return "credentials", f"no credentials (set {env})" if env else "no credentials"
     if model.tier.rank < min_tier.rank and not pinned:
         return "tier", f"tier {model.tier.value} < {min_tier.value}"
-    if needs.images and not model.has("vision"):
+    if shape.images and not model.has("vision"):
         return "vision", "no vision"
-    if needs.system and not model.has("system_role") and _system_adaptation(model) is None:
+    if shape.system and not model.has("system_role") and _system_adaptation(model) is None:
         return "system_role", "no system role, and no quirk to adapt it"
-    if needs.schema and not model.has("json_schema") and not model.quirks.get("no_response_format"):
+    if shape.schema and not model.has("json_schema") and not model.quirks.get("no_response_format"):
         return "json_schema", "no JSON schema output"
-    if model.max_output_tokens < needs.max_output:
-        return "max_output", f"max output {model.max_output_tokens:,} < {needs.max_output:,} requested"
+    if model.max_output_tokens < shape.max_output:
+        return "max_output", f"max output {model.max_output_tokens:,} < {shape.max_output:,} requested"
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _static_verdicts(
+    catalog: Catalog,
+    shape: _Shape,
+    pinned_keys: frozenset[str] | None,
+    allow: frozenset[str] | None,
+    deny: frozenset[str],
+    credentials: frozenset[str],
+    min_tier: Tier,
+    today: date,
+) -> tuple[tuple[ModelInfo, bool, tuple[str, str] | None], ...]:
+    """(model, pinned, failed static rule or None) for every model in key order. Pure in its arguments, so
+    cached: a job's tasks share a handful of shapes, and these checks were a third of routing's time.
+    A Catalog is immutable and hashes by identity."""
+    out = []
+    for model in catalog.by_key():
+        pinned = pinned_keys is not None and model.key in pinned_keys
+        failed = _check_static(model, shape, pinned=pinned, allow=allow, deny=deny, credentials=credentials,
+                               catalog=catalog, min_tier=min_tier, today=today)
+        out.append((model, pinned, failed))
+    return tuple(out)
 
 
 def _check_sized(model: ModelInfo, est: _Estimate, max_cost: int | None) -> tuple[str, str] | None:
@@ -247,7 +295,7 @@ def _check_sized(model: ModelInfo, est: _Estimate, max_cost: int | None) -> tupl
     return None
 
 
-def _adaptations(model: ModelInfo, needs: _Needs, request: ChatRequest) -> list[str]:
+def _adaptations(model: ModelInfo, needs: _Needs, request: ChatRequest) -> tuple[str, ...]:
     notes = []
     if needs.system and not model.has("system_role"):
         notes.append("system sent as developer" if _system_adaptation(model) == "developer" else "system merged into user")
@@ -255,7 +303,7 @@ def _adaptations(model: ModelInfo, needs: _Needs, request: ChatRequest) -> list[
         notes.append("schema in prompt only")
     if request.temperature is not None and (not model.has("temperature") or model.quirks.get("fixed_temperature")):
         notes.append("temperature dropped")
-    return notes
+    return tuple(notes)
 
 
 def _resolve_pin(name: str, catalog: Catalog) -> frozenset[str]:
@@ -269,7 +317,7 @@ def route(
     request: ChatRequest,
     catalog: Catalog,
     *,
-    credentials: set[str],
+    credentials: set[str] | frozenset[str],
     health: Health | None = None,
     deny: frozenset[str] = frozenset(),
     job_min_tier: Tier | None = None,
@@ -299,12 +347,10 @@ def route(
     eligible: list[tuple[ModelInfo, _Estimate]] = []
     cooling: list[tuple[ModelInfo, _Estimate, float]] = []
     rejected: list[Rejection] = []
-    for model in catalog.by_key():
-        pinned = pinned_keys is not None and model.key in pinned_keys
-        failed = _check_static(
-            model, needs, pinned=pinned, allow=allow, deny=deny, credentials=credentials, catalog=catalog,
-            min_tier=min_tier, today=today,
-        )
+    shape = _Shape(needs.images > 0, needs.system, needs.schema, needs.max_output)
+    verdicts = _static_verdicts(catalog, shape, pinned_keys, allow, frozenset(deny), frozenset(credentials), min_tier,
+                                today)
+    for model, pinned, failed in verdicts:
         est = None
         if failed is None:
             est = _estimate(model, needs)
@@ -335,18 +381,12 @@ def route(
 
     inf = float("inf")
     eligible.sort(key=lambda me: (me[1].micros, health.latency_ms.get(me[0].key, inf), me[0].key))
-    candidates = []
-    for i, (model, est) in enumerate(eligible):
-        if i == 0:
-            why = f"cheapest eligible: {model.tier.value} tier, est {usd(est.micros)}"
-        else:
-            why = f"eligible: {model.tier.value} tier, est {usd(est.micros)} (+{usd(est.micros - eligible[0][1].micros)})"
-        notes = _adaptations(model, needs, request)
-        if notes:
-            why += "; " + ", ".join(notes)
-        candidates.append(
-            Candidate(model, est.micros, est.upper_micros, est.in_est, est.in_upper, est.out_est, est.cap, why)
-        )
+    cheapest = eligible[0][1].micros if eligible else 0
+    candidates = [
+        Candidate(model, est.micros, est.upper_micros, est.in_est, est.in_upper, est.out_est, est.cap, i == 0, cheapest,
+                  _adaptations(model, needs, request))
+        for i, (model, est) in enumerate(eligible)
+    ]
     rejected.sort(key=lambda r: r.model.key)
     return RouteDecision(tuple(candidates), tuple(rejected), tuple(warnings))
 

@@ -21,7 +21,7 @@ from ..catalog import ModelInfo
 from ..models import ChatRequest, Completion, Usage
 from .base import Adapter, completion_cap, request_id, str_or_none, tokens
 from .classify import ErrorDetail
-from .content import image_url_of, parse_data_uri, text_of
+from .content import image_url_of, parse_data_uri, split_system
 
 ANTHROPIC_VERSION = "2023-06-01"
 MAX_TEMPERATURE = 1.0
@@ -70,17 +70,11 @@ class AnthropicAdapter(Adapter):
         return {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
 
     def build_body(self, model: ModelInfo, request: ChatRequest) -> dict:
-        system = "\n\n".join(
-            text_of(m["content"]) for m in request.messages if m["role"] in ("system", "developer")
-        )
+        system, messages = split_system(request.messages)
         body: dict[str, Any] = {
             "model": model.model,
             "max_tokens": completion_cap(model, request),
-            "messages": [
-                {"role": m["role"], "content": _content(m["content"])}
-                for m in request.messages
-                if m["role"] not in ("system", "developer")
-            ],
+            "messages": [{"role": m["role"], "content": _content(m["content"])} for m in messages],
         }
         if system:
             body["system"] = system

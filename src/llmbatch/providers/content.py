@@ -23,6 +23,16 @@ def text_of(content: str | list[dict[str, Any]] | None) -> str:
     return "\n".join(p["text"] for p in content if p.get("type") == "text")
 
 
+SYSTEM_ROLES = ("system", "developer")
+
+
+def split_system(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """(the text of every system and developer message joined by blank lines, the other messages): the
+    shape APIs with a separate system field (Anthropic, Gemini) and the system-merging quirk need."""
+    system = "\n\n".join(text_of(m["content"]) for m in messages if m["role"] in SYSTEM_ROLES)
+    return system, [m for m in messages if m["role"] not in SYSTEM_ROLES]
+
+
 def parse_data_uri(url: str) -> tuple[str, str] | None:
     """`data:image/png;base64,AAAA` -> ("image/png", "AAAA"); None when `url` is not a data URI.
     A data URI that is not base64 (percent-encoded bytes) is re-encoded, since providers want base64."""

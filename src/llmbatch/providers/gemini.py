@@ -25,7 +25,7 @@ from ..catalog import ModelInfo
 from ..models import ChatRequest, Completion, Usage
 from .base import Adapter, completion_cap, request_id, str_or_none, tokens
 from .classify import ErrorDetail
-from .content import guess_image_mime, image_url_of, parse_data_uri, text_of
+from .content import guess_image_mime, image_url_of, parse_data_uri, split_system
 
 _FILTER_FINISH = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"})
 
@@ -73,14 +73,9 @@ class GeminiAdapter(Adapter):
         return {"x-goog-api-key": api_key}
 
     def build_body(self, model: ModelInfo, request: ChatRequest) -> dict:
-        system = "\n\n".join(
-            text_of(m["content"]) for m in request.messages if m["role"] in ("system", "developer")
-        )
-        contents = [
-            {"role": "model" if m["role"] == "assistant" else "user", "parts": _parts(m["content"])}
-            for m in request.messages
-            if m["role"] not in ("system", "developer")
-        ]
+        system, messages = split_system(request.messages)
+        contents = [{"role": "model" if m["role"] == "assistant" else "user", "parts": _parts(m["content"])}
+                    for m in messages]
         config: dict[str, Any] = {"maxOutputTokens": completion_cap(model, request)}
         if request.temperature is not None and not model.quirks.get("fixed_temperature"):
             config["temperature"] = request.temperature

@@ -23,9 +23,8 @@ from ..catalog import ModelInfo
 from ..models import ChatRequest, Completion, Usage
 from .base import Adapter, completion_cap, request_id, str_or_none, tokens
 from .classify import ErrorDetail
-from .content import text_of
+from .content import SYSTEM_ROLES, split_system
 
-_SYSTEM_ROLES = ("system", "developer")
 
 
 def _merge_into_first_user(messages: list[dict[str, Any]], system_text: str) -> list[dict[str, Any]]:
@@ -47,14 +46,14 @@ def _merge_into_first_user(messages: list[dict[str, Any]], system_text: str) -> 
 def translate_messages(messages: list[dict[str, Any]], system_role: str | None) -> list[dict[str, Any]]:
     """Neutral messages -> this model's chat messages, honouring its system-role quirk."""
     if system_role == "merge_into_user":
-        system_text = "\n\n".join(text_of(m["content"]) for m in messages if m["role"] in _SYSTEM_ROLES)
-        rest = [{"role": m["role"], "content": m["content"]} for m in messages if m["role"] not in _SYSTEM_ROLES]
+        system_text, others = split_system(messages)
+        rest = [{"role": m["role"], "content": m["content"]} for m in others]
         return _merge_into_first_user(rest, system_text) if system_text else rest
     # "developer" models take both roles as developer; everything else predates the developer role, which
     # many OpenAI-compatible servers reject, so it is sent as system.
     role_for_system = "developer" if system_role == "developer" else "system"
     return [
-        {"role": role_for_system if m["role"] in _SYSTEM_ROLES else m["role"], "content": m["content"]}
+        {"role": role_for_system if m["role"] in SYSTEM_ROLES else m["role"], "content": m["content"]}
         for m in messages
     ]
 

@@ -39,9 +39,10 @@ def parse_duration(value: str) -> float | None:
     return total if pos == len(value) and pos > 0 else None
 
 
-def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None,
+                      quota_resets: bool = True) -> float | None:
     """Seconds the provider asks us to wait, from retry-after-ms, retry-after (seconds or HTTP date),
-    or the x-ratelimit-reset-* headers. None when the response gives no hint."""
+    or (with `quota_resets`) the x-ratelimit-reset-* headers. None when the response gives no hint."""
     h = {k.lower(): v for k, v in headers.items()}
     if "retry-after-ms" in h:
         try:
@@ -58,6 +59,8 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
                 return max(0.0, when - (now if now is not None else time.time()))
             except (TypeError, ValueError):
                 pass
+    if not quota_resets:
+        return None
     resets = [parse_duration(h[k]) for k in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens") if k in h]
     resets = [r for r in resets if r is not None]
     if resets:

@@ -16,6 +16,7 @@ from . import __version__
 from .config import Settings, load_settings
 from .errors import ConfigError, InputError, LLMBatchError, StoreError
 from .models import JobSpec
+from .money import exact_usd
 
 EXIT_OK, EXIT_INPUT, EXIT_FAILED, EXIT_BUDGET, EXIT_CANCELLED = 0, 2, 3, 4, 5
 EXIT_FOR_STATUS = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "budget_exhausted": EXIT_BUDGET,
@@ -390,7 +391,7 @@ def estimate(input_path, as_json, **opts):
     for le in plan.errors[:MAX_ERRORS_SHOWN]:
         _err(f"{input_path}: {le.reason}")
     if plan.over_budget:
-        _err(f"the upper bound ${plan.upper_bound_micros / 1e6:.6f} exceeds the budget ${spec.budget_usd}: "
+        _err(f"the upper bound {exact_usd(plan.upper_bound_micros)} exceeds the budget ${spec.budget_usd}: "
              f"some tasks may end skipped (budget); raise --budget or lower max_output_tokens")
 
 

@@ -21,7 +21,7 @@ from .config import Settings
 from .errors import (BudgetExceeded, FatalError, PricingError, ProviderError, ProviderTimeout, RateLimitedError,
                      RerouteError, RetryableError)
 from .models import ChatRequest, JobSpec, TaskLine
-from .money import usd_to_micros
+from .money import exact_usd, usd_to_micros
 from .prompts import build_request
 from .routing import Candidate, Health, RouteDecision, escalation_order, route
 from .store import ledger, repo
@@ -266,7 +266,7 @@ class Engine:
                 reason = "budget" if e.scope == "job" else "daily_cap"
                 return await self._finish(ctx, claimed, status=TaskStatus.skipped, skip_reason=reason,
                                           escalations=state.escalations,
-                                          error=f"{e} (needs ${cand.upper_bound_micros / 1e6:.6f} reserved for "
+                                          error=f"{e} (needs {exact_usd(cand.upper_bound_micros)} reserved for "
                                                 f"{model.key}); raise it with `llmbatch retry JOB --budget USD`")
             state.attempts += 1
             self.progress.attempts += 1

@@ -37,7 +37,13 @@ def usd_json(micros: int | None) -> float | None:
     return float(Decimal(micros) / MICROS_PER_USD)
 
 
+def exact_usd(micros: int) -> str:
+    """Every digit, for messages about one amount: 12 -> '$0.000012', 500000 -> '$0.5'."""
+    return f"${Decimal(micros) / MICROS_PER_USD}"
+
+
 def fmt_usd(micros: int | None) -> str:
+    """For tables: 6 decimals below a dollar, 4 above."""
     if micros is None:
         return "-"
     d = Decimal(micros) / MICROS_PER_USD

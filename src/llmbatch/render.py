@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .money import fmt_usd, usd_json
+from .money import fmt_usd, usd_json, usd_to_micros
 
 def _console(stderr: bool = False) -> Console:
     c = Console(stderr=stderr, highlight=False)
@@ -23,7 +23,8 @@ err = _console(stderr=True)
 
 
 def _usd(x: float | None) -> str:
-    return "-" if x is None else (f"${x:,.6f}" if abs(x) < 1 else f"${x:,.4f}")
+    """A report's USD figure (a JSON number with 6 decimals), shown like every other amount."""
+    return fmt_usd(None if x is None else usd_to_micros(x))
 
 
 def summary_table(conn, job: dict[str, Any]) -> None:

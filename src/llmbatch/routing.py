@@ -38,12 +38,11 @@ import functools
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from decimal import Decimal
 
 from .catalog import Catalog, ModelInfo
 from .catalog.pricing import estimate_micros, upper_bound_micros
 from .models import DEFAULT_MIN_TIER, ChatRequest, TaskLine, Tier
-from .money import MICROS_PER_USD
+from .money import exact_usd
 from .tokens import (
     IMAGE_TOKENS_MAX,
     IMAGE_TOKENS_TYPICAL,
@@ -75,10 +74,10 @@ class Candidate:
         task and never reads it, and formatting money is a noticeable share of routing."""
         m = self.model
         if self.first:
-            why = f"cheapest eligible: {m.tier.value} tier, est {usd(self.estimated_micros)}"
+            why = f"cheapest eligible: {m.tier.value} tier, est {exact_usd(self.estimated_micros)}"
         else:
-            why = (f"eligible: {m.tier.value} tier, est {usd(self.estimated_micros)} "
-                   f"(+{usd(self.estimated_micros - self.cheapest_micros)})")
+            why = (f"eligible: {m.tier.value} tier, est {exact_usd(self.estimated_micros)} "
+                   f"(+{exact_usd(self.estimated_micros - self.cheapest_micros)})")
         return why + ("; " + ", ".join(self.notes) if self.notes else "")
 
 
@@ -126,11 +125,6 @@ class Health:
         if until is None or until <= now:
             return None
         return until - now
-
-
-def usd(micros: int) -> str:
-    """Compact dollars for reasons: 12 -> '$0.000012', 500000 -> '$0.5'."""
-    return f"${Decimal(micros) / MICROS_PER_USD}"
 
 
 def _names(model: ModelInfo) -> tuple[str, str]:
@@ -291,7 +285,7 @@ def _check_sized(model: ModelInfo, est: _Estimate, max_cost: int | None) -> tupl
             f"priced only up to {int(long_above):,} input tokens; this input may need {est.in_upper:,}"
         )
     if max_cost is not None and est.micros > max_cost:
-        return "max_cost", f"est {usd(est.micros)} > max cost per task {usd(max_cost)}"
+        return "max_cost", f"est {exact_usd(est.micros)} > max cost per task {exact_usd(max_cost)}"
     return None
 
 

@@ -58,12 +58,6 @@ _AUTH_REASONS = frozenset({"api_key_invalid", "invalid_api_key", "authentication
 _RETRYABLE_CLASS = {408: "request_timeout", 409: "conflict", 529: "overloaded", 503: "unavailable"}
 
 
-def _server_hint(headers: Mapping[str, str]) -> float | None:
-    """retry-after(-ms) only. On errors other than 429 the x-ratelimit-reset-* headers describe quota, not
-    the outage, so they must not become a wait."""
-    return parse_retry_after({k: v for k, v in headers.items() if k.lower().startswith("retry-after")})
-
-
 def classify_http_error(
     status: int,
     detail: ErrorDetail,
@@ -85,7 +79,9 @@ def classify_http_error(
         hint = parse_retry_after(headers)
         return RateLimitedError(text, status_code=status, retry_after=hint if hint is not None else detail.retry_after)
     if status in _RETRYABLE_CLASS or status >= 500:
-        hint = _server_hint(headers)
+        # retry-after(-ms) only: on errors other than 429 the x-ratelimit-reset-* headers describe quota,
+        # not the outage, so they must not become a wait.
+        hint = parse_retry_after(headers, quota_resets=False)
         return RetryableError(
             text,
             status_code=status,

@@ -123,7 +123,7 @@ class RateLimiter(abc.ABC):
 
     async def _wait_cooldown_only(self, key: str, deadline: float | None) -> None:
         """Unlimited keys: no pacing, but a cooldown after a 429 still holds calls back."""
-        while (left := await self._local_cooldown(key)) > 0:
+        while (left := await self.cooldown_remaining(key)) > 0:
             if deadline is not None and self._wall() + left > deadline:
                 raise asyncio.TimeoutError(f"rate limit {key}: cooling down for {left:.2f}s, past the deadline")
             await asyncio.sleep(left + self._jitter(left))
@@ -132,10 +132,6 @@ class RateLimiter(abc.ABC):
     async def _try_acquire(self, key: str, pacing: KeyPacing, tokens: int) -> float:
         """Take one request and `tokens` tokens if both fit (and the key is not cooling down): return 0.
         Otherwise take nothing and return the seconds to wait. Raise RateLimiterUnavailable if the store is down."""
-
-    @abc.abstractmethod
-    async def _local_cooldown(self, key: str) -> float:
-        """Seconds of cooldown left for `key`, from this process's view, without a store round trip per call."""
 
     @abc.abstractmethod
     async def refund(self, key: str, tokens: int) -> None:
@@ -147,7 +143,8 @@ class RateLimiter(abc.ABC):
 
     @abc.abstractmethod
     async def cooldown_remaining(self, key: str) -> float:
-        """Seconds of cooldown left on `key`; 0 when none."""
+        """Seconds of cooldown left on `key` (0 when none), from this process's view: cheap enough to ask
+        before every call, so a shared store is not asked each time."""
 
     async def close(self) -> None:
         return None

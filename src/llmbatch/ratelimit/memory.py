@@ -11,7 +11,7 @@ from typing import Callable, Mapping
 
 from ..config import RateLimit
 from .base import RateLimiter, build_pacing
-from .gcra import DEFAULT_BURST_S, DEFAULT_LATENCY_ALLOWANCE_S, DEFAULT_TOKEN_BURST, KeyPacing
+from .gcra import KeyPacing
 
 _IDLE = float("-inf")
 
@@ -23,14 +23,8 @@ class InProcessRateLimiter(RateLimiter):
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        burst_s: float = DEFAULT_BURST_S,
-        latency_allowance_s: float = DEFAULT_LATENCY_ALLOWANCE_S,
-        token_burst: int = DEFAULT_TOKEN_BURST,
     ) -> None:
-        super().__init__(
-            build_pacing(limits, burst_s=burst_s, latency_allowance_s=latency_allowance_s, token_burst=token_burst),
-            wall_clock=wall_clock,
-        )
+        super().__init__(build_pacing(limits), wall_clock=wall_clock)
         self._clock = clock
         # A key never seen is idle since forever (-inf), like a missing key in Redis; that matters
         # for a request costing more than the burst, which needs the bucket idle for a while.
@@ -55,9 +49,6 @@ class InProcessRateLimiter(RateLimiter):
         if tok is not None and tok.cost(tokens) > 0:
             self._tat_tokens[key] = tok.consume(tat_tok, now, tokens)
         return 0.0
-
-    async def _local_cooldown(self, key: str) -> float:
-        return await self.cooldown_remaining(key)
 
     async def refund(self, key: str, tokens: int) -> None:
         pacing = self._pacing.get(key)

@@ -25,15 +25,15 @@ from redis import exceptions as rexc
 
 from ..config import RateLimit
 from .base import RateLimiter, RateLimiterUnavailable, build_pacing
-from .gcra import DEFAULT_BURST_S, DEFAULT_LATENCY_ALLOWANCE_S, DEFAULT_TOKEN_BURST, WINDOW_S, KeyPacing, Pacing
+from .gcra import WINDOW_S, KeyPacing, Pacing
 
 log = logging.getLogger(__name__)
 
 # An oversized request needs to know how long its bucket has been idle (see gcra.py), up to one
 # window; keeping the key a window past "full" preserves that.
 IDLE_TTL_MS = int(WINDOW_S * 1000)
-DEFAULT_COOLDOWN_POLL_S = 1.0  # how stale this process's view of another worker's cooldown may be
-DEFAULT_MAX_CONNECTIONS = 32  # waiters are coalesced per key, so a few connections serve hundreds of calls
+COOLDOWN_POLL_S = 1.0  # how stale this process's view of another worker's cooldown may be
+MAX_CONNECTIONS = 32  # waiters are coalesced per key, so a few connections serve hundreds of calls
 OUTAGE_LOG_EVERY_S = 30.0
 
 _UNAVAILABLE = (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSError)
@@ -120,17 +120,11 @@ class RedisRateLimiter(RateLimiter):
         limits: Mapping[str, RateLimit],
         *,
         prefix: str = "llmbatch:rl:",
-        burst_s: float = DEFAULT_BURST_S,
-        latency_allowance_s: float = DEFAULT_LATENCY_ALLOWANCE_S,
-        token_burst: int = DEFAULT_TOKEN_BURST,
-        cooldown_poll_s: float = DEFAULT_COOLDOWN_POLL_S,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
-        super().__init__(build_pacing(limits, burst_s=burst_s, latency_allowance_s=latency_allowance_s, token_burst=token_burst))
+        super().__init__(build_pacing(limits))
         self._prefix = prefix
-        self._cooldown_poll_s = cooldown_poll_s
         self._pool = aioredis.BlockingConnectionPool.from_url(
-            redis_url, max_connections=max_connections, timeout=10, socket_timeout=5, socket_connect_timeout=5
+            redis_url, max_connections=MAX_CONNECTIONS, timeout=10, socket_timeout=5, socket_connect_timeout=5
         )
         self._redis = aioredis.Redis(connection_pool=self._pool)
         # AsyncScript: EVALSHA, and on NoScriptError (SCRIPT FLUSH, failover) it reloads once and retries.
@@ -188,10 +182,12 @@ class RedisRateLimiter(RateLimiter):
         self._note_cooldown(key, int(cool_us) / 1_000_000)
         return int(wait_us) / 1_000_000
 
-    async def _local_cooldown(self, key: str) -> float:
+    async def cooldown_remaining(self, key: str) -> float:
+        """This process's view of the key's cooldown, refreshed from Redis at most every COOLDOWN_POLL_S:
+        not a round trip per call."""
         view = self._cool.get(key)
         now = time.monotonic()
-        stale = view is None or now - view.fetched >= self._cooldown_poll_s
+        stale = view is None or now - view.fetched >= COOLDOWN_POLL_S
         # One coroutine refreshes; the others go on with the view they have rather than queue on Redis.
         if stale and key not in self._cool_refreshing:
             self._cool_refreshing.add(key)
@@ -204,9 +200,6 @@ class RedisRateLimiter(RateLimiter):
                 self._cool_refreshing.discard(key)
             view = self._cool.get(key)
         return max(0.0, view.until - time.monotonic()) if view is not None else 0.0
-
-    async def cooldown_remaining(self, key: str) -> float:
-        return await self._local_cooldown(key)
 
     async def cooldown(self, key: str, seconds: float) -> None:
         if seconds <= 0:

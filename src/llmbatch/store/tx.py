@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine, bindparam, delete, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import BudgetExceeded
+from ..money import exact_usd
 from .schema import JobStatus, attempts, budget_windows, jobs
 
 T = TypeVar("T")
@@ -90,7 +91,7 @@ def _reserve_in_job(conn: Connection, pending: list[PendingReservation], refused
     for r in pending:
         if not conn.execute(_RESERVE_JOB, {"b_job": job_id, "b_amount": r.amount}).rowcount:
             refused[r.attempt_id] = BudgetExceeded(
-                f"the job budget cannot hold another ${r.amount / 1e6:.6f} call", scope="job")
+                f"the job budget cannot hold another {exact_usd(r.amount)} call", scope="job")
 
 
 def _reserve_in_window(conn: Connection, pending: list[PendingReservation], refused: dict) -> None:

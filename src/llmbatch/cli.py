@@ -388,8 +388,7 @@ def estimate(input_path, as_json, **opts):
         from .render import estimate_table
 
         estimate_table(plan)
-    for le in plan.errors[:MAX_ERRORS_SHOWN]:
-        _err(f"{input_path}: {le.reason}")
+    _plan_line_errors(input_path, plan)
     if plan.over_budget:
         _err(f"the upper bound {exact_usd(plan.upper_bound_micros)} exceeds the budget ${spec.budget_usd}: "
              f"some tasks may end skipped (budget); raise --budget or lower max_output_tokens")
@@ -403,17 +402,49 @@ def estimate(input_path, as_json, **opts):
 @click.option("--limit", type=int, default=50, show_default=True, help="Tasks to show (table output).")
 def route_cmd(input_path, explain, as_json, limit, **opts):
     """Which model each task of INPUT_PATH would get, and why."""
-    from .planning import plan_file
+    from .planning import plan_file, route_item
 
     settings = _settings()
     spec = build_spec(**opts)
-    plan = plan_file(settings, input_path, spec, keep_decisions=True)
     if as_json:
-        _print_json(plan.route_list(explain=explain))
-    else:
-        from .render import route_table
+        # One JSON array, written as the file is routed: memory stays flat on a million lines.
+        first = True
 
-        route_table(plan, explain=explain, limit=limit)
+        def emit(task, decision):
+            nonlocal first
+            item = orjson.dumps(route_item(task, decision, explain=explain), option=orjson.OPT_INDENT_2,
+                                default=str).decode()
+            click.echo(("[\n" if first else ",\n") + "  " + item.replace("\n", "\n  "), nl=False)
+            first = False
+
+        plan = plan_file(settings, input_path, spec, on_decision=emit)
+        click.echo("[]" if first else "\n]")
+        _plan_line_errors(input_path, plan)
+        return
+    from .render import route_table
+
+    shown: list[dict] = []
+    total = 0
+
+    def keep(task, decision):
+        nonlocal total
+        total += 1
+        if len(shown) < limit:  # the table shows the first `limit` tasks; the rest are only counted
+            shown.append(route_item(task, decision, explain=explain))
+
+    plan = plan_file(settings, input_path, spec, on_decision=keep)
+    route_table(shown, total=total, explain=explain)
+    _plan_line_errors(input_path, plan)
+
+
+def _plan_line_errors(input_path, plan) -> None:
+    """estimate and route: the lines that were not planned, on stderr (stdout stays parseable)."""
+    for le in plan.errors[:MAX_ERRORS_SHOWN]:
+        _err(f"{input_path}: {le.reason}")
+    if plan.invalid_lines > MAX_ERRORS_SHOWN:
+        _err(f"... and {plan.invalid_lines - MAX_ERRORS_SHOWN} more bad lines")
+    if plan.invalid_lines:
+        _err(f"{plan.invalid_lines} line(s) invalid and not planned; {plan.tasks} planned")
 
 
 @main.command()

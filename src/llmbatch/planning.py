@@ -1,10 +1,11 @@
-"""Plans without calls: route every line of a file (estimate, route --explain). Streams the file."""
+"""Plans without calls: route every line of a file (estimate, route --explain). Streams the file, and keeps
+no per-line state: `route` gets each decision through a callback, so a million-line file plans in flat memory."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .catalog.loading import load_catalog
 from .config import Settings
@@ -30,7 +31,6 @@ class Plan:
         lambda: {"tasks": 0, "estimated_micros": 0, "upper_bound_micros": 0, "input_tokens": 0, "output_tokens": 0}))
     errors: list[LineError] = field(default_factory=list)  # the first MAX_ERRORS_KEPT
     invalid_lines: int = 0
-    decisions: list[tuple[TaskLine, RouteDecision]] = field(default_factory=list)
 
     @property
     def over_budget(self) -> bool:
@@ -51,32 +51,33 @@ class Plan:
                          for k, v in sorted(self.by_model.items(), key=lambda kv: -kv[1]["estimated_micros"])],
         }
 
-    def route_list(self, *, explain: bool) -> list[dict[str, Any]]:
-        out = []
-        for task, d in self.decisions:
-            chosen = d.chosen
-            item: dict[str, Any] = {
-                "id": task.id,
-                "model": chosen.model.key if chosen else None,
-                "estimated_usd": usd_json(chosen.estimated_micros) if chosen else None,
-                "upper_bound_usd": usd_json(chosen.upper_bound_micros) if chosen else None,
-                "reason": chosen.reason if chosen else "no eligible model",
-                "fallbacks": [c.model.key for c in d.candidates[1:4]],
-                "warnings": list(d.warnings),
-            }
-            if explain:
-                limit = chosen.estimated_micros if chosen else None
-                item["not_chosen"] = [
-                    {"model": r.model.key, "reason": r.reason,
-                     "estimated_usd": usd_json(r.estimated_micros) if r.estimated_micros is not None else None}
-                    for r in d.rejected
-                    if limit is None or r.estimated_micros is None or r.estimated_micros <= limit
-                ]
-            out.append(item)
-        return out
 
 
-def plan_file(settings: Settings, path, spec: JobSpec, *, keep_decisions: bool = False) -> Plan:
+def route_item(task: TaskLine, d: RouteDecision, *, explain: bool) -> dict[str, Any]:
+    """One line of `llmbatch route`: the model this task gets, why, and (explain) the cheaper ones it does not."""
+    chosen = d.chosen
+    item: dict[str, Any] = {
+        "id": task.id,
+        "model": chosen.model.key if chosen else None,
+        "estimated_usd": usd_json(chosen.estimated_micros) if chosen else None,
+        "upper_bound_usd": usd_json(chosen.upper_bound_micros) if chosen else None,
+        "reason": chosen.reason if chosen else "no eligible model",
+        "fallbacks": [c.model.key for c in d.candidates[1:4]],
+        "warnings": list(d.warnings),
+    }
+    if explain:
+        limit = chosen.estimated_micros if chosen else None
+        item["not_chosen"] = [
+            {"model": r.model.key, "reason": r.reason,
+             "estimated_usd": usd_json(r.estimated_micros) if r.estimated_micros is not None else None}
+            for r in d.rejected
+            if limit is None or r.estimated_micros is None or r.estimated_micros <= limit
+        ]
+    return item
+
+
+def plan_file(settings: Settings, path, spec: JobSpec, *,
+              on_decision: Callable[[TaskLine, RouteDecision], None] | None = None) -> Plan:
     catalog = load_catalog(settings)
     credentials = available_credentials(catalog, simulate=spec.simulate)
     max_cost = usd_to_micros(spec.max_cost_per_task_usd) if spec.max_cost_per_task_usd else None
@@ -92,8 +93,8 @@ def plan_file(settings: Settings, path, spec: JobSpec, *, keep_decisions: bool =
         d = route(item, request, catalog, credentials=credentials, deny=deny,
                   job_min_tier=spec.min_tier, max_cost_per_task_micros=max_cost)
         plan.tasks += 1
-        if keep_decisions:
-            plan.decisions.append((item, d))
+        if on_decision is not None:
+            on_decision(item, d)
         if not d.candidates:
             plan.unroutable += 1
             continue

@@ -161,14 +161,14 @@ def estimate_table(plan) -> None:
     out.print(t)
 
 
-def route_table(plan, *, explain: bool, limit: int) -> None:
-    items = plan.route_list(explain=explain)
+def route_table(items: list[dict[str, Any]], *, total: int, explain: bool) -> None:
+    """The first tasks' routes (planning.route_item dicts); `total` is how many tasks the file had."""
     t = Table(title="routing", title_justify="left", show_lines=explain)
     t.add_column("id")
     t.add_column("model")
     t.add_column("est", justify="right")
     t.add_column("why" if not explain else "why / cheaper models not eligible")
-    for it in items[:limit]:
+    for it in items:
         why = it["reason"]
         if explain and it.get("not_chosen"):
             why += "\n" + "\n".join(f"  ✗ {r['model']}: {r['reason']}" for r in it["not_chosen"])
@@ -176,8 +176,8 @@ def route_table(plan, *, explain: bool, limit: int) -> None:
             why += "\n" + "\n".join(f"  ! {w}" for w in it["warnings"])
         t.add_row(str(it["id"]), str(it["model"]), _usd(it["estimated_usd"]), why)
     out.print(t)
-    if len(items) > limit:
-        out.print(f"... {len(items) - limit} more (use --limit or --json)")
+    if total > len(items):
+        out.print(f"... {total - len(items)} more (use --limit or --json)")
 
 
 def models_table(rows: list[dict[str, Any]]) -> None:

@@ -89,3 +89,24 @@ capabilities = ["system_role", "temperature"]
     assert st["counts"]["succeeded"] == 5
     p, rep = run_json(["report", st["job_id"]], env)
     assert [(m["provider"], m["model"]) for m in rep["by_model"]] == [("house", "house-llama")]
+
+
+def test_route_streams_every_valid_line_and_reports_the_bad_ones(tmp_path, sqlite_url):
+    """route plans line by line (no decision list in memory): --json is one array of every valid line, the
+    table shows the first --limit and counts the rest, and bad lines are named on stderr in both modes."""
+    src = tmp_path / "r.jsonl"
+    write_reviews(src, 30)
+    with src.open("a") as f:
+        f.write('{"id": "bad", "task": "nope", "input": "x"}\nnot json\n')
+    env = cli_env(sqlite_url)
+    p, routes = run_json(["route", str(src), "--simulate"], env)
+    assert p.returncode == 0, p.stderr
+    assert len(routes) == 30 and len({r["id"] for r in routes}) == 30 and all(r["model"] for r in routes)
+    assert "line 31:" in p.stderr and "line 32:" in p.stderr and "2 line(s) invalid" in p.stderr
+    p = run_cli(["route", str(src), "--simulate", "--limit", "4"], env)
+    assert p.returncode == 0, p.stderr
+    assert "... 26 more" in p.stdout and "line 31:" in p.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    p, routes = run_json(["route", str(empty), "--simulate"], env)
+    assert routes == []

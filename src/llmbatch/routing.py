@@ -177,10 +177,12 @@ class _Estimate:
 
 
 def _estimate(model: ModelInfo, needs: _Needs) -> _Estimate:
-    img_typ = int(model.quirks.get("image_tokens", IMAGE_TOKENS_TYPICAL))
-    img_max = max(int(model.quirks.get("image_tokens_max", IMAGE_TOKENS_MAX)), img_typ)
-    in_est = needs.text_est + needs.images * img_typ
-    in_upper = needs.text_upper + needs.images * img_max
+    in_est, in_upper = needs.text_est, needs.text_upper
+    if needs.images:
+        img_typ = int(model.quirks.get("image_tokens", IMAGE_TOKENS_TYPICAL))
+        img_max = max(int(model.quirks.get("image_tokens_max", IMAGE_TOKENS_MAX)), img_typ)
+        in_est += needs.images * img_typ
+        in_upper += needs.images * img_max
     cap = needs.max_output
     if model.reasoning:
         cap += needs.reasoning_budget or model.reasoning_budget_tokens
@@ -213,6 +215,7 @@ class _Shape:
     system: bool
     schema: bool
     max_output: int
+    temperature: bool  # the request sets one (some models drop it: an adaptation note)
 
 
 def _check_static(
@@ -261,16 +264,16 @@ def _static_verdicts(
     credentials: frozenset[str],
     min_tier: Tier,
     today: date,
-) -> tuple[tuple[ModelInfo, bool, tuple[str, str] | None], ...]:
-    """(model, pinned, failed static rule or None) for every model in key order. Pure in its arguments, so
-    cached: a job's tasks share a handful of shapes, and these checks were a third of routing's time.
-    A Catalog is immutable and hashes by identity."""
+) -> tuple[tuple[ModelInfo, bool, tuple[str, str] | None, tuple[str, ...]], ...]:
+    """(model, pinned, failed static rule or None, adaptation notes) for every model in key order. Pure in its
+    arguments, so cached: a job's tasks share a handful of shapes, and these checks were a third of routing's
+    time. A Catalog is immutable and hashes by identity."""
     out = []
     for model in catalog.by_key():
         pinned = pinned_keys is not None and model.key in pinned_keys
         failed = _check_static(model, shape, pinned=pinned, allow=allow, deny=deny, credentials=credentials,
                                catalog=catalog, min_tier=min_tier, today=today)
-        out.append((model, pinned, failed))
+        out.append((model, pinned, failed, _adaptations(model, shape) if failed is None else ()))
     return tuple(out)
 
 
@@ -289,15 +292,21 @@ def _check_sized(model: ModelInfo, est: _Estimate, max_cost: int | None) -> tupl
     return None
 
 
-def _adaptations(model: ModelInfo, needs: _Needs, request: ChatRequest) -> tuple[str, ...]:
+def _adaptations(model: ModelInfo, shape: _Shape) -> tuple[str, ...]:
     notes = []
-    if needs.system and not model.has("system_role"):
+    if shape.system and not model.has("system_role"):
         notes.append("system sent as developer" if _system_adaptation(model) == "developer" else "system merged into user")
-    if needs.schema and not model.has("json_schema"):
+    if shape.schema and not model.has("json_schema"):
         notes.append("schema in prompt only")
-    if request.temperature is not None and (not model.has("temperature") or model.quirks.get("fixed_temperature")):
+    if shape.temperature and (not model.has("temperature") or model.quirks.get("fixed_temperature")):
         notes.append("temperature dropped")
     return tuple(notes)
+
+
+def _cooling_left(health: Health, model: ModelInfo, now: float) -> float | None:
+    """Seconds until neither the model nor its provider is cooling down; None when neither is."""
+    lefts = [s for s in (health.cooling(model.key, now), health.cooling(model.provider, now)) if s is not None]
+    return max(lefts) if lefts else None
 
 
 def _resolve_pin(name: str, catalog: Catalog) -> frozenset[str]:
@@ -338,26 +347,24 @@ def route(
             if not any(entry in _names(m) for m in catalog):
                 warnings.append(f"allow-list entry {entry!r} matches no model in the catalog")
 
-    eligible: list[tuple[ModelInfo, _Estimate]] = []
-    cooling: list[tuple[ModelInfo, _Estimate, float]] = []
+    eligible: list[tuple[ModelInfo, _Estimate, tuple[str, ...]]] = []
+    cooling: list[tuple[ModelInfo, _Estimate, tuple[str, ...], float]] = []
     rejected: list[Rejection] = []
-    shape = _Shape(needs.images > 0, needs.system, needs.schema, needs.max_output)
+    shape = _Shape(needs.images > 0, needs.system, needs.schema, needs.max_output, request.temperature is not None)
     verdicts = _static_verdicts(catalog, shape, pinned_keys, allow, frozenset(deny), frozenset(credentials), min_tier,
                                 today)
-    for model, pinned, failed in verdicts:
+    any_cooling = bool(health.cooldown_until)
+    for model, pinned, failed, notes in verdicts:
         est = None
         if failed is None:
             est = _estimate(model, needs)
             failed = _check_sized(model, est, max_cost_per_task_micros)
         if failed is None:
-            left = max(
-                (s for s in (health.cooling(model.key, now), health.cooling(model.provider, now)) if s is not None),
-                default=None,
-            )
+            left = _cooling_left(health, model, now) if any_cooling else None
             if left is not None:
-                cooling.append((model, est, left))
+                cooling.append((model, est, notes, left))
                 continue
-            eligible.append((model, est))
+            eligible.append((model, est, notes))
             if pinned and model.status != "active":
                 warnings.append(f"pinned model {model.key} is {_status_note(model, today)}; it may stop working")
             if pinned and model.tier.rank < min_tier.rank:
@@ -367,19 +374,20 @@ def route(
         rejected.append(Rejection(model, reason, est.micros if rule == "max_cost" and est else None, rule))
 
     if not eligible and cooling:
-        soonest = min(left for _, _, left in cooling)
+        soonest = min(left for *_, left in cooling)
         warnings.append(f"every eligible model is cooling down; the first is free again in {soonest:.0f} s")
-        eligible = [(m, e) for m, e, _ in cooling]
+        eligible = [(m, e, n) for m, e, n, _ in cooling]
     else:
-        rejected += [Rejection(m, f"cooling down {left:.0f} s", e.micros, "cooldown") for m, e, left in cooling]
+        rejected += [Rejection(m, f"cooling down {left:.0f} s", e.micros, "cooldown") for m, e, _, left in cooling]
 
     inf = float("inf")
-    eligible.sort(key=lambda me: (me[1].micros, health.latency_ms.get(me[0].key, inf), me[0].key))
+    latency = health.latency_ms
+    eligible.sort(key=lambda men: (men[1].micros, latency.get(men[0].key, inf), men[0].key))
     cheapest = eligible[0][1].micros if eligible else 0
     candidates = [
         Candidate(model, est.micros, est.upper_micros, est.in_est, est.in_upper, est.out_est, est.cap, i == 0, cheapest,
-                  _adaptations(model, needs, request))
-        for i, (model, est) in enumerate(eligible)
+                  notes)
+        for i, (model, est, notes) in enumerate(eligible)
     ]
     rejected.sort(key=lambda r: r.model.key)
     return RouteDecision(tuple(candidates), tuple(rejected), tuple(warnings))

@@ -81,8 +81,9 @@ class ModelInfo(BaseModel):
             return tuple(int(x) for x in scaled)
         return None
 
-    @property
+    @cached_property
     def key(self) -> str:
+        """`provider/model`; read many times per routed task, so computed once (the model is frozen)."""
         return f"{self.provider}/{self.model}"
 
     @property

@@ -56,6 +56,9 @@ class RetryPolicy:
     max_delay_s: float = 30.0
     task_deadline_s: float = 600.0  # no new attempt starts after this much time on one task
     call_timeout_s: float = 120.0  # one HTTP call
+    # Consecutive server-side failures (5xx, connect errors, timeouts, resets) of one provider, across tasks,
+    # that pause calls to it (see breaker.py); 0 turns the breaker off.
+    breaker_failures: int = 5
 
 
 @dataclass(frozen=True)

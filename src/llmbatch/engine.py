@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from . import backoff
+from .breaker import ProviderBreaker
 from .catalog import Catalog, ModelInfo
 from .catalog.pricing import price
 from .config import Settings
@@ -80,6 +81,15 @@ def _outcome_unknown(e: RetryableError) -> bool:
     return e.request_sent and (isinstance(e, ProviderTimeout) or e.error_class in UNKNOWN_OUTCOME_CLASSES)
 
 
+def _provider_in_trouble(e: ProviderError) -> bool:
+    """Failures that say the provider is in trouble, not this request: they count toward its breaker.
+    429s have their own shared cooldown; 4xx and invalid outputs are about the request."""
+    if not isinstance(e, RetryableError) or isinstance(e, RateLimitedError):
+        return False
+    return (e.status_code is not None and e.status_code >= 500) or isinstance(e, ProviderTimeout) \
+        or e.error_class in ("connect", "connection_reset")
+
+
 class Engine:
     def __init__(self, *, settings: Settings, catalog: Catalog, store: AsyncStore, providers, limiter,
                  worker_id: str, concurrency: int, rng: random.Random | None = None):
@@ -91,6 +101,10 @@ class Engine:
         self.limiter = limiter
         self.worker_id = worker_id
         self.health = Health()
+        policy = settings.retry
+        self.breaker = ProviderBreaker(self.health, threshold=policy.breaker_failures,
+                                       base_hold_s=min(policy.max_delay_s, 4 * policy.base_delay_s),
+                                       max_hold_s=policy.max_delay_s)
         self.slots = asyncio.Semaphore(concurrency)
         self.concurrency = concurrency
         self.progress = Progress()
@@ -247,6 +261,10 @@ class Engine:
         adapter = self.providers.get(ctx.simulate)[0][model.provider]
         call_request = self._request_for(request, cand)
         for n in range(policy.max_attempts_per_model):
+            if not await self._wait_for_provider(ctx, model.provider, deadline):
+                state.last_error = (f"{model.provider} kept failing (calls to it paused) past the task deadline; "
+                                    f"last error: {state.last_error}")
+                return NEXT_CANDIDATE
             if await self.is_cancelled(ctx):
                 return await self._finish(ctx, claimed, status=TaskStatus.cancelled, skip_reason="cancelled",
                                           error="job cancelled", escalations=state.escalations)
@@ -277,6 +295,11 @@ class Engine:
             except ProviderError as e:
                 state.last_error = e.message
                 latency = int((time.monotonic() - started) * 1000)
+                if _provider_in_trouble(e):
+                    hold = self.breaker.failure(model.provider, time.time())
+                    if hold is not None:
+                        log.warning("%s: %d server-side failures in a row (last: %s); pausing calls to it for %.1fs",
+                                    model.provider, policy.breaker_failures, e.error_class, hold)
                 if isinstance(e, RetryableError) and _outcome_unknown(e):
                     # Sent, but no usable answer: it may have been billed. Keep the reservation for reconcile.
                     await self.store.call(ledger.mark_unknown, attempt_id, error_class=e.error_class,
@@ -307,6 +330,7 @@ class Engine:
                 await asyncio.sleep(delay)
                 continue
             latency = int((time.monotonic() - started) * 1000)
+            self.breaker.success(model.provider)
             self._observe_latency(model.key, latency)
             used = completion.usage.input_tokens + completion.usage.output_tokens
             if used < tpm_tokens:  # TPM was taken at the upper estimate; give back what the call did not use
@@ -330,6 +354,17 @@ class Engine:
                                       provider=model.provider, model=model.model, output=output,
                                       escalations=state.escalations)
         return NEXT_CANDIDATE
+
+    async def _wait_for_provider(self, ctx: JobContext, provider: str, deadline: float) -> bool:
+        """Wait while the provider's breaker is open (it has been failing). Returns False, at once, when it
+        stays open past the task's deadline. Waits in short steps so a cancel is seen within a second."""
+        while (left := self.health.cooling(provider, time.time())) is not None:
+            if time.time() + left > deadline:
+                return False
+            await asyncio.sleep(min(left, CANCEL_CHECK_INTERVAL_S))
+            if await self.is_cancelled(ctx):
+                return True  # the caller sees the cancel next
+        return True
 
     async def _reserve(self, ctx: JobContext, claimed: repo.ClaimedTask, cand: Candidate, purpose: str,
                        deadline: float) -> int:

@@ -151,9 +151,12 @@ def test_fault_mode_completes_within_retry_budget(mode, tmp_path, sqlite_url):
     print(f"\n{mode}@{rate}: {succeeded}/{N_TASKS} succeeded; injected {stats['by_fault'].get(mode)}; "
           f"attempts {figures['attempt_status']}; error classes {dict(by_class)}; "
           f"max attempts/task {max(per_task.values())}; spent ${figures['spent_micros'] / 1e6:.6f}")
-    # Per-request faults at 20% rarely beat 5 attempts. A 5xx burst hits every model at once and the engine
-    # moves to the next candidate without waiting, so 5 quick attempts can all land inside one burst: those
-    # tasks fail, with the 5xx as their reason (checked above), and the others get through.
+    # Per-request faults at 20% rarely beat 5 attempts. A 5xx burst hits every model (every provider is the
+    # simulator) at once: the per-provider breaker opens after breaker_failures (5) failures in a row and
+    # tasks wait out the burst instead of spending attempts in it. Without the breaker, 51-52 of 60 tasks
+    # got through, after ~50 failed calls; with it, all 60 after 8.
     if mode == "burst5xx":
         assert all("HTTP 5" in r["error"] for r in lines if r["status"] != "succeeded")
-    assert succeeded >= N_TASKS * (0.5 if mode == "burst5xx" else 0.9), [r["error"] for r in lines if r["status"] != "succeeded"][:5]
+        assert "pausing calls to it" in stderr, stderr[-2000:]
+        assert len(failed) < N_TASKS // 3, len(failed)
+    assert succeeded >= N_TASKS * (0.95 if mode == "burst5xx" else 0.9), [r["error"] for r in lines if r["status"] != "succeeded"][:5]

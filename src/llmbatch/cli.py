@@ -127,12 +127,9 @@ def _create(settings: Settings, input_path: str, spec: JobSpec, executor: str, a
     except StoreError as e:
         _err(str(e))
         sys.exit(EXIT_INPUT)
-    for le in report.errors[:MAX_ERRORS_SHOWN]:
-        _err(f"{input_path}: {le.reason}")
-    if report.rejected > MAX_ERRORS_SHOWN:
-        _err(f"... and {report.rejected - MAX_ERRORS_SHOWN} more bad lines; `llmbatch status {job_id} --errors` lists them")
-    if report.rejected:
-        _err(f"{report.rejected} line(s) rejected, {report.accepted} accepted; the accepted lines run")
+    _show_line_errors(input_path, report.errors, report.rejected,
+                      more=f"; `llmbatch status {job_id} --errors` lists them",
+                      summary=f"{report.rejected} line(s) rejected, {report.accepted} accepted; the accepted lines run")
     if not as_json:
         click.echo(f"job {job_id}: {report.accepted} tasks", err=True)
     return job_id, report
@@ -438,13 +435,19 @@ def route_cmd(input_path, explain, as_json, limit, **opts):
 
 
 def _plan_line_errors(input_path, plan) -> None:
-    """estimate and route: the lines that were not planned, on stderr (stdout stays parseable)."""
-    for le in plan.errors[:MAX_ERRORS_SHOWN]:
+    """estimate and route: the lines that were not planned."""
+    _show_line_errors(input_path, plan.errors, plan.invalid_lines,
+                      summary=f"{plan.invalid_lines} line(s) invalid and not planned; {plan.tasks} planned")
+
+
+def _show_line_errors(input_path, errors, count: int, *, summary: str, more: str = "") -> None:
+    """Bad input lines on stderr (stdout stays parseable): the first MAX_ERRORS_SHOWN, how many more, a summary."""
+    for le in errors[:MAX_ERRORS_SHOWN]:
         _err(f"{input_path}: {le.reason}")
-    if plan.invalid_lines > MAX_ERRORS_SHOWN:
-        _err(f"... and {plan.invalid_lines - MAX_ERRORS_SHOWN} more bad lines")
-    if plan.invalid_lines:
-        _err(f"{plan.invalid_lines} line(s) invalid and not planned; {plan.tasks} planned")
+    if count > MAX_ERRORS_SHOWN:
+        _err(f"... and {count - MAX_ERRORS_SHOWN} more bad lines{more}")
+    if count:
+        _err(summary)
 
 
 @main.command()

@@ -7,13 +7,12 @@ import random
 import threading
 
 import pytest
-from sqlalchemy import insert
 
 from llmbatch.errors import BudgetExceeded
 from llmbatch.models import Usage
 from llmbatch.store import ledger as ledger_api, repo
 from llmbatch.store.db import get_engine
-from llmbatch.store.schema import tasks
+from tests.helpers import make_store_job
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -22,12 +21,7 @@ def store_url(request):
 
 
 def _job(engine, n_tasks: int, budget: int | None) -> str:
-    with engine.begin() as c:
-        job = repo.create_job(c, name=None, spec={}, input_path=None, executor="local", simulate=True,
-                              budget_micros=budget, max_cost_per_task_micros=None)
-        c.execute(insert(tasks), [dict(job_id=job, seq=i, task_id=f"t{i}", line_no=i + 1, task_type="chat",
-                                       payload="{}", status="queued") for i in range(n_tasks)])
-    return job
+    return make_store_job(engine, n_tasks, budget)
 
 
 def test_concurrent_reservations_never_overspend(store_url):

@@ -4,7 +4,7 @@ rows the single forms leave, refuse exactly what the single forms refuse, and fa
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from llmbatch.models import Usage
 from llmbatch.store import bulk, ledger, repo
@@ -12,16 +12,14 @@ from llmbatch.store.aio import AsyncStore, _Op
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import attempts, jobs, tasks
 from llmbatch.store.tx import Deferred
+from tests.helpers import make_store_job
 
 WORKER = "w1"
 
 
 def _job(engine, n: int, budget: int | None) -> str:
-    with engine.begin() as c:
-        job = repo.create_job(c, name=None, spec={}, input_path=None, executor="celery", simulate=True,
-                              budget_micros=budget, max_cost_per_task_micros=None)
-        c.execute(insert(tasks), [dict(job_id=job, seq=i, task_id=f"t{i}", line_no=i + 1, task_type="chat",
-                                       payload="{}", status="queued") for i in range(n)])
+    """n tasks, all claimed by WORKER (the settle path records only for the lease holder)."""
+    job = make_store_job(engine, n, budget, executor="celery")
     repo.claim_tasks(engine, job, 0, n - 1, worker=WORKER, lease_s=300, max_deliveries=5)
     return job
 

@@ -39,6 +39,12 @@ def _settings(**overrides) -> Settings:
         raise click.UsageError(str(e)) from None
 
 
+def _reading(engine):
+    from .store.db import reading
+
+    return reading(engine)
+
+
 def _engine(settings: Settings):
     from .store.db import get_engine
 
@@ -140,7 +146,7 @@ def _finish_output(settings: Settings, job_id: str, as_json: bool) -> int:
     from .store import repo
 
     engine = _engine(settings)
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         job = repo.get_job(conn, job_id)
         st = status_dict(conn, job)
         if as_json:
@@ -205,7 +211,7 @@ def _wait(settings: Settings, job_id: str, *, quiet: bool) -> None:
 
     engine = _engine(settings)
     while True:
-        with engine.connect() as conn:
+        with _reading(engine) as conn:
             job = repo.get_job(conn, job_id)
         if job["status"] in JobStatus.terminal:
             return
@@ -275,13 +281,13 @@ def status(job_id, watch, show_errors, as_json):
 
     settings = _settings()
     engine = _engine(settings)
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         job = _resolve_job(conn, job_id)
     if watch and not as_json:
         from .render import watch_status
 
         watch_status(engine, job["id"])
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         job = repo.get_job(conn, job["id"])
         st = status_dict(conn, job)
         errors = repo.input_error_rows(conn, job["id"]) if show_errors else []
@@ -312,7 +318,7 @@ def results(job_id, output, fmt):
     engine = _engine(settings)
     out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
     try:
-        with engine.connect() as conn:
+        with _reading(engine) as conn:
             job = _resolve_job(conn, job_id)
             lines = result_lines(conn, job["id"])
             if fmt == "csv":
@@ -346,7 +352,7 @@ def report(job_id, as_json, as_csv, show_attempts, baseline):
 
     settings = _settings()
     engine = _engine(settings)
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         job = _resolve_job(conn, job_id)
         if show_attempts:
             for a in attempt_lines(conn, job["id"]):

@@ -86,13 +86,14 @@ class LiveProgress:
 
 def watch_status(engine, job_id: str) -> None:
     from .store import repo
+    from .store.db import reading
     from .store.schema import JobStatus
 
     with Progress(TextColumn("[bold]{task.fields[status]}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err) as p:
         tid = None
         while True:
-            with engine.connect() as conn:
+            with reading(engine) as conn:
                 job = repo.get_job(conn, job_id)
                 c = repo.task_counts(conn, job_id)
             done = c["succeeded"] + c["failed"] + c["skipped"] + c["cancelled"]

@@ -18,7 +18,7 @@ from celery import Celery, signals
 
 from ..config import load_settings
 from ..store import ledger, repo
-from ..store.db import get_engine
+from ..store.db import get_engine, reading
 
 log = logging.getLogger("llmbatch.celery")
 
@@ -189,7 +189,7 @@ def dispatch_job(settings, job_id: str) -> int:
     """Publish one message per unit of the job's unfinished tasks, over one broker connection."""
     configure(settings)
     engine = get_engine(settings.database_url)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         open_tasks = sum(repo.task_counts(conn, job_id)[s] for s in ("queued", "running"))
         ranges = repo.open_seq_ranges(conn, job_id, unit_size(settings, open_tasks))
     with app.producer_or_acquire() as producer:

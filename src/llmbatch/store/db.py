@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 
 from ..errors import StoreError
 
@@ -37,6 +37,15 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur.close()
 
 
+_READ_ONLY = "llmbatch_read_only"
+
+
+def reading(engine: Engine) -> Connection:
+    """A connection for reads only. On SQLite its transactions do not take the write lock, so `status --watch`
+    beside a running job neither waits for the writer's batches nor delays them. Use as a context manager."""
+    return engine.connect().execution_options(**{_READ_ONLY: True})
+
+
 def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     if is_sqlite(url):
@@ -50,7 +59,9 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin_immediate(conn):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Readers (status, report, results: see reading()) take no lock: in WAL mode a deferred
+            # transaction reads a snapshot and neither waits for the writer nor holds it up.
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
     else:
         engine = create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True, pool_recycle=1800)
     return engine

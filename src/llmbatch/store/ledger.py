@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, s
 from ..models import Usage
 from .repo import _FINISH_TASK, TaskOutcome, utc_day
 from .schema import AttemptStatus, TaskStatus, attempts, jobs, tasks
+from .db import reading
 from .tx import Deferred, PendingReservation, in_transaction
 
 # The attempt's number is computed in the INSERT itself (the unique index on (job_id, task_seq, attempt_no)
@@ -189,7 +190,7 @@ def reconcile(engine: Engine, *, job_id: str | None = None, assume: str = "bille
     if job_id is not None:
         q = q.where(attempts.c.job_id == job_id)
     done: list[int] = []
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         candidates = conn.execute(q).all()
     for attempt_id, reserved, status, error_class, error_message in candidates:
         billed = assume == "billed"

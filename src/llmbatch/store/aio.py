@@ -13,6 +13,9 @@ Rules that make this safe:
 - A lost connection (Postgres restart, network blip) rolls back and retries with backoff until the
   store answers again: workers ride out a store outage instead of failing tasks.
 
+On Postgres, where each statement is a round trip, the reservations of a batch run as one set-based
+statement, and so do its settlements (bulk.py); everything else in the batch runs one by one.
+
 SQLite gets one thread (it has one writer anyway). Postgres gets several, so batches overlap.
 """
 

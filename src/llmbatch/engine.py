@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass, field
 import orjson
@@ -33,6 +34,7 @@ from .validate import InvalidOutput, validate_output
 log = logging.getLogger("llmbatch.engine")
 
 CANCEL_CHECK_INTERVAL_S = 1.0
+_DIGITS = re.compile(r"\d+")
 
 # What a candidate's attempts can end in besides a terminal task status.
 NEXT_CANDIDATE = object()  # fall back to the next candidate
@@ -209,8 +211,11 @@ class Engine:
         request = build_request(task)
         decision = self._route(ctx, task, request)
         for w in decision.warnings:
-            if w not in ctx.warned:  # once per job and message, not once per task of a million
-                ctx.warned.add(w)
+            # Once per job and message, not once per task of a million; numbers aside ("free again in 3 s"
+            # and "in 2 s" are one message).
+            key = _DIGITS.sub("#", w)
+            if key not in ctx.warned:
+                ctx.warned.add(key)
                 log.warning("job %s: %s (first seen on task %s)", ctx.job_id, w, task.id)
         if not decision.candidates:
             return await self._no_candidate(ctx, claimed, decision)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from . import backoff
-from .breaker import ProviderBreaker
+from .breaker import ProviderBreaker, Ticket
 from .catalog import Catalog, ModelInfo
 from .catalog.pricing import price
 from .config import Settings
@@ -266,110 +266,120 @@ class Engine:
         adapter = self.providers.get(ctx.simulate)[0][model.provider]
         call_request = self._request_for(request, cand)
         for n in range(policy.max_attempts_per_model):
-            if not await self._wait_for_provider(ctx, model.provider, deadline):
+            ticket = await self._admit(ctx, model.provider, deadline)
+            if ticket is None:
                 state.last_error = (f"{model.provider} kept failing (calls to it paused) past the task deadline; "
                                     f"last error: {state.last_error}")
                 return NEXT_CANDIDATE
-            if await self.is_cancelled(ctx):
-                return await self._finish(ctx, claimed, status=TaskStatus.cancelled, skip_reason="cancelled",
-                                          error="job cancelled", escalations=state.escalations)
-            if state.attempts >= policy.max_attempts_per_task or time.time() > deadline:
-                return await self._finish(ctx, claimed, status=TaskStatus.failed, escalations=state.escalations,
-                                          error=f"retry budget exhausted after {state.attempts} attempts; "
-                                                f"last error: {state.last_error}")
-            tpm_tokens = cand.input_tokens_est + cand.completion_cap
             try:
-                await self.limiter.acquire(model.key, tpm_tokens, deadline=deadline)
-            except TimeoutError:  # no rate-limit slot before the task's deadline (asyncio.TimeoutError too)
-                state.last_error = f"no rate-limit slot for {model.key} before the task deadline"
-                return NEXT_CANDIDATE
-            try:
-                attempt_id = await self._reserve(ctx, claimed, cand, state.purpose, deadline)
-            except BudgetExceeded as e:
-                reason = "budget" if e.scope == "job" else "daily_cap"
-                return await self._finish(ctx, claimed, status=TaskStatus.skipped, skip_reason=reason,
-                                          escalations=state.escalations,
-                                          error=f"{e} (needs {exact_usd(cand.upper_bound_micros)} reserved for "
-                                                f"{model.key}); raise it with `llmbatch retry JOB --budget USD`")
-            state.attempts += 1
-            self.progress.attempts += 1
-            state.purpose = "retry"
-            started = time.monotonic()
-            try:
-                completion = await adapter.complete(model, call_request, timeout=policy.call_timeout_s)
-            except ProviderError as e:
-                state.last_error = e.message
-                latency = int((time.monotonic() - started) * 1000)
-                if _provider_in_trouble(e):
-                    hold = self.breaker.failure(model.provider, time.time())
-                    if hold is not None:
-                        log.warning("%s: %d server-side failures in a row (last: %s); pausing calls to it for %.1fs",
-                                    model.provider, policy.breaker_failures, e.error_class, hold)
-                if isinstance(e, RetryableError) and _outcome_unknown(e):
-                    # Sent, but no usable answer: it may have been billed. Keep the reservation for reconcile.
-                    await self.store.call(ledger.mark_unknown, attempt_id, error_class=e.error_class,
-                                          error_message=e.message, latency_ms=latency)
-                else:
-                    await self._settle_error(attempt_id, cand, e, latency)
-                if isinstance(e, RerouteError):
+                if await self.is_cancelled(ctx):
+                    return await self._finish(ctx, claimed, status=TaskStatus.cancelled, skip_reason="cancelled",
+                                              error="job cancelled", escalations=state.escalations)
+                if state.attempts >= policy.max_attempts_per_task or time.time() > deadline:
+                    return await self._finish(ctx, claimed, status=TaskStatus.failed, escalations=state.escalations,
+                                              error=f"retry budget exhausted after {state.attempts} attempts; "
+                                                    f"last error: {state.last_error}")
+                tpm_tokens = cand.input_tokens_est + cand.completion_cap
+                try:
+                    await self.limiter.acquire(model.key, tpm_tokens, deadline=deadline)
+                except TimeoutError:  # no rate-limit slot before the task's deadline (asyncio.TimeoutError too)
+                    state.last_error = f"no rate-limit slot for {model.key} before the task deadline"
                     return NEXT_CANDIDATE
-                if isinstance(e, FatalError):
-                    return await self._finish(ctx, claimed, status=TaskStatus.failed, provider=model.provider,
-                                              model=model.model, escalations=state.escalations,
-                                              error=f"{e.error_class}: {e.message}")
-                if isinstance(e, RateLimitedError):
-                    # Every worker holds this model for the hint; the next acquire() waits it out, within
-                    # the task deadline. No sleep here as well: that would wait twice.
-                    hold = e.retry_after if e.retry_after is not None else policy.base_delay_s * (2 ** n)
-                    self.health.cooldown_until[model.key] = time.time() + hold
-                    await self.limiter.cooldown(model.key, hold)
+                try:
+                    attempt_id = await self._reserve(ctx, claimed, cand, state.purpose, deadline)
+                except BudgetExceeded as e:
+                    reason = "budget" if e.scope == "job" else "daily_cap"
+                    return await self._finish(ctx, claimed, status=TaskStatus.skipped, skip_reason=reason,
+                                              escalations=state.escalations,
+                                              error=f"{e} (needs {exact_usd(cand.upper_bound_micros)} reserved for "
+                                                    f"{model.key}); raise it with `llmbatch retry JOB --budget USD`")
+                state.attempts += 1
+                self.progress.attempts += 1
+                state.purpose = "retry"
+                started = time.monotonic()
+                try:
+                    completion = await adapter.complete(model, call_request, timeout=policy.call_timeout_s)
+                except ProviderError as e:
+                    state.last_error = e.message
+                    latency = int((time.monotonic() - started) * 1000)
+                    if _provider_in_trouble(e):
+                        hold = self.breaker.failure(model.provider, time.time())
+                        if hold is not None:
+                            log.warning("%s: %d server-side failures in a row (last: %s); "
+                                        "pausing calls to it for %.1fs", model.provider, policy.breaker_failures,
+                                        e.error_class, hold)
+                    elif e.request_sent:  # a 4xx or a 429 is still an answer: the provider is up
+                        self.breaker.success(model.provider)
+                    if isinstance(e, RetryableError) and _outcome_unknown(e):
+                        # Sent, but no usable answer: it may have been billed. Keep the reservation for reconcile.
+                        await self.store.call(ledger.mark_unknown, attempt_id, error_class=e.error_class,
+                                              error_message=e.message, latency_ms=latency)
+                    else:
+                        await self._settle_error(attempt_id, cand, e, latency)
+                    if isinstance(e, RerouteError):
+                        return NEXT_CANDIDATE
+                    if isinstance(e, FatalError):
+                        return await self._finish(ctx, claimed, status=TaskStatus.failed, provider=model.provider,
+                                                  model=model.model, escalations=state.escalations,
+                                                  error=f"{e.error_class}: {e.message}")
+                    if isinstance(e, RateLimitedError):
+                        # Every worker holds this model for the hint; the next acquire() waits it out, within
+                        # the task deadline. No sleep here as well: that would wait twice.
+                        hold = e.retry_after if e.retry_after is not None else policy.base_delay_s * (2 ** n)
+                        self.health.cooldown_until[model.key] = time.time() + hold
+                        await self.limiter.cooldown(model.key, hold)
+                        continue
+                    if n + 1 >= policy.max_attempts_per_model:
+                        continue  # no sleep before falling back to the next candidate
+                    retry_after = e.retry_after if isinstance(e, RetryableError) else None
+                    delay = backoff.retry_delay(n, retry_after, base=policy.base_delay_s, cap=policy.max_delay_s,
+                                                rng=self.rng)
+                    if time.time() + delay > deadline:  # a provider's hint can exceed what the task has left
+                        state.last_error = f"{e.message} (asked to wait {delay:.0f}s, past the task deadline)"
+                        return NEXT_CANDIDATE
+                    await asyncio.sleep(delay)
                     continue
-                if n + 1 >= policy.max_attempts_per_model:
-                    continue  # no sleep before falling back to the next candidate
-                retry_after = e.retry_after if isinstance(e, RetryableError) else None
-                delay = backoff.retry_delay(n, retry_after, base=policy.base_delay_s, cap=policy.max_delay_s,
-                                            rng=self.rng)
-                if time.time() + delay > deadline:  # a provider's hint can exceed what the task has left
-                    state.last_error = f"{e.message} (asked to wait {delay:.0f}s, past the task deadline)"
-                    return NEXT_CANDIDATE
-                await asyncio.sleep(delay)
-                continue
-            latency = int((time.monotonic() - started) * 1000)
-            self.breaker.success(model.provider)
-            self._observe_latency(model.key, latency)
-            used = completion.usage.input_tokens + completion.usage.output_tokens
-            if used < tpm_tokens:  # TPM was taken at the upper estimate; give back what the call did not use
-                await self.limiter.refund(model.key, tpm_tokens - used)
-            cost_micros, cost_source, pricing_error = self._cost(completion.usage, model, cand)
-            try:
-                output = validate_output(task, completion.text)
-            except InvalidOutput as e:
-                await self.store.settle(ledger.Settlement(
-                    attempt_id=attempt_id, status=AttemptStatus.invalid_output, cost_micros=cost_micros,
-                    cost_source=cost_source, usage=completion.usage, error_class="invalid_output",
-                    error_message=str(e), pricing_error=pricing_error, latency_ms=latency,
-                    provider_request_id=completion.provider_request_id))
-                state.last_error = str(e)
-                return ESCALATE
-            settlement = ledger.Settlement(
-                attempt_id=attempt_id, status=AttemptStatus.succeeded, cost_micros=cost_micros,
-                cost_source=cost_source, usage=completion.usage, pricing_error=pricing_error, latency_ms=latency,
-                provider_request_id=completion.provider_request_id)
-            return await self._finish(ctx, claimed, settlement=settlement, status=TaskStatus.succeeded,
-                                      provider=model.provider, model=model.model, output=output,
-                                      escalations=state.escalations)
+                latency = int((time.monotonic() - started) * 1000)
+                self.breaker.success(model.provider)
+                self._observe_latency(model.key, latency)
+                used = completion.usage.input_tokens + completion.usage.output_tokens
+                if used < tpm_tokens:  # TPM was taken at the upper estimate; give back what the call did not use
+                    await self.limiter.refund(model.key, tpm_tokens - used)
+                cost_micros, cost_source, pricing_error = self._cost(completion.usage, model, cand)
+                try:
+                    output = validate_output(task, completion.text)
+                except InvalidOutput as e:
+                    await self.store.settle(ledger.Settlement(
+                        attempt_id=attempt_id, status=AttemptStatus.invalid_output, cost_micros=cost_micros,
+                        cost_source=cost_source, usage=completion.usage, error_class="invalid_output",
+                        error_message=str(e), pricing_error=pricing_error, latency_ms=latency,
+                        provider_request_id=completion.provider_request_id))
+                    state.last_error = str(e)
+                    return ESCALATE
+                settlement = ledger.Settlement(
+                    attempt_id=attempt_id, status=AttemptStatus.succeeded, cost_micros=cost_micros,
+                    cost_source=cost_source, usage=completion.usage, pricing_error=pricing_error, latency_ms=latency,
+                    provider_request_id=completion.provider_request_id)
+                return await self._finish(ctx, claimed, settlement=settlement, status=TaskStatus.succeeded,
+                                          provider=model.provider, model=model.model, output=output,
+                                          escalations=state.escalations)
+            finally:
+                self.breaker.release(ticket)
         return NEXT_CANDIDATE
 
-    async def _wait_for_provider(self, ctx: JobContext, provider: str, deadline: float) -> bool:
-        """Wait while the provider's breaker is open (it has been failing). Returns False, at once, when it
-        stays open past the task's deadline. Waits in short steps so a cancel is seen within a second."""
-        while (left := self.health.cooling(provider, time.time())) is not None:
-            if time.time() + left > deadline:
-                return False
-            await asyncio.sleep(min(left, CANCEL_CHECK_INTERVAL_S))
+    async def _admit(self, ctx: JobContext, provider: str, deadline: float) -> Ticket | None:
+        """A breaker ticket for one attempt on `provider`: at once when it is closed; after the hold when it is
+        open, and one task at a time while its probe is out. None, at once, when the wait would pass the task's
+        deadline. Waits in short steps so a cancel is seen within a second (a plain ticket: no call follows)."""
+        while True:
+            ticket, wait = self.breaker.admit(provider, time.time())
+            if ticket is not None:
+                return ticket
+            if time.time() + wait > deadline:
+                return None
+            await asyncio.sleep(min(wait, CANCEL_CHECK_INTERVAL_S))
             if await self.is_cancelled(ctx):
-                return True  # the caller sees the cancel next
-        return True
+                return Ticket(provider)  # the caller sees the cancel next
 
     async def _reserve(self, ctx: JobContext, claimed: repo.ClaimedTask, cand: Candidate, purpose: str,
                        deadline: float) -> int:

@@ -160,3 +160,32 @@ def test_fault_mode_completes_within_retry_budget(mode, tmp_path, sqlite_url):
         assert "pausing calls to it" in stderr, stderr[-2000:]
         assert len(failed) < N_TASKS // 3, len(failed)
     assert succeeded >= N_TASKS * (0.95 if mode == "burst5xx" else 0.9), [r["error"] for r in lines if r["status"] != "succeeded"][:5]
+
+
+def test_a_long_outage_is_probed_by_one_call_not_a_stampede(tmp_path, sqlite_url):
+    """A 4 s provider-wide 5xx outage under 30 calls in flight. The breaker opens on the first failures; each
+    time its hold ends, ONE probe call goes out while the other tasks keep waiting (without that, all 30 would
+    call at every hold's end). So the failed calls stay near the first wave, and every task succeeds after
+    the outage without spending its attempt budget."""
+    concurrency = 30
+    src = tmp_path / "reviews.jsonl"
+    write_reviews(src, N_TASKS)
+    cfg = tmp_path / "llmbatch.toml"
+    retry = {**RETRY, "base_delay_s": 0.3, "max_attempts_per_task": 5}  # hold 1.2 s, then 2 s (max_delay_s)
+    cfg.write_text(_toml(retry))
+    sim_cfg = SimulatorConfig(latency_s=0.1, seed=7, mini_error_rate=0.0, burst_duration_s=4.0)
+    with SimulatorThread(sim_cfg) as sim:
+        env = cli_env(sqlite_url, LLMBATCH_SIMULATOR_URL=sim.url, LLMBATCH_CONFIG=str(cfg))
+        # rate 0.5 with 4 s bursts: the outage starts once the job is calling and lasts 4 s, then 4 s clear.
+        code, st, stderr = _run_with_burst("burst5xx", 0.5, sim, ["run", str(src), "--simulate", "--concurrency",
+                                                                  str(concurrency)], env)
+        stats = sim.stats()
+    assert code == 0, f"exit {code}\n{stderr[-3000:]}"
+    assert st["counts"]["succeeded"] == N_TASKS
+    failed = stats["by_fault"].get("burst5xx", 0)
+    print(f"\n4 s outage, {concurrency} in flight: {failed} failed calls, {N_TASKS}/{N_TASKS} succeeded")
+    # The first wave (at most `concurrency` calls in flight when the outage began) plus about one probe per
+    # re-open (1.2 s, then every 2 s: 2-3 of them in 4 s). Releasing every waiting task at each hold's end
+    # would add ~30 failures per re-open.
+    assert 0 < failed <= concurrency + 6, (failed, stats["by_fault"])
+    assert stderr.count("pausing calls to it") >= 2, stderr[-2000:]

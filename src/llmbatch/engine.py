@@ -39,6 +39,7 @@ _DIGITS = re.compile(r"\d+")
 # What a candidate's attempts can end in besides a terminal task status.
 NEXT_CANDIDATE = object()  # fall back to the next candidate
 ESCALATE = object()  # the output failed validation: move up a tier
+RETRY = object()  # one attempt failed: try the same model again (if its attempts allow)
 
 
 @dataclass
@@ -261,111 +262,123 @@ class Engine:
     async def _try_candidate(self, ctx, claimed, task, request, cand: Candidate, state: _TaskRun, deadline: float):
         """Up to max_attempts_per_model calls on one model. Returns a terminal status (recorded), or
         NEXT_CANDIDATE (reroute error / retries exhausted) or ESCALATE (output failed validation)."""
-        model = cand.model
-        policy = self.settings.retry
-        adapter = self.providers.get(ctx.simulate)[0][model.provider]
         call_request = self._request_for(request, cand)
-        for n in range(policy.max_attempts_per_model):
-            ticket = await self._admit(ctx, model.provider, deadline)
+        for n in range(self.settings.retry.max_attempts_per_model):
+            ticket = await self._admit(ctx, cand.model.provider, deadline)
             if ticket is None:
-                state.last_error = (f"{model.provider} kept failing (calls to it paused) past the task deadline; "
-                                    f"last error: {state.last_error}")
+                state.last_error = (f"{cand.model.provider} kept failing (calls to it paused) past the task "
+                                    f"deadline; last error: {state.last_error}")
                 return NEXT_CANDIDATE
             try:
-                if await self.is_cancelled(ctx):
-                    return await self._finish(ctx, claimed, status=TaskStatus.cancelled, skip_reason="cancelled",
-                                              error="job cancelled", escalations=state.escalations)
-                if state.attempts >= policy.max_attempts_per_task or time.time() > deadline:
-                    return await self._finish(ctx, claimed, status=TaskStatus.failed, escalations=state.escalations,
-                                              error=f"retry budget exhausted after {state.attempts} attempts; "
-                                                    f"last error: {state.last_error}")
-                tpm_tokens = cand.input_tokens_est + cand.completion_cap
-                try:
-                    await self.limiter.acquire(model.key, tpm_tokens, deadline=deadline)
-                except TimeoutError:  # no rate-limit slot before the task's deadline (asyncio.TimeoutError too)
-                    state.last_error = f"no rate-limit slot for {model.key} before the task deadline"
-                    return NEXT_CANDIDATE
-                try:
-                    attempt_id = await self._reserve(ctx, claimed, cand, state.purpose, deadline)
-                except BudgetExceeded as e:
-                    reason = "budget" if e.scope == "job" else "daily_cap"
-                    return await self._finish(ctx, claimed, status=TaskStatus.skipped, skip_reason=reason,
-                                              escalations=state.escalations,
-                                              error=f"{e} (needs {exact_usd(cand.upper_bound_micros)} reserved for "
-                                                    f"{model.key}); raise it with `llmbatch retry JOB --budget USD`")
-                state.attempts += 1
-                self.progress.attempts += 1
-                state.purpose = "retry"
-                started = time.monotonic()
-                try:
-                    completion = await adapter.complete(model, call_request, timeout=policy.call_timeout_s)
-                except ProviderError as e:
-                    state.last_error = e.message
-                    latency = int((time.monotonic() - started) * 1000)
-                    if _provider_in_trouble(e):
-                        hold = self.breaker.failure(model.provider, time.time())
-                        if hold is not None:
-                            log.warning("%s: %d server-side failures in a row (last: %s); "
-                                        "pausing calls to it for %.1fs", model.provider, policy.breaker_failures,
-                                        e.error_class, hold)
-                    elif e.request_sent:  # a 4xx or a 429 is still an answer: the provider is up
-                        self.breaker.success(model.provider)
-                    if isinstance(e, RetryableError) and _outcome_unknown(e):
-                        # Sent, but no usable answer: it may have been billed. Keep the reservation for reconcile.
-                        await self.store.call(ledger.mark_unknown, attempt_id, error_class=e.error_class,
-                                              error_message=e.message, latency_ms=latency)
-                    else:
-                        await self._settle_error(attempt_id, cand, e, latency)
-                    if isinstance(e, RerouteError):
-                        return NEXT_CANDIDATE
-                    if isinstance(e, FatalError):
-                        return await self._finish(ctx, claimed, status=TaskStatus.failed, provider=model.provider,
-                                                  model=model.model, escalations=state.escalations,
-                                                  error=f"{e.error_class}: {e.message}")
-                    if isinstance(e, RateLimitedError):
-                        # Every worker holds this model for the hint; the next acquire() waits it out, within
-                        # the task deadline. No sleep here as well: that would wait twice.
-                        hold = e.retry_after if e.retry_after is not None else policy.base_delay_s * (2 ** n)
-                        self.health.cooldown_until[model.key] = time.time() + hold
-                        await self.limiter.cooldown(model.key, hold)
-                        continue
-                    if n + 1 >= policy.max_attempts_per_model:
-                        continue  # no sleep before falling back to the next candidate
-                    retry_after = e.retry_after if isinstance(e, RetryableError) else None
-                    delay = backoff.retry_delay(n, retry_after, base=policy.base_delay_s, cap=policy.max_delay_s,
-                                                rng=self.rng)
-                    if time.time() + delay > deadline:  # a provider's hint can exceed what the task has left
-                        state.last_error = f"{e.message} (asked to wait {delay:.0f}s, past the task deadline)"
-                        return NEXT_CANDIDATE
-                    await asyncio.sleep(delay)
-                    continue
-                latency = int((time.monotonic() - started) * 1000)
-                self.breaker.success(model.provider)
-                self._observe_latency(model.key, latency)
-                used = completion.usage.input_tokens + completion.usage.output_tokens
-                if used < tpm_tokens:  # TPM was taken at the upper estimate; give back what the call did not use
-                    await self.limiter.refund(model.key, tpm_tokens - used)
-                cost_micros, cost_source, pricing_error = self._cost(completion.usage, model, cand)
-                try:
-                    output = validate_output(task, completion.text)
-                except InvalidOutput as e:
-                    await self.store.settle(ledger.Settlement(
-                        attempt_id=attempt_id, status=AttemptStatus.invalid_output, cost_micros=cost_micros,
-                        cost_source=cost_source, usage=completion.usage, error_class="invalid_output",
-                        error_message=str(e), pricing_error=pricing_error, latency_ms=latency,
-                        provider_request_id=completion.provider_request_id))
-                    state.last_error = str(e)
-                    return ESCALATE
-                settlement = ledger.Settlement(
-                    attempt_id=attempt_id, status=AttemptStatus.succeeded, cost_micros=cost_micros,
-                    cost_source=cost_source, usage=completion.usage, pricing_error=pricing_error, latency_ms=latency,
-                    provider_request_id=completion.provider_request_id)
-                return await self._finish(ctx, claimed, settlement=settlement, status=TaskStatus.succeeded,
-                                          provider=model.provider, model=model.model, output=output,
-                                          escalations=state.escalations)
+                outcome = await self._attempt(ctx, claimed, task, call_request, cand, state, deadline, n)
             finally:
                 self.breaker.release(ticket)
+            if outcome is not RETRY:
+                return outcome
         return NEXT_CANDIDATE
+
+    async def _attempt(self, ctx, claimed, task, call_request: ChatRequest, cand: Candidate, state: _TaskRun,
+                       deadline: float, n: int):
+        """One attempt: checks, rate limit, reservation, the call, then what its answer means. Returns what
+        _try_candidate returns, or RETRY (try this model again)."""
+        model, policy = cand.model, self.settings.retry
+        if await self.is_cancelled(ctx):
+            return await self._finish(ctx, claimed, status=TaskStatus.cancelled, skip_reason="cancelled",
+                                      error="job cancelled", escalations=state.escalations)
+        if state.attempts >= policy.max_attempts_per_task or time.time() > deadline:
+            return await self._finish(ctx, claimed, status=TaskStatus.failed, escalations=state.escalations,
+                                      error=f"retry budget exhausted after {state.attempts} attempts; "
+                                            f"last error: {state.last_error}")
+        tpm_tokens = cand.input_tokens_est + cand.completion_cap
+        try:
+            await self.limiter.acquire(model.key, tpm_tokens, deadline=deadline)
+        except TimeoutError:  # no rate-limit slot before the task's deadline (asyncio.TimeoutError too)
+            state.last_error = f"no rate-limit slot for {model.key} before the task deadline"
+            return NEXT_CANDIDATE
+        try:
+            attempt_id = await self._reserve(ctx, claimed, cand, state.purpose, deadline)
+        except BudgetExceeded as e:
+            reason = "budget" if e.scope == "job" else "daily_cap"
+            return await self._finish(ctx, claimed, status=TaskStatus.skipped, skip_reason=reason,
+                                      escalations=state.escalations,
+                                      error=f"{e} (needs {exact_usd(cand.upper_bound_micros)} reserved for "
+                                            f"{model.key}); raise it with `llmbatch retry JOB --budget USD`")
+        state.attempts += 1
+        self.progress.attempts += 1
+        state.purpose = "retry"
+        adapter = self.providers.get(ctx.simulate)[0][model.provider]
+        started = time.monotonic()
+        try:
+            completion = await adapter.complete(model, call_request, timeout=policy.call_timeout_s)
+        except ProviderError as e:
+            latency = int((time.monotonic() - started) * 1000)
+            return await self._failed_call(ctx, claimed, cand, e, attempt_id, latency, state, deadline, n)
+        latency = int((time.monotonic() - started) * 1000)
+        self.breaker.success(model.provider)
+        self._observe_latency(model.key, latency)
+        used = completion.usage.input_tokens + completion.usage.output_tokens
+        if used < tpm_tokens:  # TPM was taken at the upper estimate; give back what the call did not use
+            await self.limiter.refund(model.key, tpm_tokens - used)
+        cost_micros, cost_source, pricing_error = self._cost(completion.usage, model, cand)
+        try:
+            output = validate_output(task, completion.text)
+        except InvalidOutput as e:
+            await self.store.settle(ledger.Settlement(
+                attempt_id=attempt_id, status=AttemptStatus.invalid_output, cost_micros=cost_micros,
+                cost_source=cost_source, usage=completion.usage, error_class="invalid_output",
+                error_message=str(e), pricing_error=pricing_error, latency_ms=latency,
+                provider_request_id=completion.provider_request_id))
+            state.last_error = str(e)
+            return ESCALATE
+        settlement = ledger.Settlement(
+            attempt_id=attempt_id, status=AttemptStatus.succeeded, cost_micros=cost_micros,
+            cost_source=cost_source, usage=completion.usage, pricing_error=pricing_error, latency_ms=latency,
+            provider_request_id=completion.provider_request_id)
+        return await self._finish(ctx, claimed, settlement=settlement, status=TaskStatus.succeeded,
+                                  provider=model.provider, model=model.model, output=output,
+                                  escalations=state.escalations)
+
+    async def _failed_call(self, ctx, claimed, cand: Candidate, e: ProviderError, attempt_id: int, latency: int,
+                           state: _TaskRun, deadline: float, n: int):
+        """Record a failed call in the ledger, tell the breaker, and decide: RETRY (after backoff or a
+        cooldown), NEXT_CANDIDATE, or a recorded terminal status."""
+        model, policy = cand.model, self.settings.retry
+        state.last_error = e.message
+        if _provider_in_trouble(e):
+            hold = self.breaker.failure(model.provider, time.time())
+            if hold is not None:
+                log.warning("%s: %d server-side failures in a row (last: %s); pausing calls to it for %.1fs",
+                            model.provider, policy.breaker_failures, e.error_class, hold)
+        elif e.request_sent:  # a 4xx or a 429 is still an answer: the provider is up
+            self.breaker.success(model.provider)
+        if isinstance(e, RetryableError) and _outcome_unknown(e):
+            # Sent, but no usable answer: it may have been billed. Keep the reservation for reconcile.
+            await self.store.call(ledger.mark_unknown, attempt_id, error_class=e.error_class,
+                                  error_message=e.message, latency_ms=latency)
+        else:
+            await self._settle_error(attempt_id, cand, e, latency)
+        if isinstance(e, RerouteError):
+            return NEXT_CANDIDATE
+        if isinstance(e, FatalError):
+            return await self._finish(ctx, claimed, status=TaskStatus.failed, provider=model.provider,
+                                      model=model.model, escalations=state.escalations,
+                                      error=f"{e.error_class}: {e.message}")
+        if isinstance(e, RateLimitedError):
+            # Every worker holds this model for the hint; the next acquire() waits it out, within the task
+            # deadline. No sleep here as well: that would wait twice.
+            hold = e.retry_after if e.retry_after is not None else policy.base_delay_s * (2 ** n)
+            self.health.cooldown_until[model.key] = time.time() + hold
+            await self.limiter.cooldown(model.key, hold)
+            return RETRY
+        if n + 1 >= policy.max_attempts_per_model:
+            return RETRY  # the loop ends: no sleep before falling back to the next candidate
+        retry_after = e.retry_after if isinstance(e, RetryableError) else None
+        delay = backoff.retry_delay(n, retry_after, base=policy.base_delay_s, cap=policy.max_delay_s, rng=self.rng)
+        if time.time() + delay > deadline:  # a provider's hint can exceed what the task has left
+            state.last_error = f"{e.message} (asked to wait {delay:.0f}s, past the task deadline)"
+            return NEXT_CANDIDATE
+        await asyncio.sleep(delay)
+        return RETRY
 
     async def _admit(self, ctx: JobContext, provider: str, deadline: float) -> Ticket | None:
         """A breaker ticket for one attempt on `provider`: at once when it is closed; after the hold when it is

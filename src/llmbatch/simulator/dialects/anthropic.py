@@ -20,8 +20,8 @@ from ..modelinfo import SimModel
 from ..prompt_cache import explicit_cache_tokens
 from ..ratelimit import RateDecision
 from ..state import SimState
-from ..tokens import text_tokens, truncate_to_tokens
-from .base import Dialect, Parsed, Reply, answer_text, is_number, positive_int
+from ..tokens import text_tokens
+from .base import Dialect, Parsed, Reply, answer_text, fit_to_cap, is_number, positive_int
 
 _ERROR_TYPES = {
     INVALID: "invalid_request_error",
@@ -151,9 +151,8 @@ class AnthropicDialect(Dialect):
     def respond(self, parsed: Parsed, model: SimModel, state: SimState, request_id: str) -> Reply:
         text = answer_text(parsed, model, state)
         cap = parsed.max_tokens or model.max_output_tokens
-        stop = "end_turn"
-        if text_tokens(text) > cap:
-            text, stop = truncate_to_tokens(text, cap), "max_tokens"
+        text, _, cut = fit_to_cap(text, cap, None)
+        stop = "max_tokens" if cut else "end_turn"
         output = text_tokens(text)
         created, read = explicit_cache_tokens(state.anthropic_cache, parsed.conv,
                                               min_tokens=state.config.anthropic_cache_min_tokens)

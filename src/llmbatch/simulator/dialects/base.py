@@ -16,7 +16,7 @@ from ..conversation import Conversation
 from ..modelinfo import SimModel
 from ..ratelimit import RateDecision
 from ..state import SimState
-from ..tokens import stable_hash
+from ..tokens import stable_hash, text_tokens, truncate_to_tokens
 
 # Mini models err at mini_error_rate, standard at a fifth of it, frontier never.
 TIER_ERROR_SHARE = {"mini": 1.0, "standard": 0.2, "frontier": 0.0}
@@ -102,6 +102,19 @@ def hidden_reasoning_tokens(model: SimModel, conv: Conversation) -> int:
     """Deterministic per (model, prompt), in [REASONING_MIN, REASONING_MAX]."""
     span = REASONING_MAX - REASONING_MIN + 1
     return REASONING_MIN + stable_hash("reasoning", model.id, conv.all_text()) % span
+
+
+def fit_to_cap(text: str, cap: int, reasoning: int | None) -> tuple[str, int, bool]:
+    """(the visible text, hidden reasoning tokens, whether the cap cut the answer), as real APIs do it: a
+    model that reasons (`reasoning` = its hidden tokens) and runs out spends the whole cap thinking and
+    shows nothing; any other model is truncated at the cap."""
+    if reasoning is not None:
+        if reasoning + text_tokens(text) > cap:
+            return "", cap, True
+        return text, reasoning, False
+    if text_tokens(text) > cap:
+        return truncate_to_tokens(text, cap), 0, True
+    return text, 0, False
 
 
 def context_overflow(conv: Conversation, max_tokens: int | None, model: SimModel) -> bool:

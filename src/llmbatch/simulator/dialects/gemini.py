@@ -18,9 +18,9 @@ from ..conversation import ConversationBuilder
 from ..modelinfo import SimModel
 from ..prompt_cache import implicit_cached_tokens
 from ..state import SimState
-from ..tokens import text_tokens, truncate_to_tokens
-from .base import (Dialect, Parsed, Reply, answer_text, context_overflow, hidden_reasoning_tokens, is_number,
-                   positive_int)
+from ..tokens import text_tokens
+from .base import (Dialect, Parsed, Reply, answer_text, context_overflow, fit_to_cap, hidden_reasoning_tokens,
+                   is_number, positive_int)
 
 _STATUS = {
     INVALID: "INVALID_ARGUMENT",
@@ -120,14 +120,9 @@ class GeminiDialect(Dialect):
     def respond(self, parsed: Parsed, model: SimModel, state: SimState, request_id: str) -> Reply:
         text = answer_text(parsed, model, state)
         cap = parsed.max_tokens or model.max_output_tokens
-        finish = "STOP"
-        thoughts = 0
-        if model.thinking:
-            thoughts = hidden_reasoning_tokens(model, parsed.conv)
-            if thoughts + text_tokens(text) > cap:
-                text, thoughts, finish = "", cap, "MAX_TOKENS"
-        elif text_tokens(text) > cap:
-            text, finish = truncate_to_tokens(text, cap), "MAX_TOKENS"
+        text, thoughts, cut = fit_to_cap(
+            text, cap, hidden_reasoning_tokens(model, parsed.conv) if model.thinking else None)
+        finish = "MAX_TOKENS" if cut else "STOP"
         visible = text_tokens(text)
         cached = 0
         if model.thinking:

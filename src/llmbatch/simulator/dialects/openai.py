@@ -19,9 +19,9 @@ from ..modelinfo import SimModel
 from ..prompt_cache import OPENAI_CACHE_INCREMENT, implicit_cached_tokens
 from ..ratelimit import format_duration
 from ..state import SimState
-from ..tokens import text_tokens, truncate_to_tokens
-from .base import (Dialect, Parsed, Reply, answer_text, context_overflow, hidden_reasoning_tokens, is_number,
-                   positive_int)
+from ..tokens import text_tokens
+from .base import (Dialect, Parsed, Reply, answer_text, context_overflow, fit_to_cap, hidden_reasoning_tokens,
+                   is_number, positive_int)
 
 _ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _ERROR_TYPES = {
@@ -165,19 +165,11 @@ class OpenAIDialect(Dialect):
     def respond(self, parsed: Parsed, model: SimModel, state: SimState, request_id: str) -> Reply:
         text = answer_text(parsed, model, state)
         cap = parsed.max_tokens or model.max_output_tokens
-        finish = "stop"
-        reasoning = 0
-        if model.reasoning:
-            reasoning = hidden_reasoning_tokens(model, parsed.conv)
-            visible = text_tokens(text)
-            if reasoning + visible > cap:
-                # Real o1 behaviour: the cap is spent thinking and nothing visible comes out.
-                text, reasoning, finish = "", cap, "length"
-            completion = reasoning + text_tokens(text) if finish == "stop" else cap
-        else:
-            if text_tokens(text) > cap:
-                text, finish = truncate_to_tokens(text, cap), "length"
-            completion = text_tokens(text)
+        # o1 behaviour: a reasoning model that runs out spends the cap thinking and shows nothing.
+        text, reasoning, cut = fit_to_cap(
+            text, cap, hidden_reasoning_tokens(model, parsed.conv) if model.reasoning else None)
+        finish = "length" if cut else "stop"
+        completion = reasoning + text_tokens(text)
         cached = implicit_cached_tokens(state.openai_cache, parsed.conv, min_tokens=state.config.cache_min_tokens,
                                         increment=OPENAI_CACHE_INCREMENT)
         prompt = parsed.conv.prompt_tokens

@@ -10,6 +10,7 @@ Under CI=true any skipped test fails the run: CI must never pass without the rea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -113,6 +114,58 @@ def with_database(url: str, name: str) -> str:
     return f"{base}/{name}" + (f"?{query}" if query else "")
 
 
+@contextlib.contextmanager
+def temp_database(pg_url: str, prefix: str) -> Iterator[str]:
+    """A new, empty database on the server of `pg_url`, dropped on exit; yields its URL."""
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    admin_dsn = psycopg_dsn(with_database(pg_url, "postgres"))
+    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
+        # template0: nothing can be connected to it, so concurrent CREATEs never collide on it.
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'UTF8\'')
+    try:
+        yield with_database(pg_url, name)
+    finally:
+        from llmbatch.store.db import dispose_all
+
+        dispose_all()  # this process's pools on it
+        try:
+            with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
+                # FORCE: pools other processes (workers) left open must not keep the database alive.
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except Exception as e:  # noqa: BLE001 - a leftover database must not fail the test itself
+            sys.stderr.write(f"could not drop database {name}: {e}\n")
+
+
+def flushed_redis_db(redis_url: str, db: int | None = None) -> str:
+    """FLUSHDB on the Redis database of `redis_url` (or database `db` of the same server); returns its URL."""
+    import redis
+
+    url = redis_url
+    if db is not None:
+        base = redis_url.split("?", 1)[0].rstrip("/")
+        if base.count("/") >= 3:
+            base = base.rsplit("/", 1)[0]
+        url = f"{base}/{db}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 # ------------------------------------------------------------------ fixtures
 
 
@@ -162,35 +215,14 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 def fresh_postgres_url(postgres_url: str):
     """A new, empty database on the test server for this test only; dropped afterwards."""
-    import psycopg
-
-    name = f"llmbatch_t_{uuid.uuid4().hex[:16]}"
-    admin_dsn = psycopg_dsn(with_database(postgres_url, "postgres"))
-    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
-        # template0: nothing can be connected to it, so concurrent CREATEs never collide on it.
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'UTF8\'')
-    try:
-        yield with_database(postgres_url, name)
-    finally:
-        try:
-            with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
-                # FORCE: pools the test (or its workers) left open must not keep the database alive.
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        except Exception as e:  # noqa: BLE001 - a leftover database must not fail the test itself
-            sys.stderr.write(f"conftest: could not drop test database {name}: {e}\n")
+    with temp_database(postgres_url, "llmbatch_t") as url:
+        yield url
 
 
 @pytest.fixture
 def flush_redis(redis_url: str) -> str:
     """FLUSHDB on the test Redis database before the test; returns the URL."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-    return redis_url
+    return flushed_redis_db(redis_url)
 
 
 # ------------------------------------------------------------------ worker processes

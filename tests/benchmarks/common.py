@@ -16,7 +16,7 @@ Postgres database (dropped afterwards).
 
 from __future__ import annotations
 
-from tests.conftest import psycopg_dsn, with_database
+from tests.conftest import flushed_redis_db, stop_process, temp_database
 import argparse
 import asyncio
 import contextlib
@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -195,12 +194,7 @@ def simulator(**config: Any) -> Iterator[str]:
     try:
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
 
 
 def sim_stats(url: str) -> dict:
@@ -327,18 +321,7 @@ def _bench_redis() -> str:
 
 def redis_db(redis_url: str, db: int) -> str:
     """The same Redis server, database `db` (flushed): benchmarks stay off the tests' database 0."""
-    import redis
-
-    base = redis_url.split("?", 1)[0].rstrip("/")
-    if base.count("/") >= 3:
-        base = base.rsplit("/", 1)[0]
-    url = f"{base}/{db}"
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-    return url
+    return flushed_redis_db(redis_url, db)
 
 
 def queue_length(redis_url: str, queue: str = "llmbatch") -> int:
@@ -351,25 +334,9 @@ def queue_length(redis_url: str, queue: str = "llmbatch") -> int:
         client.close()
 
 
-@contextlib.contextmanager
-def fresh_postgres(pg_url: str, prefix: str = "llmbatch_bench") -> Iterator[str]:
-    import psycopg
-
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = psycopg_dsn(with_database(pg_url, "postgres"))
-    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'UTF8\'')
-    try:
-        yield with_database(pg_url, name)
-    finally:
-        from llmbatch.store.db import dispose_all
-
-        dispose_all()
-        try:
-            with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        except Exception as e:  # noqa: BLE001
-            log(f"could not drop {name}: {e}")
+def fresh_postgres(pg_url: str, prefix: str = "llmbatch_bench"):
+    """A new database on the benchmark server for one measurement, dropped afterwards."""
+    return temp_database(pg_url, prefix)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

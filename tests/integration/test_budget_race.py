@@ -12,9 +12,7 @@ The race runs once per module (it is the expensive part); each test checks one p
 from __future__ import annotations
 
 import re
-import subprocess
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import pytest
@@ -25,7 +23,7 @@ from llmbatch.simulator import SimulatorConfig, start_subprocess
 from llmbatch.store import ledger as ledger_api, repo
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import attempts, tasks
-from tests.conftest import WorkerProcs, psycopg_dsn, with_database
+from tests.conftest import WorkerProcs, flushed_redis_db, stop_process, temp_database
 from tests.helpers import cli_env, run_cli, run_json, write_reviews
 
 N_TASKS = 2000
@@ -40,28 +38,11 @@ NEEDS = re.compile(r"needs \$([0-9.]+) reserved")
 def private_redis(redis_url: str, db: int) -> str:
     """A Redis database of our own on the shared test server: other sessions' workers consume the default
     database's `llmbatch` queue (and FLUSHDB it), which would steal or drop this test's units."""
-    import redis
-
-    url = redis_url.rsplit("/", 1)[0] + f"/{db}"
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-    return url
+    return flushed_redis_db(redis_url, db)
 
 
 def _usd(micros: int) -> str:
     return f"{micros / 1e6:.6f}"
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
 
 
 @dataclass
@@ -89,7 +70,6 @@ class Race:
 
 @pytest.fixture(scope="module")
 def race(request, tmp_path_factory, postgres_url, redis_url):
-    import psycopg
 
     tmp = tmp_path_factory.mktemp("budget_race")
     src = tmp / "reviews.jsonl"
@@ -102,34 +82,27 @@ def race(request, tmp_path_factory, postgres_url, redis_url):
         p, full = run_json(["run", str(src), "--simulate", "--concurrency", "200"],
                            cli_env(f"sqlite:///{tmp}/full.db", LLMBATCH_SIMULATOR_URL=url), timeout=120)
     finally:
-        _stop(sim)
+        stop_process(sim)
     assert p.returncode == 0 and full["status"] == "succeeded", (p.stdout, p.stderr)
     full_micros = usd_to_micros(full["spent_usd"])
     budget = full_micros // BUDGET_SHARE
 
     # A database of our own on the test server (module scope: fresh_postgres_url is per test).
-    db_name = f"llmbatch_race_{uuid.uuid4().hex[:12]}"
-    admin = psycopg_dsn(with_database(postgres_url, "postgres"))
-    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f'CREATE DATABASE "{db_name}" TEMPLATE template0')
-    db_url = with_database(postgres_url, db_name)
-    workers = WorkerProcs(request=request, tmp_path=tmp)
-    sim, url = start_subprocess(sim_cfg)
-    try:
-        env = cli_env(db_url, LLMBATCH_BROKER_URL=private_redis(redis_url, REDIS_DB), LLMBATCH_SIMULATOR_URL=url,
-                      LLMBATCH_CHUNK_SIZE="25")
-        race = _run_capped(env, db_url, src, full_micros, budget, workers)
-        started = time.time()
-        p, st = run_json(["retry", race.job_id, "--budget", _usd(full_micros * 3)], env, timeout=120)
-        race.retry_wall_s = time.time() - started
-        race.retry_exit, race.retry_status = p.returncode, st
-        yield race
-    finally:
-        workers.stop_all()
-        _stop(sim)
-        get_engine(db_url).dispose()
-        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+    with temp_database(postgres_url, "llmbatch_race") as db_url:
+        workers = WorkerProcs(request=request, tmp_path=tmp)
+        sim, url = start_subprocess(sim_cfg)
+        try:
+            env = cli_env(db_url, LLMBATCH_BROKER_URL=private_redis(redis_url, REDIS_DB),
+                          LLMBATCH_SIMULATOR_URL=url, LLMBATCH_CHUNK_SIZE="25")
+            race = _run_capped(env, db_url, src, full_micros, budget, workers)
+            started = time.time()
+            p, st = run_json(["retry", race.job_id, "--budget", _usd(full_micros * 3)], env, timeout=120)
+            race.retry_wall_s = time.time() - started
+            race.retry_exit, race.retry_status = p.returncode, st
+            yield race
+        finally:
+            workers.stop_all()
+            stop_process(sim)
 
 
 def _run_capped(env, db_url, src, full_micros: int, budget: int, workers: WorkerProcs) -> Race:

@@ -19,9 +19,10 @@ from llmbatch.store.schema import attempts, tasks
 from tests.helpers import cli_env, results, run_cli, run_json, write_reviews
 from tests.integration.test_chaos_workers import (
     check_ledger,
+    finished,
     reconcile,
     submit,
-    task_counts,
+    wait_finished,
     wait_terminal,
 )
 
@@ -36,21 +37,6 @@ def _sim_total(url: str) -> tuple[int, int]:
     return s["total"], s["in_flight"]
 
 
-def _finished(db_url: str, job_id: str) -> int:
-    c = task_counts(db_url, job_id)
-    return c["succeeded"] + c["failed"] + c["skipped"] + c["cancelled"]
-
-
-def _wait_finished(db_url: str, job_id: str, at_least: int, timeout: float = 60) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        n = _finished(db_url, job_id)
-        if n >= at_least:
-            return n
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id}: fewer than {at_least} tasks finished after {timeout}s")
-
-
 def test_cancel_stops_calls_within_seconds_then_retry_resumes(tmp_path, fresh_postgres_url, redis_url, flush_redis,
                                                               worker_procs):
     n = 1000
@@ -62,7 +48,7 @@ def test_cancel_stops_calls_within_seconds_then_retry_resumes(tmp_path, fresh_po
                       LLMBATCH_CHUNK_SIZE="20", LLMBATCH_LEASE_SECONDS="10")
         job_id = submit(src, env)
         worker_procs.start(2, env=env, args=["--concurrency", "20"])
-        at = _wait_finished(fresh_postgres_url, job_id, 150)
+        at = wait_finished(fresh_postgres_url, job_id, 150)
 
         before_total, before_inflight = _sim_total(sim_url)
         t_invoke = time.time()
@@ -183,7 +169,7 @@ def test_job_resumes_after_all_workers_die(tmp_path, fresh_postgres_url, redis_u
                       LLMBATCH_CHUNK_SIZE="20", LLMBATCH_LEASE_SECONDS="5")
         job_id = submit(src, env)
         worker_procs.start(3, env=env, args=["--concurrency", "12"])
-        at = _wait_finished(fresh_postgres_url, job_id, n // 4)
+        at = wait_finished(fresh_postgres_url, job_id, n // 4)
         for i in range(3):
             worker_procs.kill(i, signal.SIGKILL)
         t_kill = time.time()
@@ -193,9 +179,9 @@ def test_job_resumes_after_all_workers_die(tmp_path, fresh_postgres_url, redis_u
         with get_engine(fresh_postgres_url).connect() as c:
             held = c.execute(select(tasks.c.seq).where(tasks.c.job_id == job_id, tasks.c.status == "running")).all()
         # Nobody works on it now: the job stands still.
-        frozen = _finished(fresh_postgres_url, job_id)
+        frozen = finished(fresh_postgres_url, job_id)
         time.sleep(3)
-        assert _finished(fresh_postgres_url, job_id) == frozen
+        assert finished(fresh_postgres_url, job_id) == frozen
         assert job_status(fresh_postgres_url, job_id) not in ("succeeded", "failed", "cancelled")
 
         worker_procs.start(2, env=env, args=["--concurrency", "12"])  # new machines
@@ -245,7 +231,7 @@ def test_retry_after_cancel_on_the_same_workers(tmp_path, fresh_postgres_url, re
         # 5 calls in flight, 2 units (40 tasks) claimed: tasks queue for a slot and see the cancel, so the
         # worker has it cached; after retry, 5 tasks of the first unit start at once.
         worker_procs.start(1, env=env, args=["--concurrency", "5"])
-        _wait_finished(fresh_postgres_url, job_id, 10)
+        wait_finished(fresh_postgres_url, job_id, 10)
         assert run_cli(["cancel", job_id], env).returncode == 0
         assert wait_terminal(fresh_postgres_url, job_id, timeout=60)["status"] == "cancelled"
         p, st = run_json(["retry", job_id], env, timeout=120)  # the same, still running worker

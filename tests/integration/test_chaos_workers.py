@@ -46,6 +46,23 @@ def task_counts(db_url: str, job_id: str) -> dict[str, int]:
         return repo.task_counts(c, job_id)
 
 
+def finished(db_url: str, job_id: str) -> int:
+    """Tasks of the job in a terminal status."""
+    c = task_counts(db_url, job_id)
+    return c["succeeded"] + c["failed"] + c["skipped"] + c["cancelled"]
+
+
+def wait_finished(db_url: str, job_id: str, at_least: int, timeout: float = 60) -> int:
+    """Poll until at least `at_least` tasks are terminal; returns how many are."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        n = finished(db_url, job_id)
+        if n >= at_least:
+            return n
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id}: fewer than {at_least} tasks finished after {timeout}s")
+
+
 def wait_terminal(db_url: str, job_id: str, timeout: float, *, tick=None, every: float = 0.25) -> dict:
     """Poll the store until the job has a terminal status; `tick()` runs on every poll (chaos, probes).
     Store errors (a restarting Postgres) are retried until the timeout."""
@@ -205,8 +222,7 @@ def test_sigkill_random_workers_during_2000_task_job(tmp_path, fresh_postgres_ur
                     kills += 1
                 next_kill = now + rng.uniform(1.5, 3.0)
             if not progress or now - progress[-1][0] >= 5:
-                c = task_counts(fresh_postgres_url, job_id)
-                progress.append((now, c["succeeded"] + c["failed"] + c["skipped"] + c["cancelled"]))
+                progress.append((now, finished(fresh_postgres_url, job_id)))
 
         job = wait_terminal(fresh_postgres_url, job_id, timeout=150, tick=chaos, every=0.2)
         elapsed = time.time() - started

@@ -24,7 +24,7 @@ from tests.integration.test_chaos_workers import (
     check_ledger,
     reconcile,
     submit,
-    task_counts,
+    wait_finished,
     wait_terminal,
 )
 
@@ -81,19 +81,19 @@ def _ensure_back(probe, url: str, redis_url: str, postgres_url: str, service: st
     assert probe(url), f"{service} did not come back after the restart test: {p.stderr[-2000:]}"
 
 
-def _progress(db_url: str, job_id: str) -> int:
-    c = task_counts(db_url, job_id)
-    return c["succeeded"] + c["failed"] + c["skipped"] + c["cancelled"]
-
-
-def _wait_progress(db_url: str, job_id: str, at_least: int, timeout: float = 60) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        done = _progress(db_url, job_id)
-        if done >= at_least:
-            return done
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} made no progress to {at_least} tasks in {timeout}s")
+def _down_for_a_while(service: str, probe, url: str, redis_url: str, postgres_url: str) -> float:
+    """Stop `service` cleanly, keep it down for DOWN_S seconds, start it again. Returns the outage in seconds."""
+    t = time.time()
+    try:
+        p = _services(redis_url, postgres_url, "stop", service)
+        assert p.returncode == 0, p.stderr
+        assert not probe(url)
+        time.sleep(DOWN_S)
+        p = _services(redis_url, postgres_url, "start", service)
+        assert p.returncode == 0, p.stderr
+    finally:
+        _ensure_back(probe, url, redis_url, postgres_url, service)
+    return time.time() - t
 
 
 def _start_job(tmp_path, db_url, redis_url, worker_procs, sim_url, lease_s: str):
@@ -132,7 +132,7 @@ def test_redis_crash_mid_job_job_completes(tmp_path, fresh_postgres_url, postgre
     try:
         env, job_id = _start_job(tmp_path, fresh_postgres_url, redis_url, worker_procs, sim_url, lease_s="10")
         started = time.time()
-        at = _wait_progress(fresh_postgres_url, job_id, N_TASKS // 5)
+        at = wait_finished(fresh_postgres_url, job_id, N_TASKS // 5)
         t0 = time.time()
         try:
             p = _services(redis_url, postgres_url, "restart-redis", "--kill")
@@ -144,19 +144,10 @@ def test_redis_crash_mid_job_job_completes(tmp_path, fresh_postgres_url, postgre
         outage = time.time() - t0
         print(f"\nredis crashed and restarted with {at}/{N_TASKS} tasks done ({p.stderr.strip().splitlines()[0]})")
         # Second outage: a clean SHUTDOWN (AOF flushed), the broker down for DOWN_S seconds, then back.
-        at2 = _wait_progress(fresh_postgres_url, job_id, N_TASKS // 2)
-        t1 = time.time()
-        try:
-            p = _services(redis_url, postgres_url, "stop", "redis")
-            assert p.returncode == 0, p.stderr
-            assert not _redis_answers(redis_url)
-            time.sleep(DOWN_S)
-            p = _services(redis_url, postgres_url, "start", "redis")
-            assert p.returncode == 0, p.stderr
-        finally:
-            _ensure_back(_redis_answers, redis_url, redis_url, postgres_url, "redis")
-        outage += time.time() - t1
-        print(f"redis shut down for {time.time() - t1:.1f}s with {at2}/{N_TASKS} tasks done")
+        at2 = wait_finished(fresh_postgres_url, job_id, N_TASKS // 2)
+        down = _down_for_a_while("redis", _redis_answers, redis_url, redis_url, postgres_url)
+        outage += down
+        print(f"redis shut down for {down:.1f}s with {at2}/{N_TASKS} tasks done")
         logs = _finish_and_check(fresh_postgres_url, job_id, env, worker_procs, started, outage, "Redis crash")
     finally:
         sim.terminate()
@@ -171,7 +162,7 @@ def test_postgres_immediate_restart_mid_job_workers_survive(tmp_path, fresh_post
     try:
         env, job_id = _start_job(tmp_path, fresh_postgres_url, redis_url, worker_procs, sim_url, lease_s="10")
         started = time.time()
-        at = _wait_progress(fresh_postgres_url, job_id, N_TASKS // 5)
+        at = wait_finished(fresh_postgres_url, job_id, N_TASKS // 5)
         t0 = time.time()
         try:
             p = _services(redis_url, postgres_url, "restart-postgres", "--immediate")
@@ -181,19 +172,10 @@ def test_postgres_immediate_restart_mid_job_workers_survive(tmp_path, fresh_post
         outage = time.time() - t0
         print(f"\npostgres stopped (-m immediate) and restarted with {at}/{N_TASKS} tasks done")
         # Second outage: stopped (fast: every session is terminated) and kept down for DOWN_S seconds.
-        at2 = _wait_progress(fresh_postgres_url, job_id, N_TASKS // 2)
-        t1 = time.time()
-        try:
-            p = _services(redis_url, postgres_url, "stop", "postgres")
-            assert p.returncode == 0, p.stderr
-            assert not _postgres_answers(postgres_url)
-            time.sleep(DOWN_S)
-            p = _services(redis_url, postgres_url, "start", "postgres")
-            assert p.returncode == 0, p.stderr
-        finally:
-            _ensure_back(_postgres_answers, postgres_url, redis_url, postgres_url, "postgres")
-        outage += time.time() - t1
-        print(f"postgres down for {time.time() - t1:.1f}s with {at2}/{N_TASKS} tasks done")
+        at2 = wait_finished(fresh_postgres_url, job_id, N_TASKS // 2)
+        down = _down_for_a_while("postgres", _postgres_answers, postgres_url, redis_url, postgres_url)
+        outage += down
+        print(f"postgres down for {down:.1f}s with {at2}/{N_TASKS} tasks done")
         _finish_and_check(fresh_postgres_url, job_id, env, worker_procs, started, outage, "Postgres restart")
     finally:
         sim.terminate()

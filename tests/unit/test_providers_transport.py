@@ -55,6 +55,37 @@ def _adapter(client, base_url: str):
     return build_adapters(catalog, client, env={"OPENAI_API_KEY": KEY})["openai"]
 
 
+def _complete_served(handler, *, max_connections: int = 512):
+    """One adapter call through the shared client (checked to be the aiohttp transport) to an aiohttp app."""
+
+    async def go():
+        runner, url = await _serve(handler)
+        client = make_http_client(max_connections=max_connections, timeout=5)
+        try:
+            assert isinstance(client._transport, AiohttpTransport)
+            return await _adapter(client, url).complete(MODEL, REQUEST, timeout=5)
+        finally:
+            await client.aclose()
+            await runner.cleanup()
+
+    return asyncio.run(go())
+
+
+def _complete_raw(on_request, *, timeout: float = 5):
+    """One adapter call through the shared client to a raw TCP server that misbehaves as `on_request` says."""
+
+    async def go():
+        server, url = await _raw_server(on_request)
+        client = make_http_client(timeout=5)
+        try:
+            return await _adapter(client, url).complete(MODEL, REQUEST, timeout=timeout)
+        finally:
+            await client.aclose()
+            server.close()
+
+    return asyncio.run(go())
+
+
 def test_make_http_client_uses_the_aiohttp_transport_and_talks_http():
     seen: list[dict] = []
 
@@ -63,17 +94,7 @@ def test_make_http_client_uses_the_aiohttp_transport_and_talks_http():
         body = (FIXTURES / "openai_gpt4o_mini_cached.json").read_bytes()
         return web.Response(body=body, content_type="application/json", headers={"x-request-id": "req_live"})
 
-    async def go():
-        runner, url = await _serve(handler)
-        client = make_http_client(max_connections=8, timeout=5)
-        try:
-            assert isinstance(client._transport, AiohttpTransport)
-            return await _adapter(client, url).complete(MODEL, REQUEST, timeout=5)
-        finally:
-            await client.aclose()
-            await runner.cleanup()
-
-    done = asyncio.run(go())
+    done = _complete_served(handler, max_connections=8)
     assert done.text == "positive" and done.provider_request_id == "req_live"
     assert done.usage.cached_tokens == 1920
     assert seen == [{"auth": f"Bearer {KEY}", "body": {"model": "gpt-4o-mini", "max_tokens": 8,
@@ -84,17 +105,8 @@ def test_server_dropping_the_connection_is_a_reset_after_sending():
     async def drop(writer):
         pass  # _raw_server closes the socket without answering
 
-    async def go():
-        server, url = await _raw_server(drop)
-        client = make_http_client(timeout=5)
-        try:
-            await _adapter(client, url).complete(MODEL, REQUEST, timeout=5)
-        finally:
-            await client.aclose()
-            server.close()
-
     with pytest.raises(RetryableError) as info:
-        asyncio.run(go())
+        _complete_raw(drop)
     # httpx_aiohttp reports this as ConnectTimeout; the adapter must not believe the request was never sent.
     assert info.value.error_class == "connection_reset"
     assert info.value.request_sent is True
@@ -106,17 +118,8 @@ def test_truncated_body_is_a_reset():
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{\"id\":")
         await writer.drain()
 
-    async def go():
-        server, url = await _raw_server(truncate)
-        client = make_http_client(timeout=5)
-        try:
-            await _adapter(client, url).complete(MODEL, REQUEST, timeout=5)
-        finally:
-            await client.aclose()
-            server.close()
-
     with pytest.raises(RetryableError) as info:
-        asyncio.run(go())
+        _complete_raw(truncate)
     assert info.value.error_class == "connection_reset" and info.value.request_sent is True
 
 
@@ -141,18 +144,9 @@ def test_silent_server_times_out_within_the_deadline():
     async def stall(writer):
         await asyncio.sleep(10)
 
-    async def go():
-        server, url = await _raw_server(stall)
-        client = make_http_client(timeout=5)
-        try:
-            await _adapter(client, url).complete(MODEL, REQUEST, timeout=0.3)
-        finally:
-            await client.aclose()
-            server.close()
-
     started = time.monotonic()
     with pytest.raises(ProviderTimeout) as info:
-        asyncio.run(go())
+        _complete_raw(stall, timeout=0.3)
     assert time.monotonic() - started < 3
     assert info.value.request_sent is True and info.value.error_class == "timeout"
 
@@ -162,16 +156,7 @@ def test_error_status_over_the_real_transport_keeps_retry_after():
         body = (FIXTURES / "openai_error_rate_limit.json").read_bytes()
         return web.Response(status=429, body=body, content_type="application/json", headers={"retry-after-ms": "250"})
 
-    async def go():
-        runner, url = await _serve(handler)
-        client = make_http_client(timeout=5)
-        try:
-            await _adapter(client, url).complete(MODEL, REQUEST, timeout=5)
-        finally:
-            await client.aclose()
-            await runner.cleanup()
-
     with pytest.raises(RetryableError) as info:
-        asyncio.run(go())
+        _complete_served(handler)
     assert info.value.error_class == "rate_limited" and info.value.retry_after == pytest.approx(0.25)
     assert json.loads((FIXTURES / "openai_error_rate_limit.json").read_text())["error"]["message"][:20] in str(info.value)

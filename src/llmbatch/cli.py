@@ -80,6 +80,10 @@ def job_options(f):
     return f
 
 
+def _comma_list(value: str | None) -> list[str] | None:
+    return [s.strip() for s in value.split(",") if s.strip()] if value else None
+
+
 def build_spec(spec_path, task, labels, schema_path, budget, max_cost_per_task, min_tier, allow, deny, pin,
                max_output_tokens, simulate, no_escalate, strict, name) -> JobSpec:
     import yaml
@@ -95,9 +99,7 @@ def build_spec(spec_path, task, labels, schema_path, budget, max_cost_per_task, 
             raise click.UsageError(f"{spec_path}: a job spec is a mapping of settings")
     flags = {
         "task": task, "name": name, "min_tier": min_tier, "model": pin, "max_output_tokens": max_output_tokens,
-        "labels": [s.strip() for s in labels.split(",") if s.strip()] if labels else None,
-        "models": [s.strip() for s in allow.split(",") if s.strip()] if allow else None,
-        "deny": [s.strip() for s in deny.split(",") if s.strip()] if deny else None,
+        "labels": _comma_list(labels), "models": _comma_list(allow), "deny": _comma_list(deny),
         "budget_usd": budget, "max_cost_per_task_usd": max_cost_per_task,
     }
     if schema_path:

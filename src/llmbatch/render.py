@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .money import fmt_usd, usd_json, usd_to_micros
+from .money import fmt_usd, usd_to_micros
 
 def _console(stderr: bool = False) -> Console:
     c = Console(stderr=stderr, highlight=False)
@@ -87,7 +87,7 @@ class LiveProgress:
 def watch_status(engine, job_id: str) -> None:
     from .store import repo
     from .store.db import reading
-    from .store.schema import JobStatus
+    from .store.schema import JobStatus, TaskStatus
 
     with Progress(TextColumn("[bold]{task.fields[status]}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err) as p:
@@ -96,7 +96,7 @@ def watch_status(engine, job_id: str) -> None:
             with reading(engine) as conn:
                 job = repo.get_job(conn, job_id)
                 c = repo.task_counts(conn, job_id)
-            done = c["succeeded"] + c["failed"] + c["skipped"] + c["cancelled"]
+            done = sum(c[s] for s in TaskStatus.terminal)
             info = (f"ok={c['succeeded']} failed={c['failed']} skipped={c['skipped']} running={c['running']} "
                     f"spent={fmt_usd(job['spent_micros'])}")
             if tid is None:
@@ -112,10 +112,10 @@ def report_tables(rep: dict[str, Any]) -> None:
     t.add_column("item")
     t.add_column("value", justify="right")
     for label, value in (
-        ("spent", _usd(rep["spent_usd"])),
+        ("spent", fmt_usd(rep["spent_micros"])),
         ("reserved (calls in flight or unknown)", _usd(rep["reserved_usd"])),
         ("budget", _usd(rep["budget_usd"])),
-        ("ledger sum (attempt rows)", _usd(usd_json(rep["ledger_micros"]))),
+        ("ledger sum (attempt rows)", fmt_usd(rep["ledger_micros"])),
         ("spent == ledger", "yes" if rep["reconciled"] else "[bold red]NO[/]"),
         ("cost per 1k tasks", _usd(rep["cost_per_1k_tasks_usd"])),
         (f"baseline: same tokens on {rep['baseline']['model']}", _usd(rep["baseline"]["cost_usd"])),

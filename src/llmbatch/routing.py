@@ -46,10 +46,8 @@ from .money import exact_usd
 from .tokens import (
     IMAGE_TOKENS_MAX,
     IMAGE_TOKENS_TYPICAL,
-    count_images,
-    estimate_input_tokens,
     expected_output_tokens,
-    upper_bound_input_tokens,
+    measure_input,
 )
 
 SYSTEM_ROLE_ADAPTATIONS = frozenset({"merge_into_user", "developer"})
@@ -151,17 +149,17 @@ class _Needs:
 
 def _needs(task: TaskLine, request: ChatRequest) -> _Needs:
     msgs = request.messages
-    text_est = estimate_input_tokens(msgs, json_schema=request.json_schema, image_tokens=0)
+    size = measure_input(msgs, json_schema=request.json_schema)  # images are priced per model in _estimate
     return _Needs(
-        images=count_images(msgs),
+        images=size.images,
         system=any(m.get("role") in ("system", "developer") for m in msgs),
         schema=bool(request.json_schema),
         max_output=request.max_output_tokens,
         reasoning_budget=request.reasoning_budget_tokens,
-        text_est=text_est,
-        text_upper=upper_bound_input_tokens(msgs, json_schema=request.json_schema, image_tokens=0),
+        text_est=size.text_est,
+        text_upper=size.text_upper,
         out_est=expected_output_tokens(
-            task.task, request.max_output_tokens, text_est, task.labels, json_schema=request.json_schema
+            task.task, request.max_output_tokens, size.text_est, task.labels, json_schema=request.json_schema
         ),
     )
 

@@ -57,11 +57,11 @@ class ProviderSet:
                             self._sim_thread = SimulatorThread(SimulatorConfig()).start()
                             url = self._sim_thread.url
                         self._sim = (build_adapters(self._catalog, self._client, simulator_url=url),
-                                     available_credentials(self._catalog, simulate=True))
+                                     frozenset(available_credentials(self._catalog, simulate=True)))
             return self._sim
         if self._real is None:
             self._real = (build_adapters(self._catalog, self._client),
-                          available_credentials(self._catalog, simulate=False))
+                          frozenset(available_credentials(self._catalog, simulate=False)))
         return self._real
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import unicodedata
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 # Chat framing, per message: OpenAI's documented accounting is 3 tokens per message plus the role, and 3 more
@@ -87,6 +88,37 @@ def estimate_text_tokens(text: str) -> int:
     return _expected_text_tokens(text) if text else 0
 
 
+@dataclass(frozen=True)
+class InputSize:
+    """A request's prompt measured once: text tokens (framing, text parts and schema) expected and at most,
+    and how many images it carries (priced per model: see the image-token constants)."""
+
+    text_est: int
+    text_upper: int
+    images: int
+
+
+def measure_input(messages: Sequence[Mapping[str, Any]], *,
+                  json_schema: Mapping[str, Any] | None = None) -> InputSize:
+    """Expected and upper-bound text tokens and the image count, in one pass over the messages.
+
+    Why the upper bound holds: byte-level BPE (tiktoken, Claude) and SentencePiece with byte fallback (Gemini,
+    Llama) emit every token for at least one byte of (normalized) UTF-8 input, so text never takes more tokens
+    than bytes. The chat framing is a fixed number of special tokens per message plus the reply primer; a
+    schema sent as response_format or as an Anthropic tool is billed as input too.
+    """
+    framing = TOKENS_PER_REPLY + TOKENS_PER_MESSAGE * len(messages)
+    est = upper = framing
+    for t in _texts(messages):
+        est += _expected_text_tokens(t)
+        upper += _utf8_len_bound(t)
+    if json_schema:
+        schema = _schema_text(json_schema)
+        est += _expected_text_tokens(schema)
+        upper += _utf8_len_bound(schema) + SCHEMA_OVERHEAD_TOKENS_MAX
+    return InputSize(est, upper, count_images(messages))
+
+
 def estimate_input_tokens(
     messages: Sequence[Mapping[str, Any]],
     *,
@@ -94,11 +126,8 @@ def estimate_input_tokens(
     image_tokens: int = IMAGE_TOKENS_TYPICAL,
 ) -> int:
     """The expected prompt tokens of a request (what routing prices and checks against the context window)."""
-    total = TOKENS_PER_REPLY + TOKENS_PER_MESSAGE * len(messages)
-    total += sum(_expected_text_tokens(t) for t in _texts(messages))
-    total += _expected_text_tokens(_schema_text(json_schema))
-    total += image_tokens * count_images(messages)
-    return total
+    size = measure_input(messages, json_schema=json_schema)
+    return size.text_est + image_tokens * size.images
 
 
 def upper_bound_input_tokens(
@@ -108,19 +137,9 @@ def upper_bound_input_tokens(
     image_tokens: int = IMAGE_TOKENS_MAX,
 ) -> int:
     """A count no real tokenizer can exceed, for the budget reservation: a reservation below the real count would
-    let concurrent workers overspend the cap.
-
-    Why it holds: byte-level BPE (tiktoken, Claude) and SentencePiece with byte fallback (Gemini, Llama) emit
-    every token for at least one byte of (normalized) UTF-8 input, so text never takes more tokens than bytes.
-    The chat framing is a fixed number of special tokens per message plus the reply primer; images are billed
-    at a per-model ceiling; a schema sent as response_format or as an Anthropic tool is billed as input too.
-    """
-    total = TOKENS_PER_REPLY + TOKENS_PER_MESSAGE * len(messages)
-    total += sum(_utf8_len_bound(t) for t in _texts(messages))
-    if json_schema:
-        total += _utf8_len_bound(_schema_text(json_schema)) + SCHEMA_OVERHEAD_TOKENS_MAX
-    total += image_tokens * count_images(messages)
-    return total
+    let concurrent workers overspend the cap. Images are billed at a per-model ceiling (`image_tokens`)."""
+    size = measure_input(messages, json_schema=json_schema)
+    return size.text_upper + image_tokens * size.images
 
 
 # Expected output sizes, by task type. Routing prices each candidate with these; the completion cap (what the

@@ -193,7 +193,7 @@ def run(input_path, concurrency, force_local, as_json, **opts):
             from .executors.celery_app import dispatch_job
 
             dispatch_job(settings, job_id)
-            _wait(settings, job_id, quiet=as_json)
+            _wait(settings, job_id)
         else:
             from .jobs import run_embedded
             from .render import LiveProgress
@@ -207,7 +207,7 @@ def run(input_path, concurrency, force_local, as_json, **opts):
     sys.exit(code)
 
 
-def _wait(settings: Settings, job_id: str, *, quiet: bool) -> None:
+def _wait(settings: Settings, job_id: str) -> None:
     from .store import repo
     from .store.schema import JobStatus
 

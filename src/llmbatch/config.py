@@ -86,7 +86,6 @@ class Settings:
     max_deliveries: int = 5  # a task delivered this many times without finishing goes to failed (poison)
     concurrency: int = 64  # calls in flight per process
     shutdown_grace_s: float = 30.0  # a stopping worker's time to finish in-flight units before handing them back
-    config_path: str | None = None
 
     @property
     def effective_redis_url(self) -> str | None:
@@ -150,5 +149,4 @@ def load_settings(**overrides: Any) -> Settings:
         max_deliveries=int(pick("max_deliveries", "LLMBATCH_MAX_DELIVERIES", 5)),
         concurrency=int(pick("concurrency", "LLMBATCH_CONCURRENCY", 64)),
         shutdown_grace_s=float(pick("shutdown_grace_s", "LLMBATCH_SHUTDOWN_GRACE_S", 30.0)),
-        config_path=str(path) if path else None,
     )

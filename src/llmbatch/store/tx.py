@@ -44,7 +44,6 @@ class Deferred:
     window_deltas: dict[str, list[int]] = field(default_factory=dict)
     reservations: list[PendingReservation] = field(default_factory=list)
     started: set[str] = field(default_factory=set)  # jobs claimed from: queued -> running
-    touched: set[str] = field(default_factory=set)  # jobs with activity (stalled-job detection)
 
     def add_settlement(self, job_id: str, window: str | None, reserved: int, cost: int) -> None:
         d = self.job_deltas.setdefault(job_id, [0, 0])
@@ -62,7 +61,8 @@ class Deferred:
         by_job: dict[str, list[PendingReservation]] = {}
         for r in self.reservations:
             by_job.setdefault(r.job_id, []).append(r)
-        for job_id in sorted(set(self.job_deltas) | self.touched | self.started | set(by_job)):
+        # Every job listed gets its last_activity_at stamped (stalled-job detection) with its deltas.
+        for job_id in sorted(set(self.job_deltas) | self.started | set(by_job)):
             reserved, spent = self.job_deltas.get(job_id, (0, 0))
             conn.execute(_JOB_DELTA, {"b_job": job_id, "b_reserved": reserved, "b_spent": spent, "b_now": now})
             if job_id in self.started:

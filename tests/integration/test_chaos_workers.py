@@ -49,7 +49,7 @@ def task_counts(db_url: str, job_id: str) -> dict[str, int]:
 def finished(db_url: str, job_id: str) -> int:
     """Tasks of the job in a terminal status."""
     c = task_counts(db_url, job_id)
-    return c["succeeded"] + c["failed"] + c["skipped"] + c["cancelled"]
+    return sum(c[s] for s in TaskStatus.terminal)
 
 
 def wait_finished(db_url: str, job_id: str, at_least: int, timeout: float = 60) -> int:

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from llmbatch.simulator import SimulatorConfig, SimulatorThread, start_subprocess
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import attempts, tasks
+from tests.conftest import stop_process
 from tests.helpers import cli_env, results, run_cli, run_json, write_reviews
 from tests.integration.test_chaos_workers import (
     check_ledger,
@@ -108,8 +109,7 @@ def test_cancel_stops_calls_within_seconds_then_retry_resumes(tmp_path, fresh_po
         figures = check_ledger(fresh_postgres_url, job_id)
         print(f"  retry: {cancelled} cancelled task(s) requeued; job {st2['status']}; {figures['attempts']} attempts")
     finally:
-        sim.terminate()
-        sim.wait(10)
+        stop_process(sim)
 
 
 def test_retry_requeues_failed_and_skipped_tasks(tmp_path, sqlite_url):
@@ -189,8 +189,7 @@ def test_job_resumes_after_all_workers_die(tmp_path, fresh_postgres_url, redis_u
         job = wait_terminal(fresh_postgres_url, job_id, timeout=120)
         resumed = time.time() - t_new
     finally:
-        sim.terminate()
-        sim.wait(10)
+        stop_process(sim)
     worker_procs.stop_all()
     settled = reconcile(fresh_postgres_url, job_id)
     figures = check_ledger(fresh_postgres_url, job_id)
@@ -236,8 +235,7 @@ def test_retry_after_cancel_on_the_same_workers(tmp_path, fresh_postgres_url, re
         assert wait_terminal(fresh_postgres_url, job_id, timeout=60)["status"] == "cancelled"
         p, st = run_json(["retry", job_id], env, timeout=120)  # the same, still running worker
     finally:
-        sim.terminate()
-        sim.wait(10)
+        stop_process(sim)
     assert worker_procs.alive() == [True]
     bad = [(r["id"], r["status"], r["error"]) for r in results(job_id, env) if r["status"] != "succeeded"]
     assert p.returncode == 0 and st["status"] == "succeeded", (p.returncode, st["counts"], bad[:5])

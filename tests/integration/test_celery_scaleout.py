@@ -8,6 +8,7 @@ import time
 from llmbatch.simulator import SimulatorConfig, start_subprocess
 from llmbatch.store import ledger as ledger_api, repo
 from llmbatch.store.db import get_engine
+from tests.conftest import stop_process
 from tests.helpers import cli_env, results, run_cli, run_json, write_reviews
 
 
@@ -33,8 +34,7 @@ def test_two_workers_match_embedded(tmp_path, sqlite_url, fresh_postgres_url, re
         p, embedded = run_json(["run", str(src), "--simulate"], cli_env(sqlite_url, LLMBATCH_SIMULATOR_URL=url))
         assert p.returncode == 0, p.stderr
     finally:
-        sim.terminate()
-        sim.wait(10)
+        stop_process(sim)
 
     sim, url = start_subprocess(SimulatorConfig(seed=3))
     try:
@@ -49,8 +49,7 @@ def test_two_workers_match_embedded(tmp_path, sqlite_url, fresh_postgres_url, re
         elapsed = time.time() - started
         print(f"celery scale-out: 200 tasks in {elapsed:.1f}s ({200 / elapsed:.0f} tasks/s incl. worker start)")
     finally:
-        sim.terminate()
-        sim.wait(10)
+        stop_process(sim)
 
     p, scaled = run_json(["status", job_id], env)
     assert scaled["status"] == embedded["status"] == "succeeded"

@@ -26,6 +26,7 @@ from llmbatch.store.schema import (
     attempts,
     tasks,
 )
+from tests.conftest import stop_process
 from tests.helpers import cli_env, run_cli, write_reviews
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -231,8 +232,7 @@ def test_sigkill_random_workers_during_2000_task_job(tmp_path, fresh_postgres_ur
             restarts += 1
         sim_stats = _sim_stats(sim_url)
     finally:
-        sim.terminate()
-        sim.wait(10)
+        stop_process(sim)
 
     worker_procs.stop_all()
     before = check_ledger(fresh_postgres_url, job_id, reconciled=False)

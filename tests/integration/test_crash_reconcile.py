@@ -20,6 +20,7 @@ from llmbatch.simulator import SimulatorConfig, start_subprocess
 from llmbatch.store import ledger as ledger_api, repo
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import attempts, tasks
+from tests.conftest import stop_process
 from tests.helpers import cli_env, run_cli, run_json, write_reviews
 from tests.integration.test_budget_race import private_redis
 
@@ -119,8 +120,7 @@ def test_sigkill_mid_call_keeps_the_cap_and_reconciles(tmp_path, fresh_postgres_
         late = int(re.search(r"reconciled (\d+)", p.stdout).group(1))
         done_at = time.time() - t0
     finally:
-        sim.terminate()
-        sim.wait(10)
+        stop_process(sim)
 
     assert cap_violations == [], "spent + reserved exceeded the budget"
     with engine.connect() as c:

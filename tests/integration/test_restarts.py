@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from llmbatch.simulator import SimulatorConfig, start_subprocess
-from tests.conftest import SERVICES_SH, psycopg_dsn
+from tests.conftest import SERVICES_SH, psycopg_dsn, stop_process
 from tests.helpers import cli_env, run_json, write_reviews
 from tests.integration.test_chaos_workers import (
     check_ledger,
@@ -150,8 +150,7 @@ def test_redis_crash_mid_job_job_completes(tmp_path, fresh_postgres_url, postgre
         print(f"redis shut down for {down:.1f}s with {at2}/{N_TASKS} tasks done")
         logs = _finish_and_check(fresh_postgres_url, job_id, env, worker_procs, started, outage, "Redis crash")
     finally:
-        sim.terminate()
-        sim.wait(10)
+        stop_process(sim)
     # The workers noticed the broker going away (otherwise the test proved nothing).
     assert any("redis" in l.lower() and ("connect" in l.lower() or "connection" in l.lower()) for l in logs)
 
@@ -178,5 +177,4 @@ def test_postgres_immediate_restart_mid_job_workers_survive(tmp_path, fresh_post
         print(f"postgres down for {down:.1f}s with {at2}/{N_TASKS} tasks done")
         _finish_and_check(fresh_postgres_url, job_id, env, worker_procs, started, outage, "Postgres restart")
     finally:
-        sim.terminate()
-        sim.wait(10)
+        stop_process(sim)

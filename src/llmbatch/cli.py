@@ -519,7 +519,7 @@ def retry(job_id, budget, skipped_only, wait, simulate, concurrency, as_json):
         dispatch_job(settings, job["id"])
         if not wait:
             return
-        _wait(settings, job["id"], quiet=as_json)
+        _wait(settings, job["id"])
     elif wait:
         from .jobs import run_embedded
 

@@ -373,7 +373,7 @@ def report(job_id, as_json, as_csv, show_attempts, baseline):
                 "output_tokens", "reasoning_tokens", "cost_usd"]
         w.writerow(cols)
         for r in rep["by_model"]:
-            w.writerow([r[c] if c != "cost_usd" else f"{r[c]:.6f}" for c in cols])
+            w.writerow([r[c] for c in cols])  # cost_usd: the exact Decimal
     else:
         from .render import report_tables
 

@@ -11,6 +11,8 @@ The race runs once per module (it is the expensive part); each test checks one p
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import re
 import time
 from dataclasses import dataclass, field
@@ -42,7 +44,7 @@ def private_redis(redis_url: str, db: int) -> str:
 
 
 def _usd(picos: int) -> str:
-    return f"{picos / 1e6:.6f}"
+    return format(Decimal(picos) / 10**12, "f")  # exact
 
 
 @dataclass

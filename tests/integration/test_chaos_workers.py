@@ -244,8 +244,8 @@ def test_sigkill_random_workers_during_2000_task_job(tmp_path, fresh_postgres_ur
     print(f"  tasks: {figures['tasks']}; attempts: {figures['attempts']} {figures['attempt_status']}")
     print(f"  unknown-outcome attempts (calls lost with a killed worker): {figures['attempt_status'].get('unknown', 0)}, "
           f"billed at their reservation; left unsettled for the final reconcile: {before['unsettled'] or 'none'} "
-          f"(reserved ${before['reserved_picos'] / 1e6:.6f}); reconcile settled {len(settled)}")
-    print(f"  spent ${figures['spent_picos'] / 1e6:.6f} == ledger; reserved {figures['reserved_picos']}; "
+          f"(reserved ${before['reserved_picos'] / 1e12:.6f}); reconcile settled {len(settled)}")
+    print(f"  spent ${figures['spent_picos'] / 1e12:.6f} == ledger; reserved {figures['reserved_picos']}; "
           f"max deliveries/task {figures['max_deliveries']}, max attempts/task {figures['max_attempts']}; "
           f"worker processes seen in ledger: {figures['workers']}; simulator calls: {sim_stats.get('total')}")
     print(f"  progress (s, finished): {[(round(t - started), n) for t, n in progress]}")

@@ -150,7 +150,7 @@ def test_fault_mode_completes_within_retry_budget(mode, tmp_path, sqlite_url):
             by_class[r["error_class"]] += 1
     print(f"\n{mode}@{rate}: {succeeded}/{N_TASKS} succeeded; injected {stats['by_fault'].get(mode)}; "
           f"attempts {figures['attempt_status']}; error classes {dict(by_class)}; "
-          f"max attempts/task {max(per_task.values())}; spent ${figures['spent_picos'] / 1e6:.6f}")
+          f"max attempts/task {max(per_task.values())}; spent ${figures['spent_picos'] / 1e12:.6f}")
     # Per-request faults at 20% rarely beat 5 attempts. A 5xx burst hits every model (every provider is the
     # simulator) at once: the per-provider breaker opens after breaker_failures (5) failures in a row and
     # tasks wait out the burst instead of spending attempts in it. Without the breaker, 51-52 of 60 tasks

@@ -32,7 +32,7 @@ def store_url(request):
 
 
 def _picos(usd) -> int:
-    """A 6-decimal USD amount from JSON/CSV back to exact micro-dollars (never summed as floats)."""
+    """A USD amount from JSON/CSV back to exact pico-dollars (never summed as floats)."""
     return usd_to_picos(str(usd))
 
 

@@ -17,7 +17,12 @@ from .store.db import get_engine
 
 def create_job(settings: Settings, path: str | Path, spec: JobSpec, *, executor: str,
                strict: bool = False) -> tuple[str, IngestReport]:
-    """Store the job and its valid lines in one transaction: with --strict a bad line leaves nothing behind."""
+    """Store the job and its valid lines in one transaction: with --strict a bad line leaves nothing behind.
+    Model names in the spec are checked first: an unknown one is a ConfigError and nothing is stored."""
+    from .catalog.loading import load_catalog
+    from .names import check_spec_names
+
+    check_spec_names(spec, load_catalog(settings))
     engine = get_engine(settings.database_url)
     with engine.begin() as conn:
         job_id = repo.create_job(

@@ -11,6 +11,7 @@ from .catalog.loading import load_catalog
 from .config import Settings
 from .ingest import LineError, parse_lines
 from .models import JobSpec, TaskLine
+from .names import check_spec_names
 from .money import usd_json, usd_to_picos
 from .prompts import build_request
 from .providers import available_credentials
@@ -79,6 +80,7 @@ def route_item(task: TaskLine, d: RouteDecision, *, explain: bool) -> dict[str, 
 def plan_file(settings: Settings, path, spec: JobSpec, *,
               on_decision: Callable[[TaskLine, RouteDecision], None] | None = None) -> Plan:
     catalog = load_catalog(settings)
+    check_spec_names(spec, catalog)
     credentials = available_credentials(catalog, simulate=spec.simulate)
     max_cost = usd_to_picos(spec.max_cost_per_task_usd) if spec.max_cost_per_task_usd else None
     plan = Plan(budget_picos=usd_to_picos(spec.budget_usd) if spec.budget_usd else None)

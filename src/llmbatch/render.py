@@ -118,7 +118,7 @@ def report_tables(rep: dict[str, Any]) -> None:
         ("ledger sum (attempt rows)", fmt_usd(rep["ledger_picos"])),
         ("spent == ledger", "yes" if rep["reconciled"] else "[bold red]NO[/]"),
         ("cost per 1k tasks", _usd(rep["cost_per_1k_tasks_usd"])),
-        (f"baseline: same tokens on {rep['baseline']['model']}", _usd(rep["baseline"]["cost_usd"])),
+        (f"baseline: finished requests on {rep['baseline']['model']}", _usd(rep["baseline"]["cost_usd"])),
         ("savings vs baseline", _usd(rep["savings_usd"])),
     ):
         t.add_row(label, value)
@@ -137,6 +137,13 @@ def report_tables(rep: dict[str, Any]) -> None:
     if rep["unpriced_attempts"]:
         out.print(f"[bold red]{len(rep['unpriced_attempts'])} attempt(s) could not be priced by the catalog; "
                   f"they are charged at their reserved upper bound. First: {rep['unpriced_attempts'][0]}[/]")
+    if rep.get("overruns"):
+        first = rep["overrun_attempts"][0]
+        out.print(f"[bold red]{rep['overruns']} attempt(s) billed ABOVE their reservation (overrun): the provider "
+                  f"counted more tokens than the bound allowed for. Largest: {first['model']} task {first['task_id']} "
+                  f"billed ${first['cost_usd']} against ${first['reserved_usd']} reserved[/]")
+    if rep.get("stop_reason"):
+        out.print(f"[bold red]dispatch stopped: {rep['stop_reason']}[/]")
     if rep["unsettled_attempts"]:
         out.print(f"[yellow]{rep['unsettled_attempts']} attempt(s) with unknown outcome still hold their reservation; "
                   f"run `llmbatch reconcile {rep['job_id']}`[/]")

@@ -6,7 +6,7 @@ decision and `llmbatch route --explain` shows exactly what the engine will do.
 Rules, in the order they are checked (the first one a model fails is the reason it is rejected):
  1. pin / allow-list: `task.model` keeps only that model (a bare id served by several providers keeps all of
     them); otherwise `task.models` (entries `provider/model` or bare ids) restricts the set.
- 2. deny-list (job level, same entry forms).
+ 2. deny-list (job level, same entry forms). Allow- and deny-list entries may also name a whole provider (`groq`).
  3. status: deprecated and retired models are never routed to, unless pinned (then allowed, with a warning).
     A model whose deprecation (shutdown) date has passed is retired, whatever its status says.
  4. credentials: the model's provider must be in `credentials` (see providers.available_credentials).
@@ -126,8 +126,9 @@ class Health:
         return until - now
 
 
-def _names(model: ModelInfo) -> tuple[str, str]:
-    return model.key, model.model
+def _names(model: ModelInfo) -> tuple[str, str, str]:
+    """What an allow- or deny-list entry can name a model by: its key, its bare id, or its provider."""
+    return model.key, model.model, model.provider
 
 
 def _listed(model: ModelInfo, entries) -> bool:

@@ -292,6 +292,9 @@ def _keep_curated(entry: dict[str, Any], ours: Catalog) -> dict[str, Any]:
         entry["deprecation_date"] = known.deprecation_date.isoformat() if known.deprecation_date else None
     if known.notes:
         entry["notes"] = known.notes
+    if not entry.get("price_tiers") and known.price_tiers:  # the file does not know them; we do
+        entry["price_tiers"] = [{k: (str(v) if v is not None and k != "above_input_tokens" else v)
+                                 for k, v in t.public_dict().items() if v is not None} for t in known.price_tiers]
     return entry
 
 

@@ -100,7 +100,9 @@ def sync(settings: Settings, *, source: str | None = None, dry_run: bool = False
     except CatalogError as e:
         raise ConfigError(f"{path}: {e}") from None
     output = settings.catalog_file or DEFAULT_OUTPUT
-    old = load_catalog(settings)
+    # The catalog before: a first sync may name a catalog_file that does not exist yet.
+    old = (load_catalog(settings) if settings.catalog_file is None or Path(settings.catalog_file).is_file()
+           else apply_settings_overrides(_builtin(), settings.providers, settings.models))
     new = apply_settings_overrides(merge_document(_builtin(), doc, source=str(path)), settings.providers,
                                    settings.models)
     added, changed, retired = diff(old, new, today)

@@ -31,41 +31,36 @@ def _columns(table: str) -> set[str]:
 
 
 def upgrade() -> None:
+    # Plain ALTER TABLE statements (SQLite >= 3.25 renames and adds columns in place): batch mode would
+    # rebuild the tables on SQLite, and dropping the old `jobs` would cascade-delete every task and attempt.
     for table, names in MONEY.items():
         present = _columns(table)
         todo = [n for n in names if f"{n}_micros" in present and f"{n}_picos" not in present]
         if not todo:
             continue  # already migrated
-        with op.batch_alter_table(table) as batch:
-            for n in todo:
-                batch.alter_column(f"{n}_micros", new_column_name=f"{n}_picos", existing_type=sa.BigInteger())
+        for n in todo:
+            op.execute(f"ALTER TABLE {table} RENAME COLUMN {n}_micros TO {n}_picos")
         op.execute(f"UPDATE {table} SET " + ", ".join(f"{n}_picos = {n}_picos * {SCALE}" for n in todo))
     present = _columns("attempts")
-    with op.batch_alter_table("attempts") as batch:
-        if "overrun" not in present:
-            batch.add_column(sa.Column("overrun", sa.Boolean(), nullable=False, server_default=sa.false()))
-        if "finish_reason" not in present:
-            batch.add_column(sa.Column("finish_reason", sa.String(40), nullable=True))
-        if "served_model" not in present:
-            batch.add_column(sa.Column("served_model", sa.String(200), nullable=True))
+    if "overrun" not in present:
+        op.add_column("attempts", sa.Column("overrun", sa.Boolean(), nullable=False, server_default=sa.false()))
+    if "finish_reason" not in present:
+        op.add_column("attempts", sa.Column("finish_reason", sa.String(40), nullable=True))
+    if "served_model" not in present:
+        op.add_column("attempts", sa.Column("served_model", sa.String(200), nullable=True))
     # Attempts settled above their reservation before this migration were overruns too.
     op.execute("UPDATE attempts SET overrun = (cost_picos > reserved_picos) WHERE settled")
     if "stop_reason" not in _columns("jobs"):
-        with op.batch_alter_table("jobs") as batch:
-            batch.add_column(sa.Column("stop_reason", sa.Text(), nullable=True))
+        op.add_column("jobs", sa.Column("stop_reason", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("jobs") as batch:
-        batch.drop_column("stop_reason")
-    with op.batch_alter_table("attempts") as batch:
-        batch.drop_column("served_model")
-        batch.drop_column("finish_reason")
-        batch.drop_column("overrun")
+    for table, column in (("jobs", "stop_reason"), ("attempts", "served_model"), ("attempts", "finish_reason"),
+                          ("attempts", "overrun")):
+        op.execute(f"ALTER TABLE {table} DROP COLUMN {column}")  # SQLite >= 3.35
     for table, names in MONEY.items():
         # Back to micro-dollars, rounded up (the old rule), so no cost is understated.
         op.execute(f"UPDATE {table} SET " + ", ".join(
             f"{n}_picos = ({n}_picos + {SCALE - 1}) / {SCALE}" for n in names))
-        with op.batch_alter_table(table) as batch:
-            for n in names:
-                batch.alter_column(f"{n}_picos", new_column_name=f"{n}_micros", existing_type=sa.BigInteger())
+        for n in names:
+            op.execute(f"ALTER TABLE {table} RENAME COLUMN {n}_picos TO {n}_micros")

@@ -60,7 +60,7 @@ def results(job_id: str, env: dict[str, str]) -> list[dict]:
     return [orjson.loads(line) for line in p.stdout.splitlines() if line.strip()]
 
 
-def make_store_job(engine, n_tasks: int, budget_micros: int | None, *, executor: str = "local") -> str:
+def make_store_job(engine, n_tasks: int, budget_picos: int | None, *, executor: str = "local") -> str:
     """A job with n queued placeholder tasks written straight to the store, for store-level tests."""
     from sqlalchemy import insert
 
@@ -69,7 +69,7 @@ def make_store_job(engine, n_tasks: int, budget_micros: int | None, *, executor:
 
     with engine.begin() as c:
         job = repo.create_job(c, name=None, spec={}, input_path=None, executor=executor, simulate=True,
-                              budget_micros=budget_micros, max_cost_per_task_micros=None)
+                              budget_picos=budget_picos, max_cost_per_task_picos=None)
         c.execute(insert(tasks), [{"job_id": job, "seq": i, "task_id": f"t{i}", "line_no": i + 1, "task_type": "chat",
                                    "payload": "{}", "status": "queued"} for i in range(n_tasks)])
     return job

@@ -16,7 +16,7 @@ from . import __version__
 from .config import Settings, load_settings
 from .errors import ConfigError, InputError, LLMBatchError, StoreError
 from .models import JobSpec
-from .money import exact_usd
+from .money import dumps_json, exact_usd
 
 EXIT_OK, EXIT_INPUT, EXIT_FAILED, EXIT_BUDGET, EXIT_CANCELLED = 0, 2, 3, 4, 5
 EXIT_FOR_STATUS = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "budget_exhausted": EXIT_BUDGET,
@@ -29,7 +29,7 @@ def _err(msg: str) -> None:
 
 
 def _print_json(obj) -> None:
-    click.echo(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str).decode())
+    click.echo(dumps_json(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
 
 
 def _settings(**overrides) -> Settings:
@@ -314,7 +314,8 @@ def status(job_id, watch, show_errors, as_json):
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "openai"]), default="jsonl", show_default=True)
 def results(job_id, output, fmt):
     """One line per task of JOB, in input order."""
-    from .reporting import openai_batch_line, result_lines
+    from .reporting import openai_batch_line, openai_rejected_line, result_lines
+    from .store import repo
 
     settings = _settings()
     engine = _engine(settings)
@@ -322,7 +323,7 @@ def results(job_id, output, fmt):
     try:
         with _reading(engine) as conn:
             job = _resolve_job(conn, job_id)
-            lines = result_lines(conn, job["id"])
+            lines = result_lines(conn, job["id"], with_final_attempt=fmt == "openai")
             if fmt == "csv":
                 w = csv.writer(out)
                 w.writerow(["id", "status", "provider", "model", "output", "error", "input_tokens", "cached_tokens",
@@ -331,11 +332,14 @@ def results(job_id, output, fmt):
                     o = r["output"]
                     w.writerow([r["id"], r["status"], r["provider"], r["model"],
                                 o if isinstance(o, str) or o is None else orjson.dumps(o).decode(), r["error"],
-                                *r["usage"].values(), f"{r['cost_usd']:.6f}", r["attempts"]])
+                                *r["usage"].values(), r["cost_usd"], r["attempts"]])
             else:
                 for seq, r in enumerate(lines):
                     obj = openai_batch_line(r, job["id"], seq) if fmt == "openai" else r
-                    out.write(orjson.dumps(obj).decode() + "\n")
+                    out.write(dumps_json(obj).decode() + "\n")
+                if fmt == "openai":  # rejected input lines too, as error lines with their custom_id
+                    for e in repo.input_error_rows(conn, job["id"], limit=None):
+                        out.write(dumps_json(openai_rejected_line(e, job["id"])).decode() + "\n")
     finally:
         if output:
             out.close()
@@ -358,7 +362,7 @@ def report(job_id, as_json, as_csv, show_attempts, baseline):
         job = _resolve_job(conn, job_id)
         if show_attempts:
             for a in attempt_lines(conn, job["id"]):
-                click.echo(orjson.dumps(a, default=str).decode())
+                click.echo(dumps_json(a).decode())
             return
         rep = build_report(conn, job["id"], load_catalog(settings), baseline_model=baseline or settings.baseline_model)
     if as_json:
@@ -369,7 +373,7 @@ def report(job_id, as_json, as_csv, show_attempts, baseline):
                 "output_tokens", "reasoning_tokens", "cost_usd"]
         w.writerow(cols)
         for r in rep["by_model"]:
-            w.writerow([r[c] if c != "cost_usd" else f"{r[c]:.6f}" for c in cols])
+            w.writerow([r[c] for c in cols])  # cost_usd: the exact Decimal
     else:
         from .render import report_tables
 
@@ -395,7 +399,7 @@ def estimate(input_path, as_json, **opts):
         estimate_table(plan)
     _plan_line_errors(input_path, plan)
     if plan.over_budget:
-        _err(f"the upper bound {exact_usd(plan.upper_bound_micros)} exceeds the budget ${spec.budget_usd}: "
+        _err(f"the upper bound {exact_usd(plan.upper_bound_picos)} exceeds the budget ${spec.budget_usd}: "
              f"some tasks may end skipped (budget); raise --budget or lower max_output_tokens")
 
 
@@ -417,8 +421,7 @@ def route_cmd(input_path, explain, as_json, limit, **opts):
 
         def emit(task, decision):
             nonlocal first
-            item = orjson.dumps(route_item(task, decision, explain=explain), option=orjson.OPT_INDENT_2,
-                                default=str).decode()
+            item = dumps_json(route_item(task, decision, explain=explain), option=orjson.OPT_INDENT_2).decode()
             click.echo(("[\n" if first else ",\n") + "  " + item.replace("\n", "\n  "), nl=False)
             first = False
 
@@ -499,14 +502,14 @@ def cancel(job_id):
 @click.option("--json", "as_json", is_flag=True)
 def retry(job_id, budget, skipped_only, wait, simulate, concurrency, as_json):
     """Requeue JOB's failed and skipped tasks (optionally with a larger --budget) and run them."""
-    from .money import usd_to_micros
+    from .money import usd_to_picos
     from .store import repo
 
     settings = _settings()
     engine = _engine(settings)
     with engine.begin() as conn:
         job = _resolve_job(conn, job_id)
-        n = repo.requeue_for_retry(conn, job["id"], budget_micros=usd_to_micros(budget) if budget else None,
+        n = repo.requeue_for_retry(conn, job["id"], budget_picos=usd_to_picos(budget) if budget else None,
                                    include_failed=not skipped_only)
     if not as_json:
         click.echo(f"{job['id']}: {n} task(s) requeued", err=True)
@@ -587,6 +590,40 @@ def db_upgrade():
 @main.group()
 def catalog():
     """Model catalog tools."""
+
+
+@catalog.command("sync")
+@click.option("--from", "source", type=click.Path(exists=True, dir_okay=False),
+              help="LiteLLM's price file (default: the installed litellm package's copy; never the network).")
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@click.option("--json", "as_json", is_flag=True)
+def catalog_sync(source, dry_run, as_json):
+    """Refresh the catalog from LiteLLM's price file: priced text-chat models only, with long-context tiers,
+    cache and batch prices and shutdown dates. Shows what was added, changed and retired."""
+    from .catalog.sync import sync
+
+    settings = _settings()
+    res = sync(settings, source=source, dry_run=dry_run)
+    if as_json:
+        _print_json(res.as_dict())
+        return
+    click.echo(f"{res.source}: {res.imported} chat models kept; skipped: "
+               + ", ".join(f"{k} {v}" for k, v in res.skipped.items()))
+    for title, rows in (("added", res.added), ("retired", res.retired)):
+        click.echo(f"{title}: {len(rows)}" + (": " + ", ".join(rows[:20]) + (" ..." if len(rows) > 20 else "")
+                                              if rows else ""))
+    click.echo(f"changed: {len(res.changed)}")
+    for key, changes in res.changed[:20]:
+        click.echo(f"  {key}: " + "; ".join(changes))
+    if len(res.changed) > 20:
+        click.echo(f"  ... {len(res.changed) - 20} more (--json lists all)")
+    if not res.written:
+        click.echo(f"dry run: {res.output} not written")
+    elif not settings.catalog_file:
+        click.echo(f"wrote {res.output}; set catalog_file = \"{res.output}\" in llmbatch.toml or "
+                   f"LLMBATCH_CATALOG_FILE to use it")
+    else:
+        click.echo(f"wrote {res.output} (catalog_file)")
 
 
 @catalog.command("import")

@@ -12,18 +12,19 @@ import logging
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
 import orjson
 
 from . import backoff
 from .breaker import ProviderBreaker, Ticket
 from .catalog import Catalog, ModelInfo
-from .catalog.pricing import price
+from .catalog.pricing import price, upper_bound_picos
 from .config import Settings
 from .errors import (BudgetExceeded, FatalError, PricingError, ProviderError, ProviderTimeout, RateLimitedError,
                      RerouteError, RetryableError)
 from .models import ChatRequest, JobSpec, TaskLine
-from .money import exact_usd, usd_to_micros
+from .money import exact_usd, usd_to_picos
 from .prompts import build_request
 from .routing import Candidate, Health, RouteDecision, escalation_order, route
 from .store import ledger, repo
@@ -40,6 +41,10 @@ _DIGITS = re.compile(r"\d+")
 NEXT_CANDIDATE = object()  # fall back to the next candidate
 ESCALATE = object()  # the output failed validation: move up a tier
 RETRY = object()  # one attempt failed: try the same model again (if its attempts allow)
+TRUNCATED = object()  # the output stopped on the output cap: retry with a larger cap, else escalate
+
+# Finish reasons that mean "stopped on the output cap" (OpenAI, Anthropic, Gemini): the output is cut off.
+TRUNCATION_REASONS = frozenset({"length", "max_tokens", "MAX_TOKENS"})
 
 
 @dataclass
@@ -48,12 +53,14 @@ class JobContext:
 
     job_id: str
     spec: JobSpec
-    max_cost_per_task_micros: int | None
+    max_cost_per_task_picos: int | None
     simulate: bool
     cancelled: bool = False
     checked_at: float = 0.0
     warned: set[str] = field(default_factory=set)
     deny: frozenset[str] = frozenset()  # the spec's deny-list, built once per job
+    budget_picos: int | None = None
+    stop_reason: str | None = None  # set when an overrun took spend past the cap: dispatch stops
 
 
 @dataclass
@@ -73,6 +80,8 @@ class _TaskRun:
     escalations: int = 0
     last_error: str | None = None
     purpose: str = "first"
+    reserved: int = 0  # the current attempt's reservation
+    truncated: bool = False  # an output stopped on the output cap
 
 
 # Retryable failures after the request was sent whose charge we cannot know: the provider may have
@@ -113,7 +122,11 @@ class Engine:
         self.progress = Progress()
         self.rng = rng or random.Random()
         self._jobs: dict[str, JobContext] = {}
-        self.daily_cap_micros = usd_to_micros(settings.daily_cap_usd) if settings.daily_cap_usd is not None else None
+        # provider/model -> factor (>= 1) its reservations are grown by, learned from its overruns: a provider
+        # that bills more than our bound (added system prompts, ignored caps, tokenizer surprises) keeps
+        # doing so.
+        self.overrun_factor: dict[str, Fraction] = {}
+        self.daily_cap_picos = usd_to_picos(settings.daily_cap_usd) if settings.daily_cap_usd is not None else None
 
     # ------------------------------------------------------------------------------------- job state
 
@@ -124,9 +137,12 @@ class Engine:
             if job is None:
                 raise LookupError(f"no job {job_id!r} in the store")
             ctx = JobContext(job_id, JobSpec.model_validate(orjson.loads(job["spec"])),
-                             job["max_cost_per_task_micros"], bool(job["simulate"]),
+                             job["max_cost_per_task_picos"], bool(job["simulate"]),
                              bool(job["cancel_requested"]), time.time())
             ctx.deny = frozenset(ctx.spec.deny or ())
+            ctx.budget_picos, ctx.stop_reason = job["budget_picos"], job.get("stop_reason")
+            for key, reserved, cost in await self.store.read(ledger.overruns_seen, job_id):
+                self._learn_overrun(key, reserved, cost)
             self._jobs[job_id] = ctx
         return ctx
 
@@ -205,7 +221,7 @@ class Engine:
         _, credentials = self.providers.get(ctx.simulate)
         return route(task, request, self.catalog, credentials=credentials, health=self.health,
                      deny=ctx.deny, job_min_tier=spec.min_tier,
-                     max_cost_per_task_micros=ctx.max_cost_per_task_micros, now=time.time())
+                     max_cost_per_task_picos=ctx.max_cost_per_task_picos, now=time.time())
 
     async def run_task(self, ctx: JobContext, claimed: repo.ClaimedTask) -> str:
         task = TaskLine.model_validate_json(claimed.payload)
@@ -232,7 +248,8 @@ class Engine:
                     why = "no higher tier to escalate to" if ctx.spec.escalate else "escalation disabled"
                     return await self._finish(ctx, claimed, status=TaskStatus.failed, provider=cand.model.provider,
                                               model=cand.model.model, escalations=state.escalations,
-                                              error=f"invalid output from {cand.model.key}: {state.last_error} ({why})")
+                                              error=("truncated: " if state.truncated else "")
+                                              + f"invalid output from {cand.model.key}: {state.last_error} ({why})")
                 state.escalations += 1
                 self.progress.escalations += 1
                 state.purpose = "escalation"
@@ -242,7 +259,8 @@ class Engine:
             else:  # a terminal status, already recorded
                 return outcome
         return await self._finish(ctx, claimed, status=TaskStatus.failed, escalations=state.escalations,
-                                  error=f"all eligible models failed; last error: {state.last_error}")
+                                  error=("truncated: " if state.truncated else "")
+                                  + f"all eligible models failed; last error: {state.last_error}")
 
     async def _no_candidate(self, ctx: JobContext, claimed: repo.ClaimedTask, decision: RouteDecision) -> str:
         # Models that were otherwise eligible but over the per-task cap mean "too expensive", not "impossible".
@@ -273,9 +291,29 @@ class Engine:
                 outcome = await self._attempt(ctx, claimed, task, call_request, cand, state, deadline, n)
             finally:
                 self.breaker.release(ticket)
+            if outcome is TRUNCATED:
+                grown = self._grow_cap(request, cand)
+                if grown is None:  # the model allows no more output: a higher tier may say it shorter
+                    return ESCALATE
+                request, cand = grown
+                call_request = self._request_for(request, cand)
+                continue
             if outcome is not RETRY:
                 return outcome
         return NEXT_CANDIDATE
+
+    @staticmethod
+    def _grow_cap(request: ChatRequest, cand: Candidate) -> tuple[ChatRequest, Candidate] | None:
+        """After a truncated output: the same request with twice the output cap (and the reservation bound that
+        goes with it), within what the model allows; None when the cap is already the model's maximum."""
+        model = cand.model
+        if cand.completion_cap >= model.max_output_tokens:
+            return None
+        cap = min(model.max_output_tokens, cand.completion_cap * 2)
+        request = request.model_copy(update={"max_output_tokens": min(model.max_output_tokens,
+                                                                      request.max_output_tokens * 2)})
+        return request, replace(cand, completion_cap=cap,
+                                upper_bound_picos=upper_bound_picos(model, cand.input_tokens_upper, cap))
 
     async def _attempt(self, ctx, claimed, task, call_request: ChatRequest, cand: Candidate, state: _TaskRun,
                        deadline: float, n: int):
@@ -295,13 +333,17 @@ class Engine:
         except TimeoutError:  # no rate-limit slot before the task's deadline (asyncio.TimeoutError too)
             state.last_error = f"no rate-limit slot for {model.key} before the task deadline"
             return NEXT_CANDIDATE
+        if ctx.stop_reason is not None:  # an overrun took spend past the cap: nothing more is dispatched
+            return await self._finish(ctx, claimed, status=TaskStatus.skipped, skip_reason="budget",
+                                      escalations=state.escalations,
+                                      error=f"{ctx.stop_reason}; raise it with `llmbatch retry JOB --budget USD`")
         try:
-            attempt_id = await self._reserve(ctx, claimed, cand, state.purpose, deadline)
+            attempt_id = await self._reserve(ctx, claimed, cand, state, deadline)
         except BudgetExceeded as e:
             reason = "budget" if e.scope == "job" else "daily_cap"
             return await self._finish(ctx, claimed, status=TaskStatus.skipped, skip_reason=reason,
                                       escalations=state.escalations,
-                                      error=f"{e} (needs {exact_usd(cand.upper_bound_micros)} reserved for "
+                                      error=f"{e} (needs {exact_usd(state.reserved)} reserved for "
                                             f"{model.key}); raise it with `llmbatch retry JOB --budget USD`")
         state.attempts += 1
         self.progress.attempts += 1
@@ -319,24 +361,33 @@ class Engine:
         used = completion.usage.input_tokens + completion.usage.output_tokens
         if used < tpm_tokens:  # TPM was taken at the upper estimate; give back what the call did not use
             await self.limiter.refund(model.key, tpm_tokens - used)
-        cost_micros, cost_source, pricing_error = self._cost(completion.usage, model, cand)
+        cost_picos, cost_source, pricing_error = self._cost(completion.usage, model, state)
+        answer = {"usage": completion.usage, "pricing_error": pricing_error, "latency_ms": latency,
+                  "provider_request_id": completion.provider_request_id,
+                  "finish_reason": completion.finish_reason, "served_model": completion.served_model}
+        truncated = completion.finish_reason in TRUNCATION_REASONS
         try:
+            if truncated:  # cut off by the output cap: never a success, whatever the validator would say
+                raise InvalidOutput(f"truncated: {model.key} stopped on its output cap "
+                                    f"({call_request.max_output_tokens} tokens; finish_reason "
+                                    f"{completion.finish_reason})")
             output = validate_output(task, completion.text)
         except InvalidOutput as e:
             await self.store.settle(ledger.Settlement(
-                attempt_id=attempt_id, status=AttemptStatus.invalid_output, cost_micros=cost_micros,
-                cost_source=cost_source, usage=completion.usage, error_class="invalid_output",
-                error_message=str(e), pricing_error=pricing_error, latency_ms=latency,
-                provider_request_id=completion.provider_request_id))
+                attempt_id=attempt_id, status=AttemptStatus.invalid_output, cost_picos=cost_picos,
+                cost_source=cost_source, error_class="truncated" if truncated else "invalid_output",
+                error_message=str(e), **answer))
+            await self._check_overrun(ctx, model, state.reserved, cost_picos)
             state.last_error = str(e)
-            return ESCALATE
-        settlement = ledger.Settlement(
-            attempt_id=attempt_id, status=AttemptStatus.succeeded, cost_micros=cost_micros,
-            cost_source=cost_source, usage=completion.usage, pricing_error=pricing_error, latency_ms=latency,
-            provider_request_id=completion.provider_request_id)
-        return await self._finish(ctx, claimed, settlement=settlement, status=TaskStatus.succeeded,
-                                  provider=model.provider, model=model.model, output=output,
-                                  escalations=state.escalations)
+            state.truncated = state.truncated or truncated
+            return TRUNCATED if truncated else ESCALATE
+        settlement = ledger.Settlement(attempt_id=attempt_id, status=AttemptStatus.succeeded, cost_picos=cost_picos,
+                                       cost_source=cost_source, **answer)
+        status = await self._finish(ctx, claimed, settlement=settlement, status=TaskStatus.succeeded,
+                                    provider=model.provider, model=model.model, output=output,
+                                    escalations=state.escalations)
+        await self._check_overrun(ctx, model, state.reserved, cost_picos)
+        return status
 
     async def _failed_call(self, ctx, claimed, cand: Candidate, e: ProviderError, attempt_id: int, latency: int,
                            state: _TaskRun, deadline: float, n: int):
@@ -356,7 +407,7 @@ class Engine:
             await self.store.call(ledger.mark_unknown, attempt_id, error_class=e.error_class,
                                   error_message=e.message, latency_ms=latency)
         else:
-            await self._settle_error(attempt_id, cand, e, latency)
+            await self._settle_error(ctx, attempt_id, cand, e, latency, state)
         if isinstance(e, RerouteError):
             return NEXT_CANDIDATE
         if isinstance(e, FatalError):
@@ -394,20 +445,23 @@ class Engine:
             if await self.is_cancelled(ctx):
                 return Ticket(provider)  # the caller sees the cancel next
 
-    async def _reserve(self, ctx: JobContext, claimed: repo.ClaimedTask, cand: Candidate, purpose: str,
+    async def _reserve(self, ctx: JobContext, claimed: repo.ClaimedTask, cand: Candidate, state: _TaskRun,
                        deadline: float) -> int:
         """Reserve the call's upper bound. A refusal that only other calls' in-flight holds cause is not
         final: those settle (usually far below their bound) and free money, so wait and try again. Give up
         (BudgetExceeded) once the amount cannot fit even if every in-flight call cost nothing, for the daily
         cap at once, or at the task deadline. The job then stops within one call's bound of its cap."""
-        model, amount = cand.model, cand.upper_bound_micros
+        model, purpose = cand.model, state.purpose
+        factor = self.overrun_factor.get(model.key)
+        amount = cand.upper_bound_picos if factor is None else -(-cand.upper_bound_picos * factor // 1)
+        state.reserved = amount
         delay = 0.05
         while True:
             try:
                 return await self.store.reserve(
                     job_id=ctx.job_id, task_seq=claimed.seq, task_id=claimed.task_id, provider=model.provider,
-                    model=model.model, amount_micros=amount, purpose=purpose, worker=self.worker_id,
-                    daily_cap_micros=self.daily_cap_micros)
+                    model=model.model, amount_picos=amount, purpose=purpose, worker=self.worker_id,
+                    daily_cap_picos=self.daily_cap_picos)
             except BudgetExceeded as e:
                 if e.scope != "job" or time.time() + delay > deadline:
                     raise
@@ -416,23 +470,51 @@ class Engine:
             await asyncio.sleep(delay * self.rng.uniform(0.5, 1.5))
             delay = min(1.0, delay * 2)
 
-    def _cost(self, usage, model: ModelInfo, cand: Candidate) -> tuple[int, str, str | None]:
+    def _cost(self, usage, model: ModelInfo, state: _TaskRun) -> tuple[int, str, str | None]:
         """Actual cost from usage. A usage the catalog cannot price is never $0: it is charged at the
         reservation (the upper bound) and flagged so the report shows it loudly."""
         try:
-            return price(usage, model).micros, "usage", None
+            return price(usage, model).picos, "usage", None
         except PricingError as e:
             log.error("cannot price usage for %s: %s; charging the reserved upper bound", model.key, e)
-            return cand.upper_bound_micros, "unpriced", str(e)
+            return state.reserved, "unpriced", str(e)
 
-    async def _settle_error(self, attempt_id: int, cand: Candidate, e: ProviderError, latency_ms: int) -> None:
+    async def _settle_error(self, ctx: JobContext, attempt_id: int, cand: Candidate, e: ProviderError,
+                            latency_ms: int, state: _TaskRun) -> None:
         cost, source, perr = 0, "none", None
         if e.usage is not None:  # some failures are still billed (the provider returned usage)
-            cost, source, perr = self._cost(e.usage, cand.model, cand)
+            cost, source, perr = self._cost(e.usage, cand.model, state)
         await self.store.settle(ledger.Settlement(
-            attempt_id=attempt_id, status=AttemptStatus.failed, cost_micros=cost, cost_source=source,
+            attempt_id=attempt_id, status=AttemptStatus.failed, cost_picos=cost, cost_source=source,
             usage=e.usage, error_class=e.error_class, error_message=e.message, http_status=e.status_code,
             pricing_error=perr, latency_ms=latency_ms))
+        await self._check_overrun(ctx, cand.model, state.reserved, cost)
+
+    def _learn_overrun(self, key: str, reserved: int, cost: int) -> None:
+        """Grow the model's reservation factor to cover the overrun seen (plus a quarter of headroom)."""
+        if reserved > 0 and cost > reserved:
+            need = Fraction(cost, reserved) * Fraction(5, 4)
+            if need > self.overrun_factor.get(key, Fraction(1)):
+                self.overrun_factor[key] = need
+
+    async def _check_overrun(self, ctx: JobContext, model: ModelInfo, reserved: int, cost: int) -> None:
+        """A settled attempt billed above its reservation (the ledger flags it): learn from it, and stop the
+        job's dispatch the moment its spend has passed the cap."""
+        if cost <= reserved:
+            return
+        self._learn_overrun(model.key, reserved, cost)
+        log.warning("job %s: overrun on %s: billed %s against a %s reservation; its reservations now grow x%.2f",
+                    ctx.job_id, model.key, exact_usd(cost), exact_usd(reserved),
+                    float(self.overrun_factor[model.key]))
+        if ctx.budget_picos is None or ctx.stop_reason is not None:
+            return
+        job = await self.store.read(repo.get_job, ctx.job_id)
+        if job is not None and job["spent_picos"] > job["budget_picos"]:
+            ctx.stop_reason = (f"budget cap {exact_usd(job['budget_picos'])} passed: spent "
+                               f"{exact_usd(job['spent_picos'])} after {model.key} billed {exact_usd(cost)} against "
+                               f"a {exact_usd(reserved)} reservation (overrun)")
+            log.error("job %s: %s; dispatch stopped", ctx.job_id, ctx.stop_reason)
+            await self.store.call(ledger.note_stop, ctx.job_id, ctx.stop_reason)
 
     def _observe_latency(self, key: str, latency_ms: int) -> None:
         prev = self.health.latency_ms.get(key)

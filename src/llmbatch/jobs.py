@@ -10,21 +10,26 @@ from .config import Settings
 from .errors import InputError
 from .ingest import IngestReport, ingest
 from .models import JobSpec
-from .money import usd_to_micros
+from .money import usd_to_picos
 from .store import repo
 from .store.db import get_engine
 
 
 def create_job(settings: Settings, path: str | Path, spec: JobSpec, *, executor: str,
                strict: bool = False) -> tuple[str, IngestReport]:
-    """Store the job and its valid lines in one transaction: with --strict a bad line leaves nothing behind."""
+    """Store the job and its valid lines in one transaction: with --strict a bad line leaves nothing behind.
+    Model names in the spec are checked first: an unknown one is a ConfigError and nothing is stored."""
+    from .catalog.loading import load_catalog
+    from .names import check_spec_names
+
+    check_spec_names(spec, load_catalog(settings))
     engine = get_engine(settings.database_url)
     with engine.begin() as conn:
         job_id = repo.create_job(
             conn, name=spec.name, spec=spec.model_dump(mode="json", by_alias=True, exclude_none=True),
             input_path=str(path), executor=executor, simulate=spec.simulate,
-            budget_micros=usd_to_micros(spec.budget_usd) if spec.budget_usd is not None else None,
-            max_cost_per_task_micros=(usd_to_micros(spec.max_cost_per_task_usd)
+            budget_picos=usd_to_picos(spec.budget_usd) if spec.budget_usd is not None else None,
+            max_cost_per_task_picos=(usd_to_picos(spec.max_cost_per_task_usd)
                                       if spec.max_cost_per_task_usd is not None else None))
         report = ingest(conn, job_id, path, spec, strict=strict)
         if report.accepted == 0 and report.rejected == 0:  # rolls the job back: nothing to keep

@@ -11,7 +11,8 @@ from .catalog.loading import load_catalog
 from .config import Settings
 from .ingest import LineError, parse_lines
 from .models import JobSpec, TaskLine
-from .money import usd_json, usd_to_micros
+from .names import check_spec_names
+from .money import usd_json, usd_to_picos
 from .prompts import build_request
 from .providers import available_credentials
 from .routing import RouteDecision, route
@@ -23,32 +24,32 @@ MAX_ERRORS_KEPT = 1000
 @dataclass
 class Plan:
     tasks: int = 0
-    estimated_micros: int = 0
-    upper_bound_micros: int = 0
+    estimated_picos: int = 0
+    upper_bound_picos: int = 0
     unroutable: int = 0
-    budget_micros: int | None = None
+    budget_picos: int | None = None
     by_model: dict[str, dict[str, Any]] = field(default_factory=lambda: defaultdict(
-        lambda: {"tasks": 0, "estimated_micros": 0, "upper_bound_micros": 0, "input_tokens": 0, "output_tokens": 0}))
+        lambda: {"tasks": 0, "estimated_picos": 0, "upper_bound_picos": 0, "input_tokens": 0, "output_tokens": 0}))
     errors: list[LineError] = field(default_factory=list)  # the first MAX_ERRORS_KEPT
     invalid_lines: int = 0
 
     @property
     def over_budget(self) -> bool:
-        return self.budget_micros is not None and self.upper_bound_micros > self.budget_micros
+        return self.budget_picos is not None and self.upper_bound_picos > self.budget_picos
 
     def estimate_dict(self) -> dict[str, Any]:
         return {
             "tasks": self.tasks,
-            "estimated_usd": usd_json(self.estimated_micros),
-            "upper_bound_usd": usd_json(self.upper_bound_micros),
-            "budget_usd": usd_json(self.budget_micros),
+            "estimated_usd": usd_json(self.estimated_picos),
+            "upper_bound_usd": usd_json(self.upper_bound_picos),
+            "budget_usd": usd_json(self.budget_picos),
             "over_budget": self.over_budget,
             "unroutable": self.unroutable,
             "invalid_lines": self.invalid_lines,
-            "by_model": [{"model": k, "tasks": v["tasks"], "estimated_usd": usd_json(v["estimated_micros"]),
-                          "upper_bound_usd": usd_json(v["upper_bound_micros"]),
+            "by_model": [{"model": k, "tasks": v["tasks"], "estimated_usd": usd_json(v["estimated_picos"]),
+                          "upper_bound_usd": usd_json(v["upper_bound_picos"]),
                           "input_tokens": v["input_tokens"], "output_tokens": v["output_tokens"]}
-                         for k, v in sorted(self.by_model.items(), key=lambda kv: -kv[1]["estimated_micros"])],
+                         for k, v in sorted(self.by_model.items(), key=lambda kv: -kv[1]["estimated_picos"])],
         }
 
 
@@ -59,19 +60,19 @@ def route_item(task: TaskLine, d: RouteDecision, *, explain: bool) -> dict[str, 
     item: dict[str, Any] = {
         "id": task.id,
         "model": chosen.model.key if chosen else None,
-        "estimated_usd": usd_json(chosen.estimated_micros) if chosen else None,
-        "upper_bound_usd": usd_json(chosen.upper_bound_micros) if chosen else None,
+        "estimated_usd": usd_json(chosen.estimated_picos) if chosen else None,
+        "upper_bound_usd": usd_json(chosen.upper_bound_picos) if chosen else None,
         "reason": chosen.reason if chosen else "no eligible model",
         "fallbacks": [c.model.key for c in d.candidates[1:4]],
         "warnings": list(d.warnings),
     }
     if explain:
-        limit = chosen.estimated_micros if chosen else None
+        limit = chosen.estimated_picos if chosen else None
         item["not_chosen"] = [
             {"model": r.model.key, "reason": r.reason,
-             "estimated_usd": usd_json(r.estimated_micros) if r.estimated_micros is not None else None}
+             "estimated_usd": usd_json(r.estimated_picos) if r.estimated_picos is not None else None}
             for r in d.rejected
-            if limit is None or r.estimated_micros is None or r.estimated_micros <= limit
+            if limit is None or r.estimated_picos is None or r.estimated_picos <= limit
         ]
     return item
 
@@ -79,9 +80,10 @@ def route_item(task: TaskLine, d: RouteDecision, *, explain: bool) -> dict[str, 
 def plan_file(settings: Settings, path, spec: JobSpec, *,
               on_decision: Callable[[TaskLine, RouteDecision], None] | None = None) -> Plan:
     catalog = load_catalog(settings)
+    check_spec_names(spec, catalog)
     credentials = available_credentials(catalog, simulate=spec.simulate)
-    max_cost = usd_to_micros(spec.max_cost_per_task_usd) if spec.max_cost_per_task_usd else None
-    plan = Plan(budget_micros=usd_to_micros(spec.budget_usd) if spec.budget_usd else None)
+    max_cost = usd_to_picos(spec.max_cost_per_task_usd) if spec.max_cost_per_task_usd else None
+    plan = Plan(budget_picos=usd_to_picos(spec.budget_usd) if spec.budget_usd else None)
     deny = frozenset(spec.deny or ())
     for _line_no, item in parse_lines(path, spec):
         if isinstance(item, LineError):
@@ -91,7 +93,7 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
             continue
         request = build_request(item)
         d = route(item, request, catalog, credentials=credentials, deny=deny,
-                  job_min_tier=spec.min_tier, max_cost_per_task_micros=max_cost)
+                  job_min_tier=spec.min_tier, max_cost_per_task_picos=max_cost)
         plan.tasks += 1
         if on_decision is not None:
             on_decision(item, d)
@@ -99,12 +101,12 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
             plan.unroutable += 1
             continue
         c = d.candidates[0]
-        plan.estimated_micros += c.estimated_micros
-        plan.upper_bound_micros += c.upper_bound_micros
+        plan.estimated_picos += c.estimated_picos
+        plan.upper_bound_picos += c.upper_bound_picos
         m = plan.by_model[c.model.key]
         m["tasks"] += 1
-        m["estimated_micros"] += c.estimated_micros
-        m["upper_bound_micros"] += c.upper_bound_micros
+        m["estimated_picos"] += c.estimated_picos
+        m["upper_bound_picos"] += c.upper_bound_picos
         m["input_tokens"] += c.input_tokens_est
         m["output_tokens"] += c.output_tokens_est
     return plan

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .money import fmt_usd, usd_to_micros
+from .money import fmt_usd, usd_to_picos
 
 def _console(stderr: bool = False) -> Console:
     c = Console(stderr=stderr, highlight=False)
@@ -24,7 +24,7 @@ err = _console(stderr=True)
 
 def _usd(x: float | None) -> str:
     """A report's USD figure (a JSON number with 6 decimals), shown like every other amount."""
-    return fmt_usd(None if x is None else usd_to_micros(x))
+    return fmt_usd(None if x is None else usd_to_picos(x))
 
 
 def summary_table(conn, job: dict[str, Any]) -> None:
@@ -36,8 +36,8 @@ def summary_table(conn, job: dict[str, Any]) -> None:
     for col in ("total", "succeeded", "failed", "skipped", "cancelled", "spent", "budget"):
         t.add_column(col, justify="right")
     t.add_row(str(counts["total"]), str(counts["succeeded"]), str(counts["failed"]), str(counts["skipped"]),
-              str(counts["cancelled"]), fmt_usd(job["spent_micros"]),
-              fmt_usd(job["budget_micros"]) if job["budget_micros"] is not None else "none")
+              str(counts["cancelled"]), fmt_usd(job["spent_picos"]),
+              fmt_usd(job["budget_picos"]) if job["budget_picos"] is not None else "none")
     out.print(t)
     mix = Table(title="model mix (every attempt, failed ones included)", title_justify="left")
     for col, j in (("model", "left"), ("tasks", "right"), ("attempts", "right"), ("input tok", "right"),
@@ -45,7 +45,7 @@ def summary_table(conn, job: dict[str, Any]) -> None:
         mix.add_column(col, justify=j)
     for r in rows:
         mix.add_row(f"{r['provider']}/{r['model']}", str(r["tasks"]), str(r["attempts"]), f"{r['input_tokens']:,}",
-                    f"{r['output_tokens']:,}", fmt_usd(r["cost_micros"]))
+                    f"{r['output_tokens']:,}", fmt_usd(r["cost_picos"]))
     out.print(mix)
     if job["invalid_lines"]:
         out.print(f"[yellow]{job['invalid_lines']} input line(s) rejected[/] — `llmbatch status {job['id']} --errors`")
@@ -98,7 +98,7 @@ def watch_status(engine, job_id: str) -> None:
                 c = repo.task_counts(conn, job_id)
             done = sum(c[s] for s in TaskStatus.terminal)
             info = (f"ok={c['succeeded']} failed={c['failed']} skipped={c['skipped']} running={c['running']} "
-                    f"spent={fmt_usd(job['spent_micros'])}")
+                    f"spent={fmt_usd(job['spent_picos'])}")
             if tid is None:
                 tid = p.add_task("watch", total=c["total"], status=job["status"], info=info)
             p.update(tid, completed=done, total=c["total"], status=job["status"], info=info)
@@ -112,13 +112,13 @@ def report_tables(rep: dict[str, Any]) -> None:
     t.add_column("item")
     t.add_column("value", justify="right")
     for label, value in (
-        ("spent", fmt_usd(rep["spent_micros"])),
+        ("spent", fmt_usd(rep["spent_picos"])),
         ("reserved (calls in flight or unknown)", _usd(rep["reserved_usd"])),
         ("budget", _usd(rep["budget_usd"])),
-        ("ledger sum (attempt rows)", fmt_usd(rep["ledger_micros"])),
+        ("ledger sum (attempt rows)", fmt_usd(rep["ledger_picos"])),
         ("spent == ledger", "yes" if rep["reconciled"] else "[bold red]NO[/]"),
         ("cost per 1k tasks", _usd(rep["cost_per_1k_tasks_usd"])),
-        (f"baseline: same tokens on {rep['baseline']['model']}", _usd(rep["baseline"]["cost_usd"])),
+        (f"baseline: finished requests on {rep['baseline']['model']}", _usd(rep["baseline"]["cost_usd"])),
         ("savings vs baseline", _usd(rep["savings_usd"])),
     ):
         t.add_row(label, value)
@@ -137,6 +137,13 @@ def report_tables(rep: dict[str, Any]) -> None:
     if rep["unpriced_attempts"]:
         out.print(f"[bold red]{len(rep['unpriced_attempts'])} attempt(s) could not be priced by the catalog; "
                   f"they are charged at their reserved upper bound. First: {rep['unpriced_attempts'][0]}[/]")
+    if rep.get("overruns"):
+        first = rep["overrun_attempts"][0]
+        out.print(f"[bold red]{rep['overruns']} attempt(s) billed ABOVE their reservation (overrun): the provider "
+                  f"counted more tokens than the bound allowed for. Largest: {first['model']} task {first['task_id']} "
+                  f"billed ${first['cost_usd']} against ${first['reserved_usd']} reserved[/]")
+    if rep.get("stop_reason"):
+        out.print(f"[bold red]dispatch stopped: {rep['stop_reason']}[/]")
     if rep["unsettled_attempts"]:
         out.print(f"[yellow]{rep['unsettled_attempts']} attempt(s) with unknown outcome still hold their reservation; "
                   f"run `llmbatch reconcile {rep['job_id']}`[/]")

@@ -6,11 +6,10 @@ job totals by construction; `check_reconciliation` verifies it anyway and the re
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any, Iterator
 
 import orjson
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, and_, case, func, select
 
 from .catalog import Catalog
 from .catalog.pricing import price
@@ -18,7 +17,7 @@ from .errors import CatalogError, PricingError
 from .models import Usage
 from .money import usd_json
 from .store import ledger, repo
-from .store.schema import attempts, tasks
+from .store.schema import AttemptStatus, TaskStatus, attempts, tasks
 
 
 def status_dict(conn: Connection, job: dict[str, Any]) -> dict[str, Any]:
@@ -27,10 +26,11 @@ def status_dict(conn: Connection, job: dict[str, Any]) -> dict[str, Any]:
         "job_id": job["id"],
         "status": job["status"],
         "counts": {k: counts[k] for k in ("total", "queued", "running", "succeeded", "failed", "skipped", "cancelled")},
-        "spent_usd": usd_json(job["spent_micros"]),
-        "reserved_usd": usd_json(job["reserved_micros"]),
-        "budget_usd": usd_json(job["budget_micros"]),
+        "spent_usd": usd_json(job["spent_picos"]),
+        "reserved_usd": usd_json(job["reserved_picos"]),
+        "budget_usd": usd_json(job["budget_picos"]),
         "invalid_lines": job["invalid_lines"],
+        "stop_reason": job.get("stop_reason"),
     }
 
 
@@ -39,58 +39,159 @@ def _usage_of(row) -> dict[str, int]:
                                           "reasoning_tokens")}
 
 
-def result_lines(conn: Connection, job_id: str) -> Iterator[dict[str, Any]]:
-    """One dict per task in input order: the `results --format jsonl` shape."""
+def _final_attempts(conn: Connection, job_id: str, lo: int, hi: int) -> dict[int, dict[str, Any]]:
+    """The last attempt (highest attempt_no) of each task with lo <= seq <= hi: what the task's result is."""
+    rows = conn.execute(
+        select(attempts.c.task_seq, attempts.c.attempt_no, attempts.c.model, attempts.c.served_model,
+               attempts.c.finish_reason, attempts.c.provider_request_id, attempts.c.finished_at,
+               attempts.c.started_at, attempts.c.input_tokens, attempts.c.cached_tokens,
+               attempts.c.cache_write_tokens, attempts.c.output_tokens, attempts.c.reasoning_tokens,
+               attempts.c.error_class, attempts.c.http_status)
+        .where(attempts.c.job_id == job_id, attempts.c.task_seq >= lo, attempts.c.task_seq <= hi)
+        .order_by(attempts.c.task_seq, attempts.c.attempt_no)).mappings()
+    return {r["task_seq"]: dict(r) for r in rows}
+
+
+def _result_rows(conn: Connection, job_id: str, page: int = 1000) -> Iterator[tuple[dict, dict | None]]:
+    """(task row, its final attempt or None) in input order, a page of tasks (and one attempts query) at a time."""
+    buf: list[dict] = []
     for row in repo.iter_task_rows(conn, job_id):
+        buf.append(row)
+        if len(buf) >= page:
+            final = _final_attempts(conn, job_id, buf[0]["seq"], buf[-1]["seq"])
+            yield from ((r, final.get(r["seq"])) for r in buf)
+            buf = []
+    if buf:
+        final = _final_attempts(conn, job_id, buf[0]["seq"], buf[-1]["seq"])
+        yield from ((r, final.get(r["seq"])) for r in buf)
+
+
+def result_lines(conn: Connection, job_id: str, *, with_final_attempt: bool = False) -> Iterator[dict[str, Any]]:
+    """One dict per task in input order: the `results --format jsonl` shape. `usage` and `cost_usd` are the
+    task's totals over all its billed attempts; `finish_reason` is the final attempt's, as the provider sent it.
+    with_final_attempt adds `_final` (that attempt's ledger row) for the OpenAI export."""
+    for row, final in _result_rows(conn, job_id):
         payload = orjson.loads(row["payload"])
-        yield {
+        line = {
             "id": row["task_id"],
             "status": row["status"],
             "provider": row["provider"],
             "model": row["model"],
             "output": orjson.loads(row["output"]) if row["output"] is not None else None,
             "error": row["error"],
+            "finish_reason": final["finish_reason"] if final else None,
             "usage": _usage_of(row),
-            "cost_usd": usd_json(row["cost_micros"]),
+            "cost_usd": usd_json(row["cost_picos"]),
             "attempts": row["attempts"],
             "metadata": payload.get("metadata"),
         }
+        if with_final_attempt:
+            line["_final"] = final
+            line["_skip_reason"] = row["skip_reason"]
+        yield line
+
+
+# Our finish reasons -> OpenAI's (the export claims OpenAI's shape; ChatCompletion accepts only these).
+_OPENAI_FINISH = {"stop": "stop", "end_turn": "stop", "stop_sequence": "stop", "STOP": "stop", "length": "length",
+                  "max_tokens": "length", "MAX_TOKENS": "length", "tool_calls": "tool_calls", "tool_use": "tool_calls",
+                  "content_filter": "content_filter", "SAFETY": "content_filter", "function_call": "function_call"}
+
+
+def _error_code(status: str, skip_reason: str | None, error: str | None) -> str:
+    if status == "skipped":
+        return f"skipped_{skip_reason or 'unknown'}"
+    if status == "cancelled":
+        return "cancelled"
+    if error and error.startswith("truncated"):
+        return "truncated"
+    return "task_failed"
 
 
 def openai_batch_line(r: dict[str, Any], job_id: str, seq: int) -> dict[str, Any]:
-    """`results --format openai`: the OpenAI Batch output file shape, so existing tooling keeps working."""
-    if r["status"] == "succeeded":
+    """`results --format openai`: the OpenAI Batch output file shape, so existing tooling keeps working.
+    `r` is a result_lines(with_final_attempt=True) dict. A succeeded task's body is a complete chat.completion
+    of its FINAL attempt: that attempt's own usage, finish reason, served model and the provider's request id."""
+    line_id = f"batch_req_{job_id}_{seq}"
+    final = r.get("_final")
+    if r["status"] == "succeeded" and final is not None:
         content = r["output"] if isinstance(r["output"], str) else orjson.dumps(r["output"]).decode()
-        u = r["usage"]
+        u = _usage_of(final)
+        created = int(final["finished_at"] or final["started_at"] or 0)
         body = {
-            "object": "chat.completion", "model": r["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "id": final["provider_request_id"] or f"chatcmpl-{job_id}-{seq}",
+            "object": "chat.completion", "created": created,
+            "model": final["served_model"] or final["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": _OPENAI_FINISH.get(final["finish_reason"] or "stop", "stop"),
+                         "logprobs": None}],
             "usage": {"prompt_tokens": u["input_tokens"], "completion_tokens": u["output_tokens"],
                       "total_tokens": u["input_tokens"] + u["output_tokens"],
                       "prompt_tokens_details": {"cached_tokens": u["cached_tokens"]},
                       "completion_tokens_details": {"reasoning_tokens": u["reasoning_tokens"]}},
         }
-        return {"id": f"batch_req_{job_id}_{seq}", "custom_id": r["id"],
-                "response": {"status_code": 200, "request_id": None, "body": body}, "error": None}
-    return {"id": f"batch_req_{job_id}_{seq}", "custom_id": r["id"], "response": None,
-            "error": {"code": r["status"], "message": r["error"]}}
+        return {"id": line_id, "custom_id": r["id"],
+                "response": {"status_code": 200, "request_id": final["provider_request_id"], "body": body},
+                "error": None}
+    return {"id": line_id, "custom_id": r["id"], "response": None,
+            "error": {"code": _error_code(r["status"], r.get("_skip_reason"), r["error"]),
+                      "message": r["error"] or r["status"]}}
 
 
-def _baseline_micros(rows: list[dict[str, Any]], catalog: Catalog, baseline: str) -> tuple[int | None, str | None]:
-    """What the same tokens would have cost on the baseline model (one price() over the summed usage)."""
+def openai_rejected_line(e: dict[str, Any], job_id: str) -> dict[str, Any]:
+    """A rejected input line in the export: an error line with its custom_id (the line number when it had none)."""
+    return {"id": f"batch_req_{job_id}_line{e['line_no']}", "custom_id": e["task_id"] or f"line-{e['line_no']}",
+            "response": None, "error": {"code": "invalid_input", "message": f"line {e['line_no']}: {e['reason']}"}}
+
+
+def _baseline_picos(conn: Connection, job_id: str, catalog: Catalog, baseline: str) -> tuple[int | None, str | None]:
+    """What the FINAL attempts of the SUCCEEDED tasks would have cost on the baseline model: one request each,
+    as if sent there directly. Failed, retried and escalated attempts are not counted (the baseline would
+    have been billed once per finished request). Summed per long-context tier of the baseline model, so the
+    price is exact: price() is linear within a tier."""
     try:
         model = catalog.get(baseline)
     except CatalogError as e:
         return None, str(e)
-    total = Usage()
-    for r in rows:
-        total = total + Usage(input_tokens=r["input_tokens"], cached_tokens=r["cached_tokens"],
-                              cache_write_tokens=r["cache_write_tokens"], output_tokens=r["output_tokens"],
-                              reasoning_tokens=r["reasoning_tokens"])
+    tier = case(*[(attempts.c.input_tokens > t.above_input_tokens, i + 1)
+                  for i, t in reversed(list(enumerate(model.price_tiers)))], else_=0) if model.price_tiers else 0
+    cols = [func.coalesce(func.sum(getattr(attempts.c, k)), 0).label(k) for k in
+            ("input_tokens", "cached_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")]
+    q = (select(*cols, func.min(attempts.c.input_tokens).label("min_in"))
+         .select_from(attempts.join(tasks, and_(tasks.c.job_id == attempts.c.job_id, tasks.c.seq == attempts.c.task_seq)))
+         .where(attempts.c.job_id == job_id, attempts.c.status == AttemptStatus.succeeded,
+                tasks.c.status == TaskStatus.succeeded))
+    if model.price_tiers:
+        q = q.add_columns(tier.label("tier")).group_by(tier)
+    total = 0
     try:
-        return price(total, model).micros, None
+        for r in conn.execute(q).mappings():
+            if r["min_in"] is None:
+                continue
+            u = Usage(**{k: int(r[k]) for k in ("input_tokens", "cached_tokens", "cache_write_tokens",
+                                                 "output_tokens", "reasoning_tokens")})
+            # The tier is the group's; price() picks it from input_tokens, so price the group's tokens at the
+            # rates of its smallest request (same tier) and not at the summed count's.
+            r_ = model.rates(int(r["min_in"]))
+            uncached = u.input_tokens - u.cached_tokens - u.cache_write_tokens
+            total += (uncached * r_.input + u.cached_tokens * r_.cached + u.cache_write_tokens * r_.cache_write
+                      + u.output_tokens * r_.output)
     except PricingError as e:
         return None, str(e)
+    return total, None
+
+
+def overrun_rows(conn: Connection, job_id: str, limit: int = 20) -> tuple[int, list[dict[str, Any]]]:
+    """Attempts billed above their reservation: how many, and the largest (by excess)."""
+    n = int(conn.execute(select(func.count()).where(attempts.c.job_id == job_id, attempts.c.overrun.is_(True)))
+            .scalar())
+    rows = conn.execute(
+        select(attempts.c.id, attempts.c.task_id, attempts.c.provider, attempts.c.model, attempts.c.reserved_picos,
+               attempts.c.cost_picos)
+        .where(attempts.c.job_id == job_id, attempts.c.overrun.is_(True))
+        .order_by((attempts.c.cost_picos - attempts.c.reserved_picos).desc()).limit(limit)).all()
+    return n, [{"attempt_id": a.id, "task_id": a.task_id, "model": f"{a.provider}/{a.model}",
+                "reserved_usd": usd_json(a.reserved_picos), "cost_usd": usd_json(a.cost_picos),
+                "excess_usd": usd_json(a.cost_picos - a.reserved_picos)} for a in rows]
 
 
 def build_report(conn: Connection, job_id: str, catalog: Catalog, *, baseline_model: str = "gpt-4o",
@@ -100,8 +201,9 @@ def build_report(conn: Connection, job_id: str, catalog: Catalog, *, baseline_mo
         raise LookupError(job_id)
     rows = repo.by_model(conn, job_id)
     counts = repo.task_counts(conn, job_id)
-    ledger_micros = ledger.ledger_sum(conn, job_id)
-    base_micros, base_err = _baseline_micros(rows, catalog, baseline_model)
+    ledger_picos = ledger.ledger_sum(conn, job_id)
+    base_picos, base_err = _baseline_picos(conn, job_id, catalog, baseline_model)
+    n_overruns, overruns = overrun_rows(conn, job_id)
     unpriced = conn.execute(select(attempts.c.id, attempts.c.model, attempts.c.pricing_error)
                             .where(attempts.c.job_id == job_id, attempts.c.cost_source == "unpriced")).all()
     unsettled = conn.execute(select(func.count()).where(attempts.c.job_id == job_id,
@@ -109,18 +211,18 @@ def build_report(conn: Connection, job_id: str, catalog: Catalog, *, baseline_mo
     escalations = int(conn.execute(select(func.coalesce(func.sum(tasks.c.escalations), 0))
                                    .where(tasks.c.job_id == job_id)).scalar())
     expensive = conn.execute(
-        select(tasks.c.task_id, tasks.c.model, tasks.c.cost_micros, tasks.c.attempts)
-        .where(tasks.c.job_id == job_id).order_by(tasks.c.cost_micros.desc()).limit(top)).all()
+        select(tasks.c.task_id, tasks.c.model, tasks.c.cost_picos, tasks.c.attempts)
+        .where(tasks.c.job_id == job_id).order_by(tasks.c.cost_picos.desc()).limit(top)).all()
     total_tasks = counts["total"]
     return {
         "job_id": job_id,
         "status": job["status"],
-        "spent_usd": usd_json(job["spent_micros"]),
-        "reserved_usd": usd_json(job["reserved_micros"]),
-        "budget_usd": usd_json(job["budget_micros"]),
-        "spent_micros": job["spent_micros"],
-        "ledger_micros": ledger_micros,
-        "reconciled": ledger_micros == job["spent_micros"],
+        "spent_usd": usd_json(job["spent_picos"]),
+        "reserved_usd": usd_json(job["reserved_picos"]),
+        "budget_usd": usd_json(job["budget_picos"]),
+        "spent_picos": job["spent_picos"],
+        "ledger_picos": ledger_picos,
+        "reconciled": ledger_picos == job["spent_picos"],
         "counts": {k: counts[k] for k in ("total", "succeeded", "failed", "skipped", "cancelled", "queued", "running")},
         "skips": repo.skip_reason_counts(conn, job_id),
         "escalations": escalations,
@@ -129,16 +231,19 @@ def build_report(conn: Connection, job_id: str, catalog: Catalog, *, baseline_mo
             "succeeded_attempts": r["succeeded_attempts"], "input_tokens": r["input_tokens"],
             "cached_tokens": r["cached_tokens"], "cache_write_tokens": r["cache_write_tokens"],
             "output_tokens": r["output_tokens"], "reasoning_tokens": r["reasoning_tokens"],
-            "cost_usd": usd_json(r["cost_micros"]), "cost_micros": r["cost_micros"],
+            "cost_usd": usd_json(r["cost_picos"]), "cost_picos": r["cost_picos"],
         } for r in rows],
-        "cost_per_1k_tasks_usd": (float(Decimal(job["spent_micros"]) * 1000 / total_tasks / 1_000_000)
-                                  if total_tasks else None),
-        "most_expensive_tasks": [{"id": t.task_id, "model": t.model, "cost_usd": usd_json(t.cost_micros),
+        "cost_per_1k_tasks_usd": usd_json(job["spent_picos"] * 1000 // total_tasks) if total_tasks else None,
+        "most_expensive_tasks": [{"id": t.task_id, "model": t.model, "cost_usd": usd_json(t.cost_picos),
                                   "attempts": t.attempts} for t in expensive],
-        "baseline": {"model": baseline_model, "cost_usd": usd_json(base_micros), "error": base_err},
-        "savings_usd": usd_json(base_micros - job["spent_micros"]) if base_micros is not None else None,
+        "baseline": {"model": baseline_model, "cost_usd": usd_json(base_picos), "error": base_err,
+                     "counts": "the final attempt of each succeeded task, priced on the baseline model"},
+        "savings_usd": usd_json(base_picos - job["spent_picos"]) if base_picos is not None else None,
         "unpriced_attempts": [{"attempt_id": a.id, "model": a.model, "error": a.pricing_error} for a in unpriced],
         "unsettled_attempts": unsettled,
+        "overruns": n_overruns,
+        "overrun_attempts": overruns,
+        "stop_reason": job.get("stop_reason"),
     }
 
 
@@ -146,6 +251,6 @@ def attempt_lines(conn: Connection, job_id: str) -> Iterator[dict[str, Any]]:
     """Every ledger row of the job (report --attempts): the audit trail down to each call."""
     for r in repo.iter_attempt_rows(conn, job_id):
         d = dict(r)
-        d["cost_usd"] = usd_json(d["cost_micros"])
-        d["reserved_usd"] = usd_json(d["reserved_micros"])
+        d["cost_usd"] = usd_json(d["cost_picos"])
+        d["reserved_usd"] = usd_json(d["reserved_picos"])
         yield d

@@ -6,8 +6,9 @@ decision and `llmbatch route --explain` shows exactly what the engine will do.
 Rules, in the order they are checked (the first one a model fails is the reason it is rejected):
  1. pin / allow-list: `task.model` keeps only that model (a bare id served by several providers keeps all of
     them); otherwise `task.models` (entries `provider/model` or bare ids) restricts the set.
- 2. deny-list (job level, same entry forms).
+ 2. deny-list (job level, same entry forms). Allow- and deny-list entries may also name a whole provider (`groq`).
  3. status: deprecated and retired models are never routed to, unless pinned (then allowed, with a warning).
+    A model whose deprecation (shutdown) date has passed is retired, whatever its status says.
  4. credentials: the model's provider must be in `credentials` (see providers.available_credentials).
  5. tier >= the line's min_tier, else the job's, else DEFAULT_MIN_TIER for the task type. A pin skips it.
  6. capabilities the request needs:
@@ -22,8 +23,8 @@ Rules, in the order they are checked (the first one a model fails is the reason 
  8. context: estimated input tokens + completion cap <= context window. The expected count, not the upper
     bound: the bound is up to 4x the real count and would turn away models that fit; a rare miss comes back
     as a reroute error and the next candidate is tried.
- 9. long-context pricing (quirk `long_context_price_above`): the catalog prices only the short-context rate,
-    so the input's UPPER bound must stay under the threshold or the ledger could understate the bill.
+ 9. long-context pricing: a model's price_tiers price estimates and bounds at the tier the input falls in
+    (the bound at the dearest tier the input's upper bound could reach), so no model is turned away for it.
 10. max cost per task: estimated cost <= the cap.
 11. health: a model (or its whole provider) cooling down after a 429 is set aside. If that leaves nothing,
     the cooling models come back as candidates with a warning: waiting out a cooldown beats skipping the task.
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
 from .catalog import Catalog, ModelInfo
-from .catalog.pricing import estimate_micros, upper_bound_micros
+from .catalog.pricing import estimate_picos, upper_bound_picos
 from .models import DEFAULT_MIN_TIER, ChatRequest, TaskLine, Tier
 from .money import exact_usd
 from .tokens import (
@@ -56,14 +57,14 @@ SYSTEM_ROLE_ADAPTATIONS = frozenset({"merge_into_user", "developer"})
 @dataclass(frozen=True)
 class Candidate:
     model: ModelInfo
-    estimated_micros: int  # expected cost of this request: in_est x input price + out_est x output price, rounded up
-    upper_bound_micros: int  # what the budget reservation holds for one attempt
+    estimated_picos: int  # expected cost of this request: in_est x input price + out_est x output price (exact)
+    upper_bound_picos: int  # what the budget reservation holds for one attempt
     input_tokens_est: int
     input_tokens_upper: int
     output_tokens_est: int  # expected billed output: visible answer + expected reasoning, within the cap
     completion_cap: int  # max_output_tokens (+ the reasoning budget on reasoning models), within the model's max
     first: bool  # the cheapest candidate (the one the engine tries first)
-    cheapest_micros: int  # the first candidate's estimate
+    cheapest_picos: int  # the first candidate's estimate
     notes: tuple[str, ...] = ()  # how the adapter adapts the request for this model
 
     @property
@@ -72,10 +73,10 @@ class Candidate:
         task and never reads it, and formatting money is a noticeable share of routing."""
         m = self.model
         if self.first:
-            why = f"cheapest eligible: {m.tier.value} tier, est {exact_usd(self.estimated_micros)}"
+            why = f"cheapest eligible: {m.tier.value} tier, est {exact_usd(self.estimated_picos)}"
         else:
-            why = (f"eligible: {m.tier.value} tier, est {exact_usd(self.estimated_micros)} "
-                   f"(+{exact_usd(self.estimated_micros - self.cheapest_micros)})")
+            why = (f"eligible: {m.tier.value} tier, est {exact_usd(self.estimated_picos)} "
+                   f"(+{exact_usd(self.estimated_picos - self.cheapest_picos)})")
         return why + ("; " + ", ".join(self.notes) if self.notes else "")
 
 
@@ -85,7 +86,7 @@ class Rejection:
     reason: str
     # Set only when money or health is the sole obstacle (rules "max_cost", "cooldown"): the model fits the
     # request, so its cost means something. None for every other rule.
-    estimated_micros: int | None
+    estimated_picos: int | None
     rule: str = ""  # stable name of the failed rule ("context", "tier", "max_cost", ...) for summaries
 
 
@@ -125,8 +126,9 @@ class Health:
         return until - now
 
 
-def _names(model: ModelInfo) -> tuple[str, str]:
-    return model.key, model.model
+def _names(model: ModelInfo) -> tuple[str, str, str]:
+    """What an allow- or deny-list entry can name a model by: its key, its bare id, or its provider."""
+    return model.key, model.model, model.provider
 
 
 def _listed(model: ModelInfo, entries) -> bool:
@@ -170,8 +172,8 @@ class _Estimate:
     in_upper: int
     out_est: int
     cap: int
-    micros: int
-    upper_micros: int
+    picos: int
+    upper_picos: int
 
 
 def _estimate(model: ModelInfo, needs: _Needs) -> _Estimate:
@@ -186,16 +188,16 @@ def _estimate(model: ModelInfo, needs: _Needs) -> _Estimate:
         cap += needs.reasoning_budget or model.reasoning_budget_tokens
     cap = min(cap, model.max_output_tokens)
     out_est = min(needs.out_est + (model.expected_reasoning_tokens if model.reasoning else 0), cap)
-    return _Estimate(in_est, in_upper, out_est, cap, estimate_micros(model, in_est, out_est),
-                     upper_bound_micros(model, in_upper, cap))
+    return _Estimate(in_est, in_upper, out_est, cap, estimate_picos(model, in_est, out_est),
+                     upper_bound_picos(model, in_upper, cap))
 
 
 def _status_note(model: ModelInfo, today: date) -> str:
     when = model.deprecation_date
     if when is None:
         return model.status
-    if model.status == "deprecated" and when <= today:
-        return f"deprecated, shutdown date {when.isoformat()} has passed"
+    if model.status != "retired" and when <= today:
+        return f"retired: shutdown date {when.isoformat()} has passed"
     return f"{model.status} {when.isoformat()}"
 
 
@@ -234,7 +236,7 @@ def _check_static(
         return "allow_list", "not in allow-list"
     if _listed(model, deny):
         return "deny", "denied"
-    if model.status != "active" and not pinned:
+    if model.status_on(today) != "active" and not pinned:
         return "status", _status_note(model, today)
     if model.provider not in credentials:
         env = catalog.providers[model.provider].key_env if model.provider in catalog.providers else None
@@ -280,13 +282,8 @@ def _check_sized(model: ModelInfo, est: _Estimate, max_cost: int | None) -> tupl
     need = est.in_est + est.cap
     if need > model.context_window:
         return "context", f"context {model.context_window:,} < {need:,} needed"
-    long_above = model.quirks.get("long_context_price_above")
-    if long_above is not None and est.in_upper > int(long_above):
-        return "long_context", (
-            f"priced only up to {int(long_above):,} input tokens; this input may need {est.in_upper:,}"
-        )
-    if max_cost is not None and est.micros > max_cost:
-        return "max_cost", f"est {exact_usd(est.micros)} > max cost per task {exact_usd(max_cost)}"
+    if max_cost is not None and est.picos > max_cost:
+        return "max_cost", f"est {exact_usd(est.picos)} > max cost per task {exact_usd(max_cost)}"
     return None
 
 
@@ -322,7 +319,7 @@ def route(
     health: Health | None = None,
     deny: frozenset[str] = frozenset(),
     job_min_tier: Tier | None = None,
-    max_cost_per_task_micros: int | None = None,
+    max_cost_per_task_picos: int | None = None,
     now: float | None = None,
 ) -> RouteDecision:
     now = time.time() if now is None else now
@@ -356,34 +353,34 @@ def route(
         est = None
         if failed is None:
             est = _estimate(model, needs)
-            failed = _check_sized(model, est, max_cost_per_task_micros)
+            failed = _check_sized(model, est, max_cost_per_task_picos)
         if failed is None:
             left = _cooling_left(health, model, now) if any_cooling else None
             if left is not None:
                 cooling.append((model, est, notes, left))
                 continue
             eligible.append((model, est, notes))
-            if pinned and model.status != "active":
+            if pinned and model.status_on(today) != "active":
                 warnings.append(f"pinned model {model.key} is {_status_note(model, today)}; it may stop working")
             if pinned and model.tier.rank < min_tier.rank:
                 warnings.append(f"pinned model {model.key} is tier {model.tier.value}, below the {min_tier.value} asked for")
             continue
         rule, reason = failed
-        rejected.append(Rejection(model, reason, est.micros if rule == "max_cost" and est else None, rule))
+        rejected.append(Rejection(model, reason, est.picos if rule == "max_cost" and est else None, rule))
 
     if not eligible and cooling:
         soonest = min(left for *_, left in cooling)
         warnings.append(f"every eligible model is cooling down; the first is free again in {soonest:.0f} s")
         eligible = [(m, e, n) for m, e, n, _ in cooling]
     else:
-        rejected += [Rejection(m, f"cooling down {left:.0f} s", e.micros, "cooldown") for m, e, _, left in cooling]
+        rejected += [Rejection(m, f"cooling down {left:.0f} s", e.picos, "cooldown") for m, e, _, left in cooling]
 
     inf = float("inf")
     latency = health.latency_ms
-    eligible.sort(key=lambda men: (men[1].micros, latency.get(men[0].key, inf), men[0].key))
-    cheapest = eligible[0][1].micros if eligible else 0
+    eligible.sort(key=lambda men: (men[1].picos, latency.get(men[0].key, inf), men[0].key))
+    cheapest = eligible[0][1].picos if eligible else 0
     candidates = [
-        Candidate(model, est.micros, est.upper_micros, est.in_est, est.in_upper, est.out_est, est.cap, i == 0, cheapest,
+        Candidate(model, est.picos, est.upper_picos, est.in_est, est.in_upper, est.out_est, est.cap, i == 0, cheapest,
                   notes)
         for i, (model, est, notes) in enumerate(eligible)
     ]

@@ -37,7 +37,7 @@ def run_pipeline(db_url: str, path, *, concurrency: int, sim_url: str, budget_us
         t2 = time.perf_counter()
     counts, spent, ledger = C.job_counts(db_url, job_id)
     return {"job_id": job_id, "status": status, "tasks": report.accepted, "counts": counts,
-            "spent_micros": spent, "ledger_micros": ledger, "ingest_s": round(t1 - t0, 3),
+            "spent_picos": spent, "ledger_picos": ledger, "ingest_s": round(t1 - t0, 3),
             "run_s": round(t2 - t1, 3), "end_to_end_s": round(t2 - t0, 3),
             "per_s": round(report.accepted / (t2 - t1), 1),
             **({"profile": C.summarize_collapsed(files)} if profile_dir is not None else {})}
@@ -74,7 +74,7 @@ def main(argv=None) -> dict:
 
     best_b = max(baselines, key=lambda r: r["per_s"])
     best_p = max(pipelines, key=lambda r: r["per_s"])
-    ok = all(p["counts"]["succeeded"] == args.tasks and p["spent_micros"] == p["ledger_micros"] for p in pipelines)
+    ok = all(p["counts"]["succeeded"] == args.tasks and p["spent_picos"] == p["ledger_picos"] for p in pipelines)
     ratio = best_p["per_s"] / best_b["per_s"]
     res = C.summary(
         "inflight", figure=best_p["per_s"], unit="tasks/s", baseline=best_b["per_s"],

@@ -439,13 +439,13 @@ def wait_job(db_url: str, job_id: str, *, timeout: float, poll: float = 0.05) ->
 
 
 def job_counts(db_url: str, job_id: str) -> tuple[dict, int, int]:
-    """(task counts, spent micros, ledger sum micros)."""
+    """(task counts, spent picos, ledger sum picos)."""
     from llmbatch.store import ledger as ledger_api, repo
     from llmbatch.store.db import get_engine
 
     with get_engine(db_url).connect() as conn:
         job = repo.get_job(conn, job_id)
-        return repo.task_counts(conn, job_id), int(job["spent_micros"]), ledger_api.ledger_sum(conn, job_id)
+        return repo.task_counts(conn, job_id), int(job["spent_picos"]), ledger_api.ledger_sum(conn, job_id)
 
 
 def submit(settings, path: Path, *, budget_usd: str | None = "50") -> tuple[str, int, int]:

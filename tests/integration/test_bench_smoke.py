@@ -44,7 +44,7 @@ def test_inflight_smoke(tmp_path):
     assert b["ok"] == b["requests"] == b["sim_ok"] == 120
     assert p["counts"]["succeeded"] == p["counts"]["total"] == 120
     assert p["sim_total"] == p["sim_ok"] == 120  # one call per task: nothing lost, nothing doubled
-    assert p["spent_micros"] == p["ledger_micros"] > 0
+    assert p["spent_picos"] == p["ledger_picos"] > 0
 
 
 def test_overhead_smoke(tmp_path, bench_services):

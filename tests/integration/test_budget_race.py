@@ -11,6 +11,8 @@ The race runs once per module (it is the expensive part); each test checks one p
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import re
 import time
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 import pytest
 from sqlalchemy import func, select
 
-from llmbatch.money import usd_to_micros
+from llmbatch.money import usd_to_picos
 from llmbatch.simulator import SimulatorConfig, start_subprocess
 from llmbatch.store import ledger as ledger_api, repo
 from llmbatch.store.db import get_engine
@@ -41,15 +43,15 @@ def private_redis(redis_url: str, db: int) -> str:
     return flushed_redis_db(redis_url, db)
 
 
-def _usd(micros: int) -> str:
-    return f"{micros / 1e6:.6f}"
+def _usd(picos: int) -> str:
+    return format(Decimal(picos) / 10**12, "f")  # exact
 
 
 @dataclass
 class Race:
     job_id: str
     env: dict[str, str]
-    full_micros: int
+    full_picos: int
     budget: int
     wall_s: float
     polls: int
@@ -84,8 +86,8 @@ def race(request, tmp_path_factory, postgres_url, redis_url):
     finally:
         stop_process(sim)
     assert p.returncode == 0 and full["status"] == "succeeded", (p.stdout, p.stderr)
-    full_micros = usd_to_micros(full["spent_usd"])
-    budget = full_micros // BUDGET_SHARE
+    full_picos = usd_to_picos(full["spent_usd"])
+    budget = full_picos // BUDGET_SHARE
 
     # A database of our own on the test server (module scope: fresh_postgres_url is per test).
     with temp_database(postgres_url, "llmbatch_race") as db_url:
@@ -94,9 +96,9 @@ def race(request, tmp_path_factory, postgres_url, redis_url):
         try:
             env = cli_env(db_url, LLMBATCH_BROKER_URL=private_redis(redis_url, REDIS_DB),
                           LLMBATCH_SIMULATOR_URL=url, LLMBATCH_CHUNK_SIZE="25")
-            race = _run_capped(env, db_url, src, full_micros, budget, workers)
+            race = _run_capped(env, db_url, src, full_picos, budget, workers)
             started = time.time()
-            p, st = run_json(["retry", race.job_id, "--budget", _usd(full_micros * 3)], env, timeout=120)
+            p, st = run_json(["retry", race.job_id, "--budget", _usd(full_picos * 3)], env, timeout=120)
             race.retry_wall_s = time.time() - started
             race.retry_exit, race.retry_status = p.returncode, st
             yield race
@@ -105,7 +107,7 @@ def race(request, tmp_path_factory, postgres_url, redis_url):
             stop_process(sim)
 
 
-def _run_capped(env, db_url, src, full_micros: int, budget: int, workers: WorkerProcs) -> Race:
+def _run_capped(env, db_url, src, full_picos: int, budget: int, workers: WorkerProcs) -> Race:
     p = run_cli(["submit", str(src), "--simulate", "--budget", _usd(budget)], env)
     assert p.returncode == 0, p.stderr
     job_id = p.stdout.strip().splitlines()[-1]
@@ -122,8 +124,8 @@ def _run_capped(env, db_url, src, full_micros: int, budget: int, workers: Worker
                 attempts.c.job_id == job_id, attempts.c.settled.is_(False))).scalar()
         polls += 1
         max_in_flight = max(max_in_flight, in_flight)
-        if job["spent_micros"] + job["reserved_micros"] > budget:
-            violations.append({k: job[k] for k in ("spent_micros", "reserved_micros", "budget_micros")})
+        if job["spent_picos"] + job["reserved_picos"] > budget:
+            violations.append({k: job[k] for k in ("spent_picos", "reserved_picos", "budget_picos")})
         if job["status"] in TERMINAL:
             break
         time.sleep(0.05)
@@ -134,7 +136,7 @@ def _run_capped(env, db_url, src, full_micros: int, budget: int, workers: Worker
         job = repo.get_job(c, job_id)
         ledger = ledger_api.ledger_sum(c, job_id)
         counts = repo.task_counts(c, job_id)
-        max_reservation = c.execute(select(func.max(attempts.c.reserved_micros))
+        max_reservation = c.execute(select(func.max(attempts.c.reserved_picos))
                                     .where(attempts.c.job_id == job_id)).scalar()
         n_workers = c.execute(select(func.count(func.distinct(attempts.c.worker)))
                               .where(attempts.c.job_id == job_id)).scalar()
@@ -143,14 +145,14 @@ def _run_capped(env, db_url, src, full_micros: int, budget: int, workers: Worker
             .where(tasks.c.job_id == job_id, tasks.c.status != "succeeded"))}
         errors = c.execute(select(tasks.c.error).where(tasks.c.job_id == job_id, tasks.c.status == "skipped")
                            ).scalars().all()
-    needs = [usd_to_micros(m.group(1)) for m in (NEEDS.search(e or "") for e in errors) if m]
+    needs = [usd_to_picos(m.group(1)) for m in (NEEDS.search(e or "") for e in errors) if m]
     status_exit = run_cli(["status", job_id], env).returncode
-    print(f"\nbudget race: full cost {full_micros} micros, budget {budget} micros (${_usd(budget)}); "
-          f"spent {job['spent_micros']} micros, {budget - job['spent_micros']} left "
+    print(f"\nbudget race: full cost {full_picos} picos, budget {budget} picos (${_usd(budget)}); "
+          f"spent {job['spent_picos']} picos, {budget - job['spent_picos']} left "
           f"(largest reservation {max_reservation}, smallest refused {min(needs, default=None)}); "
           f"succeeded {counts['succeeded']}, skipped {counts['skipped']}; up to {max_in_flight} calls in flight "
           f"over {polls} polls from {n_workers} workers; wall {wall:.1f}s")
-    return Race(job_id=job_id, env=env, full_micros=full_micros, budget=budget, wall_s=wall, polls=polls,
+    return Race(job_id=job_id, env=env, full_picos=full_picos, budget=budget, wall_s=wall, polls=polls,
                 max_in_flight=max_in_flight, cap_violations=violations, capped_job=job, capped_ledger=ledger,
                 capped_counts=counts, capped_not_done=not_done, capped_status_exit=status_exit,
                 max_reservation=max_reservation, skipped_needs=needs, workers=n_workers)
@@ -159,9 +161,9 @@ def _run_capped(env, db_url, src, full_micros: int, budget: int, workers: Worker
 def test_the_cap_holds_at_every_instant_and_the_rest_is_skipped(race):
     job, counts = race.capped_job, race.capped_counts
     assert race.cap_violations == [], "spent + reserved exceeded the budget while calls were in flight"
-    assert job["spent_micros"] <= race.budget
-    assert job["spent_micros"] == race.capped_ledger
-    assert job["reserved_micros"] == 0
+    assert job["spent_picos"] <= race.budget
+    assert job["spent_picos"] == race.capped_ledger
+    assert job["reserved_picos"] == 0
     assert job["status"] == "budget_exhausted"
     assert race.capped_status_exit == 4
     assert counts["queued"] == counts["running"] == 0
@@ -174,13 +176,13 @@ def test_the_cap_holds_at_every_instant_and_the_rest_is_skipped(race):
 
 
 def test_it_stops_within_one_call_of_the_cap(race):
-    left = race.budget - race.capped_job["spent_micros"]
+    left = race.budget - race.capped_job["spent_picos"]
     assert left < race.max_reservation, (
-        f"{left} micros of budget left unspent; the largest single reservation was {race.max_reservation}")
+        f"{left} picos of budget left unspent; the largest single reservation was {race.max_reservation}")
     # Stricter, and the real promise: no task was skipped whose call would have fit in what was left.
     if race.skipped_needs:
         assert left < min(race.skipped_needs), (
-            f"{left} micros left, yet tasks needing only {min(race.skipped_needs)} were skipped for budget")
+            f"{left} picos left, yet tasks needing only {min(race.skipped_needs)} were skipped for budget")
 
 
 def test_retry_with_enough_budget_finishes_and_every_total_agrees(race):
@@ -191,21 +193,21 @@ def test_retry_with_enough_budget_finishes_and_every_total_agrees(race):
     with engine.connect() as c:
         job = repo.get_job(c, race.job_id)
         ledger = ledger_api.ledger_sum(c, race.job_id)
-        task_sum = sum(r["cost_micros"] for r in repo.iter_task_rows(c, race.job_id))
+        task_sum = sum(r["cost_picos"] for r in repo.iter_task_rows(c, race.job_id))
         doubles = c.execute(select(attempts.c.task_seq).where(attempts.c.job_id == race.job_id,
                                                               attempts.c.status == "succeeded")
                             .group_by(attempts.c.task_seq).having(func.count() > 1)).all()
     p, rep = run_json(["report", race.job_id], race.env)
     assert p.returncode == 0, p.stderr
-    print(f"\nbudget race retry: {N_TASKS} succeeded in {race.retry_wall_s:.1f}s; spent {job['spent_micros']} "
-          f"micros in all (ledger {ledger}, report {rep['ledger_micros']}); budget {job['budget_micros']}")
-    assert job["reserved_micros"] == 0
-    assert job["spent_micros"] == ledger == task_sum == rep["spent_micros"] == rep["ledger_micros"]
+    print(f"\nbudget race retry: {N_TASKS} succeeded in {race.retry_wall_s:.1f}s; spent {job['spent_picos']} "
+          f"picos in all (ledger {ledger}, report {rep['ledger_picos']}); budget {job['budget_picos']}")
+    assert job["reserved_picos"] == 0
+    assert job["spent_picos"] == ledger == task_sum == rep["spent_picos"] == rep["ledger_picos"]
     assert rep["reconciled"] is True and rep["unsettled_attempts"] == 0
     # int(): on Postgres by_model's SUMs come back as Decimal and `report --json` prints them as strings
     # (test_report_audit checks the JSON types); the amounts themselves must still agree exactly.
-    assert sum(int(m["cost_micros"]) for m in rep["by_model"]) == ledger
-    assert job["spent_micros"] > race.capped_job["spent_micros"]  # the first run's spend is kept, not reset
-    assert job["spent_micros"] <= job["budget_micros"]
+    assert sum(int(m["cost_picos"]) for m in rep["by_model"]) == ledger
+    assert job["spent_picos"] > race.capped_job["spent_picos"]  # the first run's spend is kept, not reset
+    assert job["spent_picos"] <= job["budget_picos"]
     assert doubles == [], "a task was recorded as succeeded by more than one attempt"
     assert run_cli(["status", race.job_id], race.env).returncode == 0

@@ -26,11 +26,11 @@ def _job(engine, n: int, budget: int | None) -> str:
 
 def _reserve_kw(job: str, seq: int, amount: int, cap: int | None = None) -> dict:
     return dict(job_id=job, task_seq=seq, task_id=f"t{seq}", provider="openai", model="gpt-4o-mini",
-                amount_micros=amount, purpose="first", worker=WORKER, daily_cap_micros=cap)
+                amount_picos=amount, purpose="first", worker=WORKER, daily_cap_picos=cap)
 
 
 def _settlement(attempt_id: int, i: int) -> ledger.Settlement:
-    return ledger.Settlement(attempt_id=attempt_id, status="succeeded", cost_micros=10 + i, cost_source="usage",
+    return ledger.Settlement(attempt_id=attempt_id, status="succeeded", cost_picos=10 + i, cost_source="usage",
                              usage=Usage(input_tokens=100 + i, output_tokens=7 + i, cached_tokens=i % 3,
                                          reasoning_tokens=i % 2), latency_ms=5 + i,
                              provider_request_id=f"req-{i}" if i % 2 else None)
@@ -51,7 +51,7 @@ def _state(engine, job: str):
                                                                                   attempts.c.attempt_no)).mappings()]
         t = [{k: v for k, v in r.items() if k not in skip_t} for r in
              c.execute(select(tasks).where(tasks.c.job_id == job).order_by(tasks.c.seq)).mappings()]
-        j = c.execute(select(jobs.c.spent_micros, jobs.c.reserved_micros).where(jobs.c.id == job)).one()
+        j = c.execute(select(jobs.c.spent_picos, jobs.c.reserved_picos).where(jobs.c.id == job)).one()
     return a, t, tuple(j)
 
 
@@ -97,9 +97,9 @@ def test_bulk_forms_write_what_single_forms_write(fresh_postgres_url):
     sa, sb = _state(engine, a), _state(engine, b)
     assert sa == sb
     attempts_rows, task_rows, (spent, reserved) = sb
-    assert reserved == 0 and spent == sum(r["cost_micros"] for r in attempts_rows)
+    assert reserved == 0 and spent == sum(r["cost_picos"] for r in attempts_rows)
     assert [t["status"] for t in task_rows if t["seq"] in steal] == ["running", "running"]  # not recorded...
-    assert all(t["cost_micros"] > 0 for t in task_rows)  # ...but every charge landed on its task
+    assert all(t["cost_picos"] > 0 for t in task_rows)  # ...but every charge landed on its task
 
 
 def test_bulk_reserve_refuses_what_does_not_fit(fresh_postgres_url):
@@ -120,7 +120,7 @@ def test_bulk_reserve_refuses_what_does_not_fit(fresh_postgres_url):
     assert all(type(e).__name__ == "BudgetExceeded" for e in refused)
     with engine.connect() as c:
         assert sorted(c.execute(select(attempts.c.id).where(attempts.c.job_id == job)).scalars()) == sorted(ok)
-        assert c.execute(select(jobs.c.reserved_micros).where(jobs.c.id == job)).scalar() == 2_000
+        assert c.execute(select(jobs.c.reserved_picos).where(jobs.c.id == job)).scalar() == 2_000
 
 
 def test_bulk_reserve_falls_back_when_a_task_repeats(fresh_postgres_url):
@@ -132,7 +132,7 @@ def test_bulk_reserve_falls_back_when_a_task_repeats(fresh_postgres_url):
                                     ((), _reserve_kw(job, 1, 30))], deferred=d)
         d.flush(c)
     with engine.connect() as c:
-        rows = c.execute(select(attempts.c.id, attempts.c.task_seq, attempts.c.attempt_no, attempts.c.reserved_micros)
+        rows = c.execute(select(attempts.c.id, attempts.c.task_seq, attempts.c.attempt_no, attempts.c.reserved_picos)
                          .where(attempts.c.job_id == job).order_by(attempts.c.id)).all()
     assert [tuple(r) for r in rows] == [(ids[0], 0, 1, 10), (ids[1], 0, 2, 20), (ids[2], 1, 1, 30)]
 

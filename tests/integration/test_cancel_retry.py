@@ -156,7 +156,7 @@ def test_retry_requeues_failed_and_skipped_tasks(tmp_path, sqlite_url):
     assert calls >= len(failed) + len(skipped)
     figures = check_ledger(sqlite_url, job_id)
     print(f"\nretry: first run {len(failed)} failed + {len(skipped)} skipped (budget) of {len(ids)}; "
-          f"retry --budget 5 made {calls} calls; now {figures['tasks']}, spent ${figures['spent_micros'] / 1e6:.6f}")
+          f"retry --budget 5 made {calls} calls; now {figures['tasks']}, spent ${figures['spent_picos'] / 1e12:.6f}")
 
 
 def test_job_resumes_after_all_workers_die(tmp_path, fresh_postgres_url, redis_url, flush_redis, worker_procs):

@@ -57,7 +57,7 @@ def test_two_workers_match_embedded(tmp_path, sqlite_url, fresh_postgres_url, re
     assert scaled["spent_usd"] == embedded["spent_usd"]
     engine = get_engine(fresh_postgres_url)
     with engine.connect() as c:
-        assert job["spent_micros"] == ledger_api.ledger_sum(c, job_id)
+        assert job["spent_picos"] == ledger_api.ledger_sum(c, job_id)
         workers = {a["worker"].rsplit(":", 1)[0] for a in repo.iter_attempt_rows(c, job_id)}
     assert len(workers) == 2, f"both worker processes should have done work, saw {workers}"
     assert [r["id"] for r in results(job_id, env)] == ids

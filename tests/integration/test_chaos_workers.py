@@ -144,24 +144,24 @@ def check_ledger(db_url: str, job_id: str, *, reconciled: bool = True, allowed_s
         nos = [a["attempt_no"] for a in rows]
         if len(set(nos)) != len(nos):
             problems.append(f"{t['task_id']}: duplicate attempt numbers {sorted(nos)}")
-        cost = sum(a["cost_micros"] for a in rows)
-        if cost != t["cost_micros"]:
-            problems.append(f"{t['task_id']}: task cost {t['cost_micros']} != ledger {cost}")
+        cost = sum(a["cost_picos"] for a in rows)
+        if cost != t["cost_picos"]:
+            problems.append(f"{t['task_id']}: task cost {t['cost_picos']} != ledger {cost}")
     assert not problems, f"{len(problems)} ledger problem(s):\n" + "\n".join(problems[:25])
 
-    ledger = sum(a["cost_micros"] for a in arows)
-    assert job["spent_micros"] == ledger, f"job spent {job['spent_micros']} != ledger sum {ledger}"
-    assert sum(t["cost_micros"] for t in trows) == ledger
+    ledger = sum(a["cost_picos"] for a in arows)
+    assert job["spent_picos"] == ledger, f"job spent {job['spent_picos']} != ledger sum {ledger}"
+    assert sum(t["cost_picos"] for t in trows) == ledger
     unsettled = [a for a in arows if not a["settled"]]
     assert all(a["status"] in (AttemptStatus.unknown, AttemptStatus.in_flight) for a in unsettled), \
         Counter(a["status"] for a in unsettled)
-    held = sum(a["reserved_micros"] for a in unsettled)
-    assert job["reserved_micros"] == held, f"job reserved {job['reserved_micros']} != unsettled reservations {held}"
+    held = sum(a["reserved_picos"] for a in unsettled)
+    assert job["reserved_picos"] == held, f"job reserved {job['reserved_picos']} != unsettled reservations {held}"
     if reconciled:
         assert not unsettled, f"{len(unsettled)} attempt(s) still unsettled after reconcile"
-        assert job["reserved_micros"] == 0
-    if job["budget_micros"] is not None:
-        assert job["spent_micros"] <= job["budget_micros"]
+        assert job["reserved_picos"] == 0
+    if job["budget_picos"] is not None:
+        assert job["spent_picos"] <= job["budget_picos"]
     return {
         "tasks": dict(status_counts),
         "attempts": len(arows),
@@ -170,8 +170,8 @@ def check_ledger(db_url: str, job_id: str, *, reconciled: bool = True, allowed_s
         "workers": len({(a["worker"] or "").rsplit(":", 1)[0] for a in arows}),
         "max_deliveries": max((t["deliveries"] for t in trows), default=0),
         "max_attempts": max((t["attempts"] for t in trows), default=0),
-        "spent_micros": job["spent_micros"],
-        "reserved_micros": job["reserved_micros"],
+        "spent_picos": job["spent_picos"],
+        "reserved_picos": job["reserved_picos"],
         "unsettled": dict(Counter(a["status"] for a in unsettled)),
         "errors": dict(Counter((t["error"] or "")[:60] for t in trows if t["status"] != TaskStatus.succeeded)),
     }
@@ -244,8 +244,8 @@ def test_sigkill_random_workers_during_2000_task_job(tmp_path, fresh_postgres_ur
     print(f"  tasks: {figures['tasks']}; attempts: {figures['attempts']} {figures['attempt_status']}")
     print(f"  unknown-outcome attempts (calls lost with a killed worker): {figures['attempt_status'].get('unknown', 0)}, "
           f"billed at their reservation; left unsettled for the final reconcile: {before['unsettled'] or 'none'} "
-          f"(reserved ${before['reserved_micros'] / 1e6:.6f}); reconcile settled {len(settled)}")
-    print(f"  spent ${figures['spent_micros'] / 1e6:.6f} == ledger; reserved {figures['reserved_micros']}; "
+          f"(reserved ${before['reserved_picos'] / 1e12:.6f}); reconcile settled {len(settled)}")
+    print(f"  spent ${figures['spent_picos'] / 1e12:.6f} == ledger; reserved {figures['reserved_picos']}; "
           f"max deliveries/task {figures['max_deliveries']}, max attempts/task {figures['max_attempts']}; "
           f"worker processes seen in ledger: {figures['workers']}; simulator calls: {sim_stats.get('total')}")
     print(f"  progress (s, finished): {[(round(t - started), n) for t, n in progress]}")

@@ -15,7 +15,7 @@ import time
 
 from sqlalchemy import func, select
 
-from llmbatch.money import usd_to_micros
+from llmbatch.money import usd_to_picos
 from llmbatch.simulator import SimulatorConfig, start_subprocess
 from llmbatch.store import ledger as ledger_api, repo
 from llmbatch.store.db import get_engine
@@ -35,7 +35,7 @@ def _snapshot(engine, job_id: str, dead_pid: int) -> tuple[dict, list[dict]]:
     """One consistent read: the job row, and the attempts the dead worker started that are still unsettled."""
     with engine.connect() as c:
         job = repo.get_job(c, job_id)
-        rows = c.execute(select(attempts.c.id, attempts.c.status, attempts.c.reserved_micros, attempts.c.settled)
+        rows = c.execute(select(attempts.c.id, attempts.c.status, attempts.c.reserved_picos, attempts.c.settled)
                          .where(attempts.c.job_id == job_id, attempts.c.worker.like(f"%:{dead_pid}:%"),
                                 attempts.c.settled.is_(False))).mappings().all()
     return job, [dict(r) for r in rows]
@@ -44,15 +44,15 @@ def _snapshot(engine, job_id: str, dead_pid: int) -> tuple[dict, list[dict]]:
 def test_sigkill_mid_call_keeps_the_cap_and_reconciles(tmp_path, fresh_postgres_url, redis_url, worker_procs):
     src = tmp_path / "reviews.jsonl"
     write_reviews(src, N_TASKS)
-    budget = usd_to_micros(BUDGET_USD)
+    budget = usd_to_picos(BUDGET_USD)
     engine = get_engine(fresh_postgres_url)
     sim, url = start_subprocess(SimulatorConfig(latency_s=2.5, latency_jitter_s=0.3, seed=5))
     cap_violations: list[dict] = []
 
     def poll(job_id: str, dead_pid: int) -> tuple[dict, list[dict]]:
         job, dead = _snapshot(engine, job_id, dead_pid)
-        if job["spent_micros"] + job["reserved_micros"] > job["budget_micros"]:
-            cap_violations.append({k: job[k] for k in ("spent_micros", "reserved_micros", "budget_micros")})
+        if job["spent_picos"] + job["reserved_picos"] > job["budget_picos"]:
+            cap_violations.append({k: job[k] for k in ("spent_picos", "reserved_picos", "budget_picos")})
         return job, dead
 
     try:
@@ -83,10 +83,10 @@ def test_sigkill_mid_call_keeps_the_cap_and_reconciles(tmp_path, fresh_postgres_
         job, dead = poll(job_id, victim)
         lost = {a["id"]: a for a in dead}  # every attempt the victim left unsettled
         assert lost and {a["status"] for a in dead} <= {"in_flight", "unknown"}
-        assert sum(a["reserved_micros"] for a in dead) <= job["reserved_micros"]
+        assert sum(a["reserved_picos"] for a in dead) <= job["reserved_picos"]
         print(f"\ncrash: killed worker 0 (pid {victim}) at t={killed_at:.1f}s with {len(lost)} call(s) in flight "
-              f"holding {sum(a['reserved_micros'] for a in dead)} micros; job reserved {job['reserved_micros']}, "
-              f"spent {job['spent_micros']}, budget {budget}")
+              f"holding {sum(a['reserved_picos'] for a in dead)} picos; job reserved {job['reserved_picos']}, "
+              f"spent {job['spent_picos']}, budget {budget}")
 
         # 3. The survivor's sweeper re-queues the victim's units after their leases lapse, and settles its
         #    attempts (the reclaim marks them `unknown`, reconcile bills them at the reservation).
@@ -99,8 +99,8 @@ def test_sigkill_mid_call_keeps_the_cap_and_reconciles(tmp_path, fresh_postgres_
                 assert a["id"] in lost, "a dead worker cannot start new attempts"
             if not dead:
                 break
-            held = sum(a["reserved_micros"] for a in dead)
-            assert held <= job["reserved_micros"], "an unsettled attempt's reservation was released early"
+            held = sum(a["reserved_picos"] for a in dead)
+            assert held <= job["reserved_picos"], "an unsettled attempt's reservation was released early"
             time.sleep(0.2)
         swept_at = time.time() - t0
         assert not dead, f"the sweeper did not settle the dead worker's attempts within 40 s: {dead}"
@@ -127,7 +127,7 @@ def test_sigkill_mid_call_keeps_the_cap_and_reconciles(tmp_path, fresh_postgres_
         job = repo.get_job(c, job_id)
         counts = repo.task_counts(c, job_id)
         ledger = ledger_api.ledger_sum(c, job_id)
-        task_sum = sum(r["cost_micros"] for r in repo.iter_task_rows(c, job_id))
+        task_sum = sum(r["cost_picos"] for r in repo.iter_task_rows(c, job_id))
         lost_rows = c.execute(select(attempts).where(attempts.c.id.in_(list(lost)))).mappings().all()
         doubles = c.execute(select(attempts.c.task_seq).where(attempts.c.job_id == job_id,
                                                               attempts.c.status == "succeeded")
@@ -141,26 +141,26 @@ def test_sigkill_mid_call_keeps_the_cap_and_reconciles(tmp_path, fresh_postgres_
             attempts.c.job_id == job_id, attempts.c.settled.is_(False))).scalar()
         redelivered = c.execute(select(func.count()).select_from(tasks).where(
             tasks.c.job_id == job_id, tasks.c.deliveries > 1)).scalar()
-    reconciled_billed = sum(a["cost_micros"] for a in lost_rows)
+    reconciled_billed = sum(a["cost_picos"] for a in lost_rows)
     print(f"crash: {len(lost)} lost attempt(s), seen as {sorted(statuses_seen)} while held; settled by the sweeper "
           f"by t={swept_at:.1f}s as {sorted({(a['status'], a['cost_source']) for a in lost_rows})} for "
-          f"{reconciled_billed} micros; {redelivered} task(s) redelivered; `llmbatch reconcile` settled {late} more; "
-          f"job {job['status']} at t={done_at:.1f}s, spent {job['spent_micros']} of {budget} micros")
+          f"{reconciled_billed} picos; {redelivered} task(s) redelivered; `llmbatch reconcile` settled {late} more; "
+          f"job {job['status']} at t={done_at:.1f}s, spent {job['spent_picos']} of {budget} picos")
 
     assert job["status"] == "succeeded", counts
     assert counts["succeeded"] == N_TASKS and counts["queued"] == counts["running"] == 0
-    assert unsettled == 0 and job["reserved_micros"] == 0
-    assert job["spent_micros"] == ledger == task_sum
-    assert job["spent_micros"] <= budget
+    assert unsettled == 0 and job["reserved_picos"] == 0
+    assert job["spent_picos"] == ledger == task_sum
+    assert job["spent_picos"] <= budget
     assert doubles == [], "a task has more than one succeeded attempt"
     assert succeeded_without_attempt == 0
     assert redelivered > 0, "the dead worker's tasks should have been claimed again"
     # The lost calls were reconciled the conservative way: charged at their reservation, not dropped.
     for a in lost_rows:
         assert a["settled"] and a["status"] == "unknown" and a["cost_source"] == "reservation", dict(a)
-        assert a["cost_micros"] == a["reserved_micros"]
+        assert a["cost_picos"] == a["reserved_picos"]
 
     p, rep = run_json(["report", job_id], env)
     assert p.returncode == 0, p.stderr
-    assert rep["reconciled"] is True and rep["ledger_micros"] == job["spent_micros"]
+    assert rep["reconciled"] is True and rep["ledger_picos"] == job["spent_picos"]
     assert rep["unsettled_attempts"] == 0 and rep["reserved_usd"] == 0

@@ -29,20 +29,22 @@ def test_run_200_lines_all_succeed_and_spend_equals_ledger(tmp_path, sqlite_url)
         assert r["output"] in ("positive", "negative", "neutral")
         assert r["cost_usd"] > 0
         assert r["usage"]["input_tokens"] > 0 and r["usage"]["output_tokens"] > 0
-        assert set(r) == {"id", "status", "provider", "model", "output", "error", "usage", "cost_usd", "attempts", "metadata"}
+        assert set(r) == {"id", "status", "provider", "model", "output", "error", "finish_reason", "usage", "cost_usd",
+                          "attempts", "metadata"}
+        assert r["finish_reason"] in ("stop", "end_turn", "STOP")  # the provider's own, never a truncation
     assert rows[5]["metadata"] == {"n": 5}
     engine = get_engine(sqlite_url)
     with engine.connect() as c:
         job = repo.get_job(c, st["job_id"])
-        assert job["spent_micros"] == ledger_api.ledger_sum(c, st["job_id"]) > 0
-        assert job["reserved_micros"] == 0
-        task_sum = sum(r["cost_micros"] for r in repo.iter_task_rows(c, st["job_id"]))
-        assert task_sum == job["spent_micros"]
+        assert job["spent_picos"] == ledger_api.ledger_sum(c, st["job_id"]) > 0
+        assert job["reserved_picos"] == 0
+        task_sum = sum(r["cost_picos"] for r in repo.iter_task_rows(c, st["job_id"]))
+        assert task_sum == job["spent_picos"]
     # The report agrees with the ledger to the micro-dollar.
     p, rep = run_json(["report", st["job_id"]], env)
     assert p.returncode == 0, p.stderr
-    assert rep["reconciled"] is True and rep["ledger_micros"] == job["spent_micros"]
-    assert sum(m["cost_micros"] for m in rep["by_model"]) == job["spent_micros"]
+    assert rep["reconciled"] is True and rep["ledger_picos"] == job["spent_picos"]
+    assert sum(m["cost_picos"] for m in rep["by_model"]) == job["spent_picos"]
     assert set(rep) >= {"job_id", "spent_usd", "reserved_usd", "by_model", "baseline", "savings_usd"}
     assert set(rep["by_model"][0]) >= {"provider", "model", "tasks", "attempts", "input_tokens", "cached_tokens",
                                        "output_tokens", "reasoning_tokens", "cost_usd"}
@@ -69,8 +71,8 @@ def test_faults_10_percent_still_complete_and_failed_attempts_cost_nothing(tmp_p
         assert failed, "about 10% of calls were answered 429/500; the ledger must show them"
         assert {f["http_status"] for f in failed} <= {429, 500, 502, 503, 529}
         for f in failed:
-            assert f["cost_micros"] == 0 and f["input_tokens"] == 0  # no usage returned, no cost
-        assert repo.get_job(c, st["job_id"])["spent_micros"] == ledger_api.ledger_sum(c, st["job_id"])
+            assert f["cost_picos"] == 0 and f["input_tokens"] == 0  # no usage returned, no cost
+        assert repo.get_job(c, st["job_id"])["spent_picos"] == ledger_api.ledger_sum(c, st["job_id"])
 
 
 def test_bad_lines_reported_by_number_and_the_rest_runs(tmp_path, sqlite_url):
@@ -136,7 +138,7 @@ def test_exit_code_4_on_budget_and_retry_resumes(tmp_path, sqlite_url):
     assert p.returncode == 0, p.stderr
     assert st2["counts"]["succeeded"] == 60
     with get_engine(sqlite_url).connect() as c:
-        assert repo.get_job(c, st["job_id"])["spent_micros"] == ledger_api.ledger_sum(c, st["job_id"])
+        assert repo.get_job(c, st["job_id"])["spent_picos"] == ledger_api.ledger_sum(c, st["job_id"])
 
 
 def test_unknown_job_is_a_clear_error(sqlite_url):

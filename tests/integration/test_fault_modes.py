@@ -117,7 +117,7 @@ def test_fault_mode_completes_within_retry_budget(mode, tmp_path, sqlite_url):
         assert not failed, f"{mode}: unknown outcomes recorded as failed: {[(r['error_class'], r['error_message']) for r in failed[:3]]}"
         for r in unknown:
             assert r["settled"] and r["cost_source"] == "reservation", dict(r)
-            assert r["cost_micros"] == r["reserved_micros"] > 0
+            assert r["cost_picos"] == r["reserved_picos"] > 0
             assert r["error_message"], dict(r)
         # Every faulted call is one unknown row: none lost, none double-counted, none taken for a success.
         assert len(unknown) == stats["by_fault"][mode], (len(unknown), stats["by_fault"])
@@ -129,7 +129,7 @@ def test_fault_mode_completes_within_retry_budget(mode, tmp_path, sqlite_url):
         assert not unknown, f"{mode}: an HTTP error answer is a known outcome: {[dict(r) for r in unknown[:2]]}"
         assert {r["error_class"] for r in failed} <= classes | {"invalid_output"}, Counter(r["error_class"] for r in failed)
         for r in failed:
-            assert r["settled"] and r["cost_micros"] == 0 and r["http_status"], dict(r)
+            assert r["settled"] and r["cost_picos"] == 0 and r["http_status"], dict(r)
         # Every call answered inside a burst is one failed row (known outcome, no usage, $0).
         assert len(failed) == stats["by_fault"][mode], (len(failed), stats["by_fault"])
 
@@ -150,7 +150,7 @@ def test_fault_mode_completes_within_retry_budget(mode, tmp_path, sqlite_url):
             by_class[r["error_class"]] += 1
     print(f"\n{mode}@{rate}: {succeeded}/{N_TASKS} succeeded; injected {stats['by_fault'].get(mode)}; "
           f"attempts {figures['attempt_status']}; error classes {dict(by_class)}; "
-          f"max attempts/task {max(per_task.values())}; spent ${figures['spent_micros'] / 1e6:.6f}")
+          f"max attempts/task {max(per_task.values())}; spent ${figures['spent_picos'] / 1e12:.6f}")
     # Per-request faults at 20% rarely beat 5 attempts. A 5xx burst hits every model (every provider is the
     # simulator) at once: the per-provider breaker opens after breaker_failures (5) failures in a row and
     # tasks wait out the burst instead of spending attempts in it. Without the breaker, 51-52 of 60 tasks

@@ -16,7 +16,7 @@ import pytest
 from llmbatch.catalog import builtin_catalog
 from llmbatch.catalog.pricing import price
 from llmbatch.models import Usage
-from llmbatch.money import usd_to_micros
+from llmbatch.money import usd_to_picos
 from llmbatch.simulator import SimulatorConfig, SimulatorThread
 from llmbatch.store import ledger as ledger_api, repo
 from llmbatch.store.db import get_engine
@@ -31,9 +31,9 @@ def store_url(request):
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "fresh_postgres_url")
 
 
-def _micros(usd) -> int:
-    """A 6-decimal USD amount from JSON/CSV back to exact micro-dollars (never summed as floats)."""
-    return usd_to_micros(str(usd))
+def _picos(usd) -> int:
+    """A USD amount from JSON/CSV back to exact pico-dollars (never summed as floats)."""
+    return usd_to_picos(str(usd))
 
 
 def _run_job(tmp_path, db_url, n: int, sim_cfg: SimulatorConfig) -> tuple[dict, dict]:
@@ -56,7 +56,7 @@ def test_report_reconciles_to_the_ledger_with_retries_and_escalations(tmp_path, 
         job = repo.get_job(c, job_id)
         ledger = ledger_api.ledger_sum(c, job_id)
         ledger_rows = [dict(r) for r in repo.iter_attempt_rows(c, job_id)]
-    spent = job["spent_micros"]
+    spent = job["spent_picos"]
 
     # The job really had retries and escalations, so the ledger holds more rows than tasks.
     statuses = Counter(a["status"] for a in ledger_rows)
@@ -67,51 +67,51 @@ def test_report_reconciles_to_the_ledger_with_retries_and_escalations(tmp_path, 
     assert st["counts"]["total"] == N_TASKS and st["counts"]["queued"] == st["counts"]["running"] == 0
 
     # Job totals == ledger, nothing reserved or unsettled.
-    assert spent == ledger == sum(a["cost_micros"] for a in ledger_rows) > 0
-    assert job["reserved_micros"] == 0 and all(a["settled"] for a in ledger_rows)
-    assert _micros(st["spent_usd"]) == spent
+    assert spent == ledger == sum(a["cost_picos"] for a in ledger_rows) > 0
+    assert job["reserved_picos"] == 0 and all(a["settled"] for a in ledger_rows)
+    assert _picos(st["spent_usd"]) == spent
 
     # Every attempt's cost: from its usage at catalog prices (rounded up per attempt); never above what
     # was reserved for it; failed calls without usage cost nothing.
     catalog = builtin_catalog()
     for a in ledger_rows:
-        assert a["cost_micros"] <= a["reserved_micros"], a
+        assert a["cost_picos"] <= a["reserved_picos"], a
         if a["cost_source"] == "usage":
             usage = Usage(**{k: a[k] for k in TOKENS})
-            assert price(usage, catalog.get(f"{a['provider']}/{a['model']}")).micros == a["cost_micros"], a
+            assert price(usage, catalog.get(f"{a['provider']}/{a['model']}")).picos == a["cost_picos"], a
         else:
-            assert a["cost_source"] == "none" and a["cost_micros"] == 0 and a["status"] == "failed", a
+            assert a["cost_source"] == "none" and a["cost_picos"] == 0 and a["status"] == "failed", a
 
     # report --json
     p, rep = run_json(["report", job_id], env)
     assert p.returncode == 0, p.stderr
-    assert rep["spent_micros"] == rep["ledger_micros"] == spent and rep["reconciled"] is True
-    assert _micros(rep["spent_usd"]) == spent and rep["reserved_usd"] == 0 and rep["unsettled_attempts"] == 0
+    assert rep["spent_picos"] == rep["ledger_picos"] == spent and rep["reconciled"] is True
+    assert _picos(rep["spent_usd"]) == spent and rep["reserved_usd"] == 0 and rep["unsettled_attempts"] == 0
     assert rep["escalations"] > 0
     by_model = rep["by_model"]
     # int(): Postgres returns the SUMs as Decimal (printed as JSON strings); see test_report_json_amounts_are_numbers.
-    assert sum(int(m["cost_micros"]) for m in by_model) == spent
-    assert sum(_micros(m["cost_usd"]) for m in by_model) == spent
+    assert sum(int(m["cost_picos"]) for m in by_model) == spent
+    assert sum(_picos(m["cost_usd"]) for m in by_model) == spent
     assert sum(int(m["attempts"]) for m in by_model) == len(ledger_rows)
     for m in by_model:
         rows = [a for a in ledger_rows if (a["provider"], a["model"]) == (m["provider"], m["model"])]
         assert int(m["attempts"]) == len(rows)
         assert int(m["tasks"]) == len({a["task_seq"] for a in rows})
-        assert int(m["cost_micros"]) == sum(a["cost_micros"] for a in rows)
+        assert int(m["cost_picos"]) == sum(a["cost_picos"] for a in rows)
         for k in TOKENS:
             assert int(m[k]) == sum(a[k] for a in rows), (m["model"], k)
     assert len({(m["provider"], m["model"]) for m in by_model}) >= 2  # escalations reached a second model
     if rep["baseline"]["cost_usd"] is not None:
-        assert _micros(rep["savings_usd"]) == _micros(rep["baseline"]["cost_usd"]) - spent
+        assert _picos(rep["savings_usd"]) == _picos(rep["baseline"]["cost_usd"]) - spent
 
     # report --attempts: one JSON line per ledger row, summing to the job's spend.
     p = run_cli(["report", job_id, "--attempts"], env)
     assert p.returncode == 0, p.stderr
     lines = [orjson.loads(line) for line in p.stdout.splitlines() if line.strip()]
     assert sorted(a["id"] for a in lines) == sorted(a["id"] for a in ledger_rows)
-    assert sum(a["cost_micros"] for a in lines) == spent
-    assert sum(_micros(a["cost_usd"]) for a in lines) == spent
-    assert all(_micros(a["cost_usd"]) == a["cost_micros"] for a in lines)
+    assert sum(a["cost_picos"] for a in lines) == spent
+    assert sum(_picos(a["cost_usd"]) for a in lines) == spent
+    assert all(_picos(a["cost_usd"]) == a["cost_picos"] for a in lines)
 
     # report --csv: parses, one row per model, the same money and tokens.
     p = run_cli(["report", job_id, "--csv"], env)
@@ -119,7 +119,7 @@ def test_report_reconciles_to_the_ledger_with_retries_and_escalations(tmp_path, 
     table = list(csv.DictReader(io.StringIO(p.stdout)))
     assert {"provider", "model", "tasks", "attempts", "cost_usd", *TOKENS} <= set(table[0])
     assert len(table) == len(by_model)
-    assert sum(_micros(r["cost_usd"]) for r in table) == spent
+    assert sum(_picos(r["cost_usd"]) for r in table) == spent
     assert sum(int(r["attempts"]) for r in table) == len(ledger_rows)
     for k in TOKENS:
         assert sum(int(r[k]) for r in table) == sum(a[k] for a in ledger_rows), k
@@ -127,14 +127,14 @@ def test_report_reconciles_to_the_ledger_with_retries_and_escalations(tmp_path, 
     # results: each task's cost is the sum of its billed attempts, and they add up to the job.
     per_task = defaultdict(int)
     for a in ledger_rows:
-        per_task[a["task_id"]] += a["cost_micros"]
+        per_task[a["task_id"]] += a["cost_picos"]
     res = results(job_id, env)
     assert len(res) == N_TASKS
-    assert sum(_micros(r["cost_usd"]) for r in res) == spent
+    assert sum(_picos(r["cost_usd"]) for r in res) == spent
     for r in res:
-        assert _micros(r["cost_usd"]) == per_task[r["id"]], r["id"]
+        assert _picos(r["cost_usd"]) == per_task[r["id"]], r["id"]
     print(f"\nreport audit [{store_url.split(':')[0]}]: {N_TASKS} tasks, {len(ledger_rows)} attempts "
-          f"{dict(statuses)}, {rep['escalations']} escalations, {len(by_model)} models; spent {spent} micros "
+          f"{dict(statuses)}, {rep['escalations']} escalations, {len(by_model)} models; spent {spent} picos "
           f"== ledger == report == attempts == csv == results")
 
 
@@ -144,6 +144,6 @@ def test_report_json_amounts_are_numbers(tmp_path, store_url, request):
     p, rep = run_json(["report", st["job_id"]], env)
     assert p.returncode == 0, p.stderr
     for m in rep["by_model"]:
-        for k in ("tasks", "attempts", "succeeded_attempts", "cost_micros", *TOKENS):
+        for k in ("tasks", "attempts", "succeeded_attempts", "cost_picos", *TOKENS):
             assert type(m[k]) is int, (m["model"], k, m[k])
         assert isinstance(m["cost_usd"], float)

@@ -90,11 +90,11 @@ def test_cascade_escalates_out_of_set_labels_and_ledger_has_both_attempts(tmp_pa
     assert all(catalog.get(f"{r['provider']}/{r['model']}").tier.rank > cheapest_mini.tier.rank for r in rows)
     with get_engine(sqlite_url).connect() as c:
         att = c.execute(select(attempts.c.task_id, attempts.c.model, attempts.c.status, attempts.c.purpose,
-                               attempts.c.cost_micros).where(attempts.c.job_id == st["job_id"])
+                               attempts.c.cost_picos).where(attempts.c.job_id == st["job_id"])
                         .order_by(attempts.c.task_id, attempts.c.attempt_no)).all()
     assert len(att) == 20
     for first, second in zip(att[::2], att[1::2]):
-        assert first.model == cheapest_mini.model and first.status == "invalid_output" and first.cost_micros > 0
+        assert first.model == cheapest_mini.model and first.status == "invalid_output" and first.cost_picos > 0
         assert second.status == "succeeded" and second.purpose == "escalation"
     p3, rep = run_json(["report", st["job_id"]], env)
     assert rep["escalations"] == 10

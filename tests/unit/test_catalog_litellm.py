@@ -188,7 +188,7 @@ def test_status_from_deprecation_date(doc):
     m = by_key(doc)
     assert m["openai/o1-mini"]["status"] == "retired"
     assert m["gemini/gemini-9-flash"]["status"] == "deprecated"
-    assert m["openai/gpt-4o-mini"]["status"] == "active"
+    assert m["groq/llama-9-400b"]["status"] == "active"
 
 
 def test_curated_tiers_and_quirks_survive_and_new_models_get_a_price_tier(doc):

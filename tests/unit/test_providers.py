@@ -264,7 +264,7 @@ def test_anthropic_cache_tokens_map_to_our_convention():
     assert sent.headers["anthropic-version"] == "2023-06-01"
     assert "authorization" not in sent.headers
     cost = price(done.usage, CATALOG.get("anthropic/claude-3-5-haiku-20241022"))
-    assert cost.cache_write_micros > 0 and cost.cached_input_micros > 0
+    assert cost.cache_write_picos > 0 and cost.cached_input_picos > 0
 
 
 def test_anthropic_refusal_is_content_filter():

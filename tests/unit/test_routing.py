@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 
 from llmbatch.catalog import Catalog, ModelInfo, ProviderInfo, builtin_catalog
-from llmbatch.catalog.pricing import upper_bound_micros
+from llmbatch.catalog.pricing import upper_bound_picos
 from llmbatch.models import ChatRequest, TaskLine, Tier
 from llmbatch.prompts import build_request
 from llmbatch.providers import available_credentials
@@ -19,7 +20,10 @@ NOW = 1_800_000_000.0  # 2027-01-15: after every builtin deprecation date
 
 @pytest.fixture(scope="module")
 def catalog() -> Catalog:
-    return builtin_catalog()
+    # gpt-4o and gpt-4o-mini are retired in the shipped catalog; these tests use them as ordinary models
+    # to check other rules, so they are made active here (retirement has its own tests below).
+    live = {"status": "active", "deprecation_date": None}
+    return builtin_catalog().with_overrides(models={"openai/gpt-4o": live, "openai/gpt-4o-mini": live})
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,7 @@ def test_short_classify_goes_to_the_cheapest_active_mini_model(catalog, all_cred
     assert first.model.key == "groq/llama-3.1-8b-instant"
     assert first.model.tier is Tier.mini
     assert first.reason.startswith("cheapest eligible: mini tier, est $")
-    costs = [c.estimated_micros for c in d.candidates]
+    costs = [c.estimated_picos for c in d.candidates]
     assert costs == sorted(costs)
 
 
@@ -81,7 +85,7 @@ def test_gpt4o_mini_images_are_priced_at_its_token_multiple(catalog, all_creds):
     mini = by_key["openai/gpt-4o-mini"]
     assert mini.input_tokens_est > 25_000
     assert mini.input_tokens_upper >= 48_169
-    assert mini.upper_bound_micros == upper_bound_micros(mini.model, mini.input_tokens_upper, mini.completion_cap)
+    assert mini.upper_bound_picos == upper_bound_picos(mini.model, mini.input_tokens_upper, mini.completion_cap)
 
 
 def test_min_tier_frontier_never_routes_to_mini(catalog, all_creds):
@@ -168,11 +172,11 @@ def test_deny_list(catalog, all_creds):
 
 def test_max_cost_per_task(catalog, all_creds):
     task = TaskLine(id="m", task="summarize", input="word " * 20_000, models=["gpt-4o", "gpt-4o-mini"])
-    d = decide(task, catalog, all_creds, max_cost_per_task_micros=10_000)
+    d = decide(task, catalog, all_creds, max_cost_per_task_picos=10_000 * 10**6)
     assert keys(d) == ["openai/gpt-4o-mini"]
     (r,) = [r for r in d.rejected if r.model.key == "openai/gpt-4o"]
     assert r.rule == "max_cost" and r.reason.endswith("> max cost per task $0.01")
-    assert r.estimated_micros > 10_000
+    assert r.estimated_picos > 10_000 * 10**6
 
 
 def test_cooldown_sets_a_model_aside_and_comes_back_when_nothing_else_is_left(catalog, all_creds):
@@ -221,14 +225,37 @@ def test_context_check_counts_the_completion_cap():
     assert not d.candidates and d.rejected[0].reason.startswith("context 1,000 < ")
 
 
-def test_long_context_priced_model_is_kept_under_its_threshold(catalog, all_creds):
-    task = TaskLine(id="g", task="chat", input="word " * 20_000, model="gemini/gemini-1.5-flash")
-    assert keys(decide(task, catalog, all_creds)) == ["gemini/gemini-1.5-flash"]
-    big = TaskLine(id="g", task="chat", input="word " * 30_000 * 4, model="gemini/gemini-1.5-flash")
-    d = decide(big, catalog, all_creds)
+def test_long_context_tier_prices_estimate_and_bound(catalog, all_creds):
+    """A 300k-token prompt to gemini-2.5-pro is estimated and reserved at its above-200k rates."""
+    m = catalog.get("gemini/gemini-2.5-pro")
+    small = TaskLine(id="g", task="chat", input="word " * 20_000, model="gemini/gemini-2.5-pro")
+    (c,) = decide(small, catalog, all_creds).candidates
+    assert c.estimated_picos == (Fraction(c.input_tokens_est) * Fraction("1.25") + c.output_tokens_est * 10) * 10**6
+    big = TaskLine(id="g", task="chat", input="word " * 300_000, model="gemini/gemini-2.5-pro")
+    (c,) = decide(big, catalog, all_creds).candidates
+    assert c.input_tokens_est > 200_000
+    assert c.estimated_picos == (Fraction(c.input_tokens_est) * Fraction("2.5") + c.output_tokens_est * 15) * 10**6
+    assert c.upper_bound_picos == (Fraction(c.input_tokens_upper) * Fraction("2.5") + c.completion_cap * 15) * 10**6
+    assert m.price_tiers[0].above_input_tokens == 200_000
+
+
+def test_a_model_past_its_shutdown_date_is_retired_whatever_its_status(catalog, all_creds):
+    cat = catalog.with_overrides(models={"groq/llama-3.1-8b-instant": {"deprecation_date": "2026-01-01"}})
+    task = TaskLine(id="p", task="chat", input="hi")
+    d = decide(task, cat, all_creds)
+    assert "groq/llama-3.1-8b-instant" not in keys(d)
+    assert {r.reason for r in d.rejected if r.model.key == "groq/llama-3.1-8b-instant"} == {
+        "retired: shutdown date 2026-01-01 has passed"}
+    earlier = route(task, build_request(task), cat, credentials=all_creds, now=1_700_000_000.0)  # 2023
+    assert "groq/llama-3.1-8b-instant" in keys(earlier)
+
+
+def test_shipped_gpt4o_family_is_retired_and_routed_only_when_pinned(all_creds):
+    cat = builtin_catalog()
+    d = decide(TaskLine(id="p", task="chat", input="hi", models=["gpt-4o", "gpt-4o-mini"]), cat, all_creds)
     assert not d.candidates
-    (r,) = [r for r in d.rejected if r.model.key == "gemini/gemini-1.5-flash"]
-    assert r.rule == "long_context" and r.reason.startswith("priced only up to 128,000 input tokens")
+    pinned = decide(TaskLine(id="p", task="chat", input="hi", model="gpt-4o-mini"), cat, all_creds)
+    assert keys(pinned) == ["openai/gpt-4o-mini"] and any("retired" in w for w in pinned.warnings)
 
 
 def test_candidate_costs_match_the_documented_formula(catalog, all_creds):
@@ -236,11 +263,11 @@ def test_candidate_costs_match_the_documented_formula(catalog, all_creds):
     req = build_request(task)
     (c,) = route(task, req, catalog, credentials=all_creds, now=NOW).candidates
     m = c.model
-    exact = Decimal(c.input_tokens_est) * m.input_per_mtok + Decimal(c.output_tokens_est) * m.output_per_mtok
-    assert c.estimated_micros == int(exact.to_integral_value(rounding="ROUND_CEILING"))
+    exact = (Decimal(c.input_tokens_est) * m.input_per_mtok + Decimal(c.output_tokens_est) * m.output_per_mtok) * 10**6
+    assert c.estimated_picos == exact  # exact pico-dollars: no rounding
     assert c.input_tokens_upper == upper_bound_input_tokens(req.messages)
     assert c.completion_cap == req.max_output_tokens == 300
-    assert c.upper_bound_micros >= c.estimated_micros
+    assert c.upper_bound_picos >= c.estimated_picos
 
 
 def test_requested_output_beyond_the_model_maximum_is_rejected(catalog, all_creds):
@@ -257,7 +284,7 @@ def test_escalation_order_only_climbs(catalog, all_creds):
     assert first.model.tier is Tier.mini
     up = escalation_order(d, first.model)
     assert up and all(c.model.tier.rank > Tier.mini.rank for c in up)
-    assert [c.estimated_micros for c in up] == sorted(c.estimated_micros for c in up)
+    assert [c.estimated_picos for c in up] == sorted(c.estimated_picos for c in up)
     assert escalation_order(d, catalog.get("gpt-4o")) == []
 
 

@@ -6,7 +6,6 @@ Fraction arithmetic, sharing nothing with routing.py but the token counters (whi
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 
 from hypothesis import given, settings
@@ -35,8 +34,10 @@ def models(draw, index: int) -> ModelInfo:
         quirks["no_response_format"] = True
     if draw(st.booleans()):
         quirks["image_tokens"] = draw(st.sampled_from([258, 765, 25501]))
-    if draw(st.integers(0, 4)) == 0:
-        quirks["long_context_price_above"] = draw(st.sampled_from([2_000, 128_000]))
+    tiers = []
+    if draw(st.integers(0, 4)) == 0:  # a long-context tier: dearer above the threshold
+        tiers.append({"above_input_tokens": draw(st.sampled_from([2_000, 128_000])),
+                      "input_per_mtok": draw(st.sampled_from(PRICES)), "output_per_mtok": draw(st.sampled_from(PRICES))})
     # a bare model id shared across providers now and then, so allow-lists by bare id can match several
     name = draw(st.sampled_from([f"m{index}", f"m{index}", "shared"]))
     return ModelInfo(
@@ -53,6 +54,7 @@ def models(draw, index: int) -> ModelInfo:
         # each capability present 4 times in 5, so most random requests find some model
         capabilities={c for c in ("vision", "json_schema", "system_role", "tools", "temperature") if draw(st.integers(0, 4))},
         quirks=quirks,
+        price_tiers=tiers,
         status=draw(st.sampled_from(["active"] * 6 + ["deprecated", "retired"])),
         expected_reasoning_tokens=draw(st.sampled_from([0, 300])) if reasoning else 0,
         reasoning_budget_tokens=draw(st.sampled_from([0, 2_000])) if reasoning else 0,
@@ -135,7 +137,9 @@ def oracle(task: TaskLine, catalog: Catalog, creds, health: Health, deny, job_mi
         cap = req.max_output_tokens + (m.reasoning_budget_tokens if m.reasoning else 0)
         cap = min(cap, m.max_output_tokens)
         out = min(out_visible + (m.expected_reasoning_tokens if m.reasoning else 0), cap)
-        cost = math.ceil(Fraction(in_est) * Fraction(m.input_per_mtok) + Fraction(out) * Fraction(m.output_per_mtok))
+        tier = [t for t in m.price_tiers if in_est > t.above_input_tokens]
+        p_in, p_out = (tier[-1].input_per_mtok, tier[-1].output_per_mtok) if tier else (m.input_per_mtok, m.output_per_mtok)
+        cost = int((Fraction(in_est) * Fraction(p_in) + Fraction(out) * Fraction(p_out)) * 10**6)  # exact
 
         ok = True
         if pinned is not None:
@@ -151,7 +155,6 @@ def oracle(task: TaskLine, catalog: Catalog, creds, health: Health, deny, job_mi
         ok &= req.json_schema is None or "json_schema" in m.capabilities or bool(m.quirks.get("no_response_format"))
         ok &= m.max_output_tokens >= req.max_output_tokens
         ok &= in_est + cap <= m.context_window
-        ok &= "long_context_price_above" not in m.quirks or in_upper <= m.quirks["long_context_price_above"]
         ok &= max_cost is None or cost <= max_cost
         if ok:
             passed[m.key] = cost
@@ -178,7 +181,7 @@ def scenarios(draw):
     )
     deny = sometimes(st.frozensets(st.sampled_from(keys + [m.model for m in catalog]), max_size=1), frozenset())
     job_min_tier = sometimes(st.sampled_from(list(Tier)), None)
-    max_cost = sometimes(st.sampled_from([0, 50, 10_000, "at a model's cost", "at a model's cost"]), None)
+    max_cost = sometimes(st.sampled_from([0, 50 * 10**6, 10_000 * 10**6, "at a model's cost", "at a model's cost"]), None)
     if max_cost == "at a model's cost":  # the boundary: a cost equal to the cap is allowed
         costs = sorted(oracle(task, catalog, creds, health, deny, job_min_tier, None).values())
         max_cost = draw(st.sampled_from(costs)) if costs else None
@@ -190,20 +193,20 @@ def scenarios(draw):
 def test_route_picks_the_argmin_of_independently_eligible_models(s):
     catalog, task, creds, health, deny, job_min_tier, max_cost = s
     d = route(task, build_request(task), catalog, credentials=creds, health=health, deny=deny,
-              job_min_tier=job_min_tier, max_cost_per_task_micros=max_cost, now=NOW)
+              job_min_tier=job_min_tier, max_cost_per_task_picos=max_cost, now=NOW)
     expected = oracle(task, catalog, creds, health, deny, job_min_tier, max_cost)
 
-    got = {c.model.key: c.estimated_micros for c in d.candidates}
+    got = {c.model.key: c.estimated_picos for c in d.candidates}
     assert got == expected  # same set, same cost for each: no ineligible candidate, no eligible model missing
     rejected = {r.model.key for r in d.rejected}
     assert not rejected & set(expected)
     assert rejected | set(got) == {m.key for m in catalog} and len(d.rejected) + len(d.candidates) == len(catalog)
 
     if expected:
-        assert d.candidates[0].estimated_micros == min(expected.values())
-    order = [(c.estimated_micros, health.latency_ms.get(c.model.key, float("inf")), c.model.key) for c in d.candidates]
+        assert d.candidates[0].estimated_picos == min(expected.values())
+    order = [(c.estimated_picos, health.latency_ms.get(c.model.key, float("inf")), c.model.key) for c in d.candidates]
     assert order == sorted(order)
     for c in d.candidates:
-        assert c.upper_bound_micros >= c.estimated_micros
+        assert c.upper_bound_picos >= c.estimated_picos
         assert c.input_tokens_upper >= c.input_tokens_est
         assert c.output_tokens_est <= c.completion_cap <= c.model.max_output_tokens

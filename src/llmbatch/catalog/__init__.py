@@ -8,18 +8,64 @@ from __future__ import annotations
 import json
 from datetime import date
 from decimal import Decimal
+from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from typing import Any, Iterable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import CatalogError
 from ..models import Tier
 
 CAPABILITIES: tuple[str, ...] = ("vision", "json_schema", "system_role", "tools", "temperature")
 ApiKind = Literal["openai", "anthropic", "gemini"]
-PRICE_SCALE = 10**9  # ModelInfo.price_ints unit: 1e-9 micro-dollars per token
+# A price of p USD per 1M tokens is p x PICOS_PER_TOKEN_PER_MTOK pico-dollars per token (money.py).
+PICOS_PER_TOKEN_PER_MTOK = 10**6
+_PRICE_FIELDS = ("input_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok", "output_per_mtok")
+
+
+def _decimal_price(v):
+    if isinstance(v, float):
+        return Decimal(repr(v))
+    return v
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Pico-dollars per token for one price tier and channel: whole numbers, so costs are exact integers."""
+
+    input: int
+    cached: int
+    cache_write: int
+    output: int
+
+    @property
+    def dearest_input(self) -> int:
+        return max(self.input, self.cached, self.cache_write)
+
+
+class PriceTier(BaseModel):
+    """Long-context pricing: a request whose input exceeds `above_input_tokens` is billed, input and output,
+    at these prices (Anthropic's and Gemini's rule). A model may have any number of tiers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    above_input_tokens: int = Field(gt=0)
+    input_per_mtok: Decimal = Field(ge=0)
+    cached_input_per_mtok: Decimal | None = Field(default=None, ge=0)  # None: this tier's input price
+    cache_write_per_mtok: Decimal | None = Field(default=None, ge=0)  # None: this tier's input price
+    output_per_mtok: Decimal = Field(ge=0)
+
+    @field_validator(*_PRICE_FIELDS, mode="before")
+    @classmethod
+    def _no_float_prices(cls, v):
+        return _decimal_price(v)
+
+    def public_dict(self) -> dict[str, Any]:
+        return {"above_input_tokens": self.above_input_tokens, "input_per_mtok": self.input_per_mtok,
+                "cached_input_per_mtok": self.cached_input_per_mtok,
+                "cache_write_per_mtok": self.cache_write_per_mtok, "output_per_mtok": self.output_per_mtok}
 
 
 class ProviderInfo(BaseModel):
@@ -39,10 +85,11 @@ class ModelInfo(BaseModel):
     api: ApiKind
     tier: Tier
     reasoning: bool = False
-    input_per_mtok: Decimal
-    cached_input_per_mtok: Decimal | None = None  # None: cached tokens cost the full input price
-    cache_write_per_mtok: Decimal | None = None  # None: cache writes cost the full input price
-    output_per_mtok: Decimal
+    input_per_mtok: Decimal = Field(ge=0)
+    cached_input_per_mtok: Decimal | None = Field(default=None, ge=0)  # None: cached tokens cost the full input price
+    cache_write_per_mtok: Decimal | None = Field(default=None, ge=0)  # None: cache writes cost the full input price
+    output_per_mtok: Decimal = Field(ge=0)
+    price_tiers: tuple[PriceTier, ...] = ()  # long-context prices, by ascending above_input_tokens
     batch_discount: Decimal | None = None  # 0.5 = batch channel costs 50%; None = no batch channel
     context_window: int = Field(gt=0)
     max_output_tokens: int = Field(gt=0)
@@ -57,9 +104,31 @@ class ModelInfo(BaseModel):
     @field_validator("input_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok", "output_per_mtok", "batch_discount", mode="before")
     @classmethod
     def _no_float_prices(cls, v):
-        if isinstance(v, float):
-            return Decimal(repr(v))
-        return v
+        return _decimal_price(v)
+
+    @field_validator("price_tiers", mode="after")
+    @classmethod
+    def _sorted_tiers(cls, v):
+        tiers = tuple(sorted(v, key=lambda t: t.above_input_tokens))
+        if len({t.above_input_tokens for t in tiers}) < len(tiers):
+            raise ValueError("two price_tiers have the same above_input_tokens")
+        return tiers
+
+    @model_validator(mode="after")
+    def _exact_in_picos(self):
+        """Every price, at every tier and channel, must be a whole number of pico-dollars per token (at most
+        6 decimals per 1M tokens, and the batch price too): then no cost is ever rounded."""
+        factors = [Decimal(1)] + ([self.batch_discount] if self.batch_discount is not None else [])
+        prices = [(f, getattr(self, f)) for f in _PRICE_FIELDS]
+        prices += [(f"price_tiers[{t.above_input_tokens}].{f}", getattr(t, f)) for t in self.price_tiers
+                   for f in _PRICE_FIELDS]
+        for name, p in prices:
+            for factor in factors:
+                if p is not None and (p * factor * PICOS_PER_TOKEN_PER_MTOK) % 1:
+                    where = f"{name} {p}" + (f" x batch_discount {factor}" if factor != 1 else "")
+                    raise ValueError(f"{where} is finer than the ledger's unit ($0.000001 per 1M tokens = "
+                                     f"one pico-dollar per token); round the price to 6 decimals")
+        return self
 
     @field_validator("capabilities", mode="before")
     @classmethod
@@ -71,15 +140,34 @@ class ModelInfo(BaseModel):
         return caps
 
     @cached_property
-    def price_ints(self) -> tuple[int, int, int] | None:
-        """(input, output, dearest input) in nano-micro-dollars per token, when all are whole numbers of those
-        (real price lists are): pricing then uses exact integer arithmetic, several times cheaper than
-        Decimal. Cached in the instance (not a field: dumps and equality are unchanged)."""
-        dearest = max(self.input_per_mtok, self.cached_price, self.cache_write_price)
-        scaled = [p * PRICE_SCALE for p in (self.input_per_mtok, self.output_per_mtok, dearest)]
-        if all(x == x.to_integral_value() for x in scaled):
-            return tuple(int(x) for x in scaled)
-        return None
+    def _rate_table(self) -> tuple[tuple[int, Rates, Rates | None], ...]:
+        """(above_input_tokens, online rates, batch rates) per tier, base tier first (threshold 0). Cached in
+        the instance (not a field: dumps and equality are unchanged)."""
+        def rates(src, factor: Decimal) -> Rates:
+            inp = src.input_per_mtok
+            vals = (inp, inp if src.cached_input_per_mtok is None else src.cached_input_per_mtok,
+                    inp if src.cache_write_per_mtok is None else src.cache_write_per_mtok, src.output_per_mtok)
+            return Rates(*(int(v * factor * PICOS_PER_TOKEN_PER_MTOK) for v in vals))
+        out = []
+        for above, src in [(0, self), *((t.above_input_tokens, t) for t in self.price_tiers)]:
+            out.append((above, rates(src, Decimal(1)),
+                        rates(src, self.batch_discount) if self.batch_discount is not None else None))
+        return tuple(out)
+
+    def rates(self, input_tokens: int, *, batch: bool = False) -> Rates | None:
+        """The per-token rates that apply to a request with this many input tokens (the highest tier whose
+        threshold it exceeds). None for batch on a model without a batch channel."""
+        chosen = self._rate_table[0]
+        for row in self._rate_table[1:]:
+            if input_tokens > row[0]:
+                chosen = row
+        return chosen[2] if batch else chosen[1]
+
+    def dearest_rates(self, input_tokens: int) -> tuple[int, int]:
+        """(dearest input rate, dearest output rate) over the tiers a request of up to `input_tokens` could
+        fall in: the upper bound of a call must hold whichever tier the real count lands in."""
+        rows = [r for above, r, _ in self._rate_table if above == 0 or input_tokens > above]
+        return max(r.dearest_input for r in rows), max(r.output for r in rows)
 
     @cached_property
     def key(self) -> str:
@@ -94,6 +182,12 @@ class ModelInfo(BaseModel):
     def cache_write_price(self) -> Decimal:
         return self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
 
+    def status_on(self, today: date) -> str:
+        """The status enforced on `today`: past its shutdown date a model is retired, whatever `status` says."""
+        if self.deprecation_date is not None and self.deprecation_date <= today:
+            return "retired"
+        return self.status
+
     def has(self, capability: str) -> bool:
         return capability in self.capabilities
 
@@ -106,11 +200,13 @@ class ModelInfo(BaseModel):
             "reasoning": self.reasoning,
             "status": self.status,
             "deprecation_date": self.deprecation_date.isoformat() if self.deprecation_date else None,
-            "input_per_mtok": float(self.input_per_mtok),
-            "cached_input_per_mtok": float(self.cached_price),
-            "cache_write_per_mtok": float(self.cache_write_price),
-            "output_per_mtok": float(self.output_per_mtok),
-            "batch_discount": float(self.batch_discount) if self.batch_discount is not None else None,
+            # Decimals: printed as exact JSON numbers (money.json_default), never a float round trip.
+            "input_per_mtok": self.input_per_mtok,
+            "cached_input_per_mtok": self.cached_price,
+            "cache_write_per_mtok": self.cache_write_price,
+            "output_per_mtok": self.output_per_mtok,
+            "batch_discount": self.batch_discount,
+            "price_tiers": [t.public_dict() for t in self.price_tiers],
             "context_window": self.context_window,
             "max_output_tokens": self.max_output_tokens,
             "capabilities": sorted(self.capabilities),

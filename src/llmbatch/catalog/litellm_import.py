@@ -4,8 +4,13 @@ LiteLLM prices are USD per token, written as JSON floats (1.5e-07). We parse the
 (json parse_float=Decimal, or repr() of an already-parsed float, which is the shortest string that round-trips),
 so "1.5e-07" becomes exactly "0.15" per 1M tokens with no binary rounding on the way.
 
-What is imported: chat-mode entries of providers we can call (OpenAI-compatible, Anthropic, Gemini), with
-input and output prices and a context window. Everything else is counted under "_import"."skipped".
+What is imported: chat-mode entries of providers we can call (OpenAI-compatible, Anthropic, Gemini) that answer
+in text, with input and output prices above zero and a usable context window. `mode: chat` alone is not
+enough: the file labels image (FLUX), music (Lyria), speech and guard/classifier models as chat too, and lists
+$0 experimental models; a router would take any of those for the cheapest chat model. Everything else is
+counted under "_import"."skipped". Long-context tiers (`input_cost_per_token_above_200k_tokens` and kin),
+cache prices, batch prices and deprecation dates are imported. A price finer than the ledger's unit (one
+pico-dollar per token, i.e. 6 decimals per 1M tokens) is rounded UP to it, so no bill is understated.
 Models already in our catalog keep their curated tier, quirks, reasoning estimates and notes; the prices,
 limits and capabilities come from the file.
 """
@@ -13,8 +18,9 @@ limits and capabilities come from the file.
 from __future__ import annotations
 
 import json
+import re
 from datetime import date
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -55,6 +61,22 @@ DEFAULT_REASONING_BUDGET_TOKENS = 4096
 
 _STATUS_RANK = {"active": 0, "deprecated": 1, "retired": 2}
 
+# The smallest context window worth routing chat work to (a 512-token prompt-guard classifier is not a chat model).
+MIN_CONTEXT_WINDOW = 2048
+# Names of models that the file files under mode "chat" but that do not answer chat in text.
+_NOT_TEXT_CHAT = re.compile(r"guard|flux|lyria|imagen|dall-e|stable-?diffusion|sdxl|-tts\b|tts-|\baudio|"
+                            r"embed|moderation|rerank|whisper|transcribe|realtime|image", re.IGNORECASE)
+# Keys that price non-text output: the model makes pictures, sound or video.
+_NON_TEXT_OUTPUT_KEYS = ("output_cost_per_image", "output_cost_per_pixel", "output_cost_per_audio_token",
+                         "output_cost_per_second", "output_cost_per_video_per_second", "supports_image_size")
+# Long-context tier keys, e.g. input_cost_per_token_above_200k_tokens (not the _priority/_batches/_flex variants).
+_TIER_KEY = re.compile(r"^(input_cost_per_token|output_cost_per_token|cache_read_input_token_cost|"
+                       r"cache_creation_input_token_cost)_above_(\d+)k_tokens$")
+_TIER_FIELD = {"input_cost_per_token": "input_per_mtok", "output_cost_per_token": "output_per_mtok",
+               "cache_read_input_token_cost": "cached_input_per_mtok",
+               "cache_creation_input_token_cost": "cache_write_per_mtok"}
+_UNIT = Decimal("0.000001")  # one pico-dollar per token, in USD per 1M tokens
+
 
 def per_mtok(value: Any) -> Decimal:
     """A LiteLLM per-token price as an exact Decimal per 1M tokens."""
@@ -69,6 +91,38 @@ def per_mtok(value: Any) -> Decimal:
     if not d.is_finite() or d < 0:
         raise CatalogError(f"not a price: {value!r}")
     return d * PER_MTOK
+
+
+def to_unit(d: Decimal) -> Decimal:
+    """A per-1M price on the ledger's grid (6 decimals), rounded up when it is finer."""
+    return d.quantize(_UNIT, rounding=ROUND_CEILING) if d % _UNIT else d
+
+
+def not_text_chat(key: str, spec: Mapping[str, Any]) -> str | None:
+    """Why a `mode: chat` entry is not a text chat model, or None when it is one."""
+    outputs = spec.get("supported_output_modalities")
+    if isinstance(outputs, list) and "text" not in outputs:
+        return "no text output"
+    if any(spec.get(k) for k in _NON_TEXT_OUTPUT_KEYS) or _NOT_TEXT_CHAT.search(key):
+        return "not a text chat model (image, audio, music, embedding or guard)"
+    return None
+
+
+def _tiers(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Long-context tiers of an entry, each with its input and output price (cache prices when given)."""
+    found: dict[int, dict[str, Any]] = {}
+    for key, value in spec.items():
+        m = _TIER_KEY.match(key)
+        if m is None or value is None:
+            continue
+        found.setdefault(int(m.group(2)) * 1000, {})[_TIER_FIELD[m.group(1)]] = value
+    tiers = []
+    for above, fields in sorted(found.items()):
+        if "input_per_mtok" not in fields or "output_per_mtok" not in fields:
+            continue
+        tiers.append({"above_input_tokens": above,
+                      **{f: decimal_string(to_unit(per_mtok(v))) for f, v in sorted(fields.items())}})
+    return tiers
 
 
 def decimal_string(d: Decimal) -> str:
@@ -147,12 +201,20 @@ def _entry(model_id: str, provider: str, api: str, spec: Mapping[str, Any], toda
         batch_in = per_mtok(spec["input_cost_per_token_batches"]) if spec.get("input_cost_per_token_batches") is not None else None
         batch_out = (per_mtok(spec["output_cost_per_token_batches"])
                      if spec.get("output_cost_per_token_batches") is not None else None)
+        tiers = _tiers(spec)
     except CatalogError:
         return "unreadable price"
+    if inp <= 0 or out <= 0:
+        return "priced at $0 (free or experimental)"
+    inp, out = to_unit(inp), to_unit(out)
+    cached = to_unit(cached) if cached is not None else None
+    write = to_unit(write) if write is not None else None
     context = _int(spec.get("max_input_tokens")) or _int(spec.get("max_tokens"))
     max_out = _int(spec.get("max_output_tokens")) or _int(spec.get("max_tokens"))
     if not context or context <= 0:
         return "no context window"
+    if context < MIN_CONTEXT_WINDOW:
+        return f"context window under {MIN_CONTEXT_WINDOW} tokens"
     if not max_out or max_out <= 0:
         max_out = context
 
@@ -161,6 +223,9 @@ def _entry(model_id: str, provider: str, api: str, spec: Mapping[str, Any], toda
     ratios = [b / p for b, p in ((batch_in, inp), (batch_out, out)) if b is not None and p > 0]
     if ratios:
         batch = max(ratios)
+        prices = [inp, out, cached, write] + [Decimal(t[f]) for t in tiers for f in t if f != "above_input_tokens"]
+        if any((p * batch) % _UNIT for p in prices if p is not None):
+            batch = None  # a batch price off the ledger's grid: no batch channel rather than an inexact bill
 
     reasoning = bool(spec.get("supports_reasoning"))
     caps = []
@@ -204,6 +269,7 @@ def _entry(model_id: str, provider: str, api: str, spec: Mapping[str, Any], toda
         "quirks": quirks,
         "status": status_from_date(when, today),
         "deprecation_date": when.isoformat() if when else None,
+        "price_tiers": tiers,
         "expected_reasoning_tokens": DEFAULT_EXPECTED_REASONING_TOKENS if reasoning else 0,
         "reasoning_budget_tokens": DEFAULT_REASONING_BUDGET_TOKENS if reasoning else 0,
     }
@@ -226,6 +292,9 @@ def _keep_curated(entry: dict[str, Any], ours: Catalog) -> dict[str, Any]:
         entry["deprecation_date"] = known.deprecation_date.isoformat() if known.deprecation_date else None
     if known.notes:
         entry["notes"] = known.notes
+    if not entry.get("price_tiers") and known.price_tiers:  # the file does not know them; we do
+        entry["price_tiers"] = [{k: (str(v) if v is not None and k != "above_input_tokens" else v)
+                                 for k, v in t.public_dict().items() if v is not None} for t in known.price_tiers]
     return entry
 
 
@@ -260,6 +329,10 @@ def import_litellm(
             continue
         if spec.get("mode") != "chat":
             skip("not a chat model")
+            continue
+        why_not = not_text_chat(key, spec)
+        if why_not is not None:
+            skip(why_not)
             continue
         lp = spec.get("litellm_provider")
         if lp not in PROVIDERS:

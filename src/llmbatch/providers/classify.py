@@ -39,12 +39,14 @@ _CONTEXT_RE = re.compile(
     re.IGNORECASE,
 )
 
-_MODEL_CODES = frozenset({"model_not_found", "model_decommissioned", "model_retired", "model_deprecated"})
+_MODEL_CODES = frozenset({"model_not_found", "model_decommissioned", "model_retired", "model_deprecated",
+                          "invalid_model"})
 _MODEL_RE = re.compile(
     r"model\b.*\b(does not exist|not found|decommissioned|retired|deprecated|no longer (available|supported)"
     r"|not supported for generatecontent|is not available)"
     r"|^model: \S+$"  # Anthropic's 404 body says just "model: <id>"
-    r"|^models/\S+ is not found",  # Gemini's
+    r"|^models/\S+ is not found"  # Gemini's
+    r"|\binvalid model\b",  # gateways (LiteLLM proxy: "Invalid model name passed in model=...")
     re.IGNORECASE,
 )
 

@@ -30,7 +30,7 @@ Calls = list[tuple[tuple, dict]]  # (args, kwargs) of each call, as the group-co
 
 _RESERVE_SQL = """
 INSERT INTO attempts (job_id, task_seq, task_id, attempt_no, provider, model, channel, purpose, status, settled,
-                      reserved_micros, cost_micros, budget_window, worker, started_at, input_tokens, cached_tokens,
+                      reserved_picos, cost_picos, budget_window, worker, started_at, input_tokens, cached_tokens,
                       cache_write_tokens, output_tokens, reasoning_tokens)
 SELECT v.job_id, v.task_seq, v.task_id,
        COALESCE((SELECT MAX(a.attempt_no) FROM attempts a WHERE a.job_id = v.job_id AND a.task_seq = v.task_seq), 0) + 1,
@@ -44,17 +44,19 @@ RETURNING id, job_id, task_seq
 """
 
 _SETTLE_SQL = """
-UPDATE attempts a SET settled = true, status = v.status, cost_micros = v.cost, cost_source = v.source,
+UPDATE attempts a SET settled = true, status = v.status, cost_picos = v.cost, cost_source = v.source,
+       overrun = v.cost > a.reserved_picos, finish_reason = v.finish, served_model = v.served,
        error_class = v.eclass, error_message = v.emsg, http_status = v.http, pricing_error = v.perr,
        latency_ms = v.latency, provider_request_id = v.reqid, input_tokens = v.tin, cached_tokens = v.tcached,
        cache_write_tokens = v.tcw, output_tokens = v.tout, reasoning_tokens = v.treason, finished_at = %(now)s
 FROM unnest(%(id)s::bigint[], %(status)s::varchar[], %(cost)s::bigint[], %(source)s::varchar[],
             %(eclass)s::varchar[], %(emsg)s::text[], %(http)s::int[], %(perr)s::text[], %(latency)s::int[],
             %(reqid)s::varchar[], %(tin)s::bigint[], %(tcached)s::bigint[], %(tcw)s::bigint[], %(tout)s::bigint[],
-            %(treason)s::bigint[])
-     AS v(id, status, cost, source, eclass, emsg, http, perr, latency, reqid, tin, tcached, tcw, tout, treason)
+            %(treason)s::bigint[], %(finish)s::varchar[], %(served)s::varchar[])
+     AS v(id, status, cost, source, eclass, emsg, http, perr, latency, reqid, tin, tcached, tcw, tout, treason,
+          finish, served)
 WHERE a.id = v.id AND a.settled = false
-RETURNING a.id, a.job_id, a.task_seq, a.reserved_micros, a.budget_window
+RETURNING a.id, a.job_id, a.task_seq, a.reserved_picos, a.budget_window
 """
 
 # The outcome and the charge of each settled task in one UPDATE; only the lease holder of a running task
@@ -62,7 +64,7 @@ RETURNING a.id, a.job_id, a.task_seq, a.reserved_micros, a.budget_window
 _FINISH_AND_CHARGE_SQL = """
 UPDATE tasks t SET status = v.status, provider = v.provider, model = v.model, output = v.output, error = v.error,
        skip_reason = v.skip, escalations = t.escalations + v.escalations, lease_owner = NULL,
-       lease_expires_at = NULL, finished_at = %(now)s, cost_micros = t.cost_micros + v.cost,
+       lease_expires_at = NULL, finished_at = %(now)s, cost_picos = t.cost_picos + v.cost,
        attempts = t.attempts + 1, input_tokens = t.input_tokens + v.tin, cached_tokens = t.cached_tokens + v.tcached,
        cache_write_tokens = t.cache_write_tokens + v.tcw, output_tokens = t.output_tokens + v.tout,
        reasoning_tokens = t.reasoning_tokens + v.treason
@@ -91,10 +93,10 @@ def reserve_many(conn: Connection, calls: Calls, *, deferred: Deferred) -> list[
     rows = []
     for kw in kws:
         started = kw.get("now") or now
-        cap = kw.get("daily_cap_micros")
+        cap = kw.get("daily_cap_picos")
         rows.append({"job_id": kw["job_id"], "task_seq": kw["task_seq"], "task_id": kw["task_id"],
                      "provider": kw["provider"], "model": kw["model"], "channel": kw.get("channel", "sync"),
-                     "purpose": kw["purpose"], "amount": kw["amount_micros"],
+                     "purpose": kw["purpose"], "amount": kw["amount_picos"],
                      "budget_window": utc_day(started) if cap is not None else None, "worker": kw["worker"],
                      "started_at": started, "cap": cap})
     params = _columns(rows, ("job_id", "task_seq", "task_id", "provider", "model", "channel", "purpose", "amount",
@@ -121,11 +123,12 @@ def settle_and_record_many(conn: Connection, calls: Calls, *, deferred: Deferred
     now = time.time()
     toks = [_tokens(s) for s, _ in pairs]
     settled = {row.id: row for row in conn.exec_driver_sql(_SETTLE_SQL, {
-        "now": now, "id": ids, "status": [s.status for s, _ in pairs], "cost": [s.cost_micros for s, _ in pairs],
+        "now": now, "id": ids, "status": [s.status for s, _ in pairs], "cost": [s.cost_picos for s, _ in pairs],
         "source": [s.cost_source for s, _ in pairs], "eclass": [s.error_class for s, _ in pairs],
         "emsg": [s.error_message for s, _ in pairs], "http": [s.http_status for s, _ in pairs],
         "perr": [s.pricing_error for s, _ in pairs], "latency": [s.latency_ms for s, _ in pairs],
-        "reqid": [s.provider_request_id for s, _ in pairs], **_token_columns(toks),
+        "reqid": [s.provider_request_id for s, _ in pairs], "finish": [s.finish_reason for s, _ in pairs],
+        "served": [s.served_model for s, _ in pairs], **_token_columns(toks),
     })}
     charge = [i for i, s in enumerate(ids) if s in settled]
     recorded: set[tuple[str, int]] = set()
@@ -138,7 +141,7 @@ def settle_and_record_many(conn: Connection, calls: Calls, *, deferred: Deferred
             "provider": [p["b_provider"] for p in outs], "model": [p["b_model"] for p in outs],
             "output": [p["b_output"] for p in outs], "error": [p["b_error"] for p in outs],
             "skip": [p["b_skip"] for p in outs], "escalations": [p["b_escalations"] for p in outs],
-            "cost": [pairs[i][0].cost_micros for i in charge], **_token_columns([toks[i] for i in charge]),
+            "cost": [pairs[i][0].cost_picos for i in charge], **_token_columns([toks[i] for i in charge]),
         })}
     results: list[tuple[bool, bool]] = []
     for i, (s, outcome) in enumerate(pairs):
@@ -146,11 +149,11 @@ def settle_and_record_many(conn: Connection, calls: Calls, *, deferred: Deferred
         if row is None:  # already settled (a late duplicate, or reconcile got there first): record only
             results.append((False, conn.execute(_FINISH_TASK, outcome.params()).rowcount == 1))
             continue
-        deferred.add_settlement(row.job_id, row.budget_window, row.reserved_micros, s.cost_micros)
+        deferred.add_settlement(row.job_id, row.budget_window, row.reserved_picos, s.cost_picos)
         if (outcome.job_id, outcome.seq) in recorded:
             results.append((True, True))
         else:  # the lease was lost: the charge still lands on the task, the outcome is not recorded
-            conn.execute(_SETTLE_TASK, {"b_job": row.job_id, "b_seq": row.task_seq, "b_cost": s.cost_micros,
+            conn.execute(_SETTLE_TASK, {"b_job": row.job_id, "b_seq": row.task_seq, "b_cost": s.cost_picos,
                                         **toks[i]})
             results.append((True, False))
     return results

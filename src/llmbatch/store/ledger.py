@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, case, func, insert, or_, select, update
 
 from ..models import Usage
 from .repo import _FINISH_TASK, TaskOutcome, utc_day
@@ -31,21 +31,21 @@ _INSERT_ATTEMPT = insert(attempts).values(
 
 @in_transaction
 def reserve(conn: Connection, *, job_id: str, task_seq: int, task_id: str, provider: str, model: str,
-            amount_micros: int, purpose: str, worker: str, daily_cap_micros: int | None = None,
+            amount_picos: int, purpose: str, worker: str, daily_cap_picos: int | None = None,
             channel: str = "sync", now: float | None = None, deferred: Deferred) -> int:
-    """Write the attempt's ledger row holding `amount_micros`, and queue the conditional hold on the job's
+    """Write the attempt's ledger row holding `amount_picos`, and queue the conditional hold on the job's
     budget (and the daily cap) for the end of the transaction. Returns the attempt id. Called as
     `reserve(engine, ...)` it raises BudgetExceeded (and writes nothing) when the hold does not fit."""
     now = now if now is not None else time.time()
-    window = utc_day(now) if daily_cap_micros is not None else None
+    window = utc_day(now) if daily_cap_picos is not None else None
     attempt_id = conn.execute(_INSERT_ATTEMPT, {
         "b_job": job_id, "b_seq": task_seq, "job_id": job_id, "task_seq": task_seq, "task_id": task_id,
         "provider": provider, "model": model, "channel": channel, "purpose": purpose,
-        "status": AttemptStatus.in_flight, "settled": False, "reserved_micros": amount_micros, "cost_micros": 0,
+        "status": AttemptStatus.in_flight, "settled": False, "reserved_picos": amount_picos, "cost_picos": 0,
         "budget_window": window, "worker": worker, "started_at": now, "input_tokens": 0, "cached_tokens": 0,
         "cache_write_tokens": 0, "output_tokens": 0, "reasoning_tokens": 0,
     }).scalar_one()
-    deferred.reservations.append(PendingReservation(job_id, task_seq, amount_micros, window, daily_cap_micros,
+    deferred.reservations.append(PendingReservation(job_id, task_seq, amount_picos, window, daily_cap_picos,
                                                     attempt_id))
     return attempt_id
 
@@ -54,7 +54,7 @@ def reserve(conn: Connection, *, job_id: str, task_seq: int, task_id: str, provi
 class Settlement:
     attempt_id: int
     status: str
-    cost_micros: int
+    cost_picos: int
     cost_source: str  # usage | none | unpriced | reservation
     usage: Usage | None = None
     error_class: str | None = None
@@ -63,21 +63,26 @@ class Settlement:
     pricing_error: str | None = None
     latency_ms: int | None = None
     provider_request_id: str | None = None
+    finish_reason: str | None = None  # the provider's finish/stop reason, as sent
+    served_model: str | None = None  # the model id the provider says answered
 
 
 _SETTLE_ATTEMPT = (
     update(attempts).where(attempts.c.id == bindparam("b_id"), attempts.c.settled.is_(False))
-    .values(settled=True, status=bindparam("b_status"), cost_micros=bindparam("b_cost"),
+    # overrun: billed above the reservation (the cost comes from the provider's usage; the hold was our bound)
+    .values(settled=True, status=bindparam("b_status"), cost_picos=bindparam("b_cost"),
+            overrun=case((attempts.c.reserved_picos < bindparam("b_cost"), True), else_=False),
+            finish_reason=bindparam("b_finish"), served_model=bindparam("b_served"),
             cost_source=bindparam("b_source"), error_class=bindparam("b_eclass"), error_message=bindparam("b_emsg"),
             http_status=bindparam("b_http"), pricing_error=bindparam("b_perr"), latency_ms=bindparam("b_latency"),
             provider_request_id=bindparam("b_reqid"), input_tokens=bindparam("b_in"),
             cached_tokens=bindparam("b_cached"), cache_write_tokens=bindparam("b_cw"), output_tokens=bindparam("b_out"),
             reasoning_tokens=bindparam("b_reason"), finished_at=bindparam("b_now"))
-    .returning(attempts.c.job_id, attempts.c.task_seq, attempts.c.reserved_micros, attempts.c.budget_window)
+    .returning(attempts.c.job_id, attempts.c.task_seq, attempts.c.reserved_picos, attempts.c.budget_window)
 )
 _SETTLE_TASK = (
     update(tasks).where(tasks.c.job_id == bindparam("b_job"), tasks.c.seq == bindparam("b_seq"))
-    .values(cost_micros=tasks.c.cost_micros + bindparam("b_cost"), attempts=tasks.c.attempts + 1,
+    .values(cost_picos=tasks.c.cost_picos + bindparam("b_cost"), attempts=tasks.c.attempts + 1,
             input_tokens=tasks.c.input_tokens + bindparam("b_in"),
             cached_tokens=tasks.c.cached_tokens + bindparam("b_cached"),
             cache_write_tokens=tasks.c.cache_write_tokens + bindparam("b_cw"),
@@ -88,7 +93,7 @@ _SETTLE_TASK = (
 
 # The success path's task UPDATE: record the outcome (only the lease holder can) and charge the task, in one.
 _FINISH_AND_CHARGE_TASK = _FINISH_TASK.values({
-    tasks.c.cost_micros: tasks.c.cost_micros + bindparam("b_cost"), tasks.c.attempts: tasks.c.attempts + 1,
+    tasks.c.cost_picos: tasks.c.cost_picos + bindparam("b_cost"), tasks.c.attempts: tasks.c.attempts + 1,
     tasks.c.input_tokens: tasks.c.input_tokens + bindparam("b_in"),
     tasks.c.cached_tokens: tasks.c.cached_tokens + bindparam("b_cached"),
     tasks.c.cache_write_tokens: tasks.c.cache_write_tokens + bindparam("b_cw"),
@@ -99,9 +104,10 @@ _FINISH_AND_CHARGE_TASK = _FINISH_TASK.values({
 def _settle_attempt(conn: Connection, s: Settlement, tokens: dict):
     """Flip the attempt to settled (exactly once); returns its job, seq, reservation and window, or None."""
     return conn.execute(_SETTLE_ATTEMPT, {
-        "b_id": s.attempt_id, "b_status": s.status, "b_cost": s.cost_micros, "b_source": s.cost_source,
+        "b_id": s.attempt_id, "b_status": s.status, "b_cost": s.cost_picos, "b_source": s.cost_source,
         "b_eclass": s.error_class, "b_emsg": s.error_message, "b_http": s.http_status, "b_perr": s.pricing_error,
-        "b_latency": s.latency_ms, "b_reqid": s.provider_request_id, "b_now": time.time(), **tokens,
+        "b_latency": s.latency_ms, "b_reqid": s.provider_request_id, "b_now": time.time(),
+        "b_finish": s.finish_reason, "b_served": s.served_model, **tokens,
     }).first()
 
 
@@ -119,8 +125,8 @@ def settle(conn: Connection, s: Settlement, *, deferred: Deferred) -> bool:
     row = _settle_attempt(conn, s, tokens)
     if row is None:
         return False
-    conn.execute(_SETTLE_TASK, {"b_job": row.job_id, "b_seq": row.task_seq, "b_cost": s.cost_micros, **tokens})
-    deferred.add_settlement(row.job_id, row.budget_window, row.reserved_micros, s.cost_micros)
+    conn.execute(_SETTLE_TASK, {"b_job": row.job_id, "b_seq": row.task_seq, "b_cost": s.cost_picos, **tokens})
+    deferred.add_settlement(row.job_id, row.budget_window, row.reserved_picos, s.cost_picos)
     return True
 
 
@@ -133,29 +139,29 @@ def settle_and_record(conn: Connection, s: Settlement, outcome: TaskOutcome, *,
     row = _settle_attempt(conn, s, tokens)
     if row is None:  # already settled: record only
         return False, conn.execute(_FINISH_TASK, outcome.params()).rowcount == 1
-    deferred.add_settlement(row.job_id, row.budget_window, row.reserved_micros, s.cost_micros)
-    params = {**outcome.params(), "b_cost": s.cost_micros, **tokens}
+    deferred.add_settlement(row.job_id, row.budget_window, row.reserved_picos, s.cost_picos)
+    params = {**outcome.params(), "b_cost": s.cost_picos, **tokens}
     if conn.execute(_FINISH_AND_CHARGE_TASK, params).rowcount == 1:
         return True, True
-    conn.execute(_SETTLE_TASK, {"b_job": row.job_id, "b_seq": row.task_seq, "b_cost": s.cost_micros, **tokens})
+    conn.execute(_SETTLE_TASK, {"b_job": row.job_id, "b_seq": row.task_seq, "b_cost": s.cost_picos, **tokens})
     return True, False
 
 
-def could_fit_later(conn: Connection, job_id: str, amount_micros: int) -> bool:
+def could_fit_later(conn: Connection, job_id: str, amount_picos: int) -> bool:
     """After a refused reservation: would `amount` fit once the calls now in flight settle (at the least,
     for nothing)? Holds of unknown outcomes are not counted as releasable: only reconcile frees them."""
-    job = conn.execute(select(jobs.c.budget_micros, jobs.c.spent_micros, jobs.c.reserved_micros)
+    job = conn.execute(select(jobs.c.budget_picos, jobs.c.spent_picos, jobs.c.reserved_picos)
                        .where(jobs.c.id == job_id)).first()
-    if job is None or job.budget_micros is None:
+    if job is None or job.budget_picos is None:
         return False
     in_flight = conn.execute(
-        select(func.coalesce(func.sum(attempts.c.reserved_micros), 0))
+        select(func.coalesce(func.sum(attempts.c.reserved_picos), 0))
         .where(attempts.c.job_id == job_id, attempts.c.status == AttemptStatus.in_flight,
                attempts.c.settled.is_(False))).scalar()
     if not in_flight:
         return False
-    held_for_good = job.reserved_micros - int(in_flight)
-    return job.spent_micros + held_for_good + amount_micros <= job.budget_micros
+    held_for_good = job.reserved_picos - int(in_flight)
+    return job.spent_picos + held_for_good + amount_picos <= job.budget_picos
 
 
 @in_transaction
@@ -179,7 +185,7 @@ def reconcile(engine: Engine, *, job_id: str | None = None, assume: str = "bille
     lease_dead = or_(tasks.c.status != TaskStatus.running, tasks.c.lease_expires_at.is_(None),
                      tasks.c.lease_expires_at < now)
     q = (
-        select(attempts.c.id, attempts.c.reserved_micros, attempts.c.status, attempts.c.error_class,
+        select(attempts.c.id, attempts.c.reserved_picos, attempts.c.status, attempts.c.error_class,
                attempts.c.error_message)
         .join(tasks, and_(tasks.c.job_id == attempts.c.job_id, tasks.c.seq == attempts.c.task_seq))
         .where(attempts.c.settled.is_(False),
@@ -197,7 +203,7 @@ def reconcile(engine: Engine, *, job_id: str | None = None, assume: str = "bille
         # Keep why the outcome was unknown (timeout, reset, worker_lost...): the audit needs it.
         why = f"{error_class}: {error_message}; " if error_class else ""
         ok = settle(engine, Settlement(
-            attempt_id=attempt_id, status=AttemptStatus.unknown, cost_micros=reserved if billed else 0,
+            attempt_id=attempt_id, status=AttemptStatus.unknown, cost_picos=reserved if billed else 0,
             cost_source="reservation" if billed else "none", error_class=error_class or "reconciled",
             error_message=why + (f"outcome unknown ({status}); reconciled as billed at the reserved upper bound"
                                  if billed else f"outcome unknown ({status}); reconciled as not billed"),
@@ -208,5 +214,19 @@ def reconcile(engine: Engine, *, job_id: str | None = None, assume: str = "bille
 
 
 def ledger_sum(conn: Connection, job_id: str) -> int:
-    return int(conn.execute(select(func.coalesce(func.sum(attempts.c.cost_micros), 0))
+    return int(conn.execute(select(func.coalesce(func.sum(attempts.c.cost_picos), 0))
                             .where(attempts.c.job_id == job_id)).scalar())
+
+
+def overruns_seen(conn: Connection, job_id: str, limit: int = 1000) -> list[tuple[str, int, int]]:
+    """(provider/model, reserved, cost) of the job's overrun attempts: a worker joining the job learns the
+    per-model reservation factors from them."""
+    rows = conn.execute(select(attempts.c.provider, attempts.c.model, attempts.c.reserved_picos, attempts.c.cost_picos)
+                        .where(attempts.c.job_id == job_id, attempts.c.overrun.is_(True)).limit(limit)).all()
+    return [(f"{r.provider}/{r.model}", r.reserved_picos, r.cost_picos) for r in rows]
+
+
+@in_transaction
+def note_stop(conn: Connection, job_id: str, reason: str) -> None:
+    """Record why the job stopped dispatching (the first reason wins)."""
+    conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.stop_reason.is_(None)).values(stop_reason=reason))

@@ -30,14 +30,14 @@ def utc_day(now: float | None = None) -> str:
 
 
 def create_job(conn: Connection, *, job_id: str | None = None, name: str | None, spec: dict[str, Any],
-               input_path: str | None, executor: str, simulate: bool, budget_micros: int | None,
-               max_cost_per_task_micros: int | None) -> str:
+               input_path: str | None, executor: str, simulate: bool, budget_picos: int | None,
+               max_cost_per_task_picos: int | None) -> str:
     job_id = job_id or new_job_id()
     conn.execute(insert(jobs).values(
         id=job_id, name=name, status=JobStatus.queued, input_path=input_path,
         spec=orjson.dumps(spec).decode(), executor=executor, simulate=simulate,
-        budget_micros=budget_micros, max_cost_per_task_micros=max_cost_per_task_micros,
-        spent_micros=0, reserved_micros=0, total_tasks=0, invalid_lines=0, cancel_requested=False,
+        budget_picos=budget_picos, max_cost_per_task_picos=max_cost_per_task_picos,
+        spent_picos=0, reserved_picos=0, total_tasks=0, invalid_lines=0, cancel_requested=False,
         created_at=time.time(),
     ))
     return job_id
@@ -121,13 +121,13 @@ def is_cancel_requested(conn: Connection, job_id: str) -> bool:
     return bool(conn.execute(select(jobs.c.cancel_requested).where(jobs.c.id == job_id)).scalar())
 
 
-def requeue_for_retry(conn: Connection, job_id: str, *, budget_micros: int | None = None,
+def requeue_for_retry(conn: Connection, job_id: str, *, budget_picos: int | None = None,
                       include_failed: bool = True) -> int:
     """`llmbatch retry`: skipped (and failed, and cancelled) tasks go back to queued; optionally a new budget.
     Their earlier attempts stay in the ledger; the task keeps its accumulated cost."""
     values: dict[str, Any] = {"status": JobStatus.running, "finished_at": None, "cancel_requested": False}
-    if budget_micros is not None:
-        values["budget_micros"] = budget_micros
+    if budget_picos is not None:
+        values["budget_picos"] = budget_picos
     conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
     statuses = [TaskStatus.skipped, TaskStatus.cancelled] + ([TaskStatus.failed] if include_failed else [])
     res = conn.execute(
@@ -328,9 +328,9 @@ def iter_attempt_rows(conn: Connection, job_id: str, batch: int = 5000):
     return _pages(conn, attempts, attempts.c.id, job_id, batch, 0)
 
 
-def input_error_rows(conn: Connection, job_id: str, limit: int = 1000) -> list[dict[str, Any]]:
-    rows = conn.execute(select(input_errors).where(input_errors.c.job_id == job_id)
-                        .order_by(input_errors.c.line_no).limit(limit)).mappings().all()
+def input_error_rows(conn: Connection, job_id: str, limit: int | None = 1000) -> list[dict[str, Any]]:
+    q = select(input_errors).where(input_errors.c.job_id == job_id).order_by(input_errors.c.line_no)
+    rows = conn.execute(q.limit(limit) if limit is not None else q).mappings().all()
     return [dict(r) for r in rows]
 
 
@@ -347,11 +347,11 @@ def by_model(conn: Connection, job_id: str) -> list[dict[str, Any]]:
                func.sum(attempts.c.cache_write_tokens).label("cache_write_tokens"),
                func.sum(attempts.c.output_tokens).label("output_tokens"),
                func.sum(attempts.c.reasoning_tokens).label("reasoning_tokens"),
-               func.sum(attempts.c.cost_micros).label("cost_micros"),
-               func.sum(attempts.c.reserved_micros * case((attempts.c.settled.is_(False), 1), else_=0)).label("held_micros"))
+               func.sum(attempts.c.cost_picos).label("cost_picos"),
+               func.sum(attempts.c.reserved_picos * case((attempts.c.settled.is_(False), 1), else_=0)).label("held_picos"))
         .where(attempts.c.job_id == job_id)
         .group_by(attempts.c.provider, attempts.c.model)
-        .order_by(func.sum(attempts.c.cost_micros).desc())
+        .order_by(func.sum(attempts.c.cost_picos).desc())
     ).mappings().all()
     # Postgres returns SUM(bigint) as numeric (Decimal), SQLite as int: every aggregate leaves here as int.
     return [{k: (v if k in ("provider", "model") or v is None else int(v)) for k, v in r.items()} for r in rows]

@@ -1,7 +1,7 @@
 """SQLAlchemy 2 models: jobs, tasks, attempts (the ledger), budget windows and rejected input lines.
 
 Times are float epoch seconds (UTC): lease arithmetic then compares plain numbers on SQLite and Postgres
-alike. Money is BigInteger micro-dollars. Hot paths use the Core tables (`Job.__table__`) directly.
+alike. Money is BigInteger pico-dollars (money.py: exact, never rounded). Hot paths use the Core tables (`Job.__table__`) directly.
 """
 
 from __future__ import annotations
@@ -56,10 +56,10 @@ class Job(Base):
     spec: Mapped[str] = mapped_column(Text, default="{}")  # JobSpec as JSON
     executor: Mapped[str] = mapped_column(String(16), default="local")
     simulate: Mapped[bool] = mapped_column(Boolean, default=False)
-    budget_micros: Mapped[int | None] = mapped_column(BigInteger)
-    max_cost_per_task_micros: Mapped[int | None] = mapped_column(BigInteger)
-    spent_micros: Mapped[int] = mapped_column(BigInteger, default=0)
-    reserved_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    budget_picos: Mapped[int | None] = mapped_column(BigInteger)
+    max_cost_per_task_picos: Mapped[int | None] = mapped_column(BigInteger)
+    spent_picos: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved_picos: Mapped[int] = mapped_column(BigInteger, default=0)
     total_tasks: Mapped[int] = mapped_column(Integer, default=0)
     invalid_lines: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -69,6 +69,8 @@ class Job(Base):
     # Last claim or settlement: a running job with work left and no activity for a lease period has lost
     # its queue messages (every worker died); the sweeper re-publishes its units.
     last_activity_at: Mapped[float | None] = mapped_column(Float)
+    # Why the job stopped dispatching before its tasks ran out (an overrun took spend past the cap).
+    stop_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Task(Base):
@@ -95,7 +97,7 @@ class Task(Base):
     cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_picos: Mapped[int] = mapped_column(BigInteger, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     escalations: Mapped[int] = mapped_column(Integer, default=0)
     deliveries: Mapped[int] = mapped_column(Integer, default=0)
@@ -134,11 +136,15 @@ class Attempt(Base):
     cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    reserved_micros: Mapped[int] = mapped_column(BigInteger, default=0)
-    cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved_picos: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_picos: Mapped[int] = mapped_column(BigInteger, default=0)
     budget_window: Mapped[str | None] = mapped_column(String(16))
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     provider_request_id: Mapped[str | None] = mapped_column(String(200))
+    # Billed above its reservation (the provider counted more tokens than our bound allowed for).
+    overrun: Mapped[bool] = mapped_column(Boolean, default=False)
+    finish_reason: Mapped[str | None] = mapped_column(String(40))  # the provider's, as it sent it
+    served_model: Mapped[str | None] = mapped_column(String(200))  # the model the provider says answered
     worker: Mapped[str | None] = mapped_column(String(120))
     started_at: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float)
@@ -150,9 +156,9 @@ class BudgetWindow(Base):
     __tablename__ = "budget_windows"
 
     window: Mapped[str] = mapped_column(String(16), primary_key=True)
-    cap_micros: Mapped[int] = mapped_column(BigInteger)
-    spent_micros: Mapped[int] = mapped_column(BigInteger, default=0)
-    reserved_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    cap_picos: Mapped[int] = mapped_column(BigInteger)
+    spent_picos: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved_picos: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class InputError(Base):

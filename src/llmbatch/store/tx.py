@@ -107,9 +107,9 @@ def _reserve_in_window(conn: Connection, pending: list[PendingReservation], refu
             refused[r.attempt_id] = BudgetExceeded(f"the global daily cap for {window} (UTC) is reached", scope="daily")
 
 
-def _window_upsert(conn: Connection, window: str, cap_micros: int) -> None:
+def _window_upsert(conn: Connection, window: str, cap_picos: int) -> None:
     ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(budget_windows)
-    conn.execute(ins.values(window=window, cap_micros=cap_micros, spent_micros=0, reserved_micros=0)
+    conn.execute(ins.values(window=window, cap_picos=cap_picos, spent_picos=0, reserved_picos=0)
                  .on_conflict_do_nothing(index_elements=["window"]))
 
 
@@ -117,8 +117,8 @@ def _window_upsert(conn: Connection, window: str, cap_micros: int) -> None:
 # prefix because SQLAlchemy reserves column names for SET clauses.
 _JOB_DELTA = (
     update(jobs).where(jobs.c.id == bindparam("b_job"))
-    .values(reserved_micros=jobs.c.reserved_micros + bindparam("b_reserved"),
-            spent_micros=jobs.c.spent_micros + bindparam("b_spent"), last_activity_at=bindparam("b_now"))
+    .values(reserved_picos=jobs.c.reserved_picos + bindparam("b_reserved"),
+            spent_picos=jobs.c.spent_picos + bindparam("b_spent"), last_activity_at=bindparam("b_now"))
 )
 _JOB_STARTED = (
     update(jobs).where(jobs.c.id == bindparam("b_job"), jobs.c.status == JobStatus.queued)
@@ -127,21 +127,21 @@ _JOB_STARTED = (
 _RESERVE_JOB = (
     update(jobs)
     .where(jobs.c.id == bindparam("b_job"),
-           (jobs.c.budget_micros.is_(None))
-           | (jobs.c.spent_micros + jobs.c.reserved_micros + bindparam("b_amount") <= jobs.c.budget_micros))
-    .values(reserved_micros=jobs.c.reserved_micros + bindparam("b_amount"))
+           (jobs.c.budget_picos.is_(None))
+           | (jobs.c.spent_picos + jobs.c.reserved_picos + bindparam("b_amount") <= jobs.c.budget_picos))
+    .values(reserved_picos=jobs.c.reserved_picos + bindparam("b_amount"))
 )
 _WINDOW_DELTA = (
     update(budget_windows).where(budget_windows.c.window == bindparam("b_window"))
-    .values(reserved_micros=budget_windows.c.reserved_micros + bindparam("b_reserved"),
-            spent_micros=budget_windows.c.spent_micros + bindparam("b_spent"))
+    .values(reserved_picos=budget_windows.c.reserved_picos + bindparam("b_reserved"),
+            spent_picos=budget_windows.c.spent_picos + bindparam("b_spent"))
 )
 _RESERVE_WINDOW = (
     update(budget_windows)
     .where(budget_windows.c.window == bindparam("b_window"),
-           budget_windows.c.spent_micros + budget_windows.c.reserved_micros + bindparam("b_amount")
+           budget_windows.c.spent_picos + budget_windows.c.reserved_picos + bindparam("b_amount")
            <= bindparam("b_cap"))
-    .values(reserved_micros=budget_windows.c.reserved_micros + bindparam("b_amount"), cap_micros=bindparam("b_cap"))
+    .values(reserved_picos=budget_windows.c.reserved_picos + bindparam("b_amount"), cap_picos=bindparam("b_cap"))
 )
 
 

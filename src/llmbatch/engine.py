@@ -20,8 +20,8 @@ from .breaker import ProviderBreaker, Ticket
 from .catalog import Catalog, ModelInfo
 from .catalog.pricing import price
 from .config import Settings
-from .errors import (BudgetExceeded, FatalError, PricingError, ProviderError, ProviderTimeout, RateLimitedError,
-                     RerouteError, RetryableError)
+from .errors import (BudgetExceeded, FatalError, Interrupted, PricingError, ProviderError, ProviderTimeout,
+                     RateLimitedError, RerouteError, RetryableError, StoreWriteError)
 from .models import ChatRequest, JobSpec, TaskLine
 from .money import exact_usd, usd_to_micros
 from .prompts import build_request
@@ -113,6 +113,10 @@ class Engine:
         self.progress = Progress()
         self.rng = rng or random.Random()
         self._jobs: dict[str, JobContext] = {}
+        # Set by stop() (Ctrl-C, SIGTERM) or a store that cannot take writes: no new claim, no new attempt;
+        # tasks not finished are handed back by the caller (jobs.running.release_leases).
+        self.stopping = False
+        self.fatal: StoreWriteError | None = None
         self.daily_cap_micros = usd_to_micros(settings.daily_cap_usd) if settings.daily_cap_usd is not None else None
 
     # ------------------------------------------------------------------------------------- job state
@@ -139,11 +143,16 @@ class Engine:
             ctx.cancelled = await self.store.read(repo.is_cancel_requested, ctx.job_id)
         return ctx.cancelled
 
+    def stop(self) -> None:
+        self.stopping = True
+
     # ------------------------------------------------------------------------------------------ units
 
     async def run_range(self, job_id: str, lo: int, hi: int) -> int:
         """Claim and run every unfinished task with lo <= seq <= hi. Returns how many tasks this call ran."""
         ctx = await self.job_context(job_id)
+        if self.stopping:
+            return 0
         claimed, poisoned = await self.store.claim(
             job_id, lo, hi, worker=self.worker_id, lease_s=self.settings.lease_seconds,
             max_deliveries=self.settings.max_deliveries)
@@ -176,7 +185,14 @@ class Engine:
     async def _run_claimed(self, ctx: JobContext, claimed: repo.ClaimedTask, running: set[int]) -> None:
         async with self.slots:
             try:
+                if self.stopping:
+                    return  # claimed but not started: its lease is handed back
                 status = await self.run_task(ctx, claimed)
+            except Interrupted:
+                return  # stopping between attempts: the task goes back to the queue as it is
+            except StoreWriteError as e:  # full disk, read-only, locked: stop the run, record nothing more
+                self.fatal = self.fatal or e
+                self.stopping = True
             except Exception as e:  # noqa: BLE001 - one task's bug must not lose the others; record it
                 log.exception("task %s crashed", claimed.task_id)
                 status = TaskStatus.failed
@@ -282,6 +298,8 @@ class Engine:
         """One attempt: checks, rate limit, reservation, the call, then what its answer means. Returns what
         _try_candidate returns, or RETRY (try this model again)."""
         model, policy = cand.model, self.settings.retry
+        if self.stopping:
+            raise Interrupted("the run is stopping")
         if await self.is_cancelled(ctx):
             return await self._finish(ctx, claimed, status=TaskStatus.cancelled, skip_reason="cancelled",
                                       error="job cancelled", escalations=state.escalations)

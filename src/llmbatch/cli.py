@@ -117,9 +117,9 @@ def build_spec(spec_path, task, labels, schema_path, budget, max_cost_per_task, 
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "spec"
         flag = {"budget_usd": "--budget", "max_cost_per_task_usd": "--max-cost-per-task"}.get(where, where)
-        src = f"{spec_path}: " if spec_path and where in data and flags.get(where) is None else ""
-        raise InputError(f"{src or 'job spec: '}{flag if not src else where}: "
-                         f"{first['msg'].removeprefix('Value error, ')}") from None
+        from_file = spec_path and flags.get(where) is None
+        src = f"{spec_path}: {where}" if from_file else (flag if flag != where else f"job spec: {where}")
+        raise InputError(f"{src}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def _create(settings: Settings, input_path: str, spec: JobSpec, executor: str, as_json: bool):

@@ -65,11 +65,13 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except OSError:  # PermissionError: someone else's live process
         return True
-    except OSError:
+    try:  # a zombie (killed, not yet reaped by its parent) answers kill(0) but runs nothing
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
         return True
-    return True
 
 
 def dead_local_owners(conn: Connection, job_id: str) -> list[str]:

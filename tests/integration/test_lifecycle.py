@@ -272,3 +272,50 @@ def test_celery_resume_takes_back_a_killed_workers_tasks_at_once(tmp_path, fresh
     print(f"\ncelery: resume after a worker SIGKILL finished the job in {took:.1f}s")
     check_ledger(fresh_postgres_url, job_id)
     _nothing_paid_after_success(fresh_postgres_url, job_id)
+
+
+# ------------------------------------------------------------------------------- bad configuration
+
+
+# Through the real CLI (each value problem has its in-process case in tests/unit/test_config.py).
+BAD_CONFIG = [
+    # (id, extra env, toml text or None, args after the input file, what the one line must name)
+    ("budget-nan", {}, None, ["--budget", "NaN"], "--budget"),
+    ("concurrency-negative", {}, None, ["--concurrency", "-3"], "--concurrency"),
+    ("env-concurrency-zero", {"LLMBATCH_CONCURRENCY": "0"}, None, [], "LLMBATCH_CONCURRENCY"),
+    ("toml-unknown-key", {}, "daily_cap_us = 5\n", [], "did you mean 'daily_cap_usd'"),
+    ("bad-database-url", {"LLMBATCH_DATABASE_URL": "llmbatch.db"}, None, [], "LLMBATCH_DATABASE_URL"),
+    ("unreachable-broker", {"LLMBATCH_BROKER_URL": "redis://127.0.0.1:1/0"}, None, [], "broker"),
+    ("unreachable-store", {"LLMBATCH_DATABASE_URL": "postgresql://u:secret@127.0.0.1:1/x"}, None, [],
+     "cannot open the store"),
+    ("read-only-store", {"LLMBATCH_DATABASE_URL": "RO"}, None, [], "read-only"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_CONFIG, ids=[c[0] for c in BAD_CONFIG])
+def test_bad_configuration_is_one_line_exit_2_and_no_orphan_job(tmp_path, case):
+    _, extra, toml_text, args, names = case
+    src = tmp_path / "reviews.jsonl"
+    write_reviews(src, 5)
+    db = tmp_path / "good.db"
+    good_url = f"sqlite:///{db}"
+    with get_engine(good_url).begin():
+        pass  # the store exists (migrated) so "no orphan job" is checkable, and so is the read-only copy
+    env = cli_env(good_url)
+    if extra.get("LLMBATCH_DATABASE_URL") == "RO":
+        extra = {"LLMBATCH_DATABASE_URL": f"sqlite:///file:{db}?mode=ro&uri=true"}
+    env.update(extra)
+    if toml_text is not None:
+        (tmp_path / "llmbatch.toml").write_text(toml_text)
+        env["LLMBATCH_CONFIG"] = str(tmp_path / "llmbatch.toml")
+    for command in (["run", str(src), "--simulate", *args], ["submit", str(src), "--simulate", *args]):
+        if command[0] == "submit" and "LLMBATCH_BROKER_URL" not in extra:
+            continue  # submit without a broker is its own (tested) error
+        p = run_cli(command, env, timeout=120)
+        err = p.stderr.strip()
+        assert p.returncode == 2, (command, p.returncode, p.stderr)
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert names in err, err
+        assert "secret" not in err
+        with get_engine(good_url).connect() as c:
+            assert repo.list_jobs(c) == [], f"{command[0]} left an orphan job: {err}"

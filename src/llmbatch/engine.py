@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass, field
 import orjson
 
-from . import backoff
+from . import decisions
 from .breaker import ProviderBreaker, Ticket
 from .catalog import Catalog, ModelInfo
 from .catalog.pricing import price
 from .config import Settings
-from .errors import (BudgetExceeded, FatalError, Interrupted, PricingError, ProviderError, ProviderTimeout,
-                     RateLimitedError, RerouteError, RetryableError, StoreWriteError)
+from .errors import (BudgetExceeded, Interrupted, PricingError, ProviderError, ProviderTimeout, RateLimitedError,
+                     RetryableError, StoreWriteError)
 from .models import ChatRequest, JobSpec, TaskLine
 from .money import exact_usd, usd_to_micros
 from .prompts import build_request
@@ -244,8 +244,10 @@ class Engine:
             outcome = await self._try_candidate(ctx, claimed, task, request, cand, state, deadline)
             if outcome is ESCALATE:
                 higher = escalation_order(decision, cand.model)
-                if not higher or not ctx.spec.escalate:
-                    why = "no higher tier to escalate to" if ctx.spec.escalate else "escalation disabled"
+                move = decisions.after_invalid_output(higher_tier_left=bool(higher),
+                                                      escalation_enabled=ctx.spec.escalate)
+                if move.kind == decisions.FAIL:
+                    why = move.reason
                     return await self._finish(ctx, claimed, status=TaskStatus.failed, provider=cand.model.provider,
                                               model=cand.model.model, escalations=state.escalations,
                                               error=f"invalid output from {cand.model.key}: {state.last_error} ({why})")
@@ -375,27 +377,19 @@ class Engine:
                                   error_message=e.message, latency_ms=latency)
         else:
             await self._settle_error(attempt_id, cand, e, latency)
-        if isinstance(e, RerouteError):
+        move = decisions.after_error(e, n=n, policy=policy, time_left_s=deadline - time.time(), rng=self.rng)
+        if move.kind == decisions.FALLBACK:
+            state.last_error = move.reason
             return NEXT_CANDIDATE
-        if isinstance(e, FatalError):
+        if move.kind == decisions.FAIL:
             return await self._finish(ctx, claimed, status=TaskStatus.failed, provider=model.provider,
-                                      model=model.model, escalations=state.escalations,
-                                      error=f"{e.error_class}: {e.message}")
-        if isinstance(e, RateLimitedError):
-            # Every worker holds this model for the hint; the next acquire() waits it out, within the task
-            # deadline. No sleep here as well: that would wait twice.
-            hold = e.retry_after if e.retry_after is not None else policy.base_delay_s * (2 ** n)
-            self.health.cooldown_until[model.key] = time.time() + hold
-            await self.limiter.cooldown(model.key, hold)
+                                      model=model.model, escalations=state.escalations, error=move.reason)
+        if move.kind == decisions.COOLDOWN:
+            # The next acquire() waits the hold out, within the task deadline. No sleep here: that would wait twice.
+            self.health.cooldown_until[model.key] = time.time() + move.delay_s
+            await self.limiter.cooldown(model.key, move.delay_s)
             return RETRY
-        if n + 1 >= policy.max_attempts_per_model:
-            return RETRY  # the loop ends: no sleep before falling back to the next candidate
-        retry_after = e.retry_after if isinstance(e, RetryableError) else None
-        delay = backoff.retry_delay(n, retry_after, base=policy.base_delay_s, cap=policy.max_delay_s, rng=self.rng)
-        if time.time() + delay > deadline:  # a provider's hint can exceed what the task has left
-            state.last_error = f"{e.message} (asked to wait {delay:.0f}s, past the task deadline)"
-            return NEXT_CANDIDATE
-        await asyncio.sleep(delay)
+        await asyncio.sleep(move.delay_s)
         return RETRY
 
     async def _admit(self, ctx: JobContext, provider: str, deadline: float) -> Ticket | None:

@@ -1,12 +1,13 @@
-"""The `llmbatch` command: thin click commands over the library. Exit codes (DESIGN.md): 0 ok; 2 usage or
-input error; 3 the job finished with failed tasks; 4 the job stopped on its budget cap; 5 cancelled."""
+"""The `llmbatch` command: thin click commands over the library (the job lifecycle lives in llmbatch.jobs; this
+module parses and prints). Exit codes (DESIGN.md): 0 ok; 2 usage, input, configuration, store or broker error;
+3 the job finished with failed tasks; 4 the job stopped on its budget cap; 5 cancelled; 130 interrupted (resumable)."""
 
 from __future__ import annotations
 
 import csv
 import logging
+import signal
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -14,13 +15,15 @@ import orjson
 
 from . import __version__
 from .config import Settings, load_settings
-from .errors import ConfigError, InputError, LLMBatchError, StoreError
+from .errors import InputError, LLMBatchError
 from .models import JobSpec
 from .money import dumps_json, exact_usd
 
-EXIT_OK, EXIT_INPUT, EXIT_FAILED, EXIT_BUDGET, EXIT_CANCELLED = 0, 2, 3, 4, 5
+EXIT_OK, EXIT_INPUT, EXIT_FAILED, EXIT_BUDGET, EXIT_CANCELLED, EXIT_INTERRUPTED = 0, 2, 3, 4, 5, 130
 EXIT_FOR_STATUS = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "budget_exhausted": EXIT_BUDGET,
-                   "cancelled": EXIT_CANCELLED}
+                   "cancelled": EXIT_CANCELLED, "interrupted": EXIT_INTERRUPTED}
+JOB_STATUSES = ("queued", "running", "interrupted", "succeeded", "failed", "budget_exhausted", "cancelled")
+_debug = False  # --debug: let errors show their traceback
 MAX_ERRORS_SHOWN = 20
 
 
@@ -33,26 +36,18 @@ def _print_json(obj) -> None:
 
 
 def _settings(**overrides) -> Settings:
-    try:
-        return load_settings(**overrides)
-    except ConfigError as e:
-        raise click.UsageError(str(e)) from None
+    return load_settings(**overrides)  # a ConfigError becomes one line and exit 2 (entrypoint)
 
 
-def _reading(engine):
-    from .store.db import reading
+def _job(job_id: str | None, name: str | None = None) -> dict:
+    """The job addressed by id (or name) or --name; the newest with neither. JobNotFound names the store."""
+    from . import jobs
 
-    return reading(engine)
+    return jobs.find_job(_settings(), job_id, name=name)
 
 
-def _engine(settings: Settings):
-    from .store.db import get_engine
-
-    try:
-        return get_engine(settings.database_url)
-    except StoreError as e:
-        _err(str(e))
-        sys.exit(EXIT_INPUT)
+def name_option(f):
+    return click.option("--name", "by_name", help="Address the job by its name instead of its id.")(f)
 
 
 # ------------------------------------------------------------------------------------- job options
@@ -69,11 +64,13 @@ def job_options(f):
         click.option("--models", "allow", help="Comma-separated allow-list of models (provider/model or model)."),
         click.option("--deny", help="Comma-separated deny-list of models."),
         click.option("--model", "pin", help="Pin every line to this model (no routing)."),
-        click.option("--max-output-tokens", type=int, help="Default output cap per task."),
+        click.option("--max-output-tokens", type=click.IntRange(min=1), help="Default output cap per task."),
         click.option("--simulate", is_flag=True, help="Send every call to the bundled simulator (no API keys, no cost)."),
         click.option("--no-escalate", is_flag=True, help="Do not escalate to a higher tier when output fails validation."),
         click.option("--strict", is_flag=True, help="Refuse the whole file on the first bad line (exit 2, nothing written)."),
-        click.option("--name", help="A name for the job."),
+        click.option("--name", help="A name for the job (commands accept it in place of the id)."),
+        click.option("--new", "new", is_flag=True,
+                     help="Start a fresh job even if this file already ran with these options (default: resume it)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -85,7 +82,7 @@ def _comma_list(value: str | None) -> list[str] | None:
 
 
 def build_spec(spec_path, task, labels, schema_path, budget, max_cost_per_task, min_tier, allow, deny, pin,
-               max_output_tokens, simulate, no_escalate, strict, name) -> JobSpec:
+               max_output_tokens, simulate, no_escalate, strict, name, new=False) -> JobSpec:
     import yaml
     from pydantic import ValidationError
 
@@ -94,9 +91,9 @@ def build_spec(spec_path, task, labels, schema_path, budget, max_cost_per_task, 
         try:
             data = yaml.safe_load(Path(spec_path).read_text("utf-8")) or {}
         except yaml.YAMLError as e:
-            raise click.UsageError(f"{spec_path}: invalid YAML: {e}") from None
+            raise InputError(f"{spec_path}: invalid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(data, dict):
-            raise click.UsageError(f"{spec_path}: a job spec is a mapping of settings")
+            raise InputError(f"{spec_path}: a job spec is a mapping of settings")
     flags = {
         "task": task, "name": name, "min_tier": min_tier, "model": pin, "max_output_tokens": max_output_tokens,
         "labels": _comma_list(labels), "models": _comma_list(allow), "deny": _comma_list(deny),
@@ -106,7 +103,7 @@ def build_spec(spec_path, task, labels, schema_path, budget, max_cost_per_task, 
         try:
             flags["schema"] = orjson.loads(Path(schema_path).read_bytes())
         except orjson.JSONDecodeError as e:
-            raise click.UsageError(f"{schema_path}: invalid JSON: {e}") from None
+            raise InputError(f"{schema_path}: invalid JSON: {e}") from None
     data.update({k: v for k, v in flags.items() if v is not None})
     if simulate:
         data["simulate"] = True
@@ -119,7 +116,10 @@ def build_spec(spec_path, task, labels, schema_path, budget, max_cost_per_task, 
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "spec"
-        raise click.UsageError(f"job spec: {where}: {first['msg']}") from None
+        flag = {"budget_usd": "--budget", "max_cost_per_task_usd": "--max-cost-per-task"}.get(where, where)
+        from_file = spec_path and flags.get(where) is None
+        src = f"{spec_path}: {where}" if from_file else (flag if flag != where else f"job spec: {where}")
+        raise InputError(f"{src}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def _create(settings: Settings, input_path: str, spec: JobSpec, executor: str, as_json: bool):
@@ -132,9 +132,6 @@ def _create(settings: Settings, input_path: str, spec: JobSpec, executor: str, a
         if spec.strict:
             _err("nothing was written (--strict); fix the line or drop --strict to run the valid lines")
         sys.exit(EXIT_INPUT)
-    except StoreError as e:
-        _err(str(e))
-        sys.exit(EXIT_INPUT)
     _show_line_errors(input_path, report.errors, report.rejected,
                       more=f"; `llmbatch status {job_id} --errors` lists them",
                       summary=f"{report.rejected} line(s) rejected, {report.accepted} accepted; the accepted lines run")
@@ -143,32 +140,86 @@ def _create(settings: Settings, input_path: str, spec: JobSpec, executor: str, a
     return job_id, report
 
 
+def _job_for_command(settings: Settings, input_path: str, spec: JobSpec, *, executor: str, new: bool,
+                     as_json: bool) -> tuple[dict, int, bool]:
+    """run/submit: the job this command runs. The same file with the same options resumes the job made from it
+    (or reports it, if it finished); --new, or a first run, creates one. Returns (job row, lines rejected,
+    finished already)."""
+    from . import jobs
+
+    if not new:
+        job = jobs.find_same_command(settings, input_path, spec)
+        if job is not None:
+            if job["status"] in EXIT_FOR_STATUS and job["status"] != "interrupted":
+                _err(f"job {job['id']} already ran {input_path} with these options and ended {job['status']}; "
+                     f"its summary follows (--new runs the file again as a new job)")
+                return job, job["invalid_lines"], True
+            plan = jobs.prepare_resume(settings, job["id"])
+            _err(f"resuming job {job['id']}: {plan.done:,} of {plan.done + plan.left:,} done"
+                 + (" (--new starts a fresh job)" if not as_json else ""))
+            return jobs.find_job(settings, job["id"]), job["invalid_lines"], False
+    job_id, report = _create(settings, input_path, spec, executor, as_json)
+    return jobs.find_job(settings, job_id), report.rejected, False
+
+
+def _run_job(settings: Settings, job: dict, *, concurrency: int | None, as_json: bool, wait: bool = True,
+             simulate: bool = False) -> int:
+    """Dispatch the job with its executor, wait, print the end: the exit code."""
+    from . import jobs
+
+    done, left = jobs.done_and_left(settings, job["id"])
+    if left:
+        from .render import LiveProgress
+
+        with LiveProgress(done + left, done=done, enabled=not as_json and sys.stderr.isatty()) as progress:
+            outcome = jobs.dispatch(settings, job, concurrency=concurrency, wait=wait, force_simulate=simulate,
+                                    on_progress=progress.update, on_notice=_err)
+        if outcome.interrupted and outcome.status is None:  # stopped waiting on Celery workers
+            sys.exit(EXIT_INTERRUPTED)
+        if outcome.interrupted:
+            if as_json:
+                _print_json(jobs.status(settings, job["id"]))
+            _err(f"interrupted: {outcome.done:,} done, {outcome.left:,} left — resume with: llmbatch resume {job['id']}")
+            sys.exit(EXIT_INTERRUPTED)
+        if not wait:
+            if not as_json:
+                _err(f"{job['id']}: {outcome.left:,} task(s) wait; run them with: llmbatch resume {job['id']}"
+                     if job["executor"] == "local" else f"{job['id']}: dispatched")
+            return EXIT_OK
+    return _finish_output(settings, job["id"], as_json)
+
+
 def _finish_output(settings: Settings, job_id: str, as_json: bool) -> int:
-    from .reporting import status_dict
-    from .store import repo
+    from . import jobs
 
-    engine = _engine(settings)
-    with _reading(engine) as conn:
-        job = repo.get_job(conn, job_id)
-        st = status_dict(conn, job)
-        if as_json:
-            _print_json(st)
-        else:
-            from .render import summary_table
+    summary = jobs.summary(settings, job_id)
+    if as_json:
+        _print_json({k: summary[k] for k in ("job_id", "status", "counts", "spent_usd", "reserved_usd", "budget_usd",
+                                              "invalid_lines")})
+    else:
+        from .render import summary_table
 
-            summary_table(conn, job)
-    if job["status"] in EXIT_FOR_STATUS:
-        return EXIT_FOR_STATUS[job["status"]]
-    return EXIT_OK if not (st["counts"]["failed"]) else EXIT_FAILED
+        summary_table(summary)
+    if summary["status"] in EXIT_FOR_STATUS:
+        return EXIT_FOR_STATUS[summary["status"]]
+    return EXIT_OK if not (summary["counts"]["failed"]) else EXIT_FAILED
 
 
 # ---------------------------------------------------------------------------------------- commands
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="llmbatch")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
-def main(verbose: int) -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an error (normally one line).")
+def main(verbose: int, debug: bool) -> None:
     """Bulk LLM jobs on the cheapest good-enough model, under a hard budget, with a cost ledger."""
+    global _debug
+    _debug = debug
+    # SIGTERM before (or after) a run's own handlers: like Ctrl-C, one line and exit 130, not a silent kill.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -179,120 +230,149 @@ def main(verbose: int) -> None:
 @main.command()
 @click.argument("input_path", type=click.Path(exists=True, dir_okay=False))
 @job_options
-@click.option("--concurrency", type=int, help="Calls in flight (default from config: 64).")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Calls in flight (default from config: 64).")
 @click.option("--local", "force_local", is_flag=True, help="Run embedded even when a broker is configured.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
-def run(input_path, concurrency, force_local, as_json, **opts):
-    """Submit INPUT_PATH and wait for it. Embedded executor unless a broker is configured."""
+def run(input_path, concurrency, force_local, as_json, new, **opts):
+    """Submit INPUT_PATH and wait for it. Embedded executor unless a broker is configured. Running the same file
+    with the same options again resumes its job (--new starts a fresh one)."""
+    from . import jobs
+
     settings = _settings()
     spec = build_spec(**opts)
-    use_celery = bool(settings.broker_url) and not force_local
-    job_id, report = _create(settings, input_path, spec, "celery" if use_celery else "local", as_json)
-    if report.accepted:
-        if use_celery:
-            from .executors.celery_app import dispatch_job
-
-            dispatch_job(settings, job_id)
-            _wait(settings, job_id)
-        else:
-            from .jobs import run_embedded
-            from .render import LiveProgress
-
-            conc = concurrency or spec.concurrency or settings.concurrency
-            with LiveProgress(report.accepted, enabled=not as_json and sys.stderr.isatty()) as progress:
-                run_embedded(settings, job_id, concurrency=conc, on_progress=progress.update)
-    code = _finish_output(settings, job_id, as_json)
-    if report.rejected and code == EXIT_OK:  # the valid lines ran, but the input was not clean
+    executor = jobs.choose_executor(settings, force_local=force_local)
+    if executor == jobs.CELERY:
+        jobs.check_broker(settings)  # before anything is stored
+    job, rejected, finished = _job_for_command(settings, input_path, spec, executor=executor, new=new,
+                                               as_json=as_json)
+    if finished:
+        code = _finish_output(settings, job["id"], as_json)
+    else:
+        code = _run_job(settings, job, concurrency=concurrency or spec.concurrency, as_json=as_json)
+    if rejected and (code == EXIT_OK or not job["total_tasks"]):  # the input was not clean (or had no valid line)
         code = EXIT_INPUT
     sys.exit(code)
-
-
-def _wait(settings: Settings, job_id: str) -> None:
-    from .store import repo
-    from .store.schema import JobStatus
-
-    engine = _engine(settings)
-    while True:
-        with _reading(engine) as conn:
-            job = repo.get_job(conn, job_id)
-        if job["status"] in JobStatus.terminal:
-            return
-        time.sleep(0.5)
 
 
 @main.command()
 @click.argument("input_path", type=click.Path(exists=True, dir_okay=False))
 @job_options
 @click.option("--json", "as_json", is_flag=True)
-def submit(input_path, as_json, **opts):
-    """Store INPUT_PATH as a job and enqueue it to Celery; prints the job id."""
+def submit(input_path, as_json, new, **opts):
+    """Store INPUT_PATH as a job and enqueue it to Celery; prints the job id. The same file with the same options
+    again re-enqueues its unfinished job (--new starts a fresh one)."""
+    from . import jobs
+
     settings = _settings()
     if not settings.broker_url:
-        raise click.UsageError("submit needs a broker: set LLMBATCH_BROKER_URL (e.g. redis://localhost:6379/0), "
-                               "or use `llmbatch run` to run embedded")
+        raise InputError("submit needs a broker: set LLMBATCH_BROKER_URL (e.g. redis://localhost:6379/0), "
+                         "or use `llmbatch run` to run embedded")
     spec = build_spec(**opts)
-    job_id, report = _create(settings, input_path, spec, "celery", as_json)
+    jobs.check_broker(settings)  # before anything is stored
+    job, rejected, finished = _job_for_command(settings, input_path, spec, executor=jobs.CELERY, new=new,
+                                               as_json=as_json)
     units = 0
-    if report.accepted:
+    code = EXIT_INPUT if rejected and not job["total_tasks"] else EXIT_OK
+    if finished:
+        code = EXIT_FOR_STATUS.get(job["status"], EXIT_OK)
+    elif job["total_tasks"]:
+        if job["executor"] != jobs.CELERY:
+            raise InputError(f"job {job['id']} runs embedded; resume it with `llmbatch resume {job['id']}` "
+                             f"(or submit with --new)")
         from .executors.celery_app import dispatch_job
 
-        units = dispatch_job(settings, job_id)
+        units = dispatch_job(settings, job["id"])
     if as_json:
-        _print_json({"job_id": job_id, "tasks": report.accepted, "rejected": report.rejected, "units": units})
+        _print_json({"job_id": job["id"], "tasks": job["total_tasks"], "rejected": rejected, "units": units})
     else:
-        click.echo(job_id)
-    sys.exit(EXIT_INPUT if report.rejected and not report.accepted else EXIT_OK)
+        click.echo(job["id"])
+    sys.exit(code)
 
 
 @main.command()
-@click.option("--concurrency", type=int, default=200, show_default=True, help="Calls in flight in this process.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Calls in flight in this process (default from config).")
 @click.option("--simulate", is_flag=True, help="Treat every job as simulated (never call a paid API).")
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(concurrency, simulate, loglevel):
     """Start a Celery worker for the configured broker."""
+    from . import jobs
+
     settings = _settings()
     if not settings.broker_url:
-        raise click.UsageError("worker needs LLMBATCH_BROKER_URL (e.g. redis://localhost:6379/0)")
-    _engine(settings)  # migrate and fail fast on a bad store URL
+        raise InputError("worker needs LLMBATCH_BROKER_URL (e.g. redis://localhost:6379/0)")
+    jobs.store(settings)  # migrate and fail fast on a bad store URL
     from .executors.celery_app import start_worker
 
-    start_worker(concurrency=concurrency, force_simulate=simulate, loglevel=loglevel)
+    start_worker(concurrency=concurrency or settings.concurrency, force_simulate=simulate, loglevel=loglevel)
 
 
-def _resolve_job(conn, job_id: str | None) -> dict:
-    from .store import repo
+@main.command("jobs")
+@click.option("--status", "status_", type=click.Choice(JOB_STATUSES), help="Only jobs with this status.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def jobs_cmd(status_, limit, as_json):
+    """List jobs, newest first: id, name, created, status, counts, spent, budget."""
+    from . import jobs
 
-    job_id = job_id or repo.latest_job_id(conn)
-    job = repo.get_job(conn, job_id) if job_id else None
-    if job is None:
-        _err(f"no job {job_id!r} in this store" if job_id else "no jobs in this store yet")
-        sys.exit(EXIT_INPUT)
-    return job
+    settings = _settings()
+    rows = jobs.list_jobs(settings, status=status_, limit=limit)
+    if as_json:
+        _print_json(rows)
+    else:
+        from .render import jobs_table
+
+        jobs_table(rows, store=jobs.store_label(settings))
 
 
 @main.command()
 @click.argument("job_id", required=False)
+@name_option
+@click.option("--concurrency", type=click.IntRange(min=1), help="Calls in flight (embedded).")
+@click.option("--simulate", is_flag=True, help="Embedded: force the simulator.")
+@click.option("--json", "as_json", is_flag=True)
+def resume(job_id, by_name, concurrency, simulate, as_json):
+    """Run every unfinished task of an interrupted or stalled JOB (default: the newest job). Unknown outcomes are
+    reconciled first; tasks of a dead process on this host are taken back at once."""
+    from . import jobs
+
+    settings = _settings()
+    job = _job(job_id, by_name)
+    if job["status"] in ("succeeded", "failed", "budget_exhausted", "cancelled"):
+        hint = {"cancelled": "`llmbatch retry JOB` requeues its cancelled tasks",
+                "succeeded": "nothing is left to run"}.get(job["status"], "`llmbatch retry JOB` requeues failed or "
+                                                                          "skipped tasks (--budget USD raises the cap)")
+        _err(f"job {job['id']} already ended {job['status']}: {hint}")
+        sys.exit(_finish_output(settings, job["id"], as_json))
+    if job["executor"] == jobs.CELERY:
+        jobs.check_broker(settings) if settings.broker_url else None
+    plan = jobs.prepare_resume(settings, job["id"])
+    extra = [f"took back {plan.taken_back} task(s) of a stopped process"] if plan.taken_back else []
+    extra += [f"reconciled {plan.reconciled} call(s) of unknown outcome"] if plan.reconciled else []
+    _err(f"resuming job {job['id']}: {plan.done:,} of {plan.done + plan.left:,} done"
+         + (f" ({'; '.join(extra)})" if extra else ""))
+    sys.exit(_run_job(settings, jobs.find_job(settings, job["id"]), concurrency=concurrency, as_json=as_json,
+                      simulate=simulate))
+
+
+@main.command()
+@click.argument("job_id", required=False)
+@name_option
 @click.option("--watch", is_flag=True, help="Live progress bar until the job ends.")
 @click.option("--errors", "show_errors", is_flag=True, help="List the input lines that were rejected.")
 @click.option("--json", "as_json", is_flag=True)
-def status(job_id, watch, show_errors, as_json):
+def status(job_id, by_name, watch, show_errors, as_json):
     """Progress of JOB (default: the newest job)."""
-    from .reporting import status_dict
-    from .store import repo
-    from .store.schema import JobStatus
+    from . import jobs
 
     settings = _settings()
-    engine = _engine(settings)
-    with _reading(engine) as conn:
-        job = _resolve_job(conn, job_id)
+    job = _job(job_id, by_name)
     if watch and not as_json:
-        from .render import watch_status
+        from .render import WatchProgress
 
-        watch_status(engine, job["id"])
-    with _reading(engine) as conn:
-        job = repo.get_job(conn, job["id"])
-        st = status_dict(conn, job)
-        errors = repo.input_error_rows(conn, job["id"]) if show_errors else []
+        with WatchProgress() as w:
+            jobs.wait_for(settings, job["id"], on_update=w.update)
+    st = jobs.status(settings, job["id"])
+    errors = jobs.input_errors(settings, job["id"]) if show_errors else []
     if as_json:
         if show_errors:
             st["input_errors"] = [{"line": e["line_no"], "reason": e["reason"]} for e in errors]
@@ -302,44 +382,46 @@ def status(job_id, watch, show_errors, as_json):
         click.echo(f"{st['job_id']}  {st['status']}  total={c['total']} queued={c['queued']} running={c['running']} "
                    f"succeeded={c['succeeded']} failed={c['failed']} skipped={c['skipped']} cancelled={c['cancelled']}  "
                    f"spent=${st['spent_usd']:.6f}" + (f" of ${st['budget_usd']:.2f}" if st['budget_usd'] is not None else ""))
+        if st["status"] == "interrupted":
+            click.echo(f"interrupted with {c['queued'] + c['running']:,} task(s) left — resume with: "
+                       f"llmbatch resume {st['job_id']}")
         for e in errors:
             click.echo(e["reason"])
-    if job["status"] in JobStatus.terminal:
-        sys.exit(EXIT_FOR_STATUS.get(job["status"], EXIT_OK))
+    if st["status"] in ("succeeded", "failed", "budget_exhausted", "cancelled"):
+        sys.exit(EXIT_FOR_STATUS.get(st["status"], EXIT_OK))
 
 
 @main.command()
-@click.argument("job_id")
+@click.argument("job_id", required=False)
+@name_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file (default stdout).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "openai"]), default="jsonl", show_default=True)
-def results(job_id, output, fmt):
+def results(job_id, by_name, output, fmt):
     """One line per task of JOB, in input order."""
-    from .reporting import openai_batch_line, openai_rejected_line, result_lines
-    from .store import repo
+    from . import jobs
+    from .reporting import openai_batch_line, openai_rejected_line
 
     settings = _settings()
-    engine = _engine(settings)
+    job = _job(job_id, by_name)
     out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
     try:
-        with _reading(engine) as conn:
-            job = _resolve_job(conn, job_id)
-            lines = result_lines(conn, job["id"], with_final_attempt=fmt == "openai")
-            if fmt == "csv":
-                w = csv.writer(out)
-                w.writerow(["id", "status", "provider", "model", "output", "error", "input_tokens", "cached_tokens",
-                            "cache_write_tokens", "output_tokens", "reasoning_tokens", "cost_usd", "attempts"])
-                for r in lines:
-                    o = r["output"]
-                    w.writerow([r["id"], r["status"], r["provider"], r["model"],
-                                o if isinstance(o, str) or o is None else orjson.dumps(o).decode(), r["error"],
-                                *r["usage"].values(), r["cost_usd"], r["attempts"]])
-            else:
-                for seq, r in enumerate(lines):
-                    obj = openai_batch_line(r, job["id"], seq) if fmt == "openai" else r
-                    out.write(dumps_json(obj).decode() + "\n")
-                if fmt == "openai":  # rejected input lines too, as error lines with their custom_id
-                    for e in repo.input_error_rows(conn, job["id"], limit=None):
-                        out.write(dumps_json(openai_rejected_line(e, job["id"])).decode() + "\n")
+        lines = jobs.result_lines(settings, job["id"], with_final_attempt=fmt == "openai")
+        if fmt == "csv":
+            w = csv.writer(out)
+            w.writerow(["id", "status", "provider", "model", "output", "error", "input_tokens", "cached_tokens",
+                        "cache_write_tokens", "output_tokens", "reasoning_tokens", "cost_usd", "attempts"])
+            for r in lines:
+                o = r["output"]
+                w.writerow([r["id"], r["status"], r["provider"], r["model"],
+                            o if isinstance(o, str) or o is None else orjson.dumps(o).decode(), r["error"],
+                            *r["usage"].values(), r["cost_usd"], r["attempts"]])
+        else:
+            for seq, r in enumerate(lines):
+                obj = openai_batch_line(r, job["id"], seq) if fmt == "openai" else r
+                out.write(dumps_json(obj).decode() + "\n")
+            if fmt == "openai":  # rejected input lines too, as error lines with their custom_id
+                for e in jobs.rejected_lines(settings, job["id"]):
+                    out.write(dumps_json(openai_rejected_line(e, job["id"])).decode() + "\n")
     finally:
         if output:
             out.close()
@@ -347,24 +429,22 @@ def results(job_id, output, fmt):
 
 @main.command()
 @click.argument("job_id", required=False)
+@name_option
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--csv", "as_csv", is_flag=True, help="The by-model table as CSV.")
 @click.option("--attempts", "show_attempts", is_flag=True, help="Every ledger row (JSON lines), for audit.")
 @click.option("--baseline", help="Reference model for savings (default from config: gpt-4o).")
-def report(job_id, as_json, as_csv, show_attempts, baseline):
+def report(job_id, by_name, as_json, as_csv, show_attempts, baseline):
     """The spend audit of JOB: totals, by model, escalations, skips, baseline and savings."""
-    from .catalog.loading import load_catalog
-    from .reporting import attempt_lines, build_report
+    from . import jobs
 
     settings = _settings()
-    engine = _engine(settings)
-    with _reading(engine) as conn:
-        job = _resolve_job(conn, job_id)
-        if show_attempts:
-            for a in attempt_lines(conn, job["id"]):
-                click.echo(dumps_json(a).decode())
-            return
-        rep = build_report(conn, job["id"], load_catalog(settings), baseline_model=baseline or settings.baseline_model)
+    job = _job(job_id, by_name)
+    if show_attempts:
+        for a in jobs.attempt_lines(settings, job["id"]):
+            click.echo(dumps_json(a).decode())
+        return
+    rep = jobs.report(settings, job["id"], baseline_model=baseline)
     if as_json:
         _print_json(rep)
     elif as_csv:
@@ -384,13 +464,14 @@ def report(job_id, as_json, as_csv, show_attempts, baseline):
 @click.argument("input_path", type=click.Path(exists=True, dir_okay=False))
 @job_options
 @click.option("--json", "as_json", is_flag=True)
-def estimate(input_path, as_json, **opts):
+def estimate(input_path, as_json, new, **opts):
     """The cost of INPUT_PATH before running: expected, and the upper bound reservations will hold. No calls."""
     from .planning import plan_file
 
     settings = _settings()
     spec = build_spec(**opts)
     plan = plan_file(settings, input_path, spec)
+    _keys_assumed(plan)
     if as_json:
         _print_json(plan.estimate_dict())
     else:
@@ -409,7 +490,7 @@ def estimate(input_path, as_json, **opts):
 @click.option("--explain", is_flag=True, help="Show why each cheaper model was not eligible.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--limit", type=int, default=50, show_default=True, help="Tasks to show (table output).")
-def route_cmd(input_path, explain, as_json, limit, **opts):
+def route_cmd(input_path, explain, as_json, limit, new, **opts):
     """Which model each task of INPUT_PATH would get, and why."""
     from .planning import plan_file, route_item
 
@@ -427,6 +508,7 @@ def route_cmd(input_path, explain, as_json, limit, **opts):
 
         plan = plan_file(settings, input_path, spec, on_decision=emit)
         click.echo("[]" if first else "\n]")
+        _keys_assumed(plan)
         _plan_line_errors(input_path, plan)
         return
     from .render import route_table
@@ -442,7 +524,15 @@ def route_cmd(input_path, explain, as_json, limit, **opts):
 
     plan = plan_file(settings, input_path, spec, on_decision=keep)
     route_table(shown, total=total, explain=explain)
+    _keys_assumed(plan)
     _plan_line_errors(input_path, plan)
+
+
+def _keys_assumed(plan) -> None:
+    if plan.keys_assumed:
+        _err("no provider API key is set: every model was priced as if its provider were configured "
+             "(set OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, ... to plan for what can run here, "
+             "or use --simulate)")
 
 
 def _plan_line_errors(input_path, plan) -> None:
@@ -478,56 +568,43 @@ def models(as_json):
 
 
 @main.command()
-@click.argument("job_id")
-def cancel(job_id):
+@click.argument("job_id", required=False)
+@name_option
+def cancel(job_id, by_name):
     """Stop JOB: queued tasks are cancelled now; running ones stop before their next call."""
-    from .store import repo
+    from . import jobs
 
-    settings = _settings()
-    engine = _engine(settings)
-    with engine.begin() as conn:
-        job = _resolve_job(conn, job_id)
-        n = repo.request_cancel(conn, job["id"])
-        repo.finish_job_if_done(conn, job["id"])
+    if job_id is None and by_name is None:
+        raise click.UsageError("cancel needs JOB (or --name NAME)")
+    job = _job(job_id, by_name)
+    n = jobs.cancel(_settings(), job["id"])
     click.echo(f"{job['id']}: cancel requested; {n} queued task(s) cancelled")
 
 
 @main.command()
-@click.argument("job_id")
+@click.argument("job_id", required=False)
+@name_option
 @click.option("--budget", help="A new (larger) budget in USD for the job.")
 @click.option("--skipped-only", is_flag=True, help="Requeue skipped and cancelled tasks, not failed ones.")
-@click.option("--wait/--no-wait", default=True, help="Embedded: run now and wait (default).")
+@click.option("--wait/--no-wait", default=True, help="Run now and wait (default). Embedded --no-wait: `resume` runs them later.")
 @click.option("--simulate", is_flag=True, help="Embedded: force the simulator.")
-@click.option("--concurrency", type=int)
+@click.option("--concurrency", type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
-def retry(job_id, budget, skipped_only, wait, simulate, concurrency, as_json):
+def retry(job_id, by_name, budget, skipped_only, wait, simulate, concurrency, as_json):
     """Requeue JOB's failed and skipped tasks (optionally with a larger --budget) and run them."""
-    from .money import usd_to_picos
-    from .store import repo
+    from . import jobs
 
+    if job_id is None and by_name is None:
+        raise click.UsageError("retry needs JOB (or --name NAME)")
     settings = _settings()
-    engine = _engine(settings)
-    with engine.begin() as conn:
-        job = _resolve_job(conn, job_id)
-        n = repo.requeue_for_retry(conn, job["id"], budget_picos=usd_to_picos(budget) if budget else None,
-                                   include_failed=not skipped_only)
+    job = _job(job_id, by_name)
+    if job["executor"] == jobs.CELERY and settings.broker_url:
+        jobs.check_broker(settings)
+    n = jobs.requeue(settings, job["id"], budget_usd=budget, include_failed=not skipped_only)
     if not as_json:
-        click.echo(f"{job['id']}: {n} task(s) requeued", err=True)
-    if n == 0:
-        with engine.begin() as conn:
-            repo.finish_job_if_done(conn, job["id"])
-    elif settings.broker_url and job["executor"] == "celery":
-        from .executors.celery_app import dispatch_job
-
-        dispatch_job(settings, job["id"])
-        if not wait:
-            return
-        _wait(settings, job["id"])
-    elif wait:
-        from .jobs import run_embedded
-
-        run_embedded(settings, job["id"], concurrency=concurrency or settings.concurrency, force_simulate=simulate)
-    sys.exit(_finish_output(settings, job["id"], as_json))
+        _err(f"{job['id']}: {n} task(s) requeued")
+    sys.exit(_run_job(settings, jobs.find_job(settings, job["id"]), concurrency=concurrency, as_json=as_json,
+                      wait=wait, simulate=simulate))
 
 
 @main.command()
@@ -537,11 +614,13 @@ def retry(job_id, budget, skipped_only, wait, simulate, concurrency, as_json):
 @click.option("--grace", type=float, default=0.0, help="Only attempts unknown for at least this many seconds.")
 def reconcile(job_id, assume, grace):
     """Settle attempts whose outcome is unknown (worker died mid-call, timeout after send)."""
-    from .store import ledger
+    from . import jobs
 
     settings = _settings()
-    done = ledger.reconcile(_engine(settings), job_id=job_id, assume=assume, grace_s=grace)
-    click.echo(f"reconciled {len(done)} attempt(s) as {assume}")
+    if job_id is not None:
+        job_id = _job(job_id)["id"]
+    n = jobs.reconcile(settings, job_id, assume=assume, grace_s=grace)
+    click.echo(f"reconciled {n} attempt(s) as {assume}")
 
 
 @main.command()
@@ -580,11 +659,10 @@ def db():
 @db.command("upgrade")
 def db_upgrade():
     """Apply pending migrations (also done automatically on first use)."""
-    from .store.db import current_revision, get_engine, redact_url
+    from . import jobs
 
     settings = _settings()
-    engine = get_engine(settings.database_url)
-    click.echo(f"{redact_url(settings.database_url)} at revision {current_revision(engine)}")
+    click.echo(f"{jobs.store_label(settings)} at revision {jobs.store_revision(settings)}")
 
 
 @main.group()
@@ -640,12 +718,49 @@ def catalog_import(file, output, providers):
                f"or LLMBATCH_CATALOG_FILE to use it")
 
 
+def _one_line(e: BaseException) -> str:
+    """An error as one line: LLMBatch errors say what to do; store and OS errors are named for what they are."""
+    if isinstance(e, LLMBatchError):
+        return " ".join(str(e).split())
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(e, SQLAlchemyError):
+        from .store.db import classify_store_error
+
+        known = classify_store_error(e)
+        if known is not None:
+            return str(known)
+        first = (str(getattr(e, "orig", None) or e).strip().splitlines() or [type(e).__name__])[0]
+        return f"store error: {first[:300]}"
+    if isinstance(e, OSError):
+        return f"{str(e.filename) + ': ' if e.filename else ''}{e.strerror or e}"
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    return f"broker error ({type(e).__name__}): {first}; check LLMBATCH_BROKER_URL and that the broker runs"
+
+
 def entrypoint() -> None:
     try:
-        main(standalone_mode=True)
-    except LLMBatchError as e:
-        _err(str(e))
+        rv = main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as e:
+        hint = ""
+        if isinstance(e, click.UsageError) and e.ctx is not None:
+            hint = f" (see {e.ctx.command_path} --help)"
+        _err(" ".join(e.format_message().split()) + hint)
+        sys.exit(EXIT_INPUT if isinstance(e, click.UsageError) else e.exit_code)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:  # noqa: BLE001 - one line unless --debug
+        from sqlalchemy.exc import SQLAlchemyError
+
+        broker = type(e).__module__.split(".")[0] in ("kombu", "redis", "celery", "amqp")
+        if _debug or not (isinstance(e, (LLMBatchError, SQLAlchemyError, OSError)) or broker):
+            raise
+        _err(_one_line(e))
         sys.exit(EXIT_INPUT)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

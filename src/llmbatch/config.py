@@ -1,7 +1,11 @@
-"""Settings from the environment and an optional llmbatch.toml. Every tunable number lives here with its default.
+"""Settings from the environment and an optional llmbatch.toml: one validated pydantic-settings model.
+Every tunable number lives here with its default, written once.
 
 Precedence: explicit arguments > environment (LLMBATCH_*) > llmbatch.toml > defaults below.
 The TOML file is `$LLMBATCH_CONFIG` if set, else `./llmbatch.toml` if present.
+
+Values are checked (types, ranges; money finite and >= 0); an unknown key is refused with the closest valid
+name. Every problem is a ConfigError with one line that names the setting and where it came from.
 
     database_url = "postgresql+psycopg://..."
     broker_url = "redis://localhost:6379/0"
@@ -36,63 +40,111 @@ The TOML file is `$LLMBATCH_CONFIG` if set, else `./llmbatch.toml` if present.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
-from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///llmbatch.db"
+ENV_PREFIX = "LLMBATCH_"
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Usd = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts_per_model: int = 4  # tries on one model before falling back to the next candidate
-    max_attempts_per_task: int = 8  # all tries of one task, across models
-    base_delay_s: float = 0.5
-    max_delay_s: float = 30.0
-    task_deadline_s: float = 600.0  # no new attempt starts after this much time on one task
-    call_timeout_s: float = 120.0  # one HTTP call
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RetryPolicy(_Frozen):
+    max_attempts_per_model: PositiveInt = 4  # tries on one model before falling back to the next candidate
+    max_attempts_per_task: PositiveInt = 8  # all tries of one task, across models
+    base_delay_s: Seconds = 0.5
+    max_delay_s: Seconds = 30.0
+    task_deadline_s: PositiveSeconds = 600.0  # no new attempt starts after this much time on one task
+    call_timeout_s: PositiveSeconds = 120.0  # one HTTP call
     # Consecutive server-side failures (5xx, connect errors, timeouts, resets) of one provider, across tasks,
     # that pause calls to it (see breaker.py); 0 turns the breaker off.
-    breaker_failures: int = 5
+    breaker_failures: Annotated[int, Field(ge=0)] = 5
 
 
-@dataclass(frozen=True)
-class RateLimit:
+class RateLimit(_Frozen):
+    # Ranges are checked where limits are built (ratelimit.base), which names the key; load_settings checks too.
     rpm: int | None = None
     tpm: int | None = None
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
+    """The effective configuration. Construct it directly for a pure value (tests); load_settings() reads the
+    environment and llmbatch.toml."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", env_prefix=ENV_PREFIX,
+                                      validate_default=False)
+
     database_url: str = DEFAULT_DATABASE_URL
     broker_url: str | None = None
     simulator_url: str | None = None
     redis_url: str | None = None  # for shared rate limits; defaults to broker_url
-    daily_cap_usd: Decimal | None = None
+    daily_cap_usd: Usd | None = None
     baseline_model: str = "gpt-4o"
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    rate_limits: dict[str, RateLimit] = field(default_factory=dict)
-    providers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    retry: RetryPolicy = RetryPolicy()
+    rate_limits: dict[str, RateLimit] = {}
+    providers: dict[str, dict[str, Any]] = {}
+    models: dict[str, dict[str, Any]] = {}
     catalog_file: str | None = None  # extra catalog (e.g. from `llmbatch catalog import`)
-    lease_seconds: float = 300.0  # a claimed task is someone's for this long without a heartbeat
-    chunk_size: int = 50  # tasks per queue message
-    max_units_per_dispatch: int = 5000  # huge jobs get bigger units rather than more messages
-    max_deliveries: int = 5  # a task delivered this many times without finishing goes to failed (poison)
-    concurrency: int = 64  # calls in flight per process
-    shutdown_grace_s: float = 30.0  # a stopping worker's time to finish in-flight units before handing them back
+    lease_seconds: PositiveSeconds = 300.0  # a claimed task is someone's for this long without a heartbeat
+    chunk_size: PositiveInt = 50  # tasks per queue message
+    max_units_per_dispatch: PositiveInt = 5000  # huge jobs get bigger units rather than more messages
+    max_deliveries: PositiveInt = 5  # a task delivered this many times without finishing goes to failed (poison)
+    concurrency: PositiveInt = 64  # calls in flight per process (embedded run and each worker)
+    shutdown_grace_s: Seconds = 30.0  # a stopping run or worker's time to finish in-flight calls before handing them back
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        # A direct Settings(...) is a pure value; load_settings() adds the environment and the file itself.
+        return (init_settings,)
+
+    @field_validator("database_url", "broker_url", "redis_url", "simulator_url")
+    @classmethod
+    def _url(cls, v: str | None, info) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        if not v:
+            return None if info.field_name != "database_url" else DEFAULT_DATABASE_URL
+        if "://" not in v:
+            raise ValueError("not a URL (expected e.g. "
+                             + {"database_url": "sqlite:///llmbatch.db or postgresql://user@host/db",
+                                "simulator_url": "http://127.0.0.1:8765"}.get(info.field_name,
+                                                                               "redis://localhost:6379/0") + ")")
+        return v
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _limits(cls, v: dict[str, RateLimit]) -> dict[str, RateLimit]:
+        for name, rl in v.items():
+            for k in ("rpm", "tpm"):
+                n = getattr(rl, k)
+                if n is not None and n < 1:
+                    raise ValueError(f'"{name}".{k} must be >= 1 (got {n}); omit it for no limit')
+        return v
 
     @property
     def effective_redis_url(self) -> str | None:
         return self.redis_url or self.broker_url
 
 
-def _find_config_file() -> Path | None:
+def config_file() -> Path | None:
     env = os.environ.get("LLMBATCH_CONFIG")
     if env:
         p = Path(env)
@@ -103,50 +155,73 @@ def _find_config_file() -> Path | None:
     return p if p.is_file() else None
 
 
+# Top-level settings that may come from the environment (LLMBATCH_<NAME>); the tables come from the file only.
+_SCALARS = tuple(n for n, f in Settings.model_fields.items() if n not in ("retry", "rate_limits", "providers", "models"))
+
+
+def _closest(name: str, valid) -> str:
+    m = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean {m[0]!r}?)" if m else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def _unknown_keys(data: dict[str, Any], where: str) -> None:
+    top = set(Settings.model_fields)
+    for key in data:
+        if key not in top:
+            raise ConfigError(f"{where}: unknown key {key!r}{_closest(key, top)}")
+    retry = data.get("retry")
+    if isinstance(retry, dict):
+        for key in retry:
+            if key not in RetryPolicy.model_fields:
+                raise ConfigError(f"{where}: unknown key [retry].{key}{_closest(key, RetryPolicy.model_fields)}")
+    for name, rl in (data.get("rate_limits") or {}).items():
+        if isinstance(rl, dict):
+            for key in rl:
+                if key not in RateLimit.model_fields:
+                    raise ConfigError(f'{where}: unknown key [rate_limits."{name}"].{key}'
+                                      f"{_closest(key, RateLimit.model_fields)}")
+
+
 def load_settings(**overrides: Any) -> Settings:
-    path = _find_config_file()
+    """The settings for this process: arguments (None = not given) > LLMBATCH_* > llmbatch.toml > defaults."""
+    path = config_file()
     data: dict[str, Any] = {}
     if path is not None:
         try:
             data = tomllib.loads(path.read_text("utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: invalid TOML: {e}") from None
-    env = os.environ
-
-    def pick(key: str, env_key: str, default=None):
-        if overrides.get(key) is not None:
-            return overrides[key]
-        if env.get(env_key):
-            return env[env_key]
-        return data.get(key, default)
-
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
+        _unknown_keys(data, str(path))
+    source: dict[str, str] = {k: f"{path}: {k}" for k in data}
+    merged = dict(data)
+    for name in _SCALARS:
+        value = os.environ.get(ENV_PREFIX + name.upper())
+        if value is not None and value.strip() != "":
+            merged[name] = value
+            source[name] = ENV_PREFIX + name.upper()
+    for name, value in overrides.items():
+        if value is not None:
+            if name not in Settings.model_fields:
+                raise ConfigError(f"unknown setting {name!r}{_closest(name, Settings.model_fields)}")
+            merged[name] = value
+            source[name] = f"--{name.replace('_', '-')}"
     try:
-        retry = RetryPolicy(**data.get("retry", {}))
-    except TypeError as e:
-        raise ConfigError(f"{path}: [retry]: {e}") from None
-    rate_limits = {}
-    for name, rl in data.get("rate_limits", {}).items():
-        try:
-            rate_limits[name] = RateLimit(**rl)
-        except TypeError as e:
-            raise ConfigError(f"{path}: [rate_limits.\"{name}\"]: {e}") from None
-    cap = pick("daily_cap_usd", "LLMBATCH_DAILY_CAP_USD")
-    return Settings(
-        database_url=pick("database_url", "LLMBATCH_DATABASE_URL", DEFAULT_DATABASE_URL),
-        broker_url=pick("broker_url", "LLMBATCH_BROKER_URL"),
-        simulator_url=pick("simulator_url", "LLMBATCH_SIMULATOR_URL"),
-        redis_url=pick("redis_url", "LLMBATCH_REDIS_URL"),
-        daily_cap_usd=Decimal(str(cap)) if cap is not None else None,
-        baseline_model=pick("baseline_model", "LLMBATCH_BASELINE_MODEL", "gpt-4o"),
-        retry=retry,
-        rate_limits=rate_limits,
-        providers=data.get("providers", {}),
-        models=data.get("models", {}),
-        catalog_file=pick("catalog_file", "LLMBATCH_CATALOG_FILE"),
-        lease_seconds=float(pick("lease_seconds", "LLMBATCH_LEASE_SECONDS", 300.0)),
-        chunk_size=int(pick("chunk_size", "LLMBATCH_CHUNK_SIZE", 50)),
-        max_units_per_dispatch=int(pick("max_units_per_dispatch", "LLMBATCH_MAX_UNITS_PER_DISPATCH", 5000)),
-        max_deliveries=int(pick("max_deliveries", "LLMBATCH_MAX_DELIVERIES", 5)),
-        concurrency=int(pick("concurrency", "LLMBATCH_CONCURRENCY", 64)),
-        shutdown_grace_s=float(pick("shutdown_grace_s", "LLMBATCH_SHUTDOWN_GRACE_S", 30.0)),
-    )
+        return Settings(**merged)
+    except ValidationError as e:
+        raise ConfigError(describe_error(e, source)) from None
+
+
+def describe_error(e: ValidationError, source: dict[str, str] | None = None) -> str:
+    """One line for the first problem: where the value came from, what is wrong, what was given."""
+    first = e.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    top = loc[0] if loc else "settings"
+    where = (source or {}).get(top, top)
+    if len(loc) > 1:
+        where += "." + ".".join(loc[1:])
+    msg = first["msg"].removeprefix("Value error, ")
+    given = first.get("input")
+    shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
+    return f"{where}: {msg}{shown}"

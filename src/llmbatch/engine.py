@@ -16,13 +16,13 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 import orjson
 
-from . import backoff
+from . import decisions
 from .breaker import ProviderBreaker, Ticket
 from .catalog import Catalog, ModelInfo
 from .catalog.pricing import price, upper_bound_picos
 from .config import Settings
-from .errors import (BudgetExceeded, FatalError, PricingError, ProviderError, ProviderTimeout, RateLimitedError,
-                     RerouteError, RetryableError)
+from .errors import (BudgetExceeded, Interrupted, PricingError, ProviderError, ProviderTimeout, RateLimitedError,
+                     RetryableError, StoreWriteError)
 from .models import ChatRequest, JobSpec, TaskLine
 from .money import exact_usd, usd_to_picos
 from .prompts import build_request
@@ -126,6 +126,10 @@ class Engine:
         # that bills more than our bound (added system prompts, ignored caps, tokenizer surprises) keeps
         # doing so.
         self.overrun_factor: dict[str, Fraction] = {}
+        # Set by stop() (Ctrl-C, SIGTERM) or a store that cannot take writes: no new claim, no new attempt;
+        # tasks not finished are handed back by the caller (jobs.running.release_leases).
+        self.stopping = False
+        self.fatal: StoreWriteError | None = None
         self.daily_cap_picos = usd_to_picos(settings.daily_cap_usd) if settings.daily_cap_usd is not None else None
 
     # ------------------------------------------------------------------------------------- job state
@@ -155,11 +159,16 @@ class Engine:
             ctx.cancelled = await self.store.read(repo.is_cancel_requested, ctx.job_id)
         return ctx.cancelled
 
+    def stop(self) -> None:
+        self.stopping = True
+
     # ------------------------------------------------------------------------------------------ units
 
     async def run_range(self, job_id: str, lo: int, hi: int) -> int:
         """Claim and run every unfinished task with lo <= seq <= hi. Returns how many tasks this call ran."""
         ctx = await self.job_context(job_id)
+        if self.stopping:
+            return 0
         claimed, poisoned = await self.store.claim(
             job_id, lo, hi, worker=self.worker_id, lease_s=self.settings.lease_seconds,
             max_deliveries=self.settings.max_deliveries)
@@ -192,7 +201,14 @@ class Engine:
     async def _run_claimed(self, ctx: JobContext, claimed: repo.ClaimedTask, running: set[int]) -> None:
         async with self.slots:
             try:
+                if self.stopping:
+                    return  # claimed but not started: its lease is handed back
                 status = await self.run_task(ctx, claimed)
+            except Interrupted:
+                return  # stopping between attempts: the task goes back to the queue as it is
+            except StoreWriteError as e:  # full disk, read-only, locked: stop the run, record nothing more
+                self.fatal = self.fatal or e
+                self.stopping = True
             except Exception as e:  # noqa: BLE001 - one task's bug must not lose the others; record it
                 log.exception("task %s crashed", claimed.task_id)
                 status = TaskStatus.failed
@@ -244,8 +260,10 @@ class Engine:
             outcome = await self._try_candidate(ctx, claimed, task, request, cand, state, deadline)
             if outcome is ESCALATE:
                 higher = escalation_order(decision, cand.model)
-                if not higher or not ctx.spec.escalate:
-                    why = "no higher tier to escalate to" if ctx.spec.escalate else "escalation disabled"
+                move = decisions.after_invalid_output(higher_tier_left=bool(higher),
+                                                      escalation_enabled=ctx.spec.escalate)
+                if move.kind == decisions.FAIL:
+                    why = move.reason
                     return await self._finish(ctx, claimed, status=TaskStatus.failed, provider=cand.model.provider,
                                               model=cand.model.model, escalations=state.escalations,
                                               error=("truncated: " if state.truncated else "")
@@ -320,6 +338,8 @@ class Engine:
         """One attempt: checks, rate limit, reservation, the call, then what its answer means. Returns what
         _try_candidate returns, or RETRY (try this model again)."""
         model, policy = cand.model, self.settings.retry
+        if self.stopping:
+            raise Interrupted("the run is stopping")
         if await self.is_cancelled(ctx):
             return await self._finish(ctx, claimed, status=TaskStatus.cancelled, skip_reason="cancelled",
                                       error="job cancelled", escalations=state.escalations)
@@ -408,27 +428,19 @@ class Engine:
                                   error_message=e.message, latency_ms=latency)
         else:
             await self._settle_error(ctx, attempt_id, cand, e, latency, state)
-        if isinstance(e, RerouteError):
+        move = decisions.after_error(e, n=n, policy=policy, time_left_s=deadline - time.time(), rng=self.rng)
+        if move.kind == decisions.FALLBACK:
+            state.last_error = move.reason
             return NEXT_CANDIDATE
-        if isinstance(e, FatalError):
+        if move.kind == decisions.FAIL:
             return await self._finish(ctx, claimed, status=TaskStatus.failed, provider=model.provider,
-                                      model=model.model, escalations=state.escalations,
-                                      error=f"{e.error_class}: {e.message}")
-        if isinstance(e, RateLimitedError):
-            # Every worker holds this model for the hint; the next acquire() waits it out, within the task
-            # deadline. No sleep here as well: that would wait twice.
-            hold = e.retry_after if e.retry_after is not None else policy.base_delay_s * (2 ** n)
-            self.health.cooldown_until[model.key] = time.time() + hold
-            await self.limiter.cooldown(model.key, hold)
+                                      model=model.model, escalations=state.escalations, error=move.reason)
+        if move.kind == decisions.COOLDOWN:
+            # The next acquire() waits the hold out, within the task deadline. No sleep here: that would wait twice.
+            self.health.cooldown_until[model.key] = time.time() + move.delay_s
+            await self.limiter.cooldown(model.key, move.delay_s)
             return RETRY
-        if n + 1 >= policy.max_attempts_per_model:
-            return RETRY  # the loop ends: no sleep before falling back to the next candidate
-        retry_after = e.retry_after if isinstance(e, RetryableError) else None
-        delay = backoff.retry_delay(n, retry_after, base=policy.base_delay_s, cap=policy.max_delay_s, rng=self.rng)
-        if time.time() + delay > deadline:  # a provider's hint can exceed what the task has left
-            state.last_error = f"{e.message} (asked to wait {delay:.0f}s, past the task deadline)"
-            return NEXT_CANDIDATE
-        await asyncio.sleep(delay)
+        await asyncio.sleep(move.delay_s)
         return RETRY
 
     async def _admit(self, ctx: JobContext, provider: str, deadline: float) -> Ticket | None:

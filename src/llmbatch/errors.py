@@ -27,6 +27,23 @@ class StoreError(LLMBatchError):
     """The store is unreachable or inconsistent."""
 
 
+class StoreWriteError(StoreError):
+    """The store answers but cannot take writes (disk full, read-only database, locked database). Retrying does
+    not help: the run stops cleanly (leases released where possible) and the message says what to fix."""
+
+
+class BrokerError(LLMBatchError):
+    """The broker (LLMBATCH_BROKER_URL) cannot be reached. Checked before anything is stored."""
+
+
+class JobNotFound(LLMBatchError):
+    """No job with that id or name in the store that was read (the message names the store)."""
+
+
+class Interrupted(LLMBatchError):
+    """Raised inside the engine once a run is stopping: the task goes back to the queue, nothing is recorded."""
+
+
 class CatalogError(LLMBatchError):
     """A model is unknown or cannot be priced."""
 

@@ -165,6 +165,8 @@ class JobSpec(BaseModel):
             d = Decimal(str(v))
         except InvalidOperation:
             raise ValueError(f"not a dollar amount: {v!r}") from None
+        if not d.is_finite():
+            raise ValueError(f"not a dollar amount: {v!r} (give a finite number, e.g. 40 or 0.25)")
         if d < 0:
             raise ValueError("must be >= 0")
         return str(d)

@@ -32,6 +32,8 @@ class Plan:
         lambda: {"tasks": 0, "estimated_picos": 0, "upper_bound_picos": 0, "input_tokens": 0, "output_tokens": 0}))
     errors: list[LineError] = field(default_factory=list)  # the first MAX_ERRORS_KEPT
     invalid_lines: int = 0
+    # No provider key is set (and not --simulate): every model was priced as if its provider were configured.
+    keys_assumed: bool = False
 
     @property
     def over_budget(self) -> bool:
@@ -46,6 +48,7 @@ class Plan:
             "over_budget": self.over_budget,
             "unroutable": self.unroutable,
             "invalid_lines": self.invalid_lines,
+            "keys_assumed": self.keys_assumed,
             "by_model": [{"model": k, "tasks": v["tasks"], "estimated_usd": usd_json(v["estimated_picos"]),
                           "upper_bound_usd": usd_json(v["upper_bound_picos"]),
                           "input_tokens": v["input_tokens"], "output_tokens": v["output_tokens"]}
@@ -82,8 +85,11 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
     catalog = load_catalog(settings)
     check_spec_names(spec, catalog)
     credentials = available_credentials(catalog, simulate=spec.simulate)
+    keys_assumed = not credentials
+    if keys_assumed:  # a plan with no callable model would say $0: price what a configured machine would run
+        credentials = available_credentials(catalog, simulate=True)
     max_cost = usd_to_picos(spec.max_cost_per_task_usd) if spec.max_cost_per_task_usd else None
-    plan = Plan(budget_picos=usd_to_picos(spec.budget_usd) if spec.budget_usd else None)
+    plan = Plan(budget_picos=usd_to_picos(spec.budget_usd) if spec.budget_usd else None, keys_assumed=keys_assumed)
     deny = frozenset(spec.deny or ())
     for _line_no, item in parse_lines(path, spec):
         if isinstance(item, LineError):

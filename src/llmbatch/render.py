@@ -3,7 +3,6 @@ progress goes to stderr so `--json` and pipes stay clean."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from rich.console import Console
@@ -27,39 +26,52 @@ def _usd(x: float | None) -> str:
     return fmt_usd(None if x is None else usd_to_picos(x))
 
 
-def summary_table(conn, job: dict[str, Any]) -> None:
-    from .store import repo
-
-    counts = repo.task_counts(conn, job["id"])
-    rows = repo.by_model(conn, job["id"])
-    t = Table(title=f"job {job['id']} — {job['status']}", title_justify="left")
+def summary_table(summary: dict[str, Any]) -> None:
+    """The end of a run: counts, spend, model mix, rejected lines, skip reasons (jobs.summary's dict)."""
+    counts, job_id = summary["counts"], summary["job_id"]
+    t = Table(title=f"job {job_id} — {summary['status']}", title_justify="left")
     for col in ("total", "succeeded", "failed", "skipped", "cancelled", "spent", "budget"):
         t.add_column(col, justify="right")
     t.add_row(str(counts["total"]), str(counts["succeeded"]), str(counts["failed"]), str(counts["skipped"]),
-              str(counts["cancelled"]), fmt_usd(job["spent_picos"]),
-              fmt_usd(job["budget_picos"]) if job["budget_picos"] is not None else "none")
+              str(counts["cancelled"]), fmt_usd(summary["spent_picos"]),
+              fmt_usd(summary["budget_picos"]) if summary["budget_picos"] is not None else "none")
     out.print(t)
     mix = Table(title="model mix (every attempt, failed ones included)", title_justify="left")
     for col, j in (("model", "left"), ("tasks", "right"), ("attempts", "right"), ("input tok", "right"),
                    ("output tok", "right"), ("cost", "right")):
         mix.add_column(col, justify=j)
-    for r in rows:
+    for r in summary["model_mix"]:
         mix.add_row(f"{r['provider']}/{r['model']}", str(r["tasks"]), str(r["attempts"]), f"{r['input_tokens']:,}",
                     f"{r['output_tokens']:,}", fmt_usd(r["cost_picos"]))
     out.print(mix)
-    if job["invalid_lines"]:
-        out.print(f"[yellow]{job['invalid_lines']} input line(s) rejected[/] — `llmbatch status {job['id']} --errors`")
-    skips = repo.skip_reason_counts(conn, job["id"])
-    if skips:
-        out.print("skipped: " + ", ".join(f"{k}={v}" for k, v in skips.items()))
-    out.print(f"details: llmbatch report {job['id']}   results: llmbatch results {job['id']} -o results.jsonl")
+    if summary["invalid_lines"]:
+        out.print(f"[yellow]{summary['invalid_lines']} input line(s) rejected[/] — `llmbatch status {job_id} --errors`")
+    if summary["skips"]:
+        out.print("skipped: " + ", ".join(f"{k}={v}" for k, v in summary["skips"].items()))
+    out.print(f"details: llmbatch report {job_id}   results: llmbatch results {job_id} -o results.jsonl")
+
+
+def jobs_table(rows: list[dict[str, Any]], *, store: str) -> None:
+    """`llmbatch jobs` (jobs.list_jobs rows)."""
+    t = Table(title=f"jobs in {store}", title_justify="left")
+    for col in ("job", "name", "created (UTC)", "status", "done", "ok", "failed", "skipped", "spent", "budget"):
+        t.add_column(col, justify="left" if col in ("job", "name", "created (UTC)", "status") else "right")
+    for r in rows:
+        c = r["counts"]
+        done = c["succeeded"] + c["failed"] + c["skipped"] + c["cancelled"]
+        t.add_row(r["job_id"], r["name"] or "", r["created_at"].replace("T", " ").rstrip("Z"), r["status"],
+                  f"{done:,}/{c['total']:,}", f"{c['succeeded']:,}", f"{c['failed']:,}", f"{c['skipped']:,}",
+                  _usd(r["spent_usd"]), _usd(r["budget_usd"]) if r["budget_usd"] is not None else "none")
+    out.print(t)
+    if not rows:
+        out.print("no jobs yet")
 
 
 class LiveProgress:
     """A progress bar fed by the engine's in-process counters (embedded runs)."""
 
-    def __init__(self, total: int, *, enabled: bool):
-        self.total, self.enabled = total, enabled
+    def __init__(self, total: int, *, enabled: bool, done: int = 0):
+        self.total, self.enabled, self.done = total, enabled, done  # done: finished before this run (resume)
         self._p: Progress | None = None
 
     def __enter__(self):
@@ -67,7 +79,7 @@ class LiveProgress:
             self._p = Progress(TextColumn("[bold]running"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                                TimeElapsedColumn(), console=err, transient=False)
             self._p.__enter__()
-            self._task = self._p.add_task("run", total=self.total, info="")
+            self._task = self._p.add_task("run", total=self.total, completed=self.done, info="")
         return self
 
     def update(self, engine) -> None:
@@ -75,7 +87,7 @@ class LiveProgress:
             return
         f = engine.progress.finished
         done = sum(f.values())
-        self._p.update(self._task, completed=done,
+        self._p.update(self._task, completed=self.done + done,
                        info=f"ok={f['succeeded']} failed={f['failed']} skipped={f['skipped']} "
                             f"attempts={engine.progress.attempts} escalations={engine.progress.escalations}")
 
@@ -84,27 +96,26 @@ class LiveProgress:
             self._p.__exit__(*exc)
 
 
-def watch_status(engine, job_id: str) -> None:
-    from .store import repo
-    from .store.db import reading
-    from .store.schema import JobStatus, TaskStatus
+class WatchProgress:
+    """`status --watch`: a bar fed by jobs.wait_for's polls (job row, task counts)."""
 
-    with Progress(TextColumn("[bold]{task.fields[status]}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err) as p:
-        tid = None
-        while True:
-            with reading(engine) as conn:
-                job = repo.get_job(conn, job_id)
-                c = repo.task_counts(conn, job_id)
-            done = sum(c[s] for s in TaskStatus.terminal)
-            info = (f"ok={c['succeeded']} failed={c['failed']} skipped={c['skipped']} running={c['running']} "
-                    f"spent={fmt_usd(job['spent_picos'])}")
-            if tid is None:
-                tid = p.add_task("watch", total=c["total"], status=job["status"], info=info)
-            p.update(tid, completed=done, total=c["total"], status=job["status"], info=info)
-            if job["status"] in JobStatus.terminal:
-                return
-            time.sleep(0.5)
+    def __enter__(self):
+        self._p = Progress(TextColumn("[bold]{task.fields[status]}"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err)
+        self._p.__enter__()
+        self._tid = None
+        return self
+
+    def update(self, job: dict[str, Any], c: dict[str, int]) -> None:
+        done = c["succeeded"] + c["failed"] + c["skipped"] + c["cancelled"]
+        info = (f"ok={c['succeeded']} failed={c['failed']} skipped={c['skipped']} running={c['running']} "
+                f"spent={fmt_usd(job['spent_picos'])}")
+        if self._tid is None:
+            self._tid = self._p.add_task("watch", total=c["total"], status=job["status"], info=info)
+        self._p.update(self._tid, completed=done, total=c["total"], status=job["status"], info=info)
+
+    def __exit__(self, *exc):
+        self._p.__exit__(*exc)
 
 
 def report_tables(rep: dict[str, Any]) -> None:

@@ -74,7 +74,8 @@ class _WorkerRuntime:
         async def main():
             self._stop = asyncio.Event()
             try:
-                async with open_engine(self.settings, concurrency=concurrency, shared_limits=True,
+                async with open_engine(self.settings, concurrency=concurrency or self.settings.concurrency,
+                                       shared_limits=True,
                                        force_simulate=force_simulate) as engine:
                     self.engine = engine
                     self._ready.set()
@@ -142,7 +143,7 @@ def _take_sweep_lock(settings, job_id: str, seconds: float) -> bool:
 
 _runtime: _WorkerRuntime | None = None
 _runtime_lock = threading.Lock()
-_worker_options = {"concurrency": 200, "force_simulate": False}
+_worker_options = {"concurrency": None, "force_simulate": False}  # None: settings.concurrency
 
 
 def _get_runtime() -> _WorkerRuntime:
@@ -198,11 +199,23 @@ def dispatch_job(settings, job_id: str) -> int:
     return len(ranges)
 
 
-def start_worker(*, concurrency: int, force_simulate: bool, loglevel: str = "INFO") -> None:
+def broker_problem(settings, timeout_s: float = 3.0) -> str | None:
+    """Why the configured broker cannot be reached (one short phrase), or None when it answers."""
+    configure(settings)
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, timeout=timeout_s)
+    except Exception as e:  # noqa: BLE001 - any failure to connect is the answer
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'no answer'}"
+    return None
+
+
+def start_worker(*, concurrency: int | None, force_simulate: bool, loglevel: str = "INFO") -> None:
     """Run a Celery worker in this process. `concurrency` is calls in flight; Celery thread slots only
     carry units to the event loop, so a few more slots than concurrency/chunk_size keep it fed."""
     settings = load_settings()
     configure(settings)
+    concurrency = concurrency or settings.concurrency
     _worker_options.update(concurrency=concurrency, force_simulate=force_simulate)
     # httpx logs every request at INFO: at hundreds of calls a second that is noise (and ~4% of a worker's
     # CPU). The ledger already records every call; keep them only at DEBUG.

@@ -35,7 +35,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..errors import BudgetExceeded, StoreError
 from . import bulk, ledger, repo
-from .db import get_engine, is_sqlite
+from .db import classify_store_error, get_engine, is_sqlite
 from .tx import Deferred
 
 T = TypeVar("T")
@@ -48,9 +48,11 @@ EXPECTED = (BudgetExceeded,)
 
 
 def _is_disconnect(e: BaseException) -> bool:
+    """A connection drop (retried until the store answers). A full disk, a read-only or a locked database is
+    an OperationalError too, but waiting does not fix it: db.classify_store_error names it and the run stops."""
     if isinstance(e, DBAPIError) and e.connection_invalidated:
         return True
-    return isinstance(e, OperationalError)
+    return isinstance(e, OperationalError) and classify_store_error(e) is None
 
 
 class _Op:
@@ -151,6 +153,11 @@ class AsyncStore:
                     err = StoreError(f"the store has been unreachable for {OUTAGE_GIVE_UP_S:.0f}s: {type(e).__name__}")
                     for op in batch:
                         op.future.set_exception(err)
+                    return
+                known = classify_store_error(e, str(self.engine.url))
+                if known is not None:  # every operation of the batch would fail the same way
+                    for op in batch:
+                        op.future.set_exception(known)
                     return
                 if len(batch) == 1:
                     batch[0].future.set_exception(e)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 
-from ..errors import StoreError
+from ..errors import StoreError, StoreWriteError
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _engines: dict[str, Engine] = {}
@@ -79,9 +79,35 @@ def get_engine(url: str, *, migrate: bool = True) -> Engine:
                     upgrade(engine)
             except Exception as e:  # noqa: BLE001 - surface a clear store error, keep the cause
                 engine.dispose()
-                raise StoreError(f"cannot open the store at {redact_url(url)}: {e}") from e
+                known = classify_store_error(e, url)
+                if known is not None:
+                    raise known from e
+                raise StoreError(f"cannot open the store at {redact_url(url)}: {_first_line(e)}") from e
             _engines[url] = engine
         return engine
+
+
+# Store errors that retrying cannot fix, each with what to do. Matched on the driver's message (SQLite) or
+# SQLSTATE (Postgres: 53100 disk_full, 53200 out_of_memory, 25006 read_only_sql_transaction).
+_WRITE_FAILURES = (
+    (("database or disk is full", "53100", "could not extend file", "no space left on device"),
+     "the disk holding the store is full", "free disk space, then `llmbatch resume`"),
+    (("attempt to write a readonly database", "25006", "read-only transaction", "readonly database"),
+     "the store is read-only", "make the database (and its directory) writable, then `llmbatch resume`"),
+    (("database is locked", "database table is locked"),
+     "the store is locked by another process", "stop the other process holding it, then `llmbatch resume`"),
+)
+
+
+def classify_store_error(e: BaseException, url: str | None = None) -> StoreError | None:
+    """A StoreWriteError with its own message for a full disk, a read-only or a locked database; None for
+    anything else (a genuine connection drop is retried by the caller)."""
+    text_ = f"{getattr(getattr(e, 'orig', None), 'sqlstate', '') or ''} {e}".lower()
+    for needles, what, fix in _WRITE_FAILURES:
+        if any(n in text_ for n in needles):
+            where = f" ({redact_url(url)})" if url else ""
+            return StoreWriteError(f"{what}{where}: {fix}")
+    return None
 
 
 def dispose_all() -> None:
@@ -89,6 +115,12 @@ def dispose_all() -> None:
         for e in _engines.values():
             e.dispose()
         _engines.clear()
+
+
+def _first_line(e: BaseException) -> str:
+    """A driver error's first line, without SQLAlchemy's '[SQL: ...]' and background-link tail."""
+    msg = str(getattr(e, "orig", None) or e).strip().splitlines()
+    return (msg[0] if msg else type(e).__name__)[:300]
 
 
 def redact_url(url: str) -> str:

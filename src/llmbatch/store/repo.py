@@ -95,9 +95,15 @@ def finish_job_if_done(conn: Connection, job_id: str) -> str | None:
     job = get_job(conn, job_id)
     if job is None:
         return None
+    skips = set(skip_reason_counts(conn, job_id))
     if job["cancel_requested"]:
         status = JobStatus.cancelled
-    elif {"budget", "daily_cap"} & set(skip_reason_counts(conn, job_id)):
+    elif counts["total"] == 0:  # every input line was rejected: nothing ran, so nothing succeeded
+        status = JobStatus.failed
+    elif counts["failed"] == 0 and skips and skips <= {"budget", "daily_cap", "max_cost_per_task"}:
+        # Tasks left out by a money limit the user set (job budget, daily cap, per-task cap): not a failure.
+        status = JobStatus.budget_exhausted
+    elif {"budget", "daily_cap"} & skips:
         status = JobStatus.budget_exhausted
     elif counts["failed"] or counts["skipped"] or counts["cancelled"]:
         status = JobStatus.failed

@@ -24,7 +24,11 @@ class JobStatus:
     failed = "failed"  # finished; some tasks failed (exit 3)
     budget_exhausted = "budget_exhausted"  # finished; some tasks skipped for budget (exit 4)
     cancelled = "cancelled"  # exit 5
+    # An embedded run was stopped (Ctrl-C, SIGTERM, a store that cannot be written) with work left; not terminal:
+    # `llmbatch resume` (or re-running the same command) continues it.
+    interrupted = "interrupted"
     terminal = frozenset({"succeeded", "failed", "budget_exhausted", "cancelled"})
+    all = ("queued", "running", "interrupted", "succeeded", "failed", "budget_exhausted", "cancelled")
 
 
 class TaskStatus:
@@ -48,6 +52,11 @@ class AttemptStatus:
 
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = (  # migration 0003: re-run lookup, --name, `llmbatch jobs` newest first
+        Index("ix_jobs_digests", "input_digest", "spec_digest"),
+        Index("ix_jobs_name", "name"),
+        Index("ix_jobs_created_at", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str | None] = mapped_column(String(200))
@@ -71,6 +80,10 @@ class Job(Base):
     last_activity_at: Mapped[float | None] = mapped_column(Float)
     # Why the job stopped dispatching before its tasks ran out (an overrun took spend past the cap).
     stop_reason: Mapped[str | None] = mapped_column(Text)
+    # What the job was made from (sha256 of the input file's bytes, and of its effective spec): running the same
+    # command again finds this job and resumes it instead of paying again (migration 0003).
+    input_digest: Mapped[str | None] = mapped_column(String(64))
+    spec_digest: Mapped[str | None] = mapped_column(String(64))
 
 
 class Task(Base):

@@ -17,6 +17,7 @@ from .config import Settings, load_settings
 from .errors import ConfigError, InputError, LLMBatchError, StoreError
 from .models import JobSpec
 from .money import exact_usd
+from .terminal_text import printable
 
 EXIT_OK, EXIT_INPUT, EXIT_FAILED, EXIT_BUDGET, EXIT_CANCELLED = 0, 2, 3, 4, 5
 EXIT_FOR_STATUS = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "budget_exhausted": EXIT_BUDGET,
@@ -25,7 +26,7 @@ MAX_ERRORS_SHOWN = 20
 
 
 def _err(msg: str) -> None:
-    click.echo(f"llmbatch: {msg}", err=True)
+    click.echo(f"llmbatch: {printable(msg)}", err=True)
 
 
 def _print_json(obj) -> None:
@@ -86,27 +87,22 @@ def _comma_list(value: str | None) -> list[str] | None:
 
 def build_spec(spec_path, task, labels, schema_path, budget, max_cost_per_task, min_tier, allow, deny, pin,
                max_output_tokens, simulate, no_escalate, strict, name) -> JobSpec:
-    import yaml
     from pydantic import ValidationError
 
-    data: dict = {}
-    if spec_path:
-        try:
-            data = yaml.safe_load(Path(spec_path).read_text("utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise click.UsageError(f"{spec_path}: invalid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise click.UsageError(f"{spec_path}: a job spec is a mapping of settings")
+    from .specfile import load_schema_file, load_spec_file
+
+    try:  # bounded reads: size and YAML alias limits (specfile.py)
+        limits = _settings().input_limits
+        data = load_spec_file(spec_path, limits) if spec_path else {}
+        schema = load_schema_file(schema_path, limits) if schema_path else None
+    except InputError as e:
+        _err(str(e))
+        sys.exit(EXIT_INPUT)
     flags = {
         "task": task, "name": name, "min_tier": min_tier, "model": pin, "max_output_tokens": max_output_tokens,
         "labels": _comma_list(labels), "models": _comma_list(allow), "deny": _comma_list(deny),
-        "budget_usd": budget, "max_cost_per_task_usd": max_cost_per_task,
+        "budget_usd": budget, "max_cost_per_task_usd": max_cost_per_task, "schema": schema,
     }
-    if schema_path:
-        try:
-            flags["schema"] = orjson.loads(Path(schema_path).read_bytes())
-        except orjson.JSONDecodeError as e:
-            raise click.UsageError(f"{schema_path}: invalid JSON: {e}") from None
     data.update({k: v for k, v in flags.items() if v is not None})
     if simulate:
         data["simulate"] = True
@@ -303,7 +299,7 @@ def status(job_id, watch, show_errors, as_json):
                    f"succeeded={c['succeeded']} failed={c['failed']} skipped={c['skipped']} cancelled={c['cancelled']}  "
                    f"spent=${st['spent_usd']:.6f}" + (f" of ${st['budget_usd']:.2f}" if st['budget_usd'] is not None else ""))
         for e in errors:
-            click.echo(e["reason"])
+            click.echo(printable(e["reason"]))
     if job["status"] in JobStatus.terminal:
         sys.exit(EXIT_FOR_STATUS.get(job["status"], EXIT_OK))
 

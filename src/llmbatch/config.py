@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,26 @@ class RateLimit:
     tpm: int | None = None
 
 
+# --- hostile-input ---
+@dataclass(frozen=True)
+class InputLimits:
+    """What one submitted line or spec may hold (README "Threat model"). Each error that enforces a limit names it.
+    Read from the top level of llmbatch.toml or from LLMBATCH_<NAME> (e.g. LLMBATCH_MAX_LINE_BYTES)."""
+
+    max_line_bytes: int = 8 << 20  # one JSONL line; a longer one is measured and skipped, never held in memory
+    max_labels_per_line: int = 1000  # a classify label set: every label goes into every prompt
+    max_schema_bytes: int = 64 << 10  # an extract schema, as JSON: it is sent with every call and compiled
+    max_schema_depth: int = 32  # nesting levels of an extract schema: deeper ones cost recursion in the validator
+    max_images_per_line: int = 16  # images in one line (input images plus message parts)
+    max_image_bytes: int = 20 << 20  # one data: URL image, decoded (providers refuse larger ones anyway)
+    allow_http_images: bool = False  # remote images must be https unless this is true
+    # file: URLs and loopback, private, link-local or reserved hosts: only a local model server could use them
+    allow_local_images: bool = False
+    max_spec_bytes: int = 1 << 20  # a --spec or --schema file; reading stops at this many bytes
+    max_spec_nodes: int = 100_000  # YAML nodes of a spec after alias expansion (defuses alias bombs)
+    schema_validation_timeout_s: float = 2.0  # checking one output against its schema (regex patterns included)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -86,6 +106,8 @@ class Settings:
     max_deliveries: int = 5  # a task delivered this many times without finishing goes to failed (poison)
     concurrency: int = 64  # calls in flight per process
     shutdown_grace_s: float = 30.0  # a stopping worker's time to finish in-flight units before handing them back
+    # --- hostile-input ---
+    input_limits: InputLimits = field(default_factory=InputLimits)  # see InputLimits
 
     @property
     def effective_redis_url(self) -> str | None:
@@ -131,6 +153,8 @@ def load_settings(**overrides: Any) -> Settings:
         except TypeError as e:
             raise ConfigError(f"{path}: [rate_limits.\"{name}\"]: {e}") from None
     cap = pick("daily_cap_usd", "LLMBATCH_DAILY_CAP_USD")
+    # --- hostile-input ---
+    input_limits = _input_limits(pick, path)
     return Settings(
         database_url=pick("database_url", "LLMBATCH_DATABASE_URL", DEFAULT_DATABASE_URL),
         broker_url=pick("broker_url", "LLMBATCH_BROKER_URL"),
@@ -149,4 +173,26 @@ def load_settings(**overrides: Any) -> Settings:
         max_deliveries=int(pick("max_deliveries", "LLMBATCH_MAX_DELIVERIES", 5)),
         concurrency=int(pick("concurrency", "LLMBATCH_CONCURRENCY", 64)),
         shutdown_grace_s=float(pick("shutdown_grace_s", "LLMBATCH_SHUTDOWN_GRACE_S", 30.0)),
+        input_limits=input_limits,
     )
+
+
+# --- hostile-input ---
+def _input_limits(pick, path: Path | None) -> InputLimits:
+    values: dict[str, Any] = {}
+    for f in fields(InputLimits):
+        raw = pick(f.name, f"LLMBATCH_{f.name.upper()}", f.default)
+        try:
+            if f.type == "bool":
+                value = raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
+            elif f.type == "int":
+                value = int(raw)
+            else:
+                value = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{f.name} (LLMBATCH_{f.name.upper()} or {path or 'llmbatch.toml'}): "
+                              f"expected a number, got {raw!r}") from None
+        if not isinstance(value, bool) and value <= 0:
+            raise ConfigError(f"{f.name} must be positive, got {raw!r}")
+        values[f.name] = value
+    return InputLimits(**values)

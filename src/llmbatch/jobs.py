@@ -26,7 +26,7 @@ def create_job(settings: Settings, path: str | Path, spec: JobSpec, *, executor:
             budget_micros=usd_to_micros(spec.budget_usd) if spec.budget_usd is not None else None,
             max_cost_per_task_micros=(usd_to_micros(spec.max_cost_per_task_usd)
                                       if spec.max_cost_per_task_usd is not None else None))
-        report = ingest(conn, job_id, path, spec, strict=strict)
+        report = ingest(conn, job_id, path, spec, strict=strict, limits=settings.input_limits)
         if report.accepted == 0 and report.rejected == 0:  # rolls the job back: nothing to keep
             raise InputError("the file has no task lines (it is empty or only blank lines)")
         repo.set_job_counts(conn, job_id, total=report.accepted, invalid=report.rejected)

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .money import fmt_usd, usd_to_micros
+from .terminal_text import rich_printable as safe
 
 def _console(stderr: bool = False) -> Console:
     c = Console(stderr=stderr, highlight=False)
@@ -44,7 +45,7 @@ def summary_table(conn, job: dict[str, Any]) -> None:
                    ("output tok", "right"), ("cost", "right")):
         mix.add_column(col, justify=j)
     for r in rows:
-        mix.add_row(f"{r['provider']}/{r['model']}", str(r["tasks"]), str(r["attempts"]), f"{r['input_tokens']:,}",
+        mix.add_row(safe(f"{r['provider']}/{r['model']}"), str(r["tasks"]), str(r["attempts"]), f"{r['input_tokens']:,}",
                     f"{r['output_tokens']:,}", fmt_usd(r["cost_micros"]))
     out.print(mix)
     if job["invalid_lines"]:
@@ -127,7 +128,7 @@ def report_tables(rep: dict[str, Any]) -> None:
     for col in ("provider", "model", "tasks", "attempts", "input", "cached", "output", "reasoning", "cost"):
         m.add_column(col, justify="left" if col in ("provider", "model") else "right")
     for r in rep["by_model"]:
-        m.add_row(r["provider"], r["model"], str(r["tasks"]), str(r["attempts"]), f"{r['input_tokens']:,}",
+        m.add_row(safe(r["provider"]), safe(r["model"]), str(r["tasks"]), str(r["attempts"]), f"{r['input_tokens']:,}",
                   f"{r['cached_tokens']:,}", f"{r['output_tokens']:,}", f"{r['reasoning_tokens']:,}", _usd(r["cost_usd"]))
     out.print(m)
     c = rep["counts"]
@@ -136,7 +137,7 @@ def report_tables(rep: dict[str, Any]) -> None:
               + (("; skips: " + ", ".join(f"{k}={v}" for k, v in rep["skips"].items())) if rep["skips"] else ""))
     if rep["unpriced_attempts"]:
         out.print(f"[bold red]{len(rep['unpriced_attempts'])} attempt(s) could not be priced by the catalog; "
-                  f"they are charged at their reserved upper bound. First: {rep['unpriced_attempts'][0]}[/]")
+                  f"they are charged at their reserved upper bound. First: {safe(rep['unpriced_attempts'][0])}[/]")
     if rep["unsettled_attempts"]:
         out.print(f"[yellow]{rep['unsettled_attempts']} attempt(s) with unknown outcome still hold their reservation; "
                   f"run `llmbatch reconcile {rep['job_id']}`[/]")
@@ -145,7 +146,7 @@ def report_tables(rep: dict[str, Any]) -> None:
         for col in ("id", "model", "attempts", "cost"):
             e.add_column(col)
         for x in rep["most_expensive_tasks"]:
-            e.add_row(str(x["id"]), str(x["model"]), str(x["attempts"]), _usd(x["cost_usd"]))
+            e.add_row(safe(x["id"]), safe(x["model"]), str(x["attempts"]), _usd(x["cost_usd"]))
         out.print(e)
 
 
@@ -156,7 +157,7 @@ def estimate_table(plan) -> None:
     for col in ("model", "tasks", "input tok (est)", "output tok (est)", "expected", "upper bound"):
         t.add_column(col, justify="left" if col == "model" else "right")
     for r in d["by_model"]:
-        t.add_row(r["model"], str(r["tasks"]), f"{r['input_tokens']:,}", f"{r['output_tokens']:,}",
+        t.add_row(safe(r["model"]), str(r["tasks"]), f"{r['input_tokens']:,}", f"{r['output_tokens']:,}",
                   _usd(r["estimated_usd"]), _usd(r["upper_bound_usd"]))
     t.add_row("[bold]total", str(d["tasks"]), "", "", _usd(d["estimated_usd"]), _usd(d["upper_bound_usd"]))
     out.print(t)
@@ -170,12 +171,12 @@ def route_table(items: list[dict[str, Any]], *, total: int, explain: bool) -> No
     t.add_column("est", justify="right")
     t.add_column("why" if not explain else "why / cheaper models not eligible")
     for it in items:
-        why = it["reason"]
+        why = safe(it["reason"])
         if explain and it.get("not_chosen"):
-            why += "\n" + "\n".join(f"  ✗ {r['model']}: {r['reason']}" for r in it["not_chosen"])
+            why += "\n" + "\n".join(f"  ✗ {safe(r['model'])}: {safe(r['reason'])}" for r in it["not_chosen"])
         if it["warnings"]:
-            why += "\n" + "\n".join(f"  ! {w}" for w in it["warnings"])
-        t.add_row(str(it["id"]), str(it["model"]), _usd(it["estimated_usd"]), why)
+            why += "\n" + "\n".join(f"  ! {safe(w)}" for w in it["warnings"])
+        t.add_row(safe(it["id"]), safe(it["model"]), _usd(it["estimated_usd"]), why)
     out.print(t)
     if total > len(items):
         out.print(f"... {total - len(items)} more (use --limit or --json)")

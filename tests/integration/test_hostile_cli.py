@@ -68,36 +68,23 @@ def test_corpus_valid_lines_run_and_each_bad_line_is_named(tmp_path, sqlite_url,
         if expect == "refused":
             line = next((x for x in p_status.stdout.splitlines() if x.startswith(f"line {n}: ")), None)
             assert line is not None and why in line, (n, why, line)
-    p_route = run_cli(["route", str(src), "--simulate"], env)
-    p_route_json, routes = run_json(["route", str(src), "--simulate"], env)
-    assert {r["id"] for r in routes} == accepted
-    for p2, what in ((p_status, "status --errors"), (p_route, "route table")):
-        _no_raw_controls(p2.stdout + p2.stderr, what)
-    assert "\\x1b" in p_route.stdout  # shown, escaped
 
-    everything = "".join(x.stdout + x.stderr for x in (p, p_status, p_route, p_route_json))
+    # Terminal escapes and rich markup in ids: escaped in tables, exact in --json.
+    p_route = run_cli(["route", str(src), "--simulate"], env)
+    p_table = run_cli(["report", job], env)
+    p_json, rep = run_json(["report", job], env)
+    for p2, what in ((p_status, "status --errors"), (p_route, "route table"), (p_table, "report table")):
+        assert p2.returncode == 0, (what, p2.stderr)
+        _no_raw_controls(p2.stdout + p2.stderr, what)
+    assert "esc-\\x1b[2J\\x1b]52;c;aGk=\\x07-\\x9b31m-\\u202e" in p_table.stdout, p_table.stdout
+    assert "[link=file:///etc/passwd]click[/link]" in p_table.stdout  # shown as written, not made a link
+    assert "\\x1b" in p_route.stdout
+    assert {t["id"] for t in rep["most_expensive_tasks"]} == accepted
+
+    everything = "".join(x.stdout + x.stderr for x in (p, p_status, p_route, p_table, p_json))
     assert SECRET_CONTENTS not in everything
     assert SECRET_CONTENTS.encode() not in Path(sqlite_url.removeprefix("sqlite:///")).read_bytes()
     assert_silent(listener)
-
-
-def test_escapes_are_escaped_in_report_tables_and_exact_in_json(tmp_path, sqlite_url):
-    ids = ["esc-\x1b[2J\x1b]52;c;aGk=\x07", "bidi-\u202eexe.txt", "csi-\x9b31m", "[bold red]markup[/]"]
-    src = tmp_path / "esc.jsonl"
-    src.write_text("".join(json.dumps({"id": i, "task": "summarize", "input": f"Text {n}."}) + "\n"
-                           for n, i in enumerate(ids)))
-    env = cli_env(sqlite_url)
-    p, st = run_json(["run", str(src), "--simulate"], env)
-    assert p.returncode == 0, p.stderr
-    job = st["job_id"]
-    table = run_cli(["report", job], env)
-    assert table.returncode == 0, table.stderr
-    _no_raw_controls(table.stdout + table.stderr, "report table")
-    assert "esc-\\x1b[2J\\x1b]52;c;aGk=\\x07" in table.stdout and "bidi-\\u202eexe.txt" in table.stdout
-    assert "[bold red]markup[/]" in table.stdout  # shown as written, not interpreted as markup
-    _, rep = run_json(["report", job], env)
-    assert {t["id"] for t in rep["most_expensive_tasks"]} == set(ids)  # --json: exact
-    assert {r["id"] for r in (orjson.loads(x) for x in run_cli(["results", job], env).stdout.splitlines())} == set(ids)
 
 
 # ---------------------------------------------------------------- redaction across the cut, end to end
@@ -183,8 +170,9 @@ capabilities = ["system_role", "temperature"]
     assert p.returncode == 3 and st["counts"]["failed"] == 4, p.stderr[-3000:]
     blobs = {"run": p.stdout + p.stderr}
     job = st["job_id"]
-    for args in (["results", job], ["results", job, "--format", "csv"], ["report", job], ["report", job, "--json"],
-                 ["report", job, "--attempts"], ["status", job], ["status", job, "--json"]):
+    # The store file is searched whole below; these are the ways a user reads errors back (results,
+    # the audit rows, the report table), at -vv.
+    for args in (["results", job], ["report", job, "--attempts"], ["report", job]):
         q = run_cli(["-vv", *args], env)
         blobs[" ".join(args)] = q.stdout + q.stderr
     db = Path(sqlite_url.removeprefix("sqlite:///"))
@@ -218,19 +206,13 @@ def test_spec_bombs_are_refused_in_bounded_memory(tmp_path, sqlite_url):
     src.write_text(json.dumps({"id": "a", "input": "Ada Lovelace, born 1815."}) + "\n")
     good = tmp_path / "good.yaml"
     good.write_text("task: extract\nschema:\n  type: object\n  properties:\n    name: {type: string}\n")
-    big = tmp_path / "big.yaml"
-    big.write_text("task: summarize\n" + "# padding padding padding\n" * 100_000)  # 2.6 MB
     env = cli_env(sqlite_url)
     code, err, baseline = _estimate_rss([str(src), "--simulate", "--spec", str(good)], env, tmp_path)
     assert code == 0, err
-    for spec, phrase in ((CORPUS / "alias_bomb.yaml", "max_spec_nodes"),
-                         (CORPUS / "recursive_alias.yaml", "contains itself"),
-                         ("/dev/zero", "max_spec_bytes"), (big, "max_spec_bytes")):
+    # (The recursive alias, an oversized file and --schema /dev/zero are the same code paths: unit tests.)
+    for spec, phrase in ((CORPUS / "alias_bomb.yaml", "max_spec_nodes"), ("/dev/zero", "max_spec_bytes")):
         code, err, rss = _estimate_rss([str(src), "--simulate", "--spec", str(spec)], env, tmp_path)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and phrase in lines[0] and str(spec) in lines[0], (spec, code, err)
         print(f"\n{spec}: peak RSS {rss} MiB (a valid spec: {baseline} MiB)")
         assert rss < baseline + 64, (spec, rss, baseline)
-    code, err, rss = _estimate_rss([str(src), "--simulate", "--task", "extract", "--schema", "/dev/zero"], env, tmp_path)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "max_spec_bytes" in err, err
-    assert rss < baseline + 64

@@ -16,6 +16,7 @@ import base64
 import binascii
 import ipaddress
 import socket
+from functools import lru_cache
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from .config import InputLimits
@@ -95,8 +96,10 @@ def _too_big(size: int, limits: InputLimits) -> str:
             "shrink it or raise max_image_bytes")
 
 
+@lru_cache(maxsize=4096)
 def _local_host(host: str) -> str | None:
-    """What is local about this host (a phrase), or None for a public one."""
+    """What is local about this host (a phrase), or None for a public one. Cached: a file's images
+    usually come from a few hosts."""
     host = host.rstrip(".").lower()
     ip = _ip_literal(host)
     if ip is None:

@@ -29,6 +29,8 @@ def line_problem(task: TaskLine, limits: InputLimits) -> str | None:
 
 
 def _images_problem(task: TaskLine, limits: InputLimits) -> str | None:
+    if not task.images and not task.messages:
+        return None
     images = [("images", i, url) for i, url in enumerate(task.images or ())]
     for m, message in enumerate(task.messages or ()):
         if isinstance(message.content, list):

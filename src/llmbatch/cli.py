@@ -18,6 +18,7 @@ from .config import Settings, load_settings
 from .errors import InputError, LLMBatchError
 from .models import JobSpec
 from .money import dumps_json, exact_usd
+from .terminal_text import printable
 
 EXIT_OK, EXIT_INPUT, EXIT_FAILED, EXIT_BUDGET, EXIT_CANCELLED, EXIT_INTERRUPTED = 0, 2, 3, 4, 5, 130
 EXIT_FOR_STATUS = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "budget_exhausted": EXIT_BUDGET,
@@ -28,7 +29,7 @@ MAX_ERRORS_SHOWN = 20
 
 
 def _err(msg: str) -> None:
-    click.echo(f"llmbatch: {msg}", err=True)
+    click.echo(f"llmbatch: {printable(msg)}", err=True)
 
 
 def _print_json(obj) -> None:
@@ -83,27 +84,19 @@ def _comma_list(value: str | None) -> list[str] | None:
 
 def build_spec(spec_path, task, labels, schema_path, budget, max_cost_per_task, min_tier, allow, deny, pin,
                max_output_tokens, simulate, no_escalate, strict, name, new=False) -> JobSpec:
-    import yaml
     from pydantic import ValidationError
 
-    data: dict = {}
-    if spec_path:
-        try:
-            data = yaml.safe_load(Path(spec_path).read_text("utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise InputError(f"{spec_path}: invalid YAML: {' '.join(str(e).split())}") from None
-        if not isinstance(data, dict):
-            raise InputError(f"{spec_path}: a job spec is a mapping of settings")
+    from .specfile import load_schema_file, load_spec_file
+
+    # Bounded reads: size and YAML alias limits (specfile.py); a problem is an InputError (one line, exit 2).
+    limits = _settings().input_limits
+    data = load_spec_file(spec_path, limits) if spec_path else {}
+    schema = load_schema_file(schema_path, limits) if schema_path else None
     flags = {
         "task": task, "name": name, "min_tier": min_tier, "model": pin, "max_output_tokens": max_output_tokens,
         "labels": _comma_list(labels), "models": _comma_list(allow), "deny": _comma_list(deny),
-        "budget_usd": budget, "max_cost_per_task_usd": max_cost_per_task,
+        "budget_usd": budget, "max_cost_per_task_usd": max_cost_per_task, "schema": schema,
     }
-    if schema_path:
-        try:
-            flags["schema"] = orjson.loads(Path(schema_path).read_bytes())
-        except orjson.JSONDecodeError as e:
-            raise InputError(f"{schema_path}: invalid JSON: {e}") from None
     data.update({k: v for k, v in flags.items() if v is not None})
     if simulate:
         data["simulate"] = True
@@ -386,7 +379,7 @@ def status(job_id, by_name, watch, show_errors, as_json):
             click.echo(f"interrupted with {c['queued'] + c['running']:,} task(s) left — resume with: "
                        f"llmbatch resume {st['job_id']}")
         for e in errors:
-            click.echo(e["reason"])
+            click.echo(printable(e["reason"]))
     if st["status"] in ("succeeded", "failed", "budget_exhausted", "cancelled"):
         sys.exit(EXIT_FOR_STATUS.get(st["status"], EXIT_OK))
 

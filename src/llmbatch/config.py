@@ -43,6 +43,8 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
+from dataclasses import dataclass, fields
+from functools import cached_property
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
@@ -83,6 +85,30 @@ class RateLimit(_Frozen):
     tpm: int | None = None
 
 
+# --- hostile-input ---
+@dataclass(frozen=True)
+class InputLimits:
+    """What one submitted line or spec may hold (README "Threat model"). Each error that enforces a limit names
+    it. Each is also a top-level setting (llmbatch.toml or LLMBATCH_<NAME>, e.g. LLMBATCH_MAX_LINE_BYTES) whose
+    default is the one written here; Settings.input_limits gathers them for ingest and validation."""
+
+    max_line_bytes: int = 8 << 20  # one JSONL line; a longer one is measured and skipped, never held in memory
+    max_labels_per_line: int = 1000  # a classify label set: every label goes into every prompt
+    max_schema_bytes: int = 64 << 10  # an extract schema, as JSON: it is sent with every call and compiled
+    max_schema_depth: int = 32  # nesting levels of an extract schema: deeper ones cost recursion in the validator
+    max_images_per_line: int = 16  # images in one line (input images plus message parts)
+    max_image_bytes: int = 20 << 20  # one data: URL image, decoded (providers refuse larger ones anyway)
+    allow_http_images: bool = False  # remote images must be https unless this is true
+    # file: URLs and loopback, private, link-local or reserved hosts: only a local model server could use them
+    allow_local_images: bool = False
+    max_spec_bytes: int = 1 << 20  # a --spec or --schema file; reading stops at this many bytes
+    max_spec_nodes: int = 100_000  # YAML nodes of a spec after alias expansion (defuses alias bombs)
+    schema_validation_timeout_s: float = 2.0  # checking one output against its schema (regex patterns included)
+
+
+_LIMITS = InputLimits()
+
+
 class Settings(BaseSettings):
     """The effective configuration. Construct it directly for a pure value (tests); load_settings() reads the
     environment and llmbatch.toml."""
@@ -107,6 +133,18 @@ class Settings(BaseSettings):
     max_deliveries: PositiveInt = 5  # a task delivered this many times without finishing goes to failed (poison)
     concurrency: PositiveInt = 64  # calls in flight per process (embedded run and each worker)
     shutdown_grace_s: Seconds = 30.0  # a stopping run or worker's time to finish in-flight calls before handing them back
+    # --- hostile-input: the InputLimits, one setting each (defaults and meaning there) ---
+    max_line_bytes: PositiveInt = _LIMITS.max_line_bytes
+    max_labels_per_line: PositiveInt = _LIMITS.max_labels_per_line
+    max_schema_bytes: PositiveInt = _LIMITS.max_schema_bytes
+    max_schema_depth: PositiveInt = _LIMITS.max_schema_depth
+    max_images_per_line: PositiveInt = _LIMITS.max_images_per_line
+    max_image_bytes: PositiveInt = _LIMITS.max_image_bytes
+    allow_http_images: bool = _LIMITS.allow_http_images
+    allow_local_images: bool = _LIMITS.allow_local_images
+    max_spec_bytes: PositiveInt = _LIMITS.max_spec_bytes
+    max_spec_nodes: PositiveInt = _LIMITS.max_spec_nodes
+    schema_validation_timeout_s: PositiveSeconds = _LIMITS.schema_validation_timeout_s
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
@@ -142,6 +180,10 @@ class Settings(BaseSettings):
     @property
     def effective_redis_url(self) -> str | None:
         return self.redis_url or self.broker_url
+
+    @cached_property
+    def input_limits(self) -> InputLimits:
+        return InputLimits(**{f.name: getattr(self, f.name) for f in fields(InputLimits)})
 
 
 def config_file() -> Path | None:

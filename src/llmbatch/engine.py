@@ -30,6 +30,7 @@ from .routing import Candidate, Health, RouteDecision, escalation_order, route
 from .store import ledger, repo
 from .store.aio import AsyncStore
 from .store.schema import AttemptStatus, TaskStatus
+from .terminal_text import printable
 from .validate import InvalidOutput, validate_output
 
 log = logging.getLogger("llmbatch.engine")
@@ -229,7 +230,7 @@ class Engine:
         if recorded:
             self.progress.finished[outcome.status] += 1
         else:
-            log.info("task %s: lease lost before recording; another delivery owns it", claimed.task_id)
+            log.info("task %s: lease lost before recording; another delivery owns it", printable(claimed.task_id))
         return outcome.status
 
     def _route(self, ctx: JobContext, task: TaskLine, request: ChatRequest) -> RouteDecision:
@@ -249,7 +250,7 @@ class Engine:
             key = _DIGITS.sub("#", w)
             if key not in ctx.warned:
                 ctx.warned.add(key)
-                log.warning("job %s: %s (first seen on task %s)", ctx.job_id, w, task.id)
+                log.warning("job %s: %s (first seen on task %s)", ctx.job_id, w, printable(task.id))
         if not decision.candidates:
             return await self._no_candidate(ctx, claimed, decision)
         state = _TaskRun()
@@ -391,7 +392,8 @@ class Engine:
                 raise InvalidOutput(f"truncated: {model.key} stopped on its output cap "
                                     f"({call_request.max_output_tokens} tokens; finish_reason "
                                     f"{completion.finish_reason})")
-            output = validate_output(task, completion.text)
+            output = validate_output(task, completion.text,
+                                     timeout_s=self.settings.input_limits.schema_validation_timeout_s)
         except InvalidOutput as e:
             await self.store.settle(ledger.Settlement(
                 attempt_id=attempt_id, status=AttemptStatus.invalid_output, cost_picos=cost_picos,

@@ -5,7 +5,9 @@ Memory stays flat at any file size: the file is read in binary one line at a tim
 with a compact table of 64-bit digests (about 24 MB per million ids).
 
 Each bad line becomes a `LineError` whose reason is one sentence starting with "line N: ". Valid lines
-still run unless `strict=True`.
+still run unless `strict=True`. Besides its shape, each line is held to the operator's `InputLimits`
+(line size, labels, schema size, depth and `$ref`s, images: see line_checks), and every limit's error
+names the setting that raises it.
 
 Strict mode reads the input once: validated rows go to an anonymous temporary file (not the store)
 and are inserted only after the last line proved clean, so a bad line raises `InputError` before this
@@ -27,14 +29,16 @@ import orjson
 import sqlalchemy as sa
 from pydantic import ValidationError
 
+from .config import InputLimits
 from .errors import InputError
 from .ingest_openai_batch import BatchLineError, batch_line_to_native, field_origin, is_batch_line, json_kind
+from .line_checks import line_problem
 from .models import TASK_TYPES, JobSpec, TaskLine
 from .store.schema import TaskStatus, input_errors, tasks
 
 __all__ = ["DEFAULT_MAX_LINE_BYTES", "IngestReport", "LineError", "explain_validation_error", "ingest", "parse_lines"]
 
-DEFAULT_MAX_LINE_BYTES = 8 << 20
+DEFAULT_MAX_LINE_BYTES = InputLimits.max_line_bytes
 DEFAULT_BATCH_SIZE = 5000
 DEFAULT_MAX_ERRORS_KEPT = 1000
 EXCERPT_CHARS = 120
@@ -215,7 +219,7 @@ class _LineDefaults:
             obj["schema"] = self.schema
 
 
-def _judge(raw: bytes, offset: int, defaults: _LineDefaults) -> TaskLine | tuple[str, str | None]:
+def _judge(raw: bytes, offset: int, defaults: _LineDefaults, limits: InputLimits) -> TaskLine | tuple[str, str | None]:
     """The validated line, or (reason without the "line N: " prefix, task id if one was readable)."""
     try:
         obj = orjson.loads(raw)
@@ -239,11 +243,13 @@ def _judge(raw: bytes, offset: int, defaults: _LineDefaults) -> TaskLine | tuple
         task_id = _readable_id(obj.get("id"))
     defaults.apply(obj)
     try:
-        return TaskLine.model_validate(obj)
+        line = TaskLine.model_validate(obj)
     except ValidationError as e:
         return explain_validation_error(e, field_origin(batch_obj) if batch_obj else None), task_id
     except RecursionError:
         return "the line is nested too deeply to validate", task_id
+    problem = line_problem(line, limits)
+    return (problem, task_id) if problem else line
 
 
 def _deeper_than(obj: Any, limit: int) -> bool:
@@ -360,13 +366,17 @@ def _show(value: Any) -> str:
 
 
 def parse_lines(
-    path: str | os.PathLike, spec: JobSpec, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    path: str | os.PathLike, spec: JobSpec, *, limits: InputLimits | None = None, max_line_bytes: int | None = None
 ) -> Iterator[tuple[int, TaskLine | LineError]]:
     """Each non-blank line of `path` as (1-based line number, validated TaskLine or LineError), streaming.
 
     Job defaults from `spec` fill keys a line lacks before validation. An id seen on an earlier
-    accepted line makes this line a LineError.
+    accepted line makes this line a LineError. `limits` are the operator's (Settings.input_limits);
+    `max_line_bytes` overrides theirs.
     """
+    limits = limits or InputLimits()
+    if max_line_bytes is None:
+        max_line_bytes = limits.max_line_bytes
     if max_line_bytes < 1:
         raise ValueError("max_line_bytes must be at least 1")
     defaults = _LineDefaults(spec)
@@ -380,11 +390,12 @@ def parse_lines(
             if type(raw) is _Overlong:
                 reason = (
                     f"line {line_no}: the line is {raw.size:,} bytes, over the limit of {max_line_bytes:,} "
-                    "bytes; shorten it or raise max_line_bytes"
+                    "bytes (max_line_bytes); shorten it or raise max_line_bytes (LLMBATCH_MAX_LINE_BYTES "
+                    "or llmbatch.toml)"
                 )
                 yield line_no, LineError(line_no, reason, None, _excerpt(raw.head))
                 continue
-            result = _judge(raw, offset, defaults)
+            result = _judge(raw, offset, defaults, limits)
             if type(result) is tuple:
                 reason, task_id = result
                 yield line_no, LineError(line_no, f"line {line_no}: {reason}", task_id, _excerpt(raw))
@@ -405,7 +416,8 @@ def ingest(
     *,
     strict: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    limits: InputLimits | None = None,
+    max_line_bytes: int | None = None,
     max_errors_kept: int = DEFAULT_MAX_ERRORS_KEPT,
 ) -> IngestReport:
     """Write the accepted lines of `path` to `tasks` and the rejected ones to `input_errors`.
@@ -425,7 +437,7 @@ def ingest(
     rows_bytes = 0
     bad_rows: list[tuple] = []
     try:
-        for line_no, item in parse_lines(path, spec, max_line_bytes=max_line_bytes):
+        for line_no, item in parse_lines(path, spec, limits=limits, max_line_bytes=max_line_bytes):
             if type(item) is LineError:
                 if strict:
                     raise InputError(item.reason)

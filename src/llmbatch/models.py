@@ -61,6 +61,20 @@ def _schema_problem(schema_json: bytes) -> str | None:
     return None
 
 
+def _labels_problem(labels: list[str]) -> str | None:
+    """Labels are matched trimmed and case-insensitively, so two that differ only there could never both be
+    chosen, and an empty one can never be answered: each would fail only after paid escalations."""
+    seen: dict[str, str] = {}
+    for i, label in enumerate(labels):
+        key = label.strip().casefold()
+        if not key:
+            return f"'labels' has an empty label at position {i}"
+        if key in seen:
+            return (f"'labels' has duplicates after trimming and ignoring case: {seen[key]!r} and {label!r}")
+        seen[key] = label
+    return None
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -121,8 +135,9 @@ class TaskLine(BaseModel):
         if self.task == "classify":
             if not self.labels:
                 raise ValueError("classify needs 'labels': a non-empty list of strings (or pass --labels)")
-            if len(set(self.labels)) != len(self.labels):
-                raise ValueError("'labels' has duplicates")
+            problem = _labels_problem(self.labels)
+            if problem:
+                raise ValueError(problem)
         if self.task == "extract":
             if not self.json_schema:
                 raise ValueError("extract needs 'schema': a JSON Schema object")

@@ -91,7 +91,7 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
     max_cost = usd_to_picos(spec.max_cost_per_task_usd) if spec.max_cost_per_task_usd else None
     plan = Plan(budget_picos=usd_to_picos(spec.budget_usd) if spec.budget_usd else None, keys_assumed=keys_assumed)
     deny = frozenset(spec.deny or ())
-    for _line_no, item in parse_lines(path, spec):
+    for _line_no, item in parse_lines(path, spec, limits=settings.input_limits):
         if isinstance(item, LineError):
             plan.invalid_lines += 1
             if len(plan.errors) < MAX_ERRORS_KEPT:  # the count is exact; the list stays small

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .money import fmt_usd, usd_to_picos
+from .terminal_text import rich_printable as safe
 
 def _console(stderr: bool = False) -> Console:
     c = Console(stderr=stderr, highlight=False)
@@ -41,8 +42,8 @@ def summary_table(summary: dict[str, Any]) -> None:
                    ("output tok", "right"), ("cost", "right")):
         mix.add_column(col, justify=j)
     for r in summary["model_mix"]:
-        mix.add_row(f"{r['provider']}/{r['model']}", str(r["tasks"]), str(r["attempts"]), f"{r['input_tokens']:,}",
-                    f"{r['output_tokens']:,}", fmt_usd(r["cost_picos"]))
+        mix.add_row(safe(f"{r['provider']}/{r['model']}"), str(r["tasks"]), str(r["attempts"]),
+                    f"{r['input_tokens']:,}", f"{r['output_tokens']:,}", fmt_usd(r["cost_picos"]))
     out.print(mix)
     if summary["invalid_lines"]:
         out.print(f"[yellow]{summary['invalid_lines']} input line(s) rejected[/] — `llmbatch status {job_id} --errors`")
@@ -59,7 +60,7 @@ def jobs_table(rows: list[dict[str, Any]], *, store: str) -> None:
     for r in rows:
         c = r["counts"]
         done = c["succeeded"] + c["failed"] + c["skipped"] + c["cancelled"]
-        t.add_row(r["job_id"], r["name"] or "", r["created_at"].replace("T", " ").rstrip("Z"), r["status"],
+        t.add_row(r["job_id"], safe(r["name"] or ""), r["created_at"].replace("T", " ").rstrip("Z"), r["status"],
                   f"{done:,}/{c['total']:,}", f"{c['succeeded']:,}", f"{c['failed']:,}", f"{c['skipped']:,}",
                   _usd(r["spent_usd"]), _usd(r["budget_usd"]) if r["budget_usd"] is not None else "none")
     out.print(t)
@@ -138,7 +139,7 @@ def report_tables(rep: dict[str, Any]) -> None:
     for col in ("provider", "model", "tasks", "attempts", "input", "cached", "output", "reasoning", "cost"):
         m.add_column(col, justify="left" if col in ("provider", "model") else "right")
     for r in rep["by_model"]:
-        m.add_row(r["provider"], r["model"], str(r["tasks"]), str(r["attempts"]), f"{r['input_tokens']:,}",
+        m.add_row(safe(r["provider"]), safe(r["model"]), str(r["tasks"]), str(r["attempts"]), f"{r['input_tokens']:,}",
                   f"{r['cached_tokens']:,}", f"{r['output_tokens']:,}", f"{r['reasoning_tokens']:,}", _usd(r["cost_usd"]))
     out.print(m)
     c = rep["counts"]
@@ -147,14 +148,14 @@ def report_tables(rep: dict[str, Any]) -> None:
               + (("; skips: " + ", ".join(f"{k}={v}" for k, v in rep["skips"].items())) if rep["skips"] else ""))
     if rep["unpriced_attempts"]:
         out.print(f"[bold red]{len(rep['unpriced_attempts'])} attempt(s) could not be priced by the catalog; "
-                  f"they are charged at their reserved upper bound. First: {rep['unpriced_attempts'][0]}[/]")
+                  f"they are charged at their reserved upper bound. First: {safe(rep['unpriced_attempts'][0])}[/]")
     if rep.get("overruns"):
         first = rep["overrun_attempts"][0]
         out.print(f"[bold red]{rep['overruns']} attempt(s) billed ABOVE their reservation (overrun): the provider "
-                  f"counted more tokens than the bound allowed for. Largest: {first['model']} task {first['task_id']} "
-                  f"billed ${first['cost_usd']} against ${first['reserved_usd']} reserved[/]")
+                  f"counted more tokens than the bound allowed for. Largest: {safe(first['model'])} task "
+                  f"{safe(first['task_id'])} billed ${first['cost_usd']} against ${first['reserved_usd']} reserved[/]")
     if rep.get("stop_reason"):
-        out.print(f"[bold red]dispatch stopped: {rep['stop_reason']}[/]")
+        out.print(f"[bold red]dispatch stopped: {safe(rep['stop_reason'])}[/]")
     if rep["unsettled_attempts"]:
         out.print(f"[yellow]{rep['unsettled_attempts']} attempt(s) with unknown outcome still hold their reservation; "
                   f"run `llmbatch reconcile {rep['job_id']}`[/]")
@@ -163,7 +164,7 @@ def report_tables(rep: dict[str, Any]) -> None:
         for col in ("id", "model", "attempts", "cost"):
             e.add_column(col)
         for x in rep["most_expensive_tasks"]:
-            e.add_row(str(x["id"]), str(x["model"]), str(x["attempts"]), _usd(x["cost_usd"]))
+            e.add_row(safe(x["id"]), safe(x["model"]), str(x["attempts"]), _usd(x["cost_usd"]))
         out.print(e)
 
 
@@ -174,7 +175,7 @@ def estimate_table(plan) -> None:
     for col in ("model", "tasks", "input tok (est)", "output tok (est)", "expected", "upper bound"):
         t.add_column(col, justify="left" if col == "model" else "right")
     for r in d["by_model"]:
-        t.add_row(r["model"], str(r["tasks"]), f"{r['input_tokens']:,}", f"{r['output_tokens']:,}",
+        t.add_row(safe(r["model"]), str(r["tasks"]), f"{r['input_tokens']:,}", f"{r['output_tokens']:,}",
                   _usd(r["estimated_usd"]), _usd(r["upper_bound_usd"]))
     t.add_row("[bold]total", str(d["tasks"]), "", "", _usd(d["estimated_usd"]), _usd(d["upper_bound_usd"]))
     out.print(t)
@@ -188,12 +189,12 @@ def route_table(items: list[dict[str, Any]], *, total: int, explain: bool) -> No
     t.add_column("est", justify="right")
     t.add_column("why" if not explain else "why / cheaper models not eligible")
     for it in items:
-        why = it["reason"]
+        why = safe(it["reason"])
         if explain and it.get("not_chosen"):
-            why += "\n" + "\n".join(f"  ✗ {r['model']}: {r['reason']}" for r in it["not_chosen"])
+            why += "\n" + "\n".join(f"  ✗ {safe(r['model'])}: {safe(r['reason'])}" for r in it["not_chosen"])
         if it["warnings"]:
-            why += "\n" + "\n".join(f"  ! {w}" for w in it["warnings"])
-        t.add_row(str(it["id"]), str(it["model"]), _usd(it["estimated_usd"]), why)
+            why += "\n" + "\n".join(f"  ! {safe(w)}" for w in it["warnings"])
+        t.add_row(safe(it["id"]), safe(it["model"]), _usd(it["estimated_usd"]), why)
     out.print(t)
     if total > len(items):
         out.print(f"... {total - len(items)} more (use --limit or --json)")

@@ -4,7 +4,7 @@ An adapter translates a ChatRequest, calls the provider exactly once, parses the
 (usage in our one convention) and classifies failures. It never retries; the engine does.
 
 Error classification (every ProviderError carries `status_code`, None when no response arrived; messages
-quote the provider, trimmed to ~300 characters, with the key and anything key-shaped redacted):
+quote the provider, with the key (in any encoding) and anything key-shaped redacted, then trimmed to ~300 characters):
 
 | what happened                                                     | raised              | error_class        | retry_after                    |
 |-------------------------------------------------------------------|---------------------|--------------------|--------------------------------|

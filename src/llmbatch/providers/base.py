@@ -17,7 +17,7 @@ from ..catalog import ModelInfo, ProviderInfo
 from ..errors import FatalError, ProviderError, RerouteError, RetryableError
 from ..models import ChatRequest, Completion, Usage
 from .classify import ErrorDetail, classify_http_error
-from .redact import redact, trim
+from .redact import scrub
 from .transport import post_json
 
 # Exceptions that mean "the 200 body does not have the documented shape" while we pick it apart.
@@ -88,7 +88,7 @@ class Adapter(abc.ABC):
         except _SHAPE_ERRORS as exc:
             # A message this API cannot express (e.g. content None): no call can succeed, none was made.
             raise FatalError(
-                redact(f"{where}: cannot translate the request: {type(exc).__name__} {trim(str(exc))}", self.secrets),
+                f"{where}: cannot translate the request: {type(exc).__name__} {scrub(str(exc), self.secrets)}",
                 error_class="bad_request",
                 request_sent=False,
             ) from None
@@ -128,7 +128,7 @@ class Adapter(abc.ABC):
 
     def malformed(self, model: ModelInfo, status: int, why: str) -> RetryableError:
         return RetryableError(
-            redact(f"{self.where(model)}: malformed response (HTTP {status}): {trim(why)}", self.secrets),
+            f"{self.where(model)}: malformed response (HTTP {status}): {scrub(why, self.secrets)}",
             status_code=status,
             error_class="malformed_response",
         )
@@ -136,7 +136,7 @@ class Adapter(abc.ABC):
     def filtered(self, model: ModelInfo, why: str, usage: Usage | None, status: int = 200) -> RerouteError:
         """A content-filter refusal that arrived as a successful response; its usage is still billed."""
         return RerouteError(
-            redact(f"{self.where(model)}: content filter: {trim(why)}", self.secrets),
+            f"{self.where(model)}: content filter: {scrub(why, self.secrets)}",
             status_code=status,
             error_class="content_filter",
             usage=usage,

@@ -14,7 +14,7 @@ from typing import Mapping
 
 from ..backoff import parse_retry_after
 from ..errors import FatalError, ProviderError, RateLimitedError, RerouteError, RetryableError
-from .redact import redact, trim
+from .redact import scrub
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def classify_http_error(
     reason = (detail.reason or "").lower()
     msg = detail.message
     label = f" {detail.code}" if detail.code else ""
-    text = redact(f"{where}: HTTP {status}{label}: {trim(msg) or '(empty body)'}", secrets)
+    text = f"{where}: HTTP {status}{label}: {scrub(msg, secrets) or '(empty body)'}"
 
     if status == 429:
         if code in _QUOTA_CODES:

@@ -20,7 +20,7 @@ import orjson
 
 from .. import __version__
 from ..errors import FatalError, ProviderTimeout, RetryableError
-from .redact import redact, trim
+from .redact import redact, scrub
 
 try:
     import aiohttp
@@ -94,7 +94,7 @@ def transport_error(exc: Exception, *, where: str, secrets: tuple[str | None, ..
     found = _aiohttp_cause(exc)
     phase, origin = found if found else (None, exc)
     # Name the original error: "ServerDisconnectedError" says what happened, the mapped "ConnectTimeout" misleads.
-    detail = redact(f"{where}: {type(origin).__name__}: {trim(str(exc)) or 'no detail'}", secrets)
+    detail = f"{where}: {type(origin).__name__}: {scrub(str(exc), secrets) or 'no detail'}"
     if phase == "reset":
         return RetryableError(detail, error_class="connection_reset", request_sent=True)
     if phase == "timeout":
@@ -141,7 +141,7 @@ async def post_json(
     except httpx.HTTPError as exc:
         failure = transport_error(exc, where=where, secrets=secrets)
     except _RAW_AIOHTTP_ERRORS as exc:
-        detail = redact(f"{where}: {type(exc).__name__}: {trim(str(exc)) or 'no detail'}", secrets)
+        detail = f"{where}: {type(exc).__name__}: {scrub(str(exc), secrets) or 'no detail'}"
         failure = RetryableError(detail, error_class="connection_reset", request_sent=True)
     # Raised outside the except blocks so neither __cause__ nor __context__ holds the original exception:
     # it references the request, whose headers carry the key.

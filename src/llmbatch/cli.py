@@ -546,11 +546,13 @@ def reconcile(job_id, assume, grace):
 @click.option("--port", type=int, default=8765, show_default=True)
 @click.option("--latency", type=float, default=0.0, show_default=True, help="Mean seconds per response.")
 @click.option("--latency-jitter", type=float, default=0.0, show_default=True)
+@click.option("--latency-p50", type=float, default=None, help="Lognormal latency: median seconds (replaces --latency).")
+@click.option("--latency-p99", type=float, default=None, help="Lognormal latency: 99th percentile seconds (the tail).")
 @click.option("--error-rate", type=float, default=0.0, show_default=True, help="Fraction answered 429 or 5xx.")
 @click.option("--rpm", type=int, default=None, help="Requests per minute per model before 429.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--fault", "faults", multiple=True, help="NAME=RATE, e.g. hang=0.01 (storm429, burst5xx, hang, reset, malformed, truncated, slow_body).")
-def simulator(host, port, latency, latency_jitter, error_rate, rpm, seed, faults):
+def simulator(host, port, latency, latency_jitter, latency_p50, latency_p99, error_rate, rpm, seed, faults):
     """Run the bundled provider simulator (OpenAI, Anthropic and Gemini APIs) on loopback."""
     from .simulator import SimulatorConfig, run_server
 
@@ -563,7 +565,7 @@ def simulator(host, port, latency, latency_jitter, error_rate, rpm, seed, faults
             raise click.UsageError(f"--fault {f!r}: expected NAME=RATE") from None
     try:
         cfg = SimulatorConfig(latency_s=latency, latency_jitter_s=latency_jitter, error_rate=error_rate, rpm=rpm,
-                              seed=seed, faults=fault_rates)
+                              seed=seed, faults=fault_rates, latency_p50_s=latency_p50, latency_p99_s=latency_p99)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     run_server(host, port, cfg)

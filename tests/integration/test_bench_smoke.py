@@ -35,16 +35,19 @@ def check(res: dict, name: str, tmp_path) -> dict:
     return res["details"]
 
 
-def test_inflight_smoke(tmp_path):
-    res = bench_inflight.main(["--tasks", "120", "--concurrency", "30", "--latency", "0.05",
-                               "--out", str(tmp_path / "inflight.json")])
+def test_inflight_smoke(tmp_path, bench_services):
+    res = bench_inflight.main(["--tasks", "120", "--concurrency", "30", "--latency", "0.05", "--p50", "0.05",
+                               "--p99", "0.3", "--mini-error-rate", "0.2", "--out", str(tmp_path / "inflight.json")])
     d = check(res, "inflight", tmp_path)
-    assert d["correct"]
-    (b,), (p,) = d["baseline_runs"], d["pipeline_runs"]
-    assert b["ok"] == b["requests"] == b["sim_ok"] == 120
-    assert p["counts"]["succeeded"] == p["counts"]["total"] == 120
-    assert p["sim_total"] == p["sim_ok"] == 120  # one call per task: nothing lost, nothing doubled
-    assert p["spent_micros"] == p["ledger_micros"] > 0
+    assert set(d["ratios"]) == {"lognormal/embedded", "lognormal/celery", "fixed/embedded", "fixed/celery"}
+    for run in d["runs"]:
+        assert run["correct"], run
+        p, b = run["pipeline"], run["baseline"]
+        assert p["counts"]["succeeded"] == p["counts"]["total"] == 120
+        assert p["spent_micros"] == p["ledger_micros"] > 0
+        # Escalations happened, and the baseline made exactly the pipeline's calls, model by model.
+        assert p["sim_total"] > 120 and len(p["sim_by_model"]) >= 2
+        assert b["requests"] == b["ok"] == p["sim_total"]
 
 
 def test_overhead_smoke(tmp_path, bench_services):

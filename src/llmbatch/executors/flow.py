@@ -5,13 +5,13 @@ tasks in one store transaction and schedules each of them as its own asyncio tas
 in-flight slot (`Engine.slots`), so a slot freed by any task is taken at once by the next claimed task,
 and a unit's slowest task never holds the other slots idle (the convoy of issue 14).
 
-The claim-ahead is bounded: `feed()` claims the next unit only while the tasks claimed and not finished
-(in flight or waiting for a slot) leave room for it under `concurrency + ahead`; otherwise it waits. So
-memory and leases stay flat on a million-task job, and another worker gets the rest. One heartbeat renews
+The claim-ahead is bounded: `feed()` returns (and the caller fetches the next unit) only once the tasks
+claimed and not finished (in flight or waiting for a slot) leave room for another unit under
+`concurrency + ahead`. So memory and leases stay flat on a million-task job, and another worker gets the rest. One heartbeat renews
 the leases of every claimed, unfinished task.
 
 `stop_claiming()` is THE place that stops new work: `feed()` claims nothing after it (and says so), and
-`release_waiting()` / `release_unfinished()` hand back the leases of tasks not finished.
+`release_unfinished()` hands back the leases of the tasks not finished.
 """
 
 from __future__ import annotations
@@ -51,30 +51,34 @@ class TaskFlow:
         asyncio.ensure_future(self._wake())
 
     async def feed(self, job_id: str, lo: int, hi: int) -> int | None:
-        """Wait for room, claim the unit's unfinished tasks and schedule them. Returns how many were claimed,
-        or None when claiming has stopped (nothing was claimed; the caller hands the unit back)."""
-        width = hi - lo + 1
-        async with self._room:
-            # Room: with this unit, at most `ahead` (or one unit, if units are bigger) wait beyond the slots.
-            limit = self.engine.concurrency + max(self.ahead, width)
-            await self._room.wait_for(lambda: not self.claiming or self.open == 0 or self.open + width <= limit)
-            if not self.claiming:
-                return None
-            ctx, claimed = await self.engine.claim(job_id, lo, hi)
-            if not claimed:
-                return 0
+        """Claim the unit's unfinished tasks and schedule them, then wait until there is room for a next unit
+        of this size. Returns how many were claimed, or None when claiming has stopped (nothing was claimed;
+        the caller hands the unit back).
+
+        Claim first, wait after: a unit in hand is always leased, so if this process dies while it waits, the
+        lease expires and the sweeper re-queues the tasks (a Celery message is acked only when this returns).
+        The wait is the back-pressure: a Celery worker takes its next message only after it."""
+        if not self.claiming:
+            return None
+        ctx, claimed = await self.engine.claim(job_id, lo, hi)
+        if claimed:
             self.open += len(claimed)
-        held = self.held.setdefault(job_id, set())
-        waiting = self.waiting.setdefault(job_id, set())
-        unit = _Unit(len(claimed))
-        for c in claimed:
-            held.add(c.seq)
-            waiting.add(c.seq)
-            t = asyncio.create_task(self._run(ctx, c, unit))
-            self._tasks.add(t)
-            t.add_done_callback(self._tasks.discard)
-        if self._heartbeat is None:
-            self._heartbeat = asyncio.create_task(self._renew_forever())
+            held = self.held.setdefault(job_id, set())
+            waiting = self.waiting.setdefault(job_id, set())
+            unit = _Unit(len(claimed))
+            for c in claimed:
+                held.add(c.seq)
+                waiting.add(c.seq)
+                t = asyncio.create_task(self._run(ctx, c, unit))
+                self._tasks.add(t)
+                t.add_done_callback(self._tasks.discard)
+            if self._heartbeat is None:
+                self._heartbeat = asyncio.create_task(self._renew_forever())
+        # Room for the next unit: with it, at most `ahead` (or one unit, if units are bigger) wait beyond the slots.
+        width = hi - lo + 1
+        limit = self.engine.concurrency + max(self.ahead, width)
+        async with self._room:
+            await self._room.wait_for(lambda: not self.claiming or self.open + width <= limit)
         return len(claimed)
 
     async def _run(self, ctx, claimed: repo.ClaimedTask, unit: "_Unit") -> None:

@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import orjson
@@ -15,8 +16,10 @@ import orjson
 from . import __version__
 from .config import Settings, load_settings
 from .errors import ConfigError, InputError, LLMBatchError, StoreError
-from .models import JobSpec
 from .money import exact_usd
+
+if TYPE_CHECKING:  # pydantic models cost ~100 ms to import: only the commands that build a job load them
+    from .models import JobSpec
 
 EXIT_OK, EXIT_INPUT, EXIT_FAILED, EXIT_BUDGET, EXIT_CANCELLED = 0, 2, 3, 4, 5
 EXIT_FOR_STATUS = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "budget_exhausted": EXIT_BUDGET,
@@ -88,6 +91,8 @@ def build_spec(spec_path, task, labels, schema_path, budget, max_cost_per_task, 
                max_output_tokens, simulate, no_escalate, strict, name) -> JobSpec:
     import yaml
     from pydantic import ValidationError
+
+    from .models import JobSpec
 
     data: dict = {}
     if spec_path:

@@ -7,18 +7,18 @@ job totals by construction; `check_reconciliation` verifies it anyway and the re
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import orjson
 from sqlalchemy import Connection, func, select
 
-from .catalog import Catalog
-from .catalog.pricing import price
 from .errors import CatalogError, PricingError
-from .models import Usage
 from .money import usd_json
-from .store import ledger, repo
+from .store import repo
 from .store.schema import attempts, tasks
+
+if TYPE_CHECKING:  # the catalog and pydantic models load only for a report (status starts without them)
+    from .catalog import Catalog
 
 
 def status_dict(conn: Connection, job: dict[str, Any]) -> dict[str, Any]:
@@ -78,6 +78,9 @@ def openai_batch_line(r: dict[str, Any], job_id: str, seq: int) -> dict[str, Any
 
 def _baseline_micros(rows: list[dict[str, Any]], catalog: Catalog, baseline: str) -> tuple[int | None, str | None]:
     """What the same tokens would have cost on the baseline model (one price() over the summed usage)."""
+    from .catalog.pricing import price
+    from .models import Usage
+
     try:
         model = catalog.get(baseline)
     except CatalogError as e:
@@ -95,6 +98,8 @@ def _baseline_micros(rows: list[dict[str, Any]], catalog: Catalog, baseline: str
 
 def build_report(conn: Connection, job_id: str, catalog: Catalog, *, baseline_model: str = "gpt-4o",
                  top: int = 10) -> dict[str, Any]:
+    from .store import ledger
+
     job = repo.get_job(conn, job_id)
     if job is None:
         raise LookupError(job_id)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.benchmarks import bench_inflight, bench_overhead, bench_ratelimit, bench_scaling, bench_submit
+from tests.benchmarks import bench_inflight, bench_overhead, bench_ratelimit, bench_reads, bench_scaling, bench_submit
 
 FIELDS = {"benchmark", "figure", "unit", "baseline", "baseline_desc", "ratio", "ratio_desc", "target", "pass",
           "settings", "machine", "details"}
@@ -93,3 +93,13 @@ def test_scaling_smoke(tmp_path, bench_services):
         assert r["counts"]["succeeded"] == r["tasks"] == r["sim_requests"] == 60 * r["workers"]
     assert d["rows"][0]["speedup"] == 1.0
     assert len(d["table"]) == 2 + 2
+
+
+def test_reads_smoke(tmp_path, bench_services):
+    res = bench_reads.main(["--tasks", "300", "--out", str(tmp_path / "reads.json")])
+    d = check(res, "reads", tmp_path)
+    assert set(d["stores"]) == {"sqlite", "postgres"}
+    for store in d["stores"].values():
+        assert store["correct"] and store["results"]["lines"] == 300
+        assert store["status"]["stdout_bytes"] > 0 and store["report"]["stdout_bytes"] > 0
+    assert d["startup"]["help"]["stdout_bytes"] > 0

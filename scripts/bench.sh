@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Throughput benchmarks (issue "throughput"). Not tests: they take minutes and print figures.
 #
-#   bash scripts/bench.sh                      # all: inflight overhead submit ratelimit scaling
+#   bash scripts/bench.sh                      # all: inflight overhead submit ratelimit scaling reads
 #   bash scripts/bench.sh inflight overhead    # just these
 #   BENCH_ARGS_overhead="--profile" bash scripts/bench.sh overhead   # extra flags for one benchmark
 #
@@ -16,7 +16,7 @@ cd "$ROOT"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 [[ -x "$PY" ]] || PY="$(command -v python3)"
 OUT="${BENCH_RESULTS:-$ROOT/bench-results.json}"
-ALL=(inflight overhead submit ratelimit scaling)
+ALL=(inflight overhead submit ratelimit scaling reads)
 NAMES=("$@")
 [[ ${#NAMES[@]} -eq 0 ]] && NAMES=("${ALL[@]}")
 

@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import orjson
@@ -16,9 +17,11 @@ import orjson
 from . import __version__
 from .config import Settings, load_settings
 from .errors import InputError, LLMBatchError
-from .models import JobSpec
 from .money import dumps_json, exact_usd
 from .terminal_text import printable
+
+if TYPE_CHECKING:  # pydantic models cost ~100 ms to import: only the commands that build a job load them
+    from .models import JobSpec
 
 EXIT_OK, EXIT_INPUT, EXIT_FAILED, EXIT_BUDGET, EXIT_CANCELLED, EXIT_INTERRUPTED = 0, 2, 3, 4, 5, 130
 EXIT_FOR_STATUS = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "budget_exhausted": EXIT_BUDGET,
@@ -86,6 +89,7 @@ def build_spec(spec_path, task, labels, schema_path, budget, max_cost_per_task, 
                max_output_tokens, simulate, no_escalate, strict, name, new=False) -> JobSpec:
     from pydantic import ValidationError
 
+    from .models import JobSpec
     from .specfile import load_schema_file, load_spec_file
 
     # Bounded reads: size and YAML alias limits (specfile.py); a problem is an InputError (one line, exit 2).
@@ -621,11 +625,13 @@ def reconcile(job_id, assume, grace):
 @click.option("--port", type=int, default=8765, show_default=True)
 @click.option("--latency", type=float, default=0.0, show_default=True, help="Mean seconds per response.")
 @click.option("--latency-jitter", type=float, default=0.0, show_default=True)
+@click.option("--latency-p50", type=float, default=None, help="Lognormal latency: median seconds (replaces --latency).")
+@click.option("--latency-p99", type=float, default=None, help="Lognormal latency: 99th percentile seconds (the tail).")
 @click.option("--error-rate", type=float, default=0.0, show_default=True, help="Fraction answered 429 or 5xx.")
 @click.option("--rpm", type=int, default=None, help="Requests per minute per model before 429.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--fault", "faults", multiple=True, help="NAME=RATE, e.g. hang=0.01 (storm429, burst5xx, hang, reset, malformed, truncated, slow_body).")
-def simulator(host, port, latency, latency_jitter, error_rate, rpm, seed, faults):
+def simulator(host, port, latency, latency_jitter, latency_p50, latency_p99, error_rate, rpm, seed, faults):
     """Run the bundled provider simulator (OpenAI, Anthropic and Gemini APIs) on loopback."""
     from .simulator import SimulatorConfig, run_server
 
@@ -638,7 +644,7 @@ def simulator(host, port, latency, latency_jitter, error_rate, rpm, seed, faults
             raise click.UsageError(f"--fault {f!r}: expected NAME=RATE") from None
     try:
         cfg = SimulatorConfig(latency_s=latency, latency_jitter_s=latency_jitter, error_rate=error_rate, rpm=rpm,
-                              seed=seed, faults=fault_rates)
+                              seed=seed, faults=fault_rates, latency_p50_s=latency_p50, latency_p99_s=latency_p99)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     run_server(host, port, cfg)

@@ -165,46 +165,37 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ units
 
-    async def run_range(self, job_id: str, lo: int, hi: int) -> int:
-        """Claim and run every unfinished task with lo <= seq <= hi. Returns how many tasks this call ran."""
+    async def claim(self, job_id: str, lo: int, hi: int) -> tuple[JobContext, list[repo.ClaimedTask]]:
+        """Lease every unfinished task with lo <= seq <= hi (one unit). Scheduling the claimed tasks onto
+        in-flight slots is the caller's (executors/flow.py): task by task, never unit by unit."""
         ctx = await self.job_context(job_id)
         if self.stopping:
-            return 0
+            return ctx, []
         claimed, poisoned = await self.store.claim(
             job_id, lo, hi, worker=self.worker_id, lease_s=self.settings.lease_seconds,
             max_deliveries=self.settings.max_deliveries)
         if poisoned:
             log.warning("job %s: %d task(s) in %d..%d exceeded max_deliveries and were failed", job_id, poisoned, lo, hi)
             self.progress.finished[TaskStatus.failed] += poisoned
-        if not claimed:
-            return 0
-        # claim_tasks refuses a cancelled job in the same transaction, so the job is not cancelled now, whatever
-        # this worker cached before a `retry` lifted an earlier cancel.
-        ctx.cancelled, ctx.checked_at = False, time.time()
-        running = {c.seq for c in claimed}
-        heartbeat = asyncio.create_task(self._renew_leases(job_id, running))
-        try:
-            await asyncio.gather(*(self._run_claimed(ctx, c, running) for c in claimed))
-        finally:
-            heartbeat.cancel()
-        return len(claimed)
+        if claimed:
+            # claim_tasks refuses a cancelled job in the same transaction, so the job is not cancelled now,
+            # whatever this worker cached before a `retry` lifted an earlier cancel.
+            ctx.cancelled, ctx.checked_at = False, time.time()
+        return ctx, claimed
 
-    async def _renew_leases(self, job_id: str, running: set[int]) -> None:
-        interval = max(1.0, self.settings.lease_seconds / 3)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.store.call(repo.renew_leases, job_id, sorted(running), worker=self.worker_id,
-                                      lease_s=self.settings.lease_seconds)
-            except Exception as e:  # noqa: BLE001 - a store blip must not kill the chunk; the next beat retries
-                log.warning("lease renewal for job %s failed: %s", job_id, type(e).__name__)
+    async def renew_leases(self, job_id: str, seqs: list[int]) -> int:
+        return await self.store.call(repo.renew_leases, job_id, seqs, worker=self.worker_id,
+                                     lease_s=self.settings.lease_seconds)
 
-    async def _run_claimed(self, ctx: JobContext, claimed: repo.ClaimedTask, running: set[int]) -> None:
+    async def run_claimed(self, ctx: JobContext, claimed: repo.ClaimedTask, started=None) -> None:
+        """Run one claimed task in an in-flight slot (waits for one). `started()` is called once it has one."""
         async with self.slots:
+            if started is not None:
+                started()
             try:
                 if self.stopping:
                     return  # claimed but not started: its lease is handed back
-                status = await self.run_task(ctx, claimed)
+                await self.run_task(ctx, claimed)
             except Interrupted:
                 return  # stopping between attempts: the task goes back to the queue as it is
             except StoreWriteError as e:  # full disk, read-only, locked: stop the run, record nothing more
@@ -212,10 +203,7 @@ class Engine:
                 self.stopping = True
             except Exception as e:  # noqa: BLE001 - one task's bug must not lose the others; record it
                 log.exception("task %s crashed", claimed.task_id)
-                status = TaskStatus.failed
-                await self._finish(ctx, claimed, status=status, error=f"internal error: {type(e).__name__}: {e}")
-            finally:
-                running.discard(claimed.seq)
+                await self._finish(ctx, claimed, status=TaskStatus.failed, error=f"internal error: {type(e).__name__}: {e}")
 
     # ------------------------------------------------------------------------------------------- task
 

@@ -6,18 +6,21 @@ job totals by construction; `check_reconciliation` verifies it anyway and the re
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import orjson
 from sqlalchemy import Connection, and_, case, func, select
 
-from .catalog import Catalog
-from .catalog.pricing import price
 from .errors import CatalogError, PricingError
-from .models import Usage
 from .money import usd_json
 from .store import ledger, repo
 from .store.schema import AttemptStatus, TaskStatus, attempts, tasks
+
+if TYPE_CHECKING:  # the catalog and pydantic models load only for a report (status starts without them)
+    from .catalog import Catalog
+
+if TYPE_CHECKING:  # the catalog and pydantic models load only for a report (status starts without them)
+    from .catalog import Catalog
 
 
 def status_dict(conn: Connection, job: dict[str, Any]) -> dict[str, Any]:
@@ -148,6 +151,8 @@ def _baseline_picos(conn: Connection, job_id: str, catalog: Catalog, baseline: s
     as if sent there directly. Failed, retried and escalated attempts are not counted (the baseline would
     have been billed once per finished request). Summed per long-context tier of the baseline model, so the
     price is exact: price() is linear within a tier."""
+    from .models import Usage
+
     try:
         model = catalog.get(baseline)
     except CatalogError as e:
@@ -196,6 +201,8 @@ def overrun_rows(conn: Connection, job_id: str, limit: int = 20) -> tuple[int, l
 
 def build_report(conn: Connection, job_id: str, catalog: Catalog, *, baseline_model: str = "gpt-4o",
                  top: int = 10) -> dict[str, Any]:
+    from .store import ledger
+
     job = repo.get_job(conn, job_id)
     if job is None:
         raise LookupError(job_id)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tests.benchmarks import common as C
 
-TARGET_PER_S = 1000.0
+TARGET_PER_S = 1000.0  # the original issue; issue 14 asks embedded to keep >= 1,300 (checked in the README)
 
 
 def run_embedded(tmp: Path, path: Path, *, tasks: int, concurrency: int, sim_url: str, budget: str,
@@ -40,13 +40,16 @@ def run_embedded(tmp: Path, path: Path, *, tasks: int, concurrency: int, sim_url
         t0 = time.perf_counter()
         job_id, report = create_job(settings, path, spec, executor="local")
         t1 = time.perf_counter()
+        cpu0 = time.process_time()  # this process only: the simulator is another one
         status = run(settings, job_id, concurrency=concurrency)
+        cpu = time.process_time() - cpu0
         t2 = time.perf_counter()
     counts, spent, ledger = C.job_counts(db_url, job_id)
     out = {"mode": "embedded", "store": "sqlite", "status": status, "tasks": report.accepted, "counts": counts,
            "correct": counts["succeeded"] == tasks and spent == ledger, "ingest_s": round(t1 - t0, 3),
            "run_s": round(t2 - t1, 3), "end_to_end_s": round(t2 - t0, 3),
-           "per_s": round(tasks / (t2 - t0), 1), "run_per_s": round(tasks / (t2 - t1), 1)}
+           "per_s": round(tasks / (t2 - t0), 1), "run_per_s": round(tasks / (t2 - t1), 1),
+           "run_cpu_s": round(cpu, 2), "cpu_ms_per_task": round(1000 * cpu / tasks, 3)}
     if profile:
         out["profile"] = C.summarize_collapsed(files)
     return out
@@ -67,15 +70,18 @@ def run_celery(tmp: Path, path: Path, *, tasks: int, workers: int, concurrency: 
         settings = load_settings(database_url=db_url, broker_url=broker, simulator_url=sim_url,
                                  **({"chunk_size": chunk_size} if chunk_size else {}))
         with C.py_spy(ws.pids(), tmp, "celery", profile) as files:
+            cpu0 = C.proc_cpu_s(ws.pids())
             t0 = time.perf_counter()
             job_id, n, units = C.submit(settings, path, budget_usd=budget)
             t1 = time.perf_counter()
             job, t2 = C.wait_job(db_url, job_id, timeout=max(600, tasks / 20))
+            cpu = C.proc_cpu_s(ws.pids()) - cpu0
         counts, spent, ledger = C.job_counts(db_url, job_id)
         out = {"mode": "celery", "store": "postgres", "workers": workers, "status": job["status"], "tasks": n,
                "units": units, "counts": counts, "correct": counts["succeeded"] == tasks and spent == ledger,
                "submit_s": round(t1 - t0, 3), "end_to_end_s": round(t2 - t0, 3),
-               "per_s": round(tasks / (t2 - t0), 1), "run_per_s": round(tasks / (t2 - t1), 1)}
+               "per_s": round(tasks / (t2 - t0), 1), "run_per_s": round(tasks / (t2 - t1), 1),
+               "workers_cpu_s": round(cpu, 2), "cpu_ms_per_task": round(1000 * cpu / tasks, 3)}
         if profile:
             out["profile"] = C.summarize_collapsed(files)
         if not out["correct"]:
@@ -116,7 +122,7 @@ def main(argv=None) -> dict:
             r["pass"] = r["correct"] and r["per_s"] >= TARGET_PER_S
             r["ratio_to_target"] = round(r["per_s"] / TARGET_PER_S, 3)
             r["ratio_to_bare_client"] = round(r["per_s"] / base["per_s"], 3)
-            C.log(f"{mode}: {r['per_s']} tasks/s end to end ({r['counts']})")
+            C.log(f"{mode}: {r['per_s']} tasks/s end to end, {r['cpu_ms_per_task']} ms CPU per task ({r['counts']})")
             results.append(r)
     worst = min(results, key=lambda r: r["per_s"])
     res = C.summary(

@@ -180,6 +180,92 @@ def sample_request(max_output_tokens: int = 64) -> tuple[str, dict, dict]:
     return cand.model.key, body, headers
 
 
+def write_classify(path: Path, n: int) -> Path:
+    """n classify lines: they route to the cheapest mini model; with the simulator's mini_error_rate some
+    answer outside the labels and escalate to a standard-tier model (the issue's "usual ~5%")."""
+    from tests.helpers import write_reviews
+
+    write_reviews(path, n)
+    return path
+
+
+def call_mix(calls_by_model: dict[str, int], *, classify: bool, max_output_tokens: int = 64,
+             seed: int = 14) -> list[tuple[str, bytes, dict]]:
+    """The calls an engine run made, as (url path, body, headers), `calls_by_model[model id]` of each, in a
+    shuffled order: the bare loop then runs the same request mix (the same number of calls per model) as
+    the pipeline did. Bodies are built by the library's own adapters from one task line of the benchmark."""
+    import random
+
+    from llmbatch.catalog.loading import load_catalog
+    from llmbatch.config import Settings
+    from llmbatch.models import TaskLine
+    from llmbatch.prompts import build_request
+    from llmbatch.providers import ADAPTERS, SIMULATOR_KEY, available_credentials, simulator_base_url
+    from llmbatch.routing import route
+
+    catalog = load_catalog(Settings())
+    line = ({"id": "r-0", "task": "classify", "input": "Love it, works perfectly and arrived early. Order number 1000.",
+             "labels": ["positive", "negative", "neutral"]} if classify else
+            {"id": "t-0", "task": "summarize", "input": f"{_SUMMARY_TEXT} Item 0.", "max_output_tokens": max_output_tokens})
+    task = TaskLine.model_validate(line)
+    request = build_request(task)
+    decision = route(task, request, catalog, credentials=available_credentials(catalog, simulate=True))
+    by_id = {c.model.model: c for c in decision.candidates}
+    calls: list[tuple[str, bytes, dict]] = []
+    for model_id, n in calls_by_model.items():
+        cand = by_id[model_id]
+        provider = catalog.providers[cand.model.provider]
+        adapter = ADAPTERS[provider.api](provider.model_copy(update={"base_url": simulator_base_url(provider.api, "")}),
+                                         None, SIMULATOR_KEY)  # type: ignore[arg-type]
+        visible = min(request.max_output_tokens, cand.completion_cap)
+        req = request.model_copy(update={"max_output_tokens": visible,
+                                         "reasoning_budget_tokens": max(0, cand.completion_cap - visible)})
+        body = orjson.dumps(adapter.build_body(cand.model, req))
+        headers = {"content-type": "application/json", "accept": "application/json",
+                   **adapter.auth_headers(SIMULATOR_KEY)}
+        calls += [(adapter.endpoint(cand.model), body, headers)] * n
+    random.Random(seed).shuffle(calls)
+    return calls
+
+
+async def _bare_mix(url: str, calls: list[tuple[str, bytes, dict]], concurrency: int) -> tuple[float, dict]:
+    import aiohttp
+
+    statuses: dict[int, int] = {}
+    todo = iter(calls)
+    connector = aiohttp.TCPConnector(limit=concurrency * 2, limit_per_host=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def worker():
+            for path, data, headers in todo:
+                async with session.post(f"{url}{path}", data=data, headers=headers) as r:
+                    await r.read()
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    return elapsed, statuses
+
+
+def bare_mix(url: str, calls: list[tuple[str, bytes, dict]], *, concurrency: int, tasks: int) -> dict:
+    """A bare aiohttp loop making exactly `calls` (see call_mix) with `concurrency` in flight. Its figure is
+    `tasks` per second: the tasks the same calls served in the pipeline (escalated tasks needed 2 calls)."""
+    elapsed, statuses = asyncio.run(_bare_mix(url, calls, concurrency))
+    return {"requests": len(calls), "ok": statuses.get(200, 0), "statuses": statuses, "seconds": round(elapsed, 3),
+            "req_per_s": round(len(calls) / elapsed, 1), "per_s": round(tasks / elapsed, 1)}
+
+
+def proc_cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes (and their threads), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / tick
+
+
 # ------------------------------------------------------------------------------------------ simulator
 
 

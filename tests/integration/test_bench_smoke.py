@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.benchmarks import bench_inflight, bench_overhead, bench_ratelimit, bench_scaling, bench_submit
+from tests.benchmarks import bench_inflight, bench_overhead, bench_ratelimit, bench_reads, bench_scaling, bench_submit
 
 FIELDS = {"benchmark", "figure", "unit", "baseline", "baseline_desc", "ratio", "ratio_desc", "target", "pass",
           "settings", "machine", "details"}
@@ -35,16 +35,19 @@ def check(res: dict, name: str, tmp_path) -> dict:
     return res["details"]
 
 
-def test_inflight_smoke(tmp_path):
-    res = bench_inflight.main(["--tasks", "120", "--concurrency", "30", "--latency", "0.05",
-                               "--out", str(tmp_path / "inflight.json")])
+def test_inflight_smoke(tmp_path, bench_services):
+    res = bench_inflight.main(["--tasks", "120", "--concurrency", "30", "--latency", "0.05", "--p50", "0.05",
+                               "--p99", "0.3", "--mini-error-rate", "0.2", "--out", str(tmp_path / "inflight.json")])
     d = check(res, "inflight", tmp_path)
-    assert d["correct"]
-    (b,), (p,) = d["baseline_runs"], d["pipeline_runs"]
-    assert b["ok"] == b["requests"] == b["sim_ok"] == 120
-    assert p["counts"]["succeeded"] == p["counts"]["total"] == 120
-    assert p["sim_total"] == p["sim_ok"] == 120  # one call per task: nothing lost, nothing doubled
-    assert p["spent_picos"] == p["ledger_picos"] > 0
+    assert set(d["ratios"]) == {"lognormal/embedded", "lognormal/celery", "fixed/embedded", "fixed/celery"}
+    for run in d["runs"]:
+        assert run["correct"], run
+        p, b = run["pipeline"], run["baseline"]
+        assert p["counts"]["succeeded"] == p["counts"]["total"] == 120
+        assert p["spent_picos"] == p["ledger_picos"] > 0
+        # Escalations happened, and the baseline made exactly the pipeline's calls, model by model.
+        assert p["sim_total"] > 120 and len(p["sim_by_model"]) >= 2
+        assert b["requests"] == b["ok"] == p["sim_total"]
 
 
 def test_overhead_smoke(tmp_path, bench_services):
@@ -90,3 +93,13 @@ def test_scaling_smoke(tmp_path, bench_services):
         assert r["counts"]["succeeded"] == r["tasks"] == r["sim_requests"] == 60 * r["workers"]
     assert d["rows"][0]["speedup"] == 1.0
     assert len(d["table"]) == 2 + 2
+
+
+def test_reads_smoke(tmp_path, bench_services):
+    res = bench_reads.main(["--tasks", "300", "--out", str(tmp_path / "reads.json")])
+    d = check(res, "reads", tmp_path)
+    assert set(d["stores"]) == {"sqlite", "postgres"}
+    for store in d["stores"].values():
+        assert store["correct"] and store["results"]["lines"] == 300
+        assert store["status"]["stdout_bytes"] > 0 and store["report"]["stdout_bytes"] > 0
+    assert d["startup"]["help"]["stdout_bytes"] > 0

@@ -2,9 +2,13 @@
 
 A queue message is a *unit*: (job_id, lo, hi), a contiguous seq range of at most chunk_size tasks, so a
 million-task job is ~20k small messages, not a million. Each worker process keeps one asyncio loop in a
-background thread with one Engine (one HTTP client, hundreds of calls in flight); Celery's thread pool
-slots just hand units to that loop and wait. Delivery is at-least-once (acks_late, reject on worker loss);
-recording is exactly-once (leased claims in the store).
+background thread with one Engine (one HTTP client, hundreds of calls in flight) and one TaskFlow
+(flow.py): a message is acked once its unit's tasks are leased in the store and scheduled there, and the
+tasks then take the worker's in-flight slots one by one, so a unit's slowest task holds only its own slot.
+The flow claims a unit only while there is room (concurrency + one unit), so a worker holds at most that
+many tasks and the other messages stay in the queue for other workers. Delivery is at-least-once: a claim
+whose worker dies expires (lease_seconds) and the sweeper re-queues it; a stopping worker finishes its
+in-flight tasks within shutdown_grace_s and re-queues the rest. Recording is exactly-once (leased claims).
 """
 
 from __future__ import annotations
@@ -60,15 +64,15 @@ class _WorkerRuntime:
     """One event loop thread and one Engine per worker process."""
 
     def __init__(self, concurrency: int, force_simulate: bool):
-        from ..runtime import open_engine
-
-        from ..runtime import new_event_loop
+        from ..runtime import new_event_loop, open_engine
+        from .flow import TaskFlow
 
         self.settings = load_settings()
         self.loop = new_event_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self.engine = None
+        self.flow = None
         self._error: BaseException | None = None
 
         async def main():
@@ -78,10 +82,12 @@ class _WorkerRuntime:
                                        shared_limits=True,
                                        force_simulate=force_simulate) as engine:
                     self.engine = engine
+                    self.flow = TaskFlow(engine, ahead=self.settings.chunk_size, on_unit_done=self._unit_done)
                     self._ready.set()
                     sweeper = asyncio.create_task(self._sweep_forever())
                     await self._stop.wait()
                     sweeper.cancel()
+                    await self._hand_back()
             except BaseException as e:  # noqa: BLE001 - surfaced to the thread that waits on _ready
                 self._error = e
                 self._ready.set()
@@ -95,6 +101,38 @@ class _WorkerRuntime:
 
     def run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def feed(self, job_id: str, lo: int, hi: int) -> int:
+        """A unit's message: claim its tasks into the flow (waiting for room), then return so it is acked.
+        A worker that is stopping claims nothing and puts the unit back on the queue."""
+        claimed = self.run(self.flow.feed(job_id, lo, hi))
+        if claimed is None:
+            publish_range(job_id, lo, hi)
+            return 0
+        return claimed
+
+    async def _unit_done(self, job_id: str) -> None:
+        await self.engine.store.write(repo.finish_job_if_done, job_id)
+
+    def stop_claiming(self) -> None:
+        if self.flow is not None:
+            self.loop.call_soon_threadsafe(self.flow.stop_claiming)
+
+    async def _hand_back(self) -> None:
+        """Stopping: claim nothing more, let in-flight tasks finish within shutdown_grace_s, then release the
+        leases of what is left and re-queue those units, so other workers take them now, not at lease expiry."""
+        self.flow.stop_claiming()
+        if await self.flow.drain(self.settings.shutdown_grace_s):
+            return
+        released = await self.flow.release_unfinished()
+        units = 0
+        for job_id, seqs in released.items():
+            for lo, hi in repo.seq_ranges(seqs, self.settings.chunk_size):
+                publish_range(job_id, lo, hi)
+                units += 1
+        if units:
+            log.warning("stopping: handed back %d unfinished task(s) in %d unit(s)",
+                        sum(len(s) for s in released.values()), units)
 
     async def _sweep_forever(self):
         """Give work held by dead workers back to the queue, and settle what they left in flight.
@@ -128,7 +166,7 @@ class _WorkerRuntime:
     def close(self):
         if self._stop is not None:
             self.loop.call_soon_threadsafe(self._stop.set)
-        self.thread.join(timeout=30)
+        self.thread.join(timeout=self.settings.shutdown_grace_s + 30)
 
 
 def _take_sweep_lock(settings, job_id: str, seconds: float) -> bool:
@@ -161,6 +199,13 @@ def _warm_up(**_):
     _get_runtime()
 
 
+@signals.worker_shutting_down.connect
+def _stop_claiming(**_):
+    # The first moment of a warm shutdown: messages still waiting for room go back to the queue.
+    if _runtime is not None:
+        _runtime.stop_claiming()
+
+
 @signals.worker_shutdown.connect
 def _shutdown(**_):
     if _runtime is not None:
@@ -170,10 +215,11 @@ def _shutdown(**_):
 @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_range(job_id: str, lo: int, hi: int) -> int:
     rt = _get_runtime()
-    ran = rt.run(rt.engine.run_range(job_id, lo, hi))
-    with get_engine(rt.settings.database_url).begin() as conn:
-        repo.finish_job_if_done(conn, job_id)
-    return ran
+    claimed = rt.feed(job_id, lo, hi)
+    if claimed == 0:  # nothing left to run in it (a redelivery, a cancelled job): the job may be done
+        with get_engine(rt.settings.database_url).begin() as conn:
+            repo.finish_job_if_done(conn, job_id)
+    return claimed
 
 
 def publish_range(job_id: str, lo: int, hi: int) -> None:
@@ -212,7 +258,8 @@ def broker_problem(settings, timeout_s: float = 3.0) -> str | None:
 
 def start_worker(*, concurrency: int | None, force_simulate: bool, loglevel: str = "INFO") -> None:
     """Run a Celery worker in this process. `concurrency` is calls in flight; Celery thread slots only
-    carry units to the event loop, so a few more slots than concurrency/chunk_size keep it fed."""
+    carry units into the flow (and return once claimed), so two slots keep it fed: one waiting for room
+    with the next unit, one spare. More would only keep messages from other workers."""
     settings = load_settings()
     configure(settings)
     concurrency = concurrency or settings.concurrency
@@ -221,6 +268,6 @@ def start_worker(*, concurrency: int | None, force_simulate: bool, loglevel: str
     # CPU). The ledger already records every call; keep them only at DEBUG.
     if loglevel.upper() != "DEBUG":
         logging.getLogger("httpx").setLevel(logging.WARNING)
-    slots = max(2, math.ceil(concurrency / max(1, settings.chunk_size)) * 2)
+    slots = 2
     app.worker_main(["worker", "--pool", "threads", "--concurrency", str(slots), "--queues", QUEUE,
                      "--loglevel", loglevel, "--without-gossip", "--without-mingle", "--prefetch-multiplier", "1"])

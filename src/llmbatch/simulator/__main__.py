@@ -27,6 +27,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, int, SimulatorConfig
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--latency", type=float, default=0.0, help="mean seconds added to each answer")
     p.add_argument("--latency-jitter", type=float, default=0.0, help="latency varies uniformly by +- this")
+    p.add_argument("--latency-p50", type=float, default=None,
+                   help="lognormal latency: median seconds (replaces --latency/--latency-jitter)")
+    p.add_argument("--latency-p99", type=float, default=None, help="lognormal latency: 99th percentile seconds")
     p.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests answered 429 or 5xx")
     p.add_argument("--rpm", type=int, default=None, help="requests per minute per model")
     p.add_argument("--seed", type=int, default=0)
@@ -40,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, int, SimulatorConfig
     data = {
         "latency_s": a.latency, "latency_jitter_s": a.latency_jitter, "error_rate": a.error_rate, "rpm": a.rpm,
         "seed": a.seed, "mini_error_rate": a.mini_error_rate, "faults": dict(a.fault),
+        "latency_p50_s": a.latency_p50, "latency_p99_s": a.latency_p99,
     }
     try:
         if a.config_json:

@@ -25,6 +25,8 @@ OVERRIDE_KEYS: dict[str, type] = {
     "json_error_rate": float,  # extract answers that are not valid JSON
     "error_rate": float,  # injected 429/5xx, instead of the global error_rate
     "latency_s": float,
+    "latency_p50_s": float,  # this model's own lognormal latency (see latency.py)
+    "latency_p99_s": float,
     "rpm": int,
 }
 
@@ -44,10 +46,21 @@ def _non_negative(name: str, value: Any) -> float:
     return float(value)
 
 
+def _check_percentiles(prefix: str, p50: float | None, p99: float | None) -> None:
+    if p99 is not None and p50 is None:
+        raise ValueError(f"{prefix}latency_p99_s needs {prefix}latency_p50_s (the median) as well")
+    if p50 is not None and p99 is not None and p99 < p50:
+        raise ValueError(f"{prefix}latency_p99_s ({p99}) must be >= {prefix}latency_p50_s ({p50})")
+
+
 @dataclass(frozen=True)
 class SimulatorConfig:
     latency_s: float = 0.0  # mean added latency of a successful answer
     latency_jitter_s: float = 0.0  # latency is uniform in latency_s +- jitter (never below 0)
+    # Lognormal latency (a long tail, like real providers): median and 99th percentile. When latency_p50_s is
+    # set it replaces latency_s/latency_jitter_s; latency_p99_s defaults to the median (no spread).
+    latency_p50_s: float | None = None
+    latency_p99_s: float | None = None
     error_rate: float = 0.0  # fraction of requests answered 429 or 5xx (half each)
     rpm: int | None = None  # requests per minute per model (sliding 60 s window); None = unlimited
     seed: int = 0  # seeds the RNG behind injected errors, faults and jitter
@@ -69,6 +82,10 @@ class SimulatorConfig:
             object.__setattr__(self, name, _non_negative(name, getattr(self, name)))
         for name in ("error_rate", "mini_error_rate"):
             object.__setattr__(self, name, _rate(name, getattr(self, name)))
+        for name in ("latency_p50_s", "latency_p99_s"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _non_negative(name, getattr(self, name)))
+        _check_percentiles("", self.latency_p50_s, self.latency_p99_s)
         if self.rpm is not None and (isinstance(self.rpm, bool) or not isinstance(self.rpm, int) or self.rpm < 1):
             raise ValueError(f"rpm must be a positive integer or null, got {self.rpm!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -108,10 +125,11 @@ class SimulatorConfig:
                     if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                         raise ValueError(f"model_overrides.{model}.rpm must be a positive integer")
                     checked[k] = v
-                elif k == "latency_s":
-                    checked[k] = _non_negative(f"model_overrides.{model}.latency_s", v)
+                elif k.startswith("latency_"):
+                    checked[k] = _non_negative(f"model_overrides.{model}.{k}", v)
                 else:
                     checked[k] = _rate(f"model_overrides.{model}.{k}", v)
+            _check_percentiles(f"model_overrides.{model}.", checked.get("latency_p50_s"), checked.get("latency_p99_s"))
             out[str(model)] = checked
         return out
 

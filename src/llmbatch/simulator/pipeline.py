@@ -17,6 +17,7 @@ from aiohttp import web
 from . import faults
 from .apierror import RATE_LIMIT, ApiError
 from .dialects.base import Dialect, Reply
+from .latency import answer_latency
 from .modelinfo import SimModel
 from .ratelimit import RateDecision
 from .state import SimState
@@ -123,9 +124,7 @@ async def _serve(state: SimState, dialect: Dialect, request: web.Request, ex: _E
     state.stats.completion_tokens += reply.completion_tokens
     body = orjson.dumps(reply.body)
 
-    latency = cfg.override(model.id, "latency_s", cfg.latency_s)
-    if cfg.latency_jitter_s:
-        latency = max(0.0, latency + state.rng.uniform(-cfg.latency_jitter_s, cfg.latency_jitter_s))
+    latency = answer_latency(cfg, model.id, state.rng)
     if latency > 0:
         await asyncio.sleep(latency)
 

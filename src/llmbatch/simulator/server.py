@@ -161,11 +161,16 @@ def config_args(config: SimulatorConfig) -> list[str]:
             "--mini-error-rate", str(config.mini_error_rate)]
     if config.rpm is not None:
         args += ["--rpm", str(config.rpm)]
+    if config.latency_p50_s is not None:
+        args += ["--latency-p50", str(config.latency_p50_s)]
+    if config.latency_p99_s is not None:
+        args += ["--latency-p99", str(config.latency_p99_s)]
     for name, rate in config.faults.items():
         args += ["--fault", f"{name}={rate}"]
     defaults = SimulatorConfig()
     rest = {k: v for k, v in config.to_dict().items()
-            if k not in ("latency_s", "latency_jitter_s", "error_rate", "seed", "mini_error_rate", "rpm", "faults")
+            if k not in ("latency_s", "latency_jitter_s", "error_rate", "seed", "mini_error_rate", "rpm", "faults",
+                         "latency_p50_s", "latency_p99_s")
             and v != getattr(defaults, k)}
     if rest:
         args += ["--config-json", json.dumps(rest)]

@@ -150,10 +150,10 @@ def open_seq_ranges(conn: Connection, job_id: str, chunk_size: int) -> list[tupl
         select(tasks.c.seq).where(tasks.c.job_id == job_id, tasks.c.status.in_([TaskStatus.queued, TaskStatus.running]))
         .order_by(tasks.c.seq)
     ).scalars()
-    return _ranges(seqs, chunk_size)
+    return seq_ranges(seqs, chunk_size)
 
 
-def _ranges(seqs: Iterable[int], chunk_size: int) -> list[tuple[int, int]]:
+def seq_ranges(seqs: Iterable[int], chunk_size: int) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     lo = prev = None
     for s in seqs:
@@ -236,6 +236,28 @@ def renew_leases(conn: Connection, job_id: str, seqs: list[int], *, worker: str,
     ).rowcount
 
 
+@in_transaction
+def release_claims(conn: Connection, job_id: str, seqs: list[int], *, worker: str,
+                   unstarted: Iterable[int] = ()) -> int:
+    """Hand this worker's unfinished claims back to the queue (a stopping worker): queued again, lease
+    cleared, so the next claim takes them at once. Only running tasks this worker still leases; a task
+    whose outcome is already recorded is untouched, and a late record of a released task is refused.
+    Tasks in `unstarted` never reached a slot: their delivery is not counted toward max_deliveries."""
+    if not seqs:
+        return 0
+    mine = and_(tasks.c.job_id == job_id, tasks.c.lease_owner == worker, tasks.c.status == TaskStatus.running)
+    values = {"status": TaskStatus.queued, "lease_owner": None, "lease_expires_at": None}
+    unstarted = sorted(set(unstarted) & set(seqs))
+    n = 0
+    if unstarted:
+        n += conn.execute(update(tasks).where(mine, tasks.c.seq.in_(unstarted))
+                          .values(deliveries=tasks.c.deliveries - 1, **values)).rowcount
+    rest = sorted(set(seqs) - set(unstarted))
+    if rest:
+        n += conn.execute(update(tasks).where(mine, tasks.c.seq.in_(rest)).values(**values)).rowcount
+    return n
+
+
 def stalled_jobs(conn: Connection, idle_s: float, now: float | None = None) -> list[str]:
     """Running jobs with work left and no claim or settlement for `idle_s`: their queue messages are gone
     (every worker holding them died, or the broker lost them). Cheap: reads the jobs table only, then
@@ -262,7 +284,7 @@ def expired_lease_ranges(conn: Connection, chunk_size: int, now: float | None = 
     for job_id, seq in rows:
         by_job.setdefault(job_id, []).append(seq)
     for job_id, seqs in by_job.items():
-        out += [(job_id, lo, hi) for lo, hi in _ranges(seqs, chunk_size)]
+        out += [(job_id, lo, hi) for lo, hi in seq_ranges(seqs, chunk_size)]
     return out
 
 

@@ -1,0 +1,167 @@
+"""Read paths at scale: `status`, `report` and `results` of a finished 1,000,000-task job, and start-up time.
+
+    .venv/bin/python -m tests.benchmarks.bench_reads                        # 1M tasks, SQLite and Postgres
+    .venv/bin/python -m tests.benchmarks.bench_reads --tasks 100000 --stores sqlite
+
+The job is ingested with the library (create_job), then finished in SQL: every task succeeded with one
+ledger row, and every 20th escalated (a second row on another model), as a real run leaves it. Each command
+runs as a child process (`python -m llmbatch.cli ...`, interpreter start included), timed from spawn to exit,
+with its own peak RSS (os.wait4). `results` writes every line to a file (-o) and the line count is checked.
+Start-up: `llmbatch --help` and `status` of a tiny job. Targets (issue 14): status < 0.5 s, report < 5 s,
+results < 60 s with flat memory (peak RSS well under the job's size), --help and status < 300 ms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from tests.benchmarks import common as C
+
+TARGETS_S = {"status": 0.5, "report": 5.0, "results": 60.0}
+STARTUP_TARGET_S = 0.3
+RESULTS_RSS_MB = 300.0  # "flat": far below what a million result lines would take in memory
+
+
+def child(args: list[str], env: dict, cwd: Path, *, repeat: int = 1) -> dict:
+    """Run `python -m llmbatch.cli ARGS` `repeat` times; the best wall time, and the peak RSS of that run."""
+    best = None
+    for _ in range(repeat):
+        out_f, err_f = cwd / "child.stdout", cwd / "child.stderr"
+        with open(out_f, "wb") as out, open(err_f, "wb") as err:
+            t0 = time.perf_counter()
+            p = subprocess.Popen([sys.executable, "-m", "llmbatch.cli", *args], env=env, cwd=str(cwd),
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            _, status, usage = os.wait4(p.pid, 0)
+            elapsed = time.perf_counter() - t0
+        rc = os.waitstatus_to_exitcode(status)
+        if rc not in (0, 3):
+            raise RuntimeError(f"{args} exited {rc}: {err_f.read_text(errors='replace')[-2000:]}")
+        run = {"seconds": round(elapsed, 3), "peak_rss_mb": round(usage.ru_maxrss * 1024 / 2**20, 1),
+               "cpu_s": round(usage.ru_utime + usage.ru_stime, 3), "stdout_bytes": out_f.stat().st_size}
+        if best is None or run["seconds"] < best["seconds"]:
+            best = run
+    return best
+
+
+def fill_finished(db_url: str, job_id: str) -> None:
+    """Every task succeeded with one attempt; every 20th escalated (an invalid first answer, then a second
+    model). Totals on the job row match the ledger."""
+    import sqlalchemy as sa
+
+    from llmbatch.store.db import get_engine
+
+    now = time.time()
+    with get_engine(db_url).begin() as c:
+        c.execute(sa.text(
+            "UPDATE tasks SET status = 'succeeded', provider = 'groq', model = 'llama-3.1-8b-instant', "
+            "output = '\"Revenue grew 12% with flat costs.\"', input_tokens = 41, output_tokens = 9, "
+            "cost_picos = CASE WHEN seq % 20 = 0 THEN 25 ELSE 3 END, "
+            "attempts = CASE WHEN seq % 20 = 0 THEN 2 ELSE 1 END, "
+            "escalations = CASE WHEN seq % 20 = 0 THEN 1 ELSE 0 END, deliveries = 1, finished_at = :now "
+            "WHERE job_id = :j"), {"j": job_id, "now": now})
+        cols = ("job_id, task_seq, task_id, attempt_no, provider, model, channel, purpose, status, settled, "
+                "cost_source, input_tokens, cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, "
+                "reserved_picos, cost_picos, latency_ms, worker, started_at, finished_at")
+        c.execute(sa.text(
+            f"INSERT INTO attempts ({cols}) SELECT job_id, seq, task_id, 1, 'groq', 'llama-3.1-8b-instant', 'sync', "
+            "'first', CASE WHEN seq % 20 = 0 THEN 'invalid_output' ELSE 'succeeded' END, true, 'usage', 41, 0, 0, 9, "
+            "0, 40, 3, 900, 'bench', :now, :now FROM tasks WHERE job_id = :j ORDER BY seq"), {"j": job_id, "now": now})
+        c.execute(sa.text(
+            f"INSERT INTO attempts ({cols}) SELECT job_id, seq, task_id, 2, 'openai', 'gpt-4.1-mini', 'sync', "
+            "'escalation', 'succeeded', true, 'usage', 41, 0, 0, 9, 0, 300, 22, 1100, 'bench', :now, :now "
+            "FROM tasks WHERE job_id = :j AND seq % 20 = 0 ORDER BY seq"), {"j": job_id, "now": now})
+        spent = c.execute(sa.text("SELECT sum(cost_picos) FROM attempts WHERE job_id = :j"), {"j": job_id}).scalar()
+        c.execute(sa.text("UPDATE jobs SET status = 'succeeded', spent_picos = :s, started_at = :now, "
+                          "finished_at = :now WHERE id = :j"), {"j": job_id, "s": int(spent), "now": now})
+    with get_engine(db_url).connect() as c:
+        if c.dialect.name == "postgresql":
+            c.execution_options(isolation_level="AUTOCOMMIT").execute(sa.text("VACUUM ANALYZE"))
+        else:
+            c.execute(sa.text("ANALYZE"))
+
+
+def run_store(store: str, path: Path, n: int, tmp: Path, pg_url: str | None) -> dict:
+    from llmbatch.config import load_settings
+    from llmbatch.jobs import create_job
+    from llmbatch.models import JobSpec
+    from llmbatch.store.db import dispose_all, get_engine
+
+    ctx = C.fresh_postgres(pg_url) if store == "postgres" else contextlib.nullcontext(f"sqlite:///{tmp}/reads.db")
+    out: dict = {"store": store}
+    with ctx as db_url:
+        get_engine(db_url)
+        settings = load_settings(database_url=db_url)
+        t0 = time.perf_counter()
+        job_id, report = create_job(settings, path, JobSpec.model_validate({"simulate": True}), executor="local")
+        fill_finished(db_url, job_id)
+        out["setup_s"] = round(time.perf_counter() - t0, 1)
+        dispose_all()
+        env = C.clean_env(LLMBATCH_DATABASE_URL=db_url)
+        out["status"] = child(["status", job_id, "--json"], env, tmp, repeat=3)
+        out["report"] = child(["report", job_id, "--json"], env, tmp, repeat=1)
+        results = tmp / "results.jsonl"
+        out["results"] = child(["results", job_id, "-o", str(results)], env, tmp)
+        with open(results, "rb") as f:
+            out["results"]["lines"] = sum(1 for _ in f)
+        results.unlink()
+    out["correct"] = out["results"]["lines"] == n
+    out["pass"] = (out["correct"] and all(out[k]["seconds"] < t for k, t in TARGETS_S.items())
+                   and out["results"]["peak_rss_mb"] < RESULTS_RSS_MB)
+    C.log(f"{store}: " + ", ".join(f"{k} {out[k]['seconds']} s / {out[k]['peak_rss_mb']} MB" for k in TARGETS_S))
+    return out
+
+
+def startup(tmp: Path) -> dict:
+    """`llmbatch --help` and `status` of a one-task job on SQLite (best of 5: the machine is shared)."""
+    from llmbatch.config import load_settings
+    from llmbatch.jobs import create_job
+    from llmbatch.models import JobSpec
+    from llmbatch.store.db import dispose_all
+
+    db_url = f"sqlite:///{tmp}/tiny.db"
+    src = C.write_tasks(tmp / "tiny.jsonl", 1)
+    job_id, _ = create_job(load_settings(database_url=db_url), src, JobSpec.model_validate({"simulate": True}),
+                           executor="local")
+    dispose_all()
+    env = C.clean_env(LLMBATCH_DATABASE_URL=db_url)
+    out = {"help": child(["--help"], env, tmp, repeat=5), "status": child(["status", job_id], env, tmp, repeat=5)}
+    out["pass"] = all(out[k]["seconds"] < STARTUP_TARGET_S for k in ("help", "status"))
+    C.log(f"start-up: --help {out['help']['seconds']} s, status {out['status']['seconds']} s")
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = C.base_parser(__doc__)
+    ap.add_argument("--tasks", type=int, default=1_000_000)
+    ap.add_argument("--stores", default="sqlite,postgres")
+    args = ap.parse_args(argv)
+    mach = C.machine()
+    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    with C.workdir("bench_reads_", args.keep) as tmp:
+        start = startup(tmp)
+        path = C.write_tasks(tmp / "tasks.jsonl", args.tasks)
+        runs = {}
+        for store in stores:
+            pg_url = C.services()[1] if store == "postgres" else None
+            runs[store] = run_store(store, path, args.tasks, tmp, pg_url)
+    worst_report = max(r["report"]["seconds"] for r in runs.values())
+    res = C.summary(
+        "reads", figure=worst_report, unit="s (report, slowest store)", baseline=TARGETS_S["report"],
+        baseline_desc="the issue's absolute target", ratio=worst_report / TARGETS_S["report"],
+        ratio_desc="figure / 5 s (below 1 is good)",
+        target="status < 0.5 s, report < 5 s, results < 60 s (flat memory), --help and status start < 0.3 s",
+        passed=start["pass"] and all(r["pass"] for r in runs.values()),
+        settings={"tasks": args.tasks, "stores": stores}, machine_info=mach, startup=start, stores=runs)
+    C.emit(res, args.out)
+    return res
+
+
+if __name__ == "__main__":
+    main()

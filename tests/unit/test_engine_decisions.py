@@ -7,6 +7,8 @@ import asyncio
 import random
 
 import orjson
+
+from llmbatch.executors.flow import TaskFlow
 import pytest
 from sqlalchemy import select, update
 
@@ -49,7 +51,7 @@ def test_moves_follow_the_error_kind():
 
 # ------------------------------------------------------------------------------- the engine, in process
 
-CHEAP, NEXT = "groq/llama-3.1-8b-instant", "openai/gpt-4o-mini"
+CHEAP, NEXT = "groq/llama-3.1-8b-instant", "openai/gpt-4.1-mini"  # active models (gpt-4o family is retired)
 
 
 class FakeAdapter:
@@ -86,7 +88,7 @@ def run_engine(tmp_path, script, *, n=1, spec_extra=None, before=None, during=No
     src = tmp_path / "in.jsonl"
     src.write_text("".join(orjson.dumps({"id": f"t{i}", "task": "classify", "input": f"great product {i}",
                                          "labels": ["positive", "negative"]}).decode() + "\n" for i in range(n)))
-    spec = JobSpec.model_validate({"simulate": True, "models": [CHEAP, NEXT, "openai/gpt-4o"],
+    spec = JobSpec.model_validate({"simulate": True, "models": [CHEAP, NEXT, "openai/gpt-4.1"],
                                    **(spec_extra or {})})
     job_id, _ = create_job(settings, src, spec, executor="local")
     if before:
@@ -102,7 +104,9 @@ def run_engine(tmp_path, script, *, n=1, spec_extra=None, before=None, during=No
         try:
             if during:
                 during.engine = engine
-            await engine.run_range(job_id, 0, n - 1)
+            flow = TaskFlow(engine, ahead=n)  # the executors' task-level flow (executors/flow.py)
+            await flow.feed(job_id, 0, n - 1)
+            await flow.drain()
         finally:
             store.close()
 

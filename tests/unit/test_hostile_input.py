@@ -266,7 +266,7 @@ def test_limits_from_toml_and_bad_values(tmp_path, monkeypatch):
     assert limits.allow_http_images is True and limits.max_spec_bytes == 4096
     assert image_problem("http://example.com/x.png", limits) is None
     monkeypatch.setenv("LLMBATCH_MAX_SPEC_BYTES", "lots")
-    with pytest.raises(ConfigError, match="max_spec_bytes"):
+    with pytest.raises(ConfigError, match="(?i)max_spec_bytes"):
         load_settings()
 
 

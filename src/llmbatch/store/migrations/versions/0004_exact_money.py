@@ -5,13 +5,13 @@ Money moves from micro-dollars rounded up per attempt to exact pico-dollars (mon
 keep what they were charged (their rounded micro-dollars, now as picos); new attempts are exact.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 """
 from alembic import op
 import sqlalchemy as sa
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

@@ -178,20 +178,24 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 # --- hostile-input ---
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def _input_limits(pick, path: Path | None) -> InputLimits:
     values: dict[str, Any] = {}
     for f in fields(InputLimits):
         raw = pick(f.name, f"LLMBATCH_{f.name.upper()}", f.default)
         try:
             if f.type == "bool":
-                value = raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes", "on")
+                value = raw if isinstance(raw, bool) else _BOOLS[str(raw).strip().lower()]
             elif f.type == "int":
                 value = int(raw)
             else:
                 value = float(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, KeyError):
+            wanted = "true or false" if f.type == "bool" else "a number"
             raise ConfigError(f"{f.name} (LLMBATCH_{f.name.upper()} or {path or 'llmbatch.toml'}): "
-                              f"expected a number, got {raw!r}") from None
+                              f"expected {wanted}, got {raw!r}") from None
         if not isinstance(value, bool) and value <= 0:
             raise ConfigError(f"{f.name} must be positive, got {raw!r}")
         values[f.name] = value

@@ -41,6 +41,26 @@ def cli_env(database_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def custom_provider_toml(base_url: str) -> str:
+    """llmbatch.toml sections for an OpenAI-compatible provider `house` (key in HOUSE_KEY) serving one cheap
+    mini-tier model, `house/house-llama`."""
+    return f'''
+[providers.house]
+api = "openai"
+base_url = "{base_url}"
+key_env = "HOUSE_KEY"
+
+[models."house/house-llama"]
+api = "openai"
+tier = "mini"
+input_per_mtok = "0.01"
+output_per_mtok = "0.01"
+context_window = 32768
+max_output_tokens = 4096
+capabilities = ["system_role", "temperature"]
+'''
+
+
 def run_cli(args: list[str], env: dict[str, str], *, timeout: float = 300, cwd: Path | None = None):
     return subprocess.run([sys.executable, "-m", "llmbatch.cli", *args], env=env, capture_output=True, text=True,
                           timeout=timeout, cwd=str(cwd or REPO))

@@ -35,6 +35,7 @@ from .ingest_openai_batch import BatchLineError, batch_line_to_native, field_ori
 from .line_checks import line_problem
 from .models import TASK_TYPES, JobSpec, TaskLine
 from .store.schema import TaskStatus, input_errors, tasks
+from .validate import deeper_than
 
 __all__ = ["DEFAULT_MAX_LINE_BYTES", "IngestReport", "LineError", "explain_validation_error", "ingest", "parse_lines"]
 
@@ -228,7 +229,7 @@ def _judge(raw: bytes, offset: int, defaults: _LineDefaults, limits: InputLimits
     if type(obj) is not dict:
         return f"expected a JSON object {{...}}, got {json_kind(obj)}", None
     # Counting brackets is a cheap upper bound on depth; only lines that pass it get walked.
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _deeper_than(obj, MAX_DEPTH):
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and deeper_than(obj, MAX_DEPTH):
         id_field = "custom_id" if is_batch_line(obj) else "id"
         return f"the JSON is nested more than {MAX_DEPTH} levels deep", _readable_id(obj.get(id_field))
     batch_obj = None
@@ -250,17 +251,6 @@ def _judge(raw: bytes, offset: int, defaults: _LineDefaults, limits: InputLimits
         return "the line is nested too deeply to validate", task_id
     problem = line_problem(line, limits)
     return (problem, task_id) if problem else line
-
-
-def _deeper_than(obj: Any, limit: int) -> bool:
-    stack = [(obj, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = value.values() if type(value) is dict else value
-        stack.extend((c, depth + 1) for c in children if type(c) is dict or type(c) is list)
-    return False
 
 
 def _json_problem(raw: bytes, offset: int, e: orjson.JSONDecodeError) -> str:

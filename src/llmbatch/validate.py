@@ -145,7 +145,7 @@ def _parse_json(text: str, schema: dict, timeout_s: float) -> Any:
         raise InvalidOutput(f"output is not valid JSON: {e.msg} at char {e.pos}") from None
     except (ValueError, RecursionError) as e:  # e.g. an integer over Python's 4300-digit limit
         raise InvalidOutput(f"output is not valid JSON: {e}") from None
-    if _deeper_than(value, MAX_OUTPUT_DEPTH):
+    if deeper_than(value, MAX_OUTPUT_DEPTH):
         raise InvalidOutput(f"output JSON is nested more than {MAX_OUTPUT_DEPTH} levels deep")
     token = _deadline.set(time.monotonic() + timeout_s)
     try:
@@ -177,16 +177,16 @@ def validate_output(task: TaskLine, text: str, *, timeout_s: float = DEFAULT_VAL
     return text.strip()
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
+def deeper_than(obj: Any, limit: int) -> bool:
+    """Whether parsed JSON nests more than `limit` levels (iterative: the value may be deeper than Python's
+    recursion limit). Also ingest's check of whole lines."""
+    stack = [(obj, 1)]
     while stack:
-        node, depth = stack.pop()
+        value, depth = stack.pop()
         if depth > limit:
             return True
-        if isinstance(node, dict):
-            stack.extend((c, depth + 1) for c in node.values() if isinstance(c, (dict, list)))
-        elif isinstance(node, list):
-            stack.extend((c, depth + 1) for c in node if isinstance(c, (dict, list)))
+        children = value.values() if type(value) is dict else value
+        stack.extend((c, depth + 1) for c in children if type(c) is dict or type(c) is list)
     return False
 
 
@@ -211,7 +211,7 @@ def schema_problem(schema: dict, *, max_bytes: int, max_depth: int) -> str | Non
 @lru_cache(maxsize=256)
 def _schema_verdict(encoded: bytes, max_depth: int) -> str | None:
     schema = orjson.loads(encoded)
-    if _deeper_than(schema, max_depth):
+    if deeper_than(schema, max_depth):
         return (f"'schema' is nested more than {max_depth} levels deep (max_schema_depth); "
                 "flatten it with $defs or raise max_schema_depth")
     try:

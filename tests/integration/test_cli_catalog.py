@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 
-from tests.helpers import cli_env, run_cli, run_json, write_reviews
+from tests.helpers import cli_env, custom_provider_toml, run_cli, run_json, write_reviews
 from tests.unit.test_catalog_litellm import FIXTURE
 
 PNG = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 32).decode()
@@ -61,21 +61,7 @@ def test_custom_openai_compatible_provider_from_config(tmp_path, sqlite_url):
 
     # The simulator errs only on mini-tier names; declare the house model frontier there so every answer is valid.
     with SimulatorThread(SimulatorConfig(extra_models={"house-llama": "frontier"})) as sim:
-        (tmp_path / "llmbatch.toml").write_text(f'''
-[providers.house]
-api = "openai"
-base_url = "{sim.url}/v1"
-key_env = "HOUSE_KEY"
-
-[models."house/house-llama"]
-api = "openai"
-tier = "mini"
-input_per_mtok = "0.01"
-output_per_mtok = "0.01"
-context_window = 32768
-max_output_tokens = 4096
-capabilities = ["system_role", "temperature"]
-''')
+        (tmp_path / "llmbatch.toml").write_text(custom_provider_toml(f"{sim.url}/v1"))
         src = tmp_path / "r.jsonl"
         write_reviews(src, 5)
         env = cli_env(sqlite_url, LLMBATCH_CONFIG=str(tmp_path / "llmbatch.toml"), HOUSE_KEY="house-secret")

@@ -9,7 +9,6 @@ import base64
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import threading
@@ -20,22 +19,15 @@ from urllib.parse import quote
 import orjson
 import pytest
 
-from tests.helpers import REPO, cli_env, run_cli, run_json
-from tests.unit.test_hostile_input import CORPUS, SECRET_CONTENTS, assert_silent, corpus_text, expectations
+from tests.helpers import REPO, cli_env, custom_provider_toml, run_cli, run_json
+from tests.unit.test_hostile_input import (CORPUS, SECRET_CONTENTS, assert_silent, corpus_text, expectations,
+                                         listener)  # noqa: F401 - a fixture
+
+pytestmark = pytest.mark.integration
 
 PROVIDER_KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GROQ_API_KEY", "MISTRAL_API_KEY",
                      "TOGETHER_API_KEY")
 RAW_CONTROLS = ("\x1b", "\x9b", "\x07", "\u202e")
-
-
-@pytest.fixture
-def listener():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(16)
-    s.setblocking(False)
-    yield s
-    s.close()
 
 
 def _no_raw_controls(text: str, what: str) -> None:
@@ -136,27 +128,8 @@ def test_key_echoed_across_the_cut_leaves_no_fragment_anywhere(tmp_path, sqlite_
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         cfg = tmp_path / "llmbatch.toml"
-        cfg.write_text(f'''
-[retry]
-base_delay_s = 0.01
-max_delay_s = 0.05
-max_attempts_per_model = 2
-max_attempts_per_task = 2
-
-[providers.house]
-api = "openai"
-base_url = "http://127.0.0.1:{server.server_address[1]}/v1"
-key_env = "HOUSE_KEY"
-
-[models."house/house-llama"]
-api = "openai"
-tier = "mini"
-input_per_mtok = "0.01"
-output_per_mtok = "0.01"
-context_window = 32768
-max_output_tokens = 4096
-capabilities = ["system_role", "temperature"]
-''')
+        cfg.write_text("[retry]\nbase_delay_s = 0.01\nmax_delay_s = 0.05\nmax_attempts_per_model = 2\n"
+                       "max_attempts_per_task = 2\n" + custom_provider_toml(f"http://127.0.0.1:{server.server_address[1]}/v1"))
         src = tmp_path / "in.jsonl"
         src.write_text("".join(json.dumps({"id": f"t-{c}", "task": "summarize", "input": f"case:{c}",
                                            "model": "house/house-llama"}) + "\n"

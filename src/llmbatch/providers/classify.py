@@ -72,7 +72,7 @@ def classify_http_error(
     code = (detail.code or "").lower()
     reason = (detail.reason or "").lower()
     msg = detail.message
-    label = f" {detail.code}" if detail.code else ""
+    label = f" {scrub(detail.code, secrets, 60)}" if detail.code else ""
     text = f"{where}: HTTP {status}{label}: {scrub(msg, secrets) or '(empty body)'}"
 
     if status == 429:

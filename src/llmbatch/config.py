@@ -86,6 +86,11 @@ class Settings:
     max_deliveries: int = 5  # a task delivered this many times without finishing goes to failed (poison)
     concurrency: int = 64  # calls in flight per process
     shutdown_grace_s: float = 30.0  # a stopping worker's time to finish in-flight units before handing them back
+    # --- fast-recovery ---
+    # A worker's presence record lapses this long after its last renewal (renewed 4x per TTL); then live
+    # workers hand its tasks to others. Shorter: faster recovery, more false alarms on a stalled loop.
+    presence_ttl_s: float = 10.0
+    sweep_interval_s: float = 2.0  # how often each worker looks for lapsed workers (one cheap query per run)
 
     @property
     def effective_redis_url(self) -> str | None:
@@ -149,4 +154,6 @@ def load_settings(**overrides: Any) -> Settings:
         max_deliveries=int(pick("max_deliveries", "LLMBATCH_MAX_DELIVERIES", 5)),
         concurrency=int(pick("concurrency", "LLMBATCH_CONCURRENCY", 64)),
         shutdown_grace_s=float(pick("shutdown_grace_s", "LLMBATCH_SHUTDOWN_GRACE_S", 30.0)),
+        presence_ttl_s=float(pick("presence_ttl_s", "LLMBATCH_PRESENCE_TTL_S", 10.0)),
+        sweep_interval_s=float(pick("sweep_interval_s", "LLMBATCH_SWEEP_INTERVAL_S", 2.0)),
     )

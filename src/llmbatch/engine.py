@@ -40,6 +40,9 @@ _DIGITS = re.compile(r"\d+")
 NEXT_CANDIDATE = object()  # fall back to the next candidate
 ESCALATE = object()  # the output failed validation: move up a tier
 RETRY = object()  # one attempt failed: try the same model again (if its attempts allow)
+# Not a task status: this process's presence lapsed after it claimed the task, so the task may be running
+# elsewhere now. Nothing more is called or recorded for it here.
+LOST = "lost"
 
 
 @dataclass
@@ -73,6 +76,7 @@ class _TaskRun:
     escalations: int = 0
     last_error: str | None = None
     purpose: str = "first"
+    epoch: int = 0  # the presence epoch the task was claimed under (see liveness.Presence)
 
 
 # Retryable failures after the request was sent whose charge we cannot know: the provider may have
@@ -113,6 +117,8 @@ class Engine:
         self.progress = Progress()
         self.rng = rng or random.Random()
         self._jobs: dict[str, JobContext] = {}
+        self.presence = None  # liveness.Presence, set by runtime.open_engine
+        self._claim_epoch: dict[tuple[str, int], int] = {}
         self.daily_cap_micros = usd_to_micros(settings.daily_cap_usd) if settings.daily_cap_usd is not None else None
 
     # ------------------------------------------------------------------------------------- job state
@@ -156,6 +162,9 @@ class Engine:
         # this worker cached before a `retry` lifted an earlier cancel.
         ctx.cancelled, ctx.checked_at = False, time.time()
         running = {c.seq for c in claimed}
+        epoch = self.presence.epoch if self.presence is not None else 0
+        for c in claimed:
+            self._claim_epoch[(job_id, c.seq)] = epoch
         heartbeat = asyncio.create_task(self._renew_leases(job_id, running))
         try:
             await asyncio.gather(*(self._run_claimed(ctx, c, running) for c in claimed))
@@ -183,6 +192,7 @@ class Engine:
                 await self._finish(ctx, claimed, status=status, error=f"internal error: {type(e).__name__}: {e}")
             finally:
                 running.discard(claimed.seq)
+                self._claim_epoch.pop((ctx.job_id, claimed.seq), None)
 
     # ------------------------------------------------------------------------------------------- task
 
@@ -220,7 +230,7 @@ class Engine:
                 log.warning("job %s: %s (first seen on task %s)", ctx.job_id, w, task.id)
         if not decision.candidates:
             return await self._no_candidate(ctx, claimed, decision)
-        state = _TaskRun()
+        state = _TaskRun(epoch=self._claim_epoch.get((ctx.job_id, claimed.seq), 0))
         deadline = time.time() + self.settings.retry.task_deadline_s
         queue = list(decision.candidates)
         while queue:
@@ -285,6 +295,10 @@ class Engine:
         if await self.is_cancelled(ctx):
             return await self._finish(ctx, claimed, status=TaskStatus.cancelled, skip_reason="cancelled",
                                       error="job cancelled", escalations=state.escalations)
+        if self.presence is not None and await self.presence.confirm() != state.epoch:
+            log.info("task %s: this worker's presence lapsed after the claim; leaving it to its new holder",
+                     claimed.task_id)
+            return LOST
         if state.attempts >= policy.max_attempts_per_task or time.time() > deadline:
             return await self._finish(ctx, claimed, status=TaskStatus.failed, escalations=state.escalations,
                                       error=f"retry budget exhausted after {state.attempts} attempts; "

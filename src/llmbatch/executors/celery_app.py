@@ -16,6 +16,7 @@ import threading
 
 from celery import Celery, signals
 
+from .. import liveness
 from ..config import load_settings
 from ..store import ledger, repo
 from ..store.db import get_engine, reading
@@ -75,12 +76,15 @@ class _WorkerRuntime:
             self._stop = asyncio.Event()
             try:
                 async with open_engine(self.settings, concurrency=concurrency, shared_limits=True,
-                                       force_simulate=force_simulate) as engine:
+                                       force_simulate=force_simulate, publish=publish_range) as engine:
                     self.engine = engine
                     self._ready.set()
-                    sweeper = asyncio.create_task(self._sweep_forever())
+                    sweepers = [asyncio.create_task(self._sweep_forever()),
+                                asyncio.create_task(liveness.sweep_forever(engine.store, self.settings,
+                                                                           publish_range))]
                     await self._stop.wait()
-                    sweeper.cancel()
+                    for sweeper in sweepers:
+                        sweeper.cancel()
             except BaseException as e:  # noqa: BLE001 - surfaced to the thread that waits on _ready
                 self._error = e
                 self._ready.set()
@@ -96,7 +100,8 @@ class _WorkerRuntime:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     async def _sweep_forever(self):
-        """Give work held by dead workers back to the queue, and settle what they left in flight.
+        """The slow path behind liveness.sweep_forever: tasks whose leases expired (a worker without a presence
+        record), jobs that lost their queue messages, and unknown outcomes past their grace period.
         Every worker sweeps, at a jittered interval; re-published units are harmless (claims are idempotent)."""
         import random
 

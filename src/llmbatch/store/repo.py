@@ -144,10 +144,10 @@ def open_seq_ranges(conn: Connection, job_id: str, chunk_size: int) -> list[tupl
         select(tasks.c.seq).where(tasks.c.job_id == job_id, tasks.c.status.in_([TaskStatus.queued, TaskStatus.running]))
         .order_by(tasks.c.seq)
     ).scalars()
-    return _ranges(seqs, chunk_size)
+    return seq_ranges(seqs, chunk_size)
 
 
-def _ranges(seqs: Iterable[int], chunk_size: int) -> list[tuple[int, int]]:
+def seq_ranges(seqs: Iterable[int], chunk_size: int) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     lo = prev = None
     for s in seqs:
@@ -256,7 +256,7 @@ def expired_lease_ranges(conn: Connection, chunk_size: int, now: float | None = 
     for job_id, seq in rows:
         by_job.setdefault(job_id, []).append(seq)
     for job_id, seqs in by_job.items():
-        out += [(job_id, lo, hi) for lo, hi in _ranges(seqs, chunk_size)]
+        out += [(job_id, lo, hi) for lo, hi in seq_ranges(seqs, chunk_size)]
     return out
 
 

@@ -36,7 +36,7 @@ def _count(engine) -> dict[str, int]:
     return counts
 
 
-def _loaded_job(engine, n_tasks: int, running: int, workers: list[str]) -> str:
+def _job(engine, n_tasks: int) -> str:
     from llmbatch.store import repo
     from llmbatch.store.schema import jobs, tasks
     from sqlalchemy import update
@@ -49,13 +49,18 @@ def _loaded_job(engine, n_tasks: int, running: int, workers: list[str]) -> str:
         for i in range(0, n_tasks, 20000):
             c.execute(insert(tasks), rows[i:i + 20000])
         c.execute(update(jobs).where(jobs.c.id == job).values(status="running"))
-    per = running // len(workers)
-    for k, w in enumerate(workers):
-        repo.claim_tasks(engine, job, k * per, (k + 1) * per - 1, worker=w, lease_s=300, max_deliveries=5)
     return job
 
 
-async def _phase(settings, db_url: str, n_workers: int, seconds: float, workers: list[str]) -> dict:
+def _claim(engine, job: str, running: int, workers: list[str]) -> None:
+    from llmbatch.store import repo
+
+    per = running // len(workers)
+    for k, w in enumerate(workers):
+        repo.claim_tasks(engine, job, k * per, (k + 1) * per - 1, worker=w, lease_s=300, max_deliveries=5)
+
+
+async def _phase(settings, db_url: str, n_workers: int, seconds: float, workers: list[str], setup=None) -> dict:
     from llmbatch import liveness
     from llmbatch.store.aio import AsyncStore
 
@@ -65,6 +70,8 @@ async def _phase(settings, db_url: str, n_workers: int, seconds: float, workers:
                                    chunk_size=settings.chunk_size) for w in workers]
     for p in presences:
         await p.start()
+    if setup is not None:  # claims by live workers: their tasks must stay theirs
+        await asyncio.to_thread(setup)
     sweeps = [asyncio.create_task(liveness.sweep_forever(store, settings, None)) for _ in workers]
     before = dict(counts)
     t0 = time.perf_counter()
@@ -79,6 +86,13 @@ async def _phase(settings, db_url: str, n_workers: int, seconds: float, workers:
     per_worker = {k: round((after[k] - before[k]) / elapsed / n_workers, 2) for k in counts}
     return {"seconds": round(elapsed, 1), "per_worker_per_s": per_worker,
             "all_workers_per_s": {k: round((after[k] - before[k]) / elapsed, 2) for k in counts}}
+
+
+def _running(engine, job: str) -> int:
+    from llmbatch.store import repo
+
+    with engine.connect() as c:
+        return repo.task_counts(c, job)["running"]
 
 
 def main(argv=None) -> dict:
@@ -102,10 +116,13 @@ def main(argv=None) -> dict:
         workers = [f"bench:{i}:w" for i in range(args.workers)]
         C.log(f"at rest: {args.workers} workers for {args.seconds:.0f}s")
         rest = asyncio.run(_phase(settings, db_url, args.workers, args.seconds, workers))
-        C.log(f"loading a {args.tasks:,}-task job with {args.running} running tasks")
-        job = _loaded_job(engine, args.tasks, args.running, workers)
+        C.log(f"loading a {args.tasks:,}-task job; {args.running} of its tasks will be running")
+        job = _job(engine, args.tasks)
         C.log(f"under load: {args.workers} workers for {args.seconds:.0f}s")
-        load = asyncio.run(_phase(settings, db_url, args.workers, args.seconds, workers))
+        load = asyncio.run(_phase(settings, db_url, args.workers, args.seconds, workers,
+                                  setup=lambda: _claim(engine, job, args.running, workers)))
+        held = _running(engine, job)
+        assert held == args.running // args.workers * args.workers, f"live workers lost tasks: {held} running"
         # One sweep over the loaded job while every worker is alive (what runs every sweep_interval_s).
         for w in workers:  # alive for the timing sweeps
             with engine.begin() as c:

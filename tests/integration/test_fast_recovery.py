@@ -47,11 +47,11 @@ def test_sigkill_every_3s_for_30s_recovers_within_a_minute(tmp_path, fresh_postg
     try:
         env = _env(fresh_postgres_url, redis_url, sim_url)
         job_id = submit(src, env)
-        worker_procs.start(3, env=env, args=["--concurrency", "4", "--loglevel", "WARNING"])
+        worker_procs.start(3, env=env, args=["--concurrency", "6", "--loglevel", "WARNING"])
         wait_finished(fresh_postgres_url, job_id, 1, timeout=60)
 
         started = time.time()
-        kills, last_kill, killed_at = 0, started, {}
+        kills, last_kill, killed_at, left_at_last_kill = 0, started, {}, n_tasks
 
         def chaos():
             nonlocal kills, last_kill
@@ -67,6 +67,7 @@ def test_sigkill_every_3s_for_30s_recovers_within_a_minute(tmp_path, fresh_postg
                     worker_procs.kill(i, signal.SIGKILL)
                     killed_at[i] = last_kill = now
                     kills += 1
+                    left_at_last_kill = n_tasks - finished(fresh_postgres_url, job_id)
 
         job = wait_terminal(fresh_postgres_url, job_id, timeout=200, tick=chaos, every=0.2)
         ended = time.time()
@@ -78,10 +79,10 @@ def test_sigkill_every_3s_for_30s_recovers_within_a_minute(tmp_path, fresh_postg
     figures = check_ledger(fresh_postgres_url, job_id, reconciled=True)
     print(f"\nfast recovery: {n_tasks} tasks, 3 workers, {kills} SIGKILLs over {last_kill - started:.1f}s; "
           f"job {job['status']} {ended - started:.1f}s after the first kill, "
-          f"**{ended - last_kill:.1f}s after the last kill**; tasks {figures['tasks']}; "
+          f"**{ended - last_kill:.1f}s after the last kill** ({left_at_last_kill} tasks were left then); tasks {figures['tasks']}; "
           f"attempts {figures['attempt_status']}; max deliveries {figures['max_deliveries']}; "
           f"simulator calls {sim_stats.get('total')}")
-    assert kills >= 8, f"only {kills} kills: the job ended before the chaos got going"
+    assert kills >= 5, f"only {kills} kills: the job ended before the chaos got going"
     assert job["status"] == "succeeded", figures
     assert figures["tasks"] == {"succeeded": n_tasks}
     assert ended - last_kill < 60, f"the job ended {ended - last_kill:.0f}s after the last kill (limit 60 s)"

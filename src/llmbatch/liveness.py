@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from typing import Callable
 
-from .store import ledger, presence, repo
+from .store import presence, repo
 
 log = logging.getLogger("llmbatch.liveness")
 
@@ -29,10 +29,10 @@ class Presence:
     """This process's presence record. `epoch` grows each time the record is found lapsed: a task claimed
     under an older epoch may have been handed to another worker, so it must not start new calls."""
 
-    def __init__(self, store, worker_id: str, *, ttl_s: float, lease_s: float, chunk_size: int,
+    def __init__(self, store, worker_id: str, *, ttl_s: float, chunk_size: int,
                  publish: Callable[[str, int, int], None] | None = None):
         self.store = store
-        self._lease_s, self._chunk_size, self._publish = lease_s, chunk_size, publish
+        self._chunk_size, self._publish = chunk_size, publish
         self.worker_id = worker_id
         self.ttl_s = ttl_s
         self.epoch = 0
@@ -84,22 +84,12 @@ class Presence:
         if self._task is not None:
             self._task.cancel()
         try:
-            released = await self.store.with_engine(_leave, self.worker_id, self._lease_s)
+            released = await self.store.with_engine(presence.leave, self.worker_id)
             _publish_ranges(released, self._chunk_size, self._publish)
             return len(released)
         except Exception as e:  # noqa: BLE001 - the leases then expire as before
             log.warning("could not hand back this worker's tasks on stop: %s: %s", type(e).__name__, e)
             return 0
-
-
-def _leave(engine, worker_id: str, lease_s: float) -> list[tuple[str, int]]:
-    with engine.begin() as conn:
-        released = presence.leave(conn, worker_id)
-    for job_id in {job_id for job_id, _ in released}:
-        # The calls this worker cut off (marked unknown without a finish time: settled now); other workers'
-        # unknown outcomes keep their grace period.
-        ledger.reconcile(engine, job_id=job_id, grace_s=lease_s)
-    return released
 
 
 def _publish_ranges(released: list[tuple[str, int]], chunk_size: int,
@@ -117,16 +107,13 @@ def _publish_ranges(released: list[tuple[str, int]], chunk_size: int,
 
 def release_dead_workers(engine, *, lease_s: float, ttl_s: float, chunk_size: int,
                          publish: Callable[[str, int, int], None] | None = None) -> list[tuple[str, int, int]]:
-    """One sweep: requeue the tasks of dead workers, settle the calls they left unknown, and (Celery) publish
+    """One sweep: requeue the tasks of dead workers, settle the calls they left in flight (billed at their
+    reservation: the most they can have cost), and (Celery) publish
     a unit for each released range. Returns the released (job_id, lo, hi) ranges. Safe to run from every
     worker at once: each task is released by exactly one sweeper (a conditional UPDATE)."""
+    released = presence.release_dead(engine, lease_s=lease_s, ttl_s=ttl_s)
     with engine.begin() as conn:
-        released = presence.release_dead(conn, lease_s=lease_s, ttl_s=ttl_s)
         presence.prune(conn)
-    for job_id in {job_id for job_id, _ in released}:
-        # The dead worker's calls: unknown outcomes, charged at their reservation (the most they can have
-        # cost) unless the worker comes back and settles first. Other unknowns keep their grace period.
-        ledger.reconcile(engine, job_id=job_id, grace_s=lease_s)
     return _publish_ranges(released, chunk_size, publish)
 
 

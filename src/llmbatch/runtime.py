@@ -85,7 +85,7 @@ async def open_engine(settings: Settings, *, concurrency: int, shared_limits: bo
     engine = Engine(settings=settings, catalog=catalog, store=store, providers=providers, limiter=limiter,
                     worker_id=worker_id(), concurrency=concurrency)
     engine.presence = Presence(store, engine.worker_id, ttl_s=settings.presence_ttl_s,
-                               lease_s=settings.lease_seconds, chunk_size=settings.chunk_size, publish=publish)
+                               chunk_size=settings.chunk_size, publish=publish)
     try:
         await engine.presence.start()  # before the first claim: sweepers must see us alive
         yield engine

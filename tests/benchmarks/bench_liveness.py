@@ -66,8 +66,8 @@ async def _phase(settings, db_url: str, n_workers: int, seconds: float, workers:
 
     store = AsyncStore(db_url)
     counts = _count(store.engine)
-    presences = [liveness.Presence(store, w, ttl_s=settings.presence_ttl_s, lease_s=settings.lease_seconds,
-                                   chunk_size=settings.chunk_size) for w in workers]
+    presences = [liveness.Presence(store, w, ttl_s=settings.presence_ttl_s, chunk_size=settings.chunk_size)
+                 for w in workers]
     for p in presences:
         await p.start()
     if setup is not None:  # claims by live workers: their tasks must stay theirs

@@ -53,21 +53,23 @@ def test_lapsed_worker_tasks_go_back_and_live_ones_stay(engine):
     attempt = ledger.reserve(engine, job_id=job, task_seq=a_seqs[0], task_id="t0", provider="p", model="m",
                              amount_micros=500, purpose="first", worker="A", now=now - 29)
 
-    with engine.begin() as c:
-        released = presence.release_dead(c, lease_s=LEASE, ttl_s=TTL, now=now)
+    released = presence.release_dead(engine, lease_s=LEASE, ttl_s=TTL, now=now)
     assert sorted(released) == [(job, s) for s in a_seqs]
     st = _statuses(engine, job)
     assert all(st[s] == (TaskStatus.queued, None) for s in a_seqs)
     assert all(st[s] == (TaskStatus.running, "B") for s in b_seqs)
     with engine.connect() as c:
         row = c.execute(select(attempts).where(attempts.c.id == attempt)).mappings().one()
-    # The dead worker's call may have been billed: still held, now an unknown outcome for reconcile.
-    assert (row["status"], row["settled"], row["error_class"]) == (AttemptStatus.unknown, False, "worker_lost")
-    assert ledger.reconcile(engine, job_id=job, grace_s=LEASE) == [attempt]
+        job_row = repo.get_job(c, job)
+    # The dead worker's call may have been billed: settled in the same transaction as an unknown outcome,
+    # charged its reservation, so a late settle by a worker that was only frozen changes nothing.
+    assert (row["status"], row["settled"], row["error_class"]) == (AttemptStatus.unknown, True, "worker_lost")
+    assert row["cost_micros"] == 500 and job_row["spent_micros"] == 500 and job_row["reserved_micros"] == 0
+    late = ledger.Settlement(attempt_id=attempt, status=AttemptStatus.succeeded, cost_micros=7, cost_source="usage")
+    assert ledger.settle(engine, late) is False
 
     # A second sweep finds nothing: each task is handed back once.
-    with engine.begin() as c:
-        assert presence.release_dead(c, lease_s=LEASE, ttl_s=TTL, now=now + 0.1) == []
+    assert presence.release_dead(engine, lease_s=LEASE, ttl_s=TTL, now=now + 0.1) == []
     # A comes back: it learns it lapsed, so it must treat what it claimed before as lost.
     assert _beat(engine, "A", now + 1).lapsed
     assert not _beat(engine, "A", now + 2).lapsed
@@ -83,8 +85,7 @@ def test_worker_without_presence_row_is_dead_only_once_its_lease_is_stale(engine
     job = make_store_job(engine, 4, budget_micros=None)
     old = _claim(engine, job, 0, 1, "legacy-stale", now - 60)
     fresh = _claim(engine, job, 2, 3, "legacy-renewing", now - 2)
-    with engine.begin() as c:
-        released = presence.release_dead(c, lease_s=LEASE, ttl_s=TTL, now=now)
+    released = presence.release_dead(engine, lease_s=LEASE, ttl_s=TTL, now=now)
     assert sorted(released) == [(job, s) for s in old]
     assert all(_statuses(engine, job)[s][0] == TaskStatus.running for s in fresh)
 
@@ -94,8 +95,8 @@ def test_leave_hands_back_everything_the_worker_holds(engine):
     job = make_store_job(engine, 5, budget_micros=None)
     _beat(engine, "W", now)
     seqs = _claim(engine, job, 0, 4, "W", now)
-    with engine.begin() as c:
-        assert sorted(presence.leave(c, "W")) == [(job, s) for s in seqs]
+    assert sorted(presence.leave(engine, "W")) == [(job, s) for s in seqs]
+    with engine.connect() as c:
         assert presence.live_workers(c, now) == []
     assert all(v == (TaskStatus.queued, None) for v in _statuses(engine, job).values())
     # Handed back, they are claimable at once by anyone (no lease to wait for).
@@ -109,6 +110,5 @@ def test_terminal_tasks_are_never_touched(engine):
     seqs = _claim(engine, job, 0, 1, "A", now - 60)
     assert repo.record_outcome(engine, repo.TaskOutcome(job_id=job, seq=seqs[0], worker="A",
                                                         status=TaskStatus.succeeded, output="ok"))
-    with engine.begin() as c:
-        assert presence.release_dead(c, lease_s=LEASE, ttl_s=TTL, now=now) == [(job, seqs[1])]
+    assert presence.release_dead(engine, lease_s=LEASE, ttl_s=TTL, now=now) == [(job, seqs[1])]
     assert _statuses(engine, job)[seqs[0]] == (TaskStatus.succeeded, None)

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, and_, delete, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from . import ledger
 from .schema import AttemptStatus, JobStatus, TaskStatus, attempts, jobs, tasks, worker_presence
+from .tx import Deferred, in_transaction
 
 # A row lapsed this long ago is history, not a worker that may still come back: pruned by the sweep.
 PRUNE_AFTER_S = 24 * 3600.0
@@ -41,16 +43,18 @@ def beat(conn: Connection, *, worker_id: str, host: str, pid: int, started_at: f
     return Beat(lapsed=before is not None and before < now)
 
 
-def leave(conn: Connection, worker_id: str) -> list[tuple[str, int]]:
+@in_transaction
+def leave(conn: Connection, worker_id: str, *, deferred: Deferred) -> list[tuple[str, int]]:
     """A worker stopping on purpose: its running tasks go back to the queue now (in-flight calls it could not
-    finish become unknown outcomes, settled by reconcile) and its row goes. Returns (job_id, seq) handed back."""
-    released = _release(conn, tasks.c.lease_owner == worker_id, time.time())
+    finish are settled as unknown outcomes) and its row goes. Returns (job_id, seq) handed back."""
+    released = _release(conn, tasks.c.lease_owner == worker_id, attempts.c.worker == worker_id, deferred)
     conn.execute(delete(worker_presence).where(worker_presence.c.worker_id == worker_id))
     return released
 
 
-def release_dead(conn: Connection, *, lease_s: float, ttl_s: float, now: float | None = None
-                 ) -> list[tuple[str, int]]:
+@in_transaction
+def release_dead(conn: Connection, *, lease_s: float, ttl_s: float, now: float | None = None,
+                 deferred: Deferred) -> list[tuple[str, int]]:
     """Hand the running tasks of dead workers back to the queue. Returns (job_id, seq) of each task released.
 
     Dead means: its presence row has lapsed; or it has no row at all (a worker of an older version, or one
@@ -62,7 +66,8 @@ def release_dead(conn: Connection, *, lease_s: float, ttl_s: float, now: float |
     has_row = exists().where(worker_presence.c.worker_id == tasks.c.lease_owner)
     dead_owner = or_(tasks.c.lease_owner.in_(lapsed),
                      and_(~has_row, tasks.c.lease_expires_at < now + lease_s - ttl_s))
-    return _release(conn, dead_owner, now)
+    # A worker without a row leaves its in-flight attempts to claim_tasks/reconcile, as before presence.
+    return _release(conn, dead_owner, attempts.c.worker.in_(lapsed), deferred)
 
 
 def prune(conn: Connection, now: float | None = None) -> int:
@@ -78,27 +83,30 @@ def live_workers(conn: Connection, now: float | None = None) -> list[dict]:
     return [dict(r) for r in rows]
 
 
-def _release(conn: Connection, which, now: float) -> list[tuple[str, int]]:
-    """Running tasks matching `which` back to queued. One UPDATE per running job: each uses the (job_id,
-    status) index, where one over all tasks would scan a million-row table."""
+def _release(conn: Connection, task_held, attempt_held, deferred: Deferred) -> list[tuple[str, int]]:
+    """Running tasks matching `task_held` back to queued, and the in-flight calls matching `attempt_held`
+    settled as unknown outcomes (billed at their reservation), in one transaction.
+
+    Attempt rows are settled before task rows are touched: the same lock order as a settlement (attempt, then
+    task, then the job row at flush). A frozen worker that wakes up in the middle of its own settlement then
+    either commits first (its result is recorded and its task is no longer running here) or finds its attempt
+    settled (and records nothing, its lease gone): never a second success beside the new holder's.
+    One statement per running job, each on the (job_id, status) index: not a scan of a million-row table."""
     job_ids = conn.execute(select(jobs.c.id).where(jobs.c.status == JobStatus.running)).scalars().all()
-    rows = []
+    released: list[tuple[str, int]] = []
     for job_id in job_ids:
-        rows += conn.execute(
-            update(tasks).where(tasks.c.job_id == job_id, tasks.c.status == TaskStatus.running, which)
+        lost_calls = conn.execute(
+            select(attempts.c.id, attempts.c.reserved_micros)
+            .where(attempts.c.job_id == job_id, attempts.c.status == AttemptStatus.in_flight,
+                   attempts.c.settled.is_(False), attempt_held)
+        ).all()
+        for attempt_id, reserved in lost_calls:
+            ledger.settle.on_conn(conn, ledger.unknown_outcome(
+                attempt_id, reserved, AttemptStatus.in_flight, "worker_lost",
+                "the worker holding this call stopped before it answered"), deferred=deferred)
+        released += conn.execute(
+            update(tasks).where(tasks.c.job_id == job_id, tasks.c.status == TaskStatus.running, task_held)
             .values(status=TaskStatus.queued, lease_owner=None, lease_expires_at=None)
             .returning(tasks.c.job_id, tasks.c.seq)
         ).all()
-    by_job: dict[str, list[int]] = {}
-    for job_id, seq in rows:
-        by_job.setdefault(job_id, []).append(seq)
-    # The calls those tasks had in flight may have been billed: their reservations stay held, marked unknown
-    # (finished_at unset, so the next reconcile settles them at once instead of after a grace period).
-    for job_id, seqs in by_job.items():
-        conn.execute(
-            update(attempts).where(attempts.c.job_id == job_id, attempts.c.task_seq.in_(seqs),
-                                   attempts.c.status == AttemptStatus.in_flight)
-            .values(status=AttemptStatus.unknown, error_class="worker_lost",
-                    error_message="the worker holding this call stopped before it answered")
-        )
-    return [(job_id, seq) for job_id, seq in rows]
+    return [(job_id, seq) for job_id, seq in released]

@@ -45,6 +45,10 @@ RETRY = object()  # one attempt failed: try the same model again (if its attempt
 LOST = "lost"
 
 
+class _LeaseLost(Exception):
+    """Raised out of _reserve when the task may now belong to another worker (see LOST)."""
+
+
 @dataclass
 class JobContext:
     """Per-job settings the engine needs on every task, read once and cached."""
@@ -295,10 +299,6 @@ class Engine:
         if await self.is_cancelled(ctx):
             return await self._finish(ctx, claimed, status=TaskStatus.cancelled, skip_reason="cancelled",
                                       error="job cancelled", escalations=state.escalations)
-        if self.presence is not None and await self.presence.confirm() != state.epoch:
-            log.info("task %s: this worker's presence lapsed after the claim; leaving it to its new holder",
-                     claimed.task_id)
-            return LOST
         if state.attempts >= policy.max_attempts_per_task or time.time() > deadline:
             return await self._finish(ctx, claimed, status=TaskStatus.failed, escalations=state.escalations,
                                       error=f"retry budget exhausted after {state.attempts} attempts; "
@@ -309,8 +309,12 @@ class Engine:
         except TimeoutError:  # no rate-limit slot before the task's deadline (asyncio.TimeoutError too)
             state.last_error = f"no rate-limit slot for {model.key} before the task deadline"
             return NEXT_CANDIDATE
+        if not await self._still_holding(claimed, state):  # checked last thing before the money is held
+            return LOST
         try:
-            attempt_id = await self._reserve(ctx, claimed, cand, state.purpose, deadline)
+            attempt_id = await self._reserve(ctx, claimed, cand, state, deadline)
+        except _LeaseLost:
+            return LOST
         except BudgetExceeded as e:
             reason = "budget" if e.scope == "job" else "daily_cap"
             return await self._finish(ctx, claimed, status=TaskStatus.skipped, skip_reason=reason,
@@ -408,15 +412,26 @@ class Engine:
             if await self.is_cancelled(ctx):
                 return Ticket(provider)  # the caller sees the cancel next
 
-    async def _reserve(self, ctx: JobContext, claimed: repo.ClaimedTask, cand: Candidate, purpose: str,
+    async def _still_holding(self, claimed: repo.ClaimedTask, state: _TaskRun) -> bool:
+        """False once this process's presence has lapsed since the task was claimed: a sweeper may have handed
+        the task to another worker, so no new call may start for it here."""
+        if self.presence is None or await self.presence.confirm() == state.epoch:
+            return True
+        log.info("task %s: this worker's presence lapsed after the claim; leaving it to its new holder",
+                 claimed.task_id)
+        return False
+
+    async def _reserve(self, ctx: JobContext, claimed: repo.ClaimedTask, cand: Candidate, state: _TaskRun,
                        deadline: float) -> int:
         """Reserve the call's upper bound. A refusal that only other calls' in-flight holds cause is not
         final: those settle (usually far below their bound) and free money, so wait and try again. Give up
         (BudgetExceeded) once the amount cannot fit even if every in-flight call cost nothing, for the daily
         cap at once, or at the task deadline. The job then stops within one call's bound of its cap."""
-        model, amount = cand.model, cand.upper_bound_micros
+        model, amount, purpose = cand.model, cand.upper_bound_micros, state.purpose
         delay = 0.05
         while True:
+            if delay > 0.05 and not await self._still_holding(claimed, state):  # after a wait for money
+                raise _LeaseLost()
             try:
                 return await self.store.reserve(
                     job_id=ctx.job_id, task_seq=claimed.seq, task_id=claimed.task_id, provider=model.provider,

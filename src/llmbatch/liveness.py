@@ -47,12 +47,14 @@ class Presence:
         self._task = asyncio.create_task(self._renew_forever(), name="llmbatch-presence")
 
     def fresh(self) -> bool:
-        """True while the last renewal is recent enough that no sweeper can have taken our tasks."""
-        return time.monotonic() - self._last_ok < self.ttl_s * 0.75
+        """True while the last renewal is recent enough that no sweeper can have taken our tasks: counted from
+        when that renewal STARTED (its row expires a TTL after that), with half a TTL to spare."""
+        return time.monotonic() - self._last_ok < self.ttl_s * 0.5
 
     async def renew(self) -> None:
+        started = time.monotonic()
         b = await self.store.with_engine(self._beat)
-        self._last_ok = time.monotonic()
+        self._last_ok = started
         if b.lapsed:
             self.epoch += 1
             log.warning("worker %s: its presence had lapsed (frozen or cut off for over %.0fs); the tasks it "

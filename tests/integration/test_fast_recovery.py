@@ -54,7 +54,7 @@ def test_sigkill_every_3s_for_30s_recovers_within_a_minute(tmp_path, fresh_postg
         kills, last_kill, killed_at, left_at_last_kill = 0, started, {}, n_tasks
 
         def chaos():
-            nonlocal kills, last_kill
+            nonlocal kills, last_kill, left_at_last_kill
             now = time.time()
             for i, t in list(killed_at.items()):  # a crashed machine comes back a moment later
                 if now - t >= 0.5:
@@ -116,6 +116,7 @@ def test_worker_frozen_past_its_presence_ttl_records_nothing_twice(tmp_path, fre
     finally:
         stop_process(sim)
     worker_procs.stop_all()
+    _show_double_successes(fresh_postgres_url, job_id)
     before = check_ledger(fresh_postgres_url, job_id, reconciled=False)
     reconcile(fresh_postgres_url, job_id)
     figures = check_ledger(fresh_postgres_url, job_id, reconciled=True)
@@ -128,3 +129,21 @@ def test_worker_frozen_past_its_presence_ttl_records_nothing_twice(tmp_path, fre
     assert figures["max_deliveries"] >= 2, "nothing the frozen worker held was handed to the other one"
     assert "presence had lapsed" in worker_procs.log(0), worker_procs.log(0)[-3000:]
     assert sim_stats["total"] <= figures["attempts"]
+
+
+def _show_double_successes(db_url: str, job_id: str) -> None:
+    """Diagnostics: the ledger rows of any task with two successful attempts (printed before the checks fail)."""
+    from sqlalchemy import func, select
+
+    from llmbatch.store.db import get_engine
+    from llmbatch.store.schema import attempts
+
+    with get_engine(db_url).connect() as c:
+        seqs = c.execute(select(attempts.c.task_seq).where(attempts.c.job_id == job_id,
+                                                           attempts.c.status == "succeeded")
+                         .group_by(attempts.c.task_seq).having(func.count() > 1)).scalars().all()
+        for seq in seqs[:3]:
+            for a in c.execute(select(attempts).where(attempts.c.job_id == job_id, attempts.c.task_seq == seq)
+                               .order_by(attempts.c.id)).mappings():
+                print({k: a[k] for k in ("id", "task_id", "worker", "status", "settled", "error_class",
+                                         "cost_source", "started_at", "finished_at")})

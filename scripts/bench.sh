@@ -16,7 +16,7 @@ cd "$ROOT"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 [[ -x "$PY" ]] || PY="$(command -v python3)"
 OUT="${BENCH_RESULTS:-$ROOT/bench-results.json}"
-ALL=(inflight overhead submit ratelimit scaling reads)
+ALL=(inflight overhead submit ratelimit scaling reads liveness)
 NAMES=("$@")
 [[ ${#NAMES[@]} -eq 0 ]] && NAMES=("${ALL[@]}")
 

@@ -145,6 +145,11 @@ class Settings(BaseSettings):
     max_spec_bytes: PositiveInt = _LIMITS.max_spec_bytes
     max_spec_nodes: PositiveInt = _LIMITS.max_spec_nodes
     schema_validation_timeout_s: PositiveSeconds = _LIMITS.schema_validation_timeout_s
+    # --- fast-recovery ---
+    # A worker's presence record lapses this long after its last renewal (renewed 4x per TTL); then live
+    # workers hand its tasks to others. Shorter: faster recovery, more false alarms on a stalled loop.
+    presence_ttl_s: PositiveSeconds = 10.0
+    sweep_interval_s: PositiveSeconds = 2.0  # how often each worker looks for lapsed workers (one cheap query)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

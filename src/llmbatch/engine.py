@@ -47,6 +47,14 @@ TRUNCATED = object()  # the output stopped on the output cap: retry with a large
 # Finish reasons that mean "stopped on the output cap" (OpenAI, Anthropic, Gemini): the output is cut off.
 TRUNCATION_REASONS = frozenset({"length", "max_tokens", "MAX_TOKENS"})
 
+# Not a task status: this process's presence lapsed after it claimed the task, so the task may be running
+# elsewhere now. Nothing more is called or recorded for it here.
+LOST = "lost"
+
+
+class _LeaseLost(Exception):
+    """Raised out of _reserve when the task may now belong to another worker (see LOST)."""
+
 
 @dataclass
 class JobContext:
@@ -83,6 +91,7 @@ class _TaskRun:
     purpose: str = "first"
     reserved: int = 0  # the current attempt's reservation
     truncated: bool = False  # an output stopped on the output cap
+    epoch: int = 0  # the presence epoch the task was claimed under (see liveness.Presence)
 
 
 # Retryable failures after the request was sent whose charge we cannot know: the provider may have
@@ -132,6 +141,8 @@ class Engine:
         self.stopping = False
         self.fatal: StoreWriteError | None = None
         self.daily_cap_picos = usd_to_picos(settings.daily_cap_usd) if settings.daily_cap_usd is not None else None
+        self.presence = None  # liveness.Presence, set by runtime.open_engine
+        self._claim_epoch: dict[tuple[str, int], int] = {}  # (job, seq) -> presence epoch at its claim
 
     # ------------------------------------------------------------------------------------- job state
 
@@ -181,6 +192,9 @@ class Engine:
             # claim_tasks refuses a cancelled job in the same transaction, so the job is not cancelled now,
             # whatever this worker cached before a `retry` lifted an earlier cancel.
             ctx.cancelled, ctx.checked_at = False, time.time()
+            epoch = self.presence.epoch if self.presence is not None else 0
+            for c in claimed:
+                self._claim_epoch[(job_id, c.seq)] = epoch
         return ctx, claimed
 
     async def renew_leases(self, job_id: str, seqs: list[int]) -> int:
@@ -204,6 +218,8 @@ class Engine:
             except Exception as e:  # noqa: BLE001 - one task's bug must not lose the others; record it
                 log.exception("task %s crashed", claimed.task_id)
                 await self._finish(ctx, claimed, status=TaskStatus.failed, error=f"internal error: {type(e).__name__}: {e}")
+            finally:
+                self._claim_epoch.pop((ctx.job_id, claimed.seq), None)
 
     # ------------------------------------------------------------------------------------------- task
 
@@ -241,7 +257,7 @@ class Engine:
                 log.warning("job %s: %s (first seen on task %s)", ctx.job_id, w, printable(task.id))
         if not decision.candidates:
             return await self._no_candidate(ctx, claimed, decision)
-        state = _TaskRun()
+        state = _TaskRun(epoch=self._claim_epoch.get((ctx.job_id, claimed.seq), 0))
         deadline = time.time() + self.settings.retry.task_deadline_s
         queue = list(decision.candidates)
         while queue:
@@ -346,8 +362,12 @@ class Engine:
             return await self._finish(ctx, claimed, status=TaskStatus.skipped, skip_reason="budget",
                                       escalations=state.escalations,
                                       error=f"{ctx.stop_reason}; raise it with `llmbatch retry JOB --budget USD`")
+        if not await self._still_holding(claimed, state):  # checked last thing before the money is held
+            return LOST
         try:
             attempt_id = await self._reserve(ctx, claimed, cand, state, deadline)
+        except _LeaseLost:
+            return LOST
         except BudgetExceeded as e:
             reason = "budget" if e.scope == "job" else "daily_cap"
             return await self._finish(ctx, claimed, status=TaskStatus.skipped, skip_reason=reason,
@@ -447,6 +467,15 @@ class Engine:
             if await self.is_cancelled(ctx):
                 return Ticket(provider)  # the caller sees the cancel next
 
+    async def _still_holding(self, claimed: repo.ClaimedTask, state: _TaskRun) -> bool:
+        """False once this process's presence has lapsed since the task was claimed: a sweeper may have handed
+        the task to another worker, so no new call may start for it here."""
+        if self.presence is None or await self.presence.confirm() == state.epoch:
+            return True
+        log.info("task %s: this worker's presence lapsed after the claim; leaving it to its new holder",
+                 claimed.task_id)
+        return False
+
     async def _reserve(self, ctx: JobContext, claimed: repo.ClaimedTask, cand: Candidate, state: _TaskRun,
                        deadline: float) -> int:
         """Reserve the call's upper bound. A refusal that only other calls' in-flight holds cause is not
@@ -459,6 +488,8 @@ class Engine:
         state.reserved = amount
         delay = 0.05
         while True:
+            if delay > 0.05 and not await self._still_holding(claimed, state):  # after a wait for money
+                raise _LeaseLost()
             try:
                 return await self.store.reserve(
                     job_id=ctx.job_id, task_seq=claimed.seq, task_id=claimed.task_id, provider=model.provider,

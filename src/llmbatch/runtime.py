@@ -3,6 +3,7 @@ for simulated jobs, the simulator (in-process unless LLMBATCH_SIMULATOR_URL poin
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -13,9 +14,12 @@ from .catalog import Catalog
 from .catalog.loading import load_catalog
 from .config import Settings
 from .engine import Engine
+from .liveness import Presence
 from .providers import available_credentials, build_adapters, make_http_client
 from .ratelimit import make_rate_limiter
 from .store.aio import AsyncStore
+
+log = logging.getLogger("llmbatch.runtime")
 
 
 def new_event_loop():
@@ -70,16 +74,26 @@ class ProviderSet:
 
 
 @asynccontextmanager
-async def open_engine(settings: Settings, *, concurrency: int, shared_limits: bool, force_simulate: bool = False):
+async def open_engine(settings: Settings, *, concurrency: int, shared_limits: bool, force_simulate: bool = False,
+                      publish=None):
+    """`publish(job_id, lo, hi)` (Celery) re-queues the units this process hands back when it stops."""
     catalog = load_catalog(settings)
     store = AsyncStore(settings.database_url)
     client = make_http_client(max_connections=max(concurrency * 2, 64), timeout=settings.retry.call_timeout_s)
     limiter = make_rate_limiter(settings, shared=shared_limits)
     providers = ProviderSet(catalog, client, settings, force_simulate=force_simulate)
+    engine = Engine(settings=settings, catalog=catalog, store=store, providers=providers, limiter=limiter,
+                    worker_id=worker_id(), concurrency=concurrency)
+    engine.presence = Presence(store, engine.worker_id, ttl_s=settings.presence_ttl_s,
+                               chunk_size=settings.chunk_size, publish=publish)
     try:
-        yield Engine(settings=settings, catalog=catalog, store=store, providers=providers, limiter=limiter,
-                     worker_id=worker_id(), concurrency=concurrency)
+        await engine.presence.start()  # before the first claim: sweepers must see us alive
+        yield engine
     finally:
+        # Whatever this process still holds goes back to the queue now, not after lease_seconds.
+        handed_back = await engine.presence.stop()
+        if handed_back:
+            log.warning("handed back %d unfinished task(s) on stop", handed_back)
         await limiter.close()
         await client.aclose()
         providers.close()

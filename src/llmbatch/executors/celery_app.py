@@ -20,6 +20,7 @@ import threading
 
 from celery import Celery, signals
 
+from .. import liveness
 from ..config import load_settings
 from ..store import ledger, repo
 from ..store.db import get_engine, reading
@@ -79,14 +80,17 @@ class _WorkerRuntime:
             self._stop = asyncio.Event()
             try:
                 async with open_engine(self.settings, concurrency=concurrency or self.settings.concurrency,
-                                       shared_limits=True,
-                                       force_simulate=force_simulate) as engine:
+                                       shared_limits=True, force_simulate=force_simulate,
+                                       publish=publish_range) as engine:
                     self.engine = engine
                     self.flow = TaskFlow(engine, ahead=self.settings.chunk_size, on_unit_done=self._unit_done)
                     self._ready.set()
-                    sweeper = asyncio.create_task(self._sweep_forever())
+                    sweepers = [asyncio.create_task(self._sweep_forever()),
+                                asyncio.create_task(liveness.sweep_forever(engine.store, self.settings,
+                                                                           publish_range))]
                     await self._stop.wait()
-                    sweeper.cancel()
+                    for sweeper in sweepers:
+                        sweeper.cancel()
                     await self._hand_back()
             except BaseException as e:  # noqa: BLE001 - surfaced to the thread that waits on _ready
                 self._error = e
@@ -135,7 +139,8 @@ class _WorkerRuntime:
                         sum(len(s) for s in released.values()), units)
 
     async def _sweep_forever(self):
-        """Give work held by dead workers back to the queue, and settle what they left in flight.
+        """The slow path behind liveness.sweep_forever: tasks whose leases expired (a worker without a presence
+        record), jobs that lost their queue messages, and unknown outcomes past their grace period.
         Every worker sweeps, at a jittered interval; re-published units are harmless (claims are idempotent)."""
         import random
 

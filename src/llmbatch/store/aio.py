@@ -132,7 +132,12 @@ class AsyncStore:
                     self._queue.put(None)
                     break
                 batch.append(op)
-            self._run_batch(batch)
+            # Once running, an operation's future can no longer be cancelled by its caller (a heartbeat stopped
+            # with its unit, a task cut at shutdown), so handing it the result cannot fail and kill this thread.
+            # One cancelled before it started is dropped: nobody waits for it.
+            batch = [op for op in batch if op.future.set_running_or_notify_cancel()]
+            if batch:
+                self._run_batch(batch)
 
     def _run_batch(self, batch: list[_Op]) -> None:
         started = time.monotonic()
@@ -152,7 +157,7 @@ class AsyncStore:
                 if _is_disconnect(e):
                     err = StoreError(f"the store has been unreachable for {OUTAGE_GIVE_UP_S:.0f}s: {type(e).__name__}")
                     for op in batch:
-                        op.future.set_exception(err)
+                        _resolve(op.future, False, err)
                     return
                 known = classify_store_error(e, str(self.engine.url))
                 if known is not None:  # every operation of the batch would fail the same way
@@ -160,17 +165,14 @@ class AsyncStore:
                         op.future.set_exception(known)
                     return
                 if len(batch) == 1:
-                    batch[0].future.set_exception(e)
+                    _resolve(batch[0].future, False, e)
                     return
                 # Not a connection problem: one operation is at fault. Isolate it so the rest succeed.
                 for op in batch:
                     self._run_batch([op])
                 return
             for op, (ok, value) in zip(batch, results):
-                if ok:
-                    op.future.set_result(value)
-                else:
-                    op.future.set_exception(value)
+                _resolve(op.future, ok, value)
             return
 
     def _in_one_transaction(self, batch: list[_Op]) -> list[tuple[bool, Any]]:
@@ -197,6 +199,13 @@ class AsyncStore:
                 if op.reserves and ok and value in refused:
                     results[i] = (False, refused[value])
         return results
+
+
+def _resolve(future: Future, ok: bool, value: Any) -> None:
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
 def _run_one(conn, op: _Op, deferred: Deferred) -> tuple[bool, Any]:

@@ -199,18 +199,23 @@ def reconcile(engine: Engine, *, job_id: str | None = None, assume: str = "bille
     with reading(engine) as conn:
         candidates = conn.execute(q).all()
     for attempt_id, reserved, status, error_class, error_message in candidates:
-        billed = assume == "billed"
-        # Keep why the outcome was unknown (timeout, reset, worker_lost...): the audit needs it.
-        why = f"{error_class}: {error_message}; " if error_class else ""
-        ok = settle(engine, Settlement(
-            attempt_id=attempt_id, status=AttemptStatus.unknown, cost_picos=reserved if billed else 0,
-            cost_source="reservation" if billed else "none", error_class=error_class or "reconciled",
-            error_message=why + (f"outcome unknown ({status}); reconciled as billed at the reserved upper bound"
-                                 if billed else f"outcome unknown ({status}); reconciled as not billed"),
-        ))
-        if ok:
+        if settle(engine, unknown_outcome(attempt_id, reserved, status, error_class, error_message,
+                                          billed=assume == "billed")):
             done.append(attempt_id)
     return done
+
+
+def unknown_outcome(attempt_id: int, reserved_picos: int, status: str, error_class: str | None,
+                    error_message: str | None, *, billed: bool = True) -> Settlement:
+    """The settlement of a call whose outcome cannot be known: billed at its reservation (the most it can have
+    cost, so the cap stays true against the invoice) or not at all."""
+    # Keep why the outcome was unknown (timeout, reset, worker_lost...): the audit needs it.
+    why = f"{error_class}: {error_message}; " if error_class else ""
+    return Settlement(
+        attempt_id=attempt_id, status=AttemptStatus.unknown, cost_picos=reserved_picos if billed else 0,
+        cost_source="reservation" if billed else "none", error_class=error_class or "reconciled",
+        error_message=why + (f"outcome unknown ({status}); reconciled as billed at the reserved upper bound"
+                             if billed else f"outcome unknown ({status}); reconciled as not billed"))
 
 
 def ledger_sum(conn: Connection, job_id: str) -> int:

@@ -174,6 +174,21 @@ class BudgetWindow(Base):
     reserved_picos: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class WorkerPresence(Base):
+    """A worker process's liveness, separate from task leases: renewed every few seconds by the process's event
+    loop. When it lapses, live workers hand the dead one's tasks to others at once instead of waiting for their
+    leases (lease_seconds) to expire. The tasks a worker holds are the ones whose lease_owner is its id."""
+
+    __tablename__ = "worker_presence"
+
+    worker_id: Mapped[str] = mapped_column(String(120), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(Float)
+    seen_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
 class InputError(Base):
     """A rejected input line: kept so `status`/`report` can show it long after submit."""
 
@@ -192,3 +207,4 @@ tasks = Task.__table__
 attempts = Attempt.__table__
 budget_windows = BudgetWindow.__table__
 input_errors = InputError.__table__
+worker_presence = WorkerPresence.__table__

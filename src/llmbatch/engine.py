@@ -114,7 +114,7 @@ class Engine:
         self.rng = rng or random.Random()
         self._jobs: dict[str, JobContext] = {}
         # Set by stop() (Ctrl-C, SIGTERM) or a store that cannot take writes: no new claim, no new attempt;
-        # tasks not finished are handed back by the caller (jobs.running.release_leases).
+        # tasks not finished are handed back by the caller (jobs.stop_after_interrupt).
         self.stopping = False
         self.fatal: StoreWriteError | None = None
         self.daily_cap_micros = usd_to_micros(settings.daily_cap_usd) if settings.daily_cap_usd is not None else None

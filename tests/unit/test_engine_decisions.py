@@ -7,7 +7,6 @@ import asyncio
 import random
 
 import orjson
-import pytest
 from sqlalchemy import select, update
 
 from llmbatch import decisions

@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # pydantic models cost ~100 ms to import: only the commands t
 EXIT_OK, EXIT_INPUT, EXIT_FAILED, EXIT_BUDGET, EXIT_CANCELLED, EXIT_INTERRUPTED = 0, 2, 3, 4, 5, 130
 EXIT_FOR_STATUS = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "budget_exhausted": EXIT_BUDGET,
                    "cancelled": EXIT_CANCELLED, "interrupted": EXIT_INTERRUPTED}
-JOB_STATUSES = ("queued", "running", "interrupted", "succeeded", "failed", "budget_exhausted", "cancelled")
+FINAL = ("succeeded", "failed", "budget_exhausted", "cancelled")  # a job in one of these has nothing left to run
+JOB_STATUSES = ("queued", "running", "interrupted", *FINAL)
 _debug = False  # --debug: let errors show their traceback
 MAX_ERRORS_SHOWN = 20
 
@@ -147,13 +148,12 @@ def _job_for_command(settings: Settings, input_path: str, spec: JobSpec, *, exec
     if not new:
         job = jobs.find_same_command(settings, input_path, spec)
         if job is not None:
-            if job["status"] in EXIT_FOR_STATUS and job["status"] != "interrupted":
+            if job["status"] in FINAL:
                 _err(f"job {job['id']} already ran {input_path} with these options and ended {job['status']}; "
                      f"its summary follows (--new runs the file again as a new job)")
                 return job, job["invalid_lines"], True
             plan = jobs.prepare_resume(settings, job["id"])
-            _err(f"resuming job {job['id']}: {plan.done:,} of {plan.done + plan.left:,} done"
-                 + (" (--new starts a fresh job)" if not as_json else ""))
+            _err(f"resuming job {job['id']}: {plan.done:,} of {plan.done + plan.left:,} done (--new starts a fresh job)")
             return jobs.find_job(settings, job["id"]), job["invalid_lines"], False
     job_id, report = _create(settings, input_path, spec, executor, as_json)
     return jobs.find_job(settings, job_id), report.rejected, False
@@ -334,14 +334,14 @@ def resume(job_id, by_name, concurrency, simulate, as_json):
 
     settings = _settings()
     job = _job(job_id, by_name)
-    if job["status"] in ("succeeded", "failed", "budget_exhausted", "cancelled"):
+    if job["status"] in FINAL:
         hint = {"cancelled": "`llmbatch retry JOB` requeues its cancelled tasks",
                 "succeeded": "nothing is left to run"}.get(job["status"], "`llmbatch retry JOB` requeues failed or "
                                                                           "skipped tasks (--budget USD raises the cap)")
         _err(f"job {job['id']} already ended {job['status']}: {hint}")
         sys.exit(_finish_output(settings, job["id"], as_json))
-    if job["executor"] == jobs.CELERY:
-        jobs.check_broker(settings) if settings.broker_url else None
+    if job["executor"] == jobs.CELERY and settings.broker_url:
+        jobs.check_broker(settings)  # before anything changes in the store
     plan = jobs.prepare_resume(settings, job["id"])
     extra = [f"took back {plan.taken_back} task(s) of a stopped process"] if plan.taken_back else []
     extra += [f"reconciled {plan.reconciled} call(s) of unknown outcome"] if plan.reconciled else []
@@ -384,7 +384,7 @@ def status(job_id, by_name, watch, show_errors, as_json):
                        f"llmbatch resume {st['job_id']}")
         for e in errors:
             click.echo(printable(e["reason"]))
-    if st["status"] in ("succeeded", "failed", "budget_exhausted", "cancelled"):
+    if st["status"] in FINAL:
         sys.exit(EXIT_FOR_STATUS.get(st["status"], EXIT_OK))
 
 

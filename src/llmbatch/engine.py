@@ -137,7 +137,7 @@ class Engine:
         # doing so.
         self.overrun_factor: dict[str, Fraction] = {}
         # Set by stop() (Ctrl-C, SIGTERM) or a store that cannot take writes: no new claim, no new attempt;
-        # tasks not finished are handed back by the caller (jobs.running.release_leases).
+        # tasks not finished are handed back by the caller (jobs.stop_after_interrupt).
         self.stopping = False
         self.fatal: StoreWriteError | None = None
         self.daily_cap_picos = usd_to_picos(settings.daily_cap_usd) if settings.daily_cap_usd is not None else None

@@ -51,13 +51,13 @@ def dispatch(settings: Settings, job: dict[str, Any], *, concurrency: int | None
              force_simulate: bool = False, on_progress: Callable | None = None,
              on_notice: Callable[[str], None] | None = None) -> RunOutcome:
     """Run the job's unfinished tasks with the executor its row names: embedded in this process, or published to
-    the Celery workers (then, with wait, until the job ends). Embedded with wait=False parks the job."""
+    the Celery workers (then, with wait, until the job ends). Embedded with wait=False parks the job. Callers
+    check_broker() before they change anything in the store."""
     job_id = job["id"]
     if job["executor"] == CELERY:
         if not settings.broker_url:
             raise ConfigError(f"job {job_id} runs on Celery workers: set LLMBATCH_BROKER_URL to the broker it was "
                               f"submitted to")
-        check_broker(settings)
         from ..executors.celery_app import dispatch_job
 
         dispatch_job(settings, job_id)

@@ -74,6 +74,7 @@ def job_options(f):
         click.option("--no-escalate", is_flag=True, help="Do not escalate to a higher tier when output fails validation."),
         click.option("--strict", is_flag=True, help="Refuse the whole file on the first bad line (exit 2, nothing written)."),
         click.option("--name", help="A name for the job."),
+        click.option("--no-cache", is_flag=True, help="Do not answer tasks from earlier identical calls (pay again)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -85,7 +86,7 @@ def _comma_list(value: str | None) -> list[str] | None:
 
 
 def build_spec(spec_path, task, labels, schema_path, budget, max_cost_per_task, min_tier, allow, deny, pin,
-               max_output_tokens, simulate, no_escalate, strict, name) -> JobSpec:
+               max_output_tokens, simulate, no_escalate, strict, name, no_cache=False) -> JobSpec:
     import yaml
     from pydantic import ValidationError
 
@@ -114,6 +115,8 @@ def build_spec(spec_path, task, labels, schema_path, budget, max_cost_per_task, 
         data["escalate"] = False
     if strict:
         data["strict"] = True
+    if no_cache:
+        data["cache"] = False
     try:
         return JobSpec.model_validate(data)
     except ValidationError as e:

@@ -86,6 +86,10 @@ class Settings:
     max_deliveries: int = 5  # a task delivered this many times without finishing goes to failed (poison)
     concurrency: int = 64  # calls in flight per process
     shutdown_grace_s: float = 30.0  # a stopping worker's time to finish in-flight units before handing them back
+    # --- never-pay-twice (cache) ---
+    cache_ttl_s: float = 30 * 86400.0  # a cached answer older than this is a miss (models and prompts drift)
+    cache_max_entries: int = 1_000_000  # response-cache size bound; the oldest entries are evicted first
+    prompt_cache_scheduling: bool = True  # shared long prefixes: one warm-up call first, Anthropic breakpoints
 
     @property
     def effective_redis_url(self) -> str | None:
@@ -149,4 +153,8 @@ def load_settings(**overrides: Any) -> Settings:
         max_deliveries=int(pick("max_deliveries", "LLMBATCH_MAX_DELIVERIES", 5)),
         concurrency=int(pick("concurrency", "LLMBATCH_CONCURRENCY", 64)),
         shutdown_grace_s=float(pick("shutdown_grace_s", "LLMBATCH_SHUTDOWN_GRACE_S", 30.0)),
+        cache_ttl_s=float(pick("cache_ttl_s", "LLMBATCH_CACHE_TTL_S", 30 * 86400.0)),
+        cache_max_entries=int(pick("cache_max_entries", "LLMBATCH_CACHE_MAX_ENTRIES", 1_000_000)),
+        prompt_cache_scheduling=str(pick("prompt_cache_scheduling", "LLMBATCH_PROMPT_CACHE_SCHEDULING", True)).lower()
+        not in ("0", "false", "no", "off"),
     )

@@ -17,6 +17,7 @@ import orjson
 
 from . import backoff
 from .breaker import ProviderBreaker, Ticket
+from .cache.hook import CacheHook
 from .catalog import Catalog, ModelInfo
 from .catalog.pricing import price
 from .config import Settings
@@ -73,6 +74,7 @@ class _TaskRun:
     escalations: int = 0
     last_error: str | None = None
     purpose: str = "first"
+    cache: object | None = None  # the response cache's state on the current candidate (cache/hook.py)
 
 
 # Retryable failures after the request was sent whose charge we cannot know: the provider may have
@@ -114,6 +116,7 @@ class Engine:
         self.rng = rng or random.Random()
         self._jobs: dict[str, JobContext] = {}
         self.daily_cap_micros = usd_to_micros(settings.daily_cap_usd) if settings.daily_cap_usd is not None else None
+        self.cache = CacheHook(self, escalate=ESCALATE)
 
     # ------------------------------------------------------------------------------------- job state
 
@@ -155,6 +158,7 @@ class Engine:
         # claim_tasks refuses a cancelled job in the same transaction, so the job is not cancelled now, whatever
         # this worker cached before a `retry` lifted an earlier cancel.
         ctx.cancelled, ctx.checked_at = False, time.time()
+        self.cache.note_claimed(claimed)
         running = {c.seq for c in claimed}
         heartbeat = asyncio.create_task(self._renew_leases(job_id, running))
         try:
@@ -263,6 +267,18 @@ class Engine:
         """Up to max_attempts_per_model calls on one model. Returns a terminal status (recorded), or
         NEXT_CANDIDATE (reroute error / retries exhausted) or ESCALATE (output failed validation)."""
         call_request = self._request_for(request, cand)
+        served, call_request = await self.cache.serve(ctx, claimed, cand, call_request, state, deadline)
+        if served is not None:  # answered from the response cache (or escalating with an identical call)
+            return served
+        outcome = None
+        try:
+            outcome = await self._calls(ctx, claimed, task, call_request, cand, state, deadline)
+            return outcome
+        finally:
+            await self.cache.release(state, escalated=outcome is ESCALATE)
+
+    async def _calls(self, ctx, claimed, task, call_request: ChatRequest, cand: Candidate, state: _TaskRun,
+                     deadline: float):
         for n in range(self.settings.retry.max_attempts_per_model):
             ticket = await self._admit(ctx, cand.model.provider, deadline)
             if ticket is None:
@@ -334,9 +350,11 @@ class Engine:
             attempt_id=attempt_id, status=AttemptStatus.succeeded, cost_micros=cost_micros,
             cost_source=cost_source, usage=completion.usage, pricing_error=pricing_error, latency_ms=latency,
             provider_request_id=completion.provider_request_id)
-        return await self._finish(ctx, claimed, settlement=settlement, status=TaskStatus.succeeded,
-                                  provider=model.provider, model=model.model, output=output,
-                                  escalations=state.escalations)
+        status = await self._finish(ctx, claimed, settlement=settlement, status=TaskStatus.succeeded,
+                                    provider=model.provider, model=model.model, output=output,
+                                    escalations=state.escalations)
+        await self.cache.remember(ctx, state, model, attempt_id, output, completion.usage)
+        return status
 
     async def _failed_call(self, ctx, claimed, cand: Candidate, e: ProviderError, attempt_id: int, latency: int,
                            state: _TaskRun, deadline: float, n: int):

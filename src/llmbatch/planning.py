@@ -7,6 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .cache.estimate import CacheProbe
 from .catalog.loading import load_catalog
 from .config import Settings
 from .ingest import LineError, parse_lines
@@ -31,6 +32,8 @@ class Plan:
         lambda: {"tasks": 0, "estimated_micros": 0, "upper_bound_micros": 0, "input_tokens": 0, "output_tokens": 0}))
     errors: list[LineError] = field(default_factory=list)  # the first MAX_ERRORS_KEPT
     invalid_lines: int = 0
+    cache_hits: int = 0  # tasks the response cache would answer ($0; not in the totals)
+    cache_saved_micros: int = 0
 
     @property
     def over_budget(self) -> bool:
@@ -49,6 +52,7 @@ class Plan:
                           "upper_bound_usd": usd_json(v["upper_bound_micros"]),
                           "input_tokens": v["input_tokens"], "output_tokens": v["output_tokens"]}
                          for k, v in sorted(self.by_model.items(), key=lambda kv: -kv[1]["estimated_micros"])],
+            "cache": {"hits": self.cache_hits, "saved_usd": usd_json(self.cache_saved_micros)},
         }
 
 
@@ -83,6 +87,7 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
     max_cost = usd_to_micros(spec.max_cost_per_task_usd) if spec.max_cost_per_task_usd else None
     plan = Plan(budget_micros=usd_to_micros(spec.budget_usd) if spec.budget_usd else None)
     deny = frozenset(spec.deny or ())
+    probe = CacheProbe(settings, catalog, spec) if spec.cache else None
     for _line_no, item in parse_lines(path, spec):
         if isinstance(item, LineError):
             plan.invalid_lines += 1
@@ -99,6 +104,10 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
             plan.unroutable += 1
             continue
         c = d.candidates[0]
+        if probe is not None and probe.answers(request, c):
+            plan.cache_hits += 1
+            plan.cache_saved_micros += c.estimated_micros
+            continue
         plan.estimated_micros += c.estimated_micros
         plan.upper_bound_micros += c.upper_bound_micros
         m = plan.by_model[c.model.key]

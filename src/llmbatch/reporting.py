@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import orjson
 from sqlalchemy import Connection, func, select
 
+from .cache.report import cache_section, cache_seqs, prompt_cache_section
 from .catalog import Catalog
 from .catalog.pricing import price
 from .errors import CatalogError, PricingError
@@ -41,6 +42,7 @@ def _usage_of(row) -> dict[str, int]:
 
 def result_lines(conn: Connection, job_id: str) -> Iterator[dict[str, Any]]:
     """One dict per task in input order: the `results --format jsonl` shape."""
+    from_cache = cache_seqs(conn, job_id)
     for row in repo.iter_task_rows(conn, job_id):
         payload = orjson.loads(row["payload"])
         yield {
@@ -54,6 +56,7 @@ def result_lines(conn: Connection, job_id: str) -> Iterator[dict[str, Any]]:
             "cost_usd": usd_json(row["cost_micros"]),
             "attempts": row["attempts"],
             "metadata": payload.get("metadata"),
+            "channel": "cache" if row["seq"] in from_cache else "online",
         }
 
 
@@ -139,6 +142,8 @@ def build_report(conn: Connection, job_id: str, catalog: Catalog, *, baseline_mo
         "savings_usd": usd_json(base_micros - job["spent_micros"]) if base_micros is not None else None,
         "unpriced_attempts": [{"attempt_id": a.id, "model": a.model, "error": a.pricing_error} for a in unpriced],
         "unsettled_attempts": unsettled,
+        "cache": cache_section(conn, job_id),
+        "prompt_cache": prompt_cache_section(conn, job_id, catalog),
     }
 
 

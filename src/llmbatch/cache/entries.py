@@ -61,8 +61,8 @@ def fresh_keys(conn: Connection, keys: list[str], *, ttl_s: float, now: float | 
 def claim_or_get(conn: Connection, key: str, *, scope: str | None, provider: str, model: str, worker: str,
                  ttl_s: float, claim_s: float, now: float | None = None) -> tuple[str, Any]:
     """(HIT, entry) when a fresh answer exists; (INVALID, error) when a fresh verdict says the answer fails
-    validation; (LEAD, None) when this worker now holds the key's claim and must make the call; (WAIT, None)
-    when another worker's live claim says it is making the call."""
+    validation; (LEAD, None) when this worker now holds the key's claim and must make the call; (WAIT,
+    claimant) when another worker's live claim says it is making the call."""
     now = now if now is not None else time.time()
     row = conn.execute(select(response_cache).where(response_cache.c.key == key)).first()
     if row is not None and row.created_at >= now - ttl_s:
@@ -76,6 +76,9 @@ def claim_or_get(conn: Connection, key: str, *, scope: str | None, provider: str
                                                  cost_micros=0, **claim)
                             .on_conflict_do_nothing(index_elements=["key"])).rowcount
         return (LEAD, None) if done == 1 else (WAIT, None)
+    if row.output is None and row.invalid_error is None and row.claimed_by != worker \
+            and row.claim_expires_at is not None and row.claim_expires_at >= now:
+        return WAIT, row.claimed_by
     # An expired answer or verdict, an expired claim, or this worker's own leftover claim: take the key over.
     takeover = conn.execute(
         update(response_cache).where(
@@ -114,6 +117,23 @@ def put_invalid(conn: Connection, key: str, *, scope: str | None, provider: str,
     stmt = _insert(conn).values(key=key, **values)
     conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={k: stmt.excluded[k] for k in values},
                                             where=response_cache.c.output.is_(None)))
+
+
+def take_over(conn: Connection, key: str, *, dead: str, worker: str, claim_s: float,
+              now: float | None = None) -> bool:
+    """Take the claim of a worker known to be dead (its process is gone)."""
+    now = now if now is not None else time.time()
+    return conn.execute(update(response_cache).where(response_cache.c.key == key, _is_claim(),
+                                                     response_cache.c.claimed_by == dead)
+                        .values(claimed_by=worker, claim_expires_at=now + claim_s)).rowcount == 1
+
+
+def renew(conn: Connection, keys: list[str], *, worker: str, claim_s: float, now: float | None = None) -> int:
+    """Extend this worker's live claims (a call with retries can outlast one claim period)."""
+    now = now if now is not None else time.time()
+    return conn.execute(update(response_cache).where(response_cache.c.key.in_(keys), _is_claim(),
+                                                     response_cache.c.claimed_by == worker)
+                        .values(claim_expires_at=now + claim_s)).rowcount
 
 
 def release(conn: Connection, key: str, *, worker: str) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +35,24 @@ log = logging.getLogger("llmbatch.cache")
 
 EVICT_EVERY = 500  # stores between two eviction passes (per process)
 POLL_S = (0.1, 1.0)  # waiting on another worker's claim: first and longest poll interval
+# A claim marker lives this long unless renewed (every third of it while the call is under way): a worker
+# that died holds its keys for at most this long (at once free when it ran on this host: its pid is gone).
+CLAIM_S = 30.0
+
+
+def _dead_here(worker: str) -> bool:
+    """Whether `worker` (host:pid:nonce, see runtime.worker_id) ran on this host and its process is gone."""
+    host, _, rest = worker.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists (owned by someone else)
+        return False
+    return False
 
 
 @dataclass
@@ -62,6 +82,8 @@ class CacheHook:
         self.prompt = PromptPlanner(enabled=engine.settings.prompt_cache_scheduling)
         self._inflight: dict[str, asyncio.Future] = {}
         self._puts = 0
+        self._claims: set[str] = set()  # keys whose store claim this process holds
+        self._renewer: asyncio.Task | None = None
 
     # ----------------------------------------------------------------------------------- scheduling
 
@@ -117,8 +139,10 @@ class CacheHook:
             while True:
                 verdict, entry = await self.engine.store.write(
                     entries.claim_or_get, tc.key, scope=None, provider=model.provider, model=model.model,
-                    worker=self.engine.worker_id, ttl_s=self.settings.cache_ttl_s,
-                    claim_s=self.settings.lease_seconds)
+                    worker=self.engine.worker_id, ttl_s=self.settings.cache_ttl_s, claim_s=CLAIM_S)
+                if verdict == entries.WAIT and entry and _dead_here(entry) and await self.engine.store.write(
+                        entries.take_over, tc.key, dead=entry, worker=self.engine.worker_id, claim_s=CLAIM_S):
+                    verdict = entries.LEAD
                 if verdict == entries.HIT:
                     self._resolve(tc.key, entry)
                     return await self._serve_hit(ctx, claimed, entry, state)
@@ -128,9 +152,25 @@ class CacheHook:
                     return self.escalate
                 if verdict == entries.LEAD or time.time() + delay > deadline:
                     tc.lead, tc.claimed = True, verdict == entries.LEAD
+                    if tc.claimed:
+                        self._hold(tc.key)
                     return None
                 await asyncio.sleep(delay)  # another worker is making the call
                 delay = min(POLL_S[1], delay * 2)
+
+    def _hold(self, key: str) -> None:
+        self._claims.add(key)
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_claims())
+
+    async def _renew_claims(self) -> None:
+        while self._claims:
+            await asyncio.sleep(CLAIM_S / 3)
+            try:
+                await self.engine.store.write(entries.renew, sorted(self._claims), worker=self.engine.worker_id,
+                                              claim_s=CLAIM_S)
+            except Exception as e:  # noqa: BLE001 - a store blip: the next beat retries
+                log.warning("response cache: renewing claims failed: %s: %s", type(e).__name__, e)
 
     def _resolve(self, key: str, result: Any) -> None:
         fut = self._inflight.pop(key, None)
@@ -173,6 +213,7 @@ class CacheHook:
             log.warning("response cache: storing an answer failed: %s: %s", type(e).__name__, e)
             return
         tc.stored = True
+        self._claims.discard(tc.key)
         if tc.lead:
             self._resolve(tc.key, entry)
         self._puts += 1
@@ -190,6 +231,7 @@ class CacheHook:
         state.cache = None
         if tc is None:
             return
+        self._claims.discard(tc.key)
         if tc.warm is not None:
             self.prompt.warmed(tc.warm)
         if tc.stored:

@@ -224,3 +224,43 @@ def test_an_invalid_answer_is_not_paid_for_again(tmp_path, sqlite_url):
     one, two = results(first["job_id"], env), results(second["job_id"], env)
     assert [(r["output"], r["model"]) for r in one] == [(r["output"], r["model"]) for r in two]
     assert all(r["output"] in LABELS for r in two)
+
+
+def test_celery_workers_call_once_for_identical_tasks(tmp_path, fresh_postgres_url, redis_url, flush_redis,
+                                                       worker_procs):
+    """Two real worker processes on Postgres get chunks holding the same 40 requests three times over: the
+    store's claim markers make one of them call and the others wait for its answer."""
+    from tests.integration.test_celery_scaleout import _wait_terminal
+
+    src = tmp_path / "reviews.jsonl"
+    write_reviews(src, 40)
+    lines = src.read_text().splitlines()
+    copies = []
+    for k in range(3):
+        for i, line in enumerate(lines):
+            d = json.loads(line)
+            d["id"] = f"{d['id']}-{k}"
+            copies.append(json.dumps(d))
+    src.write_text("\n".join(copies) + "\n")
+    with SimulatorThread(SimulatorConfig(seed=8, latency_s=0.3, mini_error_rate=0.0)) as sim:
+        env = cli_env(fresh_postgres_url, LLMBATCH_BROKER_URL=redis_url, LLMBATCH_SIMULATOR_URL=sim.url,
+                      LLMBATCH_CHUNK_SIZE="10")
+        p = run_cli(["submit", str(src), "--simulate"], env)
+        assert p.returncode == 0, p.stderr
+        job_id = p.stdout.strip().splitlines()[-1]
+        worker_procs.start(2, env=env, args=["--concurrency", "20"])
+        job = _wait_terminal(fresh_postgres_url, job_id, timeout=180)
+        calls = _calls(sim)
+    assert job["status"] == "succeeded"
+    assert calls == 40
+    ledger = _ledger(fresh_postgres_url, job_id)
+    assert sum(r["channel"] == "cache" for r in ledger) == 80
+    assert len({r["worker"] for r in ledger}) == 2, "both workers should have done work"
+    caller = {r["task_id"].rsplit("-", 1)[0]: r["worker"] for r in ledger if r["channel"] != "cache"}
+    assert len(caller) == 40
+    assert any(r["worker"] != caller[r["task_id"].rsplit("-", 1)[0]] for r in ledger if r["channel"] == "cache"), \
+        "some tasks should have been answered from the other worker's call"
+    outputs = {}
+    for r in results(job_id, env):
+        outputs.setdefault(r["id"].rsplit("-", 1)[0], set()).add(r["output"])
+    assert all(len(v) == 1 for v in outputs.values())

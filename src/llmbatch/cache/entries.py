@@ -74,8 +74,8 @@ def claim_or_get(conn: Connection, key: str, *, scope: str | None, provider: str
     if row is None:
         done = conn.execute(_insert(conn).values(key=key, scope=scope, provider=provider, model=model, output=None,
                                                  cost_micros=0, **claim)
-                            .on_conflict_do_nothing(index_elements=["key"])).rowcount
-        return (LEAD, None) if done == 1 else (WAIT, None)
+                            .on_conflict_do_nothing(index_elements=["key"]).returning(response_cache.c.key)).first()
+        return (LEAD, None) if done is not None else (WAIT, None)
     if row.output is None and row.invalid_error is None and row.claimed_by != worker \
             and row.claim_expires_at is not None and row.claim_expires_at >= now:
         return WAIT, row.claimed_by

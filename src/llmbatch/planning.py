@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .cache.estimate import CacheProbe
+from .cache.estimate import CacheProbe, PrefixProbe
 from .catalog.loading import load_catalog
 from .config import Settings
 from .ingest import LineError, parse_lines
@@ -34,6 +34,8 @@ class Plan:
     invalid_lines: int = 0
     cache_hits: int = 0  # tasks the response cache would answer ($0; not in the totals)
     cache_saved_micros: int = 0
+    prefix: PrefixProbe = field(default_factory=PrefixProbe)  # expected prompt-cache reads
+    prompt_cache_saved_micros: int = 0  # already taken off estimated_micros
 
     @property
     def over_budget(self) -> bool:
@@ -53,6 +55,8 @@ class Plan:
                           "input_tokens": v["input_tokens"], "output_tokens": v["output_tokens"]}
                          for k, v in sorted(self.by_model.items(), key=lambda kv: -kv[1]["estimated_micros"])],
             "cache": {"hits": self.cache_hits, "saved_usd": usd_json(self.cache_saved_micros)},
+            "prompt_cache": {"cached_tokens": self.prefix.cached_tokens,
+                             "saved_usd": usd_json(self.prompt_cache_saved_micros)},
         }
 
 
@@ -85,7 +89,8 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
     catalog = load_catalog(settings)
     credentials = available_credentials(catalog, simulate=spec.simulate)
     max_cost = usd_to_micros(spec.max_cost_per_task_usd) if spec.max_cost_per_task_usd else None
-    plan = Plan(budget_micros=usd_to_micros(spec.budget_usd) if spec.budget_usd else None)
+    plan = Plan(budget_micros=usd_to_micros(spec.budget_usd) if spec.budget_usd else None,
+                prefix=PrefixProbe(scheduling=settings.prompt_cache_scheduling))
     deny = frozenset(spec.deny or ())
     probe = CacheProbe(settings, catalog, spec) if spec.cache else None
     for _line_no, item in parse_lines(path, spec):
@@ -108,7 +113,9 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
             plan.cache_hits += 1
             plan.cache_saved_micros += c.estimated_micros
             continue
-        plan.estimated_micros += c.estimated_micros
+        prompt_saved = plan.prefix.saving_micros(request, c)
+        plan.prompt_cache_saved_micros += prompt_saved
+        plan.estimated_micros += c.estimated_micros - prompt_saved
         plan.upper_bound_micros += c.upper_bound_micros
         m = plan.by_model[c.model.key]
         m["tasks"] += 1

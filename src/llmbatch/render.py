@@ -178,6 +178,9 @@ def estimate_table(plan) -> None:
     if d.get("cache") and d["cache"]["hits"]:
         out.print(f"response cache: {d['cache']['hits']:,} task(s) would be answered from earlier identical calls "
                   f"($0; {_usd(d['cache']['saved_usd'])} expected saved, not in the totals above)")
+    if d.get("prompt_cache") and d["prompt_cache"]["cached_tokens"]:
+        out.print(f"prompt cache: {d['prompt_cache']['cached_tokens']:,} input tokens expected to be read from the "
+                  f"provider's cache, {_usd(d['prompt_cache']['saved_usd'])} saved (already in the totals)")
 
 
 def route_table(items: list[dict[str, Any]], *, total: int, explain: bool) -> None:

@@ -147,6 +147,9 @@ def test_shared_system_prompt_on_anthropic_pays_half_with_scheduling(tmp_path, s
                 {"role": "user", "content": f"Customer {i} asks where order {1000 + i} is."}]}) + "\n")
     model = "anthropic/claude-sonnet-4-20250514"
     report = {}
+    p, est = run_json(["estimate", str(src), "--simulate", "--model", model, "--no-cache"], cli_env(sqlite_url))
+    assert est["prompt_cache"]["cached_tokens"] > 0 and est["prompt_cache"]["saved_usd"] > 0
+    spent = {}
     with SimulatorThread(SimulatorConfig(seed=5)) as sim:
         for sched in ("1", "0"):
             sim.reset()
@@ -155,7 +158,7 @@ def test_shared_system_prompt_on_anthropic_pays_half_with_scheduling(tmp_path, s
             assert st["counts"]["succeeded"] == 500
             stats = sim.stats()
             p, rep = run_json(["report", st["job_id"]], env)
-            report[sched] = rep["prompt_cache"]
+            report[sched], spent[sched] = rep["prompt_cache"], rep["spent_usd"]
             # The ledger's prompt-cache tokens are the simulator's, exactly.
             assert rep["prompt_cache"]["cached_tokens"] == stats["cached_tokens"]
             assert rep["prompt_cache"]["cache_write_tokens"] == stats["cache_write_tokens"]
@@ -166,6 +169,8 @@ def test_shared_system_prompt_on_anthropic_pays_half_with_scheduling(tmp_path, s
     assert on["cache_write_tokens"] > 0 and on["hit_rate"] >= 0.99
     assert on["input_cost_usd"] <= 0.5 * off["input_cost_usd"], (on, off)
     assert on["saved_usd"] > 0
+    # The estimate priced the expected prompt-cache reads.
+    assert abs(est["estimated_usd"] - spent["1"]) <= 0.25 * spent["1"], (est, spent)
 
 
 def test_cache_survives_a_crash_and_never_serves_an_invalid_answer(tmp_path, sqlite_url):

@@ -38,6 +38,8 @@ POLL_S = (0.1, 1.0)  # waiting on another worker's claim: first and longest poll
 # A claim marker lives this long unless renewed (every third of it while the call is under way): a worker
 # that died holds its keys for at most this long (at once free when it ran on this host: its pid is gone).
 CLAIM_S = 30.0
+# No provider caches a prefix below 1,024 tokens, and a token is at least one character.
+MIN_PREFIX_CHARS = 1024
 
 
 def _dead_here(worker: str) -> bool:
@@ -92,6 +94,8 @@ class CacheHook:
         if not self.prompt.enabled:
             return
         for c in claimed:
+            if len(c.payload) < MIN_PREFIX_CHARS:  # cannot carry a cacheable prefix: skip the parse
+                continue
             try:
                 self.prompt.note(build_request(TaskLine.model_validate_json(c.payload)))
             except ValueError:  # the task itself reports a bad payload when it runs

@@ -119,7 +119,7 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
         plan.upper_bound_micros += c.upper_bound_micros
         m = plan.by_model[c.model.key]
         m["tasks"] += 1
-        m["estimated_micros"] += c.estimated_micros
+        m["estimated_micros"] += c.estimated_micros - prompt_saved
         m["upper_bound_micros"] += c.upper_bound_micros
         m["input_tokens"] += c.input_tokens_est
         m["output_tokens"] += c.output_tokens_est

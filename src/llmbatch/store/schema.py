@@ -171,8 +171,8 @@ class InputError(Base):
 
 
 class ResponseCacheEntry(Base):
-    """The response cache (cache/): one validated answer per request digest, or a claim marker (output NULL)
-    while one worker makes the call that the others wait for."""
+    """The response cache (cache/entries.py): per request digest, a validated answer, or an invalid verdict
+    (invalid_error), or a claim marker (neither) while one worker makes the call that the others wait for."""
 
     __tablename__ = "response_cache"
     __table_args__ = (Index("ix_response_cache_created", "created_at"),)

@@ -27,7 +27,7 @@ import queue
 import random
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any, Callable, TypeVar
 
 from sqlalchemy import Engine
@@ -150,20 +150,17 @@ class AsyncStore:
                 if _is_disconnect(e):
                     err = StoreError(f"the store has been unreachable for {OUTAGE_GIVE_UP_S:.0f}s: {type(e).__name__}")
                     for op in batch:
-                        op.future.set_exception(err)
+                        _deliver(op.future, False, err)
                     return
                 if len(batch) == 1:
-                    batch[0].future.set_exception(e)
+                    _deliver(batch[0].future, False, e)
                     return
                 # Not a connection problem: one operation is at fault. Isolate it so the rest succeed.
                 for op in batch:
                     self._run_batch([op])
                 return
             for op, (ok, value) in zip(batch, results):
-                if ok:
-                    op.future.set_result(value)
-                else:
-                    op.future.set_exception(value)
+                _deliver(op.future, ok, value)
             return
 
     def _in_one_transaction(self, batch: list[_Op]) -> list[tuple[bool, Any]]:
@@ -190,6 +187,19 @@ class AsyncStore:
                 if op.reserves and ok and value in refused:
                     results[i] = (False, refused[value])
         return results
+
+
+def _deliver(future: Future, ok: bool, value: Any) -> None:
+    """Hand an operation's outcome to its caller. A caller that stopped waiting (its coroutine was cancelled,
+    e.g. a heartbeat cancelled while its renewal was queued) cancelled the future: the operation still ran,
+    and the store thread must not die of the InvalidStateError that set_result would raise."""
+    try:
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+    except InvalidStateError:
+        pass
 
 
 def _run_one(conn, op: _Op, deferred: Deferred) -> tuple[bool, Any]:

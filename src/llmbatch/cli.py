@@ -76,6 +76,7 @@ def job_options(f):
         click.option("--name", help="A name for the job (commands accept it in place of the id)."),
         click.option("--new", "new", is_flag=True,
                      help="Start a fresh job even if this file already ran with these options (default: resume it)."),
+        click.option("--no-cache", is_flag=True, help="Do not answer tasks from earlier identical calls (pay again)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -87,7 +88,7 @@ def _comma_list(value: str | None) -> list[str] | None:
 
 
 def build_spec(spec_path, task, labels, schema_path, budget, max_cost_per_task, min_tier, allow, deny, pin,
-               max_output_tokens, simulate, no_escalate, strict, name, new=False) -> JobSpec:
+               max_output_tokens, simulate, no_escalate, strict, name, new=False, no_cache=False) -> JobSpec:
     from pydantic import ValidationError
 
     from .models import JobSpec
@@ -109,6 +110,8 @@ def build_spec(spec_path, task, labels, schema_path, budget, max_cost_per_task, 
         data["escalate"] = False
     if strict:
         data["strict"] = True
+    if no_cache:
+        data["cache"] = False
     try:
         return JobSpec.model_validate(data)
     except ValidationError as e:

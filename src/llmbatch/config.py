@@ -150,6 +150,10 @@ class Settings(BaseSettings):
     # workers hand its tasks to others. Shorter: faster recovery, more false alarms on a stalled loop.
     presence_ttl_s: PositiveSeconds = 10.0
     sweep_interval_s: PositiveSeconds = 2.0  # how often each worker looks for lapsed workers (one cheap query)
+    # --- never-pay-twice (cache) ---
+    cache_ttl_s: PositiveSeconds = 30 * 86400.0  # a cached answer older than this is a miss (models and prompts drift)
+    cache_max_entries: PositiveInt = 1_000_000  # response-cache size bound; the oldest entries are evicted first
+    prompt_cache_scheduling: bool = True  # shared long prefixes: one warm-up call first, Anthropic breakpoints
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

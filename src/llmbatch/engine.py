@@ -18,6 +18,7 @@ import orjson
 
 from . import decisions
 from .breaker import ProviderBreaker, Ticket
+from .cache.hook import CacheHook
 from .catalog import Catalog, ModelInfo
 from .catalog.pricing import price, upper_bound_picos
 from .config import Settings
@@ -92,6 +93,7 @@ class _TaskRun:
     reserved: int = 0  # the current attempt's reservation
     truncated: bool = False  # an output stopped on the output cap
     epoch: int = 0  # the presence epoch the task was claimed under (see liveness.Presence)
+    cache: object | None = None  # the response cache's state on the current candidate (cache/hook.py)
 
 
 # Retryable failures after the request was sent whose charge we cannot know: the provider may have
@@ -143,6 +145,7 @@ class Engine:
         self.daily_cap_picos = usd_to_picos(settings.daily_cap_usd) if settings.daily_cap_usd is not None else None
         self.presence = None  # liveness.Presence, set by runtime.open_engine
         self._claim_epoch: dict[tuple[str, int], int] = {}  # (job, seq) -> presence epoch at its claim
+        self.cache = CacheHook(self, escalate=ESCALATE)
 
     # ------------------------------------------------------------------------------------- job state
 
@@ -192,6 +195,7 @@ class Engine:
             # claim_tasks refuses a cancelled job in the same transaction, so the job is not cancelled now,
             # whatever this worker cached before a `retry` lifted an earlier cancel.
             ctx.cancelled, ctx.checked_at = False, time.time()
+            self.cache.note_claimed(claimed)
             epoch = self.presence.epoch if self.presence is not None else 0
             for c in claimed:
                 self._claim_epoch[(job_id, c.seq)] = epoch
@@ -304,6 +308,18 @@ class Engine:
         """Up to max_attempts_per_model calls on one model. Returns a terminal status (recorded), or
         NEXT_CANDIDATE (reroute error / retries exhausted) or ESCALATE (output failed validation)."""
         call_request = self._request_for(request, cand)
+        served, call_request = await self.cache.serve(ctx, claimed, cand, call_request, state, deadline)
+        if served is not None:  # answered from the response cache (or escalating with an identical call)
+            return served
+        outcome = None
+        try:
+            outcome = await self._calls(ctx, claimed, task, request, call_request, cand, state, deadline)
+            return outcome
+        finally:
+            await self.cache.release(state, escalated=outcome is ESCALATE)
+
+    async def _calls(self, ctx, claimed, task, request: ChatRequest, call_request: ChatRequest, cand: Candidate,
+                     state: _TaskRun, deadline: float):
         for n in range(self.settings.retry.max_attempts_per_model):
             ticket = await self._admit(ctx, cand.model.provider, deadline)
             if ticket is None:
@@ -417,6 +433,7 @@ class Engine:
                                     provider=model.provider, model=model.model, output=output,
                                     escalations=state.escalations)
         await self._check_overrun(ctx, model, state.reserved, cost_picos)
+        await self.cache.remember(ctx, state, model, attempt_id, output, completion.usage)
         return status
 
     async def _failed_call(self, ctx, claimed, cand: Candidate, e: ProviderError, attempt_id: int, latency: int,

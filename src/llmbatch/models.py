@@ -168,6 +168,7 @@ class JobSpec(BaseModel):
     simulate: bool = False
     concurrency: int | None = Field(default=None, ge=1)
     strict: bool = False
+    cache: bool = True  # answer tasks from earlier identical calls (--no-cache: False)
 
     @field_validator("budget_usd", "max_cost_per_task_usd", mode="before")
     @classmethod
@@ -196,6 +197,9 @@ class ChatRequest(BaseModel):
     json_schema: dict[str, Any] | None = None  # ask for JSON matching this schema
     # Extra completion tokens allowed for hidden reasoning (reasoning models only); part of the cap.
     reasoning_budget_tokens: int = 0
+    # Leading messages that form a shared prefix worth a prompt-cache breakpoint (Anthropic cache_control);
+    # 0 = none. Set by the engine's prompt-cache planning (cache/prompt.py); never part of the cache key.
+    cache_prefix_messages: int = 0
 
 
 class Usage(BaseModel):

@@ -7,6 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .cache.estimate import CacheProbe, PrefixProbe
 from .catalog.loading import load_catalog
 from .config import Settings
 from .ingest import LineError, parse_lines
@@ -34,6 +35,10 @@ class Plan:
     invalid_lines: int = 0
     # No provider key is set (and not --simulate): every model was priced as if its provider were configured.
     keys_assumed: bool = False
+    cache_hits: int = 0  # tasks the response cache would answer ($0; not in the totals)
+    cache_saved_picos: int = 0
+    prefix: PrefixProbe = field(default_factory=PrefixProbe)  # expected prompt-cache reads
+    prompt_cache_saved_picos: int = 0  # already taken off estimated_picos
 
     @property
     def over_budget(self) -> bool:
@@ -53,6 +58,9 @@ class Plan:
                           "upper_bound_usd": usd_json(v["upper_bound_picos"]),
                           "input_tokens": v["input_tokens"], "output_tokens": v["output_tokens"]}
                          for k, v in sorted(self.by_model.items(), key=lambda kv: -kv[1]["estimated_picos"])],
+            "cache": {"hits": self.cache_hits, "saved_usd": usd_json(self.cache_saved_picos)},
+            "prompt_cache": {"cached_tokens": self.prefix.cached_tokens,
+                             "saved_usd": usd_json(self.prompt_cache_saved_picos)},
         }
 
 
@@ -89,8 +97,10 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
     if keys_assumed:  # a plan with no callable model would say $0: price what a configured machine would run
         credentials = available_credentials(catalog, simulate=True)
     max_cost = usd_to_picos(spec.max_cost_per_task_usd) if spec.max_cost_per_task_usd else None
-    plan = Plan(budget_picos=usd_to_picos(spec.budget_usd) if spec.budget_usd else None, keys_assumed=keys_assumed)
+    plan = Plan(budget_picos=usd_to_picos(spec.budget_usd) if spec.budget_usd else None, keys_assumed=keys_assumed,
+                prefix=PrefixProbe(scheduling=settings.prompt_cache_scheduling))
     deny = frozenset(spec.deny or ())
+    probe = CacheProbe(settings, catalog, spec) if spec.cache else None
     for _line_no, item in parse_lines(path, spec, limits=settings.input_limits):
         if isinstance(item, LineError):
             plan.invalid_lines += 1
@@ -107,11 +117,17 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
             plan.unroutable += 1
             continue
         c = d.candidates[0]
-        plan.estimated_picos += c.estimated_picos
+        if probe is not None and probe.answers(request, c):
+            plan.cache_hits += 1
+            plan.cache_saved_picos += c.estimated_picos
+            continue
+        prompt_saved = plan.prefix.saving_picos(request, c)
+        plan.prompt_cache_saved_picos += prompt_saved
+        plan.estimated_picos += c.estimated_picos - prompt_saved
         plan.upper_bound_picos += c.upper_bound_picos
         m = plan.by_model[c.model.key]
         m["tasks"] += 1
-        m["estimated_picos"] += c.estimated_picos
+        m["estimated_picos"] += c.estimated_picos - prompt_saved
         m["upper_bound_picos"] += c.upper_bound_picos
         m["input_tokens"] += c.input_tokens_est
         m["output_tokens"] += c.output_tokens_est

@@ -132,6 +132,7 @@ def report_tables(rep: dict[str, Any]) -> None:
         ("cost per 1k tasks", _usd(rep["cost_per_1k_tasks_usd"])),
         (f"baseline: finished requests on {rep['baseline']['model']}", _usd(rep["baseline"]["cost_usd"])),
         ("savings vs baseline", _usd(rep["savings_usd"])),
+        *_cache_rows(rep),
     ):
         t.add_row(label, value)
     out.print(t)
@@ -168,6 +169,20 @@ def report_tables(rep: dict[str, Any]) -> None:
         out.print(e)
 
 
+def _cache_rows(rep: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    if rep.get("cache"):
+        rows.append(("response cache: tasks answered / saved",
+                     f"{rep['cache']['hits']:,} / {_usd(rep['cache']['saved_usd'])}"))
+    pc = rep.get("prompt_cache")
+    if pc and pc["calls"]:
+        rate = f"{pc['hit_rate']:.0%}" if pc["hit_rate"] is not None else "-"
+        rows.append(("prompt cache: hit rate / cached / written tokens",
+                     f"{rate} / {pc['cached_tokens']:,} / {pc['cache_write_tokens']:,}"))
+        rows.append(("prompt cache: saved (net of write premiums)", _usd(pc["saved_usd"])))
+    return rows
+
+
 def estimate_table(plan) -> None:
     d = plan.estimate_dict()
     t = Table(title=f"estimate — {d['tasks']} tasks ({d['unroutable']} unroutable, {d['invalid_lines']} invalid lines)",
@@ -179,6 +194,12 @@ def estimate_table(plan) -> None:
                   _usd(r["estimated_usd"]), _usd(r["upper_bound_usd"]))
     t.add_row("[bold]total", str(d["tasks"]), "", "", _usd(d["estimated_usd"]), _usd(d["upper_bound_usd"]))
     out.print(t)
+    if d.get("cache") and d["cache"]["hits"]:
+        out.print(f"response cache: {d['cache']['hits']:,} task(s) would be answered from earlier identical calls "
+                  f"($0; {_usd(d['cache']['saved_usd'])} expected saved, not in the totals above)")
+    if d.get("prompt_cache") and d["prompt_cache"]["cached_tokens"]:
+        out.print(f"prompt cache: {d['prompt_cache']['cached_tokens']:,} input tokens expected to be read from the "
+                  f"provider's cache, {_usd(d['prompt_cache']['saved_usd'])} saved (already in the totals)")
 
 
 def route_table(items: list[dict[str, Any]], *, total: int, explain: bool) -> None:

@@ -11,13 +11,11 @@ from typing import TYPE_CHECKING, Any, Iterator
 import orjson
 from sqlalchemy import Connection, and_, case, func, select
 
+from .cache.report import cache_section, prompt_cache_section
 from .errors import CatalogError, PricingError
 from .money import usd_json
 from .store import ledger, repo
 from .store.schema import AttemptStatus, TaskStatus, attempts, tasks
-
-if TYPE_CHECKING:  # the catalog and pydantic models load only for a report (status starts without them)
-    from .catalog import Catalog
 
 if TYPE_CHECKING:  # the catalog and pydantic models load only for a report (status starts without them)
     from .catalog import Catalog
@@ -49,7 +47,7 @@ def _final_attempts(conn: Connection, job_id: str, lo: int, hi: int) -> dict[int
                attempts.c.finish_reason, attempts.c.provider_request_id, attempts.c.finished_at,
                attempts.c.started_at, attempts.c.input_tokens, attempts.c.cached_tokens,
                attempts.c.cache_write_tokens, attempts.c.output_tokens, attempts.c.reasoning_tokens,
-               attempts.c.error_class, attempts.c.http_status)
+               attempts.c.error_class, attempts.c.http_status, attempts.c.channel)
         .where(attempts.c.job_id == job_id, attempts.c.task_seq >= lo, attempts.c.task_seq <= hi)
         .order_by(attempts.c.task_seq, attempts.c.attempt_no)).mappings()
     return {r["task_seq"]: dict(r) for r in rows}
@@ -87,11 +85,20 @@ def result_lines(conn: Connection, job_id: str, *, with_final_attempt: bool = Fa
             "cost_usd": usd_json(row["cost_picos"]),
             "attempts": row["attempts"],
             "metadata": payload.get("metadata"),
+            "channel": channel_of(final),
         }
         if with_final_attempt:
             line["_final"] = final
             line["_skip_reason"] = row["skip_reason"]
         yield line
+
+
+def channel_of(attempt: dict[str, Any] | None) -> str | None:
+    """The channel that answered a task: its final attempt's (online, flex, batch, cache); rows written before
+    channels existed say "sync", which was online."""
+    if attempt is None:
+        return None
+    return "online" if attempt["channel"] in (None, "sync") else attempt["channel"]
 
 
 # Our finish reasons -> OpenAI's (the export claims OpenAI's shape; ChatCompletion accepts only these).
@@ -251,6 +258,8 @@ def build_report(conn: Connection, job_id: str, catalog: Catalog, *, baseline_mo
         "overruns": n_overruns,
         "overrun_attempts": overruns,
         "stop_reason": job.get("stop_reason"),
+        "cache": cache_section(conn, job_id),
+        "prompt_cache": prompt_cache_section(conn, job_id, catalog),
     }
 
 

@@ -30,7 +30,7 @@ def test_run_200_lines_all_succeed_and_spend_equals_ledger(tmp_path, sqlite_url)
         assert r["cost_usd"] > 0
         assert r["usage"]["input_tokens"] > 0 and r["usage"]["output_tokens"] > 0
         assert set(r) == {"id", "status", "provider", "model", "output", "error", "finish_reason", "usage", "cost_usd",
-                          "attempts", "metadata"}
+                          "attempts", "metadata", "channel"}
         assert r["finish_reason"] in ("stop", "end_turn", "STOP")  # the provider's own, never a truncation
     assert rows[5]["metadata"] == {"n": 5}
     engine = get_engine(sqlite_url)

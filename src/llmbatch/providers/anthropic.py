@@ -76,7 +76,10 @@ class AnthropicAdapter(Adapter):
             "max_tokens": completion_cap(model, request),
             "messages": [{"role": m["role"], "content": _content(m["content"])} for m in messages],
         }
-        if system:
+        if system and request.cache_prefix_messages:
+            # The shared system prompt as a prompt-cache breakpoint (cache/prompt.py decides when it pays).
+            body["system"] = [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
+        elif system:
             body["system"] = system
         if request.temperature is not None and not model.quirks.get("fixed_temperature"):
             body["temperature"] = min(request.temperature, MAX_TEMPERATURE)

@@ -122,6 +122,8 @@ async def _serve(state: SimState, dialect: Dialect, request: web.Request, ex: _E
     reply: Reply = dialect.respond(parsed, model, state, ex.request_id)
     state.stats.prompt_tokens += reply.prompt_tokens
     state.stats.completion_tokens += reply.completion_tokens
+    state.stats.cached_tokens += reply.cached_tokens
+    state.stats.cache_write_tokens += reply.cache_write_tokens
     body = orjson.dumps(reply.body)
 
     latency = answer_latency(cfg, model.id, state.rng)

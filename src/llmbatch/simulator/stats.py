@@ -23,6 +23,8 @@ class Stats:
         self.by_error: Counter[str] = Counter()  # why a non-200 answer was given: rpm, injected, storm429...
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.cached_tokens = 0  # prompt-cache reads, all APIs
+        self.cache_write_tokens = 0  # prompt-cache writes (Anthropic)
 
     def record(self, *, api: str, model: str | None, status: int, fault: str | None, error: str | None) -> None:
         self.total += 1
@@ -46,4 +48,6 @@ class Stats:
             "by_error": dict(self.by_error),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
         }

@@ -27,7 +27,7 @@ import queue
 import random
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any, Callable, TypeVar
 
 from sqlalchemy import Engine
@@ -162,7 +162,7 @@ class AsyncStore:
                 known = classify_store_error(e, str(self.engine.url))
                 if known is not None:  # every operation of the batch would fail the same way
                     for op in batch:
-                        op.future.set_exception(known)
+                        _resolve(op.future, False, known)
                     return
                 if len(batch) == 1:
                     _resolve(batch[0].future, False, e)

@@ -151,6 +151,8 @@ class Attempt(Base):
     reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     reserved_picos: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_picos: Mapped[int] = mapped_column(BigInteger, default=0)
+    # A cache attempt (channel "cache", cost 0): the original attempt's cost it did not pay again.
+    saved_picos: Mapped[int] = mapped_column(BigInteger, default=0)
     budget_window: Mapped[str | None] = mapped_column(String(16))
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     provider_request_id: Mapped[str | None] = mapped_column(String(200))
@@ -202,9 +204,33 @@ class InputError(Base):
     excerpt: Mapped[str | None] = mapped_column(Text)
 
 
+class ResponseCacheEntry(Base):
+    """The response cache (cache/entries.py): per request digest, a validated answer, or an invalid verdict
+    (invalid_error), or a claim marker (neither) while one worker makes the call that the others wait for."""
+
+    __tablename__ = "response_cache"
+    __table_args__ = (Index("ix_response_cache_created", "created_at"),)
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of scope, provider, model, body
+    scope: Mapped[str | None] = mapped_column(String(120))  # the API token's scope, once tokens exist
+    provider: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(200))
+    output: Mapped[str | None] = mapped_column(Text)  # the validated output as JSON; NULL = a claim marker
+    # Set instead of output: this request's answer failed validation (tasks escalate without calling again).
+    invalid_error: Mapped[str | None] = mapped_column(Text)
+    usage: Mapped[str | None] = mapped_column(Text)  # the original call's usage as JSON
+    cost_picos: Mapped[int] = mapped_column(BigInteger, default=0)  # copied from the original attempt's ledger row
+    job_id: Mapped[str | None] = mapped_column(String(40))  # where the answer came from (no FK: outlives jobs)
+    attempt_id: Mapped[int | None] = mapped_column(BigInteger)
+    claimed_by: Mapped[str | None] = mapped_column(String(120))
+    claim_expires_at: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
 jobs = Job.__table__
 tasks = Task.__table__
 attempts = Attempt.__table__
 budget_windows = BudgetWindow.__table__
 input_errors = InputError.__table__
 worker_presence = WorkerPresence.__table__
+response_cache = ResponseCacheEntry.__table__

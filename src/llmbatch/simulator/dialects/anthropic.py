@@ -173,7 +173,7 @@ class AnthropicDialect(Dialect):
                 "service_tier": "standard",
             },
         }
-        return Reply(body, prompt, output)
+        return Reply(body, prompt, output, cached_tokens=read, cache_write_tokens=created)
 
     # --- errors ---------------------------------------------------------------------------------
     def missing_key(self) -> ApiError:

@@ -36,6 +36,8 @@ class Reply:
     body: dict[str, Any]
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt-cache reads (counted in /_sim/stats)
+    cache_write_tokens: int = 0  # prompt-cache writes (Anthropic cache_control)
 
 
 class Dialect(ABC):

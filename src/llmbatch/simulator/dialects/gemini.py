@@ -147,7 +147,7 @@ class GeminiDialect(Dialect):
             "modelVersion": model.id,
             "responseId": request_id,
         }
-        return Reply(body, prompt, visible + thoughts)
+        return Reply(body, prompt, visible + thoughts, cached_tokens=cached)
 
     # --- errors ---------------------------------------------------------------------------------
     def missing_key(self) -> ApiError:

@@ -199,7 +199,7 @@ class OpenAIDialect(Dialect):
             "service_tier": "default",
             "system_fingerprint": "fp_simulator",
         }
-        return Reply(body, prompt, completion)
+        return Reply(body, prompt, completion, cached_tokens=cached)
 
     # --- errors ---------------------------------------------------------------------------------
     def missing_key(self) -> ApiError:

@@ -1,0 +1,167 @@
+"""The response_cache table: one row per request key, which is either
+- an answer: written only after a succeeded, validated attempt was recorded, with its cost copied from that
+  attempt's ledger row in SQL (never recomputed): the amount a later hit saves;
+- an invalid verdict (invalid_error set, no output): the answer to this request failed validation, so tasks
+  with it escalate at once instead of paying for the same invalid answer again; never served as an answer;
+- a claim marker (neither): one worker is making the call that the other workers wait for.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, and_, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..store import ledger
+from ..store.repo import TaskOutcome
+from ..store.schema import attempts, response_cache
+from ..store.tx import Deferred, in_transaction
+
+HIT, INVALID, LEAD, WAIT = "hit", "invalid", "lead", "wait"
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    provider: str
+    model: str
+    output: Any  # the validated output, decoded
+    cost_picos: int  # the original attempt's cost (what a hit saves)
+
+
+def _insert(conn: Connection):
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(response_cache)
+
+
+def _is_claim():
+    return and_(response_cache.c.output.is_(None), response_cache.c.invalid_error.is_(None))
+
+
+def _is_verdict():
+    return or_(response_cache.c.output.is_not(None), response_cache.c.invalid_error.is_not(None))
+
+
+def _entry(row) -> Entry:
+    return Entry(row.key, row.provider, row.model, orjson.loads(row.output), int(row.cost_picos))
+
+
+def fresh_keys(conn: Connection, keys: list[str], *, ttl_s: float, now: float | None = None) -> set[str]:
+    """Which of `keys` have a fresh answer (estimate)."""
+    now = now if now is not None else time.time()
+    rows = conn.execute(select(response_cache.c.key).where(
+        response_cache.c.key.in_(keys), response_cache.c.output.is_not(None),
+        response_cache.c.created_at >= now - ttl_s)).all()
+    return {r.key for r in rows}
+
+
+def claim_or_get(conn: Connection, key: str, *, scope: str | None, provider: str, model: str, worker: str,
+                 ttl_s: float, claim_s: float, now: float | None = None) -> tuple[str, Any]:
+    """(HIT, entry) when a fresh answer exists; (INVALID, error) when a fresh verdict says the answer fails
+    validation; (LEAD, None) when this worker now holds the key's claim and must make the call; (WAIT,
+    claimant) when another worker's live claim says it is making the call."""
+    now = now if now is not None else time.time()
+    row = conn.execute(select(response_cache).where(response_cache.c.key == key)).first()
+    if row is not None and row.created_at >= now - ttl_s:
+        if row.output is not None:
+            return HIT, _entry(row)
+        if row.invalid_error is not None:
+            return INVALID, row.invalid_error
+    claim = {"claimed_by": worker, "claim_expires_at": now + claim_s, "created_at": now}
+    if row is None:
+        done = conn.execute(_insert(conn).values(key=key, scope=scope, provider=provider, model=model, output=None,
+                                                 cost_picos=0, **claim)
+                            .on_conflict_do_nothing(index_elements=["key"]).returning(response_cache.c.key)).first()
+        return (LEAD, None) if done is not None else (WAIT, None)
+    if row.output is None and row.invalid_error is None and row.claimed_by != worker \
+            and row.claim_expires_at is not None and row.claim_expires_at >= now:
+        return WAIT, row.claimed_by
+    # An expired answer or verdict, an expired claim, or this worker's own leftover claim: take the key over.
+    takeover = conn.execute(
+        update(response_cache).where(
+            response_cache.c.key == key,
+            or_(and_(_is_verdict(), response_cache.c.created_at < now - ttl_s),
+                and_(_is_claim(),
+                     or_(response_cache.c.claim_expires_at < now, response_cache.c.claimed_by == worker))))
+        .values(output=None, invalid_error=None, usage=None, **claim)).rowcount
+    return (LEAD, None) if takeover == 1 else (WAIT, None)
+
+
+def put(conn: Connection, key: str, *, scope: str | None, provider: str, model: str, output: Any,
+        usage: dict[str, int] | None, job_id: str, attempt_id: int, now: float | None = None) -> Entry:
+    """Store the validated answer of `attempt_id` under `key` (replacing a claim or an older answer), its cost
+    copied from the attempt's ledger row."""
+    now = now if now is not None else time.time()
+    cost = func.coalesce(select(attempts.c.cost_picos).where(attempts.c.id == attempt_id).scalar_subquery(), 0)
+    values = {"scope": scope, "provider": provider, "model": model, "output": orjson.dumps(output).decode(),
+              "invalid_error": None, "usage": orjson.dumps(usage).decode() if usage is not None else None,
+              "cost_picos": cost,
+              "job_id": job_id, "attempt_id": attempt_id, "claimed_by": None, "claim_expires_at": None,
+              "created_at": now}
+    stmt = _insert(conn).values(key=key, **values)
+    stmt = stmt.on_conflict_do_update(index_elements=["key"], set_={k: stmt.excluded[k] for k in values})
+    saved = conn.execute(stmt.returning(response_cache.c.cost_picos)).scalar_one()
+    return Entry(key, provider, model, output, int(saved or 0))
+
+
+def put_invalid(conn: Connection, key: str, *, scope: str | None, provider: str, model: str, error: str,
+                job_id: str, now: float | None = None) -> None:
+    """Remember that this request's answer failed validation (replacing a claim; never an answer)."""
+    now = now if now is not None else time.time()
+    values = {"scope": scope, "provider": provider, "model": model, "output": None, "invalid_error": error,
+              "usage": None, "cost_picos": 0, "job_id": job_id, "attempt_id": None, "claimed_by": None,
+              "claim_expires_at": None, "created_at": now}
+    stmt = _insert(conn).values(key=key, **values)
+    conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={k: stmt.excluded[k] for k in values},
+                                            where=response_cache.c.output.is_(None)))
+
+
+def take_over(conn: Connection, key: str, *, dead: str, worker: str, claim_s: float,
+              now: float | None = None) -> bool:
+    """Take the claim of a worker known to be dead (its process is gone)."""
+    now = now if now is not None else time.time()
+    return conn.execute(update(response_cache).where(response_cache.c.key == key, _is_claim(),
+                                                     response_cache.c.claimed_by == dead)
+                        .values(claimed_by=worker, claim_expires_at=now + claim_s)).rowcount == 1
+
+
+def renew(conn: Connection, keys: list[str], *, worker: str, claim_s: float, now: float | None = None) -> int:
+    """Extend this worker's live claims (a call with retries can outlast one claim period)."""
+    now = now if now is not None else time.time()
+    return conn.execute(update(response_cache).where(response_cache.c.key.in_(keys), _is_claim(),
+                                                     response_cache.c.claimed_by == worker)
+                        .values(claim_expires_at=now + claim_s)).rowcount
+
+
+def release(conn: Connection, key: str, *, worker: str) -> None:
+    """Drop this worker's claim (its call did not end in a validated answer): another worker may now lead."""
+    conn.execute(delete(response_cache).where(response_cache.c.key == key, _is_claim(),
+                                              response_cache.c.claimed_by == worker))
+
+
+def evict(conn: Connection, *, max_entries: int, ttl_s: float, now: float | None = None) -> int:
+    """Drop answers past the TTL and claims long expired, then the oldest entries beyond `max_entries`."""
+    now = now if now is not None else time.time()
+    gone = conn.execute(delete(response_cache).where(or_(
+        response_cache.c.created_at < now - ttl_s,
+        and_(_is_claim(), response_cache.c.claim_expires_at < now - 3600)))).rowcount
+    count = conn.execute(select(func.count()).select_from(response_cache)).scalar() or 0
+    over = int(count) - max_entries
+    if over > 0:
+        oldest = select(response_cache.c.key).order_by(response_cache.c.created_at).limit(over).scalar_subquery()
+        gone += conn.execute(delete(response_cache).where(response_cache.c.key.in_(oldest))).rowcount
+    return gone
+
+
+
+@in_transaction
+def record_hit(conn: Connection, settlement: ledger.Settlement, outcome: TaskOutcome, saved_picos: int, *,
+               deferred: Deferred) -> tuple[bool, bool]:
+    """Settle the $0 cache attempt and record the task's outcome (ledger.settle_and_record), and note on the
+    attempt the original cost it did not pay again."""
+    result = ledger.settle_and_record.on_conn(conn, settlement, outcome, deferred=deferred)
+    conn.execute(update(attempts).where(attempts.c.id == settlement.attempt_id).values(saved_picos=saved_picos))
+    return result

@@ -1,0 +1,253 @@
+"""What the engine calls around a candidate's calls: serve() before the first reservation, remember() after a
+validated success, release() when the candidate's calls are over.
+
+One call for identical requests: the first task with a key leads (in this process an in-flight map of keys;
+across Celery workers a claim marker in the store), the others wait for its answer and are then served from
+it, each with its own result and a $0 cache attempt. When the leader's answer fails validation the followers
+escalate as it did, without calling; when it fails otherwise, one of them leads next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BudgetExceeded
+from ..models import ChatRequest, TaskLine
+from ..prompts import build_request
+from ..store import ledger
+from ..store.repo import TaskOutcome
+from ..store.schema import AttemptStatus, TaskStatus
+from . import entries
+from .keys import request_key
+from .prompt import PromptPlanner
+
+if TYPE_CHECKING:
+    from ..engine import Engine, JobContext
+    from ..routing import Candidate
+
+log = logging.getLogger("llmbatch.cache")
+
+EVICT_EVERY = 500  # stores between two eviction passes (per process)
+POLL_S = (0.1, 1.0)  # waiting on another worker's claim: first and longest poll interval
+# A claim marker lives this long unless renewed (every third of it while the call is under way): a worker
+# that died holds its keys for at most this long (at once free when it ran on this host: its pid is gone).
+CLAIM_S = 30.0
+# No provider caches a prefix below 1,024 tokens, and a token is at least one character.
+MIN_PREFIX_CHARS = 1024
+
+
+def _dead_here(worker: str) -> bool:
+    """Whether `worker` (host:pid:nonce, see runtime.worker_id) ran on this host and its process is gone."""
+    host, _, rest = worker.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists (owned by someone else)
+        return False
+    return False
+
+
+@dataclass
+class _Invalid:
+    error: str | None
+
+
+@dataclass
+class TaskCache:
+    """One task's cache state on one candidate."""
+
+    key: str
+    job_id: str
+    provider: str
+    model: str
+    lead: bool = False  # this task makes the call the others wait for (in this process)
+    claimed: bool = False  # ... and holds the key's claim marker in the store
+    stored: bool = False
+    warm: tuple[str, str] | None = None  # the prompt-cache group this call warms
+
+
+class CacheHook:
+    def __init__(self, engine: "Engine", *, escalate: Any):
+        self.engine = engine
+        self.settings = engine.settings
+        self.escalate = escalate  # the engine's "escalate to a higher tier" outcome
+        self.prompt = PromptPlanner(enabled=engine.settings.prompt_cache_scheduling)
+        self._inflight: dict[str, asyncio.Future] = {}
+        self._puts = 0
+        self._claims: set[str] = set()  # keys whose store claim this process holds
+        self._renewer: asyncio.Task | None = None
+
+    # ----------------------------------------------------------------------------------- scheduling
+
+    def note_claimed(self, claimed: list) -> None:
+        """Count the shared prefixes of a claimed unit before its tasks run."""
+        if not self.prompt.enabled:
+            return
+        for c in claimed:
+            if len(c.payload) < MIN_PREFIX_CHARS:  # cannot carry a cacheable prefix: skip the parse
+                continue
+            try:
+                self.prompt.note(build_request(TaskLine.model_validate_json(c.payload)))
+            except ValueError:  # the task itself reports a bad payload when it runs
+                continue
+
+    # -------------------------------------------------------------------------------------- serving
+
+    async def serve(self, ctx: "JobContext", claimed, cand: "Candidate", request: ChatRequest, state,
+                    deadline: float) -> tuple[Any, ChatRequest]:
+        """(a terminal status already recorded, or the engine's escalate outcome, or None, the request to
+        send). None means: make the call (this task leads, or waited in vain)."""
+        state.cache = None
+        key = request_key(self.engine.catalog, cand.model, request, simulate=ctx.simulate)
+        if key is not None:
+            tc = state.cache = TaskCache(key, ctx.job_id, cand.model.provider, cand.model.model)
+            if ctx.spec.cache:
+                served = await self._lookup(ctx, claimed, cand, tc, state, deadline)
+                if served is not None:
+                    return served, request
+        request, group = await self.prompt.plan(cand.model, request, deadline)
+        if group is not None:
+            if state.cache is None:
+                self.prompt.warmed(group)  # no release() will come for a task without a key
+            else:
+                state.cache.warm = group
+        return None, request
+
+    async def _lookup(self, ctx, claimed, cand, tc: TaskCache, state, deadline: float):
+        model = cand.model
+        while True:
+            fut = self._inflight.get(tc.key)
+            if fut is not None:  # another task of this process is making this very call
+                try:
+                    result = await asyncio.wait_for(asyncio.shield(fut), timeout=max(0.0, deadline - time.time()))
+                except (asyncio.TimeoutError, TimeoutError):
+                    return None
+                if isinstance(result, entries.Entry):
+                    return await self._serve_hit(ctx, claimed, result, state)
+                if isinstance(result, _Invalid):
+                    state.last_error = result.error
+                    return self.escalate
+                continue  # the leader failed otherwise: lead (or find its successor)
+            fut = self._inflight[tc.key] = asyncio.get_running_loop().create_future()
+            delay = POLL_S[0]
+            while True:
+                verdict, entry = await self.engine.store.write(
+                    entries.claim_or_get, tc.key, scope=None, provider=model.provider, model=model.model,
+                    worker=self.engine.worker_id, ttl_s=self.settings.cache_ttl_s, claim_s=CLAIM_S)
+                if verdict == entries.WAIT and entry and _dead_here(entry) and await self.engine.store.write(
+                        entries.take_over, tc.key, dead=entry, worker=self.engine.worker_id, claim_s=CLAIM_S):
+                    verdict = entries.LEAD
+                if verdict == entries.HIT:
+                    self._resolve(tc.key, entry)
+                    return await self._serve_hit(ctx, claimed, entry, state)
+                if verdict == entries.INVALID:  # this very request's answer failed validation before
+                    self._resolve(tc.key, _Invalid(entry))
+                    state.last_error = entry
+                    return self.escalate
+                if verdict == entries.LEAD or time.time() + delay > deadline:
+                    tc.lead, tc.claimed = True, verdict == entries.LEAD
+                    if tc.claimed:
+                        self._hold(tc.key)
+                    return None
+                await asyncio.sleep(delay)  # another worker is making the call
+                delay = min(POLL_S[1], delay * 2)
+
+    def _hold(self, key: str) -> None:
+        self._claims.add(key)
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_claims())
+
+    async def _renew_claims(self) -> None:
+        while self._claims:
+            await asyncio.sleep(CLAIM_S / 3)
+            try:
+                await self.engine.store.write(entries.renew, sorted(self._claims), worker=self.engine.worker_id,
+                                              claim_s=CLAIM_S)
+            except Exception as e:  # noqa: BLE001 - a store blip: the next beat retries
+                log.warning("response cache: renewing claims failed: %s: %s", type(e).__name__, e)
+
+    def _resolve(self, key: str, result: Any) -> None:
+        fut = self._inflight.pop(key, None)
+        if fut is not None and not fut.done():
+            fut.set_result(result)
+
+    async def _serve_hit(self, ctx, claimed, entry: entries.Entry, state):
+        """Record the task as answered by `entry`: a $0 attempt on channel `cache` that saved the original
+        cost. None (make the call instead) when even $0 cannot be reserved (the job is past its cap)."""
+        engine = self.engine
+        try:
+            attempt_id = await engine.store.reserve(
+                job_id=ctx.job_id, task_seq=claimed.seq, task_id=claimed.task_id, provider=entry.provider,
+                model=entry.model, amount_picos=0, purpose="cache", worker=engine.worker_id, channel="cache",
+                daily_cap_picos=engine.daily_cap_picos)
+        except BudgetExceeded:
+            return None
+        settlement = ledger.Settlement(attempt_id=attempt_id, status=AttemptStatus.succeeded, cost_picos=0,
+                                       cost_source="cache")
+        outcome = TaskOutcome(job_id=ctx.job_id, seq=claimed.seq, worker=engine.worker_id,
+                              status=TaskStatus.succeeded, provider=entry.provider, model=entry.model,
+                              output=entry.output, escalations=state.escalations)
+        _, recorded = await engine.store.call(entries.record_hit, settlement, outcome, entry.cost_picos)
+        if recorded:
+            engine.progress.finished[TaskStatus.succeeded] += 1
+        return TaskStatus.succeeded
+
+    # ------------------------------------------------------------------------------------ after calls
+
+    async def remember(self, ctx: "JobContext", state, model, attempt_id: int, output: Any, usage) -> None:
+        """After a succeeded, validated and recorded attempt: store its answer (and hand it to the waiters)."""
+        tc: TaskCache | None = state.cache
+        if tc is None:
+            return
+        try:
+            entry = await self.engine.store.write(
+                entries.put, tc.key, scope=None, provider=model.provider, model=model.model, output=output,
+                usage=usage.model_dump() if usage is not None else None, job_id=ctx.job_id, attempt_id=attempt_id)
+        except Exception as e:  # noqa: BLE001 - the task is recorded; a lost cache entry only costs a call later
+            log.warning("response cache: storing an answer failed: %s: %s", type(e).__name__, e)
+            return
+        tc.stored = True
+        self._claims.discard(tc.key)
+        if tc.lead:
+            self._resolve(tc.key, entry)
+        self._puts += 1
+        if self._puts % EVICT_EVERY == 1:
+            try:
+                await self.engine.store.write(entries.evict, max_entries=self.settings.cache_max_entries,
+                                              ttl_s=self.settings.cache_ttl_s)
+            except Exception as e:  # noqa: BLE001 - eviction is housekeeping; the next pass retries
+                log.warning("response cache: eviction failed: %s: %s", type(e).__name__, e)
+
+    async def release(self, state, *, escalated: bool) -> None:
+        """The candidate's calls are over: end its prompt-cache warm-up, and if it led without storing an
+        answer, wake the waiters (escalating with it when its answer failed validation) and drop its claim."""
+        tc: TaskCache | None = state.cache
+        state.cache = None
+        if tc is None:
+            return
+        self._claims.discard(tc.key)
+        if tc.warm is not None:
+            self.prompt.warmed(tc.warm)
+        if tc.stored:
+            return
+        if tc.lead:
+            self._resolve(tc.key, _Invalid(state.last_error) if escalated else None)
+        try:
+            if escalated:  # replaces this worker's claim too
+                await self.engine.store.write(
+                    entries.put_invalid, tc.key, scope=None, provider=tc.provider, model=tc.model,
+                    error=state.last_error or "invalid output", job_id=tc.job_id)
+            elif tc.claimed:
+                await self.engine.store.write(entries.release, tc.key, worker=self.engine.worker_id)
+        except Exception as e:  # noqa: BLE001 - a claim expires on its own; a verdict only saves a call
+            log.warning("response cache: releasing a key failed: %s: %s", type(e).__name__, e)

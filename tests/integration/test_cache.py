@@ -60,12 +60,12 @@ def test_same_job_twice_second_run_calls_nothing_and_no_cache_pays_again(tmp_pat
     # The ledger: one $0 cache attempt per task, each saving its original attempt's cost, exactly.
     rows = _ledger(sqlite_url, second["job_id"])
     assert len(rows) == 500 and {r["channel"] for r in rows} == {"cache"}
-    assert all(r["cost_micros"] == 0 and r["status"] == "succeeded" for r in rows)
-    original = {r["task_id"]: r["cost_micros"] for r in _ledger(sqlite_url, first["job_id"])
+    assert all(r["cost_picos"] == 0 and r["status"] == "succeeded" for r in rows)
+    original = {r["task_id"]: r["cost_picos"] for r in _ledger(sqlite_url, first["job_id"])
                 if r["status"] == "succeeded"}
-    assert {r["task_id"]: r["saved_micros"] for r in rows} == original
+    assert {r["task_id"]: r["saved_picos"] for r in rows} == original
     p, rep = run_json(["report", second["job_id"]], env)
-    assert rep["cache"]["hits"] == 500 and rep["cache"]["saved_micros"] == sum(original.values())
+    assert rep["cache"]["hits"] == 500 and rep["cache"]["saved_picos"] == sum(original.values())
     assert rep["spent_usd"] == 0 and rep["reconciled"] is True
     # --no-cache pays again, once per task.
     assert paid_again >= 500 and third["spent_usd"] > 0
@@ -98,7 +98,7 @@ def test_duplicate_lines_are_called_once_and_fanned_out(tmp_path, sqlite_url):
         assert dup["output"] == orig["output"] and dup["metadata"] == {"dup": i}
     ledger = _ledger(sqlite_url, st["job_id"])
     cache_rows = [r for r in ledger if r["channel"] == "cache"]
-    assert len(cache_rows) == 60 and all(r["cost_micros"] == 0 and r["saved_micros"] > 0 for r in cache_rows)
+    assert len(cache_rows) == 60 and all(r["cost_picos"] == 0 and r["saved_picos"] > 0 for r in cache_rows)
     assert len([r for r in ledger if r["channel"] != "cache"]) == 140
 
 
@@ -163,7 +163,7 @@ def test_shared_system_prompt_on_anthropic_pays_half_with_scheduling(tmp_path, s
             assert rep["prompt_cache"]["cached_tokens"] == stats["cached_tokens"]
             assert rep["prompt_cache"]["cache_write_tokens"] == stats["cache_write_tokens"]
             with get_engine(sqlite_url).connect() as c:
-                assert repo.get_job(c, st["job_id"])["spent_micros"] == ledger_api.ledger_sum(c, st["job_id"])
+                assert repo.get_job(c, st["job_id"])["spent_picos"] == ledger_api.ledger_sum(c, st["job_id"])
     on, off = report["1"], report["0"]
     assert off["cached_tokens"] == 0 and off["cache_write_tokens"] == 0
     assert on["cache_write_tokens"] > 0 and on["hit_rate"] >= 0.99

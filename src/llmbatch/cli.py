@@ -74,6 +74,10 @@ def job_options(f):
         click.option("--no-escalate", is_flag=True, help="Do not escalate to a higher tier when output fails validation."),
         click.option("--strict", is_flag=True, help="Refuse the whole file on the first bad line (exit 2, nothing written)."),
         click.option("--name", help="A name for the job."),
+        click.option("--channel", type=click.Choice(["auto", "online", "flex", "batch"]),
+                     help="How calls are sent: online, flex (OpenAI flex tier), batch (provider batch APIs, ~50% off) "
+                          "or auto (default: the cheapest that meets --deadline)."),
+        click.option("--deadline", help="When the job must be done, from submit: 90s, 30m, 24h (default: as soon as possible)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -85,7 +89,7 @@ def _comma_list(value: str | None) -> list[str] | None:
 
 
 def build_spec(spec_path, task, labels, schema_path, budget, max_cost_per_task, min_tier, allow, deny, pin,
-               max_output_tokens, simulate, no_escalate, strict, name) -> JobSpec:
+               max_output_tokens, simulate, no_escalate, strict, name, channel=None, deadline=None) -> JobSpec:
     import yaml
     from pydantic import ValidationError
 
@@ -100,7 +104,7 @@ def build_spec(spec_path, task, labels, schema_path, budget, max_cost_per_task, 
     flags = {
         "task": task, "name": name, "min_tier": min_tier, "model": pin, "max_output_tokens": max_output_tokens,
         "labels": _comma_list(labels), "models": _comma_list(allow), "deny": _comma_list(deny),
-        "budget_usd": budget, "max_cost_per_task_usd": max_cost_per_task,
+        "budget_usd": budget, "max_cost_per_task_usd": max_cost_per_task, "channel": channel, "deadline": deadline,
     }
     if schema_path:
         try:

@@ -86,6 +86,13 @@ class Settings:
     max_deliveries: int = 5  # a task delivered this many times without finishing goes to failed (poison)
     concurrency: int = 64  # calls in flight per process
     shutdown_grace_s: float = 30.0  # a stopping worker's time to finish in-flight units before handing them back
+    # --- discount-channels ---
+    batch_turnaround_s: float = 86400.0  # a provider batch is assumed to take its completion window until measured
+    batch_linger_s: float = 2.0  # batch-bound tasks gather this long (since the last arrival) before a batch is sent
+    batch_poll_s: float = 5.0  # first poll of a provider batch after this long; the wait doubles ...
+    batch_poll_max_s: float = 300.0  # ... up to this (polling never hammers the provider)
+    batch_fallback_s: float | None = None  # cancel unfinished batches this long before the deadline (None: 1/4 of it, <= 1 h)
+    flex_timeout_s: float = 900.0  # one flex call may queue this long (OpenAI advises up to 15 min)
 
     @property
     def effective_redis_url(self) -> str | None:
@@ -149,4 +156,14 @@ def load_settings(**overrides: Any) -> Settings:
         max_deliveries=int(pick("max_deliveries", "LLMBATCH_MAX_DELIVERIES", 5)),
         concurrency=int(pick("concurrency", "LLMBATCH_CONCURRENCY", 64)),
         shutdown_grace_s=float(pick("shutdown_grace_s", "LLMBATCH_SHUTDOWN_GRACE_S", 30.0)),
+        batch_turnaround_s=float(pick("batch_turnaround_s", "LLMBATCH_BATCH_TURNAROUND_S", 86400.0)),
+        batch_linger_s=float(pick("batch_linger_s", "LLMBATCH_BATCH_LINGER_S", 2.0)),
+        batch_poll_s=float(pick("batch_poll_s", "LLMBATCH_BATCH_POLL_S", 5.0)),
+        batch_poll_max_s=float(pick("batch_poll_max_s", "LLMBATCH_BATCH_POLL_MAX_S", 300.0)),
+        batch_fallback_s=_opt_float(pick("batch_fallback_s", "LLMBATCH_BATCH_FALLBACK_S")),
+        flex_timeout_s=float(pick("flex_timeout_s", "LLMBATCH_FLEX_TIMEOUT_S", 900.0)),
     )
+
+
+def _opt_float(value) -> float | None:
+    return None if value is None or value == "" else float(value)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from . import backoff
+from .batch_runner import BatchRunner
 from .breaker import ProviderBreaker, Ticket
 from .catalog import Catalog, ModelInfo
 from .catalog.pricing import price
@@ -114,6 +115,7 @@ class Engine:
         self.rng = rng or random.Random()
         self._jobs: dict[str, JobContext] = {}
         self.daily_cap_micros = usd_to_micros(settings.daily_cap_usd) if settings.daily_cap_usd is not None else None
+        self.batches = BatchRunner(self)  # discount channels: tasks routed to a provider batch API
 
     # ------------------------------------------------------------------------------------- job state
 
@@ -155,13 +157,15 @@ class Engine:
         # claim_tasks refuses a cancelled job in the same transaction, so the job is not cancelled now, whatever
         # this worker cached before a `retry` lifted an earlier cancel.
         ctx.cancelled, ctx.checked_at = False, time.time()
+        ran = len(claimed)
+        claimed = await self.batches.take(ctx, claimed)  # batch-channel tasks: the batch runner has them
         running = {c.seq for c in claimed}
         heartbeat = asyncio.create_task(self._renew_leases(job_id, running))
         try:
             await asyncio.gather(*(self._run_claimed(ctx, c, running) for c in claimed))
         finally:
             heartbeat.cancel()
-        return len(claimed)
+        return ran
 
     async def _renew_leases(self, job_id: str, running: set[int]) -> None:
         interval = max(1.0, self.settings.lease_seconds / 3)

@@ -133,7 +133,8 @@ class BatchRunner:
                 span = channels.parse_duration(ctx.spec.deadline)
                 deadline_at = created + span
                 fallback_at = deadline_at - channels.fallback_s(span, self.s.batch_fallback_s)
-            job = self.jobs[ctx.job_id] = _Job(created, deadline_at, fallback_at)
+            # Concurrent units of the job may have read the row too: the first one's _Job wins.
+            job = self.jobs.setdefault(ctx.job_id, _Job(created, deadline_at, fallback_at))
         return job
 
     async def _timing(self, job: _Job, provider: str) -> channels.Timing:

@@ -31,6 +31,7 @@ class Plan:
         lambda: {"tasks": 0, "estimated_micros": 0, "upper_bound_micros": 0, "input_tokens": 0, "output_tokens": 0}))
     errors: list[LineError] = field(default_factory=list)  # the first MAX_ERRORS_KEPT
     invalid_lines: int = 0
+    by_channel: list[dict[str, Any]] = field(default_factory=list)  # expected cost per channel (channel_report)
 
     @property
     def over_budget(self) -> bool:
@@ -49,6 +50,7 @@ class Plan:
                           "upper_bound_usd": usd_json(v["upper_bound_micros"]),
                           "input_tokens": v["input_tokens"], "output_tokens": v["output_tokens"]}
                          for k, v in sorted(self.by_model.items(), key=lambda kv: -kv[1]["estimated_micros"])],
+            "by_channel": self.by_channel,
         }
 
 
@@ -107,4 +109,7 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
         m["upper_bound_micros"] += c.upper_bound_micros
         m["input_tokens"] += c.input_tokens_est
         m["output_tokens"] += c.output_tokens_est
+    from .channel_report import channel_estimates
+
+    plan.by_channel = channel_estimates(plan.by_model, catalog)
     return plan

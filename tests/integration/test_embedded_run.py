@@ -29,7 +29,8 @@ def test_run_200_lines_all_succeed_and_spend_equals_ledger(tmp_path, sqlite_url)
         assert r["output"] in ("positive", "negative", "neutral")
         assert r["cost_usd"] > 0
         assert r["usage"]["input_tokens"] > 0 and r["usage"]["output_tokens"] > 0
-        assert set(r) == {"id", "status", "provider", "model", "output", "error", "usage", "cost_usd", "attempts", "metadata"}
+        assert set(r) == {"id", "status", "provider", "model", "output", "error", "usage", "cost_usd", "attempts", "metadata",
+                          "channel"}
     assert rows[5]["metadata"] == {"n": 5}
     engine = get_engine(sqlite_url)
     with engine.connect() as c:

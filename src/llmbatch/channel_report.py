@@ -1,0 +1,79 @@
+"""What the channels cost: the report's `by_channel` (with the saving against the same tokens online), the
+estimate's expected cost per channel, and each task's channel for result lines."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from . import channels
+from .catalog import Catalog
+from .catalog.pricing import price
+from .errors import PricingError
+from .models import Usage
+from .money import ceil_micros, usd_json
+from .store.schema import AttemptStatus, attempts
+
+
+def task_channels(conn: Connection, job_id: str) -> dict[int, str]:
+    """seq -> channel of the attempt that answered the task, for tasks not answered online (few rows kept)."""
+    rows = conn.execute(select(attempts.c.task_seq, attempts.c.channel).where(
+        attempts.c.job_id == job_id, attempts.c.status == AttemptStatus.succeeded,
+        attempts.c.channel.not_in(("sync", channels.ONLINE)))).all()
+    return {seq: channels.canonical(ch) for seq, ch in rows}
+
+
+def by_channel(conn: Connection, job_id: str, catalog: Catalog) -> list[dict[str, Any]]:
+    """Per channel: tasks answered, attempts, cost, and saved = what the same tokens cost online minus what
+    they cost (0 for online)."""
+    q = (select(attempts.c.channel, attempts.c.provider, attempts.c.model,
+                func.count().label("attempts"),
+                func.count(func.distinct(attempts.c.task_seq)).label("tasks"),
+                func.coalesce(func.sum(attempts.c.cost_micros), 0).label("cost"),
+                *(func.coalesce(func.sum(getattr(attempts.c, k)), 0).label(k)
+                  for k in ("input_tokens", "cached_tokens", "cache_write_tokens", "output_tokens",
+                            "reasoning_tokens")))
+         .where(attempts.c.job_id == job_id)
+         .group_by(attempts.c.channel, attempts.c.provider, attempts.c.model))
+    out: dict[str, dict[str, Any]] = defaultdict(lambda: {"tasks": 0, "attempts": 0, "cost_micros": 0,
+                                                          "saved_micros": 0})
+    for r in conn.execute(q).mappings():
+        ch = channels.canonical(r["channel"])
+        row = out[ch]
+        row["tasks"] += r["tasks"]
+        row["attempts"] += r["attempts"]
+        row["cost_micros"] += int(r["cost"])
+        if ch != channels.ONLINE and r["cost"]:
+            model = catalog.find(f"{r['provider']}/{r['model']}")
+            usage = Usage(**{k: int(r[k]) for k in ("input_tokens", "cached_tokens", "cache_write_tokens",
+                                                    "output_tokens", "reasoning_tokens")})
+            try:
+                online = price(usage, model).micros if model is not None else None
+            except PricingError:
+                online = None
+            if online is not None:
+                row["saved_micros"] += max(0, online - int(r["cost"]))
+    order = {c: i for i, c in enumerate(channels.CHANNELS)}
+    return [{"channel": ch, "tasks": v["tasks"], "attempts": v["attempts"], "cost_usd": usd_json(v["cost_micros"]),
+             "cost_micros": v["cost_micros"], "saved_usd": usd_json(v["saved_micros"])}
+            for ch, v in sorted(out.items(), key=lambda kv: order.get(kv[0], 99))]
+
+
+def channel_estimates(by_model: dict[str, dict[str, Any]], catalog: Catalog) -> list[dict[str, Any]]:
+    """Expected cost of the planned tasks if every one went online, on flex, or in a batch (tasks whose model
+    does not offer the channel counted online)."""
+    out = []
+    for ch in (channels.ONLINE, channels.FLEX, channels.BATCH):
+        total, served = Decimal(0), 0
+        for key, m in by_model.items():
+            model = catalog.find(key)
+            if model is not None and channels.supports(model, ch):
+                total += Decimal(m["estimated_micros"]) * channels.discount(model, ch)
+                served += m["tasks"]
+            else:
+                total += m["estimated_micros"]
+        out.append({"channel": ch, "tasks": served, "estimated_usd": usd_json(ceil_micros(total))})
+    return out

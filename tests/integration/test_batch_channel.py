@@ -1,0 +1,129 @@
+"""Discount channels, embedded mode (SQLite, the real CLI, the simulator's batch APIs): the batch channel costs
+the batch price for the same usage, holds the hard cap, and falls back online in time for a deadline."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from llmbatch.catalog.loading import load_catalog
+from llmbatch.catalog.pricing import price
+from llmbatch.config import Settings
+from llmbatch.models import Usage
+from llmbatch.simulator import SimulatorConfig, SimulatorThread
+from llmbatch.store import ledger as ledger_api, repo
+from llmbatch.store.db import get_engine
+from llmbatch.store.schema import attempts, provider_batches
+from tests.helpers import cli_env, results, run_json, write_reviews
+
+MODEL = "openai/gpt-4o-mini"
+FAST = {"LLMBATCH_BATCH_POLL_S": "0.2", "LLMBATCH_BATCH_POLL_MAX_S": "0.5", "LLMBATCH_BATCH_LINGER_S": "0.3"}
+
+
+@pytest.fixture
+def sim():
+    with SimulatorThread(SimulatorConfig(mini_error_rate=0.0, batch_turnaround_s=0.5)) as s:
+        yield s
+
+
+def _env(url: str, sim, **extra) -> dict:
+    return cli_env(url, LLMBATCH_SIMULATOR_URL=sim.url, **FAST, **extra)
+
+
+def _attempts(url: str, job_id: str) -> list[dict]:
+    with get_engine(url).connect() as c:
+        return [dict(r) for r in c.execute(select(attempts).where(attempts.c.job_id == job_id)
+                                           .order_by(attempts.c.id)).mappings()]
+
+
+def _created(sim) -> int:
+    return httpx.get(f"{sim.url}/_sim/batches").json()["created"].get("openai", 0)
+
+
+def _exact(rows: list[dict], batch: bool) -> Decimal:
+    model = load_catalog(Settings()).get(MODEL)
+    return sum((price(Usage(input_tokens=r["input_tokens"], cached_tokens=r["cached_tokens"],
+                            output_tokens=r["output_tokens"], reasoning_tokens=r["reasoning_tokens"]),
+                      model, batch=batch).exact_micros for r in rows), Decimal(0))
+
+
+def test_batch_costs_half_of_online_for_the_same_usage(tmp_path, sim):
+    src = tmp_path / "in.jsonl"
+    write_reviews(src, 500)
+    on_url, b_url = f"sqlite:///{tmp_path}/online.db", f"sqlite:///{tmp_path}/batch.db"
+    p, online = run_json(["run", str(src), "--simulate", "--model", MODEL, "--channel", "online"], _env(on_url, sim))
+    assert p.returncode == 0 and online["status"] == "succeeded", p.stderr
+    assert _created(sim) == 0
+    p, batch = run_json(["run", str(src), "--simulate", "--model", MODEL, "--channel", "batch"], _env(b_url, sim))
+    assert p.returncode == 0 and batch["status"] == "succeeded", p.stderr
+    assert _created(sim) == 1  # 500 lines fit one OpenAI batch
+
+    a_on, a_b = _attempts(on_url, online["job_id"]), _attempts(b_url, batch["job_id"])
+    assert {r["channel"] for r in a_b} == {"batch"} and {r["channel"] for r in a_on} == {"sync"}
+    assert len({r["provider_batch_id"] for r in a_b}) == 1 and a_b[0]["provider_batch_id"].startswith("batch_")
+    tokens = lambda rows: sorted((r["task_id"], r["input_tokens"], r["output_tokens"]) for r in rows)  # noqa: E731
+    assert tokens(a_on) == tokens(a_b)  # the same usage, line by line
+    # Exactly half in exact money; the ledger's per-attempt rounding is the only difference in its unit.
+    assert _exact(a_b, batch=True) * 2 == _exact(a_on, batch=False)
+    with get_engine(b_url).connect() as c:
+        job = repo.get_job(c, batch["job_id"])
+        assert job["spent_micros"] == ledger_api.ledger_sum(c, batch["job_id"]) and job["reserved_micros"] == 0
+    assert abs(2 * sum(r["cost_micros"] for r in a_b) - sum(r["cost_micros"] for r in a_on)) <= 2 * len(a_b)
+    r_on, r_b = results(online["job_id"], _env(on_url, sim)), results(batch["job_id"], _env(b_url, sim))
+    assert [(r["id"], r["output"], r["usage"]) for r in r_on] == [(r["id"], r["output"], r["usage"]) for r in r_b]
+    assert set(r_on[0]) == set(r_b[0])
+    assert {r["channel"] for r in r_b} == {"batch"} and {r["channel"] for r in r_on} == {"online"}
+
+
+def test_budget_at_30_percent_holds_the_cap_then_retry_finishes(tmp_path, sim):
+    src = tmp_path / "in.jsonl"
+    write_reviews(src, 60)
+    url = f"sqlite:///{tmp_path}/b.db"
+    env = _env(url, sim)
+    p, est = run_json(["estimate", str(src), "--simulate", "--model", MODEL, "--channel", "batch"], env)
+    assert p.returncode == 0, p.stderr
+    batch_est = Decimal(str(next(c for c in est["by_channel"] if c["channel"] == "batch")["estimated_usd"]))
+    budget = (batch_est * Decimal("0.3")).quantize(Decimal("0.000001"))
+    p, st = run_json(["run", str(src), "--simulate", "--model", MODEL, "--channel", "batch", "--budget",
+                      str(budget)], env)
+    assert st["status"] == "budget_exhausted", p.stderr
+    assert 0 < st["counts"]["succeeded"] < 60 and st["counts"]["skipped"] == 60 - st["counts"]["succeeded"]
+    with get_engine(url).connect() as c:
+        job = repo.get_job(c, st["job_id"])
+        assert job["spent_micros"] <= job["budget_micros"] and job["reserved_micros"] == 0
+        rows = c.execute(select(provider_batches).where(provider_batches.c.job_id == st["job_id"])).all()
+        assert rows and all(r.reserved_micros <= job["budget_micros"] for r in rows)
+    p, st2 = run_json(["retry", st["job_id"], "--budget", "1"], env)
+    assert p.returncode == 0 and st2["status"] == "succeeded", p.stderr
+    assert st2["counts"]["succeeded"] == 60
+
+
+def test_deadline_cancels_a_batch_that_will_not_finish_and_runs_the_rest_online(tmp_path, sim):
+    sim.configure(batch_turnaround_s=40.0)  # 40 lines: one a second; the deadline's fallback comes at ~5 s
+    src = tmp_path / "in.jsonl"
+    write_reviews(src, 40)
+    url = f"sqlite:///{tmp_path}/d.db"
+    env = _env(url, sim, LLMBATCH_BATCH_FALLBACK_S="52")
+    started = time.time()
+    p, st = run_json(["run", str(src), "--simulate", "--model", MODEL, "--channel", "batch", "--deadline", "60s"],
+                     env)
+    assert p.returncode == 0 and st["status"] == "succeeded", p.stderr
+    with get_engine(url).connect() as c:
+        job = repo.get_job(c, st["job_id"])
+    assert job["finished_at"] < job["created_at"] + 60 and time.time() - started < 60
+    rows = _attempts(url, st["job_id"])
+    model = load_catalog(Settings()).get(MODEL)
+    done_in_batch = [r for r in rows if r["channel"] == "batch" and r["status"] == "succeeded"]
+    cancelled = [r for r in rows if r["channel"] == "batch" and r["error_class"] == "batch_cancelled"]
+    online = [r for r in rows if r["channel"] == "sync"]
+    assert done_in_batch and cancelled and len(done_in_batch) + len(cancelled) == 40
+    for r in done_in_batch:  # billed, at the batch price
+        u = Usage(input_tokens=r["input_tokens"], cached_tokens=r["cached_tokens"], output_tokens=r["output_tokens"])
+        assert r["cost_micros"] == price(u, model, batch=True).micros > 0
+    assert all(r["cost_micros"] == 0 for r in cancelled)
+    assert sorted(r["task_id"] for r in online) == sorted(r["task_id"] for r in cancelled)
+    assert httpx.get(f"{sim.url}/_sim/batches").json()["cancelled"] == {"openai": 1}

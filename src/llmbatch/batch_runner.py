@@ -34,6 +34,7 @@ from . import channels
 from .catalog import ModelInfo
 from .catalog.pricing import price
 from .errors import BudgetExceeded, PricingError, ProviderError
+from .flex import FlexCall, flex_adapter
 from .models import ChatRequest, TaskLine, Usage
 from .prompts import build_request
 from .providers.batch import CANCELLED, EXPIRED, SUCCEEDED, BatchClient, LineResult, batch_client
@@ -91,7 +92,7 @@ class BatchRunner:
     @staticmethod
     def wanted(ctx) -> bool:
         spec = ctx.spec
-        return spec.channel == channels.BATCH or (spec.channel == "auto" and spec.deadline is not None)
+        return spec.channel in (channels.BATCH, channels.FLEX) or (spec.channel == "auto" and spec.deadline is not None)
 
     async def take(self, ctx, claimed: list[repo.ClaimedTask]) -> list[repo.ClaimedTask]:
         """Keep the tasks that go to the batch channel (or already have a line in a batch); return the rest."""
@@ -476,6 +477,34 @@ class BatchRunner:
             await self._record(ctx, ln.claimed, status, error=error, skip=skip)
             job.held.discard(ln.claimed.seq)
         await self.e.store.write(repo.finish_job_if_done, ctx.job_id)
+
+    # ------------------------------------------------------------------------------------ flex
+
+    def flex_call(self, ctx, model: ModelInfo, adapter, task_deadline: float) -> FlexCall | None:
+        """How the engine sends this attempt when its channel is flex; None: online as usual."""
+        if ctx.spec.channel not in (channels.FLEX, "auto") or not channels.supports(model, channels.FLEX):
+            return None
+        job = self.jobs.get(ctx.job_id)
+        if job is None:
+            return None
+        if ctx.spec.channel == "auto":
+            cached = self._turnaround.get(model.provider, (self.s.batch_turnaround_s, 0.0))[0]
+            now = time.time()
+            timing = channels.Timing(None if job.deadline_at is None else job.deadline_at - job.created_at,
+                                     None if job.deadline_at is None else job.deadline_at - now, cached,
+                                     self.s.flex_timeout_s,
+                                     0.0 if job.fallback_at is None else job.deadline_at - job.fallback_at)
+            if channels.choose("auto", model, timing) != channels.FLEX:
+                return None
+        until = min(task_deadline, job.fallback_at or task_deadline)
+        policy = self.s.retry
+        return FlexCall(flex_adapter(adapter), adapter, self.s.flex_timeout_s, until, policy.base_delay_s,
+                        policy.max_delay_s, self.e.rng)
+
+    async def flex_served(self, flex: FlexCall, attempt_id: int) -> None:
+        """The attempt was reserved as flex; record online when the standard tier had to serve it."""
+        if flex.served != channels.FLEX:
+            await self.e.store.write(batches.set_channel, attempt_id, channels.ONLINE)
 
     # ------------------------------------------------------------------------------------ plumbing
 

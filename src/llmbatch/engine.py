@@ -299,8 +299,11 @@ class Engine:
         except TimeoutError:  # no rate-limit slot before the task's deadline (asyncio.TimeoutError too)
             state.last_error = f"no rate-limit slot for {model.key} before the task deadline"
             return NEXT_CANDIDATE
+        adapter = self.providers.get(ctx.simulate)[0][model.provider]
+        flex = self.batches.flex_call(ctx, model, adapter, deadline)  # discount channels: flex tier, or None
         try:
-            attempt_id = await self._reserve(ctx, claimed, cand, state.purpose, deadline)
+            attempt_id = await self._reserve(ctx, claimed, cand, state.purpose, deadline,
+                                             channel="flex" if flex else "sync")
         except BudgetExceeded as e:
             reason = "budget" if e.scope == "job" else "daily_cap"
             return await self._finish(ctx, claimed, status=TaskStatus.skipped, skip_reason=reason,
@@ -310,10 +313,9 @@ class Engine:
         state.attempts += 1
         self.progress.attempts += 1
         state.purpose = "retry"
-        adapter = self.providers.get(ctx.simulate)[0][model.provider]
         started = time.monotonic()
         try:
-            completion = await adapter.complete(model, call_request, timeout=policy.call_timeout_s)
+            completion = await (flex or adapter).complete(model, call_request, timeout=policy.call_timeout_s)
         except ProviderError as e:
             latency = int((time.monotonic() - started) * 1000)
             return await self._failed_call(ctx, claimed, cand, e, attempt_id, latency, state, deadline, n)
@@ -323,7 +325,10 @@ class Engine:
         used = completion.usage.input_tokens + completion.usage.output_tokens
         if used < tpm_tokens:  # TPM was taken at the upper estimate; give back what the call did not use
             await self.limiter.refund(model.key, tpm_tokens - used)
-        cost_micros, cost_source, pricing_error = self._cost(completion.usage, model, cand)
+        if flex:
+            await self.batches.flex_served(flex, attempt_id)
+        cost_micros, cost_source, pricing_error = (flex and flex.cost(completion, model)) or self._cost(
+            completion.usage, model, cand)
         try:
             output = validate_output(task, completion.text)
         except InvalidOutput as e:
@@ -399,7 +404,7 @@ class Engine:
                 return Ticket(provider)  # the caller sees the cancel next
 
     async def _reserve(self, ctx: JobContext, claimed: repo.ClaimedTask, cand: Candidate, purpose: str,
-                       deadline: float) -> int:
+                       deadline: float, channel: str = "sync") -> int:
         """Reserve the call's upper bound. A refusal that only other calls' in-flight holds cause is not
         final: those settle (usually far below their bound) and free money, so wait and try again. Give up
         (BudgetExceeded) once the amount cannot fit even if every in-flight call cost nothing, for the daily
@@ -411,7 +416,7 @@ class Engine:
                 return await self.store.reserve(
                     job_id=ctx.job_id, task_seq=claimed.seq, task_id=claimed.task_id, provider=model.provider,
                     model=model.model, amount_micros=amount, purpose=purpose, worker=self.worker_id,
-                    daily_cap_micros=self.daily_cap_micros)
+                    daily_cap_micros=self.daily_cap_micros, channel=channel)
             except BudgetExceeded as e:
                 if e.scope != "job" or time.time() + delay > deadline:
                     raise

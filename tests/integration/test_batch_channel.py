@@ -127,3 +127,27 @@ def test_deadline_cancels_a_batch_that_will_not_finish_and_runs_the_rest_online(
     assert all(r["cost_micros"] == 0 for r in cancelled)
     assert sorted(r["task_id"] for r in online) == sorted(r["task_id"] for r in cancelled)
     assert httpx.get(f"{sim.url}/_sim/batches").json()["cancelled"] == {"openai": 1}
+
+
+def test_flex_with_30_percent_unavailable_completes_at_flex_rates(tmp_path):
+    src = tmp_path / "in.jsonl"
+    write_reviews(src, 60)
+    url = f"sqlite:///{tmp_path}/f.db"
+    conf = tmp_path / "llmbatch.toml"
+    conf.write_text('[retry]\nbase_delay_s = 0.01\nmax_delay_s = 0.05\n\n'
+                    '[models."openai/gpt-4o-mini"]\nquirks = { flex = true }\n')
+    with SimulatorThread(SimulatorConfig(mini_error_rate=0.0, flex_unavailable=0.3, seed=11)) as s:
+        env = _env(url, s, LLMBATCH_CONFIG=str(conf))
+        p, st = run_json(["run", str(src), "--simulate", "--model", MODEL, "--channel", "flex"], env)
+        flex = httpx.get(f"{s.url}/_sim/batches").json()["flex"]
+    assert p.returncode == 0 and st["status"] == "succeeded", p.stderr
+    assert flex["served"] == 60 and flex["unavailable"] > 5  # about 30% of the flex calls were turned away
+    rows = _attempts(url, st["job_id"])
+    assert len(rows) == 60 and {r["channel"] for r in rows} == {"flex"}  # unavailable answers: no charge, no row
+    model = load_catalog(Settings()).get(MODEL)
+    for r in rows:
+        u = Usage(input_tokens=r["input_tokens"], cached_tokens=r["cached_tokens"], output_tokens=r["output_tokens"])
+        assert r["cost_micros"] == price(u, model, batch=True).micros > 0
+    p, rep = run_json(["report", st["job_id"]], env)
+    by = {c["channel"]: c for c in rep["by_channel"]}
+    assert set(by) == {"flex"} and by["flex"]["tasks"] == 60 and by["flex"]["saved_usd"] > 0

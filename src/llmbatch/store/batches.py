@@ -150,3 +150,7 @@ def measured_turnaround(conn: Connection, provider: str, sample: int = 20) -> fl
 def count_rows(conn: Connection, job_id: str) -> int:
     return int(conn.execute(select(func.count()).select_from(provider_batches)
                             .where(provider_batches.c.job_id == job_id)).scalar())
+
+
+def set_channel(conn: Connection, attempt_id: int, channel: str) -> None:
+    conn.execute(update(attempts).where(attempts.c.id == attempt_id).values(channel=channel))

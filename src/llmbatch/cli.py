@@ -3,6 +3,7 @@ input error; 3 the job finished with failed tasks; 4 the job stopped on its budg
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import logging
 import sys
@@ -491,6 +492,11 @@ def cancel(job_id):
         n = repo.request_cancel(conn, job["id"])
         repo.finish_job_if_done(conn, job["id"])
     click.echo(f"{job['id']}: cancel requested; {n} queued task(s) cancelled")
+    from .batch_runner import cancel_job_batches
+
+    ids = asyncio.run(cancel_job_batches(settings, job["id"]))
+    if ids:
+        click.echo(f"{job['id']}: {len(ids)} provider batch(es) cancelled; their finished lines are billed")
 
 
 @main.command()

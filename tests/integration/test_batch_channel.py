@@ -103,11 +103,11 @@ def test_budget_at_30_percent_holds_the_cap_then_retry_finishes(tmp_path, sim):
 
 
 def test_deadline_cancels_a_batch_that_will_not_finish_and_runs_the_rest_online(tmp_path, sim):
-    sim.configure(batch_turnaround_s=40.0)  # 40 lines: one a second; the deadline's fallback comes at ~5 s
+    sim.configure(batch_turnaround_s=20.0)  # 40 lines: two a second; the deadline's fallback comes at 15 s
     src = tmp_path / "in.jsonl"
     write_reviews(src, 40)
     url = f"sqlite:///{tmp_path}/d.db"
-    env = _env(url, sim, LLMBATCH_BATCH_FALLBACK_S="52")
+    env = _env(url, sim, LLMBATCH_BATCH_FALLBACK_S="45")
     started = time.time()
     p, st = run_json(["run", str(src), "--simulate", "--model", MODEL, "--channel", "batch", "--deadline", "60s"],
                      env)
@@ -151,3 +151,44 @@ def test_flex_with_30_percent_unavailable_completes_at_flex_rates(tmp_path):
     p, rep = run_json(["report", st["job_id"]], env)
     by = {c["channel"]: c for c in rep["by_channel"]}
     assert set(by) == {"flex"} and by["flex"]["tasks"] == 60 and by["flex"]["saved_usd"] > 0
+
+
+def test_cancel_job_cancels_its_provider_batch_and_charges_finished_lines(tmp_path, sim):
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO, run_cli
+
+    sim.configure(batch_turnaround_s=30.0)
+    src = tmp_path / "in.jsonl"
+    write_reviews(src, 30)
+    url = f"sqlite:///{tmp_path}/c.db"
+    env = _env(url, sim)
+    proc = subprocess.Popen([sys.executable, "-m", "llmbatch.cli", "run", str(src), "--simulate", "--model", MODEL,
+                             "--channel", "batch", "--json"], env=env, cwd=str(REPO), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        rows = []
+        while time.time() < deadline and not any(r.provider_batch_id for r in rows):
+            time.sleep(0.3)
+            try:
+                with get_engine(url).connect() as c:
+                    rows = c.execute(select(provider_batches)).all()
+            except Exception:  # noqa: BLE001 - the run may not have created the schema yet
+                rows = []
+        time.sleep(3)  # a few lines finish
+        p = run_cli(["cancel", rows[0].job_id], env)
+        # The CLI cancels it at the provider unless the worker polling it (checking the flag every second)
+        # already has: either way it is cancelled exactly once.
+        assert p.returncode == 0, p.stdout + p.stderr
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 5, err  # cancelled
+    assert httpx.get(f"{sim.url}/_sim/batches").json()["cancelled"] == {"openai": 1}
+    rows = _attempts(url, rows[0].job_id)
+    done = [r for r in rows if r["status"] == "succeeded"]
+    assert done and all(r["cost_micros"] > 0 and r["channel"] == "batch" for r in done)  # finished lines billed
+    assert all(r["settled"] for r in rows) and len(rows) == 30

@@ -62,18 +62,28 @@ def by_channel(conn: Connection, job_id: str, catalog: Catalog) -> list[dict[str
             for ch, v in sorted(out.items(), key=lambda kv: order.get(kv[0], 99))]
 
 
-def channel_estimates(by_model: dict[str, dict[str, Any]], catalog: Catalog) -> list[dict[str, Any]]:
-    """Expected cost of the planned tasks if every one went online, on flex, or in a batch (tasks whose model
-    does not offer the channel counted online)."""
-    out = []
-    for ch in (channels.ONLINE, channels.FLEX, channels.BATCH):
-        total, served = Decimal(0), 0
-        for key, m in by_model.items():
-            model = catalog.find(key)
-            if model is not None and channels.supports(model, ch):
-                total += Decimal(m["estimated_micros"]) * channels.discount(model, ch)
-                served += m["tasks"]
+class ChannelEstimate:
+    """Expected cost of the planned tasks per channel: each task on its cheapest candidate that offers the
+    channel, at the channel's price (online when none offers it). Fed one routing decision at a time."""
+
+    CHANNELS = (channels.ONLINE, channels.FLEX, channels.BATCH)
+
+    def __init__(self) -> None:
+        self.totals = {ch: Decimal(0) for ch in self.CHANNELS}
+        self.served = {ch: 0 for ch in self.CHANNELS}
+
+    def add(self, candidates) -> None:
+        if not candidates:
+            return
+        for ch in self.CHANNELS:
+            offered = [c for c in candidates if channels.supports(c.model, ch)]
+            if offered:
+                best = min(offered, key=lambda c: c.estimated_micros * channels.discount(c.model, ch))
+                self.totals[ch] += best.estimated_micros * channels.discount(best.model, ch)
+                self.served[ch] += 1
             else:
-                total += m["estimated_micros"]
-        out.append({"channel": ch, "tasks": served, "estimated_usd": usd_json(ceil_micros(total))})
-    return out
+                self.totals[ch] += candidates[0].estimated_micros
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"channel": ch, "tasks": self.served[ch], "estimated_usd": usd_json(ceil_micros(self.totals[ch]))}
+                for ch in self.CHANNELS]

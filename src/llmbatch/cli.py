@@ -398,6 +398,8 @@ def estimate(input_path, as_json, **opts):
         from .render import estimate_table
 
         estimate_table(plan)
+        click.echo("by channel: " + ", ".join(f"{c['channel']} ${c['estimated_usd'] or 0:.6f} ({c['tasks']} tasks)"
+                                              for c in plan.by_channel))
     _plan_line_errors(input_path, plan)
     if plan.over_budget:
         _err(f"the upper bound {exact_usd(plan.upper_bound_micros)} exceeds the budget ${spec.budget_usd}: "
@@ -560,7 +562,13 @@ def reconcile(job_id, assume, grace):
 @click.option("--rpm", type=int, default=None, help="Requests per minute per model before 429.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--fault", "faults", multiple=True, help="NAME=RATE, e.g. hang=0.01 (storm429, burst5xx, hang, reset, malformed, truncated, slow_body).")
-def simulator(host, port, latency, latency_jitter, error_rate, rpm, seed, faults):
+@click.option("--batch-turnaround", type=float, default=1.0, show_default=True,
+              help="Seconds a batch takes to finish (0: at once; negative: never).")
+@click.option("--batch-fail-rate", type=float, default=0.0, show_default=True, help="Share of batch lines that fail.")
+@click.option("--flex-unavailable", type=float, default=0.0, show_default=True,
+              help="Share of flex calls answered 429 resource unavailable.")
+def simulator(host, port, latency, latency_jitter, error_rate, rpm, seed, faults, batch_turnaround=1.0,
+              batch_fail_rate=0.0, flex_unavailable=0.0):
     """Run the bundled provider simulator (OpenAI, Anthropic and Gemini APIs) on loopback."""
     from .simulator import SimulatorConfig, run_server
 
@@ -573,7 +581,8 @@ def simulator(host, port, latency, latency_jitter, error_rate, rpm, seed, faults
             raise click.UsageError(f"--fault {f!r}: expected NAME=RATE") from None
     try:
         cfg = SimulatorConfig(latency_s=latency, latency_jitter_s=latency_jitter, error_rate=error_rate, rpm=rpm,
-                              seed=seed, faults=fault_rates)
+                              seed=seed, faults=fault_rates, batch_turnaround_s=batch_turnaround,
+                              batch_fail_rate=batch_fail_rate, flex_unavailable=flex_unavailable)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     run_server(host, port, cfg)

@@ -85,6 +85,9 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
     max_cost = usd_to_micros(spec.max_cost_per_task_usd) if spec.max_cost_per_task_usd else None
     plan = Plan(budget_micros=usd_to_micros(spec.budget_usd) if spec.budget_usd else None)
     deny = frozenset(spec.deny or ())
+    from .channel_report import ChannelEstimate
+
+    by_channel = ChannelEstimate()
     for _line_no, item in parse_lines(path, spec):
         if isinstance(item, LineError):
             plan.invalid_lines += 1
@@ -101,6 +104,7 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
             plan.unroutable += 1
             continue
         c = d.candidates[0]
+        by_channel.add(d.candidates)
         plan.estimated_micros += c.estimated_micros
         plan.upper_bound_micros += c.upper_bound_micros
         m = plan.by_model[c.model.key]
@@ -109,7 +113,5 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
         m["upper_bound_micros"] += c.upper_bound_micros
         m["input_tokens"] += c.input_tokens_est
         m["output_tokens"] += c.output_tokens_est
-    from .channel_report import channel_estimates
-
-    plan.by_channel = channel_estimates(plan.by_model, catalog)
+    plan.by_channel = by_channel.rows()
     return plan

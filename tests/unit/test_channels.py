@@ -8,7 +8,7 @@ import pytest
 
 from llmbatch import channels
 from llmbatch.catalog import builtin_catalog
-from llmbatch.channel_report import channel_estimates
+from llmbatch.channel_report import ChannelEstimate
 from llmbatch.models import JobSpec
 
 CAT = builtin_catalog()
@@ -80,9 +80,13 @@ def test_fallback_is_a_quarter_of_the_deadline_at_most_an_hour():
     assert channels.fallback_s(DAY, 120.0) == 120
 
 
-def test_estimate_per_channel():
-    by_model = {MINI.key: {"tasks": 10, "estimated_micros": 1000}, GROQ.key: {"tasks": 5, "estimated_micros": 100}}
-    est = {e["channel"]: e for e in channel_estimates(by_model, CAT)}
-    assert est["online"]["estimated_usd"] == pytest.approx(0.0011)
-    assert est["batch"]["estimated_usd"] == pytest.approx(0.0006) and est["batch"]["tasks"] == 10
-    assert est["flex"]["estimated_usd"] == pytest.approx(0.0011) and est["flex"]["tasks"] == 0
+def test_estimate_per_channel_takes_the_cheapest_model_offering_it():
+    from types import SimpleNamespace as C
+
+    est = ChannelEstimate()
+    est.add([C(model=GROQ, estimated_micros=30), C(model=MINI, estimated_micros=50)])
+    est.add([C(model=GROQ, estimated_micros=100)])
+    rows = {r["channel"]: r for r in est.rows()}
+    assert rows["online"]["estimated_usd"] == pytest.approx(0.00013) and rows["online"]["tasks"] == 2
+    assert rows["batch"]["estimated_usd"] == pytest.approx(0.000125) and rows["batch"]["tasks"] == 1
+    assert rows["flex"]["estimated_usd"] == pytest.approx(0.00013) and rows["flex"]["tasks"] == 0

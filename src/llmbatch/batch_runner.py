@@ -47,6 +47,8 @@ log = logging.getLogger("llmbatch.batch")
 
 TICK_S = 1.0  # how often a waiting poller looks at the cancel flag and the deadline (no provider call)
 TURNAROUND_CACHE_S = 60.0
+RENEW_CHUNK = 1000
+SETTLE_CHUNK = 512  # lines settled at once (group commit turns them into a few transactions)
 
 
 @dataclass
@@ -176,9 +178,7 @@ class BatchRunner:
         best, best_cost = None, None
         for cand in candidates:
             ch = channels.choose(ctx.spec.channel, cand.model, await self._timing(job, cand.model.provider))
-            if ctx.spec.channel == channels.BATCH:
-                if ch == channels.BATCH:
-                    return cand
+            if ctx.spec.channel == channels.BATCH and ch != channels.BATCH:
                 continue
             cost = cand.estimated_micros * channels.discount(cand.model, ch)
             if best_cost is None or cost < best_cost:
@@ -387,19 +387,23 @@ class BatchRunner:
                       cancelled: bool) -> None:
         lines = await self.e.store.read(batches.open_lines, row_id)
         by_id = {r.custom_id: r for r in results}
-        again: list[repo.ClaimedTask] = []
-        for ln in lines:
+
+        async def one(ln: dict) -> repo.ClaimedTask | None:
             claimed = repo.ClaimedTask(ctx.job_id, ln["seq"], ln["task_id"], ln["payload"], ln["deliveries"])
             r = by_id.get(str(ln["seq"]))
             if r is not None and r.kind == SUCCEEDED:
                 if await self._succeeded(ctx, model, ln, claimed, r):
-                    continue
+                    return None
             else:
                 await self._settle_failed(model, ln, r)
             if cancelled:
                 await self._record(ctx, claimed, TaskStatus.cancelled, error="job cancelled", skip="cancelled")
-            else:
-                again.append(claimed)
+                return None
+            return claimed
+
+        again: list[repo.ClaimedTask] = []
+        for i in range(0, len(lines), SETTLE_CHUNK):  # concurrently, so group commit batches the settlements
+            again += [c for c in await asyncio.gather(*(one(ln) for ln in lines[i:i + SETTLE_CHUNK])) if c]
         await self.e.store.write(batches.mark, row_id, batches.SETTLED, ended=True)
         job.rows.discard(row_id)
         self._turnaround.pop(model.provider, None)
@@ -451,10 +455,10 @@ class BatchRunner:
     async def _release_row(self, ctx, job: _Job, row_id: int, why: str) -> None:
         """A batch that was never created: release every line and run the tasks online."""
         lines = await self.e.store.read(batches.open_lines, row_id)
-        for ln in lines:
-            await self.e.store.settle(ledger.Settlement(
+        for i in range(0, len(lines), SETTLE_CHUNK):
+            await asyncio.gather(*(self.e.store.settle(ledger.Settlement(
                 attempt_id=ln["attempt_id"], status=AttemptStatus.failed, cost_micros=0, cost_source="none",
-                error_class="batch_not_created", error_message=why[:500]))
+                error_class="batch_not_created", error_message=why[:500])) for ln in lines[i:i + SETTLE_CHUNK]))
         await self.e.store.write(batches.mark, row_id, batches.FAILED, error=why, ended=True)
         job.rows.discard(row_id)
         for ln in lines:
@@ -473,8 +477,10 @@ class BatchRunner:
         await self.e._finish(ctx, claimed, status=status, error=error, skip_reason=skip)
 
     async def _finish_many(self, ctx, job: _Job, lines: list[_Line], status: str, error: str, *, skip: str) -> None:
+        for i in range(0, len(lines), SETTLE_CHUNK):
+            await asyncio.gather(*(self._record(ctx, ln.claimed, status, error=error, skip=skip)
+                                   for ln in lines[i:i + SETTLE_CHUNK]))
         for ln in lines:
-            await self._record(ctx, ln.claimed, status, error=error, skip=skip)
             job.held.discard(ln.claimed.seq)
         await self.e.store.write(repo.finish_job_if_done, ctx.job_id)
 
@@ -536,8 +542,9 @@ class BatchRunner:
                     if job.rows:
                         await self.e.store.write(batches.renew, sorted(job.rows), self.e.worker_id,
                                                  self.s.lease_seconds)
-                    if job.held:
-                        await self.e.store.call(repo.renew_leases, job_id, sorted(job.held),
+                    held = sorted(job.held)
+                    for i in range(0, len(held), RENEW_CHUNK):  # SQL IN lists stay small
+                        await self.e.store.call(repo.renew_leases, job_id, held[i:i + RENEW_CHUNK],
                                                 worker=self.e.worker_id, lease_s=self.s.lease_seconds)
                 except Exception as e:  # noqa: BLE001 - a store blip; the next beat retries
                     log.warning("batch lease renewal for job %s failed: %s", job_id, type(e).__name__)
@@ -546,7 +553,19 @@ class BatchRunner:
 def batch_upper_bound(cand: Candidate) -> int:
     """The most one batch line can cost: every input token at the dearest input rate and the whole completion
     cap, at the batch price (through catalog.pricing, so the ledger's unit is followed)."""
-    n, cap, model = cand.input_tokens_upper, cand.completion_cap, cand.model
+    key = (cand.model.key, cand.input_tokens_upper, cand.completion_cap)
+    bound = _BOUNDS.get(key)
+    if bound is None:  # a million similar lines share a few hundred keys
+        if len(_BOUNDS) > 10_000:
+            _BOUNDS.clear()
+        bound = _BOUNDS[key] = _bound(cand.model, cand.input_tokens_upper, cand.completion_cap)
+    return bound
+
+
+_BOUNDS: dict[tuple[str, int, int], int] = {}
+
+
+def _bound(model: ModelInfo, n: int, cap: int) -> int:
     usages = (Usage(input_tokens=n, output_tokens=cap), Usage(input_tokens=n, cached_tokens=n, output_tokens=cap),
               Usage(input_tokens=n, cache_write_tokens=n, output_tokens=cap))
     return max(price(u, model, batch=True).micros for u in usages)

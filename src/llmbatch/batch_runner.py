@@ -101,6 +101,8 @@ class BatchRunner:
         if not self.wanted(ctx) or not claimed:
             return claimed
         job = await self._job(ctx)
+        if ctx.spec.channel == channels.FLEX:
+            return claimed  # flex calls are the engine's (flex_call); the job's deadline is known now
         self._ensure_renewer()
         refs = await self.e.store.read(batches.refs_of, ctx.job_id, [c.seq for c in claimed])
         online: list[repo.ClaimedTask] = []

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import orjson
 from sqlalchemy import Connection, func, select
 
+from .channel_report import by_channel, task_channels  # discount channels
 from .catalog import Catalog
 from .catalog.pricing import price
 from .errors import CatalogError, PricingError
@@ -41,8 +42,6 @@ def _usage_of(row) -> dict[str, int]:
 
 def result_lines(conn: Connection, job_id: str) -> Iterator[dict[str, Any]]:
     """One dict per task in input order: the `results --format jsonl` shape."""
-    from .channel_report import task_channels
-
     discounted = task_channels(conn, job_id)
     for row in repo.iter_task_rows(conn, job_id):
         payload = orjson.loads(row["payload"])
@@ -143,14 +142,8 @@ def build_report(conn: Connection, job_id: str, catalog: Catalog, *, baseline_mo
         "savings_usd": usd_json(base_micros - job["spent_micros"]) if base_micros is not None else None,
         "unpriced_attempts": [{"attempt_id": a.id, "model": a.model, "error": a.pricing_error} for a in unpriced],
         "unsettled_attempts": unsettled,
-        "by_channel": _by_channel(conn, job_id, catalog),
+        "by_channel": by_channel(conn, job_id, catalog),
     }
-
-
-def _by_channel(conn: Connection, job_id: str, catalog: Catalog) -> list[dict[str, Any]]:
-    from .channel_report import by_channel
-
-    return by_channel(conn, job_id, catalog)
 
 
 def attempt_lines(conn: Connection, job_id: str) -> Iterator[dict[str, Any]]:

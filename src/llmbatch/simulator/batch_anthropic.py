@@ -80,28 +80,26 @@ async def create_batch(state: SimState, request: web.Request) -> web.Response:
     return _json(_batch_obj(state, b, request))
 
 
-def _find(state: SimState, request: web.Request) -> core.SimBatch | None:
-    b = core.book(state).batches.get(request.match_info["batch_id"])
-    return b if b is not None and b.api == "anthropic" else None
+def _lookup(state: SimState, request: web.Request) -> tuple[core.SimBatch | None, web.Response | None]:
+    """The batch named in the path, or the error answer (auth, headers, 404)."""
+    bad = _check(request)
+    if bad:
+        return None, bad
+    b = core.find(state, "anthropic", request.match_info["batch_id"])
+    if b is None:
+        return None, _error(404, f"batch {request.match_info['batch_id']} not found", "not_found_error")
+    return b, None
 
 
 async def get_batch(state: SimState, request: web.Request) -> web.Response:
-    bad = _check(request)
-    if bad:
-        return bad
-    b = _find(state, request)
-    if b is None:
-        return _error(404, f"batch {request.match_info['batch_id']} not found", "not_found_error")
-    return _json(_batch_obj(state, b, request))
+    b, bad = _lookup(state, request)
+    return bad or _json(_batch_obj(state, b, request))
 
 
 async def cancel_batch(state: SimState, request: web.Request) -> web.Response:
-    bad = _check(request)
+    b, bad = _lookup(state, request)
     if bad:
         return bad
-    b = _find(state, request)
-    if b is None:
-        return _error(404, f"batch {request.match_info['batch_id']} not found", "not_found_error")
     core.cancel(state, b)
     return _json(_batch_obj(state, b, request))
 
@@ -111,23 +109,16 @@ async def list_batches(state: SimState, request: web.Request) -> web.Response:
     if bad:
         return bad
     limit = max(1, min(1000, int(request.query.get("limit", "20"))))
-    after = request.query.get("after_id")
-    ids = [b.id for b in sorted((b for b in core.book(state).batches.values() if b.api == "anthropic"),
-                                key=lambda b: b.created, reverse=True)]
-    if after in ids:
-        ids = ids[ids.index(after) + 1:]
-    page = [_batch_obj(state, core.book(state).batches[i], request) for i in ids[:limit]]
-    return _json({"data": page, "has_more": len(ids) > limit, "first_id": page[0]["id"] if page else None,
+    rest = core.newest_first(state, "anthropic", request.query.get("after_id"))
+    page = [_batch_obj(state, b, request) for b in rest[:limit]]
+    return _json({"data": page, "has_more": len(rest) > limit, "first_id": page[0]["id"] if page else None,
                   "last_id": page[-1]["id"] if page else None})
 
 
 async def results(state: SimState, request: web.Request) -> web.Response:
-    bad = _check(request)
+    b, bad = _lookup(state, request)
     if bad:
         return bad
-    b = _find(state, request)
-    if b is None:
-        return _error(404, f"batch {request.match_info['batch_id']} not found", "not_found_error")
     core.advance(state, AnthropicDialect(), b)
     if not b.ended:
         return _error(400, f"Batch {b.id} is still in progress; results are available once it has ended.")

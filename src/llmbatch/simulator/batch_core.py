@@ -155,3 +155,17 @@ def cancel(state: SimState, b: SimBatch) -> None:
     if b.cancelled_at is None and not b.ended:
         b.cancelled_at = time.time()
         book(state).cancelled[b.api] += 1
+
+
+def find(state: SimState, api: str, batch_id: str) -> SimBatch | None:
+    b = book(state).batches.get(batch_id)
+    return b if b is not None and b.api == api else None
+
+
+def newest_first(state: SimState, api: str, after: str | None, *, inclusive: bool = False) -> list[SimBatch]:
+    """The API's batches, newest first, from the cursor on (after it, or at it when `inclusive`)."""
+    found = sorted((b for b in book(state).batches.values() if b.api == api), key=lambda b: b.created, reverse=True)
+    ids = [b.id for b in found]
+    if after in ids:
+        found = found[ids.index(after) + (0 if inclusive else 1):]
+    return found

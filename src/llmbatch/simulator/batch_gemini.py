@@ -102,26 +102,24 @@ async def create_batch(state: SimState, request: web.Request) -> web.Response:
     return _json(_operation(state, b))
 
 
-def _find(state: SimState, request: web.Request) -> core.SimBatch | None:
-    b = core.book(state).batches.get("batches/" + request.match_info["batch_id"])
-    return b if b is not None and b.api == "gemini" else None
+def _lookup(state: SimState, request: web.Request) -> tuple[core.SimBatch | None, web.Response | None]:
+    if GeminiDialect().api_key(request) is None:
+        return None, _error(403, "Method doesn't allow unregistered callers.", "PERMISSION_DENIED")
+    b = core.find(state, "gemini", "batches/" + request.match_info["batch_id"])
+    if b is None:
+        return None, _error(404, "Requested entity was not found.", "NOT_FOUND")
+    return b, None
 
 
 async def get_batch(state: SimState, request: web.Request) -> web.Response:
-    if GeminiDialect().api_key(request) is None:
-        return _error(403, "Method doesn't allow unregistered callers.", "PERMISSION_DENIED")
-    b = _find(state, request)
-    if b is None:
-        return _error(404, "Requested entity was not found.", "NOT_FOUND")
-    return _json(_operation(state, b))
+    b, bad = _lookup(state, request)
+    return bad or _json(_operation(state, b))
 
 
 async def cancel_batch(state: SimState, request: web.Request) -> web.Response:
-    if GeminiDialect().api_key(request) is None:
-        return _error(403, "Method doesn't allow unregistered callers.", "PERMISSION_DENIED")
-    b = _find(state, request)
-    if b is None:
-        return _error(404, "Requested entity was not found.", "NOT_FOUND")
+    b, bad = _lookup(state, request)
+    if bad:
+        return bad
     core.cancel(state, b)
     return _json({})
 
@@ -130,15 +128,10 @@ async def list_batches(state: SimState, request: web.Request) -> web.Response:
     if GeminiDialect().api_key(request) is None:
         return _error(403, "Method doesn't allow unregistered callers.", "PERMISSION_DENIED")
     size = max(1, min(1000, int(request.query.get("pageSize", "50"))))
-    token = request.query.get("pageToken")
-    ids = [b.id for b in sorted((b for b in core.book(state).batches.values() if b.api == "gemini"),
-                                key=lambda b: b.created, reverse=True)]
-    if token in ids:
-        ids = ids[ids.index(token):]
-    page = [_operation(state, core.book(state).batches[i]) for i in ids[:size]]
-    out: dict = {"operations": page}
-    if len(ids) > size:
-        out["nextPageToken"] = ids[size]
+    rest = core.newest_first(state, "gemini", request.query.get("pageToken"), inclusive=True)
+    out: dict = {"operations": [_operation(state, b) for b in rest[:size]]}
+    if len(rest) > size:
+        out["nextPageToken"] = rest[size].id
     return _json(out)
 
 

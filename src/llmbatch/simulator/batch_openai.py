@@ -70,24 +70,25 @@ async def upload_file(state: SimState, request: web.Request) -> web.Response:
     return _json(_file_obj(fid, core.book(state).files[fid]))
 
 
-async def get_file(state: SimState, request: web.Request) -> web.Response:
+def _file(state: SimState, request: web.Request):
+    """(file id, entry) named in the path, or the error answer."""
     if not _authed(request):
-        return _no_key()
+        return None, _no_key()
     fid = request.match_info["file_id"]
     entry = core.book(state).files.get(fid)
     if entry is None:
-        return _error(404, f"No such File object: {fid}", None, "id")
-    return _json(_file_obj(fid, entry))
+        return None, _error(404, f"No such File object: {fid}", None, "id")
+    return (fid, entry), None
+
+
+async def get_file(state: SimState, request: web.Request) -> web.Response:
+    found, bad = _file(state, request)
+    return bad or _json(_file_obj(*found))
 
 
 async def file_content(state: SimState, request: web.Request) -> web.Response:
-    if not _authed(request):
-        return _no_key()
-    fid = request.match_info["file_id"]
-    entry = core.book(state).files.get(fid)
-    if entry is None:
-        return _error(404, f"No such File object: {fid}", None, "id")
-    return web.Response(body=entry[1], content_type="application/octet-stream")
+    found, bad = _file(state, request)
+    return bad or web.Response(body=found[1][1], content_type="application/octet-stream")
 
 
 def _parse_input(content: bytes) -> tuple[list, str | None]:
@@ -203,26 +204,24 @@ def _batch_obj(state: SimState, b: core.SimBatch) -> dict:
     }
 
 
-def _find(state: SimState, request: web.Request) -> core.SimBatch | None:
-    b = core.book(state).batches.get(request.match_info["batch_id"])
-    return b if b is not None and b.api == "openai" else None
+def _lookup(state: SimState, request: web.Request) -> tuple[core.SimBatch | None, web.Response | None]:
+    if not _authed(request):
+        return None, _no_key()
+    b = core.find(state, "openai", request.match_info["batch_id"])
+    if b is None:
+        return None, _error(404, f"No batch found with id '{request.match_info['batch_id']}'.", None)
+    return b, None
 
 
 async def get_batch(state: SimState, request: web.Request) -> web.Response:
-    if not _authed(request):
-        return _no_key()
-    b = _find(state, request)
-    if b is None:
-        return _error(404, f"No batch found with id '{request.match_info['batch_id']}'.", None)
-    return _json(_batch_obj(state, b))
+    b, bad = _lookup(state, request)
+    return bad or _json(_batch_obj(state, b))
 
 
 async def cancel_batch(state: SimState, request: web.Request) -> web.Response:
-    if not _authed(request):
-        return _no_key()
-    b = _find(state, request)
-    if b is None:
-        return _error(404, f"No batch found with id '{request.match_info['batch_id']}'.", None)
+    b, bad = _lookup(state, request)
+    if bad:
+        return bad
     core.cancel(state, b)
     return _json(_batch_obj(state, b))
 
@@ -232,14 +231,10 @@ async def list_batches(state: SimState, request: web.Request) -> web.Response:
     if not _authed(request):
         return _no_key()
     limit = max(1, min(100, int(request.query.get("limit", "20"))))
-    after = request.query.get("after")
-    ids = [b.id for b in sorted((b for b in core.book(state).batches.values() if b.api == "openai"),
-                                key=lambda b: b.created, reverse=True)]
-    if after in ids:
-        ids = ids[ids.index(after) + 1:]
-    page = [_batch_obj(state, core.book(state).batches[i]) for i in ids[:limit]]
+    rest = core.newest_first(state, "openai", request.query.get("after"))
+    page = [_batch_obj(state, b) for b in rest[:limit]]
     return _json({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-                  "last_id": page[-1]["id"] if page else None, "has_more": len(ids) > limit})
+                  "last_id": page[-1]["id"] if page else None, "has_more": len(rest) > limit})
 
 
 async def chat_with_flex(state: SimState, dialect: OpenAIDialect, request: web.Request) -> web.StreamResponse:

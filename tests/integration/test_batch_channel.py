@@ -192,3 +192,34 @@ def test_cancel_job_cancels_its_provider_batch_and_charges_finished_lines(tmp_pa
     done = [r for r in rows if r["status"] == "succeeded"]
     assert done and all(r["cost_micros"] > 0 and r["channel"] == "batch" for r in done)  # finished lines billed
     assert all(r["settled"] for r in rows) and len(rows) == 30
+
+
+def test_a_crash_between_create_and_record_finds_the_batch_instead_of_sending_another(tmp_path, sim, monkeypatch):
+    from llmbatch import jobs
+    from llmbatch.models import JobSpec
+    from llmbatch.store import batches as store_batches
+
+    src = tmp_path / "in.jsonl"
+    write_reviews(src, 20)
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/x.db", simulator_url=sim.url, lease_seconds=1.0,
+                        batch_poll_s=0.2, batch_poll_max_s=0.5, batch_linger_s=0.2)
+    job_id, _ = jobs.create_job(settings, src, JobSpec(simulate=True, model=MODEL, channel="batch"),
+                                executor="local")
+    real_record = store_batches.record_submitted
+
+    def crash(*a, **k):  # the provider has the batch; the worker dies before writing its id down
+        raise SystemError("worker died")
+
+    monkeypatch.setattr(store_batches, "record_submitted", crash)
+    assert jobs.run_embedded(settings, job_id, concurrency=8) is None  # the job is not done
+    with get_engine(settings.database_url).connect() as c:
+        row = c.execute(select(provider_batches).where(provider_batches.c.job_id == job_id)).one()
+    assert row.provider_batch_id is None and row.state == "creating" and _created(sim) == 1
+    monkeypatch.setattr(store_batches, "record_submitted", real_record)
+    time.sleep(1.5)  # the dead worker's leases lapse
+    assert jobs.run_embedded(settings, job_id, concurrency=8) == "succeeded"
+    with get_engine(settings.database_url).connect() as c:
+        rows = c.execute(select(provider_batches).where(provider_batches.c.job_id == job_id)).all()
+    assert _created(sim) == 1 and len(rows) == 1 and rows[0].provider_batch_id and rows[0].state == "settled"
+    charged = [r for r in _attempts(settings.database_url, job_id) if r["cost_micros"] > 0]
+    assert len(charged) == 20 and {r["provider_batch_id"] for r in charged} == {rows[0].provider_batch_id}

@@ -4,6 +4,7 @@ module parses and prints). Exit codes (DESIGN.md): 0 ok; 2 usage, input, configu
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import logging
 import signal
@@ -77,6 +78,10 @@ def job_options(f):
         click.option("--new", "new", is_flag=True,
                      help="Start a fresh job even if this file already ran with these options (default: resume it)."),
         click.option("--no-cache", is_flag=True, help="Do not answer tasks from earlier identical calls (pay again)."),
+        click.option("--channel", type=click.Choice(["auto", "online", "flex", "batch"]),
+                     help="How calls are sent: online, flex (OpenAI flex tier), batch (provider batch APIs, ~50% off) "
+                          "or auto (default: the cheapest that meets --deadline)."),
+        click.option("--deadline", help="When the job must be done, from submit: 90s, 30m, 24h (default: as soon as possible)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -88,7 +93,8 @@ def _comma_list(value: str | None) -> list[str] | None:
 
 
 def build_spec(spec_path, task, labels, schema_path, budget, max_cost_per_task, min_tier, allow, deny, pin,
-               max_output_tokens, simulate, no_escalate, strict, name, new=False, no_cache=False) -> JobSpec:
+               max_output_tokens, simulate, no_escalate, strict, name, new=False, no_cache=False, channel=None,
+               deadline=None) -> JobSpec:
     from pydantic import ValidationError
 
     from .models import JobSpec
@@ -102,6 +108,7 @@ def build_spec(spec_path, task, labels, schema_path, budget, max_cost_per_task, 
         "task": task, "name": name, "min_tier": min_tier, "model": pin, "max_output_tokens": max_output_tokens,
         "labels": _comma_list(labels), "models": _comma_list(allow), "deny": _comma_list(deny),
         "budget_usd": budget, "max_cost_per_task_usd": max_cost_per_task, "schema": schema,
+        "channel": channel, "deadline": deadline,
     }
     data.update({k: v for k, v in flags.items() if v is not None})
     if simulate:
@@ -478,6 +485,8 @@ def estimate(input_path, as_json, new, **opts):
         from .render import estimate_table
 
         estimate_table(plan)
+        click.echo("by channel: " + ", ".join(f"{c['channel']} ${c['estimated_usd'] or 0:.6f} ({c['tasks']} tasks)"
+                                              for c in plan.by_channel))
     _plan_line_errors(input_path, plan)
     if plan.over_budget:
         _err(f"the upper bound {exact_usd(plan.upper_bound_picos)} exceeds the budget ${spec.budget_usd}: "
@@ -579,6 +588,11 @@ def cancel(job_id, by_name):
     job = _job(job_id, by_name)
     n = jobs.cancel(_settings(), job["id"])
     click.echo(f"{job['id']}: cancel requested; {n} queued task(s) cancelled")
+    from .batch_runner import cancel_job_batches
+
+    ids = asyncio.run(cancel_job_batches(settings, job["id"]))
+    if ids:
+        click.echo(f"{job['id']}: {len(ids)} provider batch(es) cancelled; their finished lines are billed")
 
 
 @main.command()
@@ -634,7 +648,13 @@ def reconcile(job_id, assume, grace):
 @click.option("--rpm", type=int, default=None, help="Requests per minute per model before 429.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--fault", "faults", multiple=True, help="NAME=RATE, e.g. hang=0.01 (storm429, burst5xx, hang, reset, malformed, truncated, slow_body).")
-def simulator(host, port, latency, latency_jitter, latency_p50, latency_p99, error_rate, rpm, seed, faults):
+@click.option("--batch-turnaround", type=float, default=1.0, show_default=True,
+              help="Seconds a batch takes to finish (0: at once; negative: never).")
+@click.option("--batch-fail-rate", type=float, default=0.0, show_default=True, help="Share of batch lines that fail.")
+@click.option("--flex-unavailable", type=float, default=0.0, show_default=True,
+              help="Share of flex calls answered 429 resource unavailable.")
+def simulator(host, port, latency, latency_jitter, latency_p50, latency_p99, error_rate, rpm, seed, faults,
+              batch_turnaround=1.0, batch_fail_rate=0.0, flex_unavailable=0.0):
     """Run the bundled provider simulator (OpenAI, Anthropic and Gemini APIs) on loopback."""
     from .simulator import SimulatorConfig, run_server
 
@@ -647,7 +667,9 @@ def simulator(host, port, latency, latency_jitter, latency_p50, latency_p99, err
             raise click.UsageError(f"--fault {f!r}: expected NAME=RATE") from None
     try:
         cfg = SimulatorConfig(latency_s=latency, latency_jitter_s=latency_jitter, error_rate=error_rate, rpm=rpm,
-                              seed=seed, faults=fault_rates, latency_p50_s=latency_p50, latency_p99_s=latency_p99)
+                              seed=seed, faults=fault_rates, latency_p50_s=latency_p50, latency_p99_s=latency_p99,
+                              batch_turnaround_s=batch_turnaround, batch_fail_rate=batch_fail_rate,
+                              flex_unavailable=flex_unavailable)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     run_server(host, port, cfg)

@@ -154,6 +154,14 @@ class Settings(BaseSettings):
     cache_ttl_s: PositiveSeconds = 30 * 86400.0  # a cached answer older than this is a miss (models and prompts drift)
     cache_max_entries: PositiveInt = 1_000_000  # response-cache size bound; the oldest entries are evicted first
     prompt_cache_scheduling: bool = True  # shared long prefixes: one warm-up call first, Anthropic breakpoints
+    # --- discount-channels ---
+    batch_turnaround_s: PositiveSeconds = 86400.0  # a provider batch is assumed to take its completion window until measured
+    batch_linger_s: Seconds = 2.0  # batch-bound tasks gather this long (since the last arrival) before a batch is sent
+    batch_poll_s: PositiveSeconds = 5.0  # first poll of a provider batch after this long; the wait doubles ...
+    batch_poll_max_s: PositiveSeconds = 300.0  # ... up to this (polling never hammers the provider)
+    # cancel unfinished batches this long before the deadline (None: a quarter of it, at most 1 h)
+    batch_fallback_s: PositiveSeconds | None = None
+    flex_timeout_s: PositiveSeconds = 900.0  # one flex call may queue this long (OpenAI advises up to 15 min)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

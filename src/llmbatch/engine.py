@@ -17,6 +17,7 @@ from fractions import Fraction
 import orjson
 
 from . import decisions
+from .batch_runner import BatchRunner
 from .breaker import ProviderBreaker, Ticket
 from .cache.hook import CacheHook
 from .catalog import Catalog, ModelInfo
@@ -146,6 +147,7 @@ class Engine:
         self.presence = None  # liveness.Presence, set by runtime.open_engine
         self._claim_epoch: dict[tuple[str, int], int] = {}  # (job, seq) -> presence epoch at its claim
         self.cache = CacheHook(self, escalate=ESCALATE)
+        self.batches = BatchRunner(self)  # discount channels: tasks routed to a provider batch API
 
     # ------------------------------------------------------------------------------------- job state
 
@@ -199,6 +201,7 @@ class Engine:
             epoch = self.presence.epoch if self.presence is not None else 0
             for c in claimed:
                 self._claim_epoch[(job_id, c.seq)] = epoch
+            claimed = await self.batches.take(ctx, claimed)  # batch-channel tasks: the batch runner has them
         return ctx, claimed
 
     async def renew_leases(self, job_id: str, seqs: list[int]) -> int:
@@ -380,8 +383,10 @@ class Engine:
                                       error=f"{ctx.stop_reason}; raise it with `llmbatch retry JOB --budget USD`")
         if not await self._still_holding(claimed, state):  # checked last thing before the money is held
             return LOST
+        adapter = self.providers.get(ctx.simulate)[0][model.provider]
+        flex = self.batches.flex_call(ctx, model, adapter, deadline)  # discount channels: flex tier, or None
         try:
-            attempt_id = await self._reserve(ctx, claimed, cand, state, deadline)
+            attempt_id = await self._reserve(ctx, claimed, cand, state, deadline, channel="flex" if flex else "sync")
         except _LeaseLost:
             return LOST
         except BudgetExceeded as e:
@@ -393,10 +398,9 @@ class Engine:
         state.attempts += 1
         self.progress.attempts += 1
         state.purpose = "retry"
-        adapter = self.providers.get(ctx.simulate)[0][model.provider]
         started = time.monotonic()
         try:
-            completion = await adapter.complete(model, call_request, timeout=policy.call_timeout_s)
+            completion = await (flex or adapter).complete(model, call_request, timeout=policy.call_timeout_s)
         except ProviderError as e:
             latency = int((time.monotonic() - started) * 1000)
             return await self._failed_call(ctx, claimed, cand, e, attempt_id, latency, state, deadline, n)
@@ -406,7 +410,10 @@ class Engine:
         used = completion.usage.input_tokens + completion.usage.output_tokens
         if used < tpm_tokens:  # TPM was taken at the upper estimate; give back what the call did not use
             await self.limiter.refund(model.key, tpm_tokens - used)
-        cost_picos, cost_source, pricing_error = self._cost(completion.usage, model, state)
+        if flex:
+            await self.batches.flex_served(flex, attempt_id)
+        cost_picos, cost_source, pricing_error = (flex and flex.cost(completion, model)) or self._cost(
+            completion.usage, model, state)
         answer = {"usage": completion.usage, "pricing_error": pricing_error, "latency_ms": latency,
                   "provider_request_id": completion.provider_request_id,
                   "finish_reason": completion.finish_reason, "served_model": completion.served_model}
@@ -494,7 +501,7 @@ class Engine:
         return False
 
     async def _reserve(self, ctx: JobContext, claimed: repo.ClaimedTask, cand: Candidate, state: _TaskRun,
-                       deadline: float) -> int:
+                       deadline: float, channel: str = "sync") -> int:
         """Reserve the call's upper bound. A refusal that only other calls' in-flight holds cause is not
         final: those settle (usually far below their bound) and free money, so wait and try again. Give up
         (BudgetExceeded) once the amount cannot fit even if every in-flight call cost nothing, for the daily
@@ -511,7 +518,7 @@ class Engine:
                 return await self.store.reserve(
                     job_id=ctx.job_id, task_seq=claimed.seq, task_id=claimed.task_id, provider=model.provider,
                     model=model.model, amount_picos=amount, purpose=purpose, worker=self.worker_id,
-                    daily_cap_picos=self.daily_cap_picos)
+                    daily_cap_picos=self.daily_cap_picos, channel=channel)
             except BudgetExceeded as e:
                 if e.scope != "job" or time.time() + delay > deadline:
                     raise

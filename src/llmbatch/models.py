@@ -169,6 +169,19 @@ class JobSpec(BaseModel):
     concurrency: int | None = Field(default=None, ge=1)
     strict: bool = False
     cache: bool = True  # answer tasks from earlier identical calls (--no-cache: False)
+    # --- discount-channels ---
+    channel: Literal["auto", "online", "flex", "batch"] = "auto"  # see channels.py
+    deadline: str | None = None  # "90s", "30m", "24h": when the job must be done; None = as soon as possible
+
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _deadline_is_duration(cls, v):
+        if v is None:
+            return None
+        from .channels import parse_duration
+
+        parse_duration(v)
+        return str(v)
 
     @field_validator("budget_usd", "max_cost_per_task_usd", mode="before")
     @classmethod

@@ -39,6 +39,7 @@ class Plan:
     cache_saved_picos: int = 0
     prefix: PrefixProbe = field(default_factory=PrefixProbe)  # expected prompt-cache reads
     prompt_cache_saved_picos: int = 0  # already taken off estimated_picos
+    by_channel: list[dict[str, Any]] = field(default_factory=list)  # expected cost per channel (channel_report)
 
     @property
     def over_budget(self) -> bool:
@@ -61,6 +62,7 @@ class Plan:
             "cache": {"hits": self.cache_hits, "saved_usd": usd_json(self.cache_saved_picos)},
             "prompt_cache": {"cached_tokens": self.prefix.cached_tokens,
                              "saved_usd": usd_json(self.prompt_cache_saved_picos)},
+            "by_channel": self.by_channel,
         }
 
 
@@ -101,6 +103,9 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
                 prefix=PrefixProbe(scheduling=settings.prompt_cache_scheduling))
     deny = frozenset(spec.deny or ())
     probe = CacheProbe(settings, catalog, spec) if spec.cache else None
+    from .channel_report import ChannelEstimate
+
+    by_channel = ChannelEstimate()
     for _line_no, item in parse_lines(path, spec, limits=settings.input_limits):
         if isinstance(item, LineError):
             plan.invalid_lines += 1
@@ -121,6 +126,7 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
             plan.cache_hits += 1
             plan.cache_saved_picos += c.estimated_picos
             continue
+        by_channel.add(d.candidates)
         prompt_saved = plan.prefix.saving_picos(request, c)
         plan.prompt_cache_saved_picos += prompt_saved
         plan.estimated_picos += c.estimated_picos - prompt_saved
@@ -131,4 +137,5 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
         m["upper_bound_picos"] += c.upper_bound_picos
         m["input_tokens"] += c.input_tokens_est
         m["output_tokens"] += c.output_tokens_est
+    plan.by_channel = by_channel.rows()
     return plan

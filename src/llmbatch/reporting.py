@@ -12,6 +12,7 @@ import orjson
 from sqlalchemy import Connection, and_, case, func, select
 
 from .cache.report import cache_section, prompt_cache_section
+from .channel_report import by_channel  # discount channels
 from .errors import CatalogError, PricingError
 from .money import usd_json
 from .store import ledger, repo
@@ -260,6 +261,7 @@ def build_report(conn: Connection, job_id: str, catalog: Catalog, *, baseline_mo
         "stop_reason": job.get("stop_reason"),
         "cache": cache_section(conn, job_id),
         "prompt_cache": prompt_cache_section(conn, job_id, catalog),
+        "by_channel": by_channel(conn, job_id, catalog),
     }
 
 

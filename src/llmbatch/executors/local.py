@@ -17,6 +17,7 @@ async def run_job(engine: Engine, job_id: str, *, chunk_size: int) -> str | None
         if await flow.feed(job_id, lo, hi) is None:  # flow.stop_claiming() was called
             break
     await flow.drain()
+    await engine.batches.drain(job_id)  # batch-channel work of this job still polling in this process
     # Units of a concurrent worker (or leases that lapsed) may still hold tasks; report what the store says.
     await engine.store.with_engine(ledger.reconcile, job_id=job_id)
     return await engine.store.write(repo.finish_job_if_done, job_id)

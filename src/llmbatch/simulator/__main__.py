@@ -37,6 +37,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, int, SimulatorConfig
                    help="how often mini-tier models answer wrongly (standard: a fifth of it)")
     p.add_argument("--fault", type=_fault, action="append", default=[], metavar="NAME=RATE",
                    help=f"repeatable; NAME in {', '.join(FAULTS)}")
+    p.add_argument("--batch-turnaround", type=float, default=1.0,
+                   help="seconds a batch takes to finish (0: at once; negative: never)")
+    p.add_argument("--batch-fail-rate", type=float, default=0.0, help="share of batch lines that fail")
+    p.add_argument("--flex-unavailable", type=float, default=0.0,
+                   help="share of flex calls answered 429 resource unavailable")
     p.add_argument("--config-json", default=None,
                    help="a JSON object of further SimulatorConfig fields (model_overrides, extra_models, ...)")
     a = p.parse_args(argv)
@@ -44,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, int, SimulatorConfig
         "latency_s": a.latency, "latency_jitter_s": a.latency_jitter, "error_rate": a.error_rate, "rpm": a.rpm,
         "seed": a.seed, "mini_error_rate": a.mini_error_rate, "faults": dict(a.fault),
         "latency_p50_s": a.latency_p50, "latency_p99_s": a.latency_p99,
+        "batch_turnaround_s": a.batch_turnaround, "batch_fail_rate": a.batch_fail_rate,
+        "flex_unavailable": a.flex_unavailable,
     }
     try:
         if a.config_json:

@@ -7,6 +7,7 @@ from functools import partial
 import orjson
 from aiohttp import web
 
+from . import batch_anthropic, batch_core, batch_gemini, batch_openai
 from .config import SimulatorConfig
 from .dialects.anthropic import AnthropicDialect
 from .dialects.gemini import GeminiDialect
@@ -44,6 +45,10 @@ async def _reset(request: web.Request) -> web.Response:
     return _json({"ok": True})
 
 
+async def _batches(request: web.Request) -> web.Response:
+    return _json(batch_core.book(request.app[STATE_KEY]).snapshot())
+
+
 async def _health(request: web.Request) -> web.Response:
     return _json({"ok": True})
 
@@ -59,7 +64,7 @@ def create_app(config: SimulatorConfig | None = None) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)  # prompts with inline images can be large
     app[STATE_KEY] = state
     openai, anthropic, gemini = OpenAIDialect(), AnthropicDialect(), GeminiDialect()
-    app.router.add_post("/v1/chat/completions", partial(handle, state, openai))
+    app.router.add_post("/v1/chat/completions", partial(batch_openai.chat_with_flex, state, openai))
     app.router.add_post("/v1/messages", partial(handle, state, anthropic))
     app.router.add_post("/v1beta/models/{model}:generateContent", partial(handle, state, gemini))
     app.router.add_post("/v1/models/{model}:generateContent", partial(handle, state, gemini))
@@ -69,6 +74,11 @@ def create_app(config: SimulatorConfig | None = None) -> web.Application:
     app.router.add_post("/_sim/config", _post_config)
     app.router.add_post("/_sim/reset", _reset)
     app.router.add_get("/_sim/health", _health)
+    # --- discount-channels: the three batch APIs and their counters ---
+    batch_openai.add_routes(app, state, openai)
+    batch_anthropic.add_routes(app, state)
+    batch_gemini.add_routes(app, state)
+    app.router.add_get("/_sim/batches", _batches)
     return app
 
 

@@ -75,11 +75,21 @@ class SimulatorConfig:
     slow_body_s: float = 3.0  # how long a slow_body answer takes to trickle out
     cache_min_tokens: int = 1024  # OpenAI/Gemini prompt caching only applies at or above this prompt size
     anthropic_cache_min_tokens: int = 0  # Anthropic caches a cache_control prefix only from this size
+    # --- discount-channels ---
+    batch_turnaround_s: float = 1.0  # a batch's lines finish evenly over this long (0: at once; < 0: never)
+    batch_fail_rate: float = 0.0  # share of batch lines that end in a server error
+    batch_expiry_s: float = 86400.0  # an unfinished batch expires this long after creation (the 24h window)
+    flex_unavailable: float = 0.0  # share of flex calls (service_tier "flex") answered 429 resource unavailable
 
     def __post_init__(self) -> None:
         for name in ("latency_s", "latency_jitter_s", "retry_after_s", "storm_duration_s",
                      "burst_duration_s", "hang_max_s", "slow_body_s"):
             object.__setattr__(self, name, _non_negative(name, getattr(self, name)))
+        if isinstance(self.batch_turnaround_s, bool) or not isinstance(self.batch_turnaround_s, (int, float)):
+            raise ValueError(f"batch_turnaround_s must be a number, got {self.batch_turnaround_s!r}")
+        object.__setattr__(self, "batch_expiry_s", _non_negative("batch_expiry_s", self.batch_expiry_s))
+        for name in ("batch_fail_rate", "flex_unavailable"):
+            object.__setattr__(self, name, _rate(name, getattr(self, name)))
         for name in ("error_rate", "mini_error_rate"):
             object.__setattr__(self, name, _rate(name, getattr(self, name)))
         for name in ("latency_p50_s", "latency_p99_s"):

@@ -163,6 +163,37 @@ class Attempt(Base):
     worker: Mapped[str | None] = mapped_column(String(120))
     started_at: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float)
+    # --- discount-channels: a batch-channel attempt's provider batch (provider_batches.id) and its provider id
+    batch_ref: Mapped[int | None] = mapped_column(BigInteger)
+    provider_batch_id: Mapped[str | None] = mapped_column(String(200))
+
+
+class ProviderBatch(Base):
+    """A batch sent (or about to be sent) to a provider's batch API: written before the send, so the provider
+    id is never lost and any worker can poll, settle or cancel it (batch_channel.py)."""
+
+    __tablename__ = "provider_batches"
+    __table_args__ = (
+        UniqueConstraint("tag", name="uq_provider_batches_tag"),
+        Index("ix_provider_batches_job_state", "job_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"))
+    provider: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(200))
+    tag: Mapped[str] = mapped_column(String(120))  # names the batch at the provider (metadata / display name)
+    provider_batch_id: Mapped[str | None] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16))  # creating | submitted | settled | failed
+    lines: Mapped[int] = mapped_column(Integer)
+    reserved_picos: Mapped[int] = mapped_column(BigInteger)
+    owner: Mapped[str | None] = mapped_column(String(120))  # the worker polling it, while lease_until lasts
+    lease_until: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    submitted_at: Mapped[float | None] = mapped_column(Float)
+    polled_at: Mapped[float | None] = mapped_column(Float)
+    ended_at: Mapped[float | None] = mapped_column(Float)
 
 
 class BudgetWindow(Base):
@@ -234,3 +265,4 @@ budget_windows = BudgetWindow.__table__
 input_errors = InputError.__table__
 worker_presence = WorkerPresence.__table__
 response_cache = ResponseCacheEntry.__table__
+provider_batches = ProviderBatch.__table__

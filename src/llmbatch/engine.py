@@ -198,10 +198,10 @@ class Engine:
             # whatever this worker cached before a `retry` lifted an earlier cancel.
             ctx.cancelled, ctx.checked_at = False, time.time()
             self.cache.note_claimed(claimed)
+            claimed = await self.batches.take(ctx, claimed)  # batch-channel tasks: the batch runner has them
             epoch = self.presence.epoch if self.presence is not None else 0
             for c in claimed:
                 self._claim_epoch[(job_id, c.seq)] = epoch
-            claimed = await self.batches.take(ctx, claimed)  # batch-channel tasks: the batch runner has them
         return ctx, claimed
 
     async def renew_leases(self, job_id: str, seqs: list[int]) -> int:

@@ -84,9 +84,10 @@ def test_estimate_per_channel_takes_the_cheapest_model_offering_it():
     from types import SimpleNamespace as C
 
     est = ChannelEstimate()
-    est.add([C(model=GROQ, estimated_picos=30), C(model=MINI, estimated_picos=50)])
-    est.add([C(model=GROQ, estimated_picos=100)])
+    micro = 10**6  # picos per micro-dollar
+    est.add([C(model=GROQ, estimated_picos=30 * micro), C(model=MINI, estimated_picos=50 * micro)])
+    est.add([C(model=GROQ, estimated_picos=100 * micro)])
     rows = {r["channel"]: r for r in est.rows()}
-    assert rows["online"]["estimated_usd"] == pytest.approx(0.00013) and rows["online"]["tasks"] == 2
-    assert rows["batch"]["estimated_usd"] == pytest.approx(0.000125) and rows["batch"]["tasks"] == 1
-    assert rows["flex"]["estimated_usd"] == pytest.approx(0.00013) and rows["flex"]["tasks"] == 0
+    assert rows["online"]["estimated_usd"] == Decimal("0.00013") and rows["online"]["tasks"] == 2
+    assert rows["batch"]["estimated_usd"] == Decimal("0.000125") and rows["batch"]["tasks"] == 1
+    assert rows["flex"]["estimated_usd"] == Decimal("0.00013") and rows["flex"]["tasks"] == 0

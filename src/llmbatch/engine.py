@@ -25,6 +25,7 @@ from .errors import (BudgetExceeded, FatalError, PricingError, ProviderError, Pr
 from .models import ChatRequest, JobSpec, TaskLine
 from .money import exact_usd, usd_to_micros
 from .prompts import build_request
+from .quality.policy import PolicyRouter, router_for
 from .routing import Candidate, Health, RouteDecision, escalation_order, route
 from .store import ledger, repo
 from .store.aio import AsyncStore
@@ -54,6 +55,7 @@ class JobContext:
     checked_at: float = 0.0
     warned: set[str] = field(default_factory=set)
     deny: frozenset[str] = frozenset()  # the spec's deny-list, built once per job
+    quality: PolicyRouter | None = None  # the job's quality policy (or calibration), None for most jobs
 
 
 @dataclass
@@ -127,6 +129,7 @@ class Engine:
                              job["max_cost_per_task_micros"], bool(job["simulate"]),
                              bool(job["cancel_requested"]), time.time())
             ctx.deny = frozenset(ctx.spec.deny or ())
+            ctx.quality = router_for(ctx.spec)
             self._jobs[job_id] = ctx
         return ctx
 
@@ -203,13 +206,16 @@ class Engine:
     def _route(self, ctx: JobContext, task: TaskLine, request: ChatRequest) -> RouteDecision:
         spec = ctx.spec
         _, credentials = self.providers.get(ctx.simulate)
-        return route(task, request, self.catalog, credentials=credentials, health=self.health,
-                     deny=ctx.deny, job_min_tier=spec.min_tier,
-                     max_cost_per_task_micros=ctx.max_cost_per_task_micros, now=time.time())
+        decision = route(task, request, self.catalog, credentials=credentials, health=self.health,
+                         deny=ctx.deny, job_min_tier=spec.min_tier,
+                         max_cost_per_task_micros=ctx.max_cost_per_task_micros, now=time.time())
+        return ctx.quality.restrict(task, decision) if ctx.quality else decision
 
     async def run_task(self, ctx: JobContext, claimed: repo.ClaimedTask) -> str:
         task = TaskLine.model_validate_json(claimed.payload)
         request = build_request(task)
+        if ctx.quality and ctx.quality.wants_logprobs(task):
+            request = request.model_copy(update={"logprobs": True})
         decision = self._route(ctx, task, request)
         for w in decision.warnings:
             # Once per job and message, not once per task of a million; numbers aside ("free again in 3 s"
@@ -227,7 +233,8 @@ class Engine:
             cand = queue.pop(0)
             outcome = await self._try_candidate(ctx, claimed, task, request, cand, state, deadline)
             if outcome is ESCALATE:
-                higher = escalation_order(decision, cand.model)
+                higher = (ctx.quality.escalation(task, decision, cand.model) if ctx.quality
+                          else escalation_order(decision, cand.model))
                 if not higher or not ctx.spec.escalate:
                     why = "no higher tier to escalate to" if ctx.spec.escalate else "escalation disabled"
                     return await self._finish(ctx, claimed, status=TaskStatus.failed, provider=cand.model.provider,
@@ -296,7 +303,8 @@ class Engine:
             state.last_error = f"no rate-limit slot for {model.key} before the task deadline"
             return NEXT_CANDIDATE
         try:
-            attempt_id = await self._reserve(ctx, claimed, cand, state.purpose, deadline)
+            attempt_id = await self._reserve(ctx, claimed, cand, "calibration" if ctx.spec.calibration else state.purpose,
+                                             deadline)
         except BudgetExceeded as e:
             reason = "budget" if e.scope == "job" else "daily_cap"
             return await self._finish(ctx, claimed, status=TaskStatus.skipped, skip_reason=reason,
@@ -330,6 +338,16 @@ class Engine:
                 provider_request_id=completion.provider_request_id))
             state.last_error = str(e)
             return ESCALATE
+        doubt = ctx.quality.low_confidence(task, model.key, completion) if ctx.quality else None
+        if doubt:  # valid, but the quality policy escalates answers this unsure (the call is still paid)
+            await self.store.settle(ledger.Settlement(
+                attempt_id=attempt_id, status=AttemptStatus.succeeded, cost_micros=cost_micros,
+                cost_source=cost_source, usage=completion.usage, error_class="low_confidence", error_message=doubt,
+                pricing_error=pricing_error, latency_ms=latency, provider_request_id=completion.provider_request_id))
+            state.last_error = doubt
+            return ESCALATE
+        if ctx.quality:
+            output = ctx.quality.record(output, completion)
         settlement = ledger.Settlement(
             attempt_id=attempt_id, status=AttemptStatus.succeeded, cost_micros=cost_micros,
             cost_source=cost_source, usage=completion.usage, pricing_error=pricing_error, latency_ms=latency,

@@ -153,6 +153,10 @@ class JobSpec(BaseModel):
     simulate: bool = False
     concurrency: int | None = Field(default=None, ge=1)
     strict: bool = False
+    # --- quality-floor --- a routing policy (llmbatch.quality.policy); a calibration job's attempts have
+    # purpose "calibration" and its tasks keep each answer's confidence.
+    policy: dict[str, Any] | None = None
+    calibration: bool = False
 
     @field_validator("budget_usd", "max_cost_per_task_usd", mode="before")
     @classmethod
@@ -179,6 +183,7 @@ class ChatRequest(BaseModel):
     json_schema: dict[str, Any] | None = None  # ask for JSON matching this schema
     # Extra completion tokens allowed for hidden reasoning (reasoning models only); part of the cap.
     reasoning_budget_tokens: int = 0
+    logprobs: bool = False  # ask for token log-probabilities (adapters that can; quality-floor thresholds)
 
 
 class Usage(BaseModel):
@@ -207,6 +212,7 @@ class Completion(BaseModel):
     finish_reason: str | None = None
     provider_request_id: str | None = None
     served_model: str | None = None
+    confidence: float | None = None  # exp(sum of the answer's token logprobs), when the provider returned them
 
 
 class TaskResult(BaseModel):

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .money import fmt_usd, usd_to_micros
+from .quality.report import quality_lines
 
 def _console(stderr: bool = False) -> Console:
     c = Console(stderr=stderr, highlight=False)
@@ -147,6 +148,8 @@ def report_tables(rep: dict[str, Any]) -> None:
         for x in rep["most_expensive_tasks"]:
             e.add_row(str(x["id"]), str(x["model"]), str(x["attempts"]), _usd(x["cost_usd"]))
         out.print(e)
+    for line in quality_lines(rep.get("quality")):
+        out.print(line, markup=False)
 
 
 def estimate_table(plan) -> None:

@@ -16,6 +16,7 @@ from .catalog import Catalog
 from .catalog.pricing import price
 from .errors import CatalogError, PricingError
 from .models import Usage
+from .quality.report import quality_summary
 from .money import usd_json
 from .store import ledger, repo
 from .store.schema import attempts, tasks
@@ -139,6 +140,7 @@ def build_report(conn: Connection, job_id: str, catalog: Catalog, *, baseline_mo
         "savings_usd": usd_json(base_micros - job["spent_micros"]) if base_micros is not None else None,
         "unpriced_attempts": [{"attempt_id": a.id, "model": a.model, "error": a.pricing_error} for a in unpriced],
         "unsettled_attempts": unsettled,
+        "quality": quality_summary(conn, job),  # quality-floor: the policy, agreement, expected vs actual cost
     }
 
 

@@ -177,7 +177,7 @@ class Result:
 
 def _line(task: TaskLine, model_key: str, meta: list) -> bytes:
     d = task.model_dump(mode="json", by_alias=True, exclude_none=True)
-    d.update(id=f"{meta[0]}#{meta[1]}@{model_key}", model=model_key, metadata={"q": meta})
+    d.update(id=f"{meta[0]}#{meta[1]}@{meta[2]}", model=model_key, metadata={"q": meta})
     d.pop("models", None)
     d.pop("min_tier", None)
     return orjson.dumps(d)

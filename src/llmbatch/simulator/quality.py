@@ -16,6 +16,7 @@ Every draw is a hash, so the same (model, input) always gets the same verdict in
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 from typing import Any
 
@@ -87,9 +88,10 @@ def wrong_text(text: str) -> str:
 
 
 def judge(candidate: str, reference: str) -> str:
-    """The simulated judge's verdict: PASS when the candidate shares most of the reference's words, in
-    order-insensitive overlap (Jaccard >= 0.6) -- a crude but deterministic stand-in for the rubric."""
-    a, b = set(candidate.lower().split()), set(reference.lower().split())
+    """The simulated judge's verdict: PASS when the candidate's words follow the reference's closely
+    (difflib's similarity of the two word sequences >= 0.6) -- a crude but deterministic stand-in for the
+    rubric's "same key content"."""
+    a, b = candidate.lower().split(), reference.lower().split()
     if not a and not b:
         return JUDGE_PASS
-    return JUDGE_PASS if len(a & b) / max(1, len(a | b)) >= 0.6 else JUDGE_FAIL
+    return JUDGE_PASS if difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= 0.6 else JUDGE_FAIL

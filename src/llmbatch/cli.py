@@ -214,25 +214,36 @@ def run(input_path, concurrency, force_local, as_json, policy_path, quality, **o
     sys.exit(code)
 
 
+def _calibrate(settings: Settings, input_path: str, spec: JobSpec, concurrency: int, **options):
+    """Plan (shown on stderr before anything is spent), then run the calibration; exit 2 on bad input."""
+    from .quality import calibrate as cal
+    from .quality.report import plan_lines
+
+    try:
+        plan = cal.plan(settings, input_path, spec, cal.Options(budget_usd=spec.budget_usd, **options))
+        for line in plan_lines(plan):
+            click.echo(line, err=True)
+        return cal.execute(settings, plan, spec, input_path=input_path, concurrency=concurrency)
+    except InputError as e:
+        _err(str(e))
+        sys.exit(EXIT_INPUT)
+
+
 def _quality_spec(settings: Settings, input_path: str, spec: JobSpec, policy_path, quality, concurrency: int,
                   as_json: bool) -> JobSpec:
     """run --policy / --quality: the job spec with its policy (calibrating first for --quality)."""
     from .quality import calibrate, policy
-    from .quality.report import calibration_lines, plan_lines
+    from .quality.report import calibration_lines
 
     if policy_path and quality is not None:
         raise click.UsageError("give --policy or --quality, not both")
-    try:
-        if policy_path:
+    if policy_path:
+        try:
             return spec.model_copy(update={"policy": policy.load(policy_path)})
-        opts = calibrate.Options(target=quality, budget_usd=spec.budget_usd)
-        plan = calibrate.plan(settings, input_path, spec, opts)
-        for line in plan_lines(plan):
-            click.echo(line, err=True)
-        result = calibrate.execute(settings, plan, spec, input_path=input_path, concurrency=concurrency)
-    except InputError as e:
-        _err(str(e))
-        sys.exit(EXIT_INPUT)
+        except InputError as e:
+            _err(str(e))
+            sys.exit(EXIT_INPUT)
+    result = _calibrate(settings, input_path, spec, concurrency, target=quality)
     if not as_json:
         for line in calibration_lines(result.policy):
             click.echo(line, err=True)
@@ -256,22 +267,13 @@ def calibrate(input_path, target, confidence, sample, reference, candidates, see
               **opts):
     """Measure which cheaper models agree with a reference on a sample of INPUT_PATH; write a policy.
     --budget is the calibration's hard cap."""
-    from .quality import calibrate as cal
-    from .quality.report import calibration_lines, plan_lines
+    from .quality.report import calibration_lines
 
     settings = _settings()
     spec = build_spec(**opts)
-    try:
-        o = cal.Options(target=target, confidence=confidence, sample=sample, reference=reference,
-                        budget_usd=spec.budget_usd, candidates=candidates, seed=seed)
-        plan = cal.plan(settings, input_path, spec, o)
-        for line in plan_lines(plan):
-            click.echo(line, err=True)
-        result = cal.execute(settings, plan, spec, input_path=input_path,
-                             concurrency=concurrency or spec.concurrency or settings.concurrency)
-    except InputError as e:
-        _err(str(e))
-        sys.exit(EXIT_INPUT)
+    result = _calibrate(settings, input_path, spec, concurrency or spec.concurrency or settings.concurrency,
+                        target=target, confidence=confidence, sample=sample, reference=reference,
+                        candidates=candidates, seed=seed)
     Path(output).write_bytes(orjson.dumps(result.policy, option=orjson.OPT_INDENT_2))
     for line in calibration_lines(result.policy):
         click.echo(line)

@@ -82,10 +82,10 @@ def test_run_quality_meets_the_target_for_a_fraction_of_the_reference_cost(tmp_p
 
 def test_calibration_spend_is_capped_by_its_budget_and_in_ledger_and_report(tmp_path, sqlite_url):
     src = tmp_path / "reviews.jsonl"
-    write_reviews(src, 300)
+    write_reviews(src, 150)
     env = cli_env(sqlite_url)
     out = tmp_path / "policy.json"
-    p = run_cli(["calibrate", str(src), "--simulate", "--sample", "120", "--budget", "0.01", "-o", str(out)], env)
+    p = run_cli(["calibrate", str(src), "--simulate", "--sample", "100", "--budget", "0.01", "-o", str(out)], env)
     assert p.returncode == 0, p.stderr
     assert "estimated" in p.stderr and "calibration spent" in p.stdout
     pol = json.loads(out.read_text())
@@ -104,8 +104,8 @@ def test_calibration_spend_is_capped_by_its_budget_and_in_ledger_and_report(tmp_
     assert rep["quality"]["calibration_micros"] == spent and rep["quality"]["calibration_jobs"] == [cal_job]
 
     # run --quality under a job budget: calibration and run together stay within it
-    p, st = run_json(["run", str(src), "--simulate", "--quality", "0.95", "--budget", "0.02"], env)
+    p, st = run_json(["run", str(src), "--simulate", "--quality", "0.95", "--budget", "0.005"], env)
     assert p.returncode in (0, 4), p.stderr
     job = _job(sqlite_url, st["job_id"])
     cal = json.loads(job["spec"])["policy"]["calibration"]
-    assert cal["spent_micros"] + job["spent_micros"] <= 20_000
+    assert 0 < cal["spent_micros"] and cal["spent_micros"] + job["spent_micros"] <= 5_000

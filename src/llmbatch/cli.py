@@ -240,13 +240,20 @@ def main(verbose: int, debug: bool) -> None:
 @click.option("--concurrency", type=click.IntRange(min=1), help="Calls in flight (default from config: 64).")
 @click.option("--local", "force_local", is_flag=True, help="Run embedded even when a broker is configured.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
-def run(input_path, concurrency, force_local, as_json, new, **opts):
+@click.option("--policy", "policy_path", type=click.Path(exists=True, dir_okay=False),
+              help="Route by a quality policy written by `llmbatch calibrate`.")
+@click.option("--quality", type=float, help="Calibrate on a sample first (inside --budget), then route by the "
+                                            "measured policy: agreement with the reference >= this (e.g. 0.95).")
+def run(input_path, concurrency, force_local, as_json, new, policy_path, quality, **opts):
     """Submit INPUT_PATH and wait for it. Embedded executor unless a broker is configured. Running the same file
     with the same options again resumes its job (--new starts a fresh one)."""
     from . import jobs
 
     settings = _settings()
     spec = build_spec(**opts)
+    if policy_path or quality is not None:
+        spec = _quality_spec(settings, input_path, spec, policy_path, quality,
+                             concurrency or spec.concurrency or settings.concurrency, as_json)
     executor = jobs.choose_executor(settings, force_local=force_local)
     if executor == jobs.CELERY:
         jobs.check_broker(settings)  # before anything is stored
@@ -259,6 +266,74 @@ def run(input_path, concurrency, force_local, as_json, new, **opts):
     if rejected and (code == EXIT_OK or not job["total_tasks"]):  # the input was not clean (or had no valid line)
         code = EXIT_INPUT
     sys.exit(code)
+
+
+def _calibrate(settings: Settings, input_path: str, spec: JobSpec, concurrency: int, **options):
+    """Plan (shown on stderr before anything is spent), then run the calibration; exit 2 on bad input."""
+    from .quality import calibrate as cal
+    from .quality.report import plan_lines
+
+    try:
+        plan = cal.plan(settings, input_path, spec, cal.Options(budget_usd=spec.budget_usd, **options))
+        for line in plan_lines(plan):
+            click.echo(line, err=True)
+        return cal.execute(settings, plan, spec, input_path=input_path, concurrency=concurrency)
+    except InputError as e:
+        _err(str(e))
+        sys.exit(EXIT_INPUT)
+
+
+def _quality_spec(settings: Settings, input_path: str, spec: JobSpec, policy_path, quality, concurrency: int,
+                  as_json: bool) -> JobSpec:
+    """run --policy / --quality: the job spec with its policy (calibrating first for --quality)."""
+    from .quality import calibrate, policy
+    from .quality.report import calibration_lines
+
+    if policy_path and quality is not None:
+        raise click.UsageError("give --policy or --quality, not both")
+    if policy_path:
+        try:
+            return spec.model_copy(update={"policy": policy.load(policy_path)})
+        except InputError as e:
+            _err(str(e))
+            sys.exit(EXIT_INPUT)
+    result = _calibrate(settings, input_path, spec, concurrency, target=quality)
+    if not as_json:
+        for line in calibration_lines(result.policy):
+            click.echo(line, err=True)
+    return calibrate.spec_with_policy(spec, result)
+
+
+@main.command()
+@click.argument("input_path", type=click.Path(exists=True, dir_okay=False))
+@job_options
+@click.option("--target", type=float, default=0.95, show_default=True,
+              help="Agreement with the reference that the policy must guarantee.")
+@click.option("--confidence", type=float, default=0.95, show_default=True, help="Confidence of that guarantee.")
+@click.option("--sample", type=int, help="Sampled lines per task group (default: sized so the bound can be met).")
+@click.option("--reference", help="Reference model (default: the cheapest of the highest tier that can take the tasks).")
+@click.option("--candidates", type=int, default=4, show_default=True, help="Cheaper models measured per group.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random sample.")
+@click.option("--concurrency", type=int, help="Calls in flight (default from config).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Write the policy here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the policy as JSON too.")
+def calibrate(input_path, target, confidence, sample, reference, candidates, seed, concurrency, output, as_json,
+              **opts):
+    """Measure which cheaper models agree with a reference on a sample of INPUT_PATH; write a policy.
+    --budget is the calibration's hard cap."""
+    from .quality.report import calibration_lines
+
+    settings = _settings()
+    spec = build_spec(**opts)
+    result = _calibrate(settings, input_path, spec, concurrency or spec.concurrency or settings.concurrency,
+                        target=target, confidence=confidence, sample=sample, reference=reference,
+                        candidates=candidates, seed=seed)
+    Path(output).write_bytes(orjson.dumps(result.policy, option=orjson.OPT_INDENT_2))
+    for line in calibration_lines(result.policy):
+        click.echo(line)
+    if as_json:
+        _print_json(result.policy)
+    click.echo(f"policy written to {output}; use it with `llmbatch run FILE --policy {output}`", err=True)
 
 
 @main.command()

@@ -28,6 +28,7 @@ from .errors import (BudgetExceeded, Interrupted, PricingError, ProviderError, P
 from .models import ChatRequest, JobSpec, TaskLine
 from .money import exact_usd, usd_to_picos
 from .prompts import build_request
+from .quality.policy import PolicyRouter, router_for
 from .routing import Candidate, Health, RouteDecision, escalation_order, route
 from .store import ledger, repo
 from .store.aio import AsyncStore
@@ -72,6 +73,7 @@ class JobContext:
     deny: frozenset[str] = frozenset()  # the spec's deny-list, built once per job
     budget_picos: int | None = None
     stop_reason: str | None = None  # set when an overrun took spend past the cap: dispatch stops
+    quality: PolicyRouter | None = None  # the job's quality policy (or calibration), None for most jobs
 
 
 @dataclass
@@ -164,6 +166,7 @@ class Engine:
             ctx.budget_picos, ctx.stop_reason = job["budget_picos"], job.get("stop_reason")
             for key, reserved, cost in await self.store.read(ledger.overruns_seen, job_id):
                 self._learn_overrun(key, reserved, cost)
+            ctx.quality = router_for(ctx.spec)
             self._jobs[job_id] = ctx
         return ctx
 
@@ -247,13 +250,16 @@ class Engine:
     def _route(self, ctx: JobContext, task: TaskLine, request: ChatRequest) -> RouteDecision:
         spec = ctx.spec
         _, credentials = self.providers.get(ctx.simulate)
-        return route(task, request, self.catalog, credentials=credentials, health=self.health,
-                     deny=ctx.deny, job_min_tier=spec.min_tier,
-                     max_cost_per_task_picos=ctx.max_cost_per_task_picos, now=time.time())
+        decision = route(task, request, self.catalog, credentials=credentials, health=self.health,
+                         deny=ctx.deny, job_min_tier=spec.min_tier,
+                         max_cost_per_task_picos=ctx.max_cost_per_task_picos, now=time.time())
+        return ctx.quality.restrict(task, decision) if ctx.quality else decision
 
     async def run_task(self, ctx: JobContext, claimed: repo.ClaimedTask) -> str:
         task = TaskLine.model_validate_json(claimed.payload)
         request = build_request(task)
+        if ctx.quality and ctx.quality.wants_logprobs(task):
+            request = request.model_copy(update={"logprobs": True})
         decision = self._route(ctx, task, request)
         for w in decision.warnings:
             # Once per job and message, not once per task of a million; numbers aside ("free again in 3 s"
@@ -271,7 +277,8 @@ class Engine:
             cand = queue.pop(0)
             outcome = await self._try_candidate(ctx, claimed, task, request, cand, state, deadline)
             if outcome is ESCALATE:
-                higher = escalation_order(decision, cand.model)
+                higher = (ctx.quality.escalation(task, decision, cand.model) if ctx.quality
+                          else escalation_order(decision, cand.model))
                 move = decisions.after_invalid_output(higher_tier_left=bool(higher),
                                                       escalation_enabled=ctx.spec.escalate)
                 if move.kind == decisions.FAIL:
@@ -434,6 +441,16 @@ class Engine:
             state.last_error = str(e)
             state.truncated = state.truncated or truncated
             return TRUNCATED if truncated else ESCALATE
+        doubt = ctx.quality.low_confidence(task, model.key, completion) if ctx.quality else None
+        if doubt:  # valid, but the quality policy escalates answers this unsure (the call is still paid)
+            await self.store.settle(ledger.Settlement(
+                attempt_id=attempt_id, status=AttemptStatus.invalid_output, cost_picos=cost_picos,
+                cost_source=cost_source, error_class="low_confidence", error_message=doubt, **answer))
+            await self._check_overrun(ctx, model, state.reserved, cost_picos)
+            state.last_error = doubt
+            return ESCALATE
+        if ctx.quality:
+            output = ctx.quality.record(output, completion)
         settlement = ledger.Settlement(attempt_id=attempt_id, status=AttemptStatus.succeeded, cost_picos=cost_picos,
                                        cost_source=cost_source, **answer)
         status = await self._finish(ctx, claimed, settlement=settlement, status=TaskStatus.succeeded,
@@ -506,7 +523,8 @@ class Engine:
         final: those settle (usually far below their bound) and free money, so wait and try again. Give up
         (BudgetExceeded) once the amount cannot fit even if every in-flight call cost nothing, for the daily
         cap at once, or at the task deadline. The job then stops within one call's bound of its cap."""
-        model, purpose = cand.model, state.purpose
+        model = cand.model
+        purpose = "calibration" if ctx.spec.calibration else state.purpose
         factor = self.overrun_factor.get(model.key)
         amount = cand.upper_bound_picos if factor is None else -(-cand.upper_bound_picos * factor // 1)
         state.reserved = amount

@@ -182,6 +182,10 @@ class JobSpec(BaseModel):
 
         parse_duration(v)
         return str(v)
+    # --- quality-floor --- a routing policy (llmbatch.quality.policy); a calibration job's attempts have
+    # purpose "calibration" and its tasks keep each answer's confidence.
+    policy: dict[str, Any] | None = None
+    calibration: bool = False
 
     @field_validator("budget_usd", "max_cost_per_task_usd", mode="before")
     @classmethod
@@ -213,6 +217,7 @@ class ChatRequest(BaseModel):
     # Leading messages that form a shared prefix worth a prompt-cache breakpoint (Anthropic cache_control);
     # 0 = none. Set by the engine's prompt-cache planning (cache/prompt.py); never part of the cache key.
     cache_prefix_messages: int = 0
+    logprobs: bool = False  # ask for token log-probabilities (adapters that can; quality-floor thresholds)
 
 
 class Usage(BaseModel):
@@ -241,6 +246,7 @@ class Completion(BaseModel):
     finish_reason: str | None = None
     provider_request_id: str | None = None
     served_model: str | None = None
+    confidence: float | None = None  # exp(sum of the answer's token logprobs), when the provider returned them
 
 
 class TaskResult(BaseModel):

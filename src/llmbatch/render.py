@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .money import fmt_usd, usd_to_picos
+from .quality.report import quality_lines
 from .terminal_text import rich_printable as safe
 
 def _console(stderr: bool = False) -> Console:
@@ -167,6 +168,8 @@ def report_tables(rep: dict[str, Any]) -> None:
         for x in rep["most_expensive_tasks"]:
             e.add_row(safe(x["id"]), safe(x["model"]), str(x["attempts"]), _usd(x["cost_usd"]))
         out.print(e)
+    for line in quality_lines(rep.get("quality")):
+        out.print(line, markup=False)
 
 
 def _cache_rows(rep: dict[str, Any]) -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, and_, case, func, select
 from .cache.report import cache_section, prompt_cache_section
 from .channel_report import by_channel  # discount channels
 from .errors import CatalogError, PricingError
+from .quality.report import quality_summary
 from .money import usd_json
 from .store import ledger, repo
 from .store.schema import AttemptStatus, TaskStatus, attempts, tasks
@@ -262,6 +263,7 @@ def build_report(conn: Connection, job_id: str, catalog: Catalog, *, baseline_mo
         "cache": cache_section(conn, job_id),
         "prompt_cache": prompt_cache_section(conn, job_id, catalog),
         "by_channel": by_channel(conn, job_id, catalog),
+        "quality": quality_summary(conn, job),  # quality-floor: the policy, agreement, expected vs actual cost
     }
 
 

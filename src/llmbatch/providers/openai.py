@@ -81,6 +81,20 @@ def _message_text(content: Any) -> str:
     raise TypeError(f"message.content is {type(content).__name__}")
 
 
+def answer_confidence(logprobs: Any) -> float | None:
+    """exp(sum of the answer's token logprobs): the probability the model gave its whole answer. None when
+    the provider sent none (not asked for, or not supported)."""
+    import math
+
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(content, list) or not content:
+        return None
+    try:
+        return math.exp(sum(float(t["logprob"]) for t in content))
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+
+
 class OpenAIAdapter(Adapter):
     api = "openai"
 
@@ -106,6 +120,8 @@ class OpenAIAdapter(Adapter):
                 "type": "json_schema",
                 "json_schema": {"name": "output", "schema": request.json_schema, "strict": False},
             }
+        if request.logprobs:
+            body["logprobs"] = True
         return body
 
     def parse_completion(self, model: ModelInfo, data: dict, headers: Mapping[str, str]) -> Completion:
@@ -125,6 +141,7 @@ class OpenAIAdapter(Adapter):
             finish_reason=finish,
             provider_request_id=request_id(headers, data, "id"),
             served_model=str_or_none(data.get("model")),
+            confidence=answer_confidence(choice.get("logprobs")),
         )
 
     def error_detail(self, body: Any) -> ErrorDetail | None:

@@ -2,7 +2,9 @@
 
 The same conversation always gets the same answer. Weaker models err on purpose: with probability
 `label_error_rate` a classify answer is outside the allowed labels, with `json_error_rate` an extract
-answer is not valid JSON; the draw is a hash of (model, prompt), so it is stable across runs.
+answer is not valid JSON; the draw is a hash of (model, prompt), so it is stable across runs. Besides,
+valid answers can be wrong (`ErrorRates.wrong`, see simulator.quality): another label, a changed field, a
+summary that misses the point; `scored_answer` also says how confident the model is.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..prompts import LABELS_MARKER, SCHEMA_MARKER, SUMMARY_MARKER
+from . import quality
 from .conversation import Conversation
 from .schema_fill import fill
 from .tokens import stable_hash, unit_interval
@@ -48,36 +51,68 @@ _CHAT_CLOSINGS = (
 class ErrorRates:
     label: float = 0.0
     json: float = 0.0
+    wrong: float = 0.0  # valid but wrong answers, at this mean rate (scaled by each input's difficulty)
 
 
 def answer(conv: Conversation, *, model: str, rates: ErrorRates, schema: Any = None,
            json_mode: bool = False) -> str:
     """The model's reply text. `schema` comes from a structured-output request parameter, if any."""
+    return scored_answer(conv, model=model, rates=rates, schema=schema, json_mode=json_mode)[0]
+
+
+def scored_answer(conv: Conversation, *, model: str, rates: ErrorRates, schema: Any = None,
+                  json_mode: bool = False) -> tuple[str, float]:
+    """(the reply text, the probability the model puts on it). See simulator.quality."""
     instructions = conv.all_text()
     source = _task_input(conv.last_user_text())
     draw = unit_interval(model, instructions)
+    wrong = quality.is_wrong(model, source, rates.wrong)
+    conf = quality.confidence(model, source, wrong)
+
+    judged = quality_judge(instructions, conv.last_user_text())
+    if judged is not None:
+        return judged, quality.confidence(model, source, False)
 
     labels = _labels(instructions)
     if labels is not None:
         if draw < rates.label:
-            return next(w for w in _WRONG_LABELS if w not in labels)
-        return _pick_label(labels, source)
+            return next(w for w in _WRONG_LABELS if w not in labels), min(conf, 0.3)
+        right = _pick_label(labels, source)
+        return (quality.wrong_label(model, source, right, labels) if wrong else right), conf
 
     prompt_schema = _schema(instructions)
     if schema is not None or prompt_schema is not None:
         obj = fill(schema if schema is not None else prompt_schema, source)
+        if wrong:
+            obj = quality.wrong_object(model, source, obj)
         text = json.dumps(obj, ensure_ascii=False)
         if draw < rates.json:
             # A strict prefix of one JSON object is never valid JSON, however lenient the parser.
-            return text[: max(1, len(text) // 2)]
-        return text
+            return text[: max(1, len(text) // 2)], min(conf, 0.3)
+        return text, conf
 
     budget = _word_budget(instructions)
     if budget is not None:
-        return _summarize(source, budget)
+        text = _summarize(source, budget)
+        return (quality.wrong_text(text) if wrong else text), conf
 
     reply = _chat(source)
-    return json.dumps({"answer": reply}) if json_mode else reply
+    if wrong:
+        reply = quality.wrong_text(reply)
+    return (json.dumps({"answer": reply}) if json_mode else reply), conf
+
+
+def quality_judge(instructions: str, user_text: str) -> str | None:
+    """A judge request (llmbatch.quality.agreement's rubric): PASS/FAIL by the simulated judge, else None."""
+    from ..quality.agreement import CANDIDATE_MARKER, JUDGE_MARKER, REFERENCE_MARKER
+
+    if JUDGE_MARKER not in instructions:
+        return None
+    ref_at, cand_at = user_text.find(REFERENCE_MARKER), user_text.find(CANDIDATE_MARKER)
+    if ref_at < 0 or cand_at < ref_at:
+        return quality.JUDGE_FAIL
+    reference = user_text[ref_at + len(REFERENCE_MARKER):cand_at]
+    return quality.judge(user_text[cand_at + len(CANDIDATE_MARKER):], reference)
 
 
 def _marker_line(text: str, marker: str) -> str | None:

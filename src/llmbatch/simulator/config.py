@@ -23,6 +23,7 @@ TIERS: tuple[str, ...] = ("mini", "standard", "frontier")
 OVERRIDE_KEYS: dict[str, type] = {
     "label_error_rate": float,  # classify answers outside the allowed labels
     "json_error_rate": float,  # extract answers that are not valid JSON
+    "wrong_answer_rate": float,  # valid but wrong answers (mean rate; see simulator.quality)
     "error_rate": float,  # injected 429/5xx, instead of the global error_rate
     "latency_s": float,
     "latency_p50_s": float,  # this model's own lognormal latency (see latency.py)
@@ -65,6 +66,9 @@ class SimulatorConfig:
     rpm: int | None = None  # requests per minute per model (sliding 60 s window); None = unlimited
     seed: int = 0  # seeds the RNG behind injected errors, faults and jitter
     mini_error_rate: float = 0.05  # mini tier answers wrong (label/JSON); standard 1/5 of it; frontier never
+    # Valid but wrong answers (a wrong label, a changed field) of the mini tier; standard 0.3x, frontier 0.1x,
+    # each model x a stable factor in [0.7, 1.3] (simulator.quality). 0 turns the quality model off.
+    wrong_answer_rate: float = 0.10
     faults: dict[str, float] = field(default_factory=dict)  # name -> rate, names in FAULTS
     model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> OVERRIDE_KEYS
     extra_models: dict[str, str] = field(default_factory=dict)  # model id -> tier, served on every API
@@ -90,7 +94,7 @@ class SimulatorConfig:
         object.__setattr__(self, "batch_expiry_s", _non_negative("batch_expiry_s", self.batch_expiry_s))
         for name in ("batch_fail_rate", "flex_unavailable"):
             object.__setattr__(self, name, _rate(name, getattr(self, name)))
-        for name in ("error_rate", "mini_error_rate"):
+        for name in ("error_rate", "mini_error_rate", "wrong_answer_rate"):
             object.__setattr__(self, name, _rate(name, getattr(self, name)))
         for name in ("latency_p50_s", "latency_p99_s"):
             if getattr(self, name) is not None:

@@ -10,7 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..answers import ErrorRates, answer
+from ..answers import ErrorRates, answer, scored_answer
+from ..quality import TIER_WRONG_SHARE, model_factor
 from ..apierror import ApiError
 from ..conversation import Conversation
 from ..modelinfo import SimModel
@@ -29,6 +30,7 @@ class Parsed:
     max_tokens: int | None  # the output cap the request asked for (None: model default)
     schema: Any = None  # structured-output schema from a request parameter
     json_mode: bool = False
+    logprobs: bool = False  # the request asked for token log-probabilities
 
 
 @dataclass
@@ -89,15 +91,23 @@ class Dialect(ABC):
 def error_rates(state: SimState, model: SimModel) -> ErrorRates:
     cfg = state.config
     base = cfg.mini_error_rate * TIER_ERROR_SHARE.get(model.tier, 0.0)
+    wrong = cfg.wrong_answer_rate * TIER_WRONG_SHARE.get(model.tier, 0.0) * model_factor(model.id)
     return ErrorRates(
         label=cfg.override(model.id, "label_error_rate", base),
         json=cfg.override(model.id, "json_error_rate", base),
+        wrong=cfg.override(model.id, "wrong_answer_rate", wrong),
     )
 
 
 def answer_text(parsed: Parsed, model: SimModel, state: SimState) -> str:
     return answer(parsed.conv, model=model.id, rates=error_rates(state, model), schema=parsed.schema,
                   json_mode=parsed.json_mode)
+
+
+def scored_answer_text(parsed: Parsed, model: SimModel, state: SimState) -> tuple[str, float]:
+    """(the answer, the probability the model puts on it) for dialects that can return logprobs."""
+    return scored_answer(parsed.conv, model=model.id, rates=error_rates(state, model), schema=parsed.schema,
+                         json_mode=parsed.json_mode)
 
 
 def hidden_reasoning_tokens(model: SimModel, conv: Conversation) -> int:

@@ -20,8 +20,9 @@ from ..prompt_cache import OPENAI_CACHE_INCREMENT, implicit_cached_tokens
 from ..ratelimit import format_duration
 from ..state import SimState
 from ..tokens import text_tokens
+from ..quality import logprob
 from .base import (Dialect, Parsed, Reply, answer_text, context_overflow, fit_to_cap, hidden_reasoning_tokens,
-                   is_number, positive_int)
+                   is_number, positive_int, scored_answer_text)
 
 _ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _ERROR_TYPES = {
@@ -77,7 +78,8 @@ class OpenAIDialect(Dialect):
                 f"Please reduce the length of the messages or completion.",
                 "messages", "context_length_exceeded")
         schema, json_mode = self._response_format(payload.get("response_format"))
-        return Parsed(conv=conv, max_tokens=max_tokens, schema=schema, json_mode=json_mode)
+        return Parsed(conv=conv, max_tokens=max_tokens, schema=schema, json_mode=json_mode,
+                      logprobs=payload.get("logprobs") is True)
 
     def _check_o_series(self, payload: dict, model: SimModel) -> None:
         if model.reasoning:
@@ -163,7 +165,11 @@ class OpenAIDialect(Dialect):
 
     # --- response -------------------------------------------------------------------------------
     def respond(self, parsed: Parsed, model: SimModel, state: SimState, request_id: str) -> Reply:
-        text = answer_text(parsed, model, state)
+        conf = None
+        if parsed.logprobs:
+            text, conf = scored_answer_text(parsed, model, state)
+        else:
+            text = answer_text(parsed, model, state)
         cap = parsed.max_tokens or model.max_output_tokens
         # o1 behaviour: a reasoning model that runs out spends the cap thinking and shows nothing.
         text, reasoning, cut = fit_to_cap(
@@ -181,7 +187,7 @@ class OpenAIDialect(Dialect):
             "choices": [{
                 "index": 0,
                 "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
-                "logprobs": None,
+                "logprobs": _logprobs(text, conf) if conf is not None else None,
                 "finish_reason": finish,
             }],
             "usage": {
@@ -231,3 +237,12 @@ class OpenAIDialect(Dialect):
     def error_body(self, err: ApiError, request_id: str) -> dict[str, Any]:
         return {"error": {"message": err.message, "type": _ERROR_TYPES.get(err.kind, "invalid_request_error"),
                           "param": err.param, "code": err.code}}
+
+
+def _logprobs(text: str, conf: float) -> dict[str, Any]:
+    """OpenAI's `choices[].logprobs` shape: the answer's first token carries the model's uncertainty (for a
+    label that is the decision), the rest are near-certain continuations."""
+    words = text.split(" ")
+    pieces = [w if i == 0 else " " + w for i, w in enumerate(words)] if text else []
+    return {"content": [{"token": t, "logprob": logprob(conf) if i == 0 else 0.0, "bytes": list(t.encode()),
+                         "top_logprobs": []} for i, t in enumerate(pieces)], "refusal": None}

@@ -86,6 +86,10 @@ class Settings:
     max_deliveries: int = 5  # a task delivered this many times without finishing goes to failed (poison)
     concurrency: int = 64  # calls in flight per process
     shutdown_grace_s: float = 30.0  # a stopping worker's time to finish in-flight units before handing them back
+    # --- service ---
+    service_files_dir: str = "llmbatch-files"  # `llmbatch serve` keeps uploaded and result files here
+    service_parallel_jobs: int = 2  # batches the embedded service runs at once (the rest wait their turn)
+    metrics_port: int | None = None  # `llmbatch worker` serves Prometheus /metrics on this port (unset: none)
 
     @property
     def effective_redis_url(self) -> str | None:
@@ -149,4 +153,7 @@ def load_settings(**overrides: Any) -> Settings:
         max_deliveries=int(pick("max_deliveries", "LLMBATCH_MAX_DELIVERIES", 5)),
         concurrency=int(pick("concurrency", "LLMBATCH_CONCURRENCY", 64)),
         shutdown_grace_s=float(pick("shutdown_grace_s", "LLMBATCH_SHUTDOWN_GRACE_S", 30.0)),
+        service_files_dir=pick("service_files_dir", "LLMBATCH_SERVICE_FILES_DIR", "llmbatch-files"),
+        service_parallel_jobs=int(pick("service_parallel_jobs", "LLMBATCH_SERVICE_PARALLEL_JOBS", 2)),
+        metrics_port=int(port) if (port := pick("metrics_port", "LLMBATCH_METRICS_PORT")) is not None else None,
     )

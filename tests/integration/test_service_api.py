@@ -1,0 +1,129 @@
+"""`llmbatch serve` driven by the official openai SDK, unchanged except base_url and api_key."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import openai
+import pytest
+from openai.types import Batch, BatchError, FileObject
+from openai.types.chat import ChatCompletion
+
+from llmbatch.simulator import SimulatorConfig, SimulatorThread
+from tests.integration.service_helpers import ServiceProcess, batch_lines
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def slow_sim():
+    with SimulatorThread(SimulatorConfig(latency_s=0.25, error_rate=0.0)) as sim:
+        yield sim.url
+
+
+@pytest.fixture
+def service(tmp_path, slow_sim):
+    svc = ServiceProcess(tmp_path, simulator_url=slow_sim).start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def _client(svc, key: str = "sk-anything") -> openai.OpenAI:
+    return openai.OpenAI(base_url=svc.url + "/v1", api_key=key, max_retries=0)
+
+
+def wait_batch(client, batch_id: str, statuses=("completed", "failed", "cancelled", "expired"), timeout=90) -> Batch:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        b = client.batches.retrieve(batch_id)
+        if b.status in statuses:
+            return b
+        time.sleep(0.2)
+    raise AssertionError(f"batch {batch_id} still {b.status}")
+
+
+def test_sdk_upload_create_poll_download(service, tmp_path):
+    client = _client(service)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(batch_lines(6) + batch_lines(2, model="auto", prefix="auto"))
+    f = client.files.create(file=path.open("rb"), purpose="batch")
+    assert isinstance(f, FileObject) and f.purpose == "batch" and f.bytes == path.stat().st_size
+    assert client.files.retrieve(f.id).id == f.id
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
+                              metadata={"team": "support"})
+    assert b.status in ("validating", "in_progress") and b.metadata == {"team": "support"}
+    b = wait_batch(client, b.id)
+    assert b.status == "completed", b
+    assert b.request_counts.total == 8 and b.request_counts.completed == 8 and b.request_counts.failed == 0
+    assert b.in_progress_at and b.finalizing_at and b.completed_at and b.output_file_id and b.error_file_id is None
+    lines = [json.loads(x) for x in client.files.content(b.output_file_id).text.splitlines()]
+    assert sorted(x["custom_id"] for x in lines) == sorted([f"r-{i}" for i in range(6)] + ["auto-0", "auto-1"])
+    models = {}
+    for line in lines:
+        assert line["error"] is None and line["response"]["status_code"] == 200
+        completion = ChatCompletion.model_validate(line["response"]["body"])
+        assert completion.choices[0].message.content
+        models[line["custom_id"]] = completion.model
+    assert {models[f"r-{i}"] for i in range(6)} == {"gpt-4o-mini"}  # body.model honoured
+    # "auto" went to the cheapest eligible model, which is not the one written on the other lines
+    assert models["auto-0"] != "auto" and models["auto-0"] == models["auto-1"]
+    ids = [m.id for m in client.models.list()]
+    assert "openai/gpt-4o-mini" in ids and len(ids) > 5
+
+
+def test_cancel_and_list_pagination(service, tmp_path):
+    client = _client(service)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(batch_lines(400))
+    f = client.files.create(file=path.open("rb"), purpose="batch")
+    big = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    wait_batch(client, big.id, statuses=("in_progress",))
+    cancelling = client.batches.cancel(big.id)
+    assert cancelling.status in ("cancelling", "cancelled")
+    done = wait_batch(client, big.id)
+    assert done.status == "cancelled" and done.cancelled_at and done.cancelling_at
+    assert done.request_counts.completed < 400 and done.request_counts.failed > 0
+    if done.output_file_id:  # what finished before the cancel is delivered (and billed)
+        assert len(client.files.content(done.output_file_id).text.splitlines()) == done.request_counts.completed
+
+    small = tmp_path / "small.jsonl"
+    small.write_bytes(batch_lines(1))
+    f2 = client.files.create(file=small.open("rb"), purpose="batch")
+    made = [big.id] + [client.batches.create(input_file_id=f2.id, endpoint="/v1/chat/completions",
+                                             completion_window="24h").id for _ in range(4)]
+    first = client.batches.list(limit=2)
+    assert len(first.data) == 2 and first.has_more
+    seen = [b.id for b in client.batches.list(limit=2)]  # the SDK's auto-pagination walks `after`
+    assert seen == sorted(made, reverse=True)
+    page = client.batches.list(limit=2, after=first.data[-1].id)
+    assert [b.id for b in page.data] == seen[2:4]
+
+
+def test_errors_have_openai_shape(service, tmp_path):
+    client = _client(service)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(batch_lines(2) + b'{"custom_id": "x", "method": "POST", "url": "/v1/embeddings", "body": {}}\n')
+    with pytest.raises(openai.BadRequestError) as e:
+        client.files.create(file=bad.open("rb"), purpose="batch")
+    assert "line 3" in e.value.message and e.value.code == "invalid_file"
+    with pytest.raises(openai.NotFoundError):
+        client.batches.retrieve("batch_nope")
+    with pytest.raises(openai.NotFoundError):
+        client.files.content("file-nope")
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(batch_lines(1))
+    f = client.files.create(file=good.open("rb"), purpose="batch")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.batches.create(input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h")
+    assert e.value.param == "endpoint"
+    r = httpx.post(service.url + "/v1/batches", content=b"{not json")
+    assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert client.files.delete(f.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(f.id)
+    err = BatchError.model_validate({"code": "x", "message": "y"})  # the SDK type our batch.errors carry
+    assert err.code == "x"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 
 import httpx
@@ -11,25 +13,23 @@ import pytest
 from openai.types import Batch, BatchError, FileObject
 from openai.types.chat import ChatCompletion
 
+from llmbatch.service.dashboard import money
 from llmbatch.simulator import SimulatorConfig, SimulatorThread
+from tests.conftest import unavailable
 from tests.integration.service_helpers import ServiceProcess, batch_lines
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def slow_sim():
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """One server for the module (it takes seconds to start); tests tell their batches apart by id."""
     with SimulatorThread(SimulatorConfig(latency_s=0.25, error_rate=0.0)) as sim:
-        yield sim.url
-
-
-@pytest.fixture
-def service(tmp_path, slow_sim):
-    svc = ServiceProcess(tmp_path, simulator_url=slow_sim).start()
-    try:
-        yield svc
-    finally:
-        svc.stop()
+        svc = ServiceProcess(tmp_path_factory.mktemp("service"), simulator_url=sim.url).start()
+        try:
+            yield svc
+        finally:
+            svc.stop()
 
 
 def _client(svc, key: str = "sk-anything") -> openai.OpenAI:
@@ -98,7 +98,8 @@ def test_cancel_and_list_pagination(service, tmp_path):
     first = client.batches.list(limit=2)
     assert len(first.data) == 2 and first.has_more
     seen = [b.id for b in client.batches.list(limit=2)]  # the SDK's auto-pagination walks `after`
-    assert seen == sorted(made, reverse=True)
+    assert seen == sorted(seen, reverse=True) and len(seen) == len(set(seen))  # newest first, no repeats
+    assert [b for b in seen if b in made] == sorted(made, reverse=True)
     page = client.batches.list(limit=2, after=first.data[-1].id)
     assert [b.id for b in page.data] == seen[2:4]
 
@@ -127,3 +128,82 @@ def test_errors_have_openai_shape(service, tmp_path):
         client.files.retrieve(f.id)
     err = BatchError.model_validate({"code": "x", "message": "y"})  # the SDK type our batch.errors carry
     assert err.code == "x"
+
+
+def _all_batches_ended(client) -> list[Batch]:
+    deadline = time.monotonic() + 90
+    while True:
+        batches = list(client.batches.list(limit=100))
+        if all(b.status in ("completed", "failed", "cancelled", "expired") for b in batches):
+            return batches
+        assert time.monotonic() < deadline, [b.status for b in batches]
+        time.sleep(0.2)
+
+
+def _finished_job(service, tmp_path) -> str:
+    client = _client(service)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(batch_lines(5, prefix="dash") + batch_lines(3, model="auto", prefix="dash-auto"))
+    f = client.files.create(file=path.open("rb"), purpose="batch")
+    b = wait_batch(client, client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                                 completion_window="24h").id)
+    assert b.status == "completed"
+    return b.model_extra["llmbatch_job_id"]
+
+
+def test_metrics_parse_and_spend_equals_report(service, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _finished_job(service, tmp_path)
+    job_ids = {b.model_extra["llmbatch_job_id"] for b in _all_batches_ended(_client(service))} - {None}
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(service.url + "/metrics").text)}
+    spend = families["llmbatch_spend_usd"].samples
+    by_model: dict[str, float] = {}
+    for s in spend:
+        if s.name == "llmbatch_spend_usd_total":
+            by_model[s.labels["model"]] = by_model.get(s.labels["model"], 0) + s.value
+    reports = [service.cli_json("report", job_id, "--json") for job_id in job_ids]  # every job of this store
+    assert len(reports) >= 3
+    total_report = sum(r["spent_usd"] for r in reports)
+    assert total_report > 0 and round(sum(by_model.values()), 6) == round(total_report, 6)
+    report_by_model: dict[str, float] = {}
+    for r in reports:
+        for m in r["by_model"]:
+            report_by_model[m["model"]] = report_by_model.get(m["model"], 0) + m["cost_usd"]
+    assert {k: round(v, 6) for k, v in by_model.items()} == {k: round(v, 6) for k, v in report_by_model.items()}
+    assert all(s.value == 0 for s in families["llmbatch_reserved_usd"].samples)  # everything settled
+    tasks = {s.labels["status"]: s.value for s in families["llmbatch_tasks"].samples}
+    assert tasks["succeeded"] > 0 and tasks.get("cancelled", 0) > 0
+    assert sum(tasks.values()) == sum(r["counts"]["total"] for r in reports)
+    assert any(s.name == "llmbatch_attempts_total" and s.labels["error_class"] == "none"
+               for s in families["llmbatch_attempts"].samples)
+    latency = [s for s in families["llmbatch_provider_latency_seconds"].samples
+               if s.name.endswith("_count")]
+    assert latency and sum(s.value for s in latency) > 0
+    assert "store_tasks" in {s.labels["queue"] for s in families["llmbatch_queue_depth"].samples}
+
+
+def test_dashboard_in_headless_chromium(service, tmp_path):
+    job_id = _finished_job(service, tmp_path)
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        unavailable("chromium", "install it with `apt-get install -y chromium` (.ci/run does)")
+    report = service.cli_json("report", job_id, "--json")
+    profile = tmp_path / "chromium-profile"
+    profile.mkdir()
+    run = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--no-first-run", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom",
+                          f"{service.url}/dashboard/jobs/{job_id}"], capture_output=True, text=True, timeout=120)
+    dom = run.stdout
+    assert run.returncode == 0 and dom, run.stderr[-2000:]
+    assert f'<span id="job-id">{job_id}</span>' in dom
+    assert f'<span id="job-spent">{money(report["spent_micros"])}</span>' in dom
+    # Frappe Charts drew SVG charts in the browser (the page itself ships only their data)
+    assert dom.count('class="frappe-chart chart"') >= 3, dom[:3000]
+    assert "<path" in dom or "<rect" in dom
+    listing = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                              f"--user-data-dir={profile}", "--dump-dom", f"{service.url}/dashboard"],
+                             capture_output=True, text=True, timeout=120).stdout
+    assert f'href="/dashboard/jobs/{job_id}"' in listing

@@ -201,8 +201,10 @@ def build_app(settings: Settings, *, simulate: bool = False, engine: Engine | No
 
     # ------------------------------------------------------------------------------------- handlers
     async def api_error(request: Request, exc: APIError) -> Response:
-        if request.url.path.startswith("/dashboard") and exc.status == 401:
-            return RedirectResponse("/dashboard/login", status_code=303)
+        if request.url.path.startswith("/dashboard"):  # people, not SDKs: a page
+            if exc.status == 401:
+                return RedirectResponse("/dashboard/login", status_code=303)
+            return dashboard.error_page(exc.status, exc.message)
         return _json(exc.body(), exc.status)
 
     async def http_error(request: Request, exc: HTTPException) -> Response:

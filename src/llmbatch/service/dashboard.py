@@ -28,7 +28,7 @@ from ..store.schema import JobStatus, attempts, jobs, tasks
 from .errors import unauthorized
 
 CHART_JS = "/static/frappe-charts.min.umd.js"
-_TIME_STEPS_S = (1, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400)
+_TIME_STEPS_S = (0.1, 0.25, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400)
 _MAX_POINTS = 60
 
 
@@ -38,10 +38,6 @@ def money(micros: int | None) -> str:
         return "—"
     d = Decimal(int(micros)) / 1_000_000
     return f"${d:,.2f}" if abs(d) >= 1 else f"${d:.6f}"
-
-
-def _usd(micros) -> float:
-    return float(Decimal(int(micros or 0)) / 1_000_000)
 
 
 def _when(ts: float | None) -> str:
@@ -56,7 +52,7 @@ table{border-collapse:collapse;width:100%;background:#fff}th,td{padding:6px 10px
 text-align:left;font-size:14px}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .cards{display:flex;gap:12px;flex-wrap:wrap}.card{background:#fff;padding:12px 16px;border-radius:8px;
 min-width:150px;box-shadow:0 1px 2px #0001}.card .v{font-size:22px;font-weight:600}.card .k{font-size:12px;color:#6b7280}
-.bar{background:#e5e7eb;border-radius:4px;height:10px;width:160px}.bar>div{background:#2563eb;height:10px;border-radius:4px}
+.progress{background:#e5e7eb;border-radius:4px;height:10px;width:160px}.progress>div{background:#2563eb;height:10px;border-radius:4px}
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:16px}.panel{background:#fff;border-radius:8px;padding:8px 12px}
 .status{padding:2px 8px;border-radius:10px;font-size:12px;background:#e5e7eb}.st-succeeded{background:#d1fae5}
 .st-failed,.st-budget_exhausted{background:#fee2e2}.st-running{background:#dbeafe}.muted{color:#6b7280;font-size:13px}
@@ -70,10 +66,18 @@ def _page(title: str, body: str, *, refresh: bool = False, scripts: str = "") ->
 <body><header><a href="/dashboard">llmbatch · spend dashboard</a></header><main>{body}</main>{scripts}</body></html>""")
 
 
+def error_page(status: int, message: str) -> HTMLResponse:
+    page = _page("Not found" if status == 404 else "Error",
+                 f'<h1>{"Not found" if status == 404 else "Error"}</h1><p>{escape(message)}</p>'
+                 '<p><a href="/dashboard">All jobs</a></p>')
+    page.status_code = status
+    return page
+
+
 def _progress(counts: dict[str, int]) -> str:
     done = sum(counts[s] for s in ("succeeded", "failed", "skipped", "cancelled"))
     pct = 100 * done / counts["total"] if counts["total"] else 100
-    return (f'<div class="bar" title="{done} of {counts["total"]} done"><div style="width:{pct:.0f}%"></div></div>'
+    return (f'<div class="progress" title="{done} of {counts["total"]} done"><div style="width:{pct:.0f}%"></div></div>'
             f'<span class="muted">{done:,} / {counts["total"]:,}</span>')
 
 
@@ -104,11 +108,16 @@ def spend_over_time(conn, job_id: str) -> tuple[list[str], list[float]]:
     rows = conn.execute(select(bucket, func.sum(attempts.c.cost_micros))
                         .where(attempts.c.job_id == job_id, attempts.c.settled.is_(True))
                         .group_by(bucket).order_by(bucket)).all()
-    labels, values, total = [], [], 0
+    start = conn.execute(select(func.min(attempts.c.started_at)).where(attempts.c.job_id == job_id)).scalar()
+    clock = "%H:%M:%S" if step >= 1 else "%H:%M:%S.{frac}"
+
+    def label(ts: float) -> str:
+        return time.strftime(clock, time.gmtime(ts)).format(frac=f"{ts % 1:.2f}"[2:])
+    labels, values, total = [label(min(start, lo))], [0], 0
     for b, cost in rows:
         total += int(cost or 0)
-        labels.append(time.strftime("%H:%M:%S", time.gmtime(lo + (int(b) + 1) * step)))
-        values.append(_usd(total))
+        labels.append(label(lo + (int(b) + 1) * step))
+        values.append(total)
     return labels, values
 
 
@@ -131,11 +140,26 @@ def failed_tasks(conn, job_id: str, limit: int = 20) -> list[Any]:
                         .order_by(tasks.c.seq).limit(limit)).all()
 
 
-def _chart(el: str, title: str, kind: str, labels: list[str], values: list[float], money_axis: bool = True) -> str:
-    spec = {"title": title, "type": kind, "height": 260, "data": {"labels": labels, "datasets": [{"values": values}]},
+def money_unit(micros: list[int]) -> tuple[str, int]:
+    """The unit a money chart reads best in (its axis has no room for six decimals): name, micro-dollars per unit."""
+    top = max(micros, default=0)
+    if top >= 10_000_000:
+        return "USD", 1_000_000
+    if top >= 100_000:
+        return "US cents", 10_000
+    return "millionths of a dollar", 1
+
+
+def _chart(el: str, title: str, kind: str, labels: list[str], micros: list[int], *, money_axis: bool = True) -> str:
+    """A chart's data for the page's renderer. Money comes in micro-dollars and is shown in money_unit()."""
+    unit, per = money_unit(micros) if money_axis else ("", 1)
+    values = [float(Decimal(v) / per) for v in micros]
+    spec = {"title": f"{title} ({unit})" if unit else title, "type": kind, "height": 260, "animate": 0,
+            "barOptions": {"spaceRatio": 0.4}, "axisOptions": {"xIsSeries": kind == "line"},
+            "data": {"labels": labels, "datasets": [{"name": unit or title, "values": values}]},
             "colors": ["#2563eb", "#10b981", "#f59e0b", "#ef4444", "#8b5cf6", "#14b8a6"]}
     data = orjson.dumps(spec).decode().replace("</", "<\\/")  # no "</script>" inside the JSON
-    return (f'<div class="panel"><div id="{el}" class="chart" data-money="{int(money_axis)}"></div>'
+    return (f'<div class="panel"><div id="{el}" class="chart" data-unit="{escape(unit)}"></div>'
             f'<script type="application/json" id="{el}-data">{data}</script></div>')
 
 
@@ -143,7 +167,8 @@ _RENDER = f"""<script src="{CHART_JS}"></script><script>
 document.querySelectorAll('div.chart').forEach(function (el) {{
   var spec = JSON.parse(document.getElementById(el.id + '-data').textContent);
   if (!spec.data.labels.length) {{ el.innerHTML = '<p class="muted">' + spec.title + ': no spend yet</p>'; return; }}
-  if (el.dataset.money === '1') spec.tooltipOptions = {{formatTooltipY: function (d) {{ return '$' + d.toFixed(6); }}}};
+  var unit = el.dataset.unit;
+  if (unit) spec.tooltipOptions = {{formatTooltipY: function (d) {{ return d.toLocaleString() + ' ' + unit; }}}};
   new frappe.Chart(el, spec);
 }});
 </script>"""
@@ -199,14 +224,14 @@ def routes(svc) -> list[Route]:
                 f"<p>{_progress(counts)} · failed {counts['failed']:,} · skipped {counts['skipped']:,} · cancelled "
                 f"{counts['cancelled']:,} · queued {counts['queued']:,} · running {counts['running']:,}</p>",
                 '<div class="grid">',
-                _chart("chart-models", "Spend by model (USD)", "bar", [m for m, _ in by_model],
-                       [_usd(c) for _, c in by_model]),
-                _chart("chart-channels", "Spend by channel (USD)", "pie", [c for c, _, _ in channels],
-                       [_usd(c) for _, _, c in channels]),
-                _chart("chart-time", "Spend over time, cumulative (USD)", "line", labels, cumulative),
+                _chart("chart-models", "Spend by model", "bar", [m for m, _ in by_model], [c for _, c in by_model]),
+                _chart("chart-channels", "Spend by channel", "pie", [c for c, _, _ in channels],
+                       [c for _, _, c in channels]),
+                _chart("chart-time", "Spend over time, cumulative", "line", labels, cumulative),
                 _chart("chart-tasks", "Tasks by outcome", "donut",
                        [s for s in ("succeeded", "failed", "skipped", "cancelled") if counts[s]],
-                       [counts[s] for s in ("succeeded", "failed", "skipped", "cancelled") if counts[s]], False),
+                       [counts[s] for s in ("succeeded", "failed", "skipped", "cancelled") if counts[s]],
+                       money_axis=False),
                 "</div>",
                 "<h2>Spend by model</h2>",
                 _table(["Provider", "Model", "Tasks", "Calls", "Input tokens", "Output tokens", "Cost"],

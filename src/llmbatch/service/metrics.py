@@ -114,9 +114,11 @@ def endpoint(engine: Engine, broker_url: str | None = None):
 
 def serve_worker_metrics(settings: Settings) -> None:
     """A worker's /metrics on settings.metrics_port (a background thread of prometheus_client)."""
-    from prometheus_client import start_http_server
+    from prometheus_client import PlatformCollector, ProcessCollector, start_http_server
 
     from ..store.db import get_engine
 
-    start_http_server(settings.metrics_port, registry=registry_for(get_engine(settings.database_url),
-                                                                   settings.broker_url))
+    reg = registry_for(get_engine(settings.database_url), settings.broker_url)
+    ProcessCollector(registry=reg)  # this worker's CPU and memory, beside the store's numbers
+    PlatformCollector(registry=reg)
+    start_http_server(settings.metrics_port, registry=reg)

@@ -5,6 +5,7 @@ Needs the `serve` extra (starlette, uvicorn, prometheus_client, python-multipart
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import socket
 
@@ -16,13 +17,15 @@ LOOPBACK = "127.0.0.1"
 
 
 def check_installed() -> None:
+    """One line saying how to install what `serve` needs, instead of an ImportError's traceback."""
     try:
-        import multipart  # noqa: F401
         import prometheus_client  # noqa: F401
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
         raise ConfigError(INSTALL_HINT) from None
+    if importlib.util.find_spec("python_multipart") is None and importlib.util.find_spec("multipart") is None:
+        raise ConfigError(INSTALL_HINT)  # form uploads (POST /v1/files)
 
 
 def is_loopback(host: str) -> bool:

@@ -24,9 +24,9 @@ def free_port() -> int:
 class ServiceProcess:
     def __init__(self, tmp: Path, *, simulator_url: str | None = None, extra_env: dict[str, str] | None = None):
         self.tmp = tmp
-        self.env = {**os.environ, "LLMBATCH_DATABASE_URL": f"sqlite:///{tmp / 'service.db'}",
+        inherited = {k: v for k, v in os.environ.items() if k != "LLMBATCH_BROKER_URL"}  # embedded unless given
+        self.env = {**inherited, "LLMBATCH_DATABASE_URL": f"sqlite:///{tmp / 'service.db'}",
                     "LLMBATCH_SERVICE_FILES_DIR": str(tmp / "files"), **(extra_env or {})}
-        self.env.pop("LLMBATCH_BROKER_URL", None)
         if simulator_url:
             self.env["LLMBATCH_SIMULATOR_URL"] = simulator_url
         self.proc: subprocess.Popen | None = None

@@ -178,7 +178,8 @@ def make_job(engine: Engine, settings: Settings, batch_id: str, *, simulate: boo
     finally:
         path.unlink(missing_ok=True)
     with engine.begin() as conn:
-        conn.execute(update(jobs).where(jobs.c.id == job_id).values(owner=b["owner"]))
+        # input_path: the uploaded file (the rewritten copy the job was read from is gone)
+        conn.execute(update(jobs).where(jobs.c.id == job_id).values(owner=b["owner"], input_path=f))
         if not _set(conn, batch_id, when=("validating",), job_id=job_id, status="in_progress",
                     in_progress_at=time.time()):  # cancelled while validating: the job ends at once
             _set(conn, batch_id, job_id=job_id)

@@ -5,8 +5,8 @@ Celery workers finalize too). A restarted server carries on with the batches it 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import Engine, select
 
@@ -19,26 +19,36 @@ POLL_S = 0.25
 
 
 class BatchRunner:
+    """Daemon threads: a stopping server does not wait for its jobs. What they had in flight is the ledger's
+    usual crash case (leases lapse, unknown outcomes are reconciled), and the next start resumes them."""
+
     def __init__(self, settings: Settings, engine: Engine, *, simulate: bool):
         self.settings, self.engine, self.simulate = settings, engine, simulate
-        self._pool = ThreadPoolExecutor(max_workers=max(1, settings.service_parallel_jobs),
-                                        thread_name_prefix="llmbatch-batch")
+        self._queue: queue.SimpleQueue[tuple[str, str | None] | None] = queue.SimpleQueue()
         self._stop = threading.Event()
-        self._poller = threading.Thread(target=self._poll, name="llmbatch-finalize", daemon=True)
+        self._threads = [threading.Thread(target=self._work, name=f"llmbatch-batch-{i}", daemon=True)
+                         for i in range(max(1, settings.service_parallel_jobs))]
+        self._threads.append(threading.Thread(target=self._poll, name="llmbatch-finalize", daemon=True))
 
     def start(self) -> None:
         for b in batches.unfinished(self.engine):
             # Celery jobs keep running on the workers (their sweeper re-queues lost units): not re-dispatched.
             if b["status"] == "validating" or (b["job_id"] is not None and not self.settings.broker_url):
-                self._pool.submit(self._carry_on, b["id"], b["job_id"])
-        self._poller.start()
+                self._queue.put((b["id"], b["job_id"]))
+        for t in self._threads:
+            t.start()
 
     def submit(self, batch_id: str) -> None:
-        self._pool.submit(self._carry_on, batch_id, None)
+        self._queue.put((batch_id, None))
 
     def stop(self) -> None:
         self._stop.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for _ in self._threads:
+            self._queue.put(None)
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            self._carry_on(*item)
 
     def _carry_on(self, batch_id: str, job_id: str | None) -> None:
         try:

@@ -60,12 +60,14 @@ def test_sdk_upload_create_poll_download(service, tmp_path):
     assert b.status == "completed", b
     assert b.request_counts.total == 8 and b.request_counts.completed == 8 and b.request_counts.failed == 0
     assert b.in_progress_at and b.finalizing_at and b.completed_at and b.output_file_id and b.error_file_id is None
+    assert b.usage.input_tokens > 0 and b.usage.total_tokens == b.usage.input_tokens + b.usage.output_tokens
     lines = [json.loads(x) for x in client.files.content(b.output_file_id).text.splitlines()]
     assert sorted(x["custom_id"] for x in lines) == sorted([f"r-{i}" for i in range(6)] + ["auto-0", "auto-1"])
     models = {}
     for line in lines:
         assert line["error"] is None and line["response"]["status_code"] == 200
         completion = ChatCompletion.model_validate(line["response"]["body"])
+        assert completion.usage.total_tokens > 0
         assert completion.choices[0].message.content
         models[line["custom_id"]] = completion.model
     assert {models[f"r-{i}"] for i in range(6)} == {"gpt-4o-mini"}  # body.model honoured
@@ -207,3 +209,31 @@ def test_dashboard_in_headless_chromium(service, tmp_path):
                               f"--user-data-dir={profile}", "--dump-dom", f"{service.url}/dashboard"],
                              capture_output=True, text=True, timeout=120).stdout
     assert f'href="/dashboard/jobs/{job_id}"' in listing
+
+
+def test_a_restarted_server_finishes_its_batches(tmp_path):
+    """The server stops mid-batch (its job threads die with it); started again, it resumes the job: every
+    line ends up in the output exactly once."""
+    with SimulatorThread(SimulatorConfig(latency_s=0.1, error_rate=0.0)) as sim:
+        svc = ServiceProcess(tmp_path, simulator_url=sim.url,
+                             extra_env={"LLMBATCH_LEASE_SECONDS": "2", "LLMBATCH_CONCURRENCY": "8"}).start()
+        try:
+            client = _client(svc)
+            path = tmp_path / "in.jsonl"
+            path.write_bytes(batch_lines(120))
+            f = client.files.create(file=path.open("rb"), purpose="batch")
+            b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+            deadline = time.monotonic() + 60
+            while client.batches.retrieve(b.id).request_counts.completed < 10:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            svc.stop()
+            svc.start()
+            client = _client(svc)
+            assert client.batches.retrieve(b.id).request_counts.completed < 120  # stopped mid-way indeed
+            done = wait_batch(client, b.id, timeout=120)
+            assert done.status == "completed" and done.request_counts.completed == 120
+            ids = [json.loads(x)["custom_id"] for x in client.files.content(done.output_file_id).text.splitlines()]
+            assert sorted(ids) == sorted(f"r-{i}" for i in range(120))
+        finally:
+            svc.stop()

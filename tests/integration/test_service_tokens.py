@@ -4,9 +4,12 @@ requests without a valid token answer 401, and a token's daily cap stops its own
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
+from openai.types import BatchError
 
 from llmbatch.service.tokens import create_token
 from llmbatch.simulator import SimulatorConfig, SimulatorThread
@@ -78,8 +81,10 @@ def test_tokens_isolate_and_cap(served, tmp_path):
     assert a_status["status"] == "budget_exhausted" and a_done.model_extra["llmbatch_job_status"] == "budget_exhausted"
     assert 0 < a_done.request_counts.completed < 40 and a_done.request_counts.failed > 0
     assert a_status["spent_usd"] <= float(CAP_USD)
-    errors = alice.files.content(a_done.error_file_id).text
-    assert "daily cap" in errors
+    errors = [json.loads(x) for x in alice.files.content(a_done.error_file_id).text.splitlines()]
+    assert len(errors) == a_done.request_counts.failed
+    for line in errors:
+        assert line["response"] is None and "daily cap" in BatchError.model_validate(line["error"]).message
     assert b_done.status == "completed" and b_done.request_counts.completed == 40
 
     revoked = svc.cli("tokens", "revoke", "alice")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from ..config import Settings
 from ..errors import InputError
@@ -24,7 +24,7 @@ from ..jobs import create_job
 from ..models import JobSpec
 from ..reporting import openai_batch_line, result_lines
 from ..store import repo
-from ..store.schema import JobStatus, jobs, service_batches, service_files
+from ..store.schema import JobStatus, jobs, service_batches, service_files, tasks
 from . import files
 from .errors import APIError, bad_request, not_found
 
@@ -97,21 +97,33 @@ def batch_object(conn: Connection, b: dict[str, Any]) -> dict[str, Any]:
     """The object of openai.types.Batch, plus `llmbatch_job_id` / `llmbatch_job_status`."""
     counts = {"total": 0, "completed": 0, "failed": 0}
     job = repo.get_job(conn, b["job_id"]) if b["job_id"] else None
+    usage = None
     if job is not None:
         c = repo.task_counts(conn, job["id"])
         counts = {"total": c["total"], "completed": c["succeeded"],
                   "failed": c["failed"] + c["skipped"] + c["cancelled"]}
+        usage = _usage(conn, job["id"])
     out = {"id": b["id"], "object": "batch", "endpoint": b["endpoint"], "errors": None,
            "input_file_id": b["input_file_id"], "completion_window": b["completion_window"], "status": b["status"],
            "output_file_id": b["output_file_id"], "error_file_id": b["error_file_id"],
            "created_at": int(b["created_at"]), "expires_at": int(b["created_at"]) + 24 * 3600, "expired_at": None,
            "request_counts": counts, "metadata": orjson.loads(b["metadata"]) if b["metadata"] else None,
+           "usage": usage, "model": None,
            "llmbatch_job_id": b["job_id"], "llmbatch_job_status": job["status"] if job else None}
     for key in _TIMES:
         out[key] = int(b[key]) if b[key] is not None else None
     if b["errors"]:
         out["errors"] = {"object": "list", "data": orjson.loads(b["errors"])}
     return out
+
+
+def _usage(conn: Connection, job_id: str) -> dict[str, Any]:
+    """openai.types.BatchUsage: the tokens of every billed attempt of the job."""
+    row = conn.execute(select(*(func.coalesce(func.sum(getattr(tasks.c, k)), 0) for k in (
+        "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens"))).where(tasks.c.job_id == job_id)).first()
+    inp, cached, out, reasoning = (int(v) for v in row)
+    return {"input_tokens": inp, "input_tokens_details": {"cached_tokens": cached}, "output_tokens": out,
+            "output_tokens_details": {"reasoning_tokens": reasoning}, "total_tokens": inp + out}
 
 
 def _set(conn: Connection, batch_id: str, *, when: tuple[str, ...] = (), **values) -> int:

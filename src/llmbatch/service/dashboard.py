@@ -40,6 +40,11 @@ def money(micros: int | None) -> str:
     return f"${d:,.2f}" if abs(d) >= 1 else f"${d:.6f}"
 
 
+def _micros(usd: float | None) -> int | None:
+    """A report's `*_usd` (micro-dollars shown with 6 decimals) back to micro-dollars, exactly."""
+    return None if usd is None else int(Decimal(str(usd)) * 1_000_000)
+
+
 def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if ts else "—"
 
@@ -206,7 +211,7 @@ def routes(svc) -> list[Route]:
             rejected = repo.input_error_rows(conn, job_id, limit=20)
         live = job["status"] not in JobStatus.terminal
         base = rep["baseline"]
-        base_micros = None if base["cost_usd"] is None else int(Decimal(str(base["cost_usd"])) * 1_000_000)
+        base_micros = _micros(base["cost_usd"])
         saved = None if base_micros is None else base_micros - job["spent_micros"]
         per_1k = job["spent_micros"] * 1000 // counts["total"] if counts["total"] else None
         cards = [("Spent", f'<span id="job-spent">{money(job["spent_micros"])}</span>'),
@@ -247,7 +252,7 @@ def routes(svc) -> list[Route]:
                 "<h2>Most expensive tasks</h2>",
                 _table(["Task", "Model", "Calls", "Cost"],
                        [[escape(t["id"]), escape(t["model"] or ""), str(t["attempts"]),
-                         money(int(Decimal(str(t["cost_usd"])) * 1_000_000))] for t in rep["most_expensive_tasks"]],
+                         money(_micros(t["cost_usd"]))] for t in rep["most_expensive_tasks"]],
                        {2, 3}),
                 "<h2>Errors</h2>",
                 _table(["Error class", "Calls", "Example"],

@@ -383,6 +383,12 @@ def worker(concurrency, simulate, loglevel):
     if not settings.broker_url:
         raise InputError("worker needs LLMBATCH_BROKER_URL (e.g. redis://localhost:6379/0)")
     jobs.store(settings)  # migrate and fail fast on a bad store URL
+    if settings.metrics_port:
+        from .service import check_installed
+        from .service.metrics import serve_worker_metrics
+
+        check_installed()
+        serve_worker_metrics(settings)
     from .executors.celery_app import start_worker
 
     start_worker(concurrency=concurrency or settings.concurrency, force_simulate=simulate, loglevel=loglevel)
@@ -815,6 +821,76 @@ def catalog_import(file, output, providers):
     Path(output).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     click.echo(f"wrote {len(doc['models'])} models to {output}; set catalog_file = \"{output}\" in llmbatch.toml "
                f"or LLMBATCH_CATALOG_FILE to use it")
+
+
+# ------------------------------------------------------------------------------ service (llmbatch serve)
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (loopback only "
+              "until an API token exists).")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--simulate", is_flag=True, help="Run every batch against the bundled simulator (no paid calls).")
+def serve(host, port, simulate):
+    """The HTTP service: OpenAI-compatible Files/Batches API, the spend dashboard and /metrics."""
+    from . import jobs
+    from .service import bind_host, check_installed, serve as run_service
+
+    settings = _settings()
+    check_installed()
+    jobs.store(settings)
+    host, notice = bind_host(settings, host)
+    if notice:
+        _err(notice)
+    click.echo(f"llmbatch serve: http://{host}:{port}/v1 (dashboard /dashboard, metrics /metrics)", err=True)
+    run_service(settings, host=host, port=port, simulate=simulate)
+
+
+@main.group()
+def tokens():
+    """API tokens of `llmbatch serve` (each sees only its own files, batches and jobs)."""
+
+
+@tokens.command("create")
+@click.argument("name")
+@click.option("--daily-cap", help="Most this token may spend per UTC day, in USD (held like a job budget).")
+def tokens_create(name, daily_cap):
+    """Create token NAME and print its secret (shown once)."""
+    from . import jobs
+    from .service.tokens import create_token, parse_cap
+
+    settings = _settings()
+    secret = create_token(jobs.store(settings), name, daily_cap_picos=parse_cap(daily_cap))
+    click.echo(secret)
+    _err(f"token {name!r} created; keep the secret above, it is stored hashed and cannot be shown again")
+
+
+@tokens.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def tokens_list(as_json):
+    """The tokens: name, daily cap, created, revoked (never the secrets)."""
+    from . import jobs
+    from .service.tokens import list_tokens
+
+    rows = list_tokens(jobs.store(_settings()))
+    if as_json:
+        _print_json(rows)
+        return
+    for r in rows:
+        cap = "no cap" if r["daily_cap_usd"] is None else f"cap ${r['daily_cap_usd']}/day"
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["created_at"]))
+        state = "revoked" if r["revoked"] else "active"
+        click.echo(f"{r['name']}\t{r['id']}\t{cap}\tcreated {when}\t{state}")
+
+
+@tokens.command("revoke")
+@click.argument("name")
+def tokens_revoke(name):
+    """Revoke token NAME: its requests answer 401 from now on."""
+    from . import jobs
+    from .service.tokens import revoke_token
+
+    revoke_token(jobs.store(_settings()), name)
+    _err(f"token {name!r} revoked")
 
 
 def _one_line(e: BaseException) -> str:

@@ -162,6 +162,10 @@ class Settings(BaseSettings):
     # cancel unfinished batches this long before the deadline (None: a quarter of it, at most 1 h)
     batch_fallback_s: PositiveSeconds | None = None
     flex_timeout_s: PositiveSeconds = 900.0  # one flex call may queue this long (OpenAI advises up to 15 min)
+    # --- service ---
+    service_files_dir: str = "llmbatch-files"  # `llmbatch serve` keeps uploaded and result files here
+    service_parallel_jobs: PositiveInt = 2  # batches the embedded service runs at once (the rest wait their turn)
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None  # `llmbatch worker` serves /metrics here
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

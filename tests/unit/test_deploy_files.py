@@ -106,7 +106,7 @@ def test_compose_submit_is_a_one_shot_example(compose):
 def test_dockerfile_installs_postgres_extra_and_runs_worker():
     text = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim", text, re.M)
-    assert "pip install '.[postgres]'" in text
+    assert "pip install '.[postgres,serve]'" in text  # serve: the service, and the workers' /metrics
     assert '"llmbatch", "worker", "--concurrency", "200"' in text
     assert re.search(r"^USER ", text, re.M), "workers must not run as root"
 
@@ -122,8 +122,12 @@ def _by_kind(kind: str) -> list[dict]:
     return [d for d in _k8s_docs() if d.get("kind") == kind]
 
 
+def _worker_deployment() -> dict:
+    return next(d for d in _by_kind("Deployment") if d["metadata"]["name"] == "llmbatch-worker")
+
+
 def test_k8s_keda_scales_the_worker_on_the_llmbatch_queue():
-    (deployment,) = _by_kind("Deployment")
+    deployment = _worker_deployment()
     (scaled,) = _by_kind("ScaledObject")
     assert scaled["apiVersion"].startswith("keda.sh/")
     assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
@@ -136,7 +140,7 @@ def test_k8s_keda_scales_the_worker_on_the_llmbatch_queue():
 
 
 def test_k8s_keys_come_from_secrets_only():
-    (deployment,) = _by_kind("Deployment")
+    deployment = _worker_deployment()
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["command"][:2] == ["llmbatch", "worker"]
     secret_refs = {e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e}
@@ -155,6 +159,96 @@ def test_k8s_keys_come_from_secrets_only():
                 assert value == "", "the example Secret must not carry a key"
     kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
     assert "secret.example.yaml" not in kustomization["resources"]
+
+
+# ---------------------------------------------------------------- the service, metrics, Grafana, KEDA
+
+
+def test_compose_runs_the_service_on_all_interfaces(compose):
+    svc = compose["services"]["service"]
+    cmd = svc["command"]
+    assert cmd[:2] == ["llmbatch", "serve"]
+    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    port = cmd[cmd.index("--port") + 1]
+    assert f"{port}:{port}" in svc["ports"]
+    env = svc["environment"]
+    worker_env = compose["services"]["worker"]["environment"]
+    for key in ("LLMBATCH_DATABASE_URL", "LLMBATCH_BROKER_URL"):  # the same store and queue as the workers
+        assert env[key] == worker_env[key]
+    files_dir = env["LLMBATCH_SERVICE_FILES_DIR"]
+    assert any(v.endswith(":" + files_dir) and not v.startswith(".") for v in svc["volumes"]), "files on a volume"
+    assert f"{port}/metrics" in " ".join(svc["healthcheck"]["test"])
+    assert not any(k.endswith("_API_KEY") for k in env)
+
+
+def test_prometheus_scrapes_the_service_and_every_worker(compose):
+    worker_port = compose["services"]["worker"]["environment"]["LLMBATCH_METRICS_PORT"]
+    assert worker_port in compose["services"]["worker"]["expose"]
+    prom = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+    svc_port = compose["services"]["service"]["command"][-1]
+    assert jobs["llmbatch-service"]["static_configs"][0]["targets"] == [f"service:{svc_port}"]
+    (sd,) = jobs["llmbatch-worker"]["dns_sd_configs"]
+    assert sd["names"] == ["worker"] and str(sd["port"]) == worker_port
+    for name in ("prometheus", "grafana"):
+        assert compose["services"][name]["profiles"] == ["monitoring"]
+        for volume in compose["services"][name]["volumes"]:
+            assert (DEPLOY / volume.split(":")[0]).exists(), volume
+
+
+def _exported_metric_names(tmp_path) -> set[str]:
+    """What /metrics exports, from the collector itself over an empty store."""
+    from llmbatch.service.metrics import StoreCollector
+    from llmbatch.store.db import get_engine
+
+    return {family.name for family in StoreCollector(get_engine(f"sqlite:///{tmp_path}/m.db")).collect()}
+
+
+def _base(name: str) -> str:
+    return re.sub(r"_(total|bucket|count|sum)$", "", name)
+
+
+def test_grafana_dashboard_queries_metrics_that_exist(tmp_path):
+    exported = _exported_metric_names(tmp_path)
+    dash = json.loads((DEPLOY / "grafana" / "llmbatch-dashboard.json").read_text())
+    assert dash["uid"] and dash["panels"]
+    used = set()
+    for p in dash["panels"]:
+        assert p["targets"], p["title"]
+        for t in p["targets"]:
+            used |= {_base(n) for n in re.findall(r"\b(llmbatch_[a-z_]+)", t["expr"])}
+    assert used and used <= exported, used - exported
+    # spend, reservations, tasks, error classes, latency and queue depth each have a panel
+    assert {"llmbatch_spend_usd", "llmbatch_reserved_usd", "llmbatch_tasks", "llmbatch_attempts",
+            "llmbatch_provider_latency_seconds", "llmbatch_queue_depth"} <= used
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_k8s_service_deployment_and_metrics_ports():
+    deployments = {d["metadata"]["name"]: d for d in _by_kind("Deployment")}
+    svc = deployments["llmbatch-service"]
+    (container,) = svc["spec"]["template"]["spec"]["containers"]
+    assert container["command"][:2] == ["llmbatch", "serve"]
+    assert {e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e} == {"llmbatch-secrets"}
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    files_dir = next(e["value"] for e in container["env"] if e["name"] == "LLMBATCH_SERVICE_FILES_DIR")
+    assert files_dir in mounts and container["readinessProbe"]["httpGet"]["path"] == "/metrics"
+    (service,) = _by_kind("Service")
+    assert service["spec"]["selector"] == svc["spec"]["selector"]["matchLabels"]
+    (config,) = _by_kind("ConfigMap")
+    (worker,) = deployments["llmbatch-worker"]["spec"]["template"]["spec"]["containers"]
+    assert {"containerPort": int(config["data"]["LLMBATCH_METRICS_PORT"]), "name": "metrics"} in worker["ports"]
+
+
+def test_keda_prometheus_trigger_example(tmp_path):
+    (doc,) = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "examples" / "keda-prometheus-trigger.yaml").read_text())
+              if d]
+    assert doc["kind"] == "ScaledObject" and doc["spec"]["scaleTargetRef"]["name"] == "llmbatch-worker"
+    (trigger,) = doc["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and float(trigger["metadata"]["threshold"]) > 0
+    names = set(re.findall(r"\b(llmbatch_[a-z_]+)", trigger["metadata"]["query"]))
+    assert names and names <= _exported_metric_names(tmp_path)
 
 
 # ---------------------------------------------------------------- example jobs

@@ -84,6 +84,7 @@ class Job(Base):
     # command again finds this job and resumes it instead of paying again (migration 0003).
     input_digest: Mapped[str | None] = mapped_column(String(64))
     spec_digest: Mapped[str | None] = mapped_column(String(64))
+    owner: Mapped[str | None] = mapped_column(String(40), index=True)  # the API token (service) that made it
 
 
 class Task(Base):
@@ -153,7 +154,8 @@ class Attempt(Base):
     cost_picos: Mapped[int] = mapped_column(BigInteger, default=0)
     # A cache attempt (channel "cache", cost 0): the original attempt's cost it did not pay again.
     saved_picos: Mapped[int] = mapped_column(BigInteger, default=0)
-    budget_window: Mapped[str | None] = mapped_column(String(16))
+    # The daily window(s) holding the reservation, space-separated: "2026-11-30" and/or "2026-11-30/tok_..."
+    budget_window: Mapped[str | None] = mapped_column(String(64))
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     provider_request_id: Mapped[str | None] = mapped_column(String(200))
     # Billed above its reservation (the provider counted more tokens than our bound allowed for).
@@ -201,7 +203,7 @@ class BudgetWindow(Base):
 
     __tablename__ = "budget_windows"
 
-    window: Mapped[str] = mapped_column(String(16), primary_key=True)
+    window: Mapped[str] = mapped_column(String(64), primary_key=True)  # a UTC day, or "day/token id"
     cap_picos: Mapped[int] = mapped_column(BigInteger)
     spent_picos: Mapped[int] = mapped_column(BigInteger, default=0)
     reserved_picos: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -258,6 +260,58 @@ class ResponseCacheEntry(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
 
+class ApiToken(Base):
+    """A token of the HTTP service (llmbatch serve): stored as a SHA-256 hash, never in clear."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    daily_cap_picos: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float)
+
+
+class ServiceFile(Base):
+    """A file uploaded to (or written by) the service: the bytes live on disk at `path`."""
+
+    __tablename__ = "service_files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(40), index=True)
+    filename: Mapped[str] = mapped_column(String(300))
+    purpose: Mapped[str] = mapped_column(String(32))  # batch | batch_output
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ServiceBatch(Base):
+    """An OpenAI-style batch: its llmbatch job, its files and the lifecycle times OpenAI reports."""
+
+    __tablename__ = "service_batches"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(40), index=True)
+    job_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    input_file_id: Mapped[str] = mapped_column(String(40))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    batch_metadata: Mapped[str | None] = mapped_column("metadata", Text)  # JSON
+    status: Mapped[str] = mapped_column(String(16))
+    errors: Mapped[str | None] = mapped_column(Text)  # JSON list of {code, message, line}
+    output_file_id: Mapped[str | None] = mapped_column(String(40))
+    error_file_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[float] = mapped_column(Float)
+    in_progress_at: Mapped[float | None] = mapped_column(Float)
+    finalizing_at: Mapped[float | None] = mapped_column(Float)
+    completed_at: Mapped[float | None] = mapped_column(Float)
+    failed_at: Mapped[float | None] = mapped_column(Float)
+    cancelling_at: Mapped[float | None] = mapped_column(Float)
+    cancelled_at: Mapped[float | None] = mapped_column(Float)
+
+
 jobs = Job.__table__
 tasks = Task.__table__
 attempts = Attempt.__table__
@@ -266,3 +320,6 @@ input_errors = InputError.__table__
 worker_presence = WorkerPresence.__table__
 response_cache = ResponseCacheEntry.__table__
 provider_batches = ProviderBatch.__table__
+api_tokens = ApiToken.__table__
+service_files = ServiceFile.__table__
+service_batches = ServiceBatch.__table__

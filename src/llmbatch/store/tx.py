@@ -49,8 +49,8 @@ class Deferred:
         d = self.job_deltas.setdefault(job_id, [0, 0])
         d[0] -= reserved
         d[1] += cost
-        if window is not None:
-            w = self.window_deltas.setdefault(window, [0, 0])
+        for key in window.split() if window else ():  # the global day and/or a token's day (token_caps.py)
+            w = self.window_deltas.setdefault(key, [0, 0])
             w[0] -= reserved
             w[1] += cost
 
@@ -77,6 +77,7 @@ class Deferred:
             if window in windows:
                 _reserve_in_window(conn, [r for r in self.reservations
                                           if r.window == window and r.attempt_id not in refused], refused)
+        reserve_token_windows(conn, [r for r in self.reservations if r.attempt_id not in refused], refused)
         if refused:  # never called: the attempt rows go (tasks.attempts counts settled attempts only)
             conn.execute(delete(attempts).where(attempts.c.id.in_(list(refused))))
         return refused
@@ -166,3 +167,7 @@ def in_transaction(fn: Callable[..., T]) -> Callable[..., T]:
     run.on_conn = fn  # type: ignore[attr-defined]
     run.takes_deferred = takes_deferred  # type: ignore[attr-defined]
     return run
+
+
+# At the end: token_caps builds on the statements above.
+from .token_caps import reserve_token_windows  # noqa: E402

@@ -65,7 +65,7 @@ def test_bad_metadata_is_refused(meta, fragment):
 
 
 def test_token_inputs(settings):
-    assert parse_cap("2.50") == 2_500_000 and parse_cap(None) is None
+    assert parse_cap("2.50") == 2_500_000 * 10**6 and parse_cap(None) is None  # pico-dollars
     for bad in ("lots", "-1", "NaN"):
         with pytest.raises(InputError):
             parse_cap(bad)

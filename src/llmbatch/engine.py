@@ -165,7 +165,7 @@ class Engine:
             ctx.deny = frozenset(ctx.spec.deny or ())
             ctx.budget_picos, ctx.stop_reason = job["budget_picos"], job.get("stop_reason")
             for key, reserved, cost in await self.store.read(ledger.overruns_seen, job_id):
-                self._learn_overrun(key, reserved, cost)
+                self._learn_overrun(key, reserved, cost)  # the reservation, factor included: a lower bound
             ctx.quality = router_for(ctx.spec)
             self._jobs[job_id] = ctx
         return ctx
@@ -437,7 +437,7 @@ class Engine:
                 attempt_id=attempt_id, status=AttemptStatus.invalid_output, cost_picos=cost_picos,
                 cost_source=cost_source, error_class="truncated" if truncated else "invalid_output",
                 error_message=str(e), **answer))
-            await self._check_overrun(ctx, model, state.reserved, cost_picos)
+            await self._check_overrun(ctx, cand, state.reserved, cost_picos)
             state.last_error = str(e)
             state.truncated = state.truncated or truncated
             return TRUNCATED if truncated else ESCALATE
@@ -446,7 +446,7 @@ class Engine:
             await self.store.settle(ledger.Settlement(
                 attempt_id=attempt_id, status=AttemptStatus.invalid_output, cost_picos=cost_picos,
                 cost_source=cost_source, error_class="low_confidence", error_message=doubt, **answer))
-            await self._check_overrun(ctx, model, state.reserved, cost_picos)
+            await self._check_overrun(ctx, cand, state.reserved, cost_picos)
             state.last_error = doubt
             return ESCALATE
         if ctx.quality:
@@ -456,7 +456,7 @@ class Engine:
         status = await self._finish(ctx, claimed, settlement=settlement, status=TaskStatus.succeeded,
                                     provider=model.provider, model=model.model, output=output,
                                     escalations=state.escalations)
-        await self._check_overrun(ctx, model, state.reserved, cost_picos)
+        await self._check_overrun(ctx, cand, state.reserved, cost_picos)
         await self.cache.remember(ctx, state, model, attempt_id, output, completion.usage)
         return status
 
@@ -563,21 +563,23 @@ class Engine:
             attempt_id=attempt_id, status=AttemptStatus.failed, cost_picos=cost, cost_source=source,
             usage=e.usage, error_class=e.error_class, error_message=e.message, http_status=e.status_code,
             pricing_error=perr, latency_ms=latency_ms))
-        await self._check_overrun(ctx, cand.model, state.reserved, cost)
+        await self._check_overrun(ctx, cand, state.reserved, cost)
 
-    def _learn_overrun(self, key: str, reserved: int, cost: int) -> None:
-        """Grow the model's reservation factor to cover the overrun seen (plus a quarter of headroom)."""
-        if reserved > 0 and cost > reserved:
-            need = Fraction(cost, reserved) * Fraction(5, 4)
+    def _learn_overrun(self, key: str, bound: int, cost: int) -> None:
+        """Grow the model's reservation factor so that its upper `bound` (before any factor) covers the cost
+        seen, plus a quarter of headroom. Never shrinks; concurrent overruns of one wave do not compound."""
+        if bound > 0 and cost > bound:
+            need = Fraction(cost, bound) * Fraction(5, 4)
             if need > self.overrun_factor.get(key, Fraction(1)):
                 self.overrun_factor[key] = need
 
-    async def _check_overrun(self, ctx: JobContext, model: ModelInfo, reserved: int, cost: int) -> None:
+    async def _check_overrun(self, ctx: JobContext, cand: Candidate, reserved: int, cost: int) -> None:
         """A settled attempt billed above its reservation (the ledger flags it): learn from it, and stop the
         job's dispatch the moment its spend has passed the cap."""
         if cost <= reserved:
             return
-        self._learn_overrun(model.key, reserved, cost)
+        model = cand.model
+        self._learn_overrun(model.key, cand.upper_bound_picos, cost)
         log.warning("job %s: overrun on %s: billed %s against a %s reservation; its reservations now grow x%.2f",
                     ctx.job_id, model.key, exact_usd(cost), exact_usd(reserved),
                     float(self.overrun_factor[model.key]))

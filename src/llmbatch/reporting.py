@@ -12,8 +12,9 @@ import orjson
 from sqlalchemy import Connection, and_, case, func, select
 
 from .cache.report import cache_section, prompt_cache_section
+from .catalog.pricing import cost_at
 from .channel_report import by_channel  # discount channels
-from .errors import CatalogError, PricingError
+from .errors import CatalogError
 from .quality.report import quality_summary
 from .money import usd_json
 from .store import ledger, repo
@@ -177,20 +178,13 @@ def _baseline_picos(conn: Connection, job_id: str, catalog: Catalog, baseline: s
     if model.price_tiers:
         q = q.add_columns(tier.label("tier")).group_by(tier)
     total = 0
-    try:
-        for r in conn.execute(q).mappings():
-            if r["min_in"] is None:
-                continue
-            u = Usage(**{k: int(r[k]) for k in ("input_tokens", "cached_tokens", "cache_write_tokens",
-                                                 "output_tokens", "reasoning_tokens")})
-            # The tier is the group's; price() picks it from input_tokens, so price the group's tokens at the
-            # rates of its smallest request (same tier) and not at the summed count's.
-            r_ = model.rates(int(r["min_in"]))
-            uncached = u.input_tokens - u.cached_tokens - u.cache_write_tokens
-            total += (uncached * r_.input + u.cached_tokens * r_.cached + u.cache_write_tokens * r_.cache_write
-                      + u.output_tokens * r_.output)
-    except PricingError as e:
-        return None, str(e)
+    for r in conn.execute(q).mappings():
+        if r["min_in"] is None:  # no succeeded task
+            continue
+        u = Usage(**{k: int(r[k]) for k in ("input_tokens", "cached_tokens", "cache_write_tokens", "output_tokens",
+                                             "reasoning_tokens")})
+        # The group's requests share a tier: price its summed tokens at the rates of its smallest request.
+        total += cost_at(u, model.rates(int(r["min_in"]))).picos
     return total, None
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..errors import PricingError
 from ..models import Usage
-from . import ModelInfo
+from . import ModelInfo, Rates
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,12 @@ def price(usage: Usage, model: ModelInfo, *, batch: bool = False) -> Cost:
     r = model.rates(usage.input_tokens, batch=batch)
     if r is None:
         raise PricingError(f"{model.key} has no batch channel price; cannot price a batch-channel usage")
+    return cost_at(usage, r)
+
+
+def cost_at(usage: Usage, r: Rates) -> Cost:
+    """The formula at given rates (pico-dollars per token): usage of one request, or a sum of requests that
+    all fall in the same price tier (the formula is linear within a tier)."""
     uncached = usage.input_tokens - usage.cached_tokens - usage.cache_write_tokens
     parts = (uncached * r.input, usage.cached_tokens * r.cached, usage.cache_write_tokens * r.cache_write,
              usage.output_tokens * r.output)

@@ -130,7 +130,11 @@ class AsyncStore:
                     self._queue.put(None)
                     break
                 batch.append(op)
-            self._run_batch(batch)
+            # An operation whose caller was cancelled (a stopping worker's task) is dropped; the others can no
+            # longer be cancelled from now on, so their results are always delivered.
+            batch = [op for op in batch if op.future.set_running_or_notify_cancel()]
+            if batch:
+                self._run_batch(batch)
 
     def _run_batch(self, batch: list[_Op]) -> None:
         started = time.monotonic()

@@ -1,7 +1,8 @@
 """Processes units of work: claim, route, reserve, call (with backoff), validate, settle, record.
 
-The engine does not know who called it (the local executor or a Celery worker): it gets a seq range of a
-job, claims what is still unfinished there, and runs each task to a terminal state. Exactly one layer
+The engine does not know who called it (the local executor or a Celery worker): it claims a seq range of a
+job (what is still unfinished there), and runs each claimed task to a terminal state in one of its
+in-flight slots; executors/flow.py schedules claimed tasks onto those slots one by one. Exactly one layer
 retries (this one); adapters call once.
 """
 

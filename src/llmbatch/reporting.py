@@ -204,22 +204,21 @@ def overrun_rows(conn: Connection, job_id: str, limit: int = 20) -> tuple[int, l
 
 def build_report(conn: Connection, job_id: str, catalog: Catalog, *, baseline_model: str = "gpt-4o",
                  top: int = 10) -> dict[str, Any]:
-    from .store import ledger
-
     job = repo.get_job(conn, job_id)
     if job is None:
         raise LookupError(job_id)
     rows = repo.by_model(conn, job_id)
     counts = repo.task_counts(conn, job_id)
-    ledger_picos = ledger.ledger_sum(conn, job_id)
+    # by_model read the whole ledger once: its sums are the ledger sum and the unsettled/unpriced counts.
+    ledger_picos = sum(r["cost_picos"] or 0 for r in rows)
     base_picos, base_err = _baseline_picos(conn, job_id, catalog, baseline_model)
     n_overruns, overruns = overrun_rows(conn, job_id)
     unpriced = conn.execute(select(attempts.c.id, attempts.c.model, attempts.c.pricing_error)
-                            .where(attempts.c.job_id == job_id, attempts.c.cost_source == "unpriced")).all()
-    unsettled = conn.execute(select(func.count()).where(attempts.c.job_id == job_id,
-                                                        attempts.c.settled.is_(False))).scalar()
+                            .where(attempts.c.job_id == job_id, attempts.c.cost_source == "unpriced")).all() \
+        if any(r["unpriced_attempts"] for r in rows) else []
+    unsettled = sum(r["unsettled_attempts"] or 0 for r in rows)
     escalations = int(conn.execute(select(func.coalesce(func.sum(tasks.c.escalations), 0))
-                                   .where(tasks.c.job_id == job_id)).scalar())
+                                   .where(tasks.c.job_id == job_id, tasks.c.escalations > 0)).scalar())
     expensive = conn.execute(
         select(tasks.c.task_id, tasks.c.model, tasks.c.cost_picos, tasks.c.attempts)
         .where(tasks.c.job_id == job_id).order_by(tasks.c.cost_picos.desc()).limit(top)).all()

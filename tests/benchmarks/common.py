@@ -302,31 +302,12 @@ def sim_ok(stats: dict) -> int:
 # ------------------------------------------------------------------------------------------ bare client
 
 
-async def _bare_loop(url: str, body: dict, headers: dict, n: int, concurrency: int) -> tuple[float, dict]:
-    import aiohttp
-
-    data = orjson.dumps(body)
-    statuses: dict[int, int] = {}
-    counter = iter(range(n))
-    connector = aiohttp.TCPConnector(limit=concurrency * 2, limit_per_host=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        async def worker():
-            for _ in counter:
-                async with session.post(f"{url}/v1/chat/completions", data=data, headers=headers) as r:
-                    await r.read()
-                    statuses[r.status] = statuses.get(r.status, 0) + 1
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - t0
-    return elapsed, statuses
-
-
 def bare_aiohttp(url: str, *, n: int, concurrency: int, max_output_tokens: int = 64) -> dict:
     """`concurrency` coroutines POSTing the engine's own request body to the simulator, n in all, over one
     aiohttp session: the ceiling any client in one process can reach against this simulator."""
     _, body, headers = sample_request(max_output_tokens)
-    elapsed, statuses = asyncio.run(_bare_loop(url, body, headers, n, concurrency))
+    elapsed, statuses = asyncio.run(_bare_mix(url, [("/v1/chat/completions", orjson.dumps(body), headers)] * n,
+                                              concurrency))
     ok = statuses.get(200, 0)
     return {"requests": n, "ok": ok, "statuses": statuses, "seconds": round(elapsed, 3),
             "per_s": round(ok / elapsed, 1)}

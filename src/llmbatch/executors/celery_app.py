@@ -93,6 +93,8 @@ class _WorkerRuntime:
                         sweeper.cancel()
                     await self._hand_back()
             except BaseException as e:  # noqa: BLE001 - surfaced to the thread that waits on _ready
+                if self._ready.is_set():
+                    log.exception("worker event loop failed")
                 self._error = e
                 self._ready.set()
 
@@ -169,6 +171,7 @@ class _WorkerRuntime:
             await asyncio.sleep(interval * random.uniform(0.8, 1.2))
 
     def close(self):
+        log.info("stopping: in-flight tasks get %.0fs to finish", self.settings.shutdown_grace_s)
         if self._stop is not None:
             self.loop.call_soon_threadsafe(self._stop.set)
         self.thread.join(timeout=self.settings.shutdown_grace_s + 30)

@@ -119,40 +119,40 @@ class TaskFlow:
     # ------------------------------------------------------------------------------------ finishing
 
     async def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every claimed task has finished (True), or `timeout` seconds passed (False)."""
-        async def all_done():
-            while self._tasks:
-                for r in await asyncio.gather(*list(self._tasks), return_exceptions=True):
-                    if isinstance(r, Exception):  # the store failed under a task: as before, the run fails
-                        raise r
-        try:
-            await asyncio.wait_for(all_done(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
-        finally:
-            if not self._tasks and self._heartbeat is not None:
-                self._heartbeat.cancel()
-                self._heartbeat = None
+        """Wait until every claimed task has finished (True), or `timeout` seconds passed (False; the tasks
+        keep running). A task that failed outside the engine's own handling (the store is gone) is re-raised."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while self._tasks:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return False
+            done, _ = await asyncio.wait(list(self._tasks), timeout=left)
+            for t in done:
+                if not t.cancelled() and isinstance(t.exception(), Exception):
+                    raise t.exception()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+        return True
 
     async def release_unfinished(self) -> dict[str, list[int]]:
         """Cancel what still runs and give every unfinished claim back to the queue (status queued, lease
         cleared) so another worker takes it now instead of after the lease expires. Exactly-once holds: a
         cancelled task's late record is refused (no lease), and a task that recorded first is not released.
         Returns job -> released seqs."""
-        for t in list(self._tasks):
+        self.claiming = False
+        held = {job_id: sorted(seqs) for job_id, seqs in self.held.items() if seqs}
+        unstarted = {job_id: sorted(seqs) for job_id, seqs in self.waiting.items() if seqs}
+        for t in list(self._tasks):  # a cancelled task leaves `held` as it ends: the snapshot above is what to release
             t.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
         out: dict[str, list[int]] = {}
-        for job_id, seqs in list(self.held.items()):
-            if seqs:
-                n = await self.engine.store.call(repo.release_claims, job_id, sorted(seqs),
-                                                 worker=self.engine.worker_id,
-                                                 unstarted=sorted(self.waiting.get(job_id, ())))
-                if n:
-                    out[job_id] = sorted(seqs)
-            seqs.clear()
-            self.waiting.get(job_id, set()).clear()
+        for job_id, seqs in held.items():
+            n = await self.engine.store.call(repo.release_claims, job_id, seqs, worker=self.engine.worker_id,
+                                             unstarted=unstarted.get(job_id, ()))
+            if n:
+                out[job_id] = seqs
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None

@@ -6,7 +6,7 @@ alike. Money is BigInteger pico-dollars (money.py: exact, never rounded). Hot pa
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
@@ -92,6 +92,10 @@ class Task(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "task_id", name="uq_tasks_job_task_id"),
         Index("ix_tasks_job_status", "job_id", "status"),
+        # --- throughput (migration 0009): report reads at a million tasks ---
+        Index("ix_tasks_job_cost", "job_id", "cost_picos"),
+        Index("ix_tasks_job_escalated", "job_id", "escalations",
+              sqlite_where=text("escalations > 0"), postgresql_where=text("escalations > 0")),
     )
 
     job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)

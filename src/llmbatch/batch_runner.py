@@ -35,7 +35,7 @@ from .catalog import ModelInfo
 from .catalog.pricing import price
 from .errors import BudgetExceeded, PricingError, ProviderError
 from .flex import FlexCall, flex_adapter
-from .models import ChatRequest, TaskLine, Usage
+from .models import TaskLine, Usage
 from .prompts import build_request
 from .providers.batch import CANCELLED, EXPIRED, SUCCEEDED, BatchClient, LineResult, batch_client
 from .routing import Candidate
@@ -470,7 +470,7 @@ class BatchRunner:
 
     async def _online(self, ctx, job: _Job, claimed: repo.ClaimedTask) -> None:
         try:
-            await self.e._run_claimed(ctx, claimed, set())
+            await self.e.run_claimed(ctx, claimed)
         finally:
             job.held.discard(claimed.seq)
         await self.e.store.write(repo.finish_job_if_done, ctx.job_id)

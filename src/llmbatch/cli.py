@@ -4,7 +4,6 @@ module parses and prints). Exit codes (DESIGN.md): 0 ok; 2 usage, input, configu
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import logging
 import signal
@@ -667,11 +666,8 @@ def cancel(job_id, by_name):
     if job_id is None and by_name is None:
         raise click.UsageError("cancel needs JOB (or --name NAME)")
     job = _job(job_id, by_name)
-    n = jobs.cancel(_settings(), job["id"])
+    n, ids = jobs.cancel(_settings(), job["id"])
     click.echo(f"{job['id']}: cancel requested; {n} queued task(s) cancelled")
-    from .batch_runner import cancel_job_batches
-
-    ids = asyncio.run(cancel_job_batches(settings, job["id"]))
     if ids:
         click.echo(f"{job['id']}: {len(ids)} provider batch(es) cancelled; their finished lines are billed")
 
@@ -869,6 +865,8 @@ def tokens_create(name, daily_cap):
 def tokens_list(as_json):
     """The tokens: name, daily cap, created, revoked (never the secrets)."""
     from . import jobs
+    import time
+
     from .service.tokens import list_tokens
 
     rows = list_tokens(jobs.store(_settings()))

@@ -17,7 +17,7 @@ from .channel_report import by_channel  # discount channels
 from .errors import CatalogError
 from .quality.report import quality_summary
 from .money import usd_json
-from .store import ledger, repo
+from .store import repo
 from .store.schema import AttemptStatus, TaskStatus, attempts, tasks
 
 if TYPE_CHECKING:  # the catalog and pydantic models load only for a report (status starts without them)

@@ -48,7 +48,7 @@ def _exact(rows: list[dict], batch: bool) -> Decimal:
     model = load_catalog(Settings()).get(MODEL)
     return sum((price(Usage(input_tokens=r["input_tokens"], cached_tokens=r["cached_tokens"],
                             output_tokens=r["output_tokens"], reasoning_tokens=r["reasoning_tokens"]),
-                      model, batch=batch).exact_picos for r in rows), Decimal(0))
+                      model, batch=batch).picos for r in rows), Decimal(0))
 
 
 def test_batch_costs_half_of_online_for_the_same_usage(tmp_path, sim):

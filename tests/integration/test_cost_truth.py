@@ -22,7 +22,6 @@ from llmbatch.config import load_settings
 from llmbatch.simulator import SimulatorConfig, SimulatorThread
 from llmbatch.store import repo
 from llmbatch.store.db import get_engine
-from llmbatch.store.schema import attempts
 from tests.helpers import cli_env, run_cli, run_json, write_reviews
 
 pytestmark = pytest.mark.integration

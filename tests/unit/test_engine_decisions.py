@@ -9,7 +9,6 @@ import random
 import orjson
 
 from llmbatch.executors.flow import TaskFlow
-import pytest
 from sqlalchemy import select, update
 
 from llmbatch import decisions

@@ -78,7 +78,7 @@ class PrefixProbe:
                                                                    and not self.scheduling):
             return 0
         group = (cand.model.key, p.digest)
-        plain = price(Usage(input_tokens=p.tokens), cand.model).exact_picos
+        plain = price(Usage(input_tokens=p.tokens), cand.model).picos
         if group in self._seen:
             self.cached_tokens += p.tokens
             cached = Usage(input_tokens=p.tokens, cached_tokens=p.tokens)
@@ -89,4 +89,4 @@ class PrefixProbe:
             cached = Usage(input_tokens=p.tokens, cache_write_tokens=p.tokens)
         else:
             return 0
-        return int(plain - price(cached, cand.model).exact_picos)
+        return int(plain - price(cached, cand.model).picos)

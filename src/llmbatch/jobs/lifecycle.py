@@ -155,12 +155,17 @@ def finish_if_done(settings: Settings, job_id: str) -> str | None:
         return repo.finish_job_if_done(conn, job_id)
 
 
-def cancel(settings: Settings, job_id: str) -> int:
-    """Cancel queued tasks now; running ones stop before their next call. Returns the tasks cancelled."""
+def cancel(settings: Settings, job_id: str) -> tuple[int, list[str]]:
+    """Cancel queued tasks now; running ones stop before their next call; the job's open provider batches are
+    cancelled at the provider (their finished lines stay billed). Returns (tasks cancelled, batch ids)."""
+    import asyncio
+
+    from ..batch_runner import cancel_job_batches
+
     with store(settings).begin() as conn:
         n = repo.request_cancel(conn, job_id)
         repo.finish_job_if_done(conn, job_id)
-    return n
+    return n, asyncio.run(cancel_job_batches(settings, job_id))
 
 
 def requeue(settings: Settings, job_id: str, *, budget_usd: str | None = None, include_failed: bool = True) -> int:

@@ -27,7 +27,7 @@ import queue
 import random
 import threading
 import time
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from typing import Any, Callable, TypeVar
 
 from sqlalchemy import Engine

@@ -510,7 +510,11 @@ def job_counts(db_url: str, job_id: str) -> tuple[dict, int, int]:
     from llmbatch.store import ledger as ledger_api, repo
     from llmbatch.store.db import get_engine
 
-    with get_engine(db_url).connect() as conn:
+    engine = get_engine(db_url)
+    # One snapshot for all three reads: a settlement committing between them (a late settle of a finished job's
+    # unknown outcome) would otherwise show spent != ledger although each is right at its own moment.
+    opts = {} if engine.dialect.name == "sqlite" else {"isolation_level": "REPEATABLE READ"}
+    with engine.connect().execution_options(**opts) as conn, conn.begin():
         job = repo.get_job(conn, job_id)
         return repo.task_counts(conn, job_id), int(job["spent_picos"]), ledger_api.ledger_sum(conn, job_id)
 

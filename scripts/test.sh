@@ -61,6 +61,9 @@ else
 fi
 log "LLMBATCH_TEST_REDIS_URL=${LLMBATCH_TEST_REDIS_URL:-<unset>} LLMBATCH_TEST_DATABASE_URL=${LLMBATCH_TEST_DATABASE_URL:-<unset>}"
 
+# ---- lint (pyflakes rules: undefined names, unused imports; configured in pyproject.toml)
+.venv/bin/ruff check src tests
+
 # ---- tests
 rc=0
 .venv/bin/python -m pytest "$@" </dev/null || rc=$?

@@ -35,7 +35,7 @@ def _no_raw_controls(text: str, what: str) -> None:
     assert not found, f"{what} printed raw control characters {found}"
 
 
-def test_corpus_valid_lines_run_and_each_bad_line_is_named(tmp_path, sqlite_url, listener):
+def test_corpus_valid_lines_run_and_each_bad_line_is_named(tmp_path, sqlite_url, listener):  # noqa: F811
     secret = tmp_path / "credentials.json"
     secret.write_text(SECRET_CONTENTS)
     text = corpus_text(secret, listener.getsockname()[1])

@@ -15,7 +15,7 @@ from llmbatch.catalog import Catalog, ModelInfo, ProviderInfo
 from llmbatch.models import DEFAULT_MIN_TIER, TaskLine, Tier
 from llmbatch.prompts import build_request
 from llmbatch.routing import Health, route
-from llmbatch.tokens import estimate_input_tokens, expected_output_tokens, upper_bound_input_tokens
+from llmbatch.tokens import estimate_input_tokens, expected_output_tokens
 
 NOW = 1_800_000_000.0
 PROVIDERS = ["p1", "p2", "p3"]
@@ -131,9 +131,7 @@ def oracle(task: TaskLine, catalog: Catalog, creds, health: Health, deny, job_mi
     for m in catalog:
         is_pinned = pinned is not None and m.key in pinned
         img = m.quirks.get("image_tokens", 765)
-        img_max = max(m.quirks.get("image_tokens_max", 1600), img)
         in_est = text_est + n_images * img
-        in_upper = upper_bound_input_tokens(msgs, json_schema=req.json_schema, image_tokens=0) + n_images * img_max
         cap = req.max_output_tokens + (m.reasoning_budget_tokens if m.reasoning else 0)
         cap = min(cap, m.max_output_tokens)
         out = min(out_visible + (m.expected_reasoning_tokens if m.reasoning else 0), cap)

@@ -194,6 +194,21 @@ def test_cancel_job_cancels_its_provider_batch_and_charges_finished_lines(tmp_pa
     assert all(r["settled"] for r in rows) and len(rows) == 30
 
 
+def _run_once(settings, job_id: str):
+    """One pass of the embedded executor, as a worker that then dies would make (jobs.run_embedded would wait
+    for the tasks this process still holds)."""
+    import asyncio
+
+    from llmbatch.executors.local import run_job
+    from llmbatch.runtime import open_engine
+
+    async def main():
+        async with open_engine(settings, concurrency=8, shared_limits=False) as engine:
+            return await run_job(engine, job_id, chunk_size=settings.chunk_size)
+
+    return asyncio.run(main())
+
+
 def test_a_crash_between_create_and_record_finds_the_batch_instead_of_sending_another(tmp_path, sim, monkeypatch):
     from llmbatch import jobs
     from llmbatch.models import JobSpec
@@ -211,7 +226,7 @@ def test_a_crash_between_create_and_record_finds_the_batch_instead_of_sending_an
         raise SystemError("worker died")
 
     monkeypatch.setattr(store_batches, "record_submitted", crash)
-    assert jobs.run_embedded(settings, job_id, concurrency=8) is None  # the job is not done
+    assert _run_once(settings, job_id) is None  # the job is not done
     with get_engine(settings.database_url).connect() as c:
         row = c.execute(select(provider_batches).where(provider_batches.c.job_id == job_id)).one()
     assert row.provider_batch_id is None and row.state == "creating" and _created(sim) == 1

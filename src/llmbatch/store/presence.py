@@ -98,7 +98,10 @@ def _release(conn: Connection, task_held, attempt_held, deferred: Deferred) -> l
         lost_calls = conn.execute(
             select(attempts.c.id, attempts.c.reserved_picos)
             .where(attempts.c.job_id == job_id, attempts.c.status == AttemptStatus.in_flight,
-                   attempts.c.settled.is_(False), attempt_held)
+                   attempts.c.settled.is_(False), attempt_held,
+                   # A provider batch's lines are not lost with the worker: the batch runs on at the provider,
+                   # and whoever claims its tasks next takes it over and settles them (batch_runner.py).
+                   attempts.c.channel != "batch")
         ).all()
         for attempt_id, reserved in lost_calls:
             ledger.settle.on_conn(conn, ledger.unknown_outcome(

@@ -30,7 +30,9 @@ def _calls(sim) -> int:
 
 
 def _run(src, env, *extra) -> dict:
-    p, st = run_json(["run", str(src), "--simulate", *extra], env)
+    # --new: the same file with the same options would otherwise resume (or report) its earlier job; these
+    # tests want a second job that the cache answers.
+    p, st = run_json(["run", str(src), "--simulate", "--new", *extra], env)
     assert p.returncode == 0, p.stderr
     return st
 

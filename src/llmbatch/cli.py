@@ -327,7 +327,7 @@ def calibrate(input_path, target, confidence, sample, reference, candidates, see
     result = _calibrate(settings, input_path, spec, concurrency or spec.concurrency or settings.concurrency,
                         target=target, confidence=confidence, sample=sample, reference=reference,
                         candidates=candidates, seed=seed)
-    Path(output).write_bytes(orjson.dumps(result.policy, option=orjson.OPT_INDENT_2))
+    Path(output).write_bytes(dumps_json(result.policy, option=orjson.OPT_INDENT_2))
     for line in calibration_lines(result.policy):
         click.echo(line)
     if as_json:

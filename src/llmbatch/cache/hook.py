@@ -192,8 +192,10 @@ class CacheHook:
                 daily_cap_picos=engine.daily_cap_picos)
         except BudgetExceeded:
             return None
+        # Only validated answers are cached, and a truncated answer never validates: the original call stopped
+        # on its own ("stop" in OpenAI's terms, what the export shows).
         settlement = ledger.Settlement(attempt_id=attempt_id, status=AttemptStatus.succeeded, cost_picos=0,
-                                       cost_source="cache")
+                                       cost_source="cache", finish_reason="stop")
         outcome = TaskOutcome(job_id=ctx.job_id, seq=claimed.seq, worker=engine.worker_id,
                               status=TaskStatus.succeeded, provider=entry.provider, model=entry.model,
                               output=entry.output, escalations=state.escalations)

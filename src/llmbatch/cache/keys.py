@@ -35,6 +35,8 @@ def request_key(catalog: Catalog, model: ModelInfo, request: ChatRequest, *, sim
     body = request_body(catalog, model, request)
     if body is None:
         return None
+    # logprobs too: an answer cached without its confidence must not serve a quality policy that asks for it.
     blob = orjson.dumps({"v": 1, "scope": scope, "simulate": simulate, "provider": model.provider,
-                         "model": model.model, "body": body}, option=orjson.OPT_SORT_KEYS)
+                         "model": model.model, "logprobs": request.logprobs, "body": body},
+                        option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(blob).hexdigest()

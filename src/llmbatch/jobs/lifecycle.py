@@ -67,7 +67,12 @@ def find_same_command(settings: Settings, path: str | Path, spec: JobSpec) -> di
 
 def create_job(settings: Settings, path: str | Path, spec: JobSpec, *, executor: str,
                strict: bool = False) -> tuple[str, IngestReport]:
-    """Store the job and its valid lines in one transaction: with --strict a bad line leaves nothing behind."""
+    """Store the job and its valid lines in one transaction: with --strict a bad line leaves nothing behind.
+    Unknown model or provider names in the spec are refused first (exit 2, nothing stored)."""
+    from ..catalog.loading import load_catalog
+    from ..names import check_spec_names
+
+    check_spec_names(spec, load_catalog(settings))
     digests = {"input_digest": input_digest(path), "spec_digest": spec_digest(spec)}
     with store(settings).begin() as conn:
         job_id = repo.create_job(
@@ -77,7 +82,7 @@ def create_job(settings: Settings, path: str | Path, spec: JobSpec, *, executor:
             max_cost_per_task_picos=(usd_to_picos(spec.max_cost_per_task_usd)
                                       if spec.max_cost_per_task_usd is not None else None))
         lc.set_digests(conn, job_id, **digests)
-        report = ingest(conn, job_id, path, spec, strict=strict)
+        report = ingest(conn, job_id, path, spec, strict=strict, limits=settings.input_limits)
         if report.accepted == 0 and report.rejected == 0:  # rolls the job back: nothing to keep
             raise InputError("the file has no task lines (it is empty or only blank lines)")
         repo.set_job_counts(conn, job_id, total=report.accepted, invalid=report.rejected)

@@ -23,6 +23,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..money import dumps_json
 from ..catalog import Catalog
 from ..catalog.loading import load_catalog
 from ..config import Settings
@@ -67,7 +68,7 @@ class Service:
 
 
 def _json(obj: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
+    return Response(dumps_json(obj), status_code=status, media_type="application/json")
 
 
 def _page(rows: list[dict], limit: int, shape) -> dict[str, Any]:

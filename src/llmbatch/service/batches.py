@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
+from ..money import dumps_json
 from ..config import Settings
 from ..errors import InputError
 from ..jobs import create_job
@@ -215,9 +216,9 @@ def finalize(engine: Engine, settings: Settings, batch_id: str) -> bool:
             return False
     out, err, created = bytearray(), bytearray(), time.time()
     with engine.connect() as conn:
-        for seq, r in enumerate(result_lines(conn, b["job_id"]), 1):
+        for seq, r in enumerate(result_lines(conn, b["job_id"], with_final_attempt=True), 1):
             line = _sdk_complete(openai_batch_line(r, b["job_id"], seq), created)
-            (out if line["error"] is None else err).extend(orjson.dumps(line) + b"\n")
+            (out if line["error"] is None else err).extend(dumps_json(line) + b"\n")
     with engine.begin() as conn:
         ids = {}
         for key, data in (("output_file_id", out), ("error_file_id", err)):

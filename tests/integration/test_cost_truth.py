@@ -189,7 +189,9 @@ def test_overruns_are_flagged_stop_the_job_and_grow_later_reservations(tmp_path,
         src = tmp_path / "s.jsonl"
         _summaries(src, 40, max_output_tokens=50)
         concurrency = 4
-        p, st = run_json(["run", str(src), "--budget", "0.002", "--concurrency", str(concurrency)], env, timeout=120)
+        # --no-cache: identical summaries would otherwise be called once and answered from the cache.
+        p, st = run_json(["run", str(src), "--budget", "0.002", "--concurrency", str(concurrency), "--no-cache"],
+                         env, timeout=120)
     assert p.returncode == 4, (p.returncode, p.stderr)
     assert st["status"] == "budget_exhausted"
     job, rows = _ledger(sqlite_url, st["job_id"])
@@ -215,7 +217,7 @@ def test_overruns_are_flagged_stop_the_job_and_grow_later_reservations(tmp_path,
         env = _env(sqlite_url, _gateway_config(tmp_path, gw.url, {"inflated": {}}))
         src = tmp_path / "s2.jsonl"
         _summaries(src, 8, max_output_tokens=50)
-        p, st = run_json(["run", str(src), "--concurrency", "1"], env, timeout=120)
+        p, st = run_json(["run", str(src), "--concurrency", "1", "--no-cache"], env, timeout=120)
     assert p.returncode == 0, p.stderr
     _, rows = _ledger(sqlite_url, st["job_id"])
     first = rows[0]["reserved_picos"]
@@ -237,7 +239,7 @@ def test_truncated_outputs_never_end_succeeded_and_export_validates(tmp_path, sq
             f.write("{not json\n")  # a rejected line: it must appear in the export
             f.write(json.dumps({"custom_id": "bad-2", "method": "POST", "url": "/v1/chat/completions",
                                 "body": {"messages": "nope"}}) + "\n")
-        p, st = run_json(["run", str(src)], env, timeout=120)
+        p, st = run_json(["run", str(src), "--no-cache"], env, timeout=120)  # each task its own calls
         assert p.returncode == 3, (p.returncode, p.stderr)
         job, rows = _ledger(sqlite_url, st["job_id"])
         res = {r["id"]: r for r in (orjson.loads(x) for x in run_cli(["results", st["job_id"]], env).stdout.splitlines())}

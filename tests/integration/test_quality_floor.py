@@ -92,8 +92,8 @@ def test_calibration_spend_is_capped_by_its_budget_and_in_ledger_and_report(tmp_
     (cal_job,) = pol["calibration"]["jobs"]
     spent, purposes = _calibration_ledger(sqlite_url, [cal_job])
     job = _job(sqlite_url, cal_job)
-    assert spent == pol["calibration"]["spent_picos"] and 0 < spent <= 10_000 and purposes == {"calibration"}
-    assert job["budget_picos"] == 10_000 and job["status"] == "budget_exhausted"  # the cap cut it short
+    assert spent == pol["calibration"]["spent_picos"] and 0 < spent <= 10_000 * 10**6 and purposes == {"calibration"}
+    assert job["budget_picos"] == 10_000 * 10**6 and job["status"] == "budget_exhausted"  # the cap cut it short
     p, rep = run_json(["report", cal_job], env)
     assert rep["spent_picos"] == spent and rep["reconciled"]
 

@@ -108,4 +108,4 @@ def test_calibration_spend_is_capped_by_its_budget_and_in_ledger_and_report(tmp_
     assert p.returncode in (0, 4), p.stderr
     job = _job(sqlite_url, st["job_id"])
     cal = json.loads(job["spec"])["policy"]["calibration"]
-    assert 0 < cal["spent_picos"] and cal["spent_picos"] + job["spent_picos"] <= 5_000
+    assert 0 < cal["spent_picos"] and cal["spent_picos"] + job["spent_picos"] <= 5_000 * 10**6

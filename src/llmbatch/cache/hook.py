@@ -108,7 +108,10 @@ class CacheHook:
         """(a terminal status already recorded, or the engine's escalate outcome, or None, the request to
         send). None means: make the call (this task leads, or waited in vain)."""
         state.cache = None
-        key = request_key(self.engine.catalog, cand.model, request, simulate=ctx.simulate)
+        # A quality policy judges each answer by its confidence, which a cached answer does not carry, and a
+        # calibration job measures the models themselves: neither reads nor feeds the response cache.
+        key = None if ctx.quality is not None else request_key(self.engine.catalog, cand.model, request,
+                                                               simulate=ctx.simulate)
         if key is not None:
             tc = state.cache = TaskCache(key, ctx.job_id, cand.model.provider, cand.model.model)
             if ctx.spec.cache:

@@ -63,8 +63,8 @@ def test_run_quality_meets_the_target_for_a_fraction_of_the_reference_cost(tmp_p
     quality_cost = job["spent_picos"] + cal_spent
     print(f"\nagreement with the full {group['escalate_to']} run: run --quality 0.95 {agree_quality:.4f}, "
           f"plain cheapest routing {agree_cheap:.4f}")
-    print(f"cost: reference ${ref_cost / 1e6:.6f}; run --quality ${quality_cost / 1e6:.6f} "
-          f"(calibration ${cal_spent / 1e6:.6f}) = {quality_cost / ref_cost:.1%} of it; "
+    print(f"cost: reference ${ref_cost / 1e12:.6f}; run --quality ${quality_cost / 1e12:.6f} "
+          f"(calibration ${cal_spent / 1e12:.6f}) = {quality_cost / ref_cost:.1%} of it; "
           f"policy {group['model']} threshold {group['threshold']}")
     assert agree_quality >= 0.95
     assert quality_cost <= 0.40 * ref_cost

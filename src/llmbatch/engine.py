@@ -75,6 +75,7 @@ class JobContext:
     budget_picos: int | None = None
     stop_reason: str | None = None  # set when an overrun took spend past the cap: dispatch stops
     quality: PolicyRouter | None = None  # the job's quality policy (or calibration), None for most jobs
+    owner: str | None = None  # the API token that submitted it (service): its response cache is its own
 
 
 @dataclass
@@ -168,6 +169,7 @@ class Engine:
             for key, reserved, cost in await self.store.read(ledger.overruns_seen, job_id):
                 self._learn_overrun(key, reserved, cost)  # the reservation, factor included: a lower bound
             ctx.quality = router_for(ctx.spec)
+            ctx.owner = job.get("owner")
             self._jobs[job_id] = ctx
         return ctx
 

@@ -74,6 +74,30 @@ def test_same_job_twice_second_run_calls_nothing_and_no_cache_pays_again(tmp_pat
     assert not any(r["channel"] == "cache" for r in results(third["job_id"], env))
 
 
+def test_jobs_of_different_api_tokens_never_share_the_cache(tmp_path):
+    """The service's tokens each have a daily cap: a job answered from another token's cache would spend nothing
+    and escape it (and would learn what the other token asked)."""
+    from llmbatch import jobs
+    from llmbatch.config import Settings
+    from llmbatch.models import JobSpec
+
+    src = tmp_path / "reviews.jsonl"
+    write_reviews(src, 20)
+    with SimulatorThread(SimulatorConfig(seed=1)) as sim:
+        settings = Settings(database_url=f"sqlite:///{tmp_path}/x.db", simulator_url=sim.url)
+        spent = {}
+        for owner in ("tok_a", "tok_b", "tok_a"):
+            job_id, _ = jobs.create_job(settings, src, JobSpec(simulate=True), executor="local", owner=owner)
+            before = _calls(sim)
+            assert jobs.run_embedded(settings, job_id, concurrency=4, handle_signals=False) == "succeeded"
+            spent.setdefault(owner, []).append((_calls(sim) - before, job_id))
+    (a_calls, _), (a_again, a2_job) = spent["tok_a"]
+    (b_calls, _), = spent["tok_b"]
+    assert a_calls >= 20 and b_calls >= 20, "tok_b's job must pay for its own calls"
+    assert a_again == 0  # the same token's second job is answered from its cache
+    assert {r["channel"] for r in _ledger(settings.database_url, a2_job)} == {"cache"}
+
+
 def test_duplicate_lines_are_called_once_and_fanned_out(tmp_path, sqlite_url):
     src = tmp_path / "dups.jsonl"
     write_reviews(src, 140)

@@ -70,6 +70,7 @@ class TaskCache:
     job_id: str
     provider: str
     model: str
+    scope: str | None = None  # the job's API token: entries are never shared across tokens
     lead: bool = False  # this task makes the call the others wait for (in this process)
     claimed: bool = False  # ... and holds the key's claim marker in the store
     stored: bool = False
@@ -111,9 +112,9 @@ class CacheHook:
         # A quality policy judges each answer by its confidence, which a cached answer does not carry, and a
         # calibration job measures the models themselves: neither reads nor feeds the response cache.
         key = None if ctx.quality is not None else request_key(self.engine.catalog, cand.model, request,
-                                                               simulate=ctx.simulate)
+                                                               simulate=ctx.simulate, scope=ctx.owner)
         if key is not None:
-            tc = state.cache = TaskCache(key, ctx.job_id, cand.model.provider, cand.model.model)
+            tc = state.cache = TaskCache(key, ctx.job_id, cand.model.provider, cand.model.model, ctx.owner)
             if ctx.spec.cache:
                 served = await self._lookup(ctx, claimed, cand, tc, state, deadline)
                 if served is not None:
@@ -145,7 +146,7 @@ class CacheHook:
             delay = POLL_S[0]
             while True:
                 verdict, entry = await self.engine.store.write(
-                    entries.claim_or_get, tc.key, scope=None, provider=model.provider, model=model.model,
+                    entries.claim_or_get, tc.key, scope=tc.scope, provider=model.provider, model=model.model,
                     worker=self.engine.worker_id, ttl_s=self.settings.cache_ttl_s, claim_s=CLAIM_S)
                 if verdict == entries.WAIT and entry and _dead_here(entry) and await self.engine.store.write(
                         entries.take_over, tc.key, dead=entry, worker=self.engine.worker_id, claim_s=CLAIM_S):
@@ -216,7 +217,7 @@ class CacheHook:
             return
         try:
             entry = await self.engine.store.write(
-                entries.put, tc.key, scope=None, provider=model.provider, model=model.model, output=output,
+                entries.put, tc.key, scope=tc.scope, provider=model.provider, model=model.model, output=output,
                 usage=usage.model_dump() if usage is not None else None, job_id=ctx.job_id, attempt_id=attempt_id)
         except Exception as e:  # noqa: BLE001 - the task is recorded; a lost cache entry only costs a call later
             log.warning("response cache: storing an answer failed: %s: %s", type(e).__name__, e)
@@ -250,7 +251,7 @@ class CacheHook:
         try:
             if escalated:  # replaces this worker's claim too
                 await self.engine.store.write(
-                    entries.put_invalid, tc.key, scope=None, provider=tc.provider, model=tc.model,
+                    entries.put_invalid, tc.key, scope=tc.scope, provider=tc.provider, model=tc.model,
                     error=state.last_error or "invalid output", job_id=tc.job_id)
             elif tc.claimed:
                 await self.engine.store.write(entries.release, tc.key, worker=self.engine.worker_id)

@@ -66,9 +66,10 @@ def find_same_command(settings: Settings, path: str | Path, spec: JobSpec) -> di
 # ------------------------------------------------------------------------------------------ creating
 
 def create_job(settings: Settings, path: str | Path, spec: JobSpec, *, executor: str,
-               strict: bool = False) -> tuple[str, IngestReport]:
+               strict: bool = False, owner: str | None = None) -> tuple[str, IngestReport]:
     """Store the job and its valid lines in one transaction: with --strict a bad line leaves nothing behind.
-    Unknown model or provider names in the spec are refused first (exit 2, nothing stored)."""
+    Unknown model or provider names in the spec are refused first (exit 2, nothing stored). `owner`: the API
+    token (service) whose daily cap and response cache the job uses, set before any task can run."""
     from ..catalog.loading import load_catalog
     from ..names import check_spec_names
 
@@ -80,7 +81,7 @@ def create_job(settings: Settings, path: str | Path, spec: JobSpec, *, executor:
             input_path=str(path), executor=executor, simulate=spec.simulate,
             budget_picos=usd_to_picos(spec.budget_usd) if spec.budget_usd is not None else None,
             max_cost_per_task_picos=(usd_to_picos(spec.max_cost_per_task_usd)
-                                      if spec.max_cost_per_task_usd is not None else None))
+                                      if spec.max_cost_per_task_usd is not None else None), owner=owner)
         lc.set_digests(conn, job_id, **digests)
         report = ingest(conn, job_id, path, spec, strict=strict, limits=settings.input_limits)
         if report.accepted == 0 and report.rejected == 0:  # rolls the job back: nothing to keep

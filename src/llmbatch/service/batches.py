@@ -181,7 +181,8 @@ def make_job(engine: Engine, settings: Settings, batch_id: str, *, simulate: boo
             raise InputError(f"the input file {b['input_file_id']} was deleted before the batch started")
         _job_input(f, path, meta.get(ROUTING_KEY) == "cheapest")
         spec = JobSpec(name=f"batch {batch_id}", simulate=simulate, budget_usd=meta.get(BUDGET_KEY))
-        job_id, _ = create_job(settings, path, spec, executor="celery" if settings.broker_url else "local")
+        job_id, _ = create_job(settings, path, spec, executor="celery" if settings.broker_url else "local",
+                               owner=b["owner"])
     except InputError as e:
         with engine.begin() as conn:
             _set(conn, batch_id, when=("validating",), status="failed", failed_at=time.time(),
@@ -192,7 +193,7 @@ def make_job(engine: Engine, settings: Settings, batch_id: str, *, simulate: boo
         path.unlink(missing_ok=True)
     with engine.begin() as conn:
         # input_path: the uploaded file (the rewritten copy the job was read from is gone)
-        conn.execute(update(jobs).where(jobs.c.id == job_id).values(owner=b["owner"], input_path=f))
+        conn.execute(update(jobs).where(jobs.c.id == job_id).values(input_path=f))
         if not _set(conn, batch_id, when=("validating",), job_id=job_id, status="in_progress",
                     in_progress_at=time.time()):  # cancelled while validating: the job ends at once
             _set(conn, batch_id, job_id=job_id)

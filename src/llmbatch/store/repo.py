@@ -31,14 +31,14 @@ def utc_day(now: float | None = None) -> str:
 
 def create_job(conn: Connection, *, job_id: str | None = None, name: str | None, spec: dict[str, Any],
                input_path: str | None, executor: str, simulate: bool, budget_picos: int | None,
-               max_cost_per_task_picos: int | None) -> str:
+               max_cost_per_task_picos: int | None, owner: str | None = None) -> str:
     job_id = job_id or new_job_id()
     conn.execute(insert(jobs).values(
         id=job_id, name=name, status=JobStatus.queued, input_path=input_path,
         spec=orjson.dumps(spec).decode(), executor=executor, simulate=simulate,
         budget_picos=budget_picos, max_cost_per_task_picos=max_cost_per_task_picos,
         spent_picos=0, reserved_picos=0, total_tasks=0, invalid_lines=0, cancel_requested=False,
-        created_at=time.time(),
+        created_at=time.time(), owner=owner,
     ))
     return job_id
 

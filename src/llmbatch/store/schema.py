@@ -6,7 +6,9 @@ alike. Money is BigInteger pico-dollars (money.py: exact, never rounded). Hot pa
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from typing import cast
+
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
@@ -316,14 +318,15 @@ class ServiceBatch(Base):
     cancelled_at: Mapped[float | None] = mapped_column(Float)
 
 
-jobs = Job.__table__
-tasks = Task.__table__
-attempts = Attempt.__table__
-budget_windows = BudgetWindow.__table__
-input_errors = InputError.__table__
-worker_presence = WorkerPresence.__table__
-response_cache = ResponseCacheEntry.__table__
-provider_batches = ProviderBatch.__table__
-api_tokens = ApiToken.__table__
-service_files = ServiceFile.__table__
-service_batches = ServiceBatch.__table__
+# `__table__` is typed as a FromClause; these are Tables (insert/update/delete take them).
+jobs = cast(Table, Job.__table__)
+tasks = cast(Table, Task.__table__)
+attempts = cast(Table, Attempt.__table__)
+budget_windows = cast(Table, BudgetWindow.__table__)
+input_errors = cast(Table, InputError.__table__)
+worker_presence = cast(Table, WorkerPresence.__table__)
+response_cache = cast(Table, ResponseCacheEntry.__table__)
+provider_batches = cast(Table, ProviderBatch.__table__)
+api_tokens = cast(Table, ApiToken.__table__)
+service_files = cast(Table, ServiceFile.__table__)
+service_batches = cast(Table, ServiceBatch.__table__)

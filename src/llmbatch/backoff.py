@@ -61,8 +61,8 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None,
                 pass
     if not quota_resets:
         return None
-    resets = [parse_duration(h[k]) for k in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens") if k in h]
-    resets = [r for r in resets if r is not None]
+    parsed = [parse_duration(h[k]) for k in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens") if k in h]
+    resets = [r for r in parsed if r is not None]
     if resets:
         return max(resets)
     return None

@@ -29,6 +29,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import channels
 from .catalog import ModelInfo
@@ -150,7 +151,7 @@ class BatchRunner:
             cached = self._turnaround[provider] = (measured or self.s.batch_turnaround_s, now)
         span = None if job.deadline_at is None else job.deadline_at - job.created_at
         remaining = None if job.deadline_at is None else job.deadline_at - now
-        fallback = 0.0 if job.fallback_at is None else job.deadline_at - job.fallback_at
+        fallback = 0.0 if job.fallback_at is None or job.deadline_at is None else job.deadline_at - job.fallback_at
         return channels.Timing(span, remaining, cached[0], self.s.flex_timeout_s, fallback)
 
     async def _plan(self, ctx, job: _Job, c: repo.ClaimedTask) -> _Line | None:
@@ -200,7 +201,7 @@ class BatchRunner:
         key = (ctx.job_id, line.cand.model.key)
         group = self.groups.get(key)
         fresh = group is None
-        if fresh:
+        if group is None:
             group = self.groups[key] = _Group(line.cand.model)
         group.lines.append(line)
         group.last = time.monotonic()
@@ -211,7 +212,9 @@ class BatchRunner:
     async def _linger(self, ctx, job: _Job, key) -> None:
         while True:
             group = self.groups[key]
-            limit = self._client(ctx.simulate, group.model.provider).limits.max_requests
+            client = self._client(ctx.simulate, group.model.provider)
+            assert client is not None  # _plan batches a line only for a provider with a batch client
+            limit = client.limits.max_requests
             wait = group.last + self.s.batch_linger_s - time.monotonic()
             if wait <= 0 or len(group.lines) >= limit:
                 break
@@ -232,6 +235,7 @@ class BatchRunner:
 
     async def _send_all(self, ctx, job: _Job, model: ModelInfo, lines: list[_Line]) -> None:
         client = self._client(ctx.simulate, model.provider)
+        assert client is not None  # _plan batches a line only for a provider with a batch client
         for chunk in self._split(client, lines):
             await self._send(ctx, job, client, model, chunk)
 
@@ -264,12 +268,13 @@ class BatchRunner:
         try:
             pid = await client.create(model, [(str(ln.claimed.seq), ln.body) for ln in send], tag)
         except ProviderError as e:
-            pid = await self._find_after_failed_create(client, e, tag, len(send))
-            if pid is None:
+            found = await self._find_after_failed_create(client, e, tag, len(send))
+            if found is None:
                 log.warning("job %s: creating a %s batch failed (%s); its %d task(s) run online",
                             ctx.job_id, model.key, e.error_class, len(send))
                 await self._release_row(ctx, job, row_id, f"{e.error_class}: {e.message}")
                 return
+            pid = found
         await self.e.store.write(batches.record_submitted, row_id, pid)
         log.info("job %s: %s batch %s sent with %d line(s)", ctx.job_id, model.key, pid, len(send))
         await self._poll(ctx, job, client, model, row_id, pid)
@@ -420,9 +425,10 @@ class BatchRunner:
 
     async def _succeeded(self, ctx, model: ModelInfo, ln: dict, claimed, r: LineResult) -> bool:
         """Settle and record a succeeded line; False when its output failed validation (it then runs online)."""
+        assert r.completion is not None and r.usage is not None  # a succeeded line has both (parse_line)
         cost, source, perr = _batch_cost(r.usage, model, ln["reserved_picos"])
         task = TaskLine.model_validate_json(ln["payload"])
-        base = dict(attempt_id=ln["attempt_id"], cost_picos=cost, cost_source=source, usage=r.usage,
+        base: dict[str, Any] = dict(attempt_id=ln["attempt_id"], cost_picos=cost, cost_source=source, usage=r.usage,
                     pricing_error=perr, provider_request_id=r.completion.provider_request_id)
         try:
             output = validate_output(task, r.completion.text)
@@ -501,7 +507,8 @@ class BatchRunner:
             timing = channels.Timing(None if job.deadline_at is None else job.deadline_at - job.created_at,
                                      None if job.deadline_at is None else job.deadline_at - now, cached,
                                      self.s.flex_timeout_s,
-                                     0.0 if job.fallback_at is None else job.deadline_at - job.fallback_at)
+                                     0.0 if job.fallback_at is None or job.deadline_at is None
+                                     else job.deadline_at - job.fallback_at)
             if channels.choose("auto", model, timing) != channels.FLEX:
                 return None
         until = min(task_deadline, job.fallback_at or task_deadline)

@@ -75,7 +75,7 @@ class ProviderBreaker:
             return None  # already open (a call that was in flight), or not enough failures yet
         st.opens += 1
         st.probe = None
-        hold = min(self.max_hold_s, self.base_hold_s * 2 ** (st.opens - 1))
+        hold = min(self.max_hold_s, self.base_hold_s * 2.0 ** (st.opens - 1))
         st.open_until = now + hold
         self.health.cooldown_until[provider] = max(self.health.cooldown_until.get(provider, 0.0), st.open_until)
         return hold

@@ -15,6 +15,7 @@ import re
 import time
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
+from typing import Any
 import orjson
 
 from . import decisions
@@ -26,6 +27,7 @@ from .catalog.pricing import price, upper_bound_picos
 from .config import Settings
 from .errors import (BudgetExceeded, Interrupted, PricingError, ProviderError, ProviderTimeout, RateLimitedError,
                      RetryableError, StoreWriteError)
+from .liveness import Presence
 from .models import ChatRequest, JobSpec, TaskLine
 from .money import exact_usd, usd_to_picos
 from .prompts import build_request
@@ -148,7 +150,7 @@ class Engine:
         self.stopping = False
         self.fatal: StoreWriteError | None = None
         self.daily_cap_picos = usd_to_picos(settings.daily_cap_usd) if settings.daily_cap_usd is not None else None
-        self.presence = None  # liveness.Presence, set by runtime.open_engine
+        self.presence: Presence | None = None  # set by runtime.open_engine
         self._claim_epoch: dict[tuple[str, int], int] = {}  # (job, seq) -> presence epoch at its claim
         self.cache = CacheHook(self, escalate=ESCALATE)
         self.batches = BatchRunner(self)  # discount channels: tasks routed to a provider batch API
@@ -424,7 +426,7 @@ class Engine:
             await self.batches.flex_served(flex, attempt_id)
         cost_picos, cost_source, pricing_error = (flex and flex.cost(completion, model)) or self._cost(
             completion.usage, model, state)
-        answer = {"usage": completion.usage, "pricing_error": pricing_error, "latency_ms": latency,
+        answer: dict[str, Any] = {"usage": completion.usage, "pricing_error": pricing_error, "latency_ms": latency,
                   "provider_request_id": completion.provider_request_id,
                   "finish_reason": completion.finish_reason, "served_model": completion.served_model}
         truncated = completion.finish_reason in TRUNCATION_REASONS

@@ -10,6 +10,11 @@ Provider errors are split by the engine's next move:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models import Usage
+
 
 class LLMBatchError(Exception):
     """Root of every error llmbatch raises on purpose."""
@@ -63,7 +68,7 @@ class ProviderError(LLMBatchError):
         *,
         status_code: int | None = None,
         error_class: str | None = None,
-        usage: object | None = None,
+        usage: Usage | None = None,
         request_sent: bool = True,
     ) -> None:
         super().__init__(message)

@@ -7,6 +7,7 @@ of these messages (the marker lines below), so change both together.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from .models import DEFAULT_MAX_OUTPUT_TOKENS, ChatRequest, TaskLine
 
@@ -19,10 +20,10 @@ def max_output_tokens(task: TaskLine) -> int:
     return task.max_output_tokens or DEFAULT_MAX_OUTPUT_TOKENS[task.task]
 
 
-def _user_content(task: TaskLine):
+def _user_content(task: TaskLine) -> str | list[dict[str, Any]] | None:
     if not task.images:
         return task.input
-    parts = [{"type": "text", "text": task.input}]
+    parts: list[dict[str, Any]] = [{"type": "text", "text": task.input}]
     parts += [{"type": "image_url", "image_url": {"url": url}} for url in task.images]
     return parts
 

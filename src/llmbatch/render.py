@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -39,8 +39,10 @@ def summary_table(summary: dict[str, Any]) -> None:
               fmt_usd(summary["budget_picos"]) if summary["budget_picos"] is not None else "none")
     out.print(t)
     mix = Table(title="model mix (every attempt, failed ones included)", title_justify="left")
-    for col, j in (("model", "left"), ("tasks", "right"), ("attempts", "right"), ("input tok", "right"),
-                   ("output tok", "right"), ("cost", "right")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("model", "left"), ("tasks", "right"), ("attempts", "right"), ("input tok", "right"), ("output tok", "right"),
+        ("cost", "right"))
+    for col, j in columns:
         mix.add_column(col, justify=j)
     for r in summary["model_mix"]:
         mix.add_row(safe(f"{r['provider']}/{r['model']}"), str(r["tasks"]), str(r["attempts"]),

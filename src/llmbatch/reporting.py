@@ -167,8 +167,6 @@ def _baseline_picos(conn: Connection, job_id: str, catalog: Catalog, baseline: s
         model = catalog.get(baseline)
     except CatalogError as e:
         return None, str(e)
-    tier = case(*[(attempts.c.input_tokens > t.above_input_tokens, i + 1)
-                  for i, t in reversed(list(enumerate(model.price_tiers)))], else_=0) if model.price_tiers else 0
     cols = [func.coalesce(func.sum(getattr(attempts.c, k)), 0).label(k) for k in
             ("input_tokens", "cached_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")]
     q = (select(*cols, func.min(attempts.c.input_tokens).label("min_in"))
@@ -176,6 +174,8 @@ def _baseline_picos(conn: Connection, job_id: str, catalog: Catalog, baseline: s
          .where(attempts.c.job_id == job_id, attempts.c.status == AttemptStatus.succeeded,
                 tasks.c.status == TaskStatus.succeeded))
     if model.price_tiers:
+        tier = case(*[(attempts.c.input_tokens > t.above_input_tokens, i + 1)
+                      for i, t in reversed(list(enumerate(model.price_tiers)))], else_=0)
         q = q.add_columns(tier.label("tier")).group_by(tier)
     total = 0
     for r in conn.execute(q).mappings():
@@ -191,7 +191,7 @@ def _baseline_picos(conn: Connection, job_id: str, catalog: Catalog, baseline: s
 def overrun_rows(conn: Connection, job_id: str, limit: int = 20) -> tuple[int, list[dict[str, Any]]]:
     """Attempts billed above their reservation: how many, and the largest (by excess)."""
     n = int(conn.execute(select(func.count()).where(attempts.c.job_id == job_id, attempts.c.overrun.is_(True)))
-            .scalar())
+            .scalar_one())
     rows = conn.execute(
         select(attempts.c.id, attempts.c.task_id, attempts.c.provider, attempts.c.model, attempts.c.reserved_picos,
                attempts.c.cost_picos)
@@ -218,7 +218,7 @@ def build_report(conn: Connection, job_id: str, catalog: Catalog, *, baseline_mo
         if any(r["unpriced_attempts"] for r in rows) else []
     unsettled = sum(r["unsettled_attempts"] or 0 for r in rows)
     escalations = int(conn.execute(select(func.coalesce(func.sum(tasks.c.escalations), 0))
-                                   .where(tasks.c.job_id == job_id, tasks.c.escalations > 0)).scalar())
+                                   .where(tasks.c.job_id == job_id, tasks.c.escalations > 0)).scalar_one())
     expensive = conn.execute(
         select(tasks.c.task_id, tasks.c.model, tasks.c.cost_picos, tasks.c.attempts)
         .where(tasks.c.job_id == job_id).order_by(tasks.c.cost_picos.desc()).limit(top)).all()

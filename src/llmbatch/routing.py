@@ -131,7 +131,7 @@ def _names(model: ModelInfo) -> tuple[str, str, str]:
     return model.key, model.model, model.provider
 
 
-def _listed(model: ModelInfo, entries) -> bool:
+def _listed(model: ModelInfo, entries: frozenset[str]) -> bool:
     return any(name in entries for name in _names(model))
 
 
@@ -355,6 +355,7 @@ def route(
             est = _estimate(model, needs)
             failed = _check_sized(model, est, max_cost_per_task_picos)
         if failed is None:
+            assert est is not None  # estimated above whenever no static rule failed
             left = _cooling_left(health, model, now) if any_cooling else None
             if left is not None:
                 cooling.append((model, est, notes, left))

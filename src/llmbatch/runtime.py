@@ -9,6 +9,7 @@ import socket
 import threading
 import uuid
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from .catalog import Catalog
 from .catalog.loading import load_catalog
@@ -18,6 +19,10 @@ from .liveness import Presence
 from .providers import available_credentials, build_adapters, make_http_client
 from .ratelimit import make_rate_limiter
 from .store.aio import AsyncStore
+
+if TYPE_CHECKING:
+    from .providers.base import Adapter
+    from .simulator import SimulatorThread
 
 log = logging.getLogger("llmbatch.runtime")
 
@@ -44,9 +49,9 @@ class ProviderSet:
     def __init__(self, catalog: Catalog, client, settings: Settings, *, force_simulate: bool = False):
         self._catalog, self._client, self._settings = catalog, client, settings
         self.force_simulate = force_simulate
-        self._real = None
-        self._sim = None
-        self._sim_thread = None
+        self._real: tuple[dict[str, Adapter], frozenset[str]] | None = None
+        self._sim: tuple[dict[str, Adapter], frozenset[str]] | None = None
+        self._sim_thread: SimulatorThread | None = None
         self._lock = threading.Lock()
 
     def get(self, simulate: bool):

@@ -11,7 +11,7 @@ from decimal import Decimal
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -153,6 +153,11 @@ class ModelInfo(BaseModel):
             out.append((above, rates(src, Decimal(1)),
                         rates(src, self.batch_discount) if self.batch_discount is not None else None))
         return tuple(out)
+
+    @overload
+    def rates(self, input_tokens: int, *, batch: Literal[False] = False) -> Rates: ...
+    @overload
+    def rates(self, input_tokens: int, *, batch: bool) -> Rates | None: ...
 
     def rates(self, input_tokens: int, *, batch: bool = False) -> Rates | None:
         """The per-token rates that apply to a request with this many input tokens (the highest tier whose

@@ -65,7 +65,6 @@ def estimate_picos(model: ModelInfo, input_tokens: int, output_tokens: int) -> i
     """Expected cost of a request (routing): input at the uncached price, output at the output price, at
     the tier the expected input falls in."""
     r = model.rates(input_tokens)
-    assert r is not None
     return input_tokens * r.input + output_tokens * r.output
 
 

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import math
 import threading
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, signals
 
@@ -24,6 +25,10 @@ from .. import liveness
 from ..config import load_settings
 from ..store import ledger, repo
 from ..store.db import get_engine, reading
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+    from .flow import TaskFlow
 
 log = logging.getLogger("llmbatch.celery")
 
@@ -64,7 +69,7 @@ def configure(settings=None) -> Celery:
 class _WorkerRuntime:
     """One event loop thread and one Engine per worker process."""
 
-    def __init__(self, concurrency: int, force_simulate: bool):
+    def __init__(self, concurrency: int | None, force_simulate: bool):
         from ..runtime import new_event_loop, open_engine
         from .flow import TaskFlow
 
@@ -72,8 +77,8 @@ class _WorkerRuntime:
         self.loop = new_event_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
-        self.engine = None
-        self.flow = None
+        self.engine: Engine | None = None
+        self.flow: TaskFlow | None = None
         self._error: BaseException | None = None
 
         async def main():
@@ -111,6 +116,7 @@ class _WorkerRuntime:
     def feed(self, job_id: str, lo: int, hi: int) -> int:
         """A unit's message: claim its tasks into the flow (waiting for room), then return so it is acked.
         A worker that is stopping claims nothing and puts the unit back on the queue."""
+        assert self.flow is not None  # set before _ready, which the constructor waits for
         claimed = self.run(self.flow.feed(job_id, lo, hi))
         if claimed is None:
             publish_range(job_id, lo, hi)
@@ -118,6 +124,7 @@ class _WorkerRuntime:
         return claimed
 
     async def _unit_done(self, job_id: str) -> None:
+        assert self.engine is not None
         await self.engine.store.write(repo.finish_job_if_done, job_id)
 
     def stop_claiming(self) -> None:
@@ -127,6 +134,7 @@ class _WorkerRuntime:
     async def _hand_back(self) -> None:
         """Stopping: claim nothing more, let in-flight tasks finish within shutdown_grace_s, then release the
         leases of what is left and re-queue those units, so other workers take them now, not at lease expiry."""
+        assert self.flow is not None
         self.flow.stop_claiming()
         if await self.flow.drain(self.settings.shutdown_grace_s):
             return
@@ -147,6 +155,7 @@ class _WorkerRuntime:
         import random
 
         engine = self.engine
+        assert engine is not None
         lease = self.settings.lease_seconds
         interval = max(2.0, lease / 2)
         await asyncio.sleep(min(5.0, interval) * random.uniform(0.5, 1.0))  # soon after start: resume stalled jobs
@@ -189,7 +198,7 @@ def _take_sweep_lock(settings, job_id: str, seconds: float) -> bool:
 
 _runtime: _WorkerRuntime | None = None
 _runtime_lock = threading.Lock()
-_worker_options = {"concurrency": None, "force_simulate": False}  # None: settings.concurrency
+_worker_options: dict[str, Any] = {"concurrency": None, "force_simulate": False}  # None: settings.concurrency
 
 
 def _get_runtime() -> _WorkerRuntime:

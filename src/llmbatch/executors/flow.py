@@ -129,8 +129,9 @@ class TaskFlow:
                 return False
             done, _ = await asyncio.wait(list(self._tasks), timeout=left)
             for t in done:
-                if not t.cancelled() and isinstance(t.exception(), Exception):
-                    raise t.exception()
+                exc = None if t.cancelled() else t.exception()
+                if isinstance(exc, Exception):
+                    raise exc
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None

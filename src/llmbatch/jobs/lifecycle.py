@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Connection
+
 from ..config import Settings
 from ..errors import InputError, JobNotFound
 from ..ingest import IngestReport, ingest
@@ -94,13 +96,20 @@ def create_job(settings: Settings, path: str | Path, spec: JobSpec, *, executor:
 
 # ------------------------------------------------------------------------------------------- reading
 
+def _job_row(conn: Connection, settings: Settings, job_id: str) -> dict[str, Any]:
+    """The row of a job the caller found before; JobNotFound when it has gone since (deleted meanwhile)."""
+    job = repo.get_job(conn, job_id)
+    if job is None:
+        raise JobNotFound(f"no job {job_id!r} in the store {store_label(settings)}")
+    return job
+
+
 def status(settings: Settings, job_id: str) -> dict[str, Any]:
     """The run/status JSON shape (DESIGN.md), plus what the summary shows."""
     from ..reporting import status_dict
 
     with reading(store(settings)) as conn:
-        job = repo.get_job(conn, job_id)
-        return status_dict(conn, job)
+        return status_dict(conn, _job_row(conn, settings, job_id))
 
 
 def summary(settings: Settings, job_id: str) -> dict[str, Any]:
@@ -108,7 +117,7 @@ def summary(settings: Settings, job_id: str) -> dict[str, Any]:
     from ..reporting import status_dict
 
     with reading(store(settings)) as conn:
-        job = repo.get_job(conn, job_id)
+        job = _job_row(conn, settings, job_id)
         out = status_dict(conn, job)
         out["model_mix"] = repo.by_model(conn, job_id)
         out["skips"] = repo.skip_reason_counts(conn, job_id)
@@ -125,7 +134,7 @@ def input_errors(settings: Settings, job_id: str) -> list[dict[str, Any]]:
 def progress(settings: Settings, job_id: str) -> tuple[dict[str, Any], dict[str, int]]:
     """(job row, task counts): one poll of a running job."""
     with reading(store(settings)) as conn:
-        return repo.get_job(conn, job_id), repo.task_counts(conn, job_id)
+        return _job_row(conn, settings, job_id), repo.task_counts(conn, job_id)
 
 
 def list_jobs(settings: Settings, *, status: str | None = None, limit: int = 20) -> list[dict[str, Any]]:

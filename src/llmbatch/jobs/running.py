@@ -43,7 +43,7 @@ def check_broker(settings: Settings) -> None:
     if problem:
         from ..store.db import redact_url
 
-        raise BrokerError(f"the broker at {redact_url(settings.broker_url)} is unreachable ({problem}); start it, "
+        raise BrokerError(f"the broker at {redact_url(settings.broker_url or '')} is unreachable ({problem}); start it, "
                           f"fix LLMBATCH_BROKER_URL, or unset it (or pass --local) to run embedded")
 
 
@@ -106,7 +106,7 @@ class _Stopper:
         self.main: asyncio.Task | None = None
 
     def install(self, loop) -> list[int]:
-        installed = []
+        installed: list[int] = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, self.signal)

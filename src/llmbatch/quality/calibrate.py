@@ -200,11 +200,13 @@ def _run_job(settings: Settings, lines: list[bytes], spec: JobSpec, concurrency:
     with reading(get_engine(settings.database_url)) as conn:
         for row in repo.iter_task_rows(conn, job_id):
             meta = tuple(orjson.loads(row["payload"])["metadata"]["q"])
-            out = orjson.loads(row["output"]) if row["output"] is not None else None
+            out: Any = orjson.loads(row["output"]) if row["output"] is not None else None
             ok = row["status"] == "succeeded" and isinstance(out, dict)
             answers[meta] = Answer(row["status"], ok, out.get("answer") if ok else None, out.get("confidence") if ok else None,
                                    int(row["cost_picos"] or 0))
-        spent = int(repo.get_job(conn, job_id)["spent_picos"])
+        job = repo.get_job(conn, job_id)
+        assert job is not None  # created above
+        spent = int(job["spent_picos"])
     return job_id, answers, spent
 
 

@@ -128,7 +128,12 @@ def choose(reference: str, by_model: dict[str, list[Item]], ref_cost_per_task_pi
     n = max((f.n for f in figures), default=0)
     best = Choice(reference, None, n, 1.0, 1.0, 0.0, ref_cost_per_task_picos, ref_cost_per_task_picos, figures)
     for f in figures:
-        if f.passed and f.expected_cost_per_task_picos < best.expected_cost_per_task_picos:
+        if not f.passed:
+            continue
+        # evaluate_model sets every policy figure of a model that passed
+        assert f.policy_agreement is not None and f.policy_lower_bound is not None
+        assert f.escalation_rate is not None and f.expected_cost_per_task_picos is not None
+        if f.expected_cost_per_task_picos < best.expected_cost_per_task_picos:
             best = Choice(f.model, f.threshold, f.n, f.policy_agreement, f.policy_lower_bound, f.escalation_rate,
                           f.expected_cost_per_task_picos, ref_cost_per_task_picos, figures)
     return best

@@ -42,7 +42,7 @@ def build_pacing(
     """Validate the configured limits; keys with neither RPM nor TPM are left out (unlimited)."""
     out: dict[str, KeyPacing] = {}
     for key, rl in limits.items():
-        dims = {}
+        dims: dict[str, Pacing | None] = {}
         for name, value in (("rpm", rl.rpm), ("tpm", rl.tpm)):
             if value is None:
                 dims[name] = None

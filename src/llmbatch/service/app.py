@@ -240,7 +240,8 @@ def build_app(settings: Settings, *, simulate: bool = False, engine: Engine | No
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={APIError: api_error, HTTPException: http_error})
+                    # starlette types each handler as taking any Exception, not the class it is registered for
+                    exception_handlers={APIError: api_error, HTTPException: http_error})  # type: ignore[dict-item]
     app.state.service = svc
     return app
 

@@ -121,7 +121,7 @@ def batch_object(conn: Connection, b: dict[str, Any]) -> dict[str, Any]:
 def _usage(conn: Connection, job_id: str) -> dict[str, Any]:
     """openai.types.BatchUsage: the tokens of every billed attempt of the job."""
     row = conn.execute(select(*(func.coalesce(func.sum(getattr(tasks.c, k)), 0) for k in (
-        "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens"))).where(tasks.c.job_id == job_id)).first()
+        "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens"))).where(tasks.c.job_id == job_id)).one()
     inp, cached, out, reasoning = (int(v) for v in row)
     return {"input_tokens": inp, "input_tokens_details": {"cached_tokens": cached}, "output_tokens": out,
             "output_tokens_details": {"reasoning_tokens": reasoning}, "total_tokens": inp + out}
@@ -221,13 +221,14 @@ def finalize(engine: Engine, settings: Settings, batch_id: str) -> bool:
             line = _sdk_complete(openai_batch_line(r, b["job_id"], seq), created)
             (out if line["error"] is None else err).extend(dumps_json(line) + b"\n")
     with engine.begin() as conn:
-        ids = {}
+        ids: dict[str, Any] = {}
         for key, data in (("output_file_id", out), ("error_file_id", err)):
             if data:
                 ids[key] = files.add_file(conn, settings.service_files_dir, owner=b["owner"],
                                           filename=f"{batch_id}_{key.split('_')[0]}.jsonl", purpose="batch_output",
                                           data=bytes(data))["id"]
-        _set(conn, batch_id, status=ending, **{f"{ending}_at": time.time()}, **ids)
+        ids[f"{ending}_at"] = time.time()
+        _set(conn, batch_id, status=ending, **ids)
     return True
 
 

@@ -91,7 +91,7 @@ def _status(s: str) -> str:
     return f'<span class="status st-{escape(s)}">{escape(s.replace("_", " "))}</span>'
 
 
-def _table(head: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+def _table(head: list[str], rows: list[list[str]], numeric: set[int] | frozenset[int] = frozenset()) -> str:
     th = "".join(f'<th class="{"n" if i in numeric else ""}">{h}</th>' for i, h in enumerate(head))
     trs = "".join("<tr>" + "".join(f'<td class="{"n" if i in numeric else ""}">{c}</td>' for i, c in enumerate(r))
                   + "</tr>" for r in rows)
@@ -103,7 +103,7 @@ def _owned_jobs(conn, owner: str | None, limit: int = 100) -> list[dict[str, Any
     return [dict(r) for r in conn.execute(q.order_by(jobs.c.created_at.desc()).limit(limit)).mappings()]
 
 
-def spend_over_time(conn, job_id: str) -> tuple[list[str], list[float]]:
+def spend_over_time(conn, job_id: str) -> tuple[list[str], list[int]]:
     """Cumulative settled spend per time step (at most ~60 points, the step a round number of seconds)."""
     lo, hi = conn.execute(select(func.min(attempts.c.finished_at), func.max(attempts.c.finished_at))
                           .where(attempts.c.job_id == job_id, attempts.c.settled.is_(True))).first()

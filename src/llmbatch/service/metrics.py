@@ -37,7 +37,7 @@ class StoreCollector:
             yield from self._counts(conn)
             yield from self._money(conn)
             yield self._latency(conn)
-            queued = conn.execute(select(func.count()).where(tasks.c.status == "queued")).scalar()
+            queued = conn.execute(select(func.count()).where(tasks.c.status == "queued")).scalar_one()
         depth = GaugeMetricFamily("llmbatch_queue_depth", "Work waiting: queued tasks in the store, messages "
                                   "in the Celery queue", labels=["queue"])
         depth.add_metric(["store_tasks"], queued)
@@ -115,6 +115,7 @@ def endpoint(engine: Engine, broker_url: str | None = None):
 
 def serve_worker_metrics(settings: Settings) -> None:
     """A worker's /metrics on settings.metrics_port (a background thread of prometheus_client)."""
+    assert settings.metrics_port is not None  # the caller checked it is set
     from prometheus_client import PlatformCollector, ProcessCollector, start_http_server
 
     from ..store.db import get_engine

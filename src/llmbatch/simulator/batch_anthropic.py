@@ -80,26 +80,26 @@ async def create_batch(state: SimState, request: web.Request) -> web.Response:
     return _json(_batch_obj(state, b, request))
 
 
-def _lookup(state: SimState, request: web.Request) -> tuple[core.SimBatch | None, web.Response | None]:
+def _lookup(state: SimState, request: web.Request) -> core.SimBatch | web.Response:
     """The batch named in the path, or the error answer (auth, headers, 404)."""
     bad = _check(request)
     if bad:
-        return None, bad
+        return bad
     b = core.find(state, "anthropic", request.match_info["batch_id"])
     if b is None:
-        return None, _error(404, f"batch {request.match_info['batch_id']} not found", "not_found_error")
-    return b, None
+        return _error(404, f"batch {request.match_info['batch_id']} not found", "not_found_error")
+    return b
 
 
 async def get_batch(state: SimState, request: web.Request) -> web.Response:
-    b, bad = _lookup(state, request)
-    return bad or _json(_batch_obj(state, b, request))
+    b = _lookup(state, request)
+    return b if isinstance(b, web.Response) else _json(_batch_obj(state, b, request))
 
 
 async def cancel_batch(state: SimState, request: web.Request) -> web.Response:
-    b, bad = _lookup(state, request)
-    if bad:
-        return bad
+    b = _lookup(state, request)
+    if isinstance(b, web.Response):
+        return b
     core.cancel(state, b)
     return _json(_batch_obj(state, b, request))
 
@@ -116,9 +116,9 @@ async def list_batches(state: SimState, request: web.Request) -> web.Response:
 
 
 async def results(state: SimState, request: web.Request) -> web.Response:
-    b, bad = _lookup(state, request)
-    if bad:
-        return bad
+    b = _lookup(state, request)
+    if isinstance(b, web.Response):
+        return b
     core.advance(state, AnthropicDialect(), b)
     if not b.ended:
         return _error(400, f"Batch {b.id} is still in progress; results are available once it has ended.")
@@ -128,6 +128,7 @@ async def results(state: SimState, request: web.Request) -> web.Response:
         if r.kind == core.SUCCEEDED:
             result["message"] = r.body
         elif r.kind == core.ERRORED:
+            assert r.error is not None  # an errored line carries its error
             result["error"] = {"type": "error", "error": {
                 "type": "invalid_request_error" if r.status < 500 else "api_error", "message": r.error.message}}
         out.append(orjson.dumps({"custom_id": cid, "result": result}) + b"\n")

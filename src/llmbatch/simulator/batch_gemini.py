@@ -102,24 +102,24 @@ async def create_batch(state: SimState, request: web.Request) -> web.Response:
     return _json(_operation(state, b))
 
 
-def _lookup(state: SimState, request: web.Request) -> tuple[core.SimBatch | None, web.Response | None]:
+def _lookup(state: SimState, request: web.Request) -> core.SimBatch | web.Response:
     if GeminiDialect().api_key(request) is None:
-        return None, _error(403, "Method doesn't allow unregistered callers.", "PERMISSION_DENIED")
+        return _error(403, "Method doesn't allow unregistered callers.", "PERMISSION_DENIED")
     b = core.find(state, "gemini", "batches/" + request.match_info["batch_id"])
     if b is None:
-        return None, _error(404, "Requested entity was not found.", "NOT_FOUND")
-    return b, None
+        return _error(404, "Requested entity was not found.", "NOT_FOUND")
+    return b
 
 
 async def get_batch(state: SimState, request: web.Request) -> web.Response:
-    b, bad = _lookup(state, request)
-    return bad or _json(_operation(state, b))
+    b = _lookup(state, request)
+    return b if isinstance(b, web.Response) else _json(_operation(state, b))
 
 
 async def cancel_batch(state: SimState, request: web.Request) -> web.Response:
-    b, bad = _lookup(state, request)
-    if bad:
-        return bad
+    b = _lookup(state, request)
+    if isinstance(b, web.Response):
+        return b
     core.cancel(state, b)
     return _json({})
 

@@ -63,7 +63,7 @@ async def upload_file(state: SimState, request: web.Request) -> web.Response:
     upload = post.get("file")
     if not isinstance(purpose, str) or not purpose:
         return _error(400, "Missing required parameter: 'purpose'.", "missing_required_parameter", "purpose")
-    if upload is None or isinstance(upload, str):
+    if not isinstance(upload, web.FileField):
         return _error(400, "Missing required parameter: 'file'.", "missing_required_parameter", "file")
     content = upload.file.read()
     fid = _add_file(state, upload.filename or "upload.jsonl", content, purpose)
@@ -152,6 +152,7 @@ def _outputs(state: SimState, b: core.SimBatch) -> None:
                 "status_code": 200, "request_id": f"req_{state.new_id()}", "body": r.body}, "error": None})
         elif r.kind == core.ERRORED:
             e = r.error
+            assert e is not None  # an errored line carries its error
             err.append({"id": rid, "custom_id": cid, "response": {
                 "status_code": r.status, "request_id": f"req_{state.new_id()}",
                 "body": {"error": {"message": e.message, "type": "invalid_request_error" if r.status < 500
@@ -204,24 +205,24 @@ def _batch_obj(state: SimState, b: core.SimBatch) -> dict:
     }
 
 
-def _lookup(state: SimState, request: web.Request) -> tuple[core.SimBatch | None, web.Response | None]:
+def _lookup(state: SimState, request: web.Request) -> core.SimBatch | web.Response:
     if not _authed(request):
-        return None, _no_key()
+        return _no_key()
     b = core.find(state, "openai", request.match_info["batch_id"])
     if b is None:
-        return None, _error(404, f"No batch found with id '{request.match_info['batch_id']}'.", None)
-    return b, None
+        return _error(404, f"No batch found with id '{request.match_info['batch_id']}'.", None)
+    return b
 
 
 async def get_batch(state: SimState, request: web.Request) -> web.Response:
-    b, bad = _lookup(state, request)
-    return bad or _json(_batch_obj(state, b))
+    b = _lookup(state, request)
+    return b if isinstance(b, web.Response) else _json(_batch_obj(state, b))
 
 
 async def cancel_batch(state: SimState, request: web.Request) -> web.Response:
-    b, bad = _lookup(state, request)
-    if bad:
-        return bad
+    b = _lookup(state, request)
+    if isinstance(b, web.Response):
+        return b
     core.cancel(state, b)
     return _json(_batch_obj(state, b))
 
@@ -254,7 +255,7 @@ async def chat_with_flex(state: SimState, dialect: OpenAIDialect, request: web.R
         return _error(429, "Resource unavailable. Please try again later or use the default service tier.",
                       "resource_unavailable", None, "server_error")
     resp = await handle(state, dialect, request)
-    if isinstance(resp, web.Response) and resp.status == 200 and resp.body:
+    if isinstance(resp, web.Response) and resp.status == 200 and isinstance(resp.body, bytes) and resp.body:
         body = orjson.loads(resp.body)
         body["service_tier"] = "flex"
         resp.body = orjson.dumps(body)

@@ -116,7 +116,9 @@ class _Filler:
         return options[index % len(options)]
 
     def _object(self, schema: dict, depth: int) -> dict:
-        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        props = schema.get("properties")
+        if not isinstance(props, dict):
+            props = {}
         out = {key: self.value(sub, key, depth + 1, 0) for key, sub in props.items()}
         for key in schema.get("required", []) or []:
             if key not in out:
@@ -130,7 +132,9 @@ class _Filler:
         n = max(int(lo) if isinstance(lo, int) else 1, 1)
         if isinstance(hi, int):
             n = min(n, hi)
-        items = schema.get("items") if isinstance(schema.get("items"), dict) else {}
+        items = schema.get("items")
+        if not isinstance(items, dict):
+            items = {}
         return [self.value(items, name, depth + 1, i) for i in range(n)]
 
     def _near(self, name: str, pattern: str) -> re.Match | None:

@@ -119,6 +119,8 @@ class SimulatorThread:
     @property
     def state(self):
         """The live SimState (read-only use from other threads; change settings with configure())."""
+        if self._runner is None:
+            raise RuntimeError("simulator not started")
         return app_state(self._runner.app)
 
     def configure(self, **changes: Any) -> SimulatorConfig:

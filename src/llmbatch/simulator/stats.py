@@ -26,7 +26,7 @@ class Stats:
         self.cached_tokens = 0  # prompt-cache reads, all APIs
         self.cache_write_tokens = 0  # prompt-cache writes (Anthropic)
 
-    def record(self, *, api: str, model: str | None, status: int, fault: str | None, error: str | None) -> None:
+    def record(self, *, api: str, model: str | None, status: int | str, fault: str | None, error: str | None) -> None:
         self.total += 1
         self.by_status[str(status)] += 1
         self.by_api[api] += 1

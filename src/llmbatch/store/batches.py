@@ -57,7 +57,7 @@ def open_batch(conn: Connection, *, job_id: str, provider: str, model: str, tag:
     if conn.dialect.name == "postgresql":  # one statement for the whole batch (bulk.py), not one per line
         ids = bulk.reserve_many(conn, calls, deferred=deferred)
     else:
-        ids = [ledger.reserve.on_conn(conn, deferred=deferred, **kw) for _, kw in calls]
+        ids = [ledger.reserve.on_conn(conn, deferred=deferred, **kw) for _, kw in calls]  # type: ignore[attr-defined]  # set by in_transaction
     conn.execute(update(attempts).where(attempts.c.id.in_(ids)).values(batch_ref=row_id, status=IN_BATCH))
     return row_id, ids
 
@@ -152,7 +152,7 @@ def measured_turnaround(conn: Connection, provider: str, sample: int = 20) -> fl
 
 def count_rows(conn: Connection, job_id: str) -> int:
     return int(conn.execute(select(func.count()).select_from(provider_batches)
-                            .where(provider_batches.c.job_id == job_id)).scalar())
+                            .where(provider_batches.c.job_id == job_id)).scalar_one())
 
 
 def set_channel(conn: Connection, attempt_id: int, channel: str) -> None:

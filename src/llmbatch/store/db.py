@@ -146,11 +146,12 @@ def _alembic_config(engine: Engine):
 _REVISION = re.compile(r"""^(down_revision|revision)\s*(?::[^=]*)?=\s*(?:['"]([^'"]*)['"]|None)""", re.M)
 
 
-def head_revision() -> str:
+def head_revision() -> str | None:
     """The newest migration. Read from the migration files' `revision`/`down_revision` lines: loading
     alembic's script directory costs ~150 ms, and every command (`status` too) checks this on start.
     Falls back to alembic when the files are not a simple chain."""
-    revisions, downs = set(), set()
+    revisions: set[str] = set()
+    downs: set[str] = set()
     for f in (_MIGRATIONS / "versions").glob("*.py"):
         for key, value in _REVISION.findall(f.read_text("utf-8")):
             (revisions if key == "revision" else downs).add(value)

@@ -155,7 +155,8 @@ def open_seq_ranges(conn: Connection, job_id: str, chunk_size: int) -> list[tupl
 
 def seq_ranges(seqs: Iterable[int], chunk_size: int) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
-    lo = prev = None
+    lo: int | None = None
+    prev = 0
     for s in seqs:
         if lo is None:
             lo = prev = s

@@ -12,7 +12,9 @@ def batch_client(adapter: Adapter) -> BatchClient | None:
     from .gemini import GeminiBatches
     from .openai import OpenAIBatches
 
-    cls = {"openai": OpenAIBatches, "anthropic": AnthropicBatches, "gemini": GeminiBatches}.get(adapter.api)
+    classes: dict[str, type[BatchClient]] = {"openai": OpenAIBatches, "anthropic": AnthropicBatches,
+                                             "gemini": GeminiBatches}
+    cls = classes.get(adapter.api)
     return cls(adapter) if cls is not None else None
 
 

@@ -65,7 +65,7 @@ class AnthropicBatches(BatchClient):
                 out.append(self.parse_line(model, cid, result["message"]))
                 continue
             err = (result.get("error") or {}).get("error") or result.get("error") or {}
-            out.append(LineResult(cid, _KIND.get(kind, ERRORED), error=err.get("message") or kind,
+            out.append(LineResult(cid, _KIND.get(str(kind), ERRORED), error=err.get("message") or kind,
                                   error_class=err.get("type") or kind))
         return out
 

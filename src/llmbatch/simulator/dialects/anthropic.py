@@ -130,7 +130,9 @@ class AnthropicDialect(Dialect):
         elif kind in ("image", "document"):
             if kind == "image" and not model.vision:
                 raise _invalid(f"'{model.id}' does not support image input.")
-            source = block.get("source") if isinstance(block.get("source"), dict) else {}
+            source = block.get("source")
+            if not isinstance(source, dict):
+                source = {}
             builder.image(str(source.get("data") or source.get("url") or ""), cache_mark=mark)
         elif kind == "tool_result":
             inner = block.get("content")

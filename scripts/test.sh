@@ -61,8 +61,9 @@ else
 fi
 log "LLMBATCH_TEST_REDIS_URL=${LLMBATCH_TEST_REDIS_URL:-<unset>} LLMBATCH_TEST_DATABASE_URL=${LLMBATCH_TEST_DATABASE_URL:-<unset>}"
 
-# ---- lint (pyflakes rules: undefined names, unused imports; configured in pyproject.toml)
+# ---- lint and types (both configured in pyproject.toml: ruff's rules; mypy on src/llmbatch, strict on the pure modules)
 .venv/bin/ruff check src tests
+.venv/bin/mypy
 
 # ---- tests
 rc=0

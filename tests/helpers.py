@@ -70,8 +70,8 @@ def run_json(args: list[str], env: dict[str, str], **kw):
     p = run_cli(args + ["--json"], env, **kw)
     try:
         return p, orjson.loads(p.stdout)
-    except orjson.JSONDecodeError:
-        raise AssertionError(f"not one JSON object on stdout (exit {p.returncode}):\n{p.stdout}\n--- stderr\n{p.stderr}")
+    except orjson.JSONDecodeError as e:
+        raise AssertionError(f"not one JSON object on stdout (exit {p.returncode}):\n{p.stdout}\n--- stderr\n{p.stderr}") from e
 
 
 def results(job_id: str, env: dict[str, str]) -> list[dict]:

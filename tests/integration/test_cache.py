@@ -268,7 +268,7 @@ def test_celery_workers_call_once_for_identical_tasks(tmp_path, fresh_postgres_u
     lines = src.read_text().splitlines()
     copies = []
     for k in range(3):
-        for i, line in enumerate(lines):
+        for line in lines:
             d = json.loads(line)
             d["id"] = f"{d['id']}-{k}"
             copies.append(json.dumps(d))

@@ -61,8 +61,8 @@ def _run_with_burst(mode: str, rate: float, sim: SimulatorThread, args: list[str
             proc.kill()
     try:
         return proc.returncode, orjson.loads(out), err
-    except orjson.JSONDecodeError:
-        raise AssertionError(f"not JSON (exit {proc.returncode}):\n{out}\n--- stderr\n{err[-3000:]}")
+    except orjson.JSONDecodeError as e:
+        raise AssertionError(f"not JSON (exit {proc.returncode}):\n{out}\n--- stderr\n{err[-3000:]}") from e
 
 
 def _toml(retry: dict) -> str:

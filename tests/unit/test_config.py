@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from pydantic import ValidationError
 
 from llmbatch.config import RetryPolicy, Settings, load_settings
 from llmbatch.errors import ConfigError
@@ -96,5 +97,5 @@ def test_missing_config_file_is_named(monkeypatch, tmp_path):
 
 def test_settings_are_frozen():
     s = Settings()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         s.concurrency = 5  # type: ignore[misc]

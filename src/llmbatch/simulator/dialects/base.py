@@ -49,7 +49,7 @@ class Dialect(ABC):
     @abstractmethod
     def api_key(self, request: web.Request) -> str | None: ...
 
-    def check_headers(self, request: web.Request) -> None:
+    def check_headers(self, request: web.Request) -> None:  # noqa: B027 - a hook: by default no header is required
         """Raise ApiError for a missing required header (after auth)."""
 
     @abstractmethod

@@ -43,8 +43,8 @@ def check_broker(settings: Settings) -> None:
     if problem:
         from ..store.db import redact_url
 
-        raise BrokerError(f"the broker at {redact_url(settings.broker_url or '')} is unreachable ({problem}); start it, "
-                          f"fix LLMBATCH_BROKER_URL, or unset it (or pass --local) to run embedded")
+        raise BrokerError(f"the broker at {redact_url(settings.broker_url or '')} is unreachable ({problem}); "
+                          f"start it, fix LLMBATCH_BROKER_URL, or unset it (or pass --local) to run embedded")
 
 
 def dispatch(settings: Settings, job: dict[str, Any], *, concurrency: int | None = None, wait: bool = True,

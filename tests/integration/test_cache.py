@@ -115,6 +115,8 @@ def test_duplicate_lines_are_called_once_and_fanned_out(tmp_path, sqlite_url):
         assert est["cache"]["hits"] == 60
         st = _run(src, env)
         assert _calls(sim) == 140
+        p, est = run_json(["estimate", str(src), "--simulate"], env)  # now the store answers every line
+        assert est["cache"]["hits"] == 200
     assert st["counts"]["succeeded"] == 200
     rows = results(st["job_id"], env)
     assert len(rows) == 200 and len({r["id"] for r in rows}) == 200

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import tracemalloc
 import uuid
@@ -562,12 +564,26 @@ def test_an_id_first_seen_on_a_rejected_line_is_still_free(tmp_path):
 
 
 def test_seen_ids_table_grows_and_stays_compact():
-    from llmbatch.ingest import _SeenIds
+    from llmbatch.ingest.seen_ids import SeenIds
 
-    seen = _SeenIds(capacity=8)
+    seen = SeenIds(capacity=8)
     n = 200_000
     assert all(seen.first_line(f"id-{i}", i + 1) is None for i in range(n))
     assert [seen.first_line(f"id-{i}", 0) for i in (0, 77_777, n - 1)] == [1, 77_778, n]
     assert seen.first_line("new", 5) is None
     # 12 bytes a slot, between a quarter and half full: at most 48 bytes an id (a set of ints costs ~75).
     assert seen.nbytes <= 48 * n
+
+
+def test_parser_and_planning_load_nothing_from_the_store():
+    """The parser is pure: importing it (or planning, which reads files with it) loads no llmbatch.store module."""
+    code = (
+        "import sys, llmbatch.ingest, llmbatch.ingest.reader, llmbatch.planning; "
+        "print(sorted(m for m in sys.modules if m.split('.')[:2] == ['llmbatch', 'store']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    # The loader is still reachable from the package, and it is what brings the store in.
+    code = "import sys; from llmbatch.ingest import ingest; print(ingest.__module__, 'llmbatch.store.schema' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["llmbatch.ingest.load", "True"]

@@ -21,8 +21,6 @@ from ..config import Settings
 from ..errors import StoreError
 from ..models import ChatRequest, JobSpec, Usage
 from ..routing import Candidate
-from ..store.db import get_engine, is_sqlite, normalize_url, reading
-from . import entries
 from .keys import request_key
 from .prompt import MAX_TRACKED_PREFIXES, min_cacheable_tokens, shared_prefix
 
@@ -30,6 +28,8 @@ log = logging.getLogger("llmbatch.cache")
 
 
 def _existing_store(url: str):
+    from ..store.db import get_engine, is_sqlite, normalize_url  # the store only for a probe (planning stays pure)
+
     url = normalize_url(url)
     if is_sqlite(url):
         path = make_url(url).database
@@ -60,6 +60,9 @@ class CacheProbe:
         self._seen.add(key)
         if self._engine is None:
             return False
+        from ..store.db import reading
+        from . import entries
+
         with reading(self._engine) as conn:
             return bool(entries.fresh_keys(conn, [key], ttl_s=self.ttl_s))
 

@@ -7,10 +7,10 @@ Each problem is one phrase that names the field and the setting that enforces th
 
 from __future__ import annotations
 
-from .config import InputLimits
-from .image_inputs import image_problem
-from .models import TaskLine
-from .validate import schema_problem
+from ..config import InputLimits
+from ..image_inputs import image_problem
+from ..models import TaskLine
+from ..validate import schema_problem
 
 __all__ = ["line_problem"]
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from ..models import TASK_TYPES, TaskLine
 
@@ -20,7 +21,7 @@ _MAX_PROBLEMS = 3
 
 def explain_validation_error(e: ValidationError, origin: dict[str, str] | None = None) -> str:
     """One readable sentence naming each bad field; `origin` renames fields the user wrote elsewhere."""
-    by_path: dict[str, list[dict[str, Any]]] = {}
+    by_path: dict[str, list[ErrorDetails]] = {}
     for err in e.errors(include_url=False):
         by_path.setdefault(_field_path(err["loc"], origin), []).append(err)
     problems = [_problem(path, errs) for path, errs in by_path.items()]
@@ -48,7 +49,7 @@ def _is_type_tag(part: str) -> bool:
     return "[" in part or part.startswith("function-") or part in ("str", "int", "float", "bool", "dict", "list")
 
 
-def _problem(path: str, errs: list[dict[str, Any]]) -> str:
+def _problem(path: str, errs: list[ErrorDetails]) -> str:
     err = errs[0]
     kind, got = err["type"], err.get("input")
     if not path:  # a rule across fields (models.TaskLine._fields_fit_task)

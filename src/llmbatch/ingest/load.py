@@ -14,7 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import sqlalchemy as sa
@@ -71,7 +71,7 @@ def ingest(
     bad_rows: list[tuple] = []
     try:
         for line_no, item in parse_lines(path, spec, limits=limits, max_line_bytes=max_line_bytes):
-            if type(item) is LineError:
+            if isinstance(item, LineError):
                 if strict:
                     raise InputError(item.reason)
                 report.rejected += 1
@@ -121,7 +121,7 @@ class _BulkInsert:
             if col.key not in keys and col.key not in constants and col.default is not None:
                 if not col.default.is_scalar:
                     raise TypeError(f"{table.name}.{col.key} has a non-constant default; pass it explicitly")
-                constants[col.key] = col.default.arg
+                constants[col.key] = cast(Any, col.default).arg  # a scalar default (checked above)
         self._conn = conn
         self._names = (*keys, *constants)
         self._constants = tuple(constants.values())
@@ -135,6 +135,7 @@ class _BulkInsert:
         self._sql = str(compiled)
         self._order = None  # named paramstyle: rows become dicts instead
         if compiled.positional:
+            assert compiled.positiontup is not None  # set for every positional paramstyle
             getter = itemgetter(*(self._names.index(n) for n in compiled.positiontup))
             self._order = getter if len(compiled.positiontup) > 1 else lambda row: (getter(row),)
 
@@ -142,7 +143,9 @@ class _BulkInsert:
         extra = self._constants
         if self._copy_sql is not None:
             # The same DBAPI connection, so the COPY is part of the caller's transaction.
-            with self._conn.connection.driver_connection.cursor() as cur, cur.copy(self._copy_sql) as copy:
+            driver = self._conn.connection.driver_connection
+            assert driver is not None  # an open connection
+            with driver.cursor() as cur, cur.copy(self._copy_sql) as copy:
                 for row in rows:
                     copy.write_row(row + extra)
         elif self._order is not None:

@@ -30,7 +30,7 @@ _REJECTED_BODY_KEYS = {
 }
 
 # Values of those keys that ask for nothing extra (tool_choice "none", modalities ["text"]).
-_NO_OP_VALUES = (None, [], False, "none", ["text"])
+_NO_OP_VALUES: tuple[object, ...] = (None, [], False, "none", ["text"])
 
 # Where each native field came from, so validation errors name the field the user actually wrote.
 FIELD_ORIGIN = {
@@ -44,7 +44,9 @@ FIELD_ORIGIN = {
 
 def field_origin(obj: dict[str, Any]) -> dict[str, str]:
     """FIELD_ORIGIN for this line, naming whichever output cap its body used."""
-    body = obj.get("body") if isinstance(obj.get("body"), dict) else {}
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        body = {}
     cap = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     return {**FIELD_ORIGIN, "max_output_tokens": f"body.{cap}"}
 

@@ -11,10 +11,11 @@ shape, each line is held to the operator's `InputLimits` (line size, labels, sch
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import orjson
 from pydantic import ValidationError
@@ -58,9 +59,9 @@ class _Overlong:
     head: bytes  # enough of its start for an excerpt
 
 
-def _open_input(path: str | os.PathLike) -> IO[bytes]:
+def _open_input(path: str | os.PathLike) -> io.BufferedReader:
     try:
-        return open(path, "rb", buffering=_READ_BUFFER)
+        return cast(io.BufferedReader, open(path, "rb", buffering=_READ_BUFFER))  # typeshed: BinaryIO
     except OSError as e:
         raise InputError(f"cannot read input file {os.fspath(path)}: {e.strerror or e}") from None
 
@@ -218,7 +219,7 @@ def parse_lines(
         f.read(bom)
         for line_no, raw in _physical_lines(f, max_line_bytes):
             offset = bom if line_no == 1 else 0  # UTF-8 error offsets count bytes as they are in the file
-            if type(raw) is _Overlong:
+            if isinstance(raw, _Overlong):
                 reason = (
                     f"line {line_no}: the line is {raw.size:,} bytes, over the limit of {max_line_bytes:,} "
                     "bytes (max_line_bytes); shorten it or raise max_line_bytes (LLMBATCH_MAX_LINE_BYTES "
@@ -227,7 +228,7 @@ def parse_lines(
                 yield line_no, LineError(line_no, reason, None, _excerpt(raw.head))
                 continue
             result = _judge(raw, offset, defaults, limits)
-            if type(result) is tuple:
+            if isinstance(result, tuple):
                 reason, task_id = result
                 yield line_no, LineError(line_no, f"line {line_no}: {reason}", task_id, _excerpt(raw))
                 continue

@@ -17,7 +17,7 @@ from .channel_report import by_channel  # discount channels
 from .errors import CatalogError
 from .quality.report import quality_summary
 from .money import usd_json
-from .store import repo
+from .store import job_counts, repo
 from .store.schema import AttemptStatus, TaskStatus, attempts, tasks
 
 if TYPE_CHECKING:  # the catalog and pydantic models load only for a report (status starts without them)
@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the catalog and pydantic models load only for a report (sta
 
 
 def status_dict(conn: Connection, job: dict[str, Any]) -> dict[str, Any]:
-    counts = repo.task_counts(conn, job["id"])
+    counts = job_counts.counts(conn, job["id"])
     return {
         "job_id": job["id"],
         "status": job["status"],
@@ -208,7 +208,7 @@ def build_report(conn: Connection, job_id: str, catalog: Catalog, *, baseline_mo
     if job is None:
         raise LookupError(job_id)
     rows = repo.by_model(conn, job_id)
-    counts = repo.task_counts(conn, job_id)
+    counts = job_counts.counts(conn, job_id)
     # by_model read the whole ledger once: its sums are the ledger sum and the unsettled/unpriced counts.
     ledger_picos = sum(r["cost_picos"] or 0 for r in rows)
     base_picos, base_err = _baseline_picos(conn, job_id, catalog, baseline_model)

@@ -77,8 +77,10 @@ def fill_finished(db_url: str, job_id: str) -> None:
             "'escalation', 'succeeded', true, 'usage', 41, 0, 0, 9, 0, 300, 22, 1100, 'bench', :now, :now "
             "FROM tasks WHERE job_id = :j AND seq % 20 = 0 ORDER BY seq"), {"j": job_id, "now": now})
         spent = c.execute(sa.text("SELECT sum(cost_picos) FROM attempts WHERE job_id = :j"), {"j": job_id}).scalar()
+        # The job row's finished-task counts (store/job_counts.py), as the run's transactions leave them.
         c.execute(sa.text("UPDATE jobs SET status = 'succeeded', spent_picos = :s, started_at = :now, "
-                          "finished_at = :now WHERE id = :j"), {"j": job_id, "s": int(spent), "now": now})
+                          "finished_at = :now, succeeded_tasks = total_tasks WHERE id = :j"),
+                  {"j": job_id, "s": int(spent), "now": now})
     with get_engine(db_url).connect() as c:
         if c.dialect.name == "postgresql":
             c.execution_options(isolation_level="AUTOCOMMIT").execute(sa.text("VACUUM ANALYZE"))

@@ -136,6 +136,8 @@ class Attempt(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "task_seq", "attempt_no", name="uq_attempts_task_no"),
         Index("ix_attempts_job_status", "job_id", "status"),
+        Index("ix_attempts_job_overrun", "job_id",  # migration 0012: report's overruns
+              sqlite_where=text("overrun IS 1"), postgresql_where=text("overrun IS true")),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)

@@ -63,11 +63,9 @@ def list_jobs(conn: Connection, limit: int = 20) -> list[dict[str, Any]]:
 
 
 def task_counts(conn: Connection, job_id: str) -> dict[str, int]:
-    counts = {s: 0 for s in TaskStatus.all}
-    for status, n in conn.execute(
-        select(tasks.c.status, func.count()).where(tasks.c.job_id == job_id).group_by(tasks.c.status)
-    ):
-        counts[status] = n
+    """Counted from the tasks (a GROUP BY over every task of the job): exact, for finish_job_if_done.
+    Reads use job_counts.counts (the job row)."""
+    counts = job_counts.exact_counts(conn, job_id)
     counts["total"] = sum(counts[s] for s in TaskStatus.all)
     return counts
 

@@ -92,4 +92,5 @@ def make_store_job(engine, n_tasks: int, budget_picos: int | None, *, executor: 
                               budget_picos=budget_picos, max_cost_per_task_picos=None)
         c.execute(insert(tasks), [{"job_id": job, "seq": i, "task_id": f"t{i}", "line_no": i + 1, "task_type": "chat",
                                    "payload": "{}", "status": "queued"} for i in range(n_tasks)])
+        repo.set_job_counts(c, job, total=n_tasks, invalid=0)  # as ingest does: the job row's total
     return job

@@ -6,10 +6,11 @@ job totals by construction; `check_reconciliation` verifies it anyway and the re
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Iterator
 
 import orjson
-from sqlalchemy import Connection, and_, case, func, select
+from sqlalchemy import Connection, and_, bindparam, case, func, select
 
 from .cache.report import cache_section, prompt_cache_section
 from .catalog.pricing import cost_at
@@ -17,7 +18,7 @@ from .channel_report import by_channel  # discount channels
 from .errors import CatalogError
 from .quality.report import quality_summary
 from .money import usd_json
-from .store import repo
+from .store import job_counts, repo
 from .store.schema import AttemptStatus, TaskStatus, attempts, tasks
 
 if TYPE_CHECKING:  # the catalog and pydantic models load only for a report (status starts without them)
@@ -25,7 +26,7 @@ if TYPE_CHECKING:  # the catalog and pydantic models load only for a report (sta
 
 
 def status_dict(conn: Connection, job: dict[str, Any]) -> dict[str, Any]:
-    counts = repo.task_counts(conn, job["id"])
+    counts = job_counts.counts(conn, job["id"])
     return {
         "job_id": job["id"],
         "status": job["status"],
@@ -43,56 +44,82 @@ def _usage_of(row) -> dict[str, int]:
                                           "reasoning_tokens")}
 
 
-def _final_attempts(conn: Connection, job_id: str, lo: int, hi: int) -> dict[int, dict[str, Any]]:
-    """The last attempt (highest attempt_no) of each task with lo <= seq <= hi: what the task's result is."""
-    rows = conn.execute(
-        select(attempts.c.task_seq, attempts.c.attempt_no, attempts.c.model, attempts.c.served_model,
+# The attempt columns a result line shows; the OpenAI export (with_final_attempt) wants the whole final attempt.
+_FINAL_SHORT = (attempts.c.task_seq, attempts.c.finish_reason, attempts.c.channel)
+_FINAL_FULL = (attempts.c.task_seq, attempts.c.attempt_no, attempts.c.model, attempts.c.served_model,
                attempts.c.finish_reason, attempts.c.provider_request_id, attempts.c.finished_at,
                attempts.c.started_at, attempts.c.input_tokens, attempts.c.cached_tokens,
                attempts.c.cache_write_tokens, attempts.c.output_tokens, attempts.c.reasoning_tokens,
                attempts.c.error_class, attempts.c.http_status, attempts.c.channel)
+_RESULT_TASK = (tasks.c.seq, tasks.c.task_id, tasks.c.status, tasks.c.provider, tasks.c.model, tasks.c.output,
+                tasks.c.error, tasks.c.input_tokens, tasks.c.cached_tokens, tasks.c.cache_write_tokens,
+                tasks.c.output_tokens, tasks.c.reasoning_tokens, tasks.c.cost_picos, tasks.c.attempts,
+                tasks.c.payload, tasks.c.skip_reason)
+
+
+def _final_attempts(conn: Connection, job_id: str, lo: int, hi: int, *, full: bool = True) -> dict[int, Any]:
+    """The last attempt (highest attempt_no) of each task with lo <= seq <= hi: what the task's result is.
+    Rows (attribute access) with _FINAL_SHORT's columns, or dicts of _FINAL_FULL's when `full`."""
+    rows = conn.execute(
+        select(*(_FINAL_FULL if full else _FINAL_SHORT))
         .where(attempts.c.job_id == job_id, attempts.c.task_seq >= lo, attempts.c.task_seq <= hi)
-        .order_by(attempts.c.task_seq, attempts.c.attempt_no)).mappings()
-    return {r["task_seq"]: dict(r) for r in rows}
+        .order_by(attempts.c.task_seq, attempts.c.attempt_no))
+    final = {r.task_seq: r for r in rows}  # ordered by attempt_no: the last one stays
+    return {seq: r._asdict() for seq, r in final.items()} if full else final
 
 
-def _result_rows(conn: Connection, job_id: str, page: int = 1000) -> Iterator[tuple[dict, dict | None]]:
+def _task_pages(conn: Connection, job_id: str, page: int):
+    """The result columns of a job's tasks in input order, a keyset page at a time (an index range each):
+    memory stays flat at any job size, and no statement stays open across pages."""
+    q = (select(*_RESULT_TASK).where(tasks.c.job_id == job_id, tasks.c.seq > bindparam("b_last"))
+         .order_by(tasks.c.seq).limit(page))
+    last = -1
+    while True:
+        rows = conn.execute(q, {"b_last": last}).all()
+        if not rows:
+            return
+        yield rows
+        last = rows[-1].seq
+
+
+def _result_rows(conn: Connection, job_id: str, page: int = 2000, *,
+                 full: bool = True) -> Iterator[tuple[Any, Any]]:
     """(task row, its final attempt or None) in input order, a page of tasks (and one attempts query) at a time."""
-    buf: list[dict] = []
-    for row in repo.iter_task_rows(conn, job_id):
-        buf.append(row)
-        if len(buf) >= page:
-            final = _final_attempts(conn, job_id, buf[0]["seq"], buf[-1]["seq"])
-            yield from ((r, final.get(r["seq"])) for r in buf)
-            buf = []
-    if buf:
-        final = _final_attempts(conn, job_id, buf[0]["seq"], buf[-1]["seq"])
-        yield from ((r, final.get(r["seq"])) for r in buf)
+    for rows in _task_pages(conn, job_id, page):
+        final = _final_attempts(conn, job_id, rows[0].seq, rows[-1].seq, full=full)
+        for r in rows:
+            yield r, final.get(r.seq)
 
 
 def result_lines(conn: Connection, job_id: str, *, with_final_attempt: bool = False) -> Iterator[dict[str, Any]]:
     """One dict per task in input order: the `results --format jsonl` shape. `usage` and `cost_usd` are the
     task's totals over all its billed attempts; `finish_reason` is the final attempt's, as the provider sent it.
     with_final_attempt adds `_final` (that attempt's ledger row) for the OpenAI export."""
-    for row, final in _result_rows(conn, job_id):
-        payload = orjson.loads(row["payload"])
+    usd = functools.lru_cache(maxsize=4096)(usd_json)  # a job's task costs repeat: one Decimal per distinct cost
+    loads = orjson.loads
+    for row, final in _result_rows(conn, job_id, full=with_final_attempt):
+        # The payload is only read for its metadata: parsed only when it can hold one.
+        metadata = loads(row.payload).get("metadata") if '"metadata"' in row.payload else None
         line = {
-            "id": row["task_id"],
-            "status": row["status"],
-            "provider": row["provider"],
-            "model": row["model"],
-            "output": orjson.loads(row["output"]) if row["output"] is not None else None,
-            "error": row["error"],
-            "finish_reason": final["finish_reason"] if final else None,
-            "usage": _usage_of(row),
-            "cost_usd": usd_json(row["cost_picos"]),
-            "attempts": row["attempts"],
-            "metadata": payload.get("metadata"),
-            "channel": channel_of(final),
+            "id": row.task_id,
+            "status": row.status,
+            "provider": row.provider,
+            "model": row.model,
+            "output": loads(row.output) if row.output is not None else None,
+            "error": row.error,
+            "finish_reason": (final["finish_reason"] if with_final_attempt else final.finish_reason) if final else None,
+            "usage": {"input_tokens": int(row.input_tokens or 0), "cached_tokens": int(row.cached_tokens or 0),
+                      "cache_write_tokens": int(row.cache_write_tokens or 0),
+                      "output_tokens": int(row.output_tokens or 0),
+                      "reasoning_tokens": int(row.reasoning_tokens or 0)},
+            "cost_usd": usd(row.cost_picos),
+            "attempts": row.attempts,
+            "metadata": metadata,
+            "channel": channel_of(final if with_final_attempt or final is None else {"channel": final.channel}),
         }
         if with_final_attempt:
             line["_final"] = final
-            line["_skip_reason"] = row["skip_reason"]
+            line["_skip_reason"] = row.skip_reason
         yield line
 
 
@@ -208,7 +235,7 @@ def build_report(conn: Connection, job_id: str, catalog: Catalog, *, baseline_mo
     if job is None:
         raise LookupError(job_id)
     rows = repo.by_model(conn, job_id)
-    counts = repo.task_counts(conn, job_id)
+    counts = job_counts.counts(conn, job_id)
     # by_model read the whole ledger once: its sums are the ledger sum and the unsettled/unpriced counts.
     ledger_picos = sum(r["cost_picos"] or 0 for r in rows)
     base_picos, base_err = _baseline_picos(conn, job_id, catalog, baseline_model)

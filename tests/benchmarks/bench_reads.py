@@ -77,13 +77,33 @@ def fill_finished(db_url: str, job_id: str) -> None:
             "'escalation', 'succeeded', true, 'usage', 41, 0, 0, 9, 0, 300, 22, 1100, 'bench', :now, :now "
             "FROM tasks WHERE job_id = :j AND seq % 20 = 0 ORDER BY seq"), {"j": job_id, "now": now})
         spent = c.execute(sa.text("SELECT sum(cost_picos) FROM attempts WHERE job_id = :j"), {"j": job_id}).scalar()
+        # The job row's finished-task counts (store/job_counts.py), as the run's transactions leave them.
         c.execute(sa.text("UPDATE jobs SET status = 'succeeded', spent_picos = :s, started_at = :now, "
-                          "finished_at = :now WHERE id = :j"), {"j": job_id, "s": int(spent), "now": now})
+                          "finished_at = :now, succeeded_tasks = total_tasks WHERE id = :j"),
+                  {"j": job_id, "s": int(spent), "now": now})
     with get_engine(db_url).connect() as c:
         if c.dialect.name == "postgresql":
             c.execution_options(isolation_level="AUTOCOMMIT").execute(sa.text("VACUUM ANALYZE"))
         else:
             c.execute(sa.text("ANALYZE"))
+
+
+def in_process(settings, job_id: str) -> dict:
+    """The read functions alone, in this process (no interpreter start, imports done): wall and CPU seconds
+    of jobs.status and jobs.report (best of 3 / 1), the store's share of the child figures."""
+    from llmbatch import jobs
+
+    jobs.status(settings, job_id)  # warm: engine, imports
+    out = {}
+    for name, fn, repeat in (("status", jobs.status, 3), ("report", jobs.report, 1)):
+        best = None
+        for _ in range(repeat):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn(settings, job_id)
+            run = (round(time.perf_counter() - t0, 3), round(time.process_time() - c0, 3))
+            best = run if best is None or run < best else best
+        out[name] = {"seconds": best[0], "cpu_s": best[1]}
+    return out
 
 
 def run_store(store: str, path: Path, n: int, tmp: Path, pg_url: str | None) -> dict:
@@ -101,6 +121,7 @@ def run_store(store: str, path: Path, n: int, tmp: Path, pg_url: str | None) -> 
         job_id, report = create_job(settings, path, JobSpec.model_validate({"simulate": True}), executor="local")
         fill_finished(db_url, job_id)
         out["setup_s"] = round(time.perf_counter() - t0, 1)
+        out["in_process"] = in_process(settings, job_id)
         dispose_all()
         env = C.clean_env(LLMBATCH_DATABASE_URL=db_url)
         out["status"] = child(["status", job_id, "--json"], env, tmp, repeat=3)
@@ -113,7 +134,10 @@ def run_store(store: str, path: Path, n: int, tmp: Path, pg_url: str | None) -> 
     out["correct"] = out["results"]["lines"] == n
     out["pass"] = (out["correct"] and all(out[k]["seconds"] < t for k, t in TARGETS_S.items())
                    and out["results"]["peak_rss_mb"] < RESULTS_RSS_MB)
-    C.log(f"{store}: " + ", ".join(f"{k} {out[k]['seconds']} s / {out[k]['peak_rss_mb']} MB" for k in TARGETS_S))
+    C.log(f"{store}: " + ", ".join(f"{k} {out[k]['seconds']} s ({out[k]['cpu_s']} s CPU) / {out[k]['peak_rss_mb']} MB"
+                                   for k in TARGETS_S)
+          + f"; in-process status {out['in_process']['status']['seconds']} s, report "
+            f"{out['in_process']['report']['seconds']} s (load {os.getloadavg()[0]:.1f})")
     return out
 
 

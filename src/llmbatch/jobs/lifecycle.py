@@ -16,7 +16,7 @@ from ..errors import InputError, JobNotFound
 from ..ingest import IngestReport, ingest
 from ..models import JobSpec
 from ..money import usd_to_picos
-from ..store import ledger, repo
+from ..store import job_counts, ledger, repo
 from ..store import lifecycle as lc
 from ..store.db import get_engine, reading, redact_url
 from ..store.schema import JobStatus, TaskStatus
@@ -134,7 +134,7 @@ def input_errors(settings: Settings, job_id: str) -> list[dict[str, Any]]:
 def progress(settings: Settings, job_id: str) -> tuple[dict[str, Any], dict[str, int]]:
     """(job row, task counts): one poll of a running job."""
     with reading(store(settings)) as conn:
-        return _job_row(conn, settings, job_id), repo.task_counts(conn, job_id)
+        return _job_row(conn, settings, job_id), job_counts.counts(conn, job_id)
 
 
 def list_jobs(settings: Settings, *, status: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
@@ -144,7 +144,7 @@ def list_jobs(settings: Settings, *, status: str | None = None, limit: int = 20)
     out = []
     with reading(store(settings)) as conn:
         for job in lc.list_jobs(conn, status=status, limit=limit):
-            counts = repo.task_counts(conn, job["id"])
+            counts = job_counts.counts(conn, job["id"])
             out.append({
                 "job_id": job["id"], "name": job["name"],
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(job["created_at"])),
@@ -159,7 +159,7 @@ def list_jobs(settings: Settings, *, status: str | None = None, limit: int = 20)
 def done_and_left(settings: Settings, job_id: str) -> tuple[int, int]:
     """(finished tasks, unfinished tasks)."""
     with reading(store(settings)) as conn:
-        c = repo.task_counts(conn, job_id)
+        c = job_counts.counts(conn, job_id)
     return sum(c[s] for s in TaskStatus.terminal), c["queued"] + c["running"]
 
 

@@ -21,8 +21,9 @@ from typing import Any, Callable
 
 from sqlalchemy import Connection
 
-from .ledger import _FINISH_TASK, _SETTLE_TASK, Settlement, _tokens, reserve, settle_and_record
-from .repo import TaskOutcome, utc_day
+from .ledger import _SETTLE_TASK, Settlement, _tokens, reserve, settle_and_record
+from . import job_counts
+from .repo import TaskOutcome, finish_task, utc_day
 from .schema import AttemptStatus, TaskStatus
 from .tx import Deferred, PendingReservation
 
@@ -147,10 +148,11 @@ def settle_and_record_many(conn: Connection, calls: Calls, *, deferred: Deferred
     for i, (s, outcome) in enumerate(pairs):
         row = settled.get(s.attempt_id)
         if row is None:  # already settled (a late duplicate, or reconcile got there first): record only
-            results.append((False, conn.execute(_FINISH_TASK, outcome.params()).rowcount == 1))
+            results.append((False, finish_task(conn, outcome, deferred)))
             continue
         deferred.add_settlement(row.job_id, row.budget_window, row.reserved_picos, s.cost_picos)
         if (outcome.job_id, outcome.seq) in recorded:
+            job_counts.note(deferred, outcome.job_id, outcome.status)
             results.append((True, True))
         else:  # the lease was lost: the charge still lands on the task, the outcome is not recorded
             conn.execute(_SETTLE_TASK, {"b_job": row.job_id, "b_seq": row.task_seq, "b_cost": s.cost_picos,

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, and_, bindparam, case, func, insert, or_, select, update
 
 from ..models import Usage
-from .repo import _FINISH_TASK, TaskOutcome, utc_day
+from . import job_counts
+from .repo import _FINISH_TASK, TaskOutcome, finish_task, utc_day
 from .schema import AttemptStatus, TaskStatus, attempts, jobs, tasks
 from .db import reading
 from .tx import Deferred, PendingReservation, in_transaction
@@ -138,10 +139,11 @@ def settle_and_record(conn: Connection, s: Settlement, outcome: TaskOutcome, *,
     tokens = _tokens(s)
     row = _settle_attempt(conn, s, tokens)
     if row is None:  # already settled: record only
-        return False, conn.execute(_FINISH_TASK, outcome.params()).rowcount == 1
+        return False, finish_task(conn, outcome, deferred)
     deferred.add_settlement(row.job_id, row.budget_window, row.reserved_picos, s.cost_picos)
     params = {**outcome.params(), "b_cost": s.cost_picos, **tokens}
     if conn.execute(_FINISH_AND_CHARGE_TASK, params).rowcount == 1:
+        job_counts.note(deferred, outcome.job_id, outcome.status)
         return True, True
     conn.execute(_SETTLE_TASK, {"b_job": row.job_id, "b_seq": row.task_seq, "b_cost": s.cost_picos, **tokens})
     return True, False

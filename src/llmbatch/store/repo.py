@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import orjson
 from sqlalchemy import Connection, and_, bindparam, case, func, insert, or_, select, update
 
+from . import job_counts
 from .tx import Deferred, in_transaction
 from .schema import AttemptStatus, JobStatus, TaskStatus, attempts, input_errors, jobs, tasks
 
@@ -62,11 +63,9 @@ def list_jobs(conn: Connection, limit: int = 20) -> list[dict[str, Any]]:
 
 
 def task_counts(conn: Connection, job_id: str) -> dict[str, int]:
-    counts = {s: 0 for s in TaskStatus.all}
-    for status, n in conn.execute(
-        select(tasks.c.status, func.count()).where(tasks.c.job_id == job_id).group_by(tasks.c.status)
-    ):
-        counts[status] = n
+    """Counted from the tasks (a GROUP BY over every task of the job): exact, for finish_job_if_done.
+    Reads use job_counts.counts (the job row)."""
+    counts = job_counts.exact_counts(conn, job_id)
     counts["total"] = sum(counts[s] for s in TaskStatus.all)
     return counts
 
@@ -120,6 +119,7 @@ def request_cancel(conn: Connection, job_id: str) -> int:
         update(tasks).where(tasks.c.job_id == job_id, tasks.c.status == TaskStatus.queued)
         .values(status=TaskStatus.cancelled, skip_reason="cancelled", error="cancelled by user", finished_at=time.time())
     )
+    job_counts.add(conn, job_id, TaskStatus.cancelled, res.rowcount)
     return res.rowcount
 
 
@@ -141,6 +141,7 @@ def requeue_for_retry(conn: Connection, job_id: str, *, budget_picos: int | None
         .values(status=TaskStatus.queued, skip_reason=None, error=None, lease_owner=None,
                 lease_expires_at=None, deliveries=0, finished_at=None)
     )
+    job_counts.recount(conn, job_id)
     return res.rowcount
 
 
@@ -221,6 +222,7 @@ def claim_tasks(conn: Connection, job_id: str, lo: int, hi: int, *, worker: str,
                     error=f"delivered more than {max_deliveries} times without finishing; "
                           f"treated as poison (raise max_deliveries to allow more)")
         )
+        job_counts.note(deferred, job_id, TaskStatus.failed, len(poison))
     deferred.started.add(job_id)  # queued -> running, and activity, at the end of the transaction
     claimed = [ClaimedTask(job_id, r.seq, r.task_id, r.payload, r.deliveries) for r in rows if r.seq not in set(poison)]
     return claimed, len(poison)
@@ -326,10 +328,18 @@ class TaskOutcome:
 
 
 @in_transaction
-def record_outcome(conn: Connection, outcome: TaskOutcome) -> bool:
+def record_outcome(conn: Connection, outcome: TaskOutcome, *, deferred: Deferred) -> bool:
     """Record the task's outcome once: only the lease holder of a running task can. A redelivered copy
     that lost its lease records nothing (its attempts are still in the ledger)."""
-    return conn.execute(_FINISH_TASK, outcome.params()).rowcount == 1
+    return finish_task(conn, outcome, deferred)
+
+
+def finish_task(conn: Connection, outcome: TaskOutcome, deferred: Deferred) -> bool:
+    """_FINISH_TASK, and the job's finished count when it recorded."""
+    if conn.execute(_FINISH_TASK, outcome.params()).rowcount != 1:
+        return False
+    job_counts.note(deferred, outcome.job_id, outcome.status)
+    return True
 
 
 # ------------------------------------------------------------------------------------------- reading

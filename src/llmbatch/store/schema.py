@@ -73,6 +73,11 @@ class Job(Base):
     reserved_picos: Mapped[int] = mapped_column(BigInteger, default=0)
     total_tasks: Mapped[int] = mapped_column(Integer, default=0)
     invalid_lines: Mapped[int] = mapped_column(Integer, default=0)
+    # Finished tasks per status, moved with each task's status (job_counts.py; migration 0012).
+    succeeded_tasks: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    failed_tasks: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    skipped_tasks: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    cancelled_tasks: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float)
@@ -133,6 +138,8 @@ class Attempt(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "task_seq", "attempt_no", name="uq_attempts_task_no"),
         Index("ix_attempts_job_status", "job_id", "status"),
+        Index("ix_attempts_job_overrun", "job_id",  # migration 0012: report's overruns
+              sqlite_where=text("overrun IS 1"), postgresql_where=text("overrun IS true")),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)

@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import BudgetExceeded
 from ..money import exact_usd
+from . import job_counts
 from .schema import JobStatus, attempts, budget_windows, jobs
 
 T = TypeVar("T")
@@ -44,6 +45,7 @@ class Deferred:
     window_deltas: dict[str, list[int]] = field(default_factory=dict)
     reservations: list[PendingReservation] = field(default_factory=list)
     started: set[str] = field(default_factory=set)  # jobs claimed from: queued -> running
+    task_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # job -> finished-status deltas (job_counts)
 
     def add_settlement(self, job_id: str, window: str | None, reserved: int, cost: int) -> None:
         d = self.job_deltas.setdefault(job_id, [0, 0])
@@ -62,9 +64,11 @@ class Deferred:
         for r in self.reservations:
             by_job.setdefault(r.job_id, []).append(r)
         # Every job listed gets its last_activity_at stamped (stalled-job detection) with its deltas.
-        for job_id in sorted(set(self.job_deltas) | self.started | set(by_job)):
+        for job_id in sorted(set(self.job_deltas) | self.started | set(by_job) | set(self.task_counts)):
             reserved, spent = self.job_deltas.get(job_id, (0, 0))
             conn.execute(_JOB_DELTA, {"b_job": job_id, "b_reserved": reserved, "b_spent": spent, "b_now": now})
+            if job_id in self.task_counts:
+                job_counts.apply(conn, job_id, self.task_counts[job_id])
             if job_id in self.started:
                 conn.execute(_JOB_STARTED, {"b_job": job_id, "b_now": now})
             if job_id in by_job:

@@ -1,9 +1,9 @@
 """Processes units of work: claim, route, reserve, call (with backoff), validate, settle, record.
 
 The engine does not know who called it (the local executor or a Celery worker): it claims a seq range of a
-job (what is still unfinished there), and runs each claimed task to a terminal state in one of its
-in-flight slots; executors/flow.py schedules claimed tasks onto those slots one by one. Exactly one layer
-retries (this one); adapters call once.
+job (what is still unfinished there), and runs each claimed task to a terminal state, each call in one of
+its in-flight slots (see run_claimed); executors/flow.py schedules claimed tasks one by one. Exactly one
+layer retries (this one); adapters call once.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Processes units of work: claim, route, reserve, call (with backoff), validate, settle, record.
 
 The engine does not know who called it (the local executor or a Celery worker): it claims a seq range of a
-job (what is still unfinished there), and runs each claimed task to a terminal state in one of its
-in-flight slots; executors/flow.py schedules claimed tasks onto those slots one by one. Exactly one layer
-retries (this one); adapters call once.
+job (what is still unfinished there), and runs each claimed task to a terminal state, each call in one of
+its in-flight slots (see run_claimed); executors/flow.py schedules claimed tasks one by one. Exactly one
+layer retries (this one); adapters call once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
-from typing import Any
+from typing import Any, Callable
 import orjson
 
 from . import decisions
@@ -136,7 +136,11 @@ class Engine:
         self.breaker = ProviderBreaker(self.health, threshold=policy.breaker_failures,
                                        base_hold_s=min(policy.max_delay_s, 4 * policy.base_delay_s),
                                        max_hold_s=policy.max_delay_s)
+        # In-flight slots: held by an attempt from its rate-limit wait through its reservation to the call's
+        # answer, not while its task looks up the cache before or records after (see run_claimed).
         self.slots = asyncio.Semaphore(concurrency)
+        # Tasks running at once: the slots' holders plus as many preparing their next call or recording one.
+        self.active = asyncio.Semaphore(2 * concurrency)
         self.concurrency = concurrency
         self.progress = Progress()
         self.rng = rng or random.Random()
@@ -152,6 +156,7 @@ class Engine:
         self.daily_cap_picos = usd_to_picos(settings.daily_cap_usd) if settings.daily_cap_usd is not None else None
         self.presence: Presence | None = None  # set by runtime.open_engine
         self._claim_epoch: dict[tuple[str, int], int] = {}  # (job, seq) -> presence epoch at its claim
+        self._starting: dict[tuple[str, int], Callable[[], None]] = {}  # run_claimed's started(), until a slot
         self.cache = CacheHook(self, escalate=ESCALATE)
         self.batches = BatchRunner(self)  # discount channels: tasks routed to a provider batch API
 
@@ -217,10 +222,14 @@ class Engine:
                                      lease_s=self.settings.lease_seconds)
 
     async def run_claimed(self, ctx: JobContext, claimed: repo.ClaimedTask, started=None) -> None:
-        """Run one claimed task in an in-flight slot (waits for one). `started()` is called once it has one."""
-        async with self.slots:
+        """Run one claimed task. Its attempts take an in-flight slot each (`slots`) for the call and what must
+        come right before it (rate limit, reservation); its cache lookup before and its records after run
+        outside the slots, so a freed slot goes at once to a task that is ready to call, and the store's
+        latency does not idle the provider's capacity. `started()` is called when it first takes a slot."""
+        key = (ctx.job_id, claimed.seq)
+        async with self.active:
             if started is not None:
-                started()
+                self._starting[key] = started
             try:
                 if self.stopping:
                     return  # claimed but not started: its lease is handed back
@@ -234,7 +243,8 @@ class Engine:
                 log.exception("task %s crashed", claimed.task_id)
                 await self._finish(ctx, claimed, status=TaskStatus.failed, error=f"internal error: {type(e).__name__}: {e}")
             finally:
-                self._claim_epoch.pop((ctx.job_id, claimed.seq), None)
+                self._claim_epoch.pop(key, None)
+                self._starting.pop(key, None)
 
     # ------------------------------------------------------------------------------------------- task
 
@@ -371,6 +381,19 @@ class Engine:
 
     async def _attempt(self, ctx, claimed, task, call_request: ChatRequest, cand: Candidate, state: _TaskRun,
                        deadline: float, n: int):
+        """One attempt in an in-flight slot, freed once the call has answered (or the attempt ended without one)."""
+        slot = _Slot(self.slots)
+        await slot.take()
+        started = self._starting.pop((ctx.job_id, claimed.seq), None)
+        if started is not None:
+            started()
+        try:
+            return await self._attempt_in_slot(ctx, claimed, task, call_request, cand, state, deadline, n, slot)
+        finally:
+            slot.free()
+
+    async def _attempt_in_slot(self, ctx, claimed, task, call_request: ChatRequest, cand: Candidate,
+                               state: _TaskRun, deadline: float, n: int, slot: "_Slot"):
         """One attempt: checks, rate limit, reservation, the call, then what its answer means. Returns what
         _try_candidate returns, or RETRY (try this model again)."""
         model, policy = cand.model, self.settings.retry
@@ -412,7 +435,10 @@ class Engine:
         state.purpose = "retry"
         started = time.monotonic()
         try:
-            completion = await (flex or adapter).complete(model, call_request, timeout=policy.call_timeout_s)
+            try:
+                completion = await (flex or adapter).complete(model, call_request, timeout=policy.call_timeout_s)
+            finally:
+                slot.free()  # answered: the rest (settle, record, cache) runs outside the slot
         except ProviderError as e:
             latency = int((time.monotonic() - started) * 1000)
             return await self._failed_call(ctx, claimed, cand, e, attempt_id, latency, state, deadline, n)
@@ -601,3 +627,21 @@ class Engine:
     def _observe_latency(self, key: str, latency_ms: int) -> None:
         prev = self.health.latency_ms.get(key)
         self.health.latency_ms[key] = latency_ms if prev is None else prev * 0.9 + latency_ms * 0.1
+
+
+class _Slot:
+    """One in-flight slot of an attempt, freed at most once."""
+
+    __slots__ = ("sem", "held")
+
+    def __init__(self, sem: asyncio.Semaphore):
+        self.sem, self.held = sem, False
+
+    async def take(self) -> None:
+        await self.sem.acquire()
+        self.held = True
+
+    def free(self) -> None:
+        if self.held:
+            self.held = False
+            self.sem.release()

@@ -40,6 +40,7 @@ class Presence:
         self._host, self._pid = socket.gethostname(), os.getpid()
         self._last_ok = 0.0  # monotonic time of the last renewal that committed
         self._task: asyncio.Task | None = None
+        self._renewing: asyncio.Future | None = None  # the renewal under way, shared by every caller
 
     async def start(self) -> None:
         """Write the record before the first claim, then keep renewing it."""
@@ -52,6 +53,19 @@ class Presence:
         return time.monotonic() - self._last_ok < self.ttl_s * 0.5
 
     async def renew(self) -> None:
+        """One renewal at a time: a caller that comes while one is under way waits for that one (hundreds of
+        tasks finding the presence stale at once under load used to start hundreds of renewals)."""
+        if self._renewing is None:
+            self._renewing = asyncio.ensure_future(self._renew())
+            self._renewing.add_done_callback(self._renewed)
+        await asyncio.shield(self._renewing)
+
+    def _renewed(self, fut: asyncio.Future) -> None:
+        self._renewing = None
+        if not fut.cancelled():
+            fut.exception()  # seen by the callers that waited; retrieved here for those cancelled meanwhile
+
+    async def _renew(self) -> None:
         started = time.monotonic()
         b = await self.store.with_engine(self._beat)
         self._last_ok = started

@@ -63,3 +63,21 @@ def test_eviction_is_oldest_first_within_the_size_bound(store):
         left = {r.key for r in c.execute(select(response_cache.c.key))}
         assert gone == 7 and left == {"e6", "e7", "e8", "e9"}
         assert c.execute(select(func.count()).select_from(response_cache)).scalar() == 4
+
+
+def test_put_many_stores_what_put_stores(store):
+    """The hook writes a wave's answers with put_many: the same rows (claims replaced, costs copied from the
+    attempts) and the same entries as one put each."""
+    now = time.time()
+    items = [{"key": f"m{i}", "scope": None, "provider": "p", "model": "m", "output": {"i": i}, "usage": None,
+              "job_id": "j", "attempt_id": 0} for i in range(3)]
+    with store.begin() as c:
+        assert _claim(c, "m1", now=now)[0] == entries.LEAD  # a claim marker, replaced by the answer
+        got = entries.put_many(c, items, now=now)
+        single = _put(c, "one", output={"i": 0}, now=now)
+        assert [(e.key, e.output, e.cost_picos) for e in got] == [(f"m{i}", {"i": i}, 0) for i in range(3)]
+        assert single.cost_picos == got[0].cost_picos
+        for i in range(3):
+            verdict, entry = _claim(c, f"m{i}", worker="w2", now=now + 1)
+            assert verdict == entries.HIT and entry.output == {"i": i}
+        assert entries.put_many(c, []) == []

@@ -205,3 +205,41 @@ def test_stop_lets_the_call_in_flight_finish_and_starts_no_new_attempt(tmp_path)
     t, a, ad, _ = run_engine(tmp_path, lambda m, k: slow_then_stop(), n=1, during=During())
     assert len(ad.calls) == 1 and [x["status"] for x in a] == ["invalid_output"]
     assert t[0]["status"] == "running"  # handed back by the caller (jobs.stop_after_interrupt), not failed
+
+
+def test_in_flight_slots_are_held_by_calls_not_by_the_records_after_them(tmp_path):
+    """Issue 14: a slot is freed when the call answers, so the next task's call does not wait for the store to
+    record the last one (slow records used to idle the provider's capacity); calls in flight stay <= the
+    concurrency (4 in run_engine)."""
+    import time
+
+    from llmbatch.store import ledger
+
+    calls, recorded, live = [], [], [0, 0]  # call start times, record end times, [in flight now, most]
+
+    async def answer():
+        calls.append(time.monotonic())
+        live[0] += 1
+        live[1] = max(live[1], live[0])
+        await asyncio.sleep(0.05)
+        live[0] -= 1
+        return "positive"
+
+    class During:
+        def __setattr__(self, k, engine):
+            call = engine.store.call
+
+            async def slow_records(fn, *a, **kw):
+                if fn is not ledger.settle_and_record:
+                    return await call(fn, *a, **kw)
+                await asyncio.sleep(1.0)
+                out = await call(fn, *a, **kw)
+                recorded.append(time.monotonic())
+                return out
+
+            engine.store.call = slow_records
+
+    t, _, ad, _ = run_engine(tmp_path, lambda m, k: answer(), n=8, during=During())
+    assert [r["status"] for r in t] == ["succeeded"] * 8 and len(ad.calls) == 8
+    assert live[1] == 4
+    assert sorted(calls)[4] < min(recorded)  # the 5th call went out before the first record was written

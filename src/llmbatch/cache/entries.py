@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, delete, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..store import ledger
@@ -64,18 +64,21 @@ def claim_or_get(conn: Connection, key: str, *, scope: str | None, provider: str
     validation; (LEAD, None) when this worker now holds the key's claim and must make the call; (WAIT,
     claimant) when another worker's live claim says it is making the call."""
     now = now if now is not None else time.time()
-    row = conn.execute(select(response_cache).where(response_cache.c.key == key)).first()
-    if row is not None and row.created_at >= now - ttl_s:
+    claim = {"claimed_by": worker, "claim_expires_at": now + claim_s, "created_at": now}
+    # A new key (the common case: a miss) is claimed in one statement; only a key that exists is read.
+    st = _statements(conn)
+    if conn.execute(st.claim_new, {"key": key, "scope": scope, "provider": provider, "model": model, **claim}).first():
+        return LEAD, None
+    row = conn.execute(st.get, {"key": key}).first()
+    if row is None:  # evicted between the two statements: as good as new
+        done = conn.execute(st.claim_new, {"key": key, "scope": scope, "provider": provider, "model": model,
+                                           **claim}).first()
+        return (LEAD, None) if done is not None else (WAIT, None)
+    if row.created_at >= now - ttl_s:
         if row.output is not None:
             return HIT, _entry(row)
         if row.invalid_error is not None:
             return INVALID, row.invalid_error
-    claim = {"claimed_by": worker, "claim_expires_at": now + claim_s, "created_at": now}
-    if row is None:
-        done = conn.execute(_insert(conn).values(key=key, scope=scope, provider=provider, model=model, output=None,
-                                                 cost_picos=0, **claim)
-                            .on_conflict_do_nothing(index_elements=["key"]).returning(response_cache.c.key)).first()
-        return (LEAD, None) if done is not None else (WAIT, None)
     if row.output is None and row.invalid_error is None and row.claimed_by != worker \
             and row.claim_expires_at is not None and row.claim_expires_at >= now:
         return WAIT, row.claimed_by
@@ -95,16 +98,66 @@ def put(conn: Connection, key: str, *, scope: str | None, provider: str, model: 
     """Store the validated answer of `attempt_id` under `key` (replacing a claim or an older answer), its cost
     copied from the attempt's ledger row."""
     now = now if now is not None else time.time()
-    cost = func.coalesce(select(attempts.c.cost_picos).where(attempts.c.id == attempt_id).scalar_subquery(), 0)
-    values = {"scope": scope, "provider": provider, "model": model, "output": orjson.dumps(output).decode(),
-              "invalid_error": None, "usage": orjson.dumps(usage).decode() if usage is not None else None,
-              "cost_picos": cost,
-              "job_id": job_id, "attempt_id": attempt_id, "claimed_by": None, "claim_expires_at": None,
-              "created_at": now}
-    stmt = _insert(conn).values(key=key, **values)
-    stmt = stmt.on_conflict_do_update(index_elements=["key"], set_={k: stmt.excluded[k] for k in values})
-    saved = conn.execute(stmt.returning(response_cache.c.cost_picos)).scalar_one()
+    saved = conn.execute(_statements(conn).put, {
+        "key": key, "scope": scope, "provider": provider, "model": model, "output": orjson.dumps(output).decode(),
+        "usage": orjson.dumps(usage).decode() if usage is not None else None, "job_id": job_id,
+        "attempt_id": attempt_id, "created_at": now}).scalar_one()
     return Entry(key, provider, model, output, int(saved or 0))
+
+
+def put_many(conn: Connection, items: list[dict[str, Any]], *, now: float | None = None) -> list[Entry]:
+    """`put` for several answers at once (each item: put's keyword arguments and the key): one batched upsert,
+    then one read of the costs they copied. The response-cache hook writes the answers of a wave of tasks
+    this way, one store operation instead of one each."""
+    if not items:
+        return []
+    now = now if now is not None else time.time()
+    st = _statements(conn)
+    conn.execute(st.put_rows, [{
+        "key": i["key"], "scope": i["scope"], "provider": i["provider"], "model": i["model"],
+        "output": orjson.dumps(i["output"]).decode(),
+        "usage": orjson.dumps(i["usage"]).decode() if i["usage"] is not None else None, "job_id": i["job_id"],
+        "attempt_id": i["attempt_id"], "created_at": now} for i in items])
+    saved = dict(conn.execute(select(response_cache.c.key, response_cache.c.cost_picos)
+                              .where(response_cache.c.key.in_({i["key"] for i in items}))).all())
+    return [Entry(i["key"], i["provider"], i["model"], i["output"], int(saved.get(i["key"]) or 0)) for i in items]
+
+
+@dataclass(frozen=True)
+class _Statements:
+    claim_new: Any  # insert a claim marker unless the key exists; returns the key when it did not
+    get: Any
+    put: Any  # upsert an answer, its cost read from the attempt's ledger row; returns that cost
+    put_rows: Any  # the same without RETURNING (executemany)
+
+
+_BUILT: dict[str, _Statements] = {}
+
+
+def _statements(conn: Connection) -> _Statements:
+    """The hot statements, built once per dialect with bind parameters: building a statement (and its
+    upsert's `excluded` columns) on every call cost more than running it."""
+    dialect = conn.dialect.name
+    st = _BUILT.get(dialect)
+    if st is None:
+        c = response_cache.c
+        claim_new = (_insert(conn).values(
+            key=bindparam("key"), scope=bindparam("scope"), provider=bindparam("provider"),
+            model=bindparam("model"), output=None, cost_picos=0, claimed_by=bindparam("claimed_by"),
+            claim_expires_at=bindparam("claim_expires_at"), created_at=bindparam("created_at"))
+            .on_conflict_do_nothing(index_elements=["key"]).returning(c.key))
+        cost = func.coalesce(select(attempts.c.cost_picos).where(attempts.c.id == bindparam("attempt_id"))
+                             .scalar_subquery(), 0)
+        values: dict[str, Any] = {"scope": bindparam("scope"), "provider": bindparam("provider"), "model": bindparam("model"),
+                  "output": bindparam("output"), "invalid_error": None, "usage": bindparam("usage"),
+                  "cost_picos": cost, "job_id": bindparam("job_id"), "attempt_id": bindparam("attempt_id"),
+                  "claimed_by": None, "claim_expires_at": None, "created_at": bindparam("created_at")}
+        upsert = _insert(conn).values(key=bindparam("key"), **values)
+        upsert = upsert.on_conflict_do_update(index_elements=["key"],
+                                              set_={k: upsert.excluded[k] for k in values})
+        st = _BUILT[dialect] = _Statements(claim_new, select(response_cache).where(c.key == bindparam("key")),
+                                           upsert.returning(c.cost_picos), upsert)
+    return st
 
 
 def put_invalid(conn: Connection, key: str, *, scope: str | None, provider: str, model: str, error: str,

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("llmbatch.cache")
 
 EVICT_EVERY = 500  # stores between two eviction passes (per process)
+PUT_BATCH = 500  # answers stored in one store operation at most
 POLL_S = (0.1, 1.0)  # waiting on another worker's claim: first and longest poll interval
 # A claim marker lives this long unless renewed (every third of it while the call is under way): a worker
 # that died holds its keys for at most this long (at once free when it ran on this host: its pid is gone).
@@ -87,6 +88,8 @@ class CacheHook:
         self._puts = 0
         self._claims: set[str] = set()  # keys whose store claim this process holds
         self._renewer: asyncio.Task | None = None
+        self._to_put: list[tuple[dict[str, Any], asyncio.Future]] = []  # answers waiting for the writer
+        self._putter: asyncio.Task | None = None
 
     # ----------------------------------------------------------------------------------- scheduling
 
@@ -216,9 +219,10 @@ class CacheHook:
         if tc is None:
             return
         try:
-            entry = await self.engine.store.write(
-                entries.put, tc.key, scope=tc.scope, provider=model.provider, model=model.model, output=output,
-                usage=usage.model_dump() if usage is not None else None, job_id=ctx.job_id, attempt_id=attempt_id)
+            entry = await self._put({"key": tc.key, "scope": tc.scope, "provider": model.provider,
+                                     "model": model.model, "output": output, "job_id": ctx.job_id,
+                                     "usage": usage.model_dump() if usage is not None else None,
+                                     "attempt_id": attempt_id})
         except Exception as e:  # noqa: BLE001 - the task is recorded; a lost cache entry only costs a call later
             log.warning("response cache: storing an answer failed: %s: %s", type(e).__name__, e)
             return
@@ -233,6 +237,30 @@ class CacheHook:
                                               ttl_s=self.settings.cache_ttl_s)
             except Exception as e:  # noqa: BLE001 - eviction is housekeeping; the next pass retries
                 log.warning("response cache: eviction failed: %s: %s", type(e).__name__, e)
+
+    async def _put(self, item: dict[str, Any]) -> entries.Entry:
+        """Store one answer. One write is under way at a time; the answers that come meanwhile go together in the
+        next one (entries.put_many), so a wave of tasks finishing at once costs the store one operation."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._to_put.append((item, fut))
+        if self._putter is None or self._putter.done():
+            self._putter = loop.create_task(self._write_puts())
+        return await fut
+
+    async def _write_puts(self) -> None:
+        while self._to_put:
+            batch, self._to_put = self._to_put[:PUT_BATCH], self._to_put[PUT_BATCH:]
+            try:
+                stored = await self.engine.store.write(entries.put_many, [item for item, _ in batch])
+            except Exception as e:  # noqa: BLE001 - handed to each waiting remember(), which logs it
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            for (_, fut), entry in zip(batch, stored):
+                if not fut.done():
+                    fut.set_result(entry)
 
     async def release(self, state, *, escalated: bool) -> None:
         """The candidate's calls are over: end its prompt-cache warm-up, and if it led without storing an

@@ -1,9 +1,10 @@
 """Task-level flow: claimed tasks go onto the engine's in-flight slots one by one, whatever unit they came in.
 
 A unit (a seq range of a job) stays the claim and delivery granularity: `feed()` leases a unit's unfinished
-tasks in one store transaction and schedules each of them as its own asyncio task. Each waits for an
-in-flight slot (`Engine.slots`), so a slot freed by any task is taken at once by the next claimed task,
-and a unit's slowest task never holds the other slots idle (the convoy of issue 14).
+tasks in one store transaction and schedules each of them as its own asyncio task. Each call waits for an
+in-flight slot (`Engine.slots`, held from the rate-limit wait to the answer: see Engine.run_claimed), so a
+slot freed by any task is taken at once by the next claimed task that is ready to call, and a unit's
+slowest task never holds the other slots idle (the convoy of issue 14).
 
 The claim-ahead is bounded: `feed()` returns (and the caller fetches the next unit) only once the tasks
 claimed and not finished (in flight or waiting for a slot) leave room for another unit under

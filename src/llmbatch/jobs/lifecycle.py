@@ -217,6 +217,18 @@ def prepare_resume(settings: Settings, job_id: str) -> ResumePlan:
     return ResumePlan(job_id, taken, reconciled, done, left)
 
 
+def resume_same_command(settings: Settings, path: str | Path, spec: JobSpec) -> tuple[dict[str, Any], ResumePlan | None] | None:
+    """run/submit without --new: the newest job made from the same file and spec (None if there is none). A
+    finished job comes back as (its row, None); an unfinished one is prepared to run again: (its row, the plan)."""
+    job = find_same_command(settings, path, spec)
+    if job is None:
+        return None
+    if job["status"] in JobStatus.terminal:
+        return job, None
+    plan = prepare_resume(settings, job["id"])
+    return find_job(settings, job["id"]), plan
+
+
 def stop_after_interrupt(settings: Settings, job_id: str, worker: str) -> str:
     """A run of this process stopped: hand its leases back (calls it cut off become `interrupted`, outcome
     unknown, reservation held), and mark the job `interrupted` if work is left. Returns the job's status."""

@@ -7,18 +7,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
 from ..errors import InputError, JobNotFound
-from ..ingest import IngestReport, ingest
-from ..models import JobSpec
 from ..money import usd_to_picos
-from ..store import ledger, repo
+from ..store import repo
 from ..store import lifecycle as lc
 from ..store.db import get_engine, reading, redact_url
 from ..store.schema import JobStatus, TaskStatus
 from .identity import input_digest, spec_digest
+
+if TYPE_CHECKING:  # status, report and results load neither pydantic models nor the ingest path (jsonschema)
+    from ..ingest import IngestReport
+    from ..models import JobSpec
 
 
 def store(settings: Settings):
@@ -71,6 +73,7 @@ def create_job(settings: Settings, path: str | Path, spec: JobSpec, *, executor:
     Unknown model or provider names in the spec are refused first (exit 2, nothing stored). `owner`: the API
     token (service) whose daily cap and response cache the job uses, set before any task can run."""
     from ..catalog.loading import load_catalog
+    from ..ingest import ingest
     from ..names import check_spec_names
 
     check_spec_names(spec, load_catalog(settings))
@@ -180,6 +183,8 @@ def requeue(settings: Settings, job_id: str, *, budget_usd: str | None = None, i
     if budget_usd is not None:
         from pydantic import ValidationError
 
+        from ..models import JobSpec
+
         try:
             budget_usd = JobSpec.model_validate({"budget_usd": budget_usd}).budget_usd
         except ValidationError as e:
@@ -209,6 +214,8 @@ def prepare_resume(settings: Settings, job_id: str) -> ResumePlan:
     with engine.begin() as conn:
         dead = lc.dead_local_owners(conn, job_id)
         taken = lc.release_leases(conn, job_id, dead, why="worker_lost")
+    from ..store import ledger
+
     reconciled = len(ledger.reconcile(engine, job_id=job_id))
     done, left = done_and_left(settings, job_id)
     if left:
@@ -284,6 +291,8 @@ def report(settings: Settings, job_id: str, *, baseline_model: str | None = None
 
 def reconcile(settings: Settings, job_id: str | None, *, assume: str = "billed", grace_s: float = 0.0) -> int:
     """Settle attempts whose outcome is unknown; returns how many."""
+    from ..store import ledger
+
     return len(ledger.reconcile(store(settings), job_id=job_id, assume=assume, grace_s=grace_s))
 
 

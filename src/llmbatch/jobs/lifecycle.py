@@ -210,12 +210,12 @@ def prepare_resume(settings: Settings, job_id: str) -> ResumePlan:
     """Before running an interrupted or stalled job again: take back the tasks of dead local processes, settle
     the attempts whose outcome is unknown (billed at their reservation: the cap stays true), and mark the job
     running. Tasks leased by live or remote workers are left to them (or to their lease's end)."""
+    from ..store import ledger
+
     engine = store(settings)
     with engine.begin() as conn:
         dead = lc.dead_local_owners(conn, job_id)
         taken = lc.release_leases(conn, job_id, dead, why="worker_lost")
-    from ..store import ledger
-
     reconciled = len(ledger.reconcile(engine, job_id=job_id))
     done, left = done_and_left(settings, job_id)
     if left:
@@ -224,7 +224,8 @@ def prepare_resume(settings: Settings, job_id: str) -> ResumePlan:
     return ResumePlan(job_id, taken, reconciled, done, left)
 
 
-def resume_same_command(settings: Settings, path: str | Path, spec: JobSpec) -> tuple[dict[str, Any], ResumePlan | None] | None:
+def resume_same_command(settings: Settings, path: str | Path,
+                        spec: JobSpec) -> tuple[dict[str, Any], ResumePlan | None] | None:
     """run/submit without --new: the newest job made from the same file and spec (None if there is none). A
     finished job comes back as (its row, None); an unfinished one is prepared to run again: (its row, the plan)."""
     job = find_same_command(settings, path, spec)

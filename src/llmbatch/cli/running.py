@@ -9,7 +9,7 @@ import click
 
 from ..errors import InputError
 from .calibration import calibrate_sample
-from .common import (EXIT_FOR_STATUS, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_FAILED, FINAL, current_settings,
+from .common import (EXIT_FAILED, EXIT_FOR_STATUS, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, FINAL, current_settings,
                      err, find_job, name_option, print_json, show_line_errors)
 from .main import main
 from .options import build_spec, job_options

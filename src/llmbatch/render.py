@@ -236,3 +236,36 @@ def models_table(rows: list[dict[str, Any]]) -> None:
                   f"{r['output_per_mtok']:g}", f"{r['context_window']:,}", f"{r['max_output_tokens']:,}",
                   ", ".join(r["capabilities"]))
     out.print(t)
+
+
+# ------------------------------------------------------------------------------- CSV (results, report --csv)
+
+RESULT_CSV_COLUMNS = ["id", "status", "provider", "model", "output", "error", "input_tokens", "cached_tokens",
+                      "cache_write_tokens", "output_tokens", "reasoning_tokens", "cost_usd", "attempts"]
+REPORT_CSV_COLUMNS = ["provider", "model", "tasks", "attempts", "input_tokens", "cached_tokens", "cache_write_tokens",
+                      "output_tokens", "reasoning_tokens", "cost_usd"]
+
+
+def results_csv(out, lines) -> None:
+    """`results --format csv`: one row per task; a structured output as its JSON text."""
+    import csv
+
+    import orjson
+
+    w = csv.writer(out)
+    w.writerow(RESULT_CSV_COLUMNS)
+    for r in lines:
+        o = r["output"]
+        w.writerow([r["id"], r["status"], r["provider"], r["model"],
+                    o if isinstance(o, str) or o is None else orjson.dumps(o).decode(), r["error"],
+                    *r["usage"].values(), r["cost_usd"], r["attempts"]])
+
+
+def report_csv(out, rep: dict[str, Any]) -> None:
+    """`report --csv`: the by-model table."""
+    import csv
+
+    w = csv.writer(out)
+    w.writerow(REPORT_CSV_COLUMNS)
+    for r in rep["by_model"]:
+        w.writerow([r[c] for c in REPORT_CSV_COLUMNS])  # cost_usd: the exact Decimal

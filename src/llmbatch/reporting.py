@@ -12,11 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import orjson
 from sqlalchemy import Connection, and_, bindparam, case, func, select
 
-from .cache.report import cache_section, prompt_cache_section
-from .catalog.pricing import cost_at
-from .channel_report import by_channel  # discount channels
 from .errors import CatalogError
-from .quality.report import quality_summary
 from .money import usd_json
 from .store import job_counts, repo
 from .store.schema import AttemptStatus, TaskStatus, attempts, tasks
@@ -188,6 +184,7 @@ def _baseline_picos(conn: Connection, job_id: str, catalog: Catalog, baseline: s
     as if sent there directly. Failed, retried and escalated attempts are not counted (the baseline would
     have been billed once per finished request). Summed per long-context tier of the baseline model, so the
     price is exact: price() is linear within a tier."""
+    from .catalog.pricing import cost_at
     from .models import Usage
 
     try:
@@ -231,6 +228,10 @@ def overrun_rows(conn: Connection, job_id: str, limit: int = 20) -> tuple[int, l
 
 def build_report(conn: Connection, job_id: str, catalog: Catalog, *, baseline_model: str = "gpt-4o",
                  top: int = 10) -> dict[str, Any]:
+    from .cache.report import cache_section, prompt_cache_section
+    from .channel_report import by_channel  # discount channels
+    from .quality.report import quality_summary
+
     job = repo.get_job(conn, job_id)
     if job is None:
         raise LookupError(job_id)

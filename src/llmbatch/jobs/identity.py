@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
-from ..models import JobSpec
+if TYPE_CHECKING:
+    from ..models import JobSpec
 
 # Spec fields that change how a job runs, not what it computes or spends: a different value is the same job.
 _NOT_IDENTITY = ("name", "concurrency")

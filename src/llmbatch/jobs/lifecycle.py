@@ -7,20 +7,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 
 from ..config import Settings
 from ..errors import InputError, JobNotFound
-from ..ingest import IngestReport, ingest
-from ..models import JobSpec
 from ..money import usd_to_picos
-from ..store import job_counts, ledger, repo
+from ..store import job_counts, repo
 from ..store import lifecycle as lc
 from ..store.db import get_engine, reading, redact_url
 from ..store.schema import JobStatus, TaskStatus
 from .identity import input_digest, spec_digest
+
+if TYPE_CHECKING:  # status, report and results load neither pydantic models nor the ingest path (jsonschema)
+    from ..ingest import IngestReport
+    from ..models import JobSpec
 
 
 def store(settings: Settings):
@@ -73,6 +75,7 @@ def create_job(settings: Settings, path: str | Path, spec: JobSpec, *, executor:
     Unknown model or provider names in the spec are refused first (exit 2, nothing stored). `owner`: the API
     token (service) whose daily cap and response cache the job uses, set before any task can run."""
     from ..catalog.loading import load_catalog
+    from ..ingest import ingest
     from ..names import check_spec_names
 
     check_spec_names(spec, load_catalog(settings))
@@ -189,6 +192,8 @@ def requeue(settings: Settings, job_id: str, *, budget_usd: str | None = None, i
     if budget_usd is not None:
         from pydantic import ValidationError
 
+        from ..models import JobSpec
+
         try:
             budget_usd = JobSpec.model_validate({"budget_usd": budget_usd}).budget_usd
         except ValidationError as e:
@@ -214,6 +219,8 @@ def prepare_resume(settings: Settings, job_id: str) -> ResumePlan:
     """Before running an interrupted or stalled job again: take back the tasks of dead local processes, settle
     the attempts whose outcome is unknown (billed at their reservation: the cap stays true), and mark the job
     running. Tasks leased by live or remote workers are left to them (or to their lease's end)."""
+    from ..store import ledger
+
     engine = store(settings)
     with engine.begin() as conn:
         dead = lc.dead_local_owners(conn, job_id)
@@ -224,6 +231,19 @@ def prepare_resume(settings: Settings, job_id: str) -> ResumePlan:
         with engine.begin() as conn:
             lc.set_status(conn, job_id, JobStatus.running)
     return ResumePlan(job_id, taken, reconciled, done, left)
+
+
+def resume_same_command(settings: Settings, path: str | Path,
+                        spec: JobSpec) -> tuple[dict[str, Any], ResumePlan | None] | None:
+    """run/submit without --new: the newest job made from the same file and spec (None if there is none). A
+    finished job comes back as (its row, None); an unfinished one is prepared to run again: (its row, the plan)."""
+    job = find_same_command(settings, path, spec)
+    if job is None:
+        return None
+    if job["status"] in JobStatus.terminal:
+        return job, None
+    plan = prepare_resume(settings, job["id"])
+    return find_job(settings, job["id"]), plan
 
 
 def stop_after_interrupt(settings: Settings, job_id: str, worker: str) -> str:
@@ -281,6 +301,8 @@ def report(settings: Settings, job_id: str, *, baseline_model: str | None = None
 
 def reconcile(settings: Settings, job_id: str | None, *, assume: str = "billed", grace_s: float = 0.0) -> int:
     """Settle attempts whose outcome is unknown; returns how many."""
+    from ..store import ledger
+
     return len(ledger.reconcile(store(settings), job_id=job_id, assume=assume, grace_s=grace_s))
 
 

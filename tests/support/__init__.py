@@ -3,7 +3,7 @@
 - `services`: the throwaway Redis and PostgreSQL servers (start/stop/status/restart, also the command line
   behind `scripts/services.sh`), URL helpers, and `SessionServices` (what a test session starts and stops);
 - `databases`: a temporary PostgreSQL database (pytest-postgresql's DatabaseJanitor), a flushed Redis database;
-- `procs`: `llmbatch worker` processes (`WorkerProcs`), stopping a child process, a free port;
+- `procs`: `llmbatch worker` processes (`WorkerProcs`), stopping a child process;
 - `jobs`: polling a job in the store until it is terminal or far enough along, and the ledger invariants;
 - `cli`: running the CLI as a subprocess, its environment, input files, a job written straight to the store;
 - `ci`: under CI=true a test that cannot get its services fails instead of skipping.

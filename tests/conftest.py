@@ -2,8 +2,10 @@
 The machinery behind them is the package tests/support/ (shared with the benchmarks and scripts/services.sh).
 
 Where the servers come from:
-- `LLMBATCH_TEST_REDIS_URL` / `LLMBATCH_TEST_DATABASE_URL`, as exported by `scripts/test.sh`;
-- else this file starts the test servers once per session (tests/support/services.py) and stops what it started;
+- `LLMBATCH_TEST_REDIS_URL` / `LLMBATCH_TEST_DATABASE_URL`, when the caller gives them;
+- else this file starts the test servers once per session (tests/support/services.py, ports LLMBATCH_REDIS_PORT /
+  LLMBATCH_PG_PORT), exports their URLs to the processes the tests start, and stops at the end what it started
+  (LLMBATCH_KEEP_SERVICES=1 keeps them);
 - else the tests that need them are skipped locally, and fail under CI=true.
 
 Under CI=true any skipped test fails the run: CI must never pass without the real services.

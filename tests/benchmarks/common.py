@@ -431,13 +431,7 @@ def submit(settings, path: Path, *, budget_usd: str | None = "50") -> tuple[str,
     from llmbatch.jobs import create_job
     from llmbatch.models import JobSpec
 
-    from llmbatch.executors.celery_app import app
-
-    if app.conf.broker_url != settings.broker_url:
-        # dispatch_job's configure() updates broker_url, but an app that already published keeps its pooled
-        # connections to the old broker; benchmarks run in one process (the smoke tests) use several.
-        # close() drops (and closes) the connection and producer pools; the next publish opens new ones.
-        app.close()
+    # dispatch_job's configure() switches brokers (benchmarks run in one process, the smoke tests, use several).
     spec = JobSpec.model_validate({"simulate": True, **({"budget_usd": budget_usd} if budget_usd else {})})
     job_id, report = create_job(settings, path, spec, executor="celery")
     units = dispatch_job(settings, job_id)

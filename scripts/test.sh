@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # The test command: bash scripts/test.sh [pytest args...]
 #
-# Creates .venv if needed, installs llmbatch with its dev extras, starts the throwaway Redis and
-# PostgreSQL (scripts/services.sh), runs pytest with the URLs exported, and stops again whichever
-# service it had to start (LLMBATCH_KEEP_SERVICES=1 keeps them). Exits with pytest's exit code.
+# Creates .venv if needed, installs llmbatch with its dev extras, runs `ruff check` and mypy, then pytest. The
+# throwaway Redis and PostgreSQL are tests/conftest.py's business (tests/support/services.py): unless
+# LLMBATCH_TEST_REDIS_URL and LLMBATCH_TEST_DATABASE_URL are given, the session starts them (ports
+# LLMBATCH_REDIS_PORT / LLMBATCH_PG_PORT), exports those URLs to every process it starts, and stops at
+# the end whichever server it had to start (LLMBATCH_KEEP_SERVICES=1 keeps them). Exits with pytest's
+# exit code.
 #
-# With CI=true the services must come up: if they cannot, this fails before any test runs, and
-# tests/conftest.py turns any skipped test into a failure.
+# With CI=true the services must come up: if they cannot, the session fails before any test runs, and
+# any skipped test fails the run.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-is_ci() { [[ "${CI:-}" =~ ^([Tt][Rr][Uu][Ee]|1|[Yy][Ee][Ss])$ ]]; }
 log() { echo "test.sh: $*" >&2; }
 
 # ---- virtualenv: reinstall only when pyproject.toml changed (always on a fresh clone)
@@ -31,35 +33,6 @@ if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]] || ! .venv/bin/python 
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
 export VIRTUAL_ENV="$ROOT/.venv"
-
-# ---- services
-started=()
-if [[ -n "${LLMBATCH_TEST_REDIS_URL:-}" && -n "${LLMBATCH_TEST_DATABASE_URL:-}" ]]; then
-    log "using the given LLMBATCH_TEST_REDIS_URL and LLMBATCH_TEST_DATABASE_URL"
-else
-    for s in redis postgres; do
-        bash scripts/services.sh status "$s" 2>/dev/null || started+=("$s")
-    done
-    cleanup() {
-        if [[ ${#started[@]} -gt 0 && -z "${LLMBATCH_KEEP_SERVICES:-}" ]]; then
-            for s in "${started[@]}"; do bash scripts/services.sh stop "$s" || true; done
-        fi
-    }
-    trap cleanup EXIT
-    if urls="$(bash scripts/services.sh start </dev/null)"; then
-        while IFS='=' read -r key value; do
-            [[ "$key" == LLMBATCH_TEST_* ]] || continue
-            # A URL given by the caller wins over the default one.
-            [[ -n "${!key:-}" ]] || export "$key=$value"
-        done <<<"$urls"
-    elif is_ci; then
-        log "ERROR: Redis/PostgreSQL could not be started (see above). CI must run the integration tests against real services."
-        exit 1
-    else
-        log "WARNING: Redis/PostgreSQL could not be started; integration tests will be skipped."
-    fi
-fi
-log "LLMBATCH_TEST_REDIS_URL=${LLMBATCH_TEST_REDIS_URL:-<unset>} LLMBATCH_TEST_DATABASE_URL=${LLMBATCH_TEST_DATABASE_URL:-<unset>}"
 
 # ---- lint and types (both configured in pyproject.toml: ruff's rules; mypy on src/llmbatch, strict on the pure modules)
 .venv/bin/ruff check src tests

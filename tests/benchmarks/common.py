@@ -16,7 +16,6 @@ Postgres database (dropped afterwards).
 
 from __future__ import annotations
 
-from tests.conftest import flushed_redis_db, stop_process, temp_database
 import argparse
 import asyncio
 import contextlib
@@ -34,9 +33,13 @@ from typing import Any, Iterator
 
 import orjson
 
+from tests.support import services as S
+from tests.support.databases import flushed_redis_db, temp_database
+from tests.support.jobs import wait_terminal
+from tests.support.procs import WorkerProcs, stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
-SERVICES_SH = REPO / "scripts" / "services.sh"
 DEFAULT_MODEL_KEY = "groq/llama-3.1-8b-instant"  # where the benchmark tasks route (`llmbatch route --simulate`)
 
 _SUMMARY_TEXT = "Summarize the quarterly report: revenue grew 12% while costs stayed flat, and the board approved the plan."
@@ -183,7 +186,7 @@ def sample_request(max_output_tokens: int = 64) -> tuple[str, dict, dict]:
 def write_classify(path: Path, n: int) -> Path:
     """n classify lines: they route to the cheapest mini model; with the simulator's mini_error_rate some
     answer outside the labels and escalate to a standard-tier model (the issue's "usual ~5%")."""
-    from tests.helpers import write_reviews
+    from tests.support.cli import write_reviews
 
     write_reviews(path, n)
     return path
@@ -327,63 +330,29 @@ def services() -> tuple[str, str]:
     across runs), because integration tests restart and kill the shared test servers (test_restarts)
     and a benchmark must not die or slow down with them. LLMBATCH_BENCH_REDIS_URL and
     LLMBATCH_BENCH_DATABASE_URL override; LLMBATCH_BENCH_SHARED=1 uses the tests' servers
-    (LLMBATCH_TEST_*_URL / scripts/services.sh)."""
+    (LLMBATCH_TEST_*_URL, else tests/support/services.py's). The benchmarks' Redis has no AOF: it only
+    carries queues and rate-limit state."""
     redis_url = os.environ.get("LLMBATCH_BENCH_REDIS_URL")
     pg_url = os.environ.get("LLMBATCH_BENCH_DATABASE_URL")
     if redis_url and pg_url:
         return redis_url, pg_url
     shared = os.environ.get("LLMBATCH_BENCH_SHARED", "").lower() in ("1", "true", "yes")
-    if shared and os.environ.get("LLMBATCH_TEST_REDIS_URL") and os.environ.get("LLMBATCH_TEST_DATABASE_URL"):
-        return os.environ["LLMBATCH_TEST_REDIS_URL"], os.environ["LLMBATCH_TEST_DATABASE_URL"]
-    env = dict(os.environ)
-    which = []
+    if shared and os.environ.get(S.REDIS_ENV) and os.environ.get(S.DATABASE_ENV):
+        return os.environ[S.REDIS_ENV], os.environ[S.DATABASE_ENV]
     if shared:
-        which = ["start"]
+        redis, pg = S.redis_server(), S.postgres_server()
     else:
-        env["LLMBATCH_PG_PORT"] = str(BENCH_PG_PORT)
-        which = ["start", "postgres"]
-        redis_url = redis_url or _bench_redis()
-    p = subprocess.run(["bash", str(SERVICES_SH), *which], capture_output=True, text=True, timeout=600,
-                       stdin=subprocess.DEVNULL, env=env)
-    if p.returncode != 0:
-        raise RuntimeError(f"scripts/services.sh {' '.join(which)} failed: {p.stderr[-2000:]}")
-    urls = dict(line.split("=", 1) for line in p.stdout.splitlines() if "=" in line)
-    redis_url = redis_url or urls["LLMBATCH_TEST_REDIS_URL"]
-    pg_url = pg_url or urls["LLMBATCH_TEST_DATABASE_URL"]
+        redis = S.Redis(port=BENCH_REDIS_PORT, dir=Path(tempfile.gettempdir()) / f"llmbatch-bench-redis-{BENCH_REDIS_PORT}",
+                        durable=False, name="benchmark redis")
+        pg = S.Postgres(port=BENCH_PG_PORT, base=Path(f"/tmp/llmbatch-pg-{BENCH_PG_PORT}"), name="benchmark postgres")
+    with S.lock():
+        if not redis_url:
+            redis.start()
+        if not pg_url:
+            pg.start()
+    redis_url, pg_url = redis_url or redis.url, pg_url or pg.url
     os.environ["LLMBATCH_BENCH_REDIS_URL"], os.environ["LLMBATCH_BENCH_DATABASE_URL"] = redis_url, pg_url
     return redis_url, pg_url
-
-
-def _bench_redis() -> str:
-    """A Redis of the benchmarks' own (no persistence: it only carries queues and rate-limit state)."""
-    import redis
-
-    url = f"redis://127.0.0.1:{BENCH_REDIS_PORT}/0"
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        client.ping()
-        return url
-    except redis.exceptions.ConnectionError:
-        pass
-    finally:
-        client.close()
-    d = Path(tempfile.gettempdir()) / f"llmbatch-bench-redis-{BENCH_REDIS_PORT}"
-    d.mkdir(exist_ok=True)
-    subprocess.run(["redis-server", "--bind", "127.0.0.1", "--port", str(BENCH_REDIS_PORT), "--daemonize", "yes",
-                    "--dir", str(d), "--pidfile", str(d / "redis.pid"), "--logfile", str(d / "redis.log"),
-                    "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction"],
-                   check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=30)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1)
-        try:
-            client.ping()
-            return url
-        except redis.exceptions.ConnectionError:
-            time.sleep(0.1)
-        finally:
-            client.close()
-    raise RuntimeError(f"benchmark redis on port {BENCH_REDIS_PORT} did not start (log: {d}/redis.log)")
 
 
 def redis_db(redis_url: str, db: int) -> str:
@@ -417,92 +386,29 @@ def clean_env(**extra: str) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------ workers
 
 
-class Workers:
-    """`llmbatch worker` processes, each in its own process group; stopped (TERM, then KILL) on exit."""
+class Workers(WorkerProcs):
+    """Simulated `llmbatch worker` processes at INFO level, with the whole environment given (see `clean_env`),
+    each waited for until ready; stopped (TERM, then KILL) on leaving the `with` block."""
 
     def __init__(self, logdir: Path):
-        self.logdir = logdir
-        self.procs: list[subprocess.Popen] = []
-        self.logs: list[Path] = []
+        super().__init__(request=None, tmp_path=logdir)
 
-    def start(self, n: int, *, env: dict[str, str], concurrency: int, cwd: Path,
+    def start(self, n: int, *, env: dict[str, str], concurrency: int, cwd: Path,  # type: ignore[override]
               ready_timeout: float = 60.0) -> list[subprocess.Popen]:
-        started = []
-        for _ in range(n):
-            logf = self.logdir / f"worker-{len(self.logs)}.log"
-            self.logs.append(logf)
-            with open(logf, "ab") as out:
-                p = subprocess.Popen([PY, "-m", "llmbatch.cli", "worker", "--simulate", "--concurrency",
-                                      str(concurrency), "--loglevel", "INFO"], env=env, cwd=str(cwd),
-                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-            self.procs.append(p)
-            started.append(p)
-        for i in range(len(self.procs) - n, len(self.procs)):
-            self._wait_ready(i, ready_timeout)
-        return started
-
-    def _wait_ready(self, i: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.logs[i].read_text(errors="replace")
-            if " ready." in text:
-                return
-            if self.procs[i].poll() is not None:
-                raise RuntimeError(f"worker {i} exited {self.procs[i].returncode}:\n{text[-3000:]}")
-            time.sleep(0.1)
-        raise RuntimeError(f"worker {i} not ready in {timeout}s:\n{self.logs[i].read_text(errors='replace')[-3000:]}")
-
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
+        return super().start(n, env=env, inherit_env=False, concurrency=concurrency, cwd=cwd,
+                             args=["--simulate", "--loglevel", "INFO"], ready_timeout=ready_timeout)
 
     def stop_all(self, grace: float = 10.0) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for p in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(max(0.0, deadline - time.monotonic()))
-        for p in self.procs:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(10)
-        self.procs = []
-
-    def tail(self, n: int = 2000) -> dict[str, str]:
-        return {f.name: f.read_text(errors="replace")[-n:] for f in self.logs if f.exists()}
-
-    def __enter__(self) -> "Workers":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop_all()
+        super().stop_all(grace)
 
 
 # ------------------------------------------------------------------------------------------ jobs
 
 
-TERMINAL = ("succeeded", "failed", "budget_exhausted", "cancelled")
-
-
 def wait_job(db_url: str, job_id: str, *, timeout: float, poll: float = 0.05) -> tuple[dict, float]:
     """Poll the store until the job is terminal. Returns (job row, perf_counter when first seen terminal)."""
-    from llmbatch.store import repo
-    from llmbatch.store.db import get_engine
-
-    engine = get_engine(db_url)
-    deadline = time.monotonic() + timeout
-    while True:
-        with engine.connect() as conn:
-            job = repo.get_job(conn, job_id)
-        if job["status"] in TERMINAL:
-            return job, time.perf_counter()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
-        time.sleep(poll)
+    job = wait_terminal(db_url, job_id, timeout, every=poll)
+    return job, time.perf_counter()
 
 
 def job_counts(db_url: str, job_id: str) -> tuple[dict, int, int]:
@@ -525,13 +431,7 @@ def submit(settings, path: Path, *, budget_usd: str | None = "50") -> tuple[str,
     from llmbatch.jobs import create_job
     from llmbatch.models import JobSpec
 
-    from llmbatch.executors.celery_app import app
-
-    if app.conf.broker_url != settings.broker_url:
-        # dispatch_job's configure() updates broker_url, but an app that already published keeps its pooled
-        # connections to the old broker; benchmarks run in one process (the smoke tests) use several.
-        app._pool = None
-        app.amqp._producer_pool = None
+    # dispatch_job's configure() switches brokers (benchmarks run in one process, the smoke tests, use several).
     spec = JobSpec.model_validate({"simulate": True, **({"budget_usd": budget_usd} if budget_usd else {})})
     job_id, report = create_job(settings, path, spec, executor="celery")
     units = dispatch_job(settings, job_id)

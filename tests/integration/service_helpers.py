@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import stop_process
+from tests.support.procs import stop_process
 
 
 def free_port() -> int:

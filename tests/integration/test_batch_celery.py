@@ -14,9 +14,9 @@ from sqlalchemy import select
 from llmbatch.simulator import SimulatorConfig, start_subprocess
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import attempts, provider_batches
-from tests.conftest import stop_process
-from tests.helpers import cli_env, run_cli, write_reviews
-from tests.integration.test_chaos_workers import check_ledger, wait_terminal
+from tests.support.procs import stop_process
+from tests.support.cli import cli_env, run_cli, write_reviews
+from tests.support.jobs import check_ledger, wait_terminal
 
 pytestmark = [pytest.mark.integration]
 

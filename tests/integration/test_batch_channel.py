@@ -18,7 +18,7 @@ from llmbatch.simulator import SimulatorConfig, SimulatorThread
 from llmbatch.store import ledger as ledger_api, repo
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import attempts, provider_batches
-from tests.helpers import cli_env, results, run_json, write_reviews
+from tests.support.cli import cli_env, results, run_json, write_reviews
 
 MODEL = "openai/gpt-4o-mini"
 FAST = {"LLMBATCH_BATCH_POLL_S": "0.2", "LLMBATCH_BATCH_POLL_MAX_S": "0.5", "LLMBATCH_BATCH_LINGER_S": "0.3"}
@@ -157,7 +157,7 @@ def test_cancel_job_cancels_its_provider_batch_and_charges_finished_lines(tmp_pa
     import subprocess
     import sys
 
-    from tests.helpers import REPO, run_cli
+    from tests.support.cli import REPO, run_cli
 
     sim.configure(batch_turnaround_s=30.0)
     src = tmp_path / "in.jsonl"

@@ -25,8 +25,9 @@ from llmbatch.simulator import SimulatorConfig, start_subprocess
 from llmbatch.store import ledger as ledger_api, repo
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import attempts, tasks
-from tests.conftest import WorkerProcs, flushed_redis_db, stop_process, temp_database
-from tests.helpers import cli_env, run_cli, run_json, write_reviews
+from tests.support.databases import flushed_redis_db, temp_database
+from tests.support.procs import stop_process, WorkerProcs
+from tests.support.cli import cli_env, run_cli, run_json, write_reviews
 
 N_TASKS = 2000
 N_WORKERS = 4

@@ -12,7 +12,7 @@ from llmbatch.errors import BudgetExceeded
 from llmbatch.models import Usage
 from llmbatch.store import ledger as ledger_api, repo
 from llmbatch.store.db import get_engine
-from tests.helpers import make_store_job
+from tests.support.cli import make_store_job
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

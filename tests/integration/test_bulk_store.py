@@ -12,7 +12,7 @@ from llmbatch.store.aio import AsyncStore, _Op
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import attempts, jobs, tasks
 from llmbatch.store.tx import Deferred
-from tests.helpers import make_store_job
+from tests.support.cli import make_store_job
 
 WORKER = "w1"
 

@@ -19,8 +19,8 @@ from llmbatch.simulator import SimulatorConfig, SimulatorThread
 from llmbatch.store import ledger as ledger_api, repo
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import attempts, response_cache
-from tests.conftest import stop_process
-from tests.helpers import REPO, cli_env, results, run_cli, run_json, write_reviews
+from tests.support.procs import stop_process
+from tests.support.cli import REPO, cli_env, results, run_cli, run_json, write_reviews
 
 LABELS = ["positive", "negative", "neutral"]
 
@@ -263,7 +263,7 @@ def test_celery_workers_call_once_for_identical_tasks(tmp_path, fresh_postgres_u
                                                        worker_procs):
     """Two real worker processes on Postgres get chunks holding the same 40 requests three times over: the
     store's claim markers make one of them call and the others wait for its answer."""
-    from tests.integration.test_celery_scaleout import _wait_terminal
+    from tests.support.jobs import wait_terminal
 
     src = tmp_path / "reviews.jsonl"
     write_reviews(src, 40)
@@ -282,7 +282,7 @@ def test_celery_workers_call_once_for_identical_tasks(tmp_path, fresh_postgres_u
         assert p.returncode == 0, p.stderr
         job_id = p.stdout.strip().splitlines()[-1]
         worker_procs.start(2, env=env, args=["--concurrency", "20"])
-        job = _wait_terminal(fresh_postgres_url, job_id, timeout=180)
+        job = wait_terminal(fresh_postgres_url, job_id, timeout=180)
         calls = _calls(sim)
     assert job["status"] == "succeeded"
     assert calls == 40

@@ -16,16 +16,9 @@ from sqlalchemy import select
 from llmbatch.simulator import SimulatorConfig, SimulatorThread, start_subprocess
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import attempts, tasks
-from tests.conftest import stop_process
-from tests.helpers import cli_env, results, run_cli, run_json, write_reviews
-from tests.integration.test_chaos_workers import (
-    check_ledger,
-    finished,
-    reconcile,
-    submit,
-    wait_finished,
-    wait_terminal,
-)
+from tests.support.procs import stop_process
+from tests.support.cli import cli_env, results, run_cli, run_json, write_reviews
+from tests.support.jobs import check_ledger, finished, reconcile, submit, wait_finished, wait_terminal
 
 pytestmark = pytest.mark.integration
 

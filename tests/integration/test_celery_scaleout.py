@@ -8,20 +8,9 @@ import time
 from llmbatch.simulator import SimulatorConfig, start_subprocess
 from llmbatch.store import ledger as ledger_api, repo
 from llmbatch.store.db import get_engine
-from tests.conftest import stop_process
-from tests.helpers import cli_env, results, run_cli, run_json, write_reviews
-
-
-def _wait_terminal(db_url: str, job_id: str, timeout: float) -> dict:
-    engine = get_engine(db_url)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with engine.connect() as c:
-            job = repo.get_job(c, job_id)
-        if job["status"] in ("succeeded", "failed", "budget_exhausted", "cancelled"):
-            return job
-        time.sleep(0.25)
-    raise AssertionError(f"job {job_id} not finished after {timeout}s: {job['status']}")
+from tests.support.procs import stop_process
+from tests.support.cli import cli_env, results, run_cli, run_json, write_reviews
+from tests.support.jobs import wait_terminal
 
 
 def test_two_workers_match_embedded(tmp_path, sqlite_url, fresh_postgres_url, redis_url, flush_redis, worker_procs):
@@ -49,7 +38,7 @@ def test_two_workers_match_embedded(tmp_path, sqlite_url, fresh_postgres_url, re
         p = run_cli(["submit", str(src), "--simulate"], env)
         assert p.returncode == 0, p.stderr
         job_id = p.stdout.strip().splitlines()[-1]
-        job = _wait_terminal(fresh_postgres_url, job_id, timeout=120)
+        job = wait_terminal(fresh_postgres_url, job_id, timeout=120)
         elapsed = time.time() - started
         print(f"celery scale-out: 200 tasks in {elapsed:.1f}s ({200 / elapsed:.0f} tasks/s, workers already up)")
     finally:

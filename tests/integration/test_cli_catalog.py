@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 
-from tests.helpers import cli_env, custom_provider_toml, run_cli, run_json, write_reviews
+from tests.support.cli import cli_env, custom_provider_toml, run_cli, run_json, write_reviews
 from tests.unit.test_catalog_litellm import FIXTURE
 
 PNG = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 32).decode()

@@ -18,9 +18,9 @@ import pytest
 from llmbatch.simulator import SimulatorConfig, start_subprocess
 from llmbatch.store import repo
 from llmbatch.store.db import get_engine
-from tests.conftest import stop_process
-from tests.helpers import cli_env, run_cli, run_json
-from tests.integration.test_chaos_workers import wait_terminal
+from tests.support.procs import stop_process
+from tests.support.cli import cli_env, run_cli, run_json
+from tests.support.jobs import wait_terminal
 
 N_TASKS, UNIT, IN_FLIGHT, SLOW_S = 600, 20, 40, 5.0
 SLOW_MODEL = "openai/gpt-4.1-mini"  # the one task per unit pinned here answers after SLOW_S

@@ -22,7 +22,7 @@ from llmbatch.config import load_settings
 from llmbatch.simulator import SimulatorConfig, SimulatorThread
 from llmbatch.store import repo
 from llmbatch.store.db import get_engine
-from tests.helpers import cli_env, run_cli, run_json, write_reviews
+from tests.support.cli import cli_env, run_cli, run_json, write_reviews
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ from llmbatch.simulator import SimulatorConfig, start_subprocess
 from llmbatch.store import ledger as ledger_api, repo
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import attempts, tasks
-from tests.conftest import stop_process
-from tests.helpers import cli_env, run_cli, run_json, write_reviews
+from tests.support.procs import stop_process
+from tests.support.cli import cli_env, run_cli, run_json, write_reviews
 from tests.integration.test_budget_race import private_redis
 
 N_TASKS = 60

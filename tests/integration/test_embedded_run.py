@@ -10,7 +10,7 @@ from sqlalchemy import select
 from llmbatch.store import ledger as ledger_api, repo
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import attempts
-from tests.helpers import results, run_cli, run_json, write_reviews, cli_env
+from tests.support.cli import cli_env, results, run_cli, run_json, write_reviews
 
 
 def test_run_200_lines_all_succeed_and_spend_equals_ledger(tmp_path, sqlite_url):

@@ -13,18 +13,10 @@ import time
 import pytest
 
 from llmbatch.simulator import SimulatorConfig, start_subprocess
-from tests.conftest import stop_process
-from tests.helpers import cli_env, write_reviews
-from tests.integration.test_chaos_workers import (
-    _sim_stats,
-    check_ledger,
-    finished,
-    reconcile,
-    submit,
-    task_counts,
-    wait_finished,
-    wait_terminal,
-)
+from tests.support.procs import stop_process
+from tests.support.cli import cli_env, write_reviews
+from tests.integration.test_chaos_workers import _sim_stats
+from tests.support.jobs import check_ledger, finished, reconcile, submit, task_counts, wait_finished, wait_terminal
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -16,8 +16,8 @@ from sqlalchemy import select
 from llmbatch.simulator import SimulatorConfig, SimulatorThread
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import attempts
-from tests.helpers import REPO, cli_env, results, run_json, write_reviews
-from tests.integration.test_chaos_workers import check_ledger
+from tests.support.cli import REPO, cli_env, results, run_json, write_reviews
+from tests.support.jobs import check_ledger
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import orjson
 import pytest
 
-from tests.helpers import REPO, cli_env, custom_provider_toml, run_cli, run_json
+from tests.support.cli import REPO, cli_env, custom_provider_toml, run_cli, run_json
 from tests.unit.test_hostile_input import (CORPUS, SECRET_CONTENTS, assert_silent, corpus_text, expectations,
                                          listener)  # noqa: F401 - a fixture
 

@@ -31,9 +31,9 @@ from llmbatch.simulator import SimulatorConfig, start_subprocess
 from llmbatch.store import repo
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import attempts, tasks
-from tests.conftest import stop_process
-from tests.helpers import REPO, cli_env, run_cli, write_reviews
-from tests.integration.test_chaos_workers import check_ledger, finished, job_row
+from tests.support.procs import stop_process
+from tests.support.cli import REPO, cli_env, run_cli, write_reviews
+from tests.support.jobs import check_ledger, finished, job_row
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from llmbatch.store import ledger, presence, repo
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import AttemptStatus, TaskStatus, attempts, tasks
-from tests.helpers import make_store_job
+from tests.support.cli import make_store_job
 
 pytestmark = pytest.mark.integration
 

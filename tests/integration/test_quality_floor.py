@@ -12,7 +12,7 @@ from sqlalchemy import select
 from llmbatch.store import ledger as ledger_api, repo
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import attempts
-from tests.helpers import cli_env, results, run_cli, run_json, write_reviews
+from tests.support.cli import cli_env, results, run_cli, run_json, write_reviews
 
 
 def _job(url: str, job_id: str) -> dict:

@@ -20,7 +20,7 @@ from llmbatch.money import usd_to_picos
 from llmbatch.simulator import SimulatorConfig, SimulatorThread
 from llmbatch.store import ledger as ledger_api, repo
 from llmbatch.store.db import get_engine
-from tests.helpers import cli_env, results, run_cli, run_json, write_reviews
+from tests.support.cli import cli_env, results, run_cli, run_json, write_reviews
 
 N_TASKS = 150
 TOKENS = ("input_tokens", "cached_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")

@@ -18,15 +18,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from llmbatch.simulator import SimulatorConfig, start_subprocess
-from tests.conftest import SERVICES_SH, psycopg_dsn, stop_process
-from tests.helpers import cli_env, run_json, write_reviews
-from tests.integration.test_chaos_workers import (
-    check_ledger,
-    reconcile,
-    submit,
-    wait_finished,
-    wait_terminal,
-)
+from tests.support.procs import stop_process
+from tests.support.services import SERVICES_SH, psycopg_dsn
+from tests.support.cli import cli_env, run_json, write_reviews
+from tests.support.jobs import check_ledger, reconcile, submit, wait_finished, wait_terminal
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -12,7 +12,7 @@ from llmbatch.catalog import builtin_catalog
 from llmbatch.simulator import SimulatorConfig, SimulatorThread
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import attempts
-from tests.helpers import cli_env, results, run_json
+from tests.support.cli import cli_env, results, run_json
 
 # A 1x1 PNG: enough for the image part to be real.
 PNG = "data:image/png;base64," + base64.b64encode(bytes.fromhex(

@@ -19,8 +19,8 @@ from sqlalchemy import text
 from llmbatch.catalog import builtin_catalog
 from llmbatch.simulator import SimulatorConfig, SimulatorThread
 from llmbatch.store.db import get_engine
-from tests.helpers import cli_env, run_cli, run_json
-from tests.integration.test_chaos_workers import check_ledger, reconcile, wait_terminal
+from tests.support.cli import cli_env, run_cli, run_json
+from tests.support.jobs import check_ledger, reconcile, wait_terminal
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from openai.types.chat import ChatCompletion
 
 from llmbatch.service.dashboard import money
 from llmbatch.simulator import SimulatorConfig, SimulatorThread
-from tests.conftest import unavailable
+from tests.support.ci import unavailable
 from tests.integration.service_helpers import ServiceProcess, batch_lines
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import SERVICES_SH, psycopg_dsn
+from tests.support.services import SERVICES_SH, psycopg_dsn
 
 pytestmark = pytest.mark.integration
 

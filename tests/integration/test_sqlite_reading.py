@@ -11,7 +11,7 @@ from sqlalchemy import select
 from llmbatch.store import repo
 from llmbatch.store.db import get_engine, reading
 from llmbatch.store.schema import jobs
-from tests.helpers import make_store_job
+from tests.support.cli import make_store_job
 
 
 def test_a_reader_neither_waits_for_nor_blocks_the_writer(sqlite_url):

@@ -17,7 +17,7 @@ from llmbatch.store.db import get_engine
 from llmbatch.store.schema import budget_windows, jobs
 from llmbatch.store.token_caps import token_window
 from llmbatch.service.tokens import create_token, list_tokens
-from tests.helpers import make_store_job
+from tests.support.cli import make_store_job
 
 pytestmark = pytest.mark.integration
 

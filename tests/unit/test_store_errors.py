@@ -14,7 +14,7 @@ from llmbatch.errors import StoreWriteError
 from llmbatch.store.aio import AsyncStore, _is_disconnect
 from llmbatch.store.db import classify_store_error, get_engine
 from llmbatch.store.schema import input_errors
-from tests.helpers import make_store_job
+from tests.support.cli import make_store_job
 
 
 def _op_error(msg: str) -> OperationalError:

@@ -41,7 +41,10 @@ app = Celery("llmbatch")
 def configure(settings=None) -> Celery:
     settings = settings or load_settings()
     if app.conf.broker_url and app.conf.broker_url != settings.broker_url:
-        app.close()  # drop pooled connections to the previous broker, or messages would keep going there
+        # Drop pooled connections to the previous broker, or messages would keep going there: close() drops the
+        # connection pool only; the producer pool holds producers on the old connection.
+        app.close()
+        app.amqp._producer_pool = None
     # The visibility timeout must exceed the longest unit (Redis re-delivers unacked messages after it).
     # A unit is bounded by the task deadline; leases in the store guard against double work meanwhile.
     visibility = int(max(settings.retry.task_deadline_s * 2, settings.lease_seconds * 2, 3600))

@@ -1,4 +1,4 @@
-"""Shared test helpers: make input files, run the CLI as a real subprocess, read a job back from the store."""
+"""Running the CLI as a real subprocess, the input files the tests feed it, a job written straight to the store."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 POSITIVE = ["Love it, works perfectly and arrived early.", "Excellent quality, great value, would buy again.",
             "Fantastic battery life and a great screen."]

@@ -433,7 +433,7 @@ class BatchRunner:
         try:
             output = validate_output(task, r.completion.text)
         except InvalidOutput as e:
-            await self.e.store.settle(ledger.Settlement(status=AttemptStatus.invalid_output, error_class="invalid_output",
+            await self.e.store.call(ledger.settle, ledger.Settlement(status=AttemptStatus.invalid_output, error_class="invalid_output",
                                                         error_message=str(e), **base))
             return False
         outcome = repo.TaskOutcome(job_id=ctx.job_id, seq=claimed.seq, worker=self.e.worker_id,
@@ -458,13 +458,13 @@ class BatchRunner:
             s = ledger.Settlement(attempt_id=ln["attempt_id"], status=AttemptStatus.failed, cost_picos=cost,
                                   cost_source=source, usage=r.usage, error_class=kind[:40],
                                   error_message=r.error, http_status=r.http_status, pricing_error=perr)
-        await self.e.store.settle(s)
+        await self.e.store.call(ledger.settle, s)
 
     async def _release_row(self, ctx, job: _Job, row_id: int, why: str) -> None:
         """A batch that was never created: release every line and run the tasks online."""
         lines = await self.e.store.read(batches.open_lines, row_id)
         for i in range(0, len(lines), SETTLE_CHUNK):
-            await asyncio.gather(*(self.e.store.settle(ledger.Settlement(
+            await asyncio.gather(*(self.e.store.call(ledger.settle, ledger.Settlement(
                 attempt_id=ln["attempt_id"], status=AttemptStatus.failed, cost_picos=0, cost_source="none",
                 error_class="batch_not_created", error_message=why[:500])) for ln in lines[i:i + SETTLE_CHUNK]))
         await self.e.store.write(batches.mark, row_id, batches.FAILED, error=why, ended=True)

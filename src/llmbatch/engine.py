@@ -200,7 +200,7 @@ class Engine:
         ctx = await self.job_context(job_id)
         if self.stopping:
             return ctx, []
-        claimed, poisoned = await self.store.claim(
+        claimed, poisoned = await self.store.call(repo.claim_tasks,
             job_id, lo, hi, worker=self.worker_id, lease_s=self.settings.lease_seconds,
             max_deliveries=self.settings.max_deliveries)
         if poisoned:
@@ -464,7 +464,7 @@ class Engine:
             output = validate_output(task, completion.text,
                                      timeout_s=self.settings.input_limits.schema_validation_timeout_s)
         except InvalidOutput as e:
-            await self.store.settle(ledger.Settlement(
+            await self.store.call(ledger.settle, ledger.Settlement(
                 attempt_id=attempt_id, status=AttemptStatus.invalid_output, cost_picos=cost_picos,
                 cost_source=cost_source, error_class="truncated" if truncated else "invalid_output",
                 error_message=str(e), **answer))
@@ -474,7 +474,7 @@ class Engine:
             return TRUNCATED if truncated else ESCALATE
         doubt = ctx.quality.low_confidence(task, model.key, completion) if ctx.quality else None
         if doubt:  # valid, but the quality policy escalates answers this unsure (the call is still paid)
-            await self.store.settle(ledger.Settlement(
+            await self.store.call(ledger.settle, ledger.Settlement(
                 attempt_id=attempt_id, status=AttemptStatus.invalid_output, cost_picos=cost_picos,
                 cost_source=cost_source, error_class="low_confidence", error_message=doubt, **answer))
             await self._check_overrun(ctx, cand, state.reserved, cost_picos)
@@ -564,7 +564,7 @@ class Engine:
             if delay > 0.05 and not await self._still_holding(claimed, state):  # after a wait for money
                 raise _LeaseLost()
             try:
-                return await self.store.reserve(
+                return await self.store.call(ledger.reserve,
                     job_id=ctx.job_id, task_seq=claimed.seq, task_id=claimed.task_id, provider=model.provider,
                     model=model.model, amount_picos=amount, purpose=purpose, worker=self.worker_id,
                     daily_cap_picos=self.daily_cap_picos, channel=channel)
@@ -590,7 +590,7 @@ class Engine:
         cost, source, perr = 0, "none", None
         if e.usage is not None:  # some failures are still billed (the provider returned usage)
             cost, source, perr = self._cost(e.usage, cand.model, state)
-        await self.store.settle(ledger.Settlement(
+        await self.store.call(ledger.settle, ledger.Settlement(
             attempt_id=attempt_id, status=AttemptStatus.failed, cost_picos=cost, cost_source=source,
             usage=e.usage, error_class=e.error_class, error_message=e.message, http_status=e.status_code,
             pricing_error=perr, latency_ms=latency_ms))

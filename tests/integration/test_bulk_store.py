@@ -1,13 +1,14 @@
-"""The set-based (bulk) forms of reserve and settle_and_record on real Postgres: they must leave exactly the
-rows the single forms leave, refuse exactly what the single forms refuse, and fall back when a key repeats."""
+"""The set-based (bulk) forms of reserve and settle_and_record on real Postgres (ledger.reserve_many and
+ledger.settle_and_record_many, and the group-commit store that runs them): they must leave exactly the rows
+the single forms leave, refuse exactly what the single forms refuse, and fall back when a key repeats."""
 
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from llmbatch.models import Usage
-from llmbatch.store import bulk, ledger, repo
+from llmbatch.store import ledger, repo
 from llmbatch.store.aio import AsyncStore, _Op
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import attempts, jobs, tasks
@@ -63,19 +64,45 @@ def _single(engine, job: str, n: int, *, steal: set[int], dup: set[int]) -> list
     return [ledger.settle_and_record(engine, _settlement(ids[i], i), _outcome(job, i)) for i in range(n)]
 
 
+class _Statements:
+    """Counts the statements sent to the server (the set forms send one per kind, whatever the batch size)."""
+
+    def __init__(self, engine):
+        self.n = 0
+        event.listen(engine, "before_cursor_execute", self._count)
+        self.engine = engine
+
+    def _count(self, *_):
+        self.n += 1
+
+    def close(self):
+        event.remove(self.engine, "before_cursor_execute", self._count)
+
+
 def _bulk(engine, job: str, n: int, *, steal: set[int], dup: set[int]) -> list:
-    with engine.begin() as c:
-        d = Deferred()
-        ids = bulk.reserve_many(c, [((), _reserve_kw(job, i, 500 + i, cap=10**9)) for i in range(n)], deferred=d)
-        assert not d.flush(c)
-    for i in dup:
-        ledger.settle(engine, _settlement(ids[i], i))
-    _steal(engine, job, steal)
-    with engine.begin() as c:
-        d = Deferred()
-        out = bulk.settle_and_record_many(c, [((_settlement(ids[i], i), _outcome(job, i)), {}) for i in range(n)],
-                                          deferred=d)
-        d.flush(c)
+    statements = _Statements(engine)
+    try:
+        with engine.begin() as c:
+            d = Deferred()
+            before = statements.n
+            ids = ledger.reserve_many(c, [ledger.Reservation(**_reserve_kw(job, i, 500 + i, cap=10**9))
+                                          for i in range(n)], deferred=d)
+            assert statements.n - before == 1  # one INSERT for all n
+            assert not d.flush(c)
+        for i in dup:
+            ledger.settle(engine, _settlement(ids[i], i))
+        _steal(engine, job, steal)
+        with engine.begin() as c:
+            d = Deferred()
+            before = statements.n
+            out = ledger.settle_and_record_many(c, [(_settlement(ids[i], i), _outcome(job, i)) for i in range(n)],
+                                                deferred=d)
+            # one UPDATE of the attempts, one of the tasks; then one statement per attempt already settled
+            # (record only) and per task whose lease was lost (charge only)
+            assert statements.n - before == 2 + len(dup) + len(steal - dup)
+            d.flush(c)
+    finally:
+        statements.close()
     return out
 
 
@@ -109,8 +136,7 @@ def test_bulk_reserve_refuses_what_does_not_fit(fresh_postgres_url):
     job = _job(engine, 10, 2_500)
     store = AsyncStore(fresh_postgres_url, threads=1)
     try:
-        batch = [_Op(ledger.reserve.on_conn, (), _reserve_kw(job, i, 1_000), deferring=True, reserves=True,
-                     many=bulk.reserve_many) for i in range(10)]
+        batch = [_Op(ledger.reserve, (), _reserve_kw(job, i, 1_000), group=True) for i in range(10)]
         results = store._in_one_transaction(batch)
     finally:
         store.close()
@@ -128,8 +154,9 @@ def test_bulk_reserve_falls_back_when_a_task_repeats(fresh_postgres_url):
     job = _job(engine, 2, None)
     with engine.begin() as c:
         d = Deferred()
-        ids = bulk.reserve_many(c, [((), _reserve_kw(job, 0, 10)), ((), _reserve_kw(job, 0, 20)),
-                                    ((), _reserve_kw(job, 1, 30))], deferred=d)
+        ids = ledger.reserve_many(c, [ledger.Reservation(**_reserve_kw(job, 0, 10)),
+                                      ledger.Reservation(**_reserve_kw(job, 0, 20)),
+                                      ledger.Reservation(**_reserve_kw(job, 1, 30))], deferred=d)
         d.flush(c)
     with engine.connect() as c:
         rows = c.execute(select(attempts.c.id, attempts.c.task_seq, attempts.c.attempt_no, attempts.c.reserved_picos)
@@ -145,10 +172,10 @@ def test_store_batches_use_the_bulk_forms(fresh_postgres_url, n):
     engine = get_engine(fresh_postgres_url)
     job = _job(engine, n, 10**6)
     store = AsyncStore(fresh_postgres_url)
-    assert store._many is bulk.MANY
+    assert store.grouped
 
     async def one(i: int):
-        attempt = await store.reserve(**_reserve_kw(job, i, 900))
+        attempt = await store.call(ledger.reserve, **_reserve_kw(job, i, 900))
         return await store.call(ledger.settle_and_record, _settlement(attempt, i), _outcome(job, i))
 
     async def main():

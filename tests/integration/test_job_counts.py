@@ -12,11 +12,11 @@ from sqlalchemy import text
 
 from llmbatch.models import Usage
 from llmbatch.reporting import status_dict
-from llmbatch.store import bulk, job_counts, ledger, repo
+from llmbatch.store import job_counts, ledger, repo
 from llmbatch.store.aio import AsyncStore
 from llmbatch.store.db import _alembic_config, get_engine, make_engine, upgrade
 from llmbatch.store.tx import Deferred
-from tests.helpers import make_store_job
+from tests.support.cli import make_store_job
 
 pytestmark = pytest.mark.integration
 
@@ -83,11 +83,11 @@ def test_counts_on_the_job_row_equal_a_recount(store_url):
     asyncio.run(grouped())
     _check(engine, job, succeeded=11, cancelled=2)
     if pg:
-        calls = [((_charge(engine, job, seq, "A"), _done(job, seq, "A")), {}) for seq in range(21, 25)]
-        calls.append(((_charge(engine, job, 25, "A"), _done(job, 25, "B")), {}))  # lease not held: charge only
+        pairs = [(_charge(engine, job, seq, "A"), _done(job, seq, "A")) for seq in range(21, 25)]
+        pairs.append((_charge(engine, job, 25, "A"), _done(job, 25, "B")))  # lease not held: charge only
         with engine.begin() as conn:
             d = Deferred()
-            assert bulk.settle_and_record_many(conn, calls, deferred=d) == [(True, True)] * 4 + [(True, False)]
+            assert ledger.settle_and_record_many(conn, pairs, deferred=d) == [(True, True)] * 4 + [(True, False)]
             d.flush(conn)
         _check(engine, job, succeeded=15)
 

@@ -1,4 +1,4 @@
-"""A token's daily cap is held by the ledger's own conditional reservation (store/token_caps.py), on SQLite
+"""A token's daily cap is held by the ledger's own conditional reservation (store/ledger/budget.py), on SQLite
 and Postgres: concurrent reservations across the token's jobs never pass it, others' jobs are untouched,
 and settlement releases the token's window exactly like the global one."""
 
@@ -15,7 +15,6 @@ from llmbatch.store import ledger, repo
 from llmbatch.store.aio import AsyncStore
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import budget_windows, jobs
-from llmbatch.store.token_caps import token_window
 from llmbatch.service.tokens import create_token, list_tokens
 from tests.support.cli import make_store_job
 
@@ -72,14 +71,14 @@ def test_token_cap_across_jobs_under_concurrency(store_url):
         t.start()
     for t in threads:
         t.join()
-    spent, reserved = _window(engine, token_window(alice))
+    spent, reserved = _window(engine, ledger.token_window(alice))
     assert reserved == 0 and spent <= 20_000 and spent + 700 > 20_000 - 500  # filled up to the cap, never over
     assert refused and all(j in a_jobs for j in refused)
     assert granted.count(b_job) == 40  # bob has no cap and is never stopped by alice's
     with engine.connect() as c:
         a_spent = sum(repo.get_job(c, j)["spent_picos"] for j in a_jobs)
     assert a_spent == spent
-    day_spent, day_reserved = _window(engine, token_window(alice).split("/")[0])
+    day_spent, day_reserved = _window(engine, ledger.token_window(alice).split("/")[0])
     assert day_reserved == 0 and day_spent == a_spent + 40 * 500
 
 
@@ -92,7 +91,7 @@ def test_token_cap_through_the_group_commit_store(store_url):
     store = AsyncStore(store_url)
 
     async def main():
-        return await asyncio.gather(*(store.reserve(job_id=job, task_seq=i, task_id=f"t{i}", provider="p", model="m",
+        return await asyncio.gather(*(store.call(ledger.reserve, job_id=job, task_seq=i, task_id=f"t{i}", provider="p", model="m",
                                                     amount_picos=1_000, purpose="first", worker="w")
                                       for i in range(10)), return_exceptions=True)
     try:
@@ -101,9 +100,9 @@ def test_token_cap_through_the_group_commit_store(store_url):
         store.close()
     ok = [r for r in results if isinstance(r, int)]
     assert len(ok) == 3 and all(isinstance(r, BudgetExceeded) for r in results if not isinstance(r, int))
-    assert _window(engine, token_window(carol)) == (0, 3_000)
+    assert _window(engine, ledger.token_window(carol)) == (0, 3_000)
     with engine.connect() as c:
         assert repo.get_job(c, job)["reserved_picos"] == 3_000
     for att in ok:  # settling releases the token window too
         ledger.settle(engine, ledger.Settlement(attempt_id=att, status="failed", cost_picos=0, cost_source="none"))
-    assert _window(engine, token_window(carol)) == (0, 0)
+    assert _window(engine, ledger.token_window(carol)) == (0, 0)

@@ -215,6 +215,6 @@ def record_hit(conn: Connection, settlement: ledger.Settlement, outcome: TaskOut
                deferred: Deferred) -> tuple[bool, bool]:
     """Settle the $0 cache attempt and record the task's outcome (ledger.settle_and_record), and note on the
     attempt the original cost it did not pay again."""
-    result = ledger.settle_and_record.on_conn(conn, settlement, outcome, deferred=deferred)  # type: ignore[attr-defined]  # set by in_transaction
+    result = ledger.settle_and_record.on_conn(conn, settlement, outcome, deferred=deferred)
     conn.execute(update(attempts).where(attempts.c.id == settlement.attempt_id).values(saved_picos=saved_picos))
     return result

@@ -193,7 +193,7 @@ class CacheHook:
         cost. None (make the call instead) when even $0 cannot be reserved (the job is past its cap)."""
         engine = self.engine
         try:
-            attempt_id = await engine.store.reserve(
+            attempt_id = await engine.store.call(ledger.reserve,
                 job_id=ctx.job_id, task_seq=claimed.seq, task_id=claimed.task_id, provider=entry.provider,
                 model=entry.model, amount_picos=0, purpose="cache", worker=engine.worker_id, channel="cache",
                 daily_cap_picos=engine.daily_cap_picos)

@@ -2,7 +2,7 @@
 
 A token is `lb-` + 32 random bytes (urlsafe): shown once at creation, never stored in clear. Each token owns
 the files, batches and jobs it creates; its optional daily cap is held by the ledger's own reservation
-(store/token_caps.py), so a token over its cap has its batches stop as `budget_exhausted`.
+(store/ledger/budget.py), so a token over its cap has its batches stop as `budget_exhausted`.
 """
 
 from __future__ import annotations

@@ -6,15 +6,17 @@ store thread takes every operation waiting in the queue and runs them in ONE tra
 future resolves only after that commit, so nobody calls a provider on a reservation that is not durable.
 
 Rules that make this safe:
-- Operations are the connection-level forms of repo functions (`fn.on_conn`). An expected refusal
-  (BudgetExceeded) leaves no write behind, so it can share a transaction with others.
+- Operations are store functions taking a Connection: plain ones, or the connection-level forms of
+  @in_transaction ones (`fn.on_conn`). An expected refusal (BudgetExceeded) leaves no write behind, so it can
+  share a transaction with others.
 - Any other error inside a batch rolls the batch back and re-runs each operation in its own transaction,
   so one bad operation cannot fail its neighbours.
 - A lost connection (Postgres restart, network blip) rolls back and retries with backoff until the
   store answers again: workers ride out a store outage instead of failing tasks.
 
-On Postgres, where each statement is a round trip, the reservations of a batch run as one set-based
-statement, and so do its settlements (bulk.py); everything else in the batch runs one by one.
+On Postgres, where each statement is a round trip, the calls of a function that has a set form (`many`, see
+tx.in_transaction: the ledger's reservations and settlements) run as one call of that form per batch;
+everything else in the batch runs one by one.
 
 SQLite gets one thread (it has one writer anyway). Postgres gets several, so batches overlap.
 """
@@ -34,7 +36,6 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..errors import BudgetExceeded, StoreError
-from . import bulk, ledger, repo
 from .db import classify_store_error, get_engine, is_sqlite
 from .tx import Deferred
 
@@ -56,13 +57,15 @@ def _is_disconnect(e: BaseException) -> bool:
 
 
 class _Op:
-    __slots__ = ("fn", "args", "kwargs", "future", "deferring", "reserves", "many")
+    __slots__ = ("fn", "args", "kwargs", "future", "deferring", "refusable", "many")
 
-    def __init__(self, fn, args, kwargs, *, deferring: bool = False, reserves: bool = False, many=None):
-        self.fn, self.args, self.kwargs = fn, args, kwargs
-        self.deferring = deferring  # takes the transaction's Deferred (job-row work at the end)
-        self.reserves = reserves  # returns an attempt id whose hold is decided at flush
-        self.many = many  # the set-based form (bulk.py) that runs all such ops of a batch as one statement
+    def __init__(self, fn: Callable, args: tuple, kwargs: dict, *, group: bool = False):
+        self.fn = getattr(fn, "on_conn", fn)  # the connection-level form
+        self.args, self.kwargs = args, kwargs
+        self.deferring = getattr(fn, "takes_deferred", False)  # takes the transaction's Deferred
+        self.refusable = getattr(fn, "refusable", False)  # its result can be refused when the Deferred flushes
+        # (set form, item maker): all such ops of a batch run as one call of the set form (see tx.in_transaction)
+        self.many = getattr(fn, "many", None) if group else None
         self.future: Future = Future()
 
 
@@ -71,8 +74,8 @@ class AsyncStore:
         self.engine: Engine = get_engine(database_url)
         self.max_batch = max_batch
         n = threads or (1 if is_sqlite(self.engine) else 4)
-        # Set-based forms of the hot operations, where a statement costs a round trip (Postgres).
-        self._many = {} if is_sqlite(self.engine) else bulk.MANY
+        # Set forms where a statement costs a round trip (Postgres).
+        self.grouped = not is_sqlite(self.engine)
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._serve, name=f"llmbatch-store-{i}", daemon=True)
                          for i in range(n)]
@@ -82,32 +85,17 @@ class AsyncStore:
     # ------------------------------------------------------------------------------ public API
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a repo operation decorated with @in_transaction, batched with others."""
-        op = _Op(fn.on_conn, args, kwargs, deferring=fn.takes_deferred,  # type: ignore[attr-defined]
-                 reserves=fn is ledger.reserve, many=self._many.get(fn))
+        """Run a store function in the next batch's transaction: one taking a Connection, or one decorated
+        with @in_transaction (its connection-level form runs)."""
+        op = _Op(fn, args, kwargs, group=self.grouped)
         self._queue.put(op)
         return await asyncio.wrap_future(op.future)
 
-    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a repo function that takes a Connection (reads and small writes), batched too."""
-        op = _Op(fn, args, kwargs)
-        self._queue.put(op)
-        return await asyncio.wrap_future(op.future)
-
-    write = read
+    read = write = call  # the same; the name says what the caller does
 
     async def with_engine(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run an engine-level function (one that manages its own transactions, like reconcile) off the loop."""
         return await asyncio.to_thread(fn, self.engine, *args, **kwargs)
-
-    async def claim(self, *a, **k):
-        return await self.call(repo.claim_tasks, *a, **k)
-
-    async def reserve(self, **k) -> int:
-        return await self.call(ledger.reserve, **k)
-
-    async def settle(self, s: ledger.Settlement) -> bool:
-        return await self.call(ledger.settle, s)
 
     def close(self) -> None:
         for _ in self._threads:
@@ -177,26 +165,29 @@ class AsyncStore:
 
     def _in_one_transaction(self, batch: list[_Op]) -> list[tuple[bool, Any]]:
         results: list[tuple[bool, Any]] = [(False, None)] * len(batch)
-        bulk_groups: dict[Callable, list[int]] = {}
+        groups: dict[Callable, list[int]] = {}
         with self.engine.begin() as conn:
             deferred = Deferred()
             for i, op in enumerate(batch):
                 if op.many is not None:
-                    bulk_groups.setdefault(op.many, []).append(i)
+                    groups.setdefault(op.fn, []).append(i)
                 else:
                     results[i] = _run_one(conn, op, deferred)
-            for many, idxs in bulk_groups.items():
+            for idxs in groups.values():
                 if len(idxs) == 1:
                     results[idxs[0]] = _run_one(conn, batch[idxs[0]], deferred)
                     continue
-                values = many(conn, [(batch[i].args, batch[i].kwargs) for i in idxs], deferred=deferred)
+                grouped = batch[idxs[0]].many
+                assert grouped is not None  # only operations with a set form were grouped
+                many, item = grouped
+                values = many(conn, [item(*batch[i].args, **batch[i].kwargs) for i in idxs], deferred=deferred)
                 for i, value in zip(idxs, values):
                     results[i] = (True, value)
             refused = deferred.flush(conn)  # job and window rows, locked last and briefly
         if refused:
             for i, op in enumerate(batch):
                 ok, value = results[i]
-                if op.reserves and ok and value in refused:
+                if op.refusable and ok and value in refused:
                     results[i] = (False, refused[value])
         return results
 

@@ -16,7 +16,7 @@ import time
 
 from sqlalchemy import Connection, and_, func, insert, or_, select, update
 
-from . import bulk, ledger
+from . import ledger
 from .schema import TaskStatus, attempts, jobs, provider_batches, tasks
 from .tx import Deferred, in_transaction
 
@@ -51,13 +51,10 @@ def open_batch(conn: Connection, *, job_id: str, provider: str, model: str, tag:
         job_id=job_id, provider=provider, model=model, tag=tag, state=CREATING, lines=len(lines),
         reserved_picos=sum(a for _, _, a in lines), owner=worker, lease_until=now + lease_s, created_at=now,
     ).returning(provider_batches.c.id)).scalar_one()
-    calls = [((), dict(job_id=job_id, task_seq=seq, task_id=task_id, provider=provider, model=model,
-                       amount_picos=amount, purpose="first", worker=worker, daily_cap_picos=daily_cap_picos,
-                       channel="batch", now=now)) for seq, task_id, amount in lines]
-    if conn.dialect.name == "postgresql":  # one statement for the whole batch (bulk.py), not one per line
-        ids = bulk.reserve_many(conn, calls, deferred=deferred)
-    else:
-        ids = [ledger.reserve.on_conn(conn, deferred=deferred, **kw) for _, kw in calls]  # type: ignore[attr-defined]  # set by in_transaction
+    ids = ledger.reserve_many(conn, [ledger.Reservation(
+        job_id=job_id, task_seq=seq, task_id=task_id, provider=provider, model=model, amount_picos=amount,
+        purpose="first", worker=worker, daily_cap_picos=daily_cap_picos, channel="batch", now=now)
+        for seq, task_id, amount in lines], deferred=deferred)
     conn.execute(update(attempts).where(attempts.c.id.in_(ids)).values(batch_ref=row_id, status=IN_BATCH))
     return row_id, ids
 

@@ -3,14 +3,16 @@
 A job's total is `jobs.total_tasks` (set in the transaction that ingests its tasks; tasks are never added
 or removed afterwards). The finished tasks are counted in `jobs.succeeded_tasks`, `failed_tasks`,
 `skipped_tasks` and `cancelled_tasks`, moved in the same transaction as the task UPDATE that changes a task's
-status, through the transaction's Deferred (tx.py): like the money deltas, the job row is touched once, last,
+status, through the transaction's job-row part (ledger.budget.BudgetRows, flushed by tx.Deferred): like the
+money deltas, the job row is touched once, last,
 so the lock order stays "task rows first, then job rows". The unfinished tasks are not counted there: their
 transitions (claim, release, lease takeover) are the hot path and would make every claim write the job row.
 `running` is counted live instead (the (job_id, status) index: bounded by the leases held), and
 queued = total - finished - running.
 
 Every statement that can move a task into or out of a finished status calls one of:
-  - note(deferred, job_id, status, n): a task UPDATE with a known new status (record the outcome, poison);
+  - note(rows, job_id, status, n): a task UPDATE with a known new status (record the outcome, poison), `rows`
+    being the transaction's deferred.part(BudgetRows);
   - add(conn, job_id, status, n): the same, applied at once (request_cancel, which has no Deferred);
   - recount(conn, job_id): the rare bulk change whose old statuses are mixed (retry), and the migration.
 """
@@ -37,11 +39,11 @@ _ADD = (
 )
 
 
-def note(deferred: Any, job_id: str, status: str, n: int = 1) -> None:
+def note(rows: Any, job_id: str, status: str, n: int = 1) -> None:
     """`n` tasks of `job_id` just became `status` (queued/running before): counted at the end of the
-    transaction (Deferred.flush -> apply). Not a finished status: nothing to count."""
+    transaction (BudgetRows.flush -> apply). Not a finished status: nothing to count."""
     if n and status in COLUMNS:
-        d = deferred.task_counts.setdefault(job_id, {})
+        d = rows.task_counts.setdefault(job_id, {})
         d[status] = d.get(status, 0) + n
 
 

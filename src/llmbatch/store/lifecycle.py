@@ -9,7 +9,8 @@ from typing import Any
 
 from sqlalchemy import Connection, case, select, update
 
-from .schema import AttemptStatus, JobStatus, TaskStatus, attempts, jobs, tasks
+from . import ledger
+from .schema import JobStatus, TaskStatus, jobs, tasks
 
 
 def find_job_by_name(conn: Connection, name: str) -> dict[str, Any] | None:
@@ -46,12 +47,8 @@ def release_leases(conn: Connection, job_id: str, owners: list[str], *, why: str
     reservation stays held until reconcile. The delivery is not counted against max_deliveries."""
     if not owners:
         return 0
-    conn.execute(
-        update(attempts).where(attempts.c.job_id == job_id, attempts.c.worker.in_(owners),
-                               attempts.c.status == AttemptStatus.in_flight, attempts.c.settled.is_(False))
-        .values(status=AttemptStatus.unknown, error_class=why,
-                error_message="the call was cut off before it answered; outcome unknown")
-    )
+    ledger.mark_lost(conn, job_id, workers=owners, error_class=why,
+                     error_message="the call was cut off before it answered; outcome unknown")
     return conn.execute(
         update(tasks).where(tasks.c.job_id == job_id, tasks.c.status == TaskStatus.running,
                             tasks.c.lease_owner.in_(owners))

@@ -104,7 +104,7 @@ def _release(conn: Connection, task_held, attempt_held, deferred: Deferred) -> l
                    attempts.c.channel != "batch")
         ).all()
         for attempt_id, reserved in lost_calls:
-            ledger.settle.on_conn(conn, ledger.unknown_outcome(  # type: ignore[attr-defined]  # set by in_transaction
+            ledger.settle.on_conn(conn, ledger.unknown_outcome(
                 attempt_id, reserved, AttemptStatus.in_flight, "worker_lost",
                 "the worker holding this call stopped before it answered"), deferred=deferred)
         released += conn.execute(

@@ -1,5 +1,6 @@
 """Repository functions for jobs and tasks: creation, leased claims, outcomes and the read side.
-Synchronous SQLAlchemy Core. The money-moving operations live in ledger.py; transaction helpers in tx.py.
+Synchronous SQLAlchemy Core. The money-moving operations and the `attempts` table belong to the ledger
+(ledger/); transaction helpers are in tx.py.
 """
 
 from __future__ import annotations
@@ -7,24 +8,21 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Iterable
 
 import orjson
-from sqlalchemy import Connection, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
 
-from . import job_counts
-from .tx import Deferred, in_transaction
+from . import job_counts, ledger
+from .ledger.budget import BudgetRows
+from .outcomes import TaskOutcome, finish_task
 from .schema import AttemptStatus, JobStatus, TaskStatus, attempts, input_errors, jobs, tasks
+from .tx import Deferred, in_transaction
 
 
 def new_job_id() -> str:
     # Sortable by creation time, unguessable enough to not collide across machines.
     return "job-" + time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-def utc_day(now: float | None = None) -> str:
-    return datetime.fromtimestamp(now if now is not None else time.time(), tz=timezone.utc).strftime("%Y-%m-%d")
 
 
 # ---------------------------------------------------------------------------------------------- jobs
@@ -208,12 +206,8 @@ def claim_tasks(conn: Connection, job_id: str, lo: int, hi: int, *, worker: str,
     seqs = [r.seq for r in rows]
     # Attempts still in flight for these tasks belonged to a worker whose lease lapsed: their outcome
     # is unknown. They keep their reservation until reconcile (or a late settle) decides.
-    conn.execute(
-        update(attempts).where(attempts.c.job_id == job_id, attempts.c.task_seq.in_(seqs),
-                               attempts.c.status == AttemptStatus.in_flight)
-        .values(status=AttemptStatus.unknown, error_class="worker_lost",
-                error_message="the worker holding this call stopped renewing its lease")
-    )
+    ledger.mark_lost(conn, job_id, seqs=seqs, error_class="worker_lost",
+                     error_message="the worker holding this call stopped renewing its lease")
     poison = [r.seq for r in rows if r.deliveries > max_deliveries]
     if poison:
         conn.execute(
@@ -222,8 +216,9 @@ def claim_tasks(conn: Connection, job_id: str, lo: int, hi: int, *, worker: str,
                     error=f"delivered more than {max_deliveries} times without finishing; "
                           f"treated as poison (raise max_deliveries to allow more)")
         )
-        job_counts.note(deferred, job_id, TaskStatus.failed, len(poison))
-    deferred.started.add(job_id)  # queued -> running, and activity, at the end of the transaction
+    rows_part = deferred.part(BudgetRows)
+    job_counts.note(rows_part, job_id, TaskStatus.failed, len(poison))
+    rows_part.started.add(job_id)  # queued -> running, and activity, at the end of the transaction
     claimed = [ClaimedTask(job_id, r.seq, r.task_id, r.payload, r.deliveries) for r in rows if r.seq not in set(poison)]
     return claimed, len(poison)
 
@@ -291,55 +286,11 @@ def expired_lease_ranges(conn: Connection, chunk_size: int, now: float | None = 
     return out
 
 
-# Hot-path statements are built once: constructing a SQLAlchemy statement per call costs ~10x executing it.
-# Bind names carry a b_ prefix because SQLAlchemy reserves column names for SET clauses.
-_FINISH_TASK = (
-    update(tasks)
-    .where(tasks.c.job_id == bindparam("b_job"), tasks.c.seq == bindparam("b_seq"),
-           tasks.c.lease_owner == bindparam("b_worker"), tasks.c.status == TaskStatus.running)
-    .values(status=bindparam("b_status"), provider=bindparam("b_provider"), model=bindparam("b_model"),
-            output=bindparam("b_output"), error=bindparam("b_error"), skip_reason=bindparam("b_skip"),
-            escalations=tasks.c.escalations + bindparam("b_escalations"), lease_owner=None, lease_expires_at=None,
-            finished_at=bindparam("b_now"))
-)
-
-
-@dataclass(frozen=True)
-class TaskOutcome:
-    """A task's terminal record, written once by the lease holder."""
-
-    job_id: str
-    seq: int
-    worker: str
-    status: str
-    provider: str | None = None
-    model: str | None = None
-    output: Any = None
-    error: str | None = None
-    skip_reason: str | None = None
-    escalations: int = 0
-
-    def params(self) -> dict[str, Any]:
-        return {"b_job": self.job_id, "b_seq": self.seq, "b_worker": self.worker, "b_status": self.status,
-                "b_provider": self.provider, "b_model": self.model,
-                "b_output": orjson.dumps(self.output).decode() if self.output is not None else None,
-                "b_error": self.error, "b_skip": self.skip_reason, "b_escalations": self.escalations,
-                "b_now": time.time()}
-
-
 @in_transaction
 def record_outcome(conn: Connection, outcome: TaskOutcome, *, deferred: Deferred) -> bool:
     """Record the task's outcome once: only the lease holder of a running task can. A redelivered copy
     that lost its lease records nothing (its attempts are still in the ledger)."""
-    return finish_task(conn, outcome, deferred)
-
-
-def finish_task(conn: Connection, outcome: TaskOutcome, deferred: Deferred) -> bool:
-    """_FINISH_TASK, and the job's finished count when it recorded."""
-    if conn.execute(_FINISH_TASK, outcome.params()).rowcount != 1:
-        return False
-    job_counts.note(deferred, outcome.job_id, outcome.status)
-    return True
+    return finish_task(conn, outcome, deferred.part(BudgetRows))
 
 
 # ------------------------------------------------------------------------------------------- reading

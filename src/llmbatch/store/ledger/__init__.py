@@ -1,10 +1,23 @@
-"""The ledger: reserve before every call, settle after it, reconcile what is unknown.
+"""The ledger: reserve before every call, settle after it, reconcile what is unknown. Owns the `attempts`
+table; the budget rows it holds and releases (job rows, daily windows) are budget.py.
 
-Each attempt row is written with its reservation before the call is made. The reservation is an atomic
-conditional UPDATE on the job row (and the daily window's row): `spent + reserved + amount <= cap`, so any
-number of concurrent workers can never overspend. Settlement turns the hold into the actual cost exactly once
-(`settled` flips false -> true in a conditional UPDATE). Job-row changes are deferred to the end of the
-transaction (see tx.py), so a batch of operations locks each job row once, briefly.
+Following one reservation:
+1. reserve() / reserve_many() insert the attempt row holding `amount_picos` (_INSERT_ATTEMPT below; on
+   Postgres, many at once as one INSERT over arrays, _bulk.py) and queue the hold (budget.BudgetRows);
+2. at the end of the transaction the hold is one conditional UPDATE per row that caps it,
+   `spent + reserved + amount <= cap` (budget.py: the job, the global day, the token's day), so any number
+   of concurrent workers can never overspend. A hold that does not fit is refused (BudgetExceeded): its
+   attempt row goes and nothing else stays held;
+3. settle() / settle_and_record() turn the hold into the actual cost exactly once (`settled` flips
+   false -> true in a conditional UPDATE, _SETTLE_ATTEMPT), charge the task, and queue the release;
+4. reconcile() settles the attempts whose outcome is unknown.
+Job-row changes are deferred to the end of the transaction (tx.py), so a batch of operations locks each job
+row once, briefly.
+
+The `*_many` forms are what the group-commit store (aio.py) runs for all such calls of a batch. On Postgres,
+where each statement is a round trip, they run as one statement per kind whatever the batch size (_bulk.py);
+on SQLite, or when a key repeats in the batch (never in practice: a task runs one call at a time), they run
+the single statements one by one. Tests run both forms against the same store and compare.
 """
 
 from __future__ import annotations
@@ -14,12 +27,38 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, and_, bindparam, case, func, insert, or_, select, update
 
-from ..models import Usage
-from . import job_counts
-from .repo import _FINISH_TASK, TaskOutcome, finish_task, utc_day
-from .schema import AttemptStatus, TaskStatus, attempts, jobs, tasks
-from .db import reading
-from .tx import Deferred, PendingReservation, in_transaction
+from ...models import Usage
+from ..db import reading
+from .. import job_counts
+from ..outcomes import FINISH_TASK, TaskOutcome, finish_task
+from ..schema import AttemptStatus, TaskStatus, attempts, jobs, tasks
+from ..tx import Deferred, in_transaction
+from . import _bulk
+from .budget import BudgetRows, PendingReservation, token_window, utc_day
+
+__all__ = [
+    "Reservation", "Settlement", "could_fit_later", "ledger_sum", "mark_lost", "mark_unknown", "note_stop",
+    "overruns_seen", "reconcile", "reserve", "reserve_many", "settle", "settle_and_record",
+    "settle_and_record_many", "token_window", "unknown_outcome", "utc_day",
+]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Reservation:
+    """One call's reservation: reserve()'s parameters."""
+
+    job_id: str
+    task_seq: int
+    task_id: str
+    provider: str
+    model: str
+    amount_picos: int
+    purpose: str
+    worker: str
+    daily_cap_picos: int | None = None
+    channel: str = "sync"
+    now: float | None = None
+
 
 # The attempt's number is computed in the INSERT itself (the unique index on (job_id, task_seq, attempt_no)
 # makes the MAX cheap), saving a round trip per call; tasks.attempts is counted when attempts settle.
@@ -30,25 +69,41 @@ _INSERT_ATTEMPT = insert(attempts).values(
 ).returning(attempts.c.id)
 
 
-@in_transaction
+def reserve_many(conn: Connection, reservations: list[Reservation], *, deferred: Deferred) -> list[int]:
+    """Write each reservation's attempt row and queue its hold for the end of the transaction. Returns the
+    attempt ids, in order."""
+    now = time.time()
+    started = [r.now if r.now is not None else now for r in reservations]
+    windows = [utc_day(t) if r.daily_cap_picos is not None else None for r, t in zip(reservations, started)]
+    keys = {(r.job_id, r.task_seq) for r in reservations}
+    if len(reservations) > 1 and len(keys) == len(reservations) and conn.dialect.name == "postgresql":
+        ids = _bulk.insert_attempts(conn, reservations, started, windows)
+    else:
+        ids = [conn.execute(_INSERT_ATTEMPT, {
+            "b_job": r.job_id, "b_seq": r.task_seq, "job_id": r.job_id, "task_seq": r.task_seq,
+            "task_id": r.task_id, "provider": r.provider, "model": r.model, "channel": r.channel,
+            "purpose": r.purpose, "status": AttemptStatus.in_flight, "settled": False,
+            "reserved_picos": r.amount_picos, "cost_picos": 0, "budget_window": w, "worker": r.worker,
+            "started_at": t, "input_tokens": 0, "cached_tokens": 0, "cache_write_tokens": 0, "output_tokens": 0,
+            "reasoning_tokens": 0,
+        }).scalar_one() for r, t, w in zip(reservations, started, windows)]
+    deferred.part(BudgetRows).reservations.extend(
+        PendingReservation(r.job_id, r.task_seq, r.amount_picos, w, r.daily_cap_picos, attempt_id)
+        for r, w, attempt_id in zip(reservations, windows, ids))
+    return ids
+
+
+@in_transaction(refusable=True, many=reserve_many, item=Reservation)
 def reserve(conn: Connection, *, job_id: str, task_seq: int, task_id: str, provider: str, model: str,
             amount_picos: int, purpose: str, worker: str, daily_cap_picos: int | None = None,
             channel: str = "sync", now: float | None = None, deferred: Deferred) -> int:
     """Write the attempt's ledger row holding `amount_picos`, and queue the conditional hold on the job's
     budget (and the daily cap) for the end of the transaction. Returns the attempt id. Called as
     `reserve(engine, ...)` it raises BudgetExceeded (and writes nothing) when the hold does not fit."""
-    now = now if now is not None else time.time()
-    window = utc_day(now) if daily_cap_picos is not None else None
-    attempt_id = conn.execute(_INSERT_ATTEMPT, {
-        "b_job": job_id, "b_seq": task_seq, "job_id": job_id, "task_seq": task_seq, "task_id": task_id,
-        "provider": provider, "model": model, "channel": channel, "purpose": purpose,
-        "status": AttemptStatus.in_flight, "settled": False, "reserved_picos": amount_picos, "cost_picos": 0,
-        "budget_window": window, "worker": worker, "started_at": now, "input_tokens": 0, "cached_tokens": 0,
-        "cache_write_tokens": 0, "output_tokens": 0, "reasoning_tokens": 0,
-    }).scalar_one()
-    deferred.reservations.append(PendingReservation(job_id, task_seq, amount_picos, window, daily_cap_picos,
-                                                    attempt_id))
-    return attempt_id
+    return reserve_many(conn, [Reservation(
+        job_id=job_id, task_seq=task_seq, task_id=task_id, provider=provider, model=model,
+        amount_picos=amount_picos, purpose=purpose, worker=worker, daily_cap_picos=daily_cap_picos,
+        channel=channel, now=now)], deferred=deferred)[0]
 
 
 @dataclass(frozen=True)
@@ -93,7 +148,7 @@ _SETTLE_TASK = (
 
 
 # The success path's task UPDATE: record the outcome (only the lease holder can) and charge the task, in one.
-_FINISH_AND_CHARGE_TASK = _FINISH_TASK.values({
+_FINISH_AND_CHARGE_TASK = FINISH_TASK.values({
     tasks.c.cost_picos: tasks.c.cost_picos + bindparam("b_cost"), tasks.c.attempts: tasks.c.attempts + 1,
     tasks.c.input_tokens: tasks.c.input_tokens + bindparam("b_in"),
     tasks.c.cached_tokens: tasks.c.cached_tokens + bindparam("b_cached"),
@@ -127,26 +182,64 @@ def settle(conn: Connection, s: Settlement, *, deferred: Deferred) -> bool:
     if row is None:
         return False
     conn.execute(_SETTLE_TASK, {"b_job": row.job_id, "b_seq": row.task_seq, "b_cost": s.cost_picos, **tokens})
-    deferred.add_settlement(row.job_id, row.budget_window, row.reserved_picos, s.cost_picos)
+    deferred.part(BudgetRows).add_settlement(row.job_id, row.budget_window, row.reserved_picos, s.cost_picos)
     return True
 
 
-@in_transaction
+def settle_and_record_many(conn: Connection, pairs: list[tuple[Settlement, TaskOutcome]], *,
+                           deferred: Deferred) -> list[tuple[bool, bool]]:
+    """settle_and_record() for each (settlement, outcome), in order."""
+    budget = deferred.part(BudgetRows)
+    ids = {s.attempt_id for s, _ in pairs}
+    task_keys = {(o.job_id, o.seq) for _, o in pairs}
+    if len(pairs) == 1 or len(ids) < len(pairs) or len(task_keys) < len(pairs) \
+            or conn.dialect.name != "postgresql":
+        return [_settle_and_record(conn, s, outcome, budget) for s, outcome in pairs]
+    # Postgres: one UPDATE of the attempts, one of the tasks (the outcome and the charge), for all of them.
+    now = time.time()
+    settled = _bulk.settle_attempts(conn, [s for s, _ in pairs], now)
+    recorded = _bulk.finish_and_charge_tasks(conn, [(s, o) for s, o in pairs if s.attempt_id in settled], now)
+    results: list[tuple[bool, bool]] = []
+    for s, outcome in pairs:
+        row = settled.get(s.attempt_id)
+        if row is None:  # already settled (a late duplicate, or reconcile got there first): record only
+            results.append((False, finish_task(conn, outcome, budget)))
+            continue
+        budget.add_settlement(row.job_id, row.budget_window, row.reserved_picos, s.cost_picos)
+        if (outcome.job_id, outcome.seq) in recorded:
+            job_counts.note(budget, outcome.job_id, outcome.status)
+            results.append((True, True))
+        else:  # the lease was lost: the charge still lands on the task, the outcome is not recorded
+            conn.execute(_SETTLE_TASK, {"b_job": row.job_id, "b_seq": row.task_seq, "b_cost": s.cost_picos,
+                                        **_tokens(s)})
+            results.append((True, False))
+    return results
+
+
+def _settle_and_record(conn: Connection, s: Settlement, outcome: TaskOutcome, budget: BudgetRows) -> tuple[bool, bool]:
+    tokens = _tokens(s)
+    row = _settle_attempt(conn, s, tokens)
+    if row is None:  # already settled: record only
+        return False, finish_task(conn, outcome, budget)
+    budget.add_settlement(row.job_id, row.budget_window, row.reserved_picos, s.cost_picos)
+    params = {**outcome.params(), "b_cost": s.cost_picos, **tokens}
+    if conn.execute(_FINISH_AND_CHARGE_TASK, params).rowcount == 1:
+        job_counts.note(budget, outcome.job_id, outcome.status)
+        return True, True
+    conn.execute(_SETTLE_TASK, {"b_job": row.job_id, "b_seq": row.task_seq, "b_cost": s.cost_picos, **tokens})
+    return True, False
+
+
+def _pair(s: Settlement, outcome: TaskOutcome) -> tuple[Settlement, TaskOutcome]:
+    return s, outcome
+
+
+@in_transaction(many=settle_and_record_many, item=_pair)
 def settle_and_record(conn: Connection, s: Settlement, outcome: TaskOutcome, *,
                       deferred: Deferred) -> tuple[bool, bool]:
     """settle() and the task's outcome in one transaction and, usually, one task UPDATE. Returns
     (settled, recorded). The charge always lands on the task, even when the lease (and so the record) was lost."""
-    tokens = _tokens(s)
-    row = _settle_attempt(conn, s, tokens)
-    if row is None:  # already settled: record only
-        return False, finish_task(conn, outcome, deferred)
-    deferred.add_settlement(row.job_id, row.budget_window, row.reserved_picos, s.cost_picos)
-    params = {**outcome.params(), "b_cost": s.cost_picos, **tokens}
-    if conn.execute(_FINISH_AND_CHARGE_TASK, params).rowcount == 1:
-        job_counts.note(deferred, outcome.job_id, outcome.status)
-        return True, True
-    conn.execute(_SETTLE_TASK, {"b_job": row.job_id, "b_seq": row.task_seq, "b_cost": s.cost_picos, **tokens})
-    return True, False
+    return _settle_and_record(conn, s, outcome, deferred.part(BudgetRows))
 
 
 def could_fit_later(conn: Connection, job_id: str, amount_picos: int) -> bool:
@@ -174,6 +267,20 @@ def mark_unknown(conn: Connection, attempt_id: int, *, error_class: str, error_m
     conn.execute(update(attempts).where(attempts.c.id == attempt_id, attempts.c.settled.is_(False))
                  .values(status=AttemptStatus.unknown, error_class=error_class, error_message=error_message,
                          latency_ms=latency_ms, finished_at=time.time()))
+
+
+def mark_lost(conn: Connection, job_id: str, *, seqs: list[int] | None = None, workers: list[str] | None = None,
+              error_class: str, error_message: str) -> None:
+    """The calls still in flight for these tasks (or made by these workers) lost their worker: their outcome
+    is unknown. They keep their reservation (they might have been billed) until reconcile, or a late settle,
+    decides."""
+    lost = [attempts.c.job_id == job_id, attempts.c.status == AttemptStatus.in_flight, attempts.c.settled.is_(False)]
+    if seqs is not None:
+        lost.append(attempts.c.task_seq.in_(seqs))
+    if workers is not None:
+        lost.append(attempts.c.worker.in_(workers))
+    conn.execute(update(attempts).where(*lost)
+                 .values(status=AttemptStatus.unknown, error_class=error_class, error_message=error_message))
 
 
 def reconcile(engine: Engine, *, job_id: str | None = None, assume: str = "billed", grace_s: float = 0.0,
@@ -222,7 +329,7 @@ def unknown_outcome(attempt_id: int, reserved_picos: int, status: str, error_cla
 
 def ledger_sum(conn: Connection, job_id: str) -> int:
     return int(conn.execute(select(func.coalesce(func.sum(attempts.c.cost_picos), 0))
-                            .where(attempts.c.job_id == job_id)).scalar())
+                            .where(attempts.c.job_id == job_id)).scalar_one())
 
 
 def overruns_seen(conn: Connection, job_id: str, limit: int = 1000) -> list[tuple[str, int, int]]:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: bash scripts/test.sh [pytest args...]
 #
-# Creates .venv if needed, installs llmbatch with its dev extras, runs `ruff check` and mypy, then pytest. The
+# Creates .venv if needed, installs llmbatch with its dev extras, runs `ruff check`, `ruff format --check`
+# and mypy, then pytest. The
 # throwaway Redis and PostgreSQL are tests/conftest.py's business (tests/support/services.py): unless
 # LLMBATCH_TEST_REDIS_URL and LLMBATCH_TEST_DATABASE_URL are given, the session starts them (ports
 # LLMBATCH_REDIS_PORT / LLMBATCH_PG_PORT), exports those URLs to every process it starts, and stops at
@@ -36,6 +37,7 @@ export VIRTUAL_ENV="$ROOT/.venv"
 
 # ---- lint and types (both configured in pyproject.toml: ruff's rules; mypy on src/llmbatch, strict on the pure modules)
 .venv/bin/ruff check src tests
+.venv/bin/ruff format --check src tests
 .venv/bin/mypy
 
 # ---- tests

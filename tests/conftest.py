@@ -115,8 +115,10 @@ def pytest_sessionstart(session):
 
 
 def pytest_report_header(config):
-    return (f"{REDIS_ENV}={os.environ.get(REDIS_ENV, '<unset: started on first use>')} "
-            f"{DATABASE_ENV}={os.environ.get(DATABASE_ENV, '<unset: started on first use>')}")
+    return (
+        f"{REDIS_ENV}={os.environ.get(REDIS_ENV, '<unset: started on first use>')} "
+        f"{DATABASE_ENV}={os.environ.get(DATABASE_ENV, '<unset: started on first use>')}"
+    )
 
 
 @pytest.hookimpl(wrapper=True)

@@ -39,8 +39,9 @@ def parse_duration(value: str) -> float | None:
     return total if pos == len(value) and pos > 0 else None
 
 
-def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None,
-                      quota_resets: bool = True) -> float | None:
+def parse_retry_after(
+    headers: Mapping[str, str], *, now: float | None = None, quota_resets: bool = True
+) -> float | None:
     """Seconds the provider asks us to wait, from retry-after-ms, retry-after (seconds or HTTP date),
     or (with `quota_resets`) the x-ratelimit-reset-* headers. None when the response gives no hint."""
     h = {k.lower(): v for k, v in headers.items()}
@@ -68,7 +69,9 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None,
     return None
 
 
-def retry_delay(attempt: int, hint: float | None, *, base: float, cap: float, rng: random.Random | None = None) -> float:
+def retry_delay(
+    attempt: int, hint: float | None, *, base: float, cap: float, rng: random.Random | None = None
+) -> float:
     """The provider's hint wins when given (plus a little jitter so workers do not stampede); else backoff."""
     if hint is not None:
         r = rng or random

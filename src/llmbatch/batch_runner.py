@@ -255,9 +255,16 @@ class BatchRunner:
         tag = f"llmbatch-{ctx.job_id}-{uuid.uuid4().hex[:10]}"
         try:
             row_id, attempt_ids = await self.e.store.with_engine(
-                batches.open_batch, job_id=ctx.job_id, provider=model.provider, model=model.model, tag=tag,
-                lines=[(ln.claimed.seq, ln.claimed.task_id, ln.bound) for ln in send], worker=self.e.worker_id,
-                lease_s=self.s.lease_seconds, daily_cap_picos=self.e.daily_cap_picos)
+                batches.open_batch,
+                job_id=ctx.job_id,
+                provider=model.provider,
+                model=model.model,
+                tag=tag,
+                lines=[(ln.claimed.seq, ln.claimed.task_id, ln.bound) for ln in send],
+                worker=self.e.worker_id,
+                lease_s=self.s.lease_seconds,
+                daily_cap_picos=self.e.daily_cap_picos,
+            )
         except BudgetExceeded:  # another worker took the room meanwhile
             job.waiting.extend(send)
             await self._budget_check(ctx, job)
@@ -270,8 +277,13 @@ class BatchRunner:
         except ProviderError as e:
             found = await self._find_after_failed_create(client, e, tag, len(send))
             if found is None:
-                log.warning("job %s: creating a %s batch failed (%s); its %d task(s) run online",
-                            ctx.job_id, model.key, e.error_class, len(send))
+                log.warning(
+                    "job %s: creating a %s batch failed (%s); its %d task(s) run online",
+                    ctx.job_id,
+                    model.key,
+                    e.error_class,
+                    len(send),
+                )
                 await self._release_row(ctx, job, row_id, f"{e.error_class}: {e.message}")
                 return
             pid = found
@@ -299,9 +311,14 @@ class BatchRunner:
             await self._send_all(ctx, job, lines[0].cand.model, lines[:n])
         if lines[n:]:
             await self._finish_many(
-                ctx, job, lines[n:], TaskStatus.skipped, "the job budget cannot hold this task's batch line "
+                ctx,
+                job,
+                lines[n:],
+                TaskStatus.skipped,
+                "the job budget cannot hold this task's batch line "
                 "(reserved at its upper bound at the batch price); raise it with `llmbatch retry JOB --budget USD`",
-                skip="budget")
+                skip="budget",
+            )
 
     # ------------------------------------------------------------------------------------ polling
 
@@ -390,8 +407,9 @@ class BatchRunner:
 
     # ------------------------------------------------------------------------------------ settling
 
-    async def _settle(self, ctx, job: _Job, model: ModelInfo, row_id: int, results: list[LineResult], *,
-                      cancelled: bool) -> None:
+    async def _settle(
+        self, ctx, job: _Job, model: ModelInfo, row_id: int, results: list[LineResult], *, cancelled: bool
+    ) -> None:
         lines = await self.e.store.read(batches.open_lines, row_id)
         by_id = {r.custom_id: r for r in results}
 
@@ -410,7 +428,7 @@ class BatchRunner:
 
         again: list[repo.ClaimedTask] = []
         for i in range(0, len(lines), SETTLE_CHUNK):  # concurrently, so group commit batches the settlements
-            again += [c for c in await asyncio.gather(*(one(ln) for ln in lines[i:i + SETTLE_CHUNK])) if c]
+            again += [c for c in await asyncio.gather(*(one(ln) for ln in lines[i : i + SETTLE_CHUNK])) if c]
         await self.e.store.write(batches.mark, row_id, batches.SETTLED, ended=True)
         job.rows.discard(row_id)
         self._turnaround.pop(model.provider, None)
@@ -428,45 +446,88 @@ class BatchRunner:
         assert r.completion is not None and r.usage is not None  # a succeeded line has both (parse_line)
         cost, source, perr = _batch_cost(r.usage, model, ln["reserved_picos"])
         task = TaskLine.model_validate_json(ln["payload"])
-        base: dict[str, Any] = dict(attempt_id=ln["attempt_id"], cost_picos=cost, cost_source=source, usage=r.usage,
-                    pricing_error=perr, provider_request_id=r.completion.provider_request_id)
+        base: dict[str, Any] = dict(
+            attempt_id=ln["attempt_id"],
+            cost_picos=cost,
+            cost_source=source,
+            usage=r.usage,
+            pricing_error=perr,
+            provider_request_id=r.completion.provider_request_id,
+        )
         try:
             output = validate_output(task, r.completion.text)
         except InvalidOutput as e:
-            await self.e.store.call(ledger.settle, ledger.Settlement(status=AttemptStatus.invalid_output, error_class="invalid_output",
-                                                        error_message=str(e), **base))
+            await self.e.store.call(
+                ledger.settle,
+                ledger.Settlement(
+                    status=AttemptStatus.invalid_output, error_class="invalid_output", error_message=str(e), **base
+                ),
+            )
             return False
-        outcome = repo.TaskOutcome(job_id=ctx.job_id, seq=claimed.seq, worker=self.e.worker_id,
-                                   status=TaskStatus.succeeded, provider=model.provider, model=model.model,
-                                   output=output)
-        _, recorded = await self.e.store.call(ledger.settle_and_record,
-                                              ledger.Settlement(status=AttemptStatus.succeeded, **base), outcome)
+        outcome = repo.TaskOutcome(
+            job_id=ctx.job_id,
+            seq=claimed.seq,
+            worker=self.e.worker_id,
+            status=TaskStatus.succeeded,
+            provider=model.provider,
+            model=model.model,
+            output=output,
+        )
+        _, recorded = await self.e.store.call(
+            ledger.settle_and_record, ledger.Settlement(status=AttemptStatus.succeeded, **base), outcome
+        )
         if recorded:
             self.e.progress.finished[TaskStatus.succeeded] += 1
         return True
 
     async def _settle_failed(self, model: ModelInfo, ln: dict, r: LineResult | None) -> None:
         if r is None:  # absent from an ended batch's results: it may have been billed; charge the bound
-            s = ledger.Settlement(attempt_id=ln["attempt_id"], status=AttemptStatus.unknown,
-                                  cost_picos=ln["reserved_picos"], cost_source="reservation",
-                                  error_class="batch_line_missing",
-                                  error_message="the ended batch has no result for this line; charged at its bound")
+            s = ledger.Settlement(
+                attempt_id=ln["attempt_id"],
+                status=AttemptStatus.unknown,
+                cost_picos=ln["reserved_picos"],
+                cost_source="reservation",
+                error_class="batch_line_missing",
+                error_message="the ended batch has no result for this line; charged at its bound",
+            )
         else:
-            cost, source, perr = (0, "none", None) if r.usage is None else _batch_cost(r.usage, model,
-                                                                                        ln["reserved_picos"])
+            cost, source, perr = (
+                (0, "none", None) if r.usage is None else _batch_cost(r.usage, model, ln["reserved_picos"])
+            )
             kind = {EXPIRED: "batch_expired", CANCELLED: "batch_cancelled"}.get(r.kind, r.error_class or "batch_error")
-            s = ledger.Settlement(attempt_id=ln["attempt_id"], status=AttemptStatus.failed, cost_picos=cost,
-                                  cost_source=source, usage=r.usage, error_class=kind[:40],
-                                  error_message=r.error, http_status=r.http_status, pricing_error=perr)
+            s = ledger.Settlement(
+                attempt_id=ln["attempt_id"],
+                status=AttemptStatus.failed,
+                cost_picos=cost,
+                cost_source=source,
+                usage=r.usage,
+                error_class=kind[:40],
+                error_message=r.error,
+                http_status=r.http_status,
+                pricing_error=perr,
+            )
         await self.e.store.call(ledger.settle, s)
 
     async def _release_row(self, ctx, job: _Job, row_id: int, why: str) -> None:
         """A batch that was never created: release every line and run the tasks online."""
         lines = await self.e.store.read(batches.open_lines, row_id)
         for i in range(0, len(lines), SETTLE_CHUNK):
-            await asyncio.gather(*(self.e.store.call(ledger.settle, ledger.Settlement(
-                attempt_id=ln["attempt_id"], status=AttemptStatus.failed, cost_picos=0, cost_source="none",
-                error_class="batch_not_created", error_message=why[:500])) for ln in lines[i:i + SETTLE_CHUNK]))
+            await asyncio.gather(
+                *(
+                    self.e.store.call(
+                        ledger.settle,
+                        ledger.Settlement(
+                            attempt_id=ln["attempt_id"],
+                            status=AttemptStatus.failed,
+                            cost_picos=0,
+                            cost_source="none",
+                            error_class="batch_not_created",
+                            error_message=why[:500],
+                        ),
+                    )
+                    for ln in lines[i : i + SETTLE_CHUNK]
+                )
+            )
         await self.e.store.write(batches.mark, row_id, batches.FAILED, error=why, ended=True)
         job.rows.discard(row_id)
         for ln in lines:
@@ -486,8 +547,9 @@ class BatchRunner:
 
     async def _finish_many(self, ctx, job: _Job, lines: list[_Line], status: str, error: str, *, skip: str) -> None:
         for i in range(0, len(lines), SETTLE_CHUNK):
-            await asyncio.gather(*(self._record(ctx, ln.claimed, status, error=error, skip=skip)
-                                   for ln in lines[i:i + SETTLE_CHUNK]))
+            await asyncio.gather(
+                *(self._record(ctx, ln.claimed, status, error=error, skip=skip) for ln in lines[i : i + SETTLE_CHUNK])
+            )
         for ln in lines:
             job.held.discard(ln.claimed.seq)
         await self.e.store.write(repo.finish_job_if_done, ctx.job_id)
@@ -504,17 +566,26 @@ class BatchRunner:
         if ctx.spec.channel == "auto":
             cached = self._turnaround.get(model.provider, (self.s.batch_turnaround_s, 0.0))[0]
             now = time.time()
-            timing = channels.Timing(None if job.deadline_at is None else job.deadline_at - job.created_at,
-                                     None if job.deadline_at is None else job.deadline_at - now, cached,
-                                     self.s.flex_timeout_s,
-                                     0.0 if job.fallback_at is None or job.deadline_at is None
-                                     else job.deadline_at - job.fallback_at)
+            timing = channels.Timing(
+                None if job.deadline_at is None else job.deadline_at - job.created_at,
+                None if job.deadline_at is None else job.deadline_at - now,
+                cached,
+                self.s.flex_timeout_s,
+                0.0 if job.fallback_at is None or job.deadline_at is None else job.deadline_at - job.fallback_at,
+            )
             if channels.choose("auto", model, timing) != channels.FLEX:
                 return None
         until = min(task_deadline, job.fallback_at or task_deadline)
         policy = self.s.retry
-        return FlexCall(flex_adapter(adapter), adapter, self.s.flex_timeout_s, until, policy.base_delay_s,
-                        policy.max_delay_s, self.e.rng)
+        return FlexCall(
+            flex_adapter(adapter),
+            adapter,
+            self.s.flex_timeout_s,
+            until,
+            policy.base_delay_s,
+            policy.max_delay_s,
+            self.e.rng,
+        )
 
     async def flex_served(self, flex: FlexCall, attempt_id: int) -> None:
         """The attempt was reserved as flex; record online when the standard tier had to serve it."""
@@ -535,8 +606,9 @@ class BatchRunner:
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - a batch's bug must not kill the loop; its leases lapse and it is resumed
-            log.exception("job %s: batch work failed; its tasks are picked up again when their leases lapse",
-                          ctx.job_id)
+            log.exception(
+                "job %s: batch work failed; its tasks are picked up again when their leases lapse", ctx.job_id
+            )
 
     def _ensure_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():
@@ -549,12 +621,18 @@ class BatchRunner:
             for job_id, job in list(self.jobs.items()):
                 try:
                     if job.rows:
-                        await self.e.store.write(batches.renew, sorted(job.rows), self.e.worker_id,
-                                                 self.s.lease_seconds)
+                        await self.e.store.write(
+                            batches.renew, sorted(job.rows), self.e.worker_id, self.s.lease_seconds
+                        )
                     held = sorted(job.held)
                     for i in range(0, len(held), RENEW_CHUNK):  # SQL IN lists stay small
-                        await self.e.store.call(repo.renew_leases, job_id, held[i:i + RENEW_CHUNK],
-                                                worker=self.e.worker_id, lease_s=self.s.lease_seconds)
+                        await self.e.store.call(
+                            repo.renew_leases,
+                            job_id,
+                            held[i : i + RENEW_CHUNK],
+                            worker=self.e.worker_id,
+                            lease_s=self.s.lease_seconds,
+                        )
                 except Exception as e:  # noqa: BLE001 - a store blip; the next beat retries
                     log.warning("batch lease renewal for job %s failed: %s", job_id, type(e).__name__)
 
@@ -575,8 +653,11 @@ _BOUNDS: dict[tuple[str, int, int], int] = {}
 
 
 def _bound(model: ModelInfo, n: int, cap: int) -> int:
-    usages = (Usage(input_tokens=n, output_tokens=cap), Usage(input_tokens=n, cached_tokens=n, output_tokens=cap),
-              Usage(input_tokens=n, cache_write_tokens=n, output_tokens=cap))
+    usages = (
+        Usage(input_tokens=n, output_tokens=cap),
+        Usage(input_tokens=n, cached_tokens=n, output_tokens=cap),
+        Usage(input_tokens=n, cache_write_tokens=n, output_tokens=cap),
+    )
     return max(price(u, model, batch=True).picos for u in usages)
 
 

@@ -21,26 +21,36 @@ from .store.schema import AttemptStatus, attempts
 
 def task_channels(conn: Connection, job_id: str) -> dict[int, str]:
     """seq -> channel of the attempt that answered the task, for tasks not answered online (few rows kept)."""
-    rows = conn.execute(select(attempts.c.task_seq, attempts.c.channel).where(
-        attempts.c.job_id == job_id, attempts.c.status == AttemptStatus.succeeded,
-        attempts.c.channel.not_in(("sync", channels.ONLINE)))).all()
+    rows = conn.execute(
+        select(attempts.c.task_seq, attempts.c.channel).where(
+            attempts.c.job_id == job_id,
+            attempts.c.status == AttemptStatus.succeeded,
+            attempts.c.channel.not_in(("sync", channels.ONLINE)),
+        )
+    ).all()
     return {seq: channels.canonical(ch) for seq, ch in rows}
 
 
 def by_channel(conn: Connection, job_id: str, catalog: Catalog) -> list[dict[str, Any]]:
     """Per channel: tasks answered, attempts, cost, and saved = what the same tokens cost online minus what
     they cost (0 for online)."""
-    q = (select(attempts.c.channel, attempts.c.provider, attempts.c.model,
-                func.count().label("attempts"),
-                func.count(func.distinct(attempts.c.task_seq)).label("tasks"),
-                func.coalesce(func.sum(attempts.c.cost_picos), 0).label("cost"),
-                *(func.coalesce(func.sum(getattr(attempts.c, k)), 0).label(k)
-                  for k in ("input_tokens", "cached_tokens", "cache_write_tokens", "output_tokens",
-                            "reasoning_tokens")))
-         .where(attempts.c.job_id == job_id)
-         .group_by(attempts.c.channel, attempts.c.provider, attempts.c.model))
-    out: dict[str, dict[str, Any]] = defaultdict(lambda: {"tasks": 0, "attempts": 0, "cost_picos": 0,
-                                                          "saved_picos": 0})
+    q = (
+        select(
+            attempts.c.channel,
+            attempts.c.provider,
+            attempts.c.model,
+            func.count().label("attempts"),
+            func.count(func.distinct(attempts.c.task_seq)).label("tasks"),
+            func.coalesce(func.sum(attempts.c.cost_picos), 0).label("cost"),
+            *(
+                func.coalesce(func.sum(getattr(attempts.c, k)), 0).label(k)
+                for k in ("input_tokens", "cached_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
+            ),
+        )
+        .where(attempts.c.job_id == job_id)
+        .group_by(attempts.c.channel, attempts.c.provider, attempts.c.model)
+    )
+    out: dict[str, dict[str, Any]] = defaultdict(lambda: {"tasks": 0, "attempts": 0, "cost_picos": 0, "saved_picos": 0})
     for r in conn.execute(q).mappings():
         ch = channels.canonical(r["channel"])
         row = out[ch]
@@ -49,8 +59,18 @@ def by_channel(conn: Connection, job_id: str, catalog: Catalog) -> list[dict[str
         row["cost_picos"] += int(r["cost"])
         if ch != channels.ONLINE and r["cost"]:
             model = catalog.find(f"{r['provider']}/{r['model']}")
-            usage = Usage(**{k: int(r[k]) for k in ("input_tokens", "cached_tokens", "cache_write_tokens",
-                                                    "output_tokens", "reasoning_tokens")})
+            usage = Usage(
+                **{
+                    k: int(r[k])
+                    for k in (
+                        "input_tokens",
+                        "cached_tokens",
+                        "cache_write_tokens",
+                        "output_tokens",
+                        "reasoning_tokens",
+                    )
+                }
+            )
             try:
                 online = price(usage, model).picos if model is not None else None
             except PricingError:
@@ -58,9 +78,17 @@ def by_channel(conn: Connection, job_id: str, catalog: Catalog) -> list[dict[str
             if online is not None:
                 row["saved_picos"] += max(0, online - int(r["cost"]))
     order = {c: i for i, c in enumerate(channels.CHANNELS)}
-    return [{"channel": ch, "tasks": v["tasks"], "attempts": v["attempts"], "cost_usd": usd_json(v["cost_picos"]),
-             "cost_picos": v["cost_picos"], "saved_usd": usd_json(v["saved_picos"])}
-            for ch, v in sorted(out.items(), key=lambda kv: order.get(kv[0], 99))]
+    return [
+        {
+            "channel": ch,
+            "tasks": v["tasks"],
+            "attempts": v["attempts"],
+            "cost_usd": usd_json(v["cost_picos"]),
+            "cost_picos": v["cost_picos"],
+            "saved_usd": usd_json(v["saved_picos"]),
+        }
+        for ch, v in sorted(out.items(), key=lambda kv: order.get(kv[0], 99))
+    ]
 
 
 class ChannelEstimate:
@@ -86,5 +114,7 @@ class ChannelEstimate:
                 self.totals[ch] += candidates[0].estimated_picos
 
     def rows(self) -> list[dict[str, Any]]:
-        return [{"channel": ch, "tasks": self.served[ch], "estimated_usd": usd_json(math.ceil(self.totals[ch]))}
-                for ch in self.CHANNELS]
+        return [
+            {"channel": ch, "tasks": self.served[ch], "estimated_usd": usd_json(math.ceil(self.totals[ch]))}
+            for ch in self.CHANNELS
+        ]

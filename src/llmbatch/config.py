@@ -113,8 +113,7 @@ class Settings(BaseSettings):
     """The effective configuration. Construct it directly for a pure value (tests); load_settings() reads the
     environment and llmbatch.toml."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="forbid", env_prefix=ENV_PREFIX,
-                                      validate_default=False)
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", env_prefix=ENV_PREFIX, validate_default=False)
 
     database_url: str = DEFAULT_DATABASE_URL
     broker_url: str | None = None
@@ -132,7 +131,9 @@ class Settings(BaseSettings):
     max_units_per_dispatch: PositiveInt = 5000  # huge jobs get bigger units rather than more messages
     max_deliveries: PositiveInt = 5  # a task delivered this many times without finishing goes to failed (poison)
     concurrency: PositiveInt = 64  # calls in flight per process (embedded run and each worker)
-    shutdown_grace_s: Seconds = 30.0  # a stopping run or worker's time to finish in-flight calls before handing them back
+    shutdown_grace_s: Seconds = (
+        30.0  # a stopping run or worker's time to finish in-flight calls before handing them back
+    )
     # --- hostile-input: the InputLimits, one setting each (defaults and meaning there) ---
     max_line_bytes: PositiveInt = _LIMITS.max_line_bytes
     max_labels_per_line: PositiveInt = _LIMITS.max_labels_per_line
@@ -155,7 +156,9 @@ class Settings(BaseSettings):
     cache_max_entries: PositiveInt = 1_000_000  # response-cache size bound; the oldest entries are evicted first
     prompt_cache_scheduling: bool = True  # shared long prefixes: one warm-up call first, Anthropic breakpoints
     # --- discount-channels ---
-    batch_turnaround_s: PositiveSeconds = 86400.0  # a provider batch is assumed to take its completion window until measured
+    batch_turnaround_s: PositiveSeconds = (
+        86400.0  # a provider batch is assumed to take its completion window until measured
+    )
     batch_linger_s: Seconds = 2.0  # batch-bound tasks gather this long (since the last arrival) before a batch is sent
     batch_poll_s: PositiveSeconds = 5.0  # first poll of a provider batch after this long; the wait doubles ...
     batch_poll_max_s: PositiveSeconds = 300.0  # ... up to this (polling never hammers the provider)
@@ -168,8 +171,9 @@ class Settings(BaseSettings):
     metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None  # `llmbatch worker` serves /metrics here
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         # A direct Settings(...) is a pure value; load_settings() adds the environment and the file itself.
         return (init_settings,)
 
@@ -182,10 +186,14 @@ class Settings(BaseSettings):
         if not v:
             return None if info.field_name != "database_url" else DEFAULT_DATABASE_URL
         if "://" not in v:
-            raise ValueError("not a URL (expected e.g. "
-                             + {"database_url": "sqlite:///llmbatch.db or postgresql://user@host/db",
-                                "simulator_url": "http://127.0.0.1:8765"}.get(info.field_name,
-                                                                               "redis://localhost:6379/0") + ")")
+            raise ValueError(
+                "not a URL (expected e.g. "
+                + {
+                    "database_url": "sqlite:///llmbatch.db or postgresql://user@host/db",
+                    "simulator_url": "http://127.0.0.1:8765",
+                }.get(info.field_name, "redis://localhost:6379/0")
+                + ")"
+            )
         return v
 
     @field_validator("rate_limits")
@@ -219,7 +227,9 @@ def config_file() -> Path | None:
 
 
 # Top-level settings that may come from the environment (LLMBATCH_<NAME>); the tables come from the file only.
-_SCALARS = tuple(n for n, f in Settings.model_fields.items() if n not in ("retry", "rate_limits", "providers", "models"))
+_SCALARS = tuple(
+    n for n, f in Settings.model_fields.items() if n not in ("retry", "rate_limits", "providers", "models")
+)
 
 
 def _closest(name: str, valid) -> str:
@@ -241,8 +251,9 @@ def _unknown_keys(data: dict[str, Any], where: str) -> None:
         if isinstance(rl, dict):
             for key in rl:
                 if key not in RateLimit.model_fields:
-                    raise ConfigError(f'{where}: unknown key [rate_limits."{name}"].{key}'
-                                      f"{_closest(key, RateLimit.model_fields)}")
+                    raise ConfigError(
+                        f'{where}: unknown key [rate_limits."{name}"].{key}{_closest(key, RateLimit.model_fields)}'
+                    )
 
 
 def load_settings(**overrides: Any) -> Settings:

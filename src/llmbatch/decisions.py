@@ -27,8 +27,9 @@ class Move:
     reason: str = ""
 
 
-def after_error(e: ProviderError, *, n: int, policy: RetryPolicy, time_left_s: float,
-                rng: random.Random | None = None) -> Move:
+def after_error(
+    e: ProviderError, *, n: int, policy: RetryPolicy, time_left_s: float, rng: random.Random | None = None
+) -> Move:
     """The move after attempt `n` (0-based, on this model) failed with `e`."""
     if isinstance(e, RerouteError):
         return Move(FALLBACK, reason=e.message)
@@ -36,13 +37,13 @@ def after_error(e: ProviderError, *, n: int, policy: RetryPolicy, time_left_s: f
         return Move(FAIL, reason=f"{e.error_class}: {e.message}")
     if isinstance(e, RateLimitedError):
         # Every worker holds this model for the hint; the next acquire() waits it out (within the deadline).
-        return Move(COOLDOWN, e.retry_after if e.retry_after is not None else policy.base_delay_s * (2 ** n),
-                    e.message)
+        return Move(COOLDOWN, e.retry_after if e.retry_after is not None else policy.base_delay_s * (2**n), e.message)
     if n + 1 >= policy.max_attempts_per_model:
         return Move(FALLBACK, reason=e.message)  # no sleep before the next candidate
     retry_after = e.retry_after if isinstance(e, RetryableError) else None
-    delay = backoff.retry_delay(n, retry_after, base=policy.base_delay_s, cap=policy.max_delay_s,
-                                rng=rng or random.Random())
+    delay = backoff.retry_delay(
+        n, retry_after, base=policy.base_delay_s, cap=policy.max_delay_s, rng=rng or random.Random()
+    )
     if delay > time_left_s:  # a provider's hint can exceed what the task has left
         return Move(FALLBACK, reason=f"{e.message} (asked to wait {delay:.0f}s, past the task deadline)")
     return Move(RETRY, delay, e.message)

@@ -25,8 +25,16 @@ from .cache.hook import CacheHook
 from .catalog import Catalog, ModelInfo
 from .catalog.pricing import price, upper_bound_picos
 from .config import Settings
-from .errors import (BudgetExceeded, Interrupted, PricingError, ProviderError, ProviderTimeout, RateLimitedError,
-                     RetryableError, StoreWriteError)
+from .errors import (
+    BudgetExceeded,
+    Interrupted,
+    PricingError,
+    ProviderError,
+    ProviderTimeout,
+    RateLimitedError,
+    RetryableError,
+    StoreWriteError,
+)
 from .liveness import Presence
 from .models import ChatRequest, JobSpec, TaskLine
 from .money import exact_usd, usd_to_picos
@@ -117,13 +125,26 @@ def _provider_in_trouble(e: ProviderError) -> bool:
     429s have their own shared cooldown; 4xx and invalid outputs are about the request."""
     if not isinstance(e, RetryableError) or isinstance(e, RateLimitedError):
         return False
-    return (e.status_code is not None and e.status_code >= 500) or isinstance(e, ProviderTimeout) \
+    return (
+        (e.status_code is not None and e.status_code >= 500)
+        or isinstance(e, ProviderTimeout)
         or e.error_class in ("connect", "connection_reset")
+    )
 
 
 class Engine:
-    def __init__(self, *, settings: Settings, catalog: Catalog, store: AsyncStore, providers, limiter,
-                 worker_id: str, concurrency: int, rng: random.Random | None = None):
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        catalog: Catalog,
+        store: AsyncStore,
+        providers,
+        limiter,
+        worker_id: str,
+        concurrency: int,
+        rng: random.Random | None = None,
+    ):
         self.settings = settings
         self.catalog = catalog
         self.store = store
@@ -133,9 +154,12 @@ class Engine:
         self.worker_id = worker_id
         self.health = Health()
         policy = settings.retry
-        self.breaker = ProviderBreaker(self.health, threshold=policy.breaker_failures,
-                                       base_hold_s=min(policy.max_delay_s, 4 * policy.base_delay_s),
-                                       max_hold_s=policy.max_delay_s)
+        self.breaker = ProviderBreaker(
+            self.health,
+            threshold=policy.breaker_failures,
+            base_hold_s=min(policy.max_delay_s, 4 * policy.base_delay_s),
+            max_hold_s=policy.max_delay_s,
+        )
         # In-flight slots: held by an attempt from its rate-limit wait through its reservation to the call's
         # answer, not while its task looks up the cache before or records after (see run_claimed).
         self.slots = asyncio.Semaphore(concurrency)
@@ -168,9 +192,14 @@ class Engine:
             job = await self.store.read(repo.get_job, job_id)
             if job is None:
                 raise LookupError(f"no job {job_id!r} in the store")
-            ctx = JobContext(job_id, JobSpec.model_validate(orjson.loads(job["spec"])),
-                             job["max_cost_per_task_picos"], bool(job["simulate"]),
-                             bool(job["cancel_requested"]), time.time())
+            ctx = JobContext(
+                job_id,
+                JobSpec.model_validate(orjson.loads(job["spec"])),
+                job["max_cost_per_task_picos"],
+                bool(job["simulate"]),
+                bool(job["cancel_requested"]),
+                time.time(),
+            )
             ctx.deny = frozenset(ctx.spec.deny or ())
             ctx.budget_picos, ctx.stop_reason = job["budget_picos"], job.get("stop_reason")
             for key, reserved, cost in await self.store.read(ledger.overruns_seen, job_id):
@@ -200,11 +229,19 @@ class Engine:
         ctx = await self.job_context(job_id)
         if self.stopping:
             return ctx, []
-        claimed, poisoned = await self.store.call(repo.claim_tasks,
-            job_id, lo, hi, worker=self.worker_id, lease_s=self.settings.lease_seconds,
-            max_deliveries=self.settings.max_deliveries)
+        claimed, poisoned = await self.store.call(
+            repo.claim_tasks,
+            job_id,
+            lo,
+            hi,
+            worker=self.worker_id,
+            lease_s=self.settings.lease_seconds,
+            max_deliveries=self.settings.max_deliveries,
+        )
         if poisoned:
-            log.warning("job %s: %d task(s) in %d..%d exceeded max_deliveries and were failed", job_id, poisoned, lo, hi)
+            log.warning(
+                "job %s: %d task(s) in %d..%d exceeded max_deliveries and were failed", job_id, poisoned, lo, hi
+            )
             self.progress.finished[TaskStatus.failed] += poisoned
         if claimed:
             # claim_tasks refuses a cancelled job in the same transaction, so the job is not cancelled now,
@@ -218,8 +255,9 @@ class Engine:
         return ctx, claimed
 
     async def renew_leases(self, job_id: str, seqs: list[int]) -> int:
-        return await self.store.call(repo.renew_leases, job_id, seqs, worker=self.worker_id,
-                                     lease_s=self.settings.lease_seconds)
+        return await self.store.call(
+            repo.renew_leases, job_id, seqs, worker=self.worker_id, lease_s=self.settings.lease_seconds
+        )
 
     async def run_claimed(self, ctx: JobContext, claimed: repo.ClaimedTask, started=None) -> None:
         """Run one claimed task. Its attempts take an in-flight slot each (`slots`) for the call and what must
@@ -241,15 +279,18 @@ class Engine:
                 self.stopping = True
             except Exception as e:  # noqa: BLE001 - one task's bug must not lose the others; record it
                 log.exception("task %s crashed", claimed.task_id)
-                await self._finish(ctx, claimed, status=TaskStatus.failed, error=f"internal error: {type(e).__name__}: {e}")
+                await self._finish(
+                    ctx, claimed, status=TaskStatus.failed, error=f"internal error: {type(e).__name__}: {e}"
+                )
             finally:
                 self._claim_epoch.pop(key, None)
                 self._starting.pop(key, None)
 
     # ------------------------------------------------------------------------------------------- task
 
-    async def _finish(self, ctx: JobContext, claimed: repo.ClaimedTask, *, settlement: ledger.Settlement | None = None,
-                      **fields) -> str:
+    async def _finish(
+        self, ctx: JobContext, claimed: repo.ClaimedTask, *, settlement: ledger.Settlement | None = None, **fields
+    ) -> str:
         """Record the task's terminal outcome (with the last attempt's settlement in the same transaction)."""
         outcome = repo.TaskOutcome(job_id=ctx.job_id, seq=claimed.seq, worker=self.worker_id, **fields)
         if settlement is not None:
@@ -265,9 +306,17 @@ class Engine:
     def _route(self, ctx: JobContext, task: TaskLine, request: ChatRequest) -> RouteDecision:
         spec = ctx.spec
         _, credentials = self.providers.get(ctx.simulate)
-        decision = route(task, request, self.catalog, credentials=credentials, health=self.health,
-                         deny=ctx.deny, job_min_tier=spec.min_tier,
-                         max_cost_per_task_picos=ctx.max_cost_per_task_picos, now=time.time())
+        decision = route(
+            task,
+            request,
+            self.catalog,
+            credentials=credentials,
+            health=self.health,
+            deny=ctx.deny,
+            job_min_tier=spec.min_tier,
+            max_cost_per_task_picos=ctx.max_cost_per_task_picos,
+            now=time.time(),
+        )
         return ctx.quality.restrict(task, decision) if ctx.quality else decision
 
     async def run_task(self, ctx: JobContext, claimed: repo.ClaimedTask) -> str:
@@ -292,16 +341,26 @@ class Engine:
             cand = queue.pop(0)
             outcome = await self._try_candidate(ctx, claimed, task, request, cand, state, deadline)
             if outcome is ESCALATE:
-                higher = (ctx.quality.escalation(task, decision, cand.model) if ctx.quality
-                          else escalation_order(decision, cand.model))
-                move = decisions.after_invalid_output(higher_tier_left=bool(higher),
-                                                      escalation_enabled=ctx.spec.escalate)
+                higher = (
+                    ctx.quality.escalation(task, decision, cand.model)
+                    if ctx.quality
+                    else escalation_order(decision, cand.model)
+                )
+                move = decisions.after_invalid_output(
+                    higher_tier_left=bool(higher), escalation_enabled=ctx.spec.escalate
+                )
                 if move.kind == decisions.FAIL:
                     why = move.reason
-                    return await self._finish(ctx, claimed, status=TaskStatus.failed, provider=cand.model.provider,
-                                              model=cand.model.model, escalations=state.escalations,
-                                              error=("truncated: " if state.truncated else "")
-                                              + f"invalid output from {cand.model.key}: {state.last_error} ({why})")
+                    return await self._finish(
+                        ctx,
+                        claimed,
+                        status=TaskStatus.failed,
+                        provider=cand.model.provider,
+                        model=cand.model.model,
+                        escalations=state.escalations,
+                        error=("truncated: " if state.truncated else "")
+                        + f"invalid output from {cand.model.key}: {state.last_error} ({why})",
+                    )
                 state.escalations += 1
                 self.progress.escalations += 1
                 state.purpose = "escalation"
@@ -310,24 +369,35 @@ class Engine:
                 state.purpose = "fallback"
             else:  # a terminal status, already recorded
                 return outcome
-        return await self._finish(ctx, claimed, status=TaskStatus.failed, escalations=state.escalations,
-                                  error=("truncated: " if state.truncated else "")
-                                  + f"all eligible models failed; last error: {state.last_error}")
+        return await self._finish(
+            ctx,
+            claimed,
+            status=TaskStatus.failed,
+            escalations=state.escalations,
+            error=("truncated: " if state.truncated else "")
+            + f"all eligible models failed; last error: {state.last_error}",
+        )
 
     async def _no_candidate(self, ctx: JobContext, claimed: repo.ClaimedTask, decision: RouteDecision) -> str:
         # Models that were otherwise eligible but over the per-task cap mean "too expensive", not "impossible".
         over_cap = [r for r in decision.rejected if r.rule == "max_cost"]
         if over_cap:
-            return await self._finish(ctx, claimed, status=TaskStatus.skipped, skip_reason="max_cost_per_task",
-                                      error="every eligible model costs more than the per-task cap: "
-                                            + "; ".join(f"{r.model.key}: {r.reason}" for r in over_cap[:5]))
+            return await self._finish(
+                ctx,
+                claimed,
+                status=TaskStatus.skipped,
+                skip_reason="max_cost_per_task",
+                error="every eligible model costs more than the per-task cap: "
+                + "; ".join(f"{r.model.key}: {r.reason}" for r in over_cap[:5]),
+            )
         # Counted by rule: with a large catalog, the first few rejections alone are mostly allow-list noise.
         return await self._finish(ctx, claimed, status=TaskStatus.failed, error=decision.rejection_summary())
 
     def _request_for(self, request: ChatRequest, cand: Candidate) -> ChatRequest:
         visible = min(request.max_output_tokens, cand.completion_cap)
-        return request.model_copy(update={"max_output_tokens": visible,
-                                          "reasoning_budget_tokens": max(0, cand.completion_cap - visible)})
+        return request.model_copy(
+            update={"max_output_tokens": visible, "reasoning_budget_tokens": max(0, cand.completion_cap - visible)}
+        )
 
     async def _try_candidate(self, ctx, claimed, task, request, cand: Candidate, state: _TaskRun, deadline: float):
         """Up to max_attempts_per_model calls on one model. Returns a terminal status (recorded), or
@@ -343,13 +413,24 @@ class Engine:
         finally:
             await self.cache.release(state, escalated=outcome is ESCALATE)
 
-    async def _calls(self, ctx, claimed, task, request: ChatRequest, call_request: ChatRequest, cand: Candidate,
-                     state: _TaskRun, deadline: float):
+    async def _calls(
+        self,
+        ctx,
+        claimed,
+        task,
+        request: ChatRequest,
+        call_request: ChatRequest,
+        cand: Candidate,
+        state: _TaskRun,
+        deadline: float,
+    ):
         for n in range(self.settings.retry.max_attempts_per_model):
             ticket = await self._admit(ctx, cand.model.provider, deadline)
             if ticket is None:
-                state.last_error = (f"{cand.model.provider} kept failing (calls to it paused) past the task "
-                                    f"deadline; last error: {state.last_error}")
+                state.last_error = (
+                    f"{cand.model.provider} kept failing (calls to it paused) past the task "
+                    f"deadline; last error: {state.last_error}"
+                )
                 return NEXT_CANDIDATE
             try:
                 outcome = await self._attempt(ctx, claimed, task, call_request, cand, state, deadline, n)
@@ -374,13 +455,16 @@ class Engine:
         if cand.completion_cap >= model.max_output_tokens:
             return None
         cap = min(model.max_output_tokens, cand.completion_cap * 2)
-        request = request.model_copy(update={"max_output_tokens": min(model.max_output_tokens,
-                                                                      request.max_output_tokens * 2)})
-        return request, replace(cand, completion_cap=cap,
-                                upper_bound_picos=upper_bound_picos(model, cand.input_tokens_upper, cap))
+        request = request.model_copy(
+            update={"max_output_tokens": min(model.max_output_tokens, request.max_output_tokens * 2)}
+        )
+        return request, replace(
+            cand, completion_cap=cap, upper_bound_picos=upper_bound_picos(model, cand.input_tokens_upper, cap)
+        )
 
-    async def _attempt(self, ctx, claimed, task, call_request: ChatRequest, cand: Candidate, state: _TaskRun,
-                       deadline: float, n: int):
+    async def _attempt(
+        self, ctx, claimed, task, call_request: ChatRequest, cand: Candidate, state: _TaskRun, deadline: float, n: int
+    ):
         """One attempt in an in-flight slot, freed once the call has answered (or the attempt ended without one)."""
         slot = _Slot(self.slots)
         await slot.take()
@@ -392,20 +476,40 @@ class Engine:
         finally:
             slot.free()
 
-    async def _attempt_in_slot(self, ctx, claimed, task, call_request: ChatRequest, cand: Candidate,
-                               state: _TaskRun, deadline: float, n: int, slot: "_Slot"):
+    async def _attempt_in_slot(
+        self,
+        ctx,
+        claimed,
+        task,
+        call_request: ChatRequest,
+        cand: Candidate,
+        state: _TaskRun,
+        deadline: float,
+        n: int,
+        slot: "_Slot",
+    ):
         """One attempt: checks, rate limit, reservation, the call, then what its answer means. Returns what
         _try_candidate returns, or RETRY (try this model again)."""
         model, policy = cand.model, self.settings.retry
         if self.stopping:
             raise Interrupted("the run is stopping")
         if await self.is_cancelled(ctx):
-            return await self._finish(ctx, claimed, status=TaskStatus.cancelled, skip_reason="cancelled",
-                                      error="job cancelled", escalations=state.escalations)
+            return await self._finish(
+                ctx,
+                claimed,
+                status=TaskStatus.cancelled,
+                skip_reason="cancelled",
+                error="job cancelled",
+                escalations=state.escalations,
+            )
         if state.attempts >= policy.max_attempts_per_task or time.time() > deadline:
-            return await self._finish(ctx, claimed, status=TaskStatus.failed, escalations=state.escalations,
-                                      error=f"retry budget exhausted after {state.attempts} attempts; "
-                                            f"last error: {state.last_error}")
+            return await self._finish(
+                ctx,
+                claimed,
+                status=TaskStatus.failed,
+                escalations=state.escalations,
+                error=f"retry budget exhausted after {state.attempts} attempts; last error: {state.last_error}",
+            )
         tpm_tokens = cand.input_tokens_est + cand.completion_cap
         try:
             await self.limiter.acquire(model.key, tpm_tokens, deadline=deadline)
@@ -413,9 +517,14 @@ class Engine:
             state.last_error = f"no rate-limit slot for {model.key} before the task deadline"
             return NEXT_CANDIDATE
         if ctx.stop_reason is not None:  # an overrun took spend past the cap: nothing more is dispatched
-            return await self._finish(ctx, claimed, status=TaskStatus.skipped, skip_reason="budget",
-                                      escalations=state.escalations,
-                                      error=f"{ctx.stop_reason}; raise it with `llmbatch retry JOB --budget USD`")
+            return await self._finish(
+                ctx,
+                claimed,
+                status=TaskStatus.skipped,
+                skip_reason="budget",
+                escalations=state.escalations,
+                error=f"{ctx.stop_reason}; raise it with `llmbatch retry JOB --budget USD`",
+            )
         if not await self._still_holding(claimed, state):  # checked last thing before the money is held
             return LOST
         adapter = self.providers.get(ctx.simulate)[0][model.provider]
@@ -426,10 +535,15 @@ class Engine:
             return LOST
         except BudgetExceeded as e:
             reason = "budget" if e.scope == "job" else "daily_cap"
-            return await self._finish(ctx, claimed, status=TaskStatus.skipped, skip_reason=reason,
-                                      escalations=state.escalations,
-                                      error=f"{e} (needs {exact_usd(state.reserved)} reserved for "
-                                            f"{model.key}); raise it with `llmbatch retry JOB --budget USD`")
+            return await self._finish(
+                ctx,
+                claimed,
+                status=TaskStatus.skipped,
+                skip_reason=reason,
+                escalations=state.escalations,
+                error=f"{e} (needs {exact_usd(state.reserved)} reserved for "
+                f"{model.key}); raise it with `llmbatch retry JOB --budget USD`",
+            )
         state.attempts += 1
         self.progress.attempts += 1
         state.purpose = "retry"
@@ -451,48 +565,96 @@ class Engine:
         if flex:
             await self.batches.flex_served(flex, attempt_id)
         cost_picos, cost_source, pricing_error = (flex and flex.cost(completion, model)) or self._cost(
-            completion.usage, model, state)
-        answer: dict[str, Any] = {"usage": completion.usage, "pricing_error": pricing_error, "latency_ms": latency,
-                  "provider_request_id": completion.provider_request_id,
-                  "finish_reason": completion.finish_reason, "served_model": completion.served_model}
+            completion.usage, model, state
+        )
+        answer: dict[str, Any] = {
+            "usage": completion.usage,
+            "pricing_error": pricing_error,
+            "latency_ms": latency,
+            "provider_request_id": completion.provider_request_id,
+            "finish_reason": completion.finish_reason,
+            "served_model": completion.served_model,
+        }
         truncated = completion.finish_reason in TRUNCATION_REASONS
         try:
             if truncated:  # cut off by the output cap: never a success, whatever the validator would say
-                raise InvalidOutput(f"truncated: {model.key} stopped on its output cap "
-                                    f"({call_request.max_output_tokens} tokens; finish_reason "
-                                    f"{completion.finish_reason})")
-            output = validate_output(task, completion.text,
-                                     timeout_s=self.settings.input_limits.schema_validation_timeout_s)
+                raise InvalidOutput(
+                    f"truncated: {model.key} stopped on its output cap "
+                    f"({call_request.max_output_tokens} tokens; finish_reason "
+                    f"{completion.finish_reason})"
+                )
+            output = validate_output(
+                task, completion.text, timeout_s=self.settings.input_limits.schema_validation_timeout_s
+            )
         except InvalidOutput as e:
-            await self.store.call(ledger.settle, ledger.Settlement(
-                attempt_id=attempt_id, status=AttemptStatus.invalid_output, cost_picos=cost_picos,
-                cost_source=cost_source, error_class="truncated" if truncated else "invalid_output",
-                error_message=str(e), **answer))
+            await self.store.call(
+                ledger.settle,
+                ledger.Settlement(
+                    attempt_id=attempt_id,
+                    status=AttemptStatus.invalid_output,
+                    cost_picos=cost_picos,
+                    cost_source=cost_source,
+                    error_class="truncated" if truncated else "invalid_output",
+                    error_message=str(e),
+                    **answer,
+                ),
+            )
             await self._check_overrun(ctx, cand, state.reserved, cost_picos)
             state.last_error = str(e)
             state.truncated = state.truncated or truncated
             return TRUNCATED if truncated else ESCALATE
         doubt = ctx.quality.low_confidence(task, model.key, completion) if ctx.quality else None
         if doubt:  # valid, but the quality policy escalates answers this unsure (the call is still paid)
-            await self.store.call(ledger.settle, ledger.Settlement(
-                attempt_id=attempt_id, status=AttemptStatus.invalid_output, cost_picos=cost_picos,
-                cost_source=cost_source, error_class="low_confidence", error_message=doubt, **answer))
+            await self.store.call(
+                ledger.settle,
+                ledger.Settlement(
+                    attempt_id=attempt_id,
+                    status=AttemptStatus.invalid_output,
+                    cost_picos=cost_picos,
+                    cost_source=cost_source,
+                    error_class="low_confidence",
+                    error_message=doubt,
+                    **answer,
+                ),
+            )
             await self._check_overrun(ctx, cand, state.reserved, cost_picos)
             state.last_error = doubt
             return ESCALATE
         if ctx.quality:
             output = ctx.quality.record(output, completion)
-        settlement = ledger.Settlement(attempt_id=attempt_id, status=AttemptStatus.succeeded, cost_picos=cost_picos,
-                                       cost_source=cost_source, **answer)
-        status = await self._finish(ctx, claimed, settlement=settlement, status=TaskStatus.succeeded,
-                                    provider=model.provider, model=model.model, output=output,
-                                    escalations=state.escalations)
+        settlement = ledger.Settlement(
+            attempt_id=attempt_id,
+            status=AttemptStatus.succeeded,
+            cost_picos=cost_picos,
+            cost_source=cost_source,
+            **answer,
+        )
+        status = await self._finish(
+            ctx,
+            claimed,
+            settlement=settlement,
+            status=TaskStatus.succeeded,
+            provider=model.provider,
+            model=model.model,
+            output=output,
+            escalations=state.escalations,
+        )
         await self._check_overrun(ctx, cand, state.reserved, cost_picos)
         await self.cache.remember(ctx, state, model, attempt_id, output, completion.usage)
         return status
 
-    async def _failed_call(self, ctx, claimed, cand: Candidate, e: ProviderError, attempt_id: int, latency: int,
-                           state: _TaskRun, deadline: float, n: int):
+    async def _failed_call(
+        self,
+        ctx,
+        claimed,
+        cand: Candidate,
+        e: ProviderError,
+        attempt_id: int,
+        latency: int,
+        state: _TaskRun,
+        deadline: float,
+        n: int,
+    ):
         """Record a failed call in the ledger, tell the breaker, and decide: RETRY (after backoff or a
         cooldown), NEXT_CANDIDATE, or a recorded terminal status."""
         model, policy = cand.model, self.settings.retry
@@ -500,14 +662,20 @@ class Engine:
         if _provider_in_trouble(e):
             hold = self.breaker.failure(model.provider, time.time())
             if hold is not None:
-                log.warning("%s: %d server-side failures in a row (last: %s); pausing calls to it for %.1fs",
-                            model.provider, policy.breaker_failures, e.error_class, hold)
+                log.warning(
+                    "%s: %d server-side failures in a row (last: %s); pausing calls to it for %.1fs",
+                    model.provider,
+                    policy.breaker_failures,
+                    e.error_class,
+                    hold,
+                )
         elif e.request_sent:  # a 4xx or a 429 is still an answer: the provider is up
             self.breaker.success(model.provider)
         if isinstance(e, RetryableError) and _outcome_unknown(e):
             # Sent, but no usable answer: it may have been billed. Keep the reservation for reconcile.
-            await self.store.call(ledger.mark_unknown, attempt_id, error_class=e.error_class,
-                                  error_message=e.message, latency_ms=latency)
+            await self.store.call(
+                ledger.mark_unknown, attempt_id, error_class=e.error_class, error_message=e.message, latency_ms=latency
+            )
         else:
             await self._settle_error(ctx, attempt_id, cand, e, latency, state)
         move = decisions.after_error(e, n=n, policy=policy, time_left_s=deadline - time.time(), rng=self.rng)
@@ -515,8 +683,15 @@ class Engine:
             state.last_error = move.reason
             return NEXT_CANDIDATE
         if move.kind == decisions.FAIL:
-            return await self._finish(ctx, claimed, status=TaskStatus.failed, provider=model.provider,
-                                      model=model.model, escalations=state.escalations, error=move.reason)
+            return await self._finish(
+                ctx,
+                claimed,
+                status=TaskStatus.failed,
+                provider=model.provider,
+                model=model.model,
+                escalations=state.escalations,
+                error=move.reason,
+            )
         if move.kind == decisions.COOLDOWN:
             # The next acquire() waits the hold out, within the task deadline. No sleep here: that would wait twice.
             self.health.cooldown_until[model.key] = time.time() + move.delay_s
@@ -544,12 +719,20 @@ class Engine:
         the task to another worker, so no new call may start for it here."""
         if self.presence is None or await self.presence.confirm() == state.epoch:
             return True
-        log.info("task %s: this worker's presence lapsed after the claim; leaving it to its new holder",
-                 claimed.task_id)
+        log.info(
+            "task %s: this worker's presence lapsed after the claim; leaving it to its new holder", claimed.task_id
+        )
         return False
 
-    async def _reserve(self, ctx: JobContext, claimed: repo.ClaimedTask, cand: Candidate, state: _TaskRun,
-                       deadline: float, channel: str = "sync") -> int:
+    async def _reserve(
+        self,
+        ctx: JobContext,
+        claimed: repo.ClaimedTask,
+        cand: Candidate,
+        state: _TaskRun,
+        deadline: float,
+        channel: str = "sync",
+    ) -> int:
         """Reserve the call's upper bound. A refusal that only other calls' in-flight holds cause is not
         final: those settle (usually far below their bound) and free money, so wait and try again. Give up
         (BudgetExceeded) once the amount cannot fit even if every in-flight call cost nothing, for the daily
@@ -564,10 +747,19 @@ class Engine:
             if delay > 0.05 and not await self._still_holding(claimed, state):  # after a wait for money
                 raise _LeaseLost()
             try:
-                return await self.store.call(ledger.reserve,
-                    job_id=ctx.job_id, task_seq=claimed.seq, task_id=claimed.task_id, provider=model.provider,
-                    model=model.model, amount_picos=amount, purpose=purpose, worker=self.worker_id,
-                    daily_cap_picos=self.daily_cap_picos, channel=channel)
+                return await self.store.call(
+                    ledger.reserve,
+                    job_id=ctx.job_id,
+                    task_seq=claimed.seq,
+                    task_id=claimed.task_id,
+                    provider=model.provider,
+                    model=model.model,
+                    amount_picos=amount,
+                    purpose=purpose,
+                    worker=self.worker_id,
+                    daily_cap_picos=self.daily_cap_picos,
+                    channel=channel,
+                )
             except BudgetExceeded as e:
                 if e.scope != "job" or time.time() + delay > deadline:
                     raise
@@ -585,15 +777,27 @@ class Engine:
             log.error("cannot price usage for %s: %s; charging the reserved upper bound", model.key, e)
             return state.reserved, "unpriced", str(e)
 
-    async def _settle_error(self, ctx: JobContext, attempt_id: int, cand: Candidate, e: ProviderError,
-                            latency_ms: int, state: _TaskRun) -> None:
+    async def _settle_error(
+        self, ctx: JobContext, attempt_id: int, cand: Candidate, e: ProviderError, latency_ms: int, state: _TaskRun
+    ) -> None:
         cost, source, perr = 0, "none", None
         if e.usage is not None:  # some failures are still billed (the provider returned usage)
             cost, source, perr = self._cost(e.usage, cand.model, state)
-        await self.store.call(ledger.settle, ledger.Settlement(
-            attempt_id=attempt_id, status=AttemptStatus.failed, cost_picos=cost, cost_source=source,
-            usage=e.usage, error_class=e.error_class, error_message=e.message, http_status=e.status_code,
-            pricing_error=perr, latency_ms=latency_ms))
+        await self.store.call(
+            ledger.settle,
+            ledger.Settlement(
+                attempt_id=attempt_id,
+                status=AttemptStatus.failed,
+                cost_picos=cost,
+                cost_source=source,
+                usage=e.usage,
+                error_class=e.error_class,
+                error_message=e.message,
+                http_status=e.status_code,
+                pricing_error=perr,
+                latency_ms=latency_ms,
+            ),
+        )
         await self._check_overrun(ctx, cand, state.reserved, cost)
 
     def _learn_overrun(self, key: str, bound: int, cost: int) -> None:
@@ -611,16 +815,23 @@ class Engine:
             return
         model = cand.model
         self._learn_overrun(model.key, cand.upper_bound_picos, cost)
-        log.warning("job %s: overrun on %s: billed %s against a %s reservation; its reservations now grow x%.2f",
-                    ctx.job_id, model.key, exact_usd(cost), exact_usd(reserved),
-                    float(self.overrun_factor[model.key]))
+        log.warning(
+            "job %s: overrun on %s: billed %s against a %s reservation; its reservations now grow x%.2f",
+            ctx.job_id,
+            model.key,
+            exact_usd(cost),
+            exact_usd(reserved),
+            float(self.overrun_factor[model.key]),
+        )
         if ctx.budget_picos is None or ctx.stop_reason is not None:
             return
         job = await self.store.read(repo.get_job, ctx.job_id)
         if job is not None and job["spent_picos"] > job["budget_picos"]:
-            ctx.stop_reason = (f"budget cap {exact_usd(job['budget_picos'])} passed: spent "
-                               f"{exact_usd(job['spent_picos'])} after {model.key} billed {exact_usd(cost)} against "
-                               f"a {exact_usd(reserved)} reservation (overrun)")
+            ctx.stop_reason = (
+                f"budget cap {exact_usd(job['budget_picos'])} passed: spent "
+                f"{exact_usd(job['spent_picos'])} after {model.key} billed {exact_usd(cost)} against "
+                f"a {exact_usd(reserved)} reservation (overrun)"
+            )
             log.error("job %s: %s; dispatch stopped", ctx.job_id, ctx.stop_reason)
             await self.store.call(ledger.note_stop, ctx.job_id, ctx.stop_reason)
 

@@ -42,6 +42,7 @@ def flex_adapter(adapter: Adapter) -> Adapter:
     base = type(adapter)
     cls = _FLEX_CLASSES.get(base)
     if cls is None:
+
         def build_body(self, model, request):
             return {**base.build_body(self, model, request), "service_tier": "flex"}
 
@@ -65,8 +66,9 @@ class FlexCall:
         n = 0
         while time.time() < self.until:
             try:
-                return await self.flex.complete(model, request, timeout=min(self.timeout_s,
-                                                                           max(1.0, self.until - time.time())))
+                return await self.flex.complete(
+                    model, request, timeout=min(self.timeout_s, max(1.0, self.until - time.time()))
+                )
             except ProviderError as e:
                 if not is_unavailable(e):
                     raise

@@ -92,8 +92,10 @@ def _data_url_problem(rest: str, limits: InputLimits) -> str | None:
 
 
 def _too_big(size: int, limits: InputLimits) -> str:
-    return (f"is {size:,} bytes, over the limit of {limits.max_image_bytes:,} bytes (max_image_bytes); "
-            "shrink it or raise max_image_bytes")
+    return (
+        f"is {size:,} bytes, over the limit of {limits.max_image_bytes:,} bytes (max_image_bytes); "
+        "shrink it or raise max_image_bytes"
+    )
 
 
 @lru_cache(maxsize=4096)

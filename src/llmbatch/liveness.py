@@ -29,8 +29,15 @@ class Presence:
     """This process's presence record. `epoch` grows each time the record is found lapsed: a task claimed
     under an older epoch may have been handed to another worker, so it must not start new calls."""
 
-    def __init__(self, store, worker_id: str, *, ttl_s: float, chunk_size: int,
-                 publish: Callable[[str, int, int], None] | None = None):
+    def __init__(
+        self,
+        store,
+        worker_id: str,
+        *,
+        ttl_s: float,
+        chunk_size: int,
+        publish: Callable[[str, int, int], None] | None = None,
+    ):
         self.store = store
         self._chunk_size, self._publish = chunk_size, publish
         self.worker_id = worker_id
@@ -71,8 +78,12 @@ class Presence:
         self._last_ok = started
         if b.lapsed:
             self.epoch += 1
-            log.warning("worker %s: its presence had lapsed (frozen or cut off for over %.0fs); the tasks it "
-                        "held may now run elsewhere and will not be recorded here", self.worker_id, self.ttl_s)
+            log.warning(
+                "worker %s: its presence had lapsed (frozen or cut off for over %.0fs); the tasks it "
+                "held may now run elsewhere and will not be recorded here",
+                self.worker_id,
+                self.ttl_s,
+            )
 
     async def confirm(self) -> int:
         """The current epoch, after a renewal if the last one is not fresh (a frozen process just woke up)."""
@@ -82,8 +93,14 @@ class Presence:
 
     def _beat(self, engine):
         with engine.begin() as conn:
-            return presence.beat(conn, worker_id=self.worker_id, host=self._host, pid=self._pid,
-                                 started_at=self._started_at, ttl_s=self.ttl_s)
+            return presence.beat(
+                conn,
+                worker_id=self.worker_id,
+                host=self._host,
+                pid=self._pid,
+                started_at=self._started_at,
+                ttl_s=self.ttl_s,
+            )
 
     async def _renew_forever(self) -> None:
         interval = self.ttl_s / BEATS_PER_TTL
@@ -108,21 +125,24 @@ class Presence:
             return 0
 
 
-def _publish_ranges(released: list[tuple[str, int]], chunk_size: int,
-                    publish: Callable[[str, int, int], None] | None) -> list[tuple[str, int, int]]:
+def _publish_ranges(
+    released: list[tuple[str, int]], chunk_size: int, publish: Callable[[str, int, int], None] | None
+) -> list[tuple[str, int, int]]:
     by_job: dict[str, list[int]] = defaultdict(list)
     for job_id, seq in released:
         by_job[job_id].append(seq)
-    ranges = [(job_id, lo, hi) for job_id, seqs in by_job.items()
-              for lo, hi in repo.seq_ranges(sorted(seqs), chunk_size)]
+    ranges = [
+        (job_id, lo, hi) for job_id, seqs in by_job.items() for lo, hi in repo.seq_ranges(sorted(seqs), chunk_size)
+    ]
     if publish is not None:
         for job_id, lo, hi in ranges:
             publish(job_id, lo, hi)
     return ranges
 
 
-def release_dead_workers(engine, *, lease_s: float, ttl_s: float, chunk_size: int,
-                         publish: Callable[[str, int, int], None] | None = None) -> list[tuple[str, int, int]]:
+def release_dead_workers(
+    engine, *, lease_s: float, ttl_s: float, chunk_size: int, publish: Callable[[str, int, int], None] | None = None
+) -> list[tuple[str, int, int]]:
     """One sweep: requeue the tasks of dead workers, settle the calls they left in flight (billed at their
     reservation: the most they can have cost), and (Celery) publish
     a unit for each released range. Returns the released (job_id, lo, hi) ranges. Safe to run from every
@@ -140,8 +160,12 @@ async def sweep_forever(store, settings, publish: Callable[[str, int, int], None
         await asyncio.sleep(interval * random.uniform(0.8, 1.2))
         try:
             ranges = await store.with_engine(
-                release_dead_workers, lease_s=settings.lease_seconds, ttl_s=settings.presence_ttl_s,
-                chunk_size=settings.chunk_size, publish=publish)
+                release_dead_workers,
+                lease_s=settings.lease_seconds,
+                ttl_s=settings.presence_ttl_s,
+                chunk_size=settings.chunk_size,
+                publish=publish,
+            )
             if ranges:
                 n = sum(hi - lo + 1 for _, lo, hi in ranges)
                 log.warning("handed back %d task(s) of dead worker(s) in %d unit(s)", n, len(ranges))

@@ -70,7 +70,7 @@ def _labels_problem(labels: list[str]) -> str | None:
         if not key:
             return f"'labels' has an empty label at position {i}"
         if key in seen:
-            return (f"'labels' has duplicates after trimming and ignoring case: {seen[key]!r} and {label!r}")
+            return f"'labels' has duplicates after trimming and ignoring case: {seen[key]!r} and {label!r}"
         seen[key] = label
     return None
 
@@ -89,8 +89,10 @@ class Message(BaseModel):
                 kind = part.get("type") if isinstance(part, dict) else None
                 if kind == "text" and isinstance(part.get("text"), str):
                     continue
-                if kind == "image_url" and isinstance(part.get("image_url"), dict) and isinstance(
-                    part["image_url"].get("url"), str
+                if (
+                    kind == "image_url"
+                    and isinstance(part.get("image_url"), dict)
+                    and isinstance(part["image_url"].get("url"), str)
                 ):
                     continue
                 raise ValueError(
@@ -147,7 +149,6 @@ class TaskLine(BaseModel):
         return self
 
 
-
 class JobSpec(BaseModel):
     """Job-wide defaults and limits (from --spec JOB.yaml and flags). A line's own fields win."""
 
@@ -182,6 +183,7 @@ class JobSpec(BaseModel):
 
         parse_duration(v)
         return str(v)
+
     # --- quality-floor --- a routing policy (llmbatch.quality.policy); a calibration job's attempts have
     # purpose "calibration" and its tasks keep each answer's confidence.
     policy: dict[str, Any] | None = None

@@ -25,8 +25,7 @@ def _unknown(option: str, name: str, names: set[str]) -> ConfigError:
 def check_spec_names(spec: JobSpec, catalog: Catalog) -> None:
     """Raise ConfigError (exit 2) naming the first unknown entry and the closest known names."""
     names = known_names(catalog)
-    if spec.model is not None and catalog.find(spec.model) is None \
-            and not any(m.model == spec.model for m in catalog):
+    if spec.model is not None and catalog.find(spec.model) is None and not any(m.model == spec.model for m in catalog):
         raise _unknown("--model", spec.model, {n for m in catalog for n in (m.key, m.model)})
     for option, entries in (("--models", spec.models), ("--deny", spec.deny)):
         for name in entries or ():

@@ -29,8 +29,11 @@ class Plan:
     upper_bound_picos: int = 0
     unroutable: int = 0
     budget_picos: int | None = None
-    by_model: dict[str, dict[str, Any]] = field(default_factory=lambda: defaultdict(
-        lambda: {"tasks": 0, "estimated_picos": 0, "upper_bound_picos": 0, "input_tokens": 0, "output_tokens": 0}))
+    by_model: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: defaultdict(
+            lambda: {"tasks": 0, "estimated_picos": 0, "upper_bound_picos": 0, "input_tokens": 0, "output_tokens": 0}
+        )
+    )
     errors: list[LineError] = field(default_factory=list)  # the first MAX_ERRORS_KEPT
     invalid_lines: int = 0
     # No provider key is set (and not --simulate): every model was priced as if its provider were configured.
@@ -55,16 +58,24 @@ class Plan:
             "unroutable": self.unroutable,
             "invalid_lines": self.invalid_lines,
             "keys_assumed": self.keys_assumed,
-            "by_model": [{"model": k, "tasks": v["tasks"], "estimated_usd": usd_json(v["estimated_picos"]),
-                          "upper_bound_usd": usd_json(v["upper_bound_picos"]),
-                          "input_tokens": v["input_tokens"], "output_tokens": v["output_tokens"]}
-                         for k, v in sorted(self.by_model.items(), key=lambda kv: -kv[1]["estimated_picos"])],
+            "by_model": [
+                {
+                    "model": k,
+                    "tasks": v["tasks"],
+                    "estimated_usd": usd_json(v["estimated_picos"]),
+                    "upper_bound_usd": usd_json(v["upper_bound_picos"]),
+                    "input_tokens": v["input_tokens"],
+                    "output_tokens": v["output_tokens"],
+                }
+                for k, v in sorted(self.by_model.items(), key=lambda kv: -kv[1]["estimated_picos"])
+            ],
             "cache": {"hits": self.cache_hits, "saved_usd": usd_json(self.cache_saved_picos)},
-            "prompt_cache": {"cached_tokens": self.prefix.cached_tokens,
-                             "saved_usd": usd_json(self.prompt_cache_saved_picos)},
+            "prompt_cache": {
+                "cached_tokens": self.prefix.cached_tokens,
+                "saved_usd": usd_json(self.prompt_cache_saved_picos),
+            },
             "by_channel": self.by_channel,
         }
-
 
 
 def route_item(task: TaskLine, d: RouteDecision, *, explain: bool) -> dict[str, Any]:
@@ -82,16 +93,20 @@ def route_item(task: TaskLine, d: RouteDecision, *, explain: bool) -> dict[str, 
     if explain:
         limit = chosen.estimated_picos if chosen else None
         item["not_chosen"] = [
-            {"model": r.model.key, "reason": r.reason,
-             "estimated_usd": usd_json(r.estimated_picos) if r.estimated_picos is not None else None}
+            {
+                "model": r.model.key,
+                "reason": r.reason,
+                "estimated_usd": usd_json(r.estimated_picos) if r.estimated_picos is not None else None,
+            }
             for r in d.rejected
             if limit is None or r.estimated_picos is None or r.estimated_picos <= limit
         ]
     return item
 
 
-def plan_file(settings: Settings, path, spec: JobSpec, *,
-              on_decision: Callable[[TaskLine, RouteDecision], None] | None = None) -> Plan:
+def plan_file(
+    settings: Settings, path, spec: JobSpec, *, on_decision: Callable[[TaskLine, RouteDecision], None] | None = None
+) -> Plan:
     catalog = load_catalog(settings)
     check_spec_names(spec, catalog)
     credentials = available_credentials(catalog, simulate=spec.simulate)
@@ -99,8 +114,11 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
     if keys_assumed:  # a plan with no callable model would say $0: price what a configured machine would run
         credentials = available_credentials(catalog, simulate=True)
     max_cost = usd_to_picos(spec.max_cost_per_task_usd) if spec.max_cost_per_task_usd else None
-    plan = Plan(budget_picos=usd_to_picos(spec.budget_usd) if spec.budget_usd else None, keys_assumed=keys_assumed,
-                prefix=PrefixProbe(scheduling=settings.prompt_cache_scheduling))
+    plan = Plan(
+        budget_picos=usd_to_picos(spec.budget_usd) if spec.budget_usd else None,
+        keys_assumed=keys_assumed,
+        prefix=PrefixProbe(scheduling=settings.prompt_cache_scheduling),
+    )
     deny = frozenset(spec.deny or ())
     probe = CacheProbe(settings, catalog, spec) if spec.cache else None
     from .channel_report import ChannelEstimate
@@ -113,8 +131,15 @@ def plan_file(settings: Settings, path, spec: JobSpec, *,
                 plan.errors.append(item)
             continue
         request = build_request(item)
-        d = route(item, request, catalog, credentials=credentials, deny=deny,
-                  job_min_tier=spec.min_tier, max_cost_per_task_picos=max_cost)
+        d = route(
+            item,
+            request,
+            catalog,
+            credentials=credentials,
+            deny=deny,
+            job_min_tier=spec.min_tier,
+            max_cost_per_task_picos=max_cost,
+        )
         plan.tasks += 1
         if on_decision is not None:
             on_decision(item, d)

@@ -13,6 +13,7 @@ from .money import fmt_usd, usd_to_picos
 from .quality.report import quality_lines
 from .terminal_text import rich_printable as safe
 
+
 def _console(stderr: bool = False) -> Console:
     c = Console(stderr=stderr, highlight=False)
     # Piped output has no terminal width; rich would default to 80 and truncate model names.
@@ -34,19 +35,36 @@ def summary_table(summary: dict[str, Any]) -> None:
     t = Table(title=f"job {job_id} — {summary['status']}", title_justify="left")
     for col in ("total", "succeeded", "failed", "skipped", "cancelled", "spent", "budget"):
         t.add_column(col, justify="right")
-    t.add_row(str(counts["total"]), str(counts["succeeded"]), str(counts["failed"]), str(counts["skipped"]),
-              str(counts["cancelled"]), fmt_usd(summary["spent_picos"]),
-              fmt_usd(summary["budget_picos"]) if summary["budget_picos"] is not None else "none")
+    t.add_row(
+        str(counts["total"]),
+        str(counts["succeeded"]),
+        str(counts["failed"]),
+        str(counts["skipped"]),
+        str(counts["cancelled"]),
+        fmt_usd(summary["spent_picos"]),
+        fmt_usd(summary["budget_picos"]) if summary["budget_picos"] is not None else "none",
+    )
     out.print(t)
     mix = Table(title="model mix (every attempt, failed ones included)", title_justify="left")
     columns: tuple[tuple[str, JustifyMethod], ...] = (
-        ("model", "left"), ("tasks", "right"), ("attempts", "right"), ("input tok", "right"), ("output tok", "right"),
-        ("cost", "right"))
+        ("model", "left"),
+        ("tasks", "right"),
+        ("attempts", "right"),
+        ("input tok", "right"),
+        ("output tok", "right"),
+        ("cost", "right"),
+    )
     for col, j in columns:
         mix.add_column(col, justify=j)
     for r in summary["model_mix"]:
-        mix.add_row(safe(f"{r['provider']}/{r['model']}"), str(r["tasks"]), str(r["attempts"]),
-                    f"{r['input_tokens']:,}", f"{r['output_tokens']:,}", fmt_usd(r["cost_picos"]))
+        mix.add_row(
+            safe(f"{r['provider']}/{r['model']}"),
+            str(r["tasks"]),
+            str(r["attempts"]),
+            f"{r['input_tokens']:,}",
+            f"{r['output_tokens']:,}",
+            fmt_usd(r["cost_picos"]),
+        )
     out.print(mix)
     if summary["invalid_lines"]:
         out.print(f"[yellow]{summary['invalid_lines']} input line(s) rejected[/] — `llmbatch status {job_id} --errors`")
@@ -63,9 +81,18 @@ def jobs_table(rows: list[dict[str, Any]], *, store: str) -> None:
     for r in rows:
         c = r["counts"]
         done = c["succeeded"] + c["failed"] + c["skipped"] + c["cancelled"]
-        t.add_row(r["job_id"], safe(r["name"] or ""), r["created_at"].replace("T", " ").rstrip("Z"), r["status"],
-                  f"{done:,}/{c['total']:,}", f"{c['succeeded']:,}", f"{c['failed']:,}", f"{c['skipped']:,}",
-                  _usd(r["spent_usd"]), _usd(r["budget_usd"]) if r["budget_usd"] is not None else "none")
+        t.add_row(
+            r["job_id"],
+            safe(r["name"] or ""),
+            r["created_at"].replace("T", " ").rstrip("Z"),
+            r["status"],
+            f"{done:,}/{c['total']:,}",
+            f"{c['succeeded']:,}",
+            f"{c['failed']:,}",
+            f"{c['skipped']:,}",
+            _usd(r["spent_usd"]),
+            _usd(r["budget_usd"]) if r["budget_usd"] is not None else "none",
+        )
     out.print(t)
     if not rows:
         out.print("no jobs yet")
@@ -80,8 +107,15 @@ class LiveProgress:
 
     def __enter__(self):
         if self.enabled:
-            self._p = Progress(TextColumn("[bold]running"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                               TimeElapsedColumn(), console=err, transient=False)
+            self._p = Progress(
+                TextColumn("[bold]running"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                console=err,
+                transient=False,
+            )
             self._p.__enter__()
             self._task = self._p.add_task("run", total=self.total, completed=self.done, info="")
         return self
@@ -91,9 +125,12 @@ class LiveProgress:
             return
         f = engine.progress.finished
         done = sum(f.values())
-        self._p.update(self._task, completed=self.done + done,
-                       info=f"ok={f['succeeded']} failed={f['failed']} skipped={f['skipped']} "
-                            f"attempts={engine.progress.attempts} escalations={engine.progress.escalations}")
+        self._p.update(
+            self._task,
+            completed=self.done + done,
+            info=f"ok={f['succeeded']} failed={f['failed']} skipped={f['skipped']} "
+            f"attempts={engine.progress.attempts} escalations={engine.progress.escalations}",
+        )
 
     def __exit__(self, *exc):
         if self._p:
@@ -104,16 +141,24 @@ class WatchProgress:
     """`status --watch`: a bar fed by jobs.wait_for's polls (job row, task counts)."""
 
     def __enter__(self):
-        self._p = Progress(TextColumn("[bold]{task.fields[status]}"), BarColumn(), MofNCompleteColumn(),
-                           TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err)
+        self._p = Progress(
+            TextColumn("[bold]{task.fields[status]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=err,
+        )
         self._p.__enter__()
         self._tid = None
         return self
 
     def update(self, job: dict[str, Any], c: dict[str, int]) -> None:
         done = c["succeeded"] + c["failed"] + c["skipped"] + c["cancelled"]
-        info = (f"ok={c['succeeded']} failed={c['failed']} skipped={c['skipped']} running={c['running']} "
-                f"spent={fmt_usd(job['spent_picos'])}")
+        info = (
+            f"ok={c['succeeded']} failed={c['failed']} skipped={c['skipped']} running={c['running']} "
+            f"spent={fmt_usd(job['spent_picos'])}"
+        )
         if self._tid is None:
             self._tid = self._p.add_task("watch", total=c["total"], status=job["status"], info=info)
         self._p.update(self._tid, completed=done, total=c["total"], status=job["status"], info=info)
@@ -143,26 +188,43 @@ def report_tables(rep: dict[str, Any]) -> None:
     for col in ("provider", "model", "tasks", "attempts", "input", "cached", "output", "reasoning", "cost"):
         m.add_column(col, justify="left" if col in ("provider", "model") else "right")
     for r in rep["by_model"]:
-        m.add_row(safe(r["provider"]), safe(r["model"]), str(r["tasks"]), str(r["attempts"]), f"{r['input_tokens']:,}",
-                  f"{r['cached_tokens']:,}", f"{r['output_tokens']:,}", f"{r['reasoning_tokens']:,}", _usd(r["cost_usd"]))
+        m.add_row(
+            safe(r["provider"]),
+            safe(r["model"]),
+            str(r["tasks"]),
+            str(r["attempts"]),
+            f"{r['input_tokens']:,}",
+            f"{r['cached_tokens']:,}",
+            f"{r['output_tokens']:,}",
+            f"{r['reasoning_tokens']:,}",
+            _usd(r["cost_usd"]),
+        )
     out.print(m)
     c = rep["counts"]
-    out.print(f"tasks: {c['total']} total, {c['succeeded']} succeeded, {c['failed']} failed, {c['skipped']} skipped, "
-              f"{c['cancelled']} cancelled; escalations: {rep['escalations']}"
-              + (("; skips: " + ", ".join(f"{k}={v}" for k, v in rep["skips"].items())) if rep["skips"] else ""))
+    out.print(
+        f"tasks: {c['total']} total, {c['succeeded']} succeeded, {c['failed']} failed, {c['skipped']} skipped, "
+        f"{c['cancelled']} cancelled; escalations: {rep['escalations']}"
+        + (("; skips: " + ", ".join(f"{k}={v}" for k, v in rep["skips"].items())) if rep["skips"] else "")
+    )
     if rep["unpriced_attempts"]:
-        out.print(f"[bold red]{len(rep['unpriced_attempts'])} attempt(s) could not be priced by the catalog; "
-                  f"they are charged at their reserved upper bound. First: {safe(rep['unpriced_attempts'][0])}[/]")
+        out.print(
+            f"[bold red]{len(rep['unpriced_attempts'])} attempt(s) could not be priced by the catalog; "
+            f"they are charged at their reserved upper bound. First: {safe(rep['unpriced_attempts'][0])}[/]"
+        )
     if rep.get("overruns"):
         first = rep["overrun_attempts"][0]
-        out.print(f"[bold red]{rep['overruns']} attempt(s) billed ABOVE their reservation (overrun): the provider "
-                  f"counted more tokens than the bound allowed for. Largest: {safe(first['model'])} task "
-                  f"{safe(first['task_id'])} billed ${first['cost_usd']} against ${first['reserved_usd']} reserved[/]")
+        out.print(
+            f"[bold red]{rep['overruns']} attempt(s) billed ABOVE their reservation (overrun): the provider "
+            f"counted more tokens than the bound allowed for. Largest: {safe(first['model'])} task "
+            f"{safe(first['task_id'])} billed ${first['cost_usd']} against ${first['reserved_usd']} reserved[/]"
+        )
     if rep.get("stop_reason"):
         out.print(f"[bold red]dispatch stopped: {safe(rep['stop_reason'])}[/]")
     if rep["unsettled_attempts"]:
-        out.print(f"[yellow]{rep['unsettled_attempts']} attempt(s) with unknown outcome still hold their reservation; "
-                  f"run `llmbatch reconcile {rep['job_id']}`[/]")
+        out.print(
+            f"[yellow]{rep['unsettled_attempts']} attempt(s) with unknown outcome still hold their reservation; "
+            f"run `llmbatch reconcile {rep['job_id']}`[/]"
+        )
     if rep["most_expensive_tasks"]:
         e = Table(title="most expensive tasks", title_justify="left")
         for col in ("id", "model", "attempts", "cost"):
@@ -177,34 +239,51 @@ def report_tables(rep: dict[str, Any]) -> None:
 def _cache_rows(rep: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
     if rep.get("cache"):
-        rows.append(("response cache: tasks answered / saved",
-                     f"{rep['cache']['hits']:,} / {_usd(rep['cache']['saved_usd'])}"))
+        rows.append(
+            ("response cache: tasks answered / saved", f"{rep['cache']['hits']:,} / {_usd(rep['cache']['saved_usd'])}")
+        )
     pc = rep.get("prompt_cache")
     if pc and pc["calls"]:
         rate = f"{pc['hit_rate']:.0%}" if pc["hit_rate"] is not None else "-"
-        rows.append(("prompt cache: hit rate / cached / written tokens",
-                     f"{rate} / {pc['cached_tokens']:,} / {pc['cache_write_tokens']:,}"))
+        rows.append(
+            (
+                "prompt cache: hit rate / cached / written tokens",
+                f"{rate} / {pc['cached_tokens']:,} / {pc['cache_write_tokens']:,}",
+            )
+        )
         rows.append(("prompt cache: saved (net of write premiums)", _usd(pc["saved_usd"])))
     return rows
 
 
 def estimate_table(plan) -> None:
     d = plan.estimate_dict()
-    t = Table(title=f"estimate — {d['tasks']} tasks ({d['unroutable']} unroutable, {d['invalid_lines']} invalid lines)",
-              title_justify="left")
+    t = Table(
+        title=f"estimate — {d['tasks']} tasks ({d['unroutable']} unroutable, {d['invalid_lines']} invalid lines)",
+        title_justify="left",
+    )
     for col in ("model", "tasks", "input tok (est)", "output tok (est)", "expected", "upper bound"):
         t.add_column(col, justify="left" if col == "model" else "right")
     for r in d["by_model"]:
-        t.add_row(safe(r["model"]), str(r["tasks"]), f"{r['input_tokens']:,}", f"{r['output_tokens']:,}",
-                  _usd(r["estimated_usd"]), _usd(r["upper_bound_usd"]))
+        t.add_row(
+            safe(r["model"]),
+            str(r["tasks"]),
+            f"{r['input_tokens']:,}",
+            f"{r['output_tokens']:,}",
+            _usd(r["estimated_usd"]),
+            _usd(r["upper_bound_usd"]),
+        )
     t.add_row("[bold]total", str(d["tasks"]), "", "", _usd(d["estimated_usd"]), _usd(d["upper_bound_usd"]))
     out.print(t)
     if d.get("cache") and d["cache"]["hits"]:
-        out.print(f"response cache: {d['cache']['hits']:,} task(s) would be answered from earlier identical calls "
-                  f"($0; {_usd(d['cache']['saved_usd'])} expected saved, not in the totals above)")
+        out.print(
+            f"response cache: {d['cache']['hits']:,} task(s) would be answered from earlier identical calls "
+            f"($0; {_usd(d['cache']['saved_usd'])} expected saved, not in the totals above)"
+        )
     if d.get("prompt_cache") and d["prompt_cache"]["cached_tokens"]:
-        out.print(f"prompt cache: {d['prompt_cache']['cached_tokens']:,} input tokens expected to be read from the "
-                  f"provider's cache, {_usd(d['prompt_cache']['saved_usd'])} saved (already in the totals)")
+        out.print(
+            f"prompt cache: {d['prompt_cache']['cached_tokens']:,} input tokens expected to be read from the "
+            f"provider's cache, {_usd(d['prompt_cache']['saved_usd'])} saved (already in the totals)"
+        )
 
 
 def route_table(items: list[dict[str, Any]], *, total: int, explain: bool) -> None:
@@ -228,22 +307,69 @@ def route_table(items: list[dict[str, Any]], *, total: int, explain: bool) -> No
 
 def models_table(rows: list[dict[str, Any]]) -> None:
     t = Table(title="catalog (USD per 1M tokens)", title_justify="left")
-    for col in ("provider", "model", "tier", "status", "input", "cached", "cache write", "output", "context", "max out", "capabilities"):
-        t.add_column(col, justify="right" if col in ("input", "cached", "cache write", "output", "context", "max out") else "left")
+    for col in (
+        "provider",
+        "model",
+        "tier",
+        "status",
+        "input",
+        "cached",
+        "cache write",
+        "output",
+        "context",
+        "max out",
+        "capabilities",
+    ):
+        t.add_column(
+            col,
+            justify="right" if col in ("input", "cached", "cache write", "output", "context", "max out") else "left",
+        )
     for r in rows:
-        t.add_row(r["provider"], r["model"], r["tier"] + (" (reasoning)" if r["reasoning"] else ""), r["status"],
-                  f"{r['input_per_mtok']:g}", f"{r['cached_input_per_mtok']:g}", f"{r['cache_write_per_mtok']:g}",
-                  f"{r['output_per_mtok']:g}", f"{r['context_window']:,}", f"{r['max_output_tokens']:,}",
-                  ", ".join(r["capabilities"]))
+        t.add_row(
+            r["provider"],
+            r["model"],
+            r["tier"] + (" (reasoning)" if r["reasoning"] else ""),
+            r["status"],
+            f"{r['input_per_mtok']:g}",
+            f"{r['cached_input_per_mtok']:g}",
+            f"{r['cache_write_per_mtok']:g}",
+            f"{r['output_per_mtok']:g}",
+            f"{r['context_window']:,}",
+            f"{r['max_output_tokens']:,}",
+            ", ".join(r["capabilities"]),
+        )
     out.print(t)
 
 
 # ------------------------------------------------------------------------------- CSV (results, report --csv)
 
-RESULT_CSV_COLUMNS = ["id", "status", "provider", "model", "output", "error", "input_tokens", "cached_tokens",
-                      "cache_write_tokens", "output_tokens", "reasoning_tokens", "cost_usd", "attempts"]
-REPORT_CSV_COLUMNS = ["provider", "model", "tasks", "attempts", "input_tokens", "cached_tokens", "cache_write_tokens",
-                      "output_tokens", "reasoning_tokens", "cost_usd"]
+RESULT_CSV_COLUMNS = [
+    "id",
+    "status",
+    "provider",
+    "model",
+    "output",
+    "error",
+    "input_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "attempts",
+]
+REPORT_CSV_COLUMNS = [
+    "provider",
+    "model",
+    "tasks",
+    "attempts",
+    "input_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+]
 
 
 def results_csv(out, lines) -> None:
@@ -256,9 +382,19 @@ def results_csv(out, lines) -> None:
     w.writerow(RESULT_CSV_COLUMNS)
     for r in lines:
         o = r["output"]
-        w.writerow([r["id"], r["status"], r["provider"], r["model"],
-                    o if isinstance(o, str) or o is None else orjson.dumps(o).decode(), r["error"],
-                    *r["usage"].values(), r["cost_usd"], r["attempts"]])
+        w.writerow(
+            [
+                r["id"],
+                r["status"],
+                r["provider"],
+                r["model"],
+                o if isinstance(o, str) or o is None else orjson.dumps(o).decode(),
+                r["error"],
+                *r["usage"].values(),
+                r["cost_usd"],
+                r["attempts"],
+            ]
+        )
 
 
 def report_csv(out, rep: dict[str, Any]) -> None:

@@ -75,8 +75,10 @@ class Candidate:
         if self.first:
             why = f"cheapest eligible: {m.tier.value} tier, est {exact_usd(self.estimated_picos)}"
         else:
-            why = (f"eligible: {m.tier.value} tier, est {exact_usd(self.estimated_picos)} "
-                   f"(+{exact_usd(self.estimated_picos - self.cheapest_picos)})")
+            why = (
+                f"eligible: {m.tier.value} tier, est {exact_usd(self.estimated_picos)} "
+                f"(+{exact_usd(self.estimated_picos - self.cheapest_picos)})"
+            )
         return why + ("; " + ", ".join(self.notes) if self.notes else "")
 
 
@@ -188,8 +190,9 @@ def _estimate(model: ModelInfo, needs: _Needs) -> _Estimate:
         cap += needs.reasoning_budget or model.reasoning_budget_tokens
     cap = min(cap, model.max_output_tokens)
     out_est = min(needs.out_est + (model.expected_reasoning_tokens if model.reasoning else 0), cap)
-    return _Estimate(in_est, in_upper, out_est, cap, estimate_picos(model, in_est, out_est),
-                     upper_bound_picos(model, in_upper, cap))
+    return _Estimate(
+        in_est, in_upper, out_est, cap, estimate_picos(model, in_est, out_est), upper_bound_picos(model, in_upper, cap)
+    )
 
 
 def _status_note(model: ModelInfo, today: date) -> str:
@@ -271,8 +274,17 @@ def _static_verdicts(
     out = []
     for model in catalog.by_key():
         pinned = pinned_keys is not None and model.key in pinned_keys
-        failed = _check_static(model, shape, pinned=pinned, allow=allow, deny=deny, credentials=credentials,
-                               catalog=catalog, min_tier=min_tier, today=today)
+        failed = _check_static(
+            model,
+            shape,
+            pinned=pinned,
+            allow=allow,
+            deny=deny,
+            credentials=credentials,
+            catalog=catalog,
+            min_tier=min_tier,
+            today=today,
+        )
         out.append((model, pinned, failed, _adaptations(model, shape) if failed is None else ()))
     return tuple(out)
 
@@ -290,7 +302,9 @@ def _check_sized(model: ModelInfo, est: _Estimate, max_cost: int | None) -> tupl
 def _adaptations(model: ModelInfo, shape: _Shape) -> tuple[str, ...]:
     notes = []
     if shape.system and not model.has("system_role"):
-        notes.append("system sent as developer" if _system_adaptation(model) == "developer" else "system merged into user")
+        notes.append(
+            "system sent as developer" if _system_adaptation(model) == "developer" else "system merged into user"
+        )
     if shape.schema and not model.has("json_schema"):
         notes.append("schema in prompt only")
     if shape.temperature and (not model.has("temperature") or model.quirks.get("fixed_temperature")):
@@ -346,8 +360,9 @@ def route(
     cooling: list[tuple[ModelInfo, _Estimate, tuple[str, ...], float]] = []
     rejected: list[Rejection] = []
     shape = _Shape(needs.images > 0, needs.system, needs.schema, needs.max_output, request.temperature is not None)
-    verdicts = _static_verdicts(catalog, shape, pinned_keys, allow, frozenset(deny), frozenset(credentials), min_tier,
-                                today)
+    verdicts = _static_verdicts(
+        catalog, shape, pinned_keys, allow, frozenset(deny), frozenset(credentials), min_tier, today
+    )
     any_cooling = bool(health.cooldown_until)
     for model, pinned, failed, notes in verdicts:
         est = None
@@ -364,7 +379,9 @@ def route(
             if pinned and model.status_on(today) != "active":
                 warnings.append(f"pinned model {model.key} is {_status_note(model, today)}; it may stop working")
             if pinned and model.tier.rank < min_tier.rank:
-                warnings.append(f"pinned model {model.key} is tier {model.tier.value}, below the {min_tier.value} asked for")
+                warnings.append(
+                    f"pinned model {model.key} is tier {model.tier.value}, below the {min_tier.value} asked for"
+                )
             continue
         rule, reason = failed
         rejected.append(Rejection(model, reason, est.picos if rule == "max_cost" and est else None, rule))
@@ -381,8 +398,9 @@ def route(
     eligible.sort(key=lambda men: (men[1].picos, latency.get(men[0].key, inf), men[0].key))
     cheapest = eligible[0][1].picos if eligible else 0
     candidates = [
-        Candidate(model, est.picos, est.upper_picos, est.in_est, est.in_upper, est.out_est, est.cap, i == 0, cheapest,
-                  notes)
+        Candidate(
+            model, est.picos, est.upper_picos, est.in_est, est.in_upper, est.out_est, est.cap, i == 0, cheapest, notes
+        )
         for i, (model, est, notes) in enumerate(eligible)
     ]
     rejected.sort(key=lambda r: r.model.key)

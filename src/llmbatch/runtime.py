@@ -65,12 +65,16 @@ class ProviderSet:
 
                             self._sim_thread = SimulatorThread(SimulatorConfig()).start()
                             url = self._sim_thread.url
-                        self._sim = (build_adapters(self._catalog, self._client, simulator_url=url),
-                                     frozenset(available_credentials(self._catalog, simulate=True)))
+                        self._sim = (
+                            build_adapters(self._catalog, self._client, simulator_url=url),
+                            frozenset(available_credentials(self._catalog, simulate=True)),
+                        )
             return self._sim
         if self._real is None:
-            self._real = (build_adapters(self._catalog, self._client),
-                          frozenset(available_credentials(self._catalog, simulate=False)))
+            self._real = (
+                build_adapters(self._catalog, self._client),
+                frozenset(available_credentials(self._catalog, simulate=False)),
+            )
         return self._real
 
     def close(self) -> None:
@@ -79,18 +83,27 @@ class ProviderSet:
 
 
 @asynccontextmanager
-async def open_engine(settings: Settings, *, concurrency: int, shared_limits: bool, force_simulate: bool = False,
-                      publish=None):
+async def open_engine(
+    settings: Settings, *, concurrency: int, shared_limits: bool, force_simulate: bool = False, publish=None
+):
     """`publish(job_id, lo, hi)` (Celery) re-queues the units this process hands back when it stops."""
     catalog = load_catalog(settings)
     store = AsyncStore(settings.database_url)
     client = make_http_client(max_connections=max(concurrency * 2, 64), timeout=settings.retry.call_timeout_s)
     limiter = make_rate_limiter(settings, shared=shared_limits)
     providers = ProviderSet(catalog, client, settings, force_simulate=force_simulate)
-    engine = Engine(settings=settings, catalog=catalog, store=store, providers=providers, limiter=limiter,
-                    worker_id=worker_id(), concurrency=concurrency)
-    engine.presence = Presence(store, engine.worker_id, ttl_s=settings.presence_ttl_s,
-                               chunk_size=settings.chunk_size, publish=publish)
+    engine = Engine(
+        settings=settings,
+        catalog=catalog,
+        store=store,
+        providers=providers,
+        limiter=limiter,
+        worker_id=worker_id(),
+        concurrency=concurrency,
+    )
+    engine.presence = Presence(
+        store, engine.worker_id, ttl_s=settings.presence_ttl_s, chunk_size=settings.chunk_size, publish=publish
+    )
     try:
         await engine.presence.start()  # before the first claim: sweepers must see us alive
         yield engine

@@ -31,8 +31,10 @@ def read_bounded(path: str | os.PathLike, max_bytes: int, what: str) -> bytes:
     except OSError as e:
         raise InputError(f"{os.fspath(path)}: cannot read the {what}: {e.strerror or e}") from None
     if len(data) > max_bytes:
-        raise InputError(f"{os.fspath(path)}: the {what} is over the limit of {max_bytes:,} bytes "
-                         "(max_spec_bytes); shorten it or raise max_spec_bytes")
+        raise InputError(
+            f"{os.fspath(path)}: the {what} is over the limit of {max_bytes:,} bytes "
+            "(max_spec_bytes); shorten it or raise max_spec_bytes"
+        )
     return data
 
 
@@ -91,15 +93,18 @@ def _check_expansion(root: yaml.Node, max_nodes: int, name: str) -> None:
             on_path.discard(key)
             total = 1 + sum(size[id(c)] for c in children)
             if total > max_nodes:
-                raise InputError(f"{name}: the YAML expands to more than {max_nodes:,} nodes once its aliases "
-                                 "are resolved (max_spec_nodes); remove the repeated aliases or raise max_spec_nodes")
+                raise InputError(
+                    f"{name}: the YAML expands to more than {max_nodes:,} nodes once its aliases "
+                    "are resolved (max_spec_nodes); remove the repeated aliases or raise max_spec_nodes"
+                )
             size[key] = total
             continue
         if key in size:
             continue
         if key in on_path:
-            raise InputError(f"{name}: a YAML alias contains itself (line {node.start_mark.line + 1}); "
-                             "recursive aliases are refused")
+            raise InputError(
+                f"{name}: a YAML alias contains itself (line {node.start_mark.line + 1}); recursive aliases are refused"
+            )
         on_path.add(key)
         stack.append((node, True))
         stack.extend((c, False) for c in children if id(c) not in size)

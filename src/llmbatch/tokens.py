@@ -98,8 +98,7 @@ class InputSize:
     images: int
 
 
-def measure_input(messages: Sequence[Mapping[str, Any]], *,
-                  json_schema: Mapping[str, Any] | None = None) -> InputSize:
+def measure_input(messages: Sequence[Mapping[str, Any]], *, json_schema: Mapping[str, Any] | None = None) -> InputSize:
     """Expected and upper-bound text tokens and the image count, in one pass over the messages.
 
     Why the upper bound holds: byte-level BPE (tiktoken, Claude) and SentencePiece with byte fallback (Gemini,

@@ -122,12 +122,18 @@ def _within_deadline(keyword):
     return check
 
 
-_BoundedValidator = validators.extend(Draft202012Validator, {
-    name: _within_deadline(keyword)
-    for name, keyword in {**Draft202012Validator.VALIDATORS, "pattern": _pattern,
-                          "patternProperties": _pattern_properties,
-                          "additionalProperties": _additional_properties}.items()
-})
+_BoundedValidator = validators.extend(
+    Draft202012Validator,
+    {
+        name: _within_deadline(keyword)
+        for name, keyword in {
+            **Draft202012Validator.VALIDATORS,
+            "pattern": _pattern,
+            "patternProperties": _pattern_properties,
+            "additionalProperties": _additional_properties,
+        }.items()
+    },
+)
 
 
 @lru_cache(maxsize=256)
@@ -149,11 +155,14 @@ def _parse_json(text: str, schema: dict, timeout_s: float) -> Any:
         raise InvalidOutput(f"output JSON is nested more than {MAX_OUTPUT_DEPTH} levels deep")
     token = _deadline.set(time.monotonic() + timeout_s)
     try:
-        errors = sorted(_validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)).iter_errors(value),
-                        key=lambda e: list(e.path))
+        errors = sorted(
+            _validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)).iter_errors(value), key=lambda e: list(e.path)
+        )
     except _Overtime:
-        raise InvalidOutput(f"checking the output against the schema took over {timeout_s:g}s "
-                            "(schema_validation_timeout_s); simplify the schema's patterns") from None
+        raise InvalidOutput(
+            f"checking the output against the schema took over {timeout_s:g}s "
+            "(schema_validation_timeout_s); simplify the schema's patterns"
+        ) from None
     except RecursionError:
         raise InvalidOutput("the schema and output recurse too deeply to validate") from None
     except Unresolvable as e:  # ingest refuses these; a task stored before may have one
@@ -203,8 +212,10 @@ def schema_problem(schema: dict, *, max_bytes: int, max_depth: int) -> str | Non
     """Why an extract schema cannot be used (without the "line N: " prefix), or None. Checked at ingest."""
     encoded = orjson.dumps(schema)  # unsorted: the verdict cache is hit by lines that repeat the spec's schema
     if len(encoded) > max_bytes:
-        return (f"'schema' is {len(encoded):,} bytes of JSON, over the limit of {max_bytes:,} "
-                "(max_schema_bytes); simplify it or raise max_schema_bytes")
+        return (
+            f"'schema' is {len(encoded):,} bytes of JSON, over the limit of {max_bytes:,} "
+            "(max_schema_bytes); simplify it or raise max_schema_bytes"
+        )
     return _schema_verdict(encoded, max_depth)
 
 
@@ -212,8 +223,10 @@ def schema_problem(schema: dict, *, max_bytes: int, max_depth: int) -> str | Non
 def _schema_verdict(encoded: bytes, max_depth: int) -> str | None:
     schema = orjson.loads(encoded)
     if deeper_than(schema, max_depth):
-        return (f"'schema' is nested more than {max_depth} levels deep (max_schema_depth); "
-                "flatten it with $defs or raise max_schema_depth")
+        return (
+            f"'schema' is nested more than {max_depth} levels deep (max_schema_depth); "
+            "flatten it with $defs or raise max_schema_depth"
+        )
     try:
         return _reference_problem(schema)
     except RecursionError:
@@ -249,8 +262,10 @@ def _reference_problem(schema: dict) -> str | None:
             try:
                 resolved = resolver.lookup(ref)
             except Unresolvable:
-                return (f"'schema': {keyword} {_short(ref)} does not resolve inside the schema "
-                        "(references to files, URLs or other documents are refused; use #/$defs/...)")
+                return (
+                    f"'schema': {keyword} {_short(ref)} does not resolve inside the schema "
+                    "(references to files, URLs or other documents are refused; use #/$defs/...)"
+                )
             except Exception as e:  # noqa: BLE001 - referencing raises assorted errors for malformed refs
                 return f"'schema': {keyword} {_short(ref)} cannot be resolved: {e}"
             target = resolved.contents
@@ -279,8 +294,10 @@ def _reference_problem(schema: dict) -> str | None:
         return "'schema' combines unevaluatedProperties with patternProperties, which is not supported"
     cycle = _in_place_cycle(in_place)
     if cycle:
-        return (f"'schema': {cycle} leads back to itself without descending into the value, "
-                "so validation would never finish")
+        return (
+            f"'schema': {cycle} leads back to itself without descending into the value, "
+            "so validation would never finish"
+        )
     return None
 
 
@@ -315,7 +332,7 @@ def _in_place_cycle(graph: dict[int, list[tuple[int, str | None]]]) -> str | Non
                 continue
             node, label = step
             if state.get(node) == 1:
-                on_cycle = [lbl for n, lbl in path[[p[0] for p in path].index(node) + 1:]] + [label]
+                on_cycle = [lbl for n, lbl in path[[p[0] for p in path].index(node) + 1 :]] + [label]
                 return next((lbl for lbl in on_cycle if lbl), "a $ref")
             if node not in state and node in graph:
                 state[node] = 1

@@ -44,14 +44,24 @@ def run_embedded(db_url: str, path, *, concurrency: int, sim_url: str, budget_us
         cpu = time.process_time() - cpu0
         t2 = time.perf_counter()
     counts, spent, ledger = C.job_counts(db_url, job_id)
-    return {"job_id": job_id, "status": status, "tasks": report.accepted, "counts": counts,
-            "spent_picos": spent, "ledger_picos": ledger, "ingest_s": round(t1 - t0, 3),
-            "run_s": round(t2 - t1, 3), "per_s": round(report.accepted / (t2 - t1), 1), "cpu_s": round(cpu, 2),
-            **({"profile": C.summarize_collapsed(files)} if profile_dir is not None else {})}
+    return {
+        "job_id": job_id,
+        "status": status,
+        "tasks": report.accepted,
+        "counts": counts,
+        "spent_picos": spent,
+        "ledger_picos": ledger,
+        "ingest_s": round(t1 - t0, 3),
+        "run_s": round(t2 - t1, 3),
+        "per_s": round(report.accepted / (t2 - t1), 1),
+        "cpu_s": round(cpu, 2),
+        **({"profile": C.summarize_collapsed(files)} if profile_dir is not None else {}),
+    }
 
 
-def run_celery(tmp, path, *, concurrency: int, workers: int, sim_url: str, budget_usd: str, redis_url: str,
-               pg_url: str, tag: str) -> dict:
+def run_celery(
+    tmp, path, *, concurrency: int, workers: int, sim_url: str, budget_usd: str, redis_url: str, pg_url: str, tag: str
+) -> dict:
     from llmbatch.config import load_settings
     from llmbatch.store.db import get_engine
 
@@ -69,10 +79,21 @@ def run_celery(tmp, path, *, concurrency: int, workers: int, sim_url: str, budge
         job, t2 = C.wait_job(db_url, job_id, timeout=600)
         cpu = C.proc_cpu_s(ws.pids()) - cpu0
         counts, spent, ledger = C.job_counts(db_url, job_id)
-        out = {"job_id": job_id, "status": job["status"], "tasks": n, "units": units, "workers": workers,
-               "per_worker_in_flight": per_worker, "counts": counts, "spent_picos": spent,
-               "ledger_picos": ledger, "submit_s": round(t1 - t0, 3), "run_s": round(t2 - t0, 3),
-               "per_s": round(n / (t2 - t0), 1), "cpu_s": round(cpu, 2)}
+        out = {
+            "job_id": job_id,
+            "status": job["status"],
+            "tasks": n,
+            "units": units,
+            "workers": workers,
+            "per_worker_in_flight": per_worker,
+            "counts": counts,
+            "spent_picos": spent,
+            "ledger_picos": ledger,
+            "submit_s": round(t1 - t0, 3),
+            "run_s": round(t2 - t0, 3),
+            "per_s": round(n / (t2 - t0), 1),
+            "cpu_s": round(cpu, 2),
+        }
         if counts["succeeded"] != n:
             out["worker_logs"] = ws.tail()
     return out
@@ -88,16 +109,22 @@ def main(argv=None) -> dict:
     ap.add_argument("--p50", type=float, default=1.0, help="lognormal scenario: median latency (s)")
     ap.add_argument("--p99", type=float, default=8.0, help="lognormal scenario: 99th percentile latency (s)")
     ap.add_argument("--latency", type=float, default=1.0, help="fixed scenario: latency (s)")
-    ap.add_argument("--mini-error-rate", type=float, default=0.05, help="simulator: mini answers outside the labels "
-                                                                       "(escalations); 0 for none")
+    ap.add_argument(
+        "--mini-error-rate",
+        type=float,
+        default=0.05,
+        help="simulator: mini answers outside the labels (escalations); 0 for none",
+    )
     ap.add_argument("--budget", default="25", help="job budget in USD (reservations are exercised either way)")
     ap.add_argument("--profile", action="store_true", help="py-spy the embedded pipeline run (summary in details)")
     args = ap.parse_args(argv)
     mach = C.machine()
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     executors = [e.strip() for e in args.executors.split(",") if e.strip()]
-    sim_latency = {"lognormal": {"latency_p50_s": args.p50, "latency_p99_s": args.p99},
-                   "fixed": {"latency_s": args.latency}}
+    sim_latency = {
+        "lognormal": {"latency_p50_s": args.p50, "latency_p99_s": args.p99},
+        "fixed": {"latency_s": args.latency},
+    }
     runs = []
     with C.workdir("bench_inflight_", args.keep) as tmp:
         path = C.write_classify(tmp / "tasks.jsonl", args.tasks)
@@ -107,13 +134,27 @@ def main(argv=None) -> dict:
                     tag = f"{scenario}/{executor}"
                     C.sim_reset(sim_url)
                     if executor == "embedded":
-                        p = run_embedded(f"sqlite:///{tmp}/{scenario}.db", path, concurrency=args.concurrency,
-                                         sim_url=sim_url, budget_usd=args.budget,
-                                         profile_dir=tmp if args.profile else None)
+                        p = run_embedded(
+                            f"sqlite:///{tmp}/{scenario}.db",
+                            path,
+                            concurrency=args.concurrency,
+                            sim_url=sim_url,
+                            budget_usd=args.budget,
+                            profile_dir=tmp if args.profile else None,
+                        )
                     elif executor == "celery":
                         redis_url, pg_url = C.services()
-                        p = run_celery(tmp, path, concurrency=args.concurrency, workers=args.workers, sim_url=sim_url,
-                                       budget_usd=args.budget, redis_url=redis_url, pg_url=pg_url, tag=tag)
+                        p = run_celery(
+                            tmp,
+                            path,
+                            concurrency=args.concurrency,
+                            workers=args.workers,
+                            sim_url=sim_url,
+                            budget_usd=args.budget,
+                            redis_url=redis_url,
+                            pg_url=pg_url,
+                            tag=tag,
+                        )
                     else:
                         raise SystemExit(f"unknown executor {executor!r}")
                     st = C.sim_stats(sim_url)
@@ -123,25 +164,50 @@ def main(argv=None) -> dict:
                     calls = C.call_mix(st["by_model"], classify=True)
                     b = C.bare_mix(sim_url, calls, concurrency=args.concurrency, tasks=args.tasks)
                     C.log(f"{tag} baseline: {b['per_s']} tasks/s ({b['req_per_s']} req/s, {b['statuses']})")
-                    ok = (p["counts"]["succeeded"] == args.tasks and p["spent_picos"] == p["ledger_picos"]
-                          and b["ok"] == len(calls))
-                    runs.append({"scenario": scenario, "executor": executor, "pipeline": p, "baseline": b,
-                                 "ratio": round(p["per_s"] / b["per_s"], 3), "correct": ok,
-                                 "cpu_ms_per_task": round(1000 * p["cpu_s"] / args.tasks, 2)})
+                    ok = (
+                        p["counts"]["succeeded"] == args.tasks
+                        and p["spent_picos"] == p["ledger_picos"]
+                        and b["ok"] == len(calls)
+                    )
+                    runs.append(
+                        {
+                            "scenario": scenario,
+                            "executor": executor,
+                            "pipeline": p,
+                            "baseline": b,
+                            "ratio": round(p["per_s"] / b["per_s"], 3),
+                            "correct": ok,
+                            "cpu_ms_per_task": round(1000 * p["cpu_s"] / args.tasks, 2),
+                        }
+                    )
 
     worst = min(runs, key=lambda r: r["ratio"])
     passed = all(r["correct"] and r["ratio"] >= TARGET_RATIO for r in runs)
     res = C.summary(
-        "inflight", figure=worst["pipeline"]["per_s"], unit=f"tasks/s ({worst['scenario']}/{worst['executor']}: the "
-                                                           f"worst ratio)",
+        "inflight",
+        figure=worst["pipeline"]["per_s"],
+        unit=f"tasks/s ({worst['scenario']}/{worst['executor']}: the worst ratio)",
         baseline=worst["baseline"]["per_s"],
         baseline_desc=f"bare aiohttp loop, {args.concurrency} in flight, the same calls per model as the pipeline",
-        ratio=worst["ratio"], target=f"ratio >= {TARGET_RATIO} in every scenario and executor", passed=passed,
-        settings={"tasks": args.tasks, "concurrency": args.concurrency, "scenarios": scenarios, "executors": executors,
-                  "workers": args.workers, "lognormal": {"p50_s": args.p50, "p99_s": args.p99},
-                  "fixed_latency_s": args.latency, "mini_error_rate": args.mini_error_rate, "budget_usd": args.budget,
-                  "store": {"embedded": "sqlite", "celery": "postgres"}},
-        machine_info=mach, ratios={f"{r['scenario']}/{r['executor']}": r["ratio"] for r in runs}, runs=runs)
+        ratio=worst["ratio"],
+        target=f"ratio >= {TARGET_RATIO} in every scenario and executor",
+        passed=passed,
+        settings={
+            "tasks": args.tasks,
+            "concurrency": args.concurrency,
+            "scenarios": scenarios,
+            "executors": executors,
+            "workers": args.workers,
+            "lognormal": {"p50_s": args.p50, "p99_s": args.p99},
+            "fixed_latency_s": args.latency,
+            "mini_error_rate": args.mini_error_rate,
+            "budget_usd": args.budget,
+            "store": {"embedded": "sqlite", "celery": "postgres"},
+        },
+        machine_info=mach,
+        ratios={f"{r['scenario']}/{r['executor']}": r["ratio"] for r in runs},
+        runs=runs,
+    )
     C.emit(res, args.out)
     return res
 

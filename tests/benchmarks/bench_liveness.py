@@ -42,12 +42,30 @@ def _job(engine, n_tasks: int) -> str:
     from sqlalchemy import update
 
     with engine.begin() as c:
-        job = repo.create_job(c, name="bench-liveness", spec={}, input_path=None, executor="celery",
-                              simulate=True, budget_picos=None, max_cost_per_task_picos=None)
-        rows = [{"job_id": job, "seq": i, "task_id": f"t{i}", "line_no": i + 1, "task_type": "chat",
-                 "payload": "{}", "status": "queued"} for i in range(n_tasks)]
+        job = repo.create_job(
+            c,
+            name="bench-liveness",
+            spec={},
+            input_path=None,
+            executor="celery",
+            simulate=True,
+            budget_picos=None,
+            max_cost_per_task_picos=None,
+        )
+        rows = [
+            {
+                "job_id": job,
+                "seq": i,
+                "task_id": f"t{i}",
+                "line_no": i + 1,
+                "task_type": "chat",
+                "payload": "{}",
+                "status": "queued",
+            }
+            for i in range(n_tasks)
+        ]
         for i in range(0, n_tasks, 20000):
-            c.execute(insert(tasks), rows[i:i + 20000])
+            c.execute(insert(tasks), rows[i : i + 20000])
         c.execute(update(jobs).where(jobs.c.id == job).values(status="running"))
     return job
 
@@ -66,8 +84,9 @@ async def _phase(settings, db_url: str, n_workers: int, seconds: float, workers:
 
     store = AsyncStore(db_url)
     counts = _count(store.engine)
-    presences = [liveness.Presence(store, w, ttl_s=settings.presence_ttl_s, chunk_size=settings.chunk_size)
-                 for w in workers]
+    presences = [
+        liveness.Presence(store, w, ttl_s=settings.presence_ttl_s, chunk_size=settings.chunk_size) for w in workers
+    ]
     for p in presences:
         await p.start()
     if setup is not None:  # claims by live workers: their tasks must stay theirs
@@ -84,8 +103,11 @@ async def _phase(settings, db_url: str, n_workers: int, seconds: float, workers:
         p._task.cancel()  # stop renewing without handing back (the phase's leases stay for the next phase)
     store.close()
     per_worker = {k: round((after[k] - before[k]) / elapsed / n_workers, 2) for k in counts}
-    return {"seconds": round(elapsed, 1), "per_worker_per_s": per_worker,
-            "all_workers_per_s": {k: round((after[k] - before[k]) / elapsed, 2) for k in counts}}
+    return {
+        "seconds": round(elapsed, 1),
+        "per_worker_per_s": per_worker,
+        "all_workers_per_s": {k: round((after[k] - before[k]) / elapsed, 2) for k in counts},
+    }
 
 
 def _running(engine, job: str) -> int:
@@ -119,8 +141,16 @@ def main(argv=None) -> dict:
         C.log(f"loading a {args.tasks:,}-task job; {args.running} of its tasks will be running")
         job = _job(engine, args.tasks)
         C.log(f"under load: {args.workers} workers for {args.seconds:.0f}s")
-        load = asyncio.run(_phase(settings, db_url, args.workers, args.seconds, workers,
-                                  setup=lambda: _claim(engine, job, args.running, workers)))
+        load = asyncio.run(
+            _phase(
+                settings,
+                db_url,
+                args.workers,
+                args.seconds,
+                workers,
+                setup=lambda: _claim(engine, job, args.running, workers),
+            )
+        )
         held = _running(engine, job)
         assert held == args.running // args.workers * args.workers, f"live workers lost tasks: {held} running"
         # One sweep over the loaded job while every worker is alive (what runs every sweep_interval_s).
@@ -130,20 +160,36 @@ def main(argv=None) -> dict:
         reps = 20
         t0 = time.perf_counter()
         for _ in range(reps):
-            released = liveness.release_dead_workers(engine, lease_s=settings.lease_seconds, ttl_s=60,
-                                                     chunk_size=settings.chunk_size)
+            released = liveness.release_dead_workers(
+                engine, lease_s=settings.lease_seconds, ttl_s=60, chunk_size=settings.chunk_size
+            )
             assert not released, released
         sweep_ms = (time.perf_counter() - t0) / reps * 1000
         C.log(f"one sweep over job {job}: {sweep_ms:.2f} ms")
 
     figure = load["per_worker_per_s"]["statements"]
     result = C.summary(
-        "liveness", figure=figure, unit="statements/s per worker (under load)", baseline=None,
-        baseline_desc="none: this is the added load itself", target="(issue: report it)", passed=None,
-        settings={"workers": args.workers, "seconds": args.seconds, "tasks": args.tasks, "running": args.running,
-                  "presence_ttl_s": settings.presence_ttl_s, "sweep_interval_s": settings.sweep_interval_s},
-        machine_info=mach, at_rest=rest, under_load=load, sweep_ms_on_loaded_job=round(sweep_ms, 2),
-        redis_ops_per_s=0)
+        "liveness",
+        figure=figure,
+        unit="statements/s per worker (under load)",
+        baseline=None,
+        baseline_desc="none: this is the added load itself",
+        target="(issue: report it)",
+        passed=None,
+        settings={
+            "workers": args.workers,
+            "seconds": args.seconds,
+            "tasks": args.tasks,
+            "running": args.running,
+            "presence_ttl_s": settings.presence_ttl_s,
+            "sweep_interval_s": settings.sweep_interval_s,
+        },
+        machine_info=mach,
+        at_rest=rest,
+        under_load=load,
+        sweep_ms_on_loaded_job=round(sweep_ms, 2),
+        redis_ops_per_s=0,
+    )
     C.emit(result, args.out)
     return result
 

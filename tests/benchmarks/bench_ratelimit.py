@@ -42,17 +42,24 @@ def main(argv=None) -> dict:
     from llmbatch.store import repo
     from llmbatch.store.db import get_engine
 
-    with C.workdir("bench_ratelimit_", args.keep) as tmp, \
-            C.simulator(latency_s=args.latency, rpm=args.rpm) as sim_url, \
-            C.fresh_postgres(pg_url) as db_url, C.Workers(tmp) as ws:
+    with (
+        C.workdir("bench_ratelimit_", args.keep) as tmp,
+        C.simulator(latency_s=args.latency, rpm=args.rpm) as sim_url,
+        C.fresh_postgres(pg_url) as db_url,
+        C.Workers(tmp) as ws,
+    ):
         key, _, _ = C.sample_request()
         assert key == args.model, f"tasks route to {key}, not {args.model}"
         toml = tmp / "llmbatch.toml"
         toml.write_text(f'[rate_limits."{args.model}"]\nrpm = {args.rpm}\n')
         path = C.write_tasks(tmp / "tasks.jsonl", tasks)
         get_engine(db_url)
-        env = C.clean_env(LLMBATCH_DATABASE_URL=db_url, LLMBATCH_BROKER_URL=broker, LLMBATCH_SIMULATOR_URL=sim_url,
-                          LLMBATCH_CONFIG=str(toml))
+        env = C.clean_env(
+            LLMBATCH_DATABASE_URL=db_url,
+            LLMBATCH_BROKER_URL=broker,
+            LLMBATCH_SIMULATOR_URL=sim_url,
+            LLMBATCH_CONFIG=str(toml),
+        )
         ws.start(args.workers, env=env, concurrency=args.concurrency, cwd=tmp)
         settings = load_settings(database_url=db_url, broker_url=broker, simulator_url=sim_url)
         C.sim_reset(sim_url)
@@ -96,18 +103,39 @@ def main(argv=None) -> dict:
     correct = spent == ledger and counts["succeeded"] <= n and final["total"] >= s1[3]
     ratio = ok_rpm / args.rpm
     res = C.summary(
-        "ratelimit", figure=round(ok_rpm, 1), unit="requests/min answered 200 (steady state)",
-        baseline=float(args.rpm), baseline_desc="the configured and simulator-enforced RPM",
-        ratio=ratio, target=f"ratio >= {TARGET_FRACTION} and <= {MAX_429_FRACTION:.0%} of requests answered 429",
+        "ratelimit",
+        figure=round(ok_rpm, 1),
+        unit="requests/min answered 200 (steady state)",
+        baseline=float(args.rpm),
+        baseline_desc="the configured and simulator-enforced RPM",
+        ratio=ratio,
+        target=f"ratio >= {TARGET_FRACTION} and <= {MAX_429_FRACTION:.0%} of requests answered 429",
         passed=correct and ratio >= TARGET_FRACTION and frac_429 <= MAX_429_FRACTION,
-        settings={"rpm": args.rpm, "model": args.model, "workers": args.workers,
-                  "concurrency_per_worker": args.concurrency, "latency_s": args.latency, "warmup_s": args.warmup,
-                  "duration_s": args.duration, "tasks_queued": n, "store": "postgres", "limiter": "redis (shared)"},
-        machine_info=mach, correct=correct, fraction_429=round(frac_429, 4), requests_429=total_429,
-        fraction_429_in_window=round(window_429, 4), requests_total=final["total"], by_status=final["by_status"],
-        by_error=final.get("by_error"), measured_window_s=round(window_s, 1), rpm_per_10s=per_10s,
+        settings={
+            "rpm": args.rpm,
+            "model": args.model,
+            "workers": args.workers,
+            "concurrency_per_worker": args.concurrency,
+            "latency_s": args.latency,
+            "warmup_s": args.warmup,
+            "duration_s": args.duration,
+            "tasks_queued": n,
+            "store": "postgres",
+            "limiter": "redis (shared)",
+        },
+        machine_info=mach,
+        correct=correct,
+        fraction_429=round(frac_429, 4),
+        requests_429=total_429,
+        fraction_429_in_window=round(window_429, 4),
+        requests_total=final["total"],
+        by_status=final["by_status"],
+        by_error=final.get("by_error"),
+        measured_window_s=round(window_s, 1),
+        rpm_per_10s=per_10s,
         job_counts_after_cancel=counts,
-        worker_logs=None if correct else worker_logs)
+        worker_logs=None if correct else worker_logs,
+    )
     C.emit(res, args.out)
     return res
 

@@ -35,15 +35,25 @@ def child(args: list[str], env: dict, cwd: Path, *, repeat: int = 1) -> dict:
         out_f, err_f = cwd / "child.stdout", cwd / "child.stderr"
         with open(out_f, "wb") as out, open(err_f, "wb") as err:
             t0 = time.perf_counter()
-            p = subprocess.Popen([sys.executable, "-m", "llmbatch.cli", *args], env=env, cwd=str(cwd),
-                                 stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            p = subprocess.Popen(
+                [sys.executable, "-m", "llmbatch.cli", *args],
+                env=env,
+                cwd=str(cwd),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+            )
             _, status, usage = os.wait4(p.pid, 0)
             elapsed = time.perf_counter() - t0
         rc = os.waitstatus_to_exitcode(status)
         if rc not in (0, 3):
             raise RuntimeError(f"{args} exited {rc}: {err_f.read_text(errors='replace')[-2000:]}")
-        run = {"seconds": round(elapsed, 3), "peak_rss_mb": round(usage.ru_maxrss * 1024 / 2**20, 1),
-               "cpu_s": round(usage.ru_utime + usage.ru_stime, 3), "stdout_bytes": out_f.stat().st_size}
+        run = {
+            "seconds": round(elapsed, 3),
+            "peak_rss_mb": round(usage.ru_maxrss * 1024 / 2**20, 1),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+            "stdout_bytes": out_f.stat().st_size,
+        }
         if best is None or run["seconds"] < best["seconds"]:
             best = run
     return best
@@ -58,29 +68,47 @@ def fill_finished(db_url: str, job_id: str) -> None:
 
     now = time.time()
     with get_engine(db_url).begin() as c:
-        c.execute(sa.text(
-            "UPDATE tasks SET status = 'succeeded', provider = 'groq', model = 'llama-3.1-8b-instant', "
-            "output = '\"Revenue grew 12% with flat costs.\"', input_tokens = 41, output_tokens = 9, "
-            "cost_picos = CASE WHEN seq % 20 = 0 THEN 25 ELSE 3 END, "
-            "attempts = CASE WHEN seq % 20 = 0 THEN 2 ELSE 1 END, "
-            "escalations = CASE WHEN seq % 20 = 0 THEN 1 ELSE 0 END, deliveries = 1, finished_at = :now "
-            "WHERE job_id = :j"), {"j": job_id, "now": now})
-        cols = ("job_id, task_seq, task_id, attempt_no, provider, model, channel, purpose, status, settled, "
-                "cost_source, input_tokens, cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, "
-                "reserved_picos, cost_picos, latency_ms, worker, started_at, finished_at")
-        c.execute(sa.text(
-            f"INSERT INTO attempts ({cols}) SELECT job_id, seq, task_id, 1, 'groq', 'llama-3.1-8b-instant', 'sync', "
-            "'first', CASE WHEN seq % 20 = 0 THEN 'invalid_output' ELSE 'succeeded' END, true, 'usage', 41, 0, 0, 9, "
-            "0, 40, 3, 900, 'bench', :now, :now FROM tasks WHERE job_id = :j ORDER BY seq"), {"j": job_id, "now": now})
-        c.execute(sa.text(
-            f"INSERT INTO attempts ({cols}) SELECT job_id, seq, task_id, 2, 'openai', 'gpt-4.1-mini', 'sync', "
-            "'escalation', 'succeeded', true, 'usage', 41, 0, 0, 9, 0, 300, 22, 1100, 'bench', :now, :now "
-            "FROM tasks WHERE job_id = :j AND seq % 20 = 0 ORDER BY seq"), {"j": job_id, "now": now})
+        c.execute(
+            sa.text(
+                "UPDATE tasks SET status = 'succeeded', provider = 'groq', model = 'llama-3.1-8b-instant', "
+                "output = '\"Revenue grew 12% with flat costs.\"', input_tokens = 41, output_tokens = 9, "
+                "cost_picos = CASE WHEN seq % 20 = 0 THEN 25 ELSE 3 END, "
+                "attempts = CASE WHEN seq % 20 = 0 THEN 2 ELSE 1 END, "
+                "escalations = CASE WHEN seq % 20 = 0 THEN 1 ELSE 0 END, deliveries = 1, finished_at = :now "
+                "WHERE job_id = :j"
+            ),
+            {"j": job_id, "now": now},
+        )
+        cols = (
+            "job_id, task_seq, task_id, attempt_no, provider, model, channel, purpose, status, settled, "
+            "cost_source, input_tokens, cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, "
+            "reserved_picos, cost_picos, latency_ms, worker, started_at, finished_at"
+        )
+        c.execute(
+            sa.text(
+                f"INSERT INTO attempts ({cols}) SELECT job_id, seq, task_id, 1, 'groq', 'llama-3.1-8b-instant', 'sync', "
+                "'first', CASE WHEN seq % 20 = 0 THEN 'invalid_output' ELSE 'succeeded' END, true, 'usage', 41, 0, 0, 9, "
+                "0, 40, 3, 900, 'bench', :now, :now FROM tasks WHERE job_id = :j ORDER BY seq"
+            ),
+            {"j": job_id, "now": now},
+        )
+        c.execute(
+            sa.text(
+                f"INSERT INTO attempts ({cols}) SELECT job_id, seq, task_id, 2, 'openai', 'gpt-4.1-mini', 'sync', "
+                "'escalation', 'succeeded', true, 'usage', 41, 0, 0, 9, 0, 300, 22, 1100, 'bench', :now, :now "
+                "FROM tasks WHERE job_id = :j AND seq % 20 = 0 ORDER BY seq"
+            ),
+            {"j": job_id, "now": now},
+        )
         spent = c.execute(sa.text("SELECT sum(cost_picos) FROM attempts WHERE job_id = :j"), {"j": job_id}).scalar()
         # The job row's finished-task counts (store/job_counts.py), as the run's transactions leave them.
-        c.execute(sa.text("UPDATE jobs SET status = 'succeeded', spent_picos = :s, started_at = :now, "
-                          "finished_at = :now, succeeded_tasks = total_tasks WHERE id = :j"),
-                  {"j": job_id, "s": int(spent), "now": now})
+        c.execute(
+            sa.text(
+                "UPDATE jobs SET status = 'succeeded', spent_picos = :s, started_at = :now, "
+                "finished_at = :now, succeeded_tasks = total_tasks WHERE id = :j"
+            ),
+            {"j": job_id, "s": int(spent), "now": now},
+        )
     with get_engine(db_url).connect() as c:
         if c.dialect.name == "postgresql":
             c.execution_options(isolation_level="AUTOCOMMIT").execute(sa.text("VACUUM ANALYZE"))
@@ -132,12 +160,19 @@ def run_store(store: str, path: Path, n: int, tmp: Path, pg_url: str | None) -> 
             out["results"]["lines"] = sum(1 for _ in f)
         results.unlink()
     out["correct"] = out["results"]["lines"] == n
-    out["pass"] = (out["correct"] and all(out[k]["seconds"] < t for k, t in TARGETS_S.items())
-                   and out["results"]["peak_rss_mb"] < RESULTS_RSS_MB)
-    C.log(f"{store}: " + ", ".join(f"{k} {out[k]['seconds']} s ({out[k]['cpu_s']} s CPU) / {out[k]['peak_rss_mb']} MB"
-                                   for k in TARGETS_S)
-          + f"; in-process status {out['in_process']['status']['seconds']} s, report "
-            f"{out['in_process']['report']['seconds']} s (load {os.getloadavg()[0]:.1f})")
+    out["pass"] = (
+        out["correct"]
+        and all(out[k]["seconds"] < t for k, t in TARGETS_S.items())
+        and out["results"]["peak_rss_mb"] < RESULTS_RSS_MB
+    )
+    C.log(
+        f"{store}: "
+        + ", ".join(
+            f"{k} {out[k]['seconds']} s ({out[k]['cpu_s']} s CPU) / {out[k]['peak_rss_mb']} MB" for k in TARGETS_S
+        )
+        + f"; in-process status {out['in_process']['status']['seconds']} s, report "
+        f"{out['in_process']['report']['seconds']} s (load {os.getloadavg()[0]:.1f})"
+    )
     return out
 
 
@@ -150,8 +185,9 @@ def startup(tmp: Path) -> dict:
 
     db_url = f"sqlite:///{tmp}/tiny.db"
     src = C.write_tasks(tmp / "tiny.jsonl", 1)
-    job_id, _ = create_job(load_settings(database_url=db_url), src, JobSpec.model_validate({"simulate": True}),
-                           executor="local")
+    job_id, _ = create_job(
+        load_settings(database_url=db_url), src, JobSpec.model_validate({"simulate": True}), executor="local"
+    )
     dispose_all()
     env = C.clean_env(LLMBATCH_DATABASE_URL=db_url)
     out = {"help": child(["--help"], env, tmp, repeat=5), "status": child(["status", job_id], env, tmp, repeat=5)}
@@ -176,12 +212,20 @@ def main(argv=None) -> dict:
             runs[store] = run_store(store, path, args.tasks, tmp, pg_url)
     worst_report = max(r["report"]["seconds"] for r in runs.values())
     res = C.summary(
-        "reads", figure=worst_report, unit="s (report, slowest store)", baseline=TARGETS_S["report"],
-        baseline_desc="the issue's absolute target", ratio=worst_report / TARGETS_S["report"],
+        "reads",
+        figure=worst_report,
+        unit="s (report, slowest store)",
+        baseline=TARGETS_S["report"],
+        baseline_desc="the issue's absolute target",
+        ratio=worst_report / TARGETS_S["report"],
         ratio_desc="figure / 5 s (below 1 is good)",
         target="status < 0.5 s, report < 5 s, results < 60 s (flat memory), --help and status start < 0.3 s",
         passed=start["pass"] and all(r["pass"] for r in runs.values()),
-        settings={"tasks": args.tasks, "stores": stores}, machine_info=mach, startup=start, stores=runs)
+        settings={"tasks": args.tasks, "stores": stores},
+        machine_info=mach,
+        startup=start,
+        stores=runs,
+    )
     C.emit(res, args.out)
     return res
 

@@ -42,7 +42,9 @@ REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 DEFAULT_MODEL_KEY = "groq/llama-3.1-8b-instant"  # where the benchmark tasks route (`llmbatch route --simulate`)
 
-_SUMMARY_TEXT = "Summarize the quarterly report: revenue grew 12% while costs stayed flat, and the board approved the plan."
+_SUMMARY_TEXT = (
+    "Summarize the quarterly report: revenue grew 12% while costs stayed flat, and the board approved the plan."
+)
 
 
 # ------------------------------------------------------------------------------------------ machine
@@ -60,10 +62,15 @@ def _cpu_model() -> str:
 
 def _commit() -> str | None:
     try:
-        p = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h"], capture_output=True, text=True,
-                           timeout=10)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "src"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        p = subprocess.run(
+            ["git", "-C", str(REPO), "log", "-1", "--format=%h"], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "src"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return p.stdout.strip() + ("+dirty(src)" if dirty else "") if p.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -77,17 +84,35 @@ def machine() -> dict[str, Any]:
     mem_gb = None
     with contextlib.suppress(OSError, ValueError, IndexError):
         mem_gb = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
-    return {"nproc": os.cpu_count(), "cpu_model": _cpu_model(), "mem_gb": mem_gb,
-            "python": platform.python_version(), "platform": platform.platform(), "loadavg_at_start": load,
-            "commit": _commit()}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "mem_gb": mem_gb,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_at_start": load,
+        "commit": _commit(),
+    }
 
 
 # ------------------------------------------------------------------------------------------ summary
 
 
-def summary(name: str, *, figure: float | None, unit: str, baseline: float | None, baseline_desc: str,
-            target: str, passed: bool | None, settings: dict, ratio: float | None = None, ratio_desc: str = "",
-            machine_info: dict | None = None, **details: Any) -> dict[str, Any]:
+def summary(
+    name: str,
+    *,
+    figure: float | None,
+    unit: str,
+    baseline: float | None,
+    baseline_desc: str,
+    target: str,
+    passed: bool | None,
+    settings: dict,
+    ratio: float | None = None,
+    ratio_desc: str = "",
+    machine_info: dict | None = None,
+    **details: Any,
+) -> dict[str, Any]:
     if ratio is None and figure is not None and baseline:
         ratio = figure / baseline
     return {
@@ -149,8 +174,17 @@ def write_tasks(path: Path, n: int, *, max_output_tokens: int = 64) -> Path:
     """n native summarize lines (they route to the cheapest mini model and never fail validation)."""
     with open(path, "wb", buffering=1 << 20) as f:
         for i in range(n):
-            f.write(orjson.dumps({"id": f"t-{i}", "task": "summarize", "input": f"{_SUMMARY_TEXT} Item {i}.",
-                                  "max_output_tokens": max_output_tokens}) + b"\n")
+            f.write(
+                orjson.dumps(
+                    {
+                        "id": f"t-{i}",
+                        "task": "summarize",
+                        "input": f"{_SUMMARY_TEXT} Item {i}.",
+                        "max_output_tokens": max_output_tokens,
+                    }
+                )
+                + b"\n"
+            )
     return path
 
 
@@ -165,8 +199,9 @@ def sample_request(max_output_tokens: int = 64) -> tuple[str, dict, dict]:
     from llmbatch.routing import route
 
     catalog = load_catalog(Settings())
-    task = TaskLine.model_validate({"id": "t-0", "task": "summarize", "input": f"{_SUMMARY_TEXT} Item 0.",
-                                    "max_output_tokens": max_output_tokens})
+    task = TaskLine.model_validate(
+        {"id": "t-0", "task": "summarize", "input": f"{_SUMMARY_TEXT} Item 0.", "max_output_tokens": max_output_tokens}
+    )
     request = build_request(task)
     decision = route(task, request, catalog, credentials=available_credentials(catalog, simulate=True))
     cand = decision.candidates[0]
@@ -175,11 +210,11 @@ def sample_request(max_output_tokens: int = 64) -> tuple[str, dict, dict]:
     provider = catalog.providers[cand.model.provider]
     adapter = ADAPTERS[provider.api](provider, None, SIMULATOR_KEY)  # type: ignore[arg-type]
     visible = min(request.max_output_tokens, cand.completion_cap)
-    req = request.model_copy(update={"max_output_tokens": visible,
-                                     "reasoning_budget_tokens": max(0, cand.completion_cap - visible)})
+    req = request.model_copy(
+        update={"max_output_tokens": visible, "reasoning_budget_tokens": max(0, cand.completion_cap - visible)}
+    )
     body = adapter.build_body(cand.model, req)
-    headers = {"content-type": "application/json", "accept": "application/json",
-               **adapter.auth_headers(SIMULATOR_KEY)}
+    headers = {"content-type": "application/json", "accept": "application/json", **adapter.auth_headers(SIMULATOR_KEY)}
     return cand.model.key, body, headers
 
 
@@ -192,8 +227,9 @@ def write_classify(path: Path, n: int) -> Path:
     return path
 
 
-def call_mix(calls_by_model: dict[str, int], *, classify: bool, max_output_tokens: int = 64,
-             seed: int = 14) -> list[tuple[str, bytes, dict]]:
+def call_mix(
+    calls_by_model: dict[str, int], *, classify: bool, max_output_tokens: int = 64, seed: int = 14
+) -> list[tuple[str, bytes, dict]]:
     """The calls an engine run made, as (url path, body, headers), `calls_by_model[model id]` of each, in a
     shuffled order: the bare loop then runs the same request mix (the same number of calls per model) as
     the pipeline did. Bodies are built by the library's own adapters from one task line of the benchmark."""
@@ -207,9 +243,21 @@ def call_mix(calls_by_model: dict[str, int], *, classify: bool, max_output_token
     from llmbatch.routing import route
 
     catalog = load_catalog(Settings())
-    line = ({"id": "r-0", "task": "classify", "input": "Love it, works perfectly and arrived early. Order number 1000.",
-             "labels": ["positive", "negative", "neutral"]} if classify else
-            {"id": "t-0", "task": "summarize", "input": f"{_SUMMARY_TEXT} Item 0.", "max_output_tokens": max_output_tokens})
+    line = (
+        {
+            "id": "r-0",
+            "task": "classify",
+            "input": "Love it, works perfectly and arrived early. Order number 1000.",
+            "labels": ["positive", "negative", "neutral"],
+        }
+        if classify
+        else {
+            "id": "t-0",
+            "task": "summarize",
+            "input": f"{_SUMMARY_TEXT} Item 0.",
+            "max_output_tokens": max_output_tokens,
+        }
+    )
     task = TaskLine.model_validate(line)
     request = build_request(task)
     decision = route(task, request, catalog, credentials=available_credentials(catalog, simulate=True))
@@ -218,14 +266,19 @@ def call_mix(calls_by_model: dict[str, int], *, classify: bool, max_output_token
     for model_id, n in calls_by_model.items():
         cand = by_id[model_id]
         provider = catalog.providers[cand.model.provider]
-        adapter = ADAPTERS[provider.api](provider.model_copy(update={"base_url": simulator_base_url(provider.api, "")}),
-                                         None, SIMULATOR_KEY)  # type: ignore[arg-type]
+        adapter = ADAPTERS[provider.api](
+            provider.model_copy(update={"base_url": simulator_base_url(provider.api, "")}), None, SIMULATOR_KEY
+        )  # type: ignore[arg-type]
         visible = min(request.max_output_tokens, cand.completion_cap)
-        req = request.model_copy(update={"max_output_tokens": visible,
-                                         "reasoning_budget_tokens": max(0, cand.completion_cap - visible)})
+        req = request.model_copy(
+            update={"max_output_tokens": visible, "reasoning_budget_tokens": max(0, cand.completion_cap - visible)}
+        )
         body = orjson.dumps(adapter.build_body(cand.model, req))
-        headers = {"content-type": "application/json", "accept": "application/json",
-                   **adapter.auth_headers(SIMULATOR_KEY)}
+        headers = {
+            "content-type": "application/json",
+            "accept": "application/json",
+            **adapter.auth_headers(SIMULATOR_KEY),
+        }
         calls += [(adapter.endpoint(cand.model), body, headers)] * n
     random.Random(seed).shuffle(calls)
     return calls
@@ -238,6 +291,7 @@ async def _bare_mix(url: str, calls: list[tuple[str, bytes, dict]], concurrency:
     todo = iter(calls)
     connector = aiohttp.TCPConnector(limit=concurrency * 2, limit_per_host=0)
     async with aiohttp.ClientSession(connector=connector) as session:
+
         async def worker():
             for path, data, headers in todo:
                 async with session.post(f"{url}{path}", data=data, headers=headers) as r:
@@ -254,8 +308,14 @@ def bare_mix(url: str, calls: list[tuple[str, bytes, dict]], *, concurrency: int
     """A bare aiohttp loop making exactly `calls` (see call_mix) with `concurrency` in flight. Its figure is
     `tasks` per second: the tasks the same calls served in the pipeline (escalated tasks needed 2 calls)."""
     elapsed, statuses = asyncio.run(_bare_mix(url, calls, concurrency))
-    return {"requests": len(calls), "ok": statuses.get(200, 0), "statuses": statuses, "seconds": round(elapsed, 3),
-            "req_per_s": round(len(calls) / elapsed, 1), "per_s": round(tasks / elapsed, 1)}
+    return {
+        "requests": len(calls),
+        "ok": statuses.get(200, 0),
+        "statuses": statuses,
+        "seconds": round(elapsed, 3),
+        "req_per_s": round(len(calls) / elapsed, 1),
+        "per_s": round(tasks / elapsed, 1),
+    }
 
 
 def proc_cpu_s(pids: list[int]) -> float:
@@ -292,8 +352,9 @@ def sim_stats(url: str) -> dict:
 
 
 def sim_reset(url: str) -> None:
-    req = urllib.request.Request(f"{url}/_sim/reset", data=b"{}", method="POST",
-                                 headers={"content-type": "application/json"})
+    req = urllib.request.Request(
+        f"{url}/_sim/reset", data=b"{}", method="POST", headers={"content-type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=10) as r:
         r.read()
 
@@ -309,11 +370,17 @@ def bare_aiohttp(url: str, *, n: int, concurrency: int, max_output_tokens: int =
     """`concurrency` coroutines POSTing the engine's own request body to the simulator, n in all, over one
     aiohttp session: the ceiling any client in one process can reach against this simulator."""
     _, body, headers = sample_request(max_output_tokens)
-    elapsed, statuses = asyncio.run(_bare_mix(url, [("/v1/chat/completions", orjson.dumps(body), headers)] * n,
-                                              concurrency))
+    elapsed, statuses = asyncio.run(
+        _bare_mix(url, [("/v1/chat/completions", orjson.dumps(body), headers)] * n, concurrency)
+    )
     ok = statuses.get(200, 0)
-    return {"requests": n, "ok": ok, "statuses": statuses, "seconds": round(elapsed, 3),
-            "per_s": round(ok / elapsed, 1)}
+    return {
+        "requests": n,
+        "ok": ok,
+        "statuses": statuses,
+        "seconds": round(elapsed, 3),
+        "per_s": round(ok / elapsed, 1),
+    }
 
 
 # ------------------------------------------------------------------------------------------ services
@@ -342,8 +409,12 @@ def services() -> tuple[str, str]:
     if shared:
         redis, pg = S.redis_server(), S.postgres_server()
     else:
-        redis = S.Redis(port=BENCH_REDIS_PORT, dir=Path(tempfile.gettempdir()) / f"llmbatch-bench-redis-{BENCH_REDIS_PORT}",
-                        durable=False, name="benchmark redis")
+        redis = S.Redis(
+            port=BENCH_REDIS_PORT,
+            dir=Path(tempfile.gettempdir()) / f"llmbatch-bench-redis-{BENCH_REDIS_PORT}",
+            durable=False,
+            name="benchmark redis",
+        )
         pg = S.Postgres(port=BENCH_PG_PORT, base=Path(f"/tmp/llmbatch-pg-{BENCH_PG_PORT}"), name="benchmark postgres")
     with S.lock():
         if not redis_url:
@@ -393,10 +464,24 @@ class Workers(WorkerProcs):
     def __init__(self, logdir: Path):
         super().__init__(request=None, tmp_path=logdir)
 
-    def start(self, n: int, *, env: dict[str, str], concurrency: int, cwd: Path,  # type: ignore[override]
-              ready_timeout: float = 60.0) -> list[subprocess.Popen]:
-        return super().start(n, env=env, inherit_env=False, concurrency=concurrency, cwd=cwd,
-                             args=["--simulate", "--loglevel", "INFO"], ready_timeout=ready_timeout)
+    def start(
+        self,
+        n: int,
+        *,
+        env: dict[str, str],
+        concurrency: int,
+        cwd: Path,  # type: ignore[override]
+        ready_timeout: float = 60.0,
+    ) -> list[subprocess.Popen]:
+        return super().start(
+            n,
+            env=env,
+            inherit_env=False,
+            concurrency=concurrency,
+            cwd=cwd,
+            args=["--simulate", "--loglevel", "INFO"],
+            ready_timeout=ready_timeout,
+        )
 
     def stop_all(self, grace: float = 10.0) -> None:
         super().stop_all(grace)
@@ -451,9 +536,25 @@ def py_spy(pids: list[int], out_dir: Path, name: str, enabled: bool, rate: int =
         for pid in pids:
             f = out_dir / f"{name}-{pid}.txt"
             files.append(f)
-            procs.append(subprocess.Popen([str(spy), "record", "--pid", str(pid), "--format", "raw", "--rate",
-                                           str(rate), "--nonblocking", "-o", str(f)],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        str(spy),
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--format",
+                        "raw",
+                        "--rate",
+                        str(rate),
+                        "--nonblocking",
+                        "-o",
+                        str(f),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         time.sleep(0.5)
     try:
         yield files
@@ -468,8 +569,15 @@ def py_spy(pids: list[int], out_dir: Path, name: str, enabled: bool, rate: int =
                 p.kill()
 
 
-_IDLE_LEAVES = ("select (selectors.py", "wait (threading.py", "_worker (concurrent/futures/thread.py",
-                "poll (", "epoll", "run_forever", "_run_once (asyncio/base_events.py")
+_IDLE_LEAVES = (
+    "select (selectors.py",
+    "wait (threading.py",
+    "_worker (concurrent/futures/thread.py",
+    "poll (",
+    "epoll",
+    "run_forever",
+    "_run_once (asyncio/base_events.py",
+)
 
 
 def summarize_collapsed(files: list[Path], top: int = 15) -> dict[str, Any]:
@@ -491,14 +599,25 @@ def summarize_collapsed(files: list[Path], top: int = 15) -> dict[str, Any]:
             seen = set()
             for fr in frames:
                 s = _short(fr)
-                if s not in seen and ("llmbatch" in fr or "sqlalchemy" in fr or "psycopg" in fr or "sqlite" in fr
-                                      or "httpx" in fr or "aiohttp" in fr or "redis" in fr or "pydantic" in fr
-                                      or "celery" in fr or "kombu" in fr):
+                if s not in seen and (
+                    "llmbatch" in fr
+                    or "sqlalchemy" in fr
+                    or "psycopg" in fr
+                    or "sqlite" in fr
+                    or "httpx" in fr
+                    or "aiohttp" in fr
+                    or "redis" in fr
+                    or "pydantic" in fr
+                    or "celery" in fr
+                    or "kombu" in fr
+                ):
                     seen.add(s)
                     incl[s] = incl.get(s, 0) + n_i
 
     def pct(d):
-        return [{"frame": k, "pct": round(100 * v / total, 1)} for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+        return [
+            {"frame": k, "pct": round(100 * v / total, 1)} for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]
+        ]
 
     return {"samples": total, "self_top": pct(leaf), "inclusive_top": pct(incl)}
 

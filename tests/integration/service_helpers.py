@@ -25,16 +25,21 @@ class ServiceProcess:
     def __init__(self, tmp: Path, *, simulator_url: str | None = None, extra_env: dict[str, str] | None = None):
         self.tmp = tmp
         inherited = {k: v for k, v in os.environ.items() if k != "LLMBATCH_BROKER_URL"}  # embedded unless given
-        self.env = {**inherited, "LLMBATCH_DATABASE_URL": f"sqlite:///{tmp / 'service.db'}",
-                    "LLMBATCH_SERVICE_FILES_DIR": str(tmp / "files"), **(extra_env or {})}
+        self.env = {
+            **inherited,
+            "LLMBATCH_DATABASE_URL": f"sqlite:///{tmp / 'service.db'}",
+            "LLMBATCH_SERVICE_FILES_DIR": str(tmp / "files"),
+            **(extra_env or {}),
+        }
         if simulator_url:
             self.env["LLMBATCH_SIMULATOR_URL"] = simulator_url
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "llmbatch.cli", *args], env=self.env, capture_output=True,
-                              text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "llmbatch.cli", *args], env=self.env, capture_output=True, text=True, timeout=120
+        )
 
     def cli_json(self, *args: str):
         out = self.cli(*args)
@@ -44,8 +49,12 @@ class ServiceProcess:
     def start(self, *args: str) -> "ServiceProcess":
         port = free_port()
         self.log = open(self.tmp / "serve.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "llmbatch.cli", "serve", "--simulate", "--port", str(port),
-                                      *args], env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llmbatch.cli", "serve", "--simulate", "--port", str(port), *args],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -67,9 +76,24 @@ class ServiceProcess:
 
 
 def batch_lines(n: int, *, model: str = "gpt-4o-mini", prefix: str = "r") -> bytes:
-    return b"".join(json.dumps({
-        "custom_id": f"{prefix}-{i}", "method": "POST", "url": "/v1/chat/completions",
-        "body": {"model": model, "max_tokens": 40,
-                 "messages": [{"role": "user", "content": f"Summarize in one line: review {i} says the kettle "
-                                                          f"works but the lid squeaks."}]},
-    }).encode() + b"\n" for i in range(n))
+    return b"".join(
+        json.dumps(
+            {
+                "custom_id": f"{prefix}-{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": model,
+                    "max_tokens": 40,
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": f"Summarize in one line: review {i} says the kettle works but the lid squeaks.",
+                        }
+                    ],
+                },
+            }
+        ).encode()
+        + b"\n"
+        for i in range(n)
+    )

@@ -33,9 +33,16 @@ def test_worker_killed_with_a_batch_in_flight(tmp_path, fresh_postgres_url, redi
     try:
         src = tmp_path / "in.jsonl"
         write_reviews(src, N)
-        env = cli_env(fresh_postgres_url, LLMBATCH_BROKER_URL=redis_url, LLMBATCH_SIMULATOR_URL=sim_url,
-                      LLMBATCH_LEASE_SECONDS="4", LLMBATCH_CHUNK_SIZE="20", LLMBATCH_BATCH_POLL_S="0.3",
-                      LLMBATCH_BATCH_POLL_MAX_S="1", LLMBATCH_BATCH_LINGER_S="0.5")
+        env = cli_env(
+            fresh_postgres_url,
+            LLMBATCH_BROKER_URL=redis_url,
+            LLMBATCH_SIMULATOR_URL=sim_url,
+            LLMBATCH_LEASE_SECONDS="4",
+            LLMBATCH_CHUNK_SIZE="20",
+            LLMBATCH_BATCH_POLL_S="0.3",
+            LLMBATCH_BATCH_POLL_MAX_S="1",
+            LLMBATCH_BATCH_LINGER_S="0.5",
+        )
         p = run_cli(["submit", str(src), "--simulate", "--model", "openai/gpt-4o-mini", "--channel", "batch"], env)
         assert p.returncode == 0, p.stderr
         job_id = p.stdout.strip().splitlines()[-1]
@@ -59,8 +66,11 @@ def test_worker_killed_with_a_batch_in_flight(tmp_path, fresh_postgres_url, redi
         figures = check_ledger(fresh_postgres_url, job_id)
         assert figures["tasks"].get("succeeded") == N
         with get_engine(fresh_postgres_url).connect() as c:
-            charged = c.execute(select(attempts.c.task_seq).where(attempts.c.job_id == job_id,
-                                                                  attempts.c.cost_picos > 0)).scalars().all()
+            charged = (
+                c.execute(select(attempts.c.task_seq).where(attempts.c.job_id == job_id, attempts.c.cost_picos > 0))
+                .scalars()
+                .all()
+            )
             channels = set(c.execute(select(attempts.c.channel).where(attempts.c.job_id == job_id)).scalars())
         assert len(charged) == len(set(charged)) == N  # each task charged once
         assert channels == {"batch"}

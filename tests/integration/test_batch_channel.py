@@ -36,8 +36,10 @@ def _env(url: str, sim, **extra) -> dict:
 
 def _attempts(url: str, job_id: str) -> list[dict]:
     with get_engine(url).connect() as c:
-        return [dict(r) for r in c.execute(select(attempts).where(attempts.c.job_id == job_id)
-                                           .order_by(attempts.c.id)).mappings()]
+        return [
+            dict(r)
+            for r in c.execute(select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.id)).mappings()
+        ]
 
 
 def _created(sim) -> int:
@@ -46,9 +48,22 @@ def _created(sim) -> int:
 
 def _exact(rows: list[dict], batch: bool) -> Decimal:
     model = load_catalog(Settings()).get(MODEL)
-    return sum((price(Usage(input_tokens=r["input_tokens"], cached_tokens=r["cached_tokens"],
-                            output_tokens=r["output_tokens"], reasoning_tokens=r["reasoning_tokens"]),
-                      model, batch=batch).picos for r in rows), Decimal(0))
+    return sum(
+        (
+            price(
+                Usage(
+                    input_tokens=r["input_tokens"],
+                    cached_tokens=r["cached_tokens"],
+                    output_tokens=r["output_tokens"],
+                    reasoning_tokens=r["reasoning_tokens"],
+                ),
+                model,
+                batch=batch,
+            ).picos
+            for r in rows
+        ),
+        Decimal(0),
+    )
 
 
 def test_batch_costs_half_of_online_for_the_same_usage(tmp_path, sim):
@@ -88,8 +103,9 @@ def test_budget_at_30_percent_holds_the_cap_then_retry_finishes(tmp_path, sim):
     assert p.returncode == 0, p.stderr
     batch_est = Decimal(str(next(c for c in est["by_channel"] if c["channel"] == "batch")["estimated_usd"]))
     budget = (batch_est * Decimal("0.3")).quantize(Decimal("0.000001"))
-    p, st = run_json(["run", str(src), "--simulate", "--model", MODEL, "--channel", "batch", "--budget",
-                      str(budget)], env)
+    p, st = run_json(
+        ["run", str(src), "--simulate", "--model", MODEL, "--channel", "batch", "--budget", str(budget)], env
+    )
     assert st["status"] == "budget_exhausted", p.stderr
     assert 0 < st["counts"]["succeeded"] < 60 and st["counts"]["skipped"] == 60 - st["counts"]["succeeded"]
     with get_engine(url).connect() as c:
@@ -109,8 +125,7 @@ def test_deadline_cancels_a_batch_that_will_not_finish_and_runs_the_rest_online(
     url = f"sqlite:///{tmp_path}/d.db"
     env = _env(url, sim, LLMBATCH_BATCH_FALLBACK_S="45")
     started = time.time()
-    p, st = run_json(["run", str(src), "--simulate", "--model", MODEL, "--channel", "batch", "--deadline", "60s"],
-                     env)
+    p, st = run_json(["run", str(src), "--simulate", "--model", MODEL, "--channel", "batch", "--deadline", "60s"], env)
     assert p.returncode == 0 and st["status"] == "succeeded", p.stderr
     with get_engine(url).connect() as c:
         job = repo.get_job(c, st["job_id"])
@@ -134,8 +149,9 @@ def test_flex_with_30_percent_unavailable_completes_at_flex_rates(tmp_path):
     write_reviews(src, 60)
     url = f"sqlite:///{tmp_path}/f.db"
     conf = tmp_path / "llmbatch.toml"
-    conf.write_text('[retry]\nbase_delay_s = 0.01\nmax_delay_s = 0.05\n\n'
-                    '[models."openai/gpt-4o-mini"]\nquirks = { flex = true }\n')
+    conf.write_text(
+        '[retry]\nbase_delay_s = 0.01\nmax_delay_s = 0.05\n\n[models."openai/gpt-4o-mini"]\nquirks = { flex = true }\n'
+    )
     with SimulatorThread(SimulatorConfig(mini_error_rate=0.0, flex_unavailable=0.3, seed=11)) as s:
         env = _env(url, s, LLMBATCH_CONFIG=str(conf))
         p, st = run_json(["run", str(src), "--simulate", "--model", MODEL, "--channel", "flex"], env)
@@ -164,9 +180,26 @@ def test_cancel_job_cancels_its_provider_batch_and_charges_finished_lines(tmp_pa
     write_reviews(src, 30)
     url = f"sqlite:///{tmp_path}/c.db"
     env = _env(url, sim)
-    proc = subprocess.Popen([sys.executable, "-m", "llmbatch.cli", "run", str(src), "--simulate", "--model", MODEL,
-                             "--channel", "batch", "--json"], env=env, cwd=str(REPO), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llmbatch.cli",
+            "run",
+            str(src),
+            "--simulate",
+            "--model",
+            MODEL,
+            "--channel",
+            "batch",
+            "--json",
+        ],
+        env=env,
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 60
         rows = []
@@ -216,10 +249,15 @@ def test_a_crash_between_create_and_record_finds_the_batch_instead_of_sending_an
 
     src = tmp_path / "in.jsonl"
     write_reviews(src, 20)
-    settings = Settings(database_url=f"sqlite:///{tmp_path}/x.db", simulator_url=sim.url, lease_seconds=1.0,
-                        batch_poll_s=0.2, batch_poll_max_s=0.5, batch_linger_s=0.2)
-    job_id, _ = jobs.create_job(settings, src, JobSpec(simulate=True, model=MODEL, channel="batch"),
-                                executor="local")
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/x.db",
+        simulator_url=sim.url,
+        lease_seconds=1.0,
+        batch_poll_s=0.2,
+        batch_poll_max_s=0.5,
+        batch_linger_s=0.2,
+    )
+    job_id, _ = jobs.create_job(settings, src, JobSpec(simulate=True, model=MODEL, channel="batch"), executor="local")
     real_record = store_batches.record_submitted
 
     def crash(*a, **k):  # the provider has the batch; the worker dies before writing its id down

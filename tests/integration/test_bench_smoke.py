@@ -9,8 +9,20 @@ import pytest
 
 from tests.benchmarks import bench_inflight, bench_overhead, bench_ratelimit, bench_reads, bench_scaling, bench_submit
 
-FIELDS = {"benchmark", "figure", "unit", "baseline", "baseline_desc", "ratio", "ratio_desc", "target", "pass",
-          "settings", "machine", "details"}
+FIELDS = {
+    "benchmark",
+    "figure",
+    "unit",
+    "baseline",
+    "baseline_desc",
+    "ratio",
+    "ratio_desc",
+    "target",
+    "pass",
+    "settings",
+    "machine",
+    "details",
+}
 MACHINE = {"nproc", "cpu_model", "python", "commit"}
 
 
@@ -36,8 +48,24 @@ def check(res: dict, name: str, tmp_path) -> dict:
 
 
 def test_inflight_smoke(tmp_path, bench_services):
-    res = bench_inflight.main(["--tasks", "120", "--concurrency", "30", "--latency", "0.05", "--p50", "0.05",
-                               "--p99", "0.3", "--mini-error-rate", "0.2", "--out", str(tmp_path / "inflight.json")])
+    res = bench_inflight.main(
+        [
+            "--tasks",
+            "120",
+            "--concurrency",
+            "30",
+            "--latency",
+            "0.05",
+            "--p50",
+            "0.05",
+            "--p99",
+            "0.3",
+            "--mini-error-rate",
+            "0.2",
+            "--out",
+            str(tmp_path / "inflight.json"),
+        ]
+    )
     d = check(res, "inflight", tmp_path)
     assert set(d["ratios"]) == {"lognormal/embedded", "lognormal/celery", "fixed/embedded", "fixed/celery"}
     for run in d["runs"]:
@@ -51,8 +79,9 @@ def test_inflight_smoke(tmp_path, bench_services):
 
 
 def test_overhead_smoke(tmp_path, bench_services):
-    res = bench_overhead.main(["--tasks", "150", "--concurrency", "20", "--workers", "2",
-                               "--out", str(tmp_path / "overhead.json")])
+    res = bench_overhead.main(
+        ["--tasks", "150", "--concurrency", "20", "--workers", "2", "--out", str(tmp_path / "overhead.json")]
+    )
     d = check(res, "overhead", tmp_path)
     assert set(d["modes"]) == {"embedded", "celery"}
     for r in d["modes"].values():
@@ -74,8 +103,24 @@ def test_submit_smoke(tmp_path, bench_services):
 
 
 def test_ratelimit_smoke(tmp_path, bench_services):
-    res = bench_ratelimit.main(["--rpm", "600", "--workers", "3", "--concurrency", "10", "--latency", "0.05",
-                                "--warmup", "2", "--duration", "6", "--out", str(tmp_path / "ratelimit.json")])
+    res = bench_ratelimit.main(
+        [
+            "--rpm",
+            "600",
+            "--workers",
+            "3",
+            "--concurrency",
+            "10",
+            "--latency",
+            "0.05",
+            "--warmup",
+            "2",
+            "--duration",
+            "6",
+            "--out",
+            str(tmp_path / "ratelimit.json"),
+        ]
+    )
     d = check(res, "ratelimit", tmp_path)
     assert d["correct"]
     assert d["requests_total"] == sum(d["by_status"].values()) > 0
@@ -84,8 +129,20 @@ def test_ratelimit_smoke(tmp_path, bench_services):
 
 
 def test_scaling_smoke(tmp_path, bench_services):
-    res = bench_scaling.main(["--workers", "1,2", "--tasks-per-worker", "60", "--concurrency", "20",
-                              "--latency", "0.05", "--out", str(tmp_path / "scaling.json")])
+    res = bench_scaling.main(
+        [
+            "--workers",
+            "1,2",
+            "--tasks-per-worker",
+            "60",
+            "--concurrency",
+            "20",
+            "--latency",
+            "0.05",
+            "--out",
+            str(tmp_path / "scaling.json"),
+        ]
+    )
     d = check(res, "scaling", tmp_path)
     assert d["correct"]
     assert [r["workers"] for r in d["rows"]] == [1, 2]

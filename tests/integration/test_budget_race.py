@@ -82,8 +82,11 @@ def race(request, tmp_path_factory, postgres_url, redis_url):
     # 1. The job's full cost: the same file, embedded on SQLite, against the same simulator settings.
     sim, url = start_subprocess(sim_cfg)
     try:
-        p, full = run_json(["run", str(src), "--simulate", "--concurrency", "200"],
-                           cli_env(f"sqlite:///{tmp}/full.db", LLMBATCH_SIMULATOR_URL=url), timeout=120)
+        p, full = run_json(
+            ["run", str(src), "--simulate", "--concurrency", "200"],
+            cli_env(f"sqlite:///{tmp}/full.db", LLMBATCH_SIMULATOR_URL=url),
+            timeout=120,
+        )
     finally:
         stop_process(sim)
     assert p.returncode == 0 and full["status"] == "succeeded", (p.stdout, p.stderr)
@@ -95,8 +98,12 @@ def race(request, tmp_path_factory, postgres_url, redis_url):
         workers = WorkerProcs(request=request, tmp_path=tmp)
         sim, url = start_subprocess(sim_cfg)
         try:
-            env = cli_env(db_url, LLMBATCH_BROKER_URL=private_redis(redis_url, REDIS_DB),
-                          LLMBATCH_SIMULATOR_URL=url, LLMBATCH_CHUNK_SIZE="25")
+            env = cli_env(
+                db_url,
+                LLMBATCH_BROKER_URL=private_redis(redis_url, REDIS_DB),
+                LLMBATCH_SIMULATOR_URL=url,
+                LLMBATCH_CHUNK_SIZE="25",
+            )
             race = _run_capped(env, db_url, src, full_picos, budget, workers)
             started = time.time()
             p, st = run_json(["retry", race.job_id, "--budget", _usd(full_picos * 3)], env, timeout=120)
@@ -121,8 +128,11 @@ def _run_capped(env, db_url, src, full_picos: int, budget: int, workers: WorkerP
     while time.time() < deadline:
         with engine.connect() as c:  # one snapshot: the job row and its open attempts
             job = repo.get_job(c, job_id)
-            in_flight = c.execute(select(func.count()).select_from(attempts).where(
-                attempts.c.job_id == job_id, attempts.c.settled.is_(False))).scalar()
+            in_flight = c.execute(
+                select(func.count())
+                .select_from(attempts)
+                .where(attempts.c.job_id == job_id, attempts.c.settled.is_(False))
+            ).scalar()
         polls += 1
         max_in_flight = max(max_in_flight, in_flight)
         if job["spent_picos"] + job["reserved_picos"] > budget:
@@ -137,26 +147,52 @@ def _run_capped(env, db_url, src, full_picos: int, budget: int, workers: WorkerP
         job = repo.get_job(c, job_id)
         ledger = ledger_api.ledger_sum(c, job_id)
         counts = repo.task_counts(c, job_id)
-        max_reservation = c.execute(select(func.max(attempts.c.reserved_picos))
-                                    .where(attempts.c.job_id == job_id)).scalar()
-        n_workers = c.execute(select(func.count(func.distinct(attempts.c.worker)))
-                              .where(attempts.c.job_id == job_id)).scalar()
-        not_done = {(s, r) for s, r in c.execute(
-            select(tasks.c.status, tasks.c.skip_reason).distinct()
-            .where(tasks.c.job_id == job_id, tasks.c.status != "succeeded"))}
-        errors = c.execute(select(tasks.c.error).where(tasks.c.job_id == job_id, tasks.c.status == "skipped")
-                           ).scalars().all()
+        max_reservation = c.execute(
+            select(func.max(attempts.c.reserved_picos)).where(attempts.c.job_id == job_id)
+        ).scalar()
+        n_workers = c.execute(
+            select(func.count(func.distinct(attempts.c.worker))).where(attempts.c.job_id == job_id)
+        ).scalar()
+        not_done = {
+            (s, r)
+            for s, r in c.execute(
+                select(tasks.c.status, tasks.c.skip_reason)
+                .distinct()
+                .where(tasks.c.job_id == job_id, tasks.c.status != "succeeded")
+            )
+        }
+        errors = (
+            c.execute(select(tasks.c.error).where(tasks.c.job_id == job_id, tasks.c.status == "skipped"))
+            .scalars()
+            .all()
+        )
     needs = [usd_to_picos(m.group(1)) for m in (NEEDS.search(e or "") for e in errors) if m]
     status_exit = run_cli(["status", job_id], env).returncode
-    print(f"\nbudget race: full cost {full_picos} picos, budget {budget} picos (${_usd(budget)}); "
-          f"spent {job['spent_picos']} picos, {budget - job['spent_picos']} left "
-          f"(largest reservation {max_reservation}, smallest refused {min(needs, default=None)}); "
-          f"succeeded {counts['succeeded']}, skipped {counts['skipped']}; up to {max_in_flight} calls in flight "
-          f"over {polls} polls from {n_workers} workers; wall {wall:.1f}s")
-    return Race(job_id=job_id, env=env, full_picos=full_picos, budget=budget, wall_s=wall, polls=polls,
-                max_in_flight=max_in_flight, cap_violations=violations, capped_job=job, capped_ledger=ledger,
-                capped_counts=counts, capped_not_done=not_done, capped_status_exit=status_exit,
-                max_reservation=max_reservation, skipped_needs=needs, workers=n_workers)
+    print(
+        f"\nbudget race: full cost {full_picos} picos, budget {budget} picos (${_usd(budget)}); "
+        f"spent {job['spent_picos']} picos, {budget - job['spent_picos']} left "
+        f"(largest reservation {max_reservation}, smallest refused {min(needs, default=None)}); "
+        f"succeeded {counts['succeeded']}, skipped {counts['skipped']}; up to {max_in_flight} calls in flight "
+        f"over {polls} polls from {n_workers} workers; wall {wall:.1f}s"
+    )
+    return Race(
+        job_id=job_id,
+        env=env,
+        full_picos=full_picos,
+        budget=budget,
+        wall_s=wall,
+        polls=polls,
+        max_in_flight=max_in_flight,
+        cap_violations=violations,
+        capped_job=job,
+        capped_ledger=ledger,
+        capped_counts=counts,
+        capped_not_done=not_done,
+        capped_status_exit=status_exit,
+        max_reservation=max_reservation,
+        skipped_needs=needs,
+        workers=n_workers,
+    )
 
 
 def test_the_cap_holds_at_every_instant_and_the_rest_is_skipped(race):
@@ -179,11 +215,13 @@ def test_the_cap_holds_at_every_instant_and_the_rest_is_skipped(race):
 def test_it_stops_within_one_call_of_the_cap(race):
     left = race.budget - race.capped_job["spent_picos"]
     assert left < race.max_reservation, (
-        f"{left} picos of budget left unspent; the largest single reservation was {race.max_reservation}")
+        f"{left} picos of budget left unspent; the largest single reservation was {race.max_reservation}"
+    )
     # Stricter, and the real promise: no task was skipped whose call would have fit in what was left.
     if race.skipped_needs:
         assert left < min(race.skipped_needs), (
-            f"{left} picos left, yet tasks needing only {min(race.skipped_needs)} were skipped for budget")
+            f"{left} picos left, yet tasks needing only {min(race.skipped_needs)} were skipped for budget"
+        )
 
 
 def test_retry_with_enough_budget_finishes_and_every_total_agrees(race):
@@ -195,13 +233,18 @@ def test_retry_with_enough_budget_finishes_and_every_total_agrees(race):
         job = repo.get_job(c, race.job_id)
         ledger = ledger_api.ledger_sum(c, race.job_id)
         task_sum = sum(r["cost_picos"] for r in repo.iter_task_rows(c, race.job_id))
-        doubles = c.execute(select(attempts.c.task_seq).where(attempts.c.job_id == race.job_id,
-                                                              attempts.c.status == "succeeded")
-                            .group_by(attempts.c.task_seq).having(func.count() > 1)).all()
+        doubles = c.execute(
+            select(attempts.c.task_seq)
+            .where(attempts.c.job_id == race.job_id, attempts.c.status == "succeeded")
+            .group_by(attempts.c.task_seq)
+            .having(func.count() > 1)
+        ).all()
     p, rep = run_json(["report", race.job_id], race.env)
     assert p.returncode == 0, p.stderr
-    print(f"\nbudget race retry: {N_TASKS} succeeded in {race.retry_wall_s:.1f}s; spent {job['spent_picos']} "
-          f"picos in all (ledger {ledger}, report {rep['ledger_picos']}); budget {job['budget_picos']}")
+    print(
+        f"\nbudget race retry: {N_TASKS} succeeded in {race.retry_wall_s:.1f}s; spent {job['spent_picos']} "
+        f"picos in all (ledger {ledger}, report {rep['ledger_picos']}); budget {job['budget_picos']}"
+    )
     assert job["reserved_picos"] == 0
     assert job["spent_picos"] == ledger == task_sum == rep["spent_picos"] == rep["ledger_picos"]
     assert rep["reconciled"] is True and rep["unsettled_attempts"] == 0

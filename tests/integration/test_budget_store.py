@@ -37,18 +37,37 @@ def test_concurrent_reservations_never_overspend(store_url):
         for seq in seqs:
             upper = rng.randint(100, 900)
             try:
-                attempt = ledger_api.reserve(engine, job_id=job, task_seq=seq, task_id=f"t{seq}", provider="p", model="m",
-                                       amount_picos=upper, purpose="first", worker=f"w{seed}")
+                attempt = ledger_api.reserve(
+                    engine,
+                    job_id=job,
+                    task_seq=seq,
+                    task_id=f"t{seq}",
+                    provider="p",
+                    model="m",
+                    amount_picos=upper,
+                    purpose="first",
+                    worker=f"w{seed}",
+                )
             except BudgetExceeded:
                 with lock:
                     skipped.append(seq)
                 continue
             actual = rng.randint(0, upper)  # the actual cost never exceeds the reserved upper bound
-            assert ledger_api.settle(engine, ledger_api.Settlement(attempt_id=attempt, status="succeeded", cost_picos=actual,
-                                                       cost_source="usage", usage=Usage(input_tokens=actual)))
+            assert ledger_api.settle(
+                engine,
+                ledger_api.Settlement(
+                    attempt_id=attempt,
+                    status="succeeded",
+                    cost_picos=actual,
+                    cost_source="usage",
+                    usage=Usage(input_tokens=actual),
+                ),
+            )
             # A duplicate settle (a redelivered message) must change nothing.
-            assert not ledger_api.settle(engine, ledger_api.Settlement(attempt_id=attempt, status="succeeded",
-                                                           cost_picos=actual, cost_source="usage"))
+            assert not ledger_api.settle(
+                engine,
+                ledger_api.Settlement(attempt_id=attempt, status="succeeded", cost_picos=actual, cost_source="usage"),
+            )
             with lock:
                 charged.append(actual)
 
@@ -73,17 +92,51 @@ def test_daily_cap_spans_jobs(store_url):
     engine = get_engine(store_url)
     a, b = _job(engine, 3, None), _job(engine, 3, None)
     cap = 1000
-    ids = [ledger_api.reserve(engine, job_id=a, task_seq=0, task_id="t0", provider="p", model="m", amount_picos=600,
-                        purpose="first", worker="w", daily_cap_picos=cap)]
+    ids = [
+        ledger_api.reserve(
+            engine,
+            job_id=a,
+            task_seq=0,
+            task_id="t0",
+            provider="p",
+            model="m",
+            amount_picos=600,
+            purpose="first",
+            worker="w",
+            daily_cap_picos=cap,
+        )
+    ]
     with pytest.raises(BudgetExceeded) as ei:
-        ledger_api.reserve(engine, job_id=b, task_seq=0, task_id="t0", provider="p", model="m", amount_picos=600,
-                     purpose="first", worker="w", daily_cap_picos=cap)
+        ledger_api.reserve(
+            engine,
+            job_id=b,
+            task_seq=0,
+            task_id="t0",
+            provider="p",
+            model="m",
+            amount_picos=600,
+            purpose="first",
+            worker="w",
+            daily_cap_picos=cap,
+        )
     assert ei.value.scope == "daily"
     with engine.connect() as c:  # the refused daily reservation rolled back the job-level hold too
         assert repo.get_job(c, b)["reserved_picos"] == 0
-    ledger_api.settle(engine, ledger_api.Settlement(attempt_id=ids[0], status="succeeded", cost_picos=100, cost_source="usage"))
-    ledger_api.reserve(engine, job_id=b, task_seq=0, task_id="t0", provider="p", model="m", amount_picos=600,
-                 purpose="first", worker="w", daily_cap_picos=cap)
+    ledger_api.settle(
+        engine, ledger_api.Settlement(attempt_id=ids[0], status="succeeded", cost_picos=100, cost_source="usage")
+    )
+    ledger_api.reserve(
+        engine,
+        job_id=b,
+        task_seq=0,
+        task_id="t0",
+        provider="p",
+        model="m",
+        amount_picos=600,
+        purpose="first",
+        worker="w",
+        daily_cap_picos=cap,
+    )
 
 
 def test_lost_lease_attempt_is_held_then_reconciled(store_url):
@@ -91,8 +144,17 @@ def test_lost_lease_attempt_is_held_then_reconciled(store_url):
     job = _job(engine, 2, 10_000)
     claimed, _ = repo.claim_tasks(engine, job, 0, 1, worker="dead", lease_s=0.01, max_deliveries=5)
     assert len(claimed) == 2
-    att = ledger_api.reserve(engine, job_id=job, task_seq=0, task_id="t0", provider="p", model="m", amount_picos=700,
-                       purpose="first", worker="dead")
+    att = ledger_api.reserve(
+        engine,
+        job_id=job,
+        task_seq=0,
+        task_id="t0",
+        provider="p",
+        model="m",
+        amount_picos=700,
+        purpose="first",
+        worker="dead",
+    )
     import time
 
     time.sleep(0.05)
@@ -106,7 +168,9 @@ def test_lost_lease_attempt_is_held_then_reconciled(store_url):
         j = repo.get_job(c, job)
         assert j["reserved_picos"] == 0 and j["spent_picos"] == 700 == ledger_api.ledger_sum(c, job)
     # The late worker's settle (if it ever comes back) changes nothing: reconcile already decided.
-    assert not ledger_api.settle(engine, ledger_api.Settlement(attempt_id=att, status="succeeded", cost_picos=5, cost_source="usage"))
+    assert not ledger_api.settle(
+        engine, ledger_api.Settlement(attempt_id=att, status="succeeded", cost_picos=5, cost_source="usage")
+    )
     # Only the lease holder records the task's outcome.
     assert not repo.record_outcome(engine, repo.TaskOutcome(job, 0, worker="dead", status="succeeded", output="x"))
     assert repo.record_outcome(engine, repo.TaskOutcome(job, 0, worker="alive", status="succeeded", output="x"))

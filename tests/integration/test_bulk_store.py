@@ -26,20 +26,42 @@ def _job(engine, n: int, budget: int | None) -> str:
 
 
 def _reserve_kw(job: str, seq: int, amount: int, cap: int | None = None) -> dict:
-    return dict(job_id=job, task_seq=seq, task_id=f"t{seq}", provider="openai", model="gpt-4o-mini",
-                amount_picos=amount, purpose="first", worker=WORKER, daily_cap_picos=cap)
+    return dict(
+        job_id=job,
+        task_seq=seq,
+        task_id=f"t{seq}",
+        provider="openai",
+        model="gpt-4o-mini",
+        amount_picos=amount,
+        purpose="first",
+        worker=WORKER,
+        daily_cap_picos=cap,
+    )
 
 
 def _settlement(attempt_id: int, i: int) -> ledger.Settlement:
-    return ledger.Settlement(attempt_id=attempt_id, status="succeeded", cost_picos=10 + i, cost_source="usage",
-                             usage=Usage(input_tokens=100 + i, output_tokens=7 + i, cached_tokens=i % 3,
-                                         reasoning_tokens=i % 2), latency_ms=5 + i,
-                             provider_request_id=f"req-{i}" if i % 2 else None)
+    return ledger.Settlement(
+        attempt_id=attempt_id,
+        status="succeeded",
+        cost_picos=10 + i,
+        cost_source="usage",
+        usage=Usage(input_tokens=100 + i, output_tokens=7 + i, cached_tokens=i % 3, reasoning_tokens=i % 2),
+        latency_ms=5 + i,
+        provider_request_id=f"req-{i}" if i % 2 else None,
+    )
 
 
 def _outcome(job: str, seq: int, worker: str = WORKER) -> repo.TaskOutcome:
-    return repo.TaskOutcome(job_id=job, seq=seq, worker=worker, status="succeeded", provider="openai",
-                            model="gpt-4o-mini", output={"answer": seq}, escalations=seq % 2)
+    return repo.TaskOutcome(
+        job_id=job,
+        seq=seq,
+        worker=worker,
+        status="succeeded",
+        provider="openai",
+        model="gpt-4o-mini",
+        output={"answer": seq},
+        escalations=seq % 2,
+    )
 
 
 def _state(engine, job: str):
@@ -47,11 +69,16 @@ def _state(engine, job: str):
     skip_a = {"id", "job_id", "started_at", "finished_at"}
     skip_t = {"job_id", "finished_at", "lease_expires_at"}
     with engine.connect() as c:
-        a = [{k: v for k, v in r.items() if k not in skip_a} for r in
-             c.execute(select(attempts).where(attempts.c.job_id == job).order_by(attempts.c.task_seq,
-                                                                                  attempts.c.attempt_no)).mappings()]
-        t = [{k: v for k, v in r.items() if k not in skip_t} for r in
-             c.execute(select(tasks).where(tasks.c.job_id == job).order_by(tasks.c.seq)).mappings()]
+        a = [
+            {k: v for k, v in r.items() if k not in skip_a}
+            for r in c.execute(
+                select(attempts).where(attempts.c.job_id == job).order_by(attempts.c.task_seq, attempts.c.attempt_no)
+            ).mappings()
+        ]
+        t = [
+            {k: v for k, v in r.items() if k not in skip_t}
+            for r in c.execute(select(tasks).where(tasks.c.job_id == job).order_by(tasks.c.seq)).mappings()
+        ]
         j = c.execute(select(jobs.c.spent_picos, jobs.c.reserved_picos).where(jobs.c.id == job)).one()
     return a, t, tuple(j)
 
@@ -85,8 +112,9 @@ def _bulk(engine, job: str, n: int, *, steal: set[int], dup: set[int]) -> list:
         with engine.begin() as c:
             d = Deferred()
             before = statements.n
-            ids = ledger.reserve_many(c, [ledger.Reservation(**_reserve_kw(job, i, 500 + i, cap=10**9))
-                                          for i in range(n)], deferred=d)
+            ids = ledger.reserve_many(
+                c, [ledger.Reservation(**_reserve_kw(job, i, 500 + i, cap=10**9)) for i in range(n)], deferred=d
+            )
             assert statements.n - before == 1  # one INSERT for all n
             assert not d.flush(c)
         for i in dup:
@@ -95,8 +123,9 @@ def _bulk(engine, job: str, n: int, *, steal: set[int], dup: set[int]) -> list:
         with engine.begin() as c:
             d = Deferred()
             before = statements.n
-            out = ledger.settle_and_record_many(c, [(_settlement(ids[i], i), _outcome(job, i)) for i in range(n)],
-                                                deferred=d)
+            out = ledger.settle_and_record_many(
+                c, [(_settlement(ids[i], i), _outcome(job, i)) for i in range(n)], deferred=d
+            )
             # one UPDATE of the attempts, one of the tasks; then one statement per attempt already settled
             # (record only) and per task whose lease was lost (charge only)
             assert statements.n - before == 2 + len(dup) + len(steal - dup)
@@ -154,13 +183,22 @@ def test_bulk_reserve_falls_back_when_a_task_repeats(fresh_postgres_url):
     job = _job(engine, 2, None)
     with engine.begin() as c:
         d = Deferred()
-        ids = ledger.reserve_many(c, [ledger.Reservation(**_reserve_kw(job, 0, 10)),
-                                      ledger.Reservation(**_reserve_kw(job, 0, 20)),
-                                      ledger.Reservation(**_reserve_kw(job, 1, 30))], deferred=d)
+        ids = ledger.reserve_many(
+            c,
+            [
+                ledger.Reservation(**_reserve_kw(job, 0, 10)),
+                ledger.Reservation(**_reserve_kw(job, 0, 20)),
+                ledger.Reservation(**_reserve_kw(job, 1, 30)),
+            ],
+            deferred=d,
+        )
         d.flush(c)
     with engine.connect() as c:
-        rows = c.execute(select(attempts.c.id, attempts.c.task_seq, attempts.c.attempt_no, attempts.c.reserved_picos)
-                         .where(attempts.c.job_id == job).order_by(attempts.c.id)).all()
+        rows = c.execute(
+            select(attempts.c.id, attempts.c.task_seq, attempts.c.attempt_no, attempts.c.reserved_picos)
+            .where(attempts.c.job_id == job)
+            .order_by(attempts.c.id)
+        ).all()
     assert [tuple(r) for r in rows] == [(ids[0], 0, 1, 10), (ids[1], 0, 2, 20), (ids[2], 1, 1, 30)]
 
 

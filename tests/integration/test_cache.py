@@ -63,8 +63,9 @@ def test_same_job_twice_second_run_calls_nothing_and_no_cache_pays_again(tmp_pat
     rows = _ledger(sqlite_url, second["job_id"])
     assert len(rows) == 500 and {r["channel"] for r in rows} == {"cache"}
     assert all(r["cost_picos"] == 0 and r["status"] == "succeeded" for r in rows)
-    original = {r["task_id"]: r["cost_picos"] for r in _ledger(sqlite_url, first["job_id"])
-                if r["status"] == "succeeded"}
+    original = {
+        r["task_id"]: r["cost_picos"] for r in _ledger(sqlite_url, first["job_id"]) if r["status"] == "succeeded"
+    }
     assert {r["task_id"]: r["saved_picos"] for r in rows} == original
     p, rep = run_json(["report", second["job_id"]], env)
     assert rep["cache"]["hits"] == 500 and rep["cache"]["saved_picos"] == sum(original.values())
@@ -92,7 +93,7 @@ def test_jobs_of_different_api_tokens_never_share_the_cache(tmp_path):
             assert jobs.run_embedded(settings, job_id, concurrency=4, handle_signals=False) == "succeeded"
             spent.setdefault(owner, []).append((_calls(sim) - before, job_id))
     (a_calls, _), (a_again, a2_job) = spent["tok_a"]
-    (b_calls, _), = spent["tok_b"]
+    ((b_calls, _),) = spent["tok_b"]
     assert a_calls >= 20 and b_calls >= 20, "tok_b's job must pay for its own calls"
     assert a_again == 0  # the same token's second job is answered from its cache
     assert {r["channel"] for r in _ledger(settings.database_url, a2_job)} == {"cache"}
@@ -139,8 +140,11 @@ def test_any_change_of_the_request_misses(tmp_path, sqlite_url):
         {**base, "id": "message", "input": "Great value, works well!"},
         {**base, "id": "cap", "max_output_tokens": 12},
         {**base, "id": "model", "model": "openai/gpt-4.1-mini"},
-        {**ext, "id": "schema", "schema": {**schema, "properties": {"name": {"type": "string"}, "age": {
-            "type": "integer"}}}},
+        {
+            **ext,
+            "id": "schema",
+            "schema": {**schema, "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}},
+        },
     ]
     first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
     first.write_text("\n".join(json.dumps(x) for x in (base, ext)) + "\n")
@@ -156,10 +160,13 @@ def test_any_change_of_the_request_misses(tmp_path, sqlite_url):
 
 
 def _handbook(tokens: int) -> str:
-    words = ("refund shipping warranty escalate polite accurate summary include exclude format bullet "
-             "customer order invoice address").split()
+    words = (
+        "refund shipping warranty escalate polite accurate summary include exclude format bullet "
+        "customer order invoice address"
+    ).split()
     return "You are a support assistant. Follow this handbook.\n" + " ".join(
-        f"{words[i % len(words)]}{i % 89}" for i in range(int(tokens * 0.42)))
+        f"{words[i % len(words)]}{i % 89}" for i in range(int(tokens * 0.42))
+    )
 
 
 def test_shared_system_prompt_on_anthropic_pays_half_with_scheduling(tmp_path, sqlite_url):
@@ -170,9 +177,20 @@ def test_shared_system_prompt_on_anthropic_pays_half_with_scheduling(tmp_path, s
     src = tmp_path / "chat.jsonl"
     with open(src, "w") as f:
         for i in range(500):
-            f.write(json.dumps({"id": f"c-{i}", "task": "chat", "max_output_tokens": 40, "messages": [
-                {"role": "system", "content": system},
-                {"role": "user", "content": f"Customer {i} asks where order {1000 + i} is."}]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"c-{i}",
+                        "task": "chat",
+                        "max_output_tokens": 40,
+                        "messages": [
+                            {"role": "system", "content": system},
+                            {"role": "user", "content": f"Customer {i} asks where order {1000 + i} is."},
+                        ],
+                    }
+                )
+                + "\n"
+            )
     model = "anthropic/claude-sonnet-4-20250514"
     report = {}
     p, est = run_json(["estimate", str(src), "--simulate", "--model", model, "--no-cache"], cli_env(sqlite_url))
@@ -207,9 +225,14 @@ def test_cache_survives_a_crash_and_never_serves_an_invalid_answer(tmp_path, sql
     # Mini models answer outside the labels 40% of the time: those tasks escalate.
     with SimulatorThread(SimulatorConfig(seed=6, latency_s=0.05, mini_error_rate=0.4)) as sim:
         env = cli_env(sqlite_url, LLMBATCH_SIMULATOR_URL=sim.url)
-        proc = subprocess.Popen([sys.executable, "-m", "llmbatch.cli", "run", str(src), "--simulate",
-                                 "--concurrency", "4"], env=env, cwd=str(REPO), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llmbatch.cli", "run", str(src), "--simulate", "--concurrency", "4"],
+            env=env,
+            cwd=str(REPO),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         engine = get_engine(sqlite_url)
         answered = select(func.count()).select_from(response_cache).where(response_cache.c.output.is_not(None))
         try:
@@ -259,8 +282,9 @@ def test_an_invalid_answer_is_not_paid_for_again(tmp_path, sqlite_url):
     assert all(r["output"] in LABELS for r in two)
 
 
-def test_celery_workers_call_once_for_identical_tasks(tmp_path, fresh_postgres_url, redis_url, flush_redis,
-                                                       worker_procs):
+def test_celery_workers_call_once_for_identical_tasks(
+    tmp_path, fresh_postgres_url, redis_url, flush_redis, worker_procs
+):
     """Two real worker processes on Postgres get chunks holding the same 40 requests three times over: the
     store's claim markers make one of them call and the others wait for its answer."""
     from tests.support.jobs import wait_terminal
@@ -276,8 +300,9 @@ def test_celery_workers_call_once_for_identical_tasks(tmp_path, fresh_postgres_u
             copies.append(json.dumps(d))
     src.write_text("\n".join(copies) + "\n")
     with SimulatorThread(SimulatorConfig(seed=8, latency_s=0.3, mini_error_rate=0.0)) as sim:
-        env = cli_env(fresh_postgres_url, LLMBATCH_BROKER_URL=redis_url, LLMBATCH_SIMULATOR_URL=sim.url,
-                      LLMBATCH_CHUNK_SIZE="10")
+        env = cli_env(
+            fresh_postgres_url, LLMBATCH_BROKER_URL=redis_url, LLMBATCH_SIMULATOR_URL=sim.url, LLMBATCH_CHUNK_SIZE="10"
+        )
         p = run_cli(["submit", str(src), "--simulate"], env)
         assert p.returncode == 0, p.stderr
         job_id = p.stdout.strip().splitlines()[-1]
@@ -292,8 +317,9 @@ def test_celery_workers_call_once_for_identical_tasks(tmp_path, fresh_postgres_u
     assert len(set(proc.values())) == 2, "both workers should have done work"
     caller = {r["task_id"].rsplit("-", 1)[0]: proc[r["id"]] for r in ledger if r["channel"] != "cache"}
     assert len(caller) == 40
-    assert any(proc[r["id"]] != caller[r["task_id"].rsplit("-", 1)[0]] for r in ledger if r["channel"] == "cache"), \
+    assert any(proc[r["id"]] != caller[r["task_id"].rsplit("-", 1)[0]] for r in ledger if r["channel"] == "cache"), (
         "some tasks should have been answered from the other worker's call"
+    )
     outputs = {}
     for r in results(job_id, env):
         outputs.setdefault(r["id"].rsplit("-", 1)[0], set()).add(r["output"])

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from llmbatch.cache import entries
 from llmbatch.store.schema import response_cache
 
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request, tmp_path):
     from llmbatch.store.db import get_engine
@@ -22,13 +23,15 @@ def store(request, tmp_path):
 
 
 def _claim(conn, key, worker="w1", now=None, ttl=100.0):
-    return entries.claim_or_get(conn, key, scope=None, provider="p", model="m", worker=worker, ttl_s=ttl,
-                                claim_s=30.0, now=now)
+    return entries.claim_or_get(
+        conn, key, scope=None, provider="p", model="m", worker=worker, ttl_s=ttl, claim_s=30.0, now=now
+    )
 
 
 def _put(conn, key, output="x", now=None):
-    return entries.put(conn, key, scope=None, provider="p", model="m", output=output, usage=None, job_id="j",
-                       attempt_id=0, now=now)
+    return entries.put(
+        conn, key, scope=None, provider="p", model="m", output=output, usage=None, job_id="j", attempt_id=0, now=now
+    )
 
 
 def test_claims_answers_ttl_and_invalid_verdicts(store):
@@ -69,8 +72,19 @@ def test_put_many_stores_what_put_stores(store):
     """The hook writes a wave's answers with put_many: the same rows (claims replaced, costs copied from the
     attempts) and the same entries as one put each."""
     now = time.time()
-    items = [{"key": f"m{i}", "scope": None, "provider": "p", "model": "m", "output": {"i": i}, "usage": None,
-              "job_id": "j", "attempt_id": 0} for i in range(3)]
+    items = [
+        {
+            "key": f"m{i}",
+            "scope": None,
+            "provider": "p",
+            "model": "m",
+            "output": {"i": i},
+            "usage": None,
+            "job_id": "j",
+            "attempt_id": 0,
+        }
+        for i in range(3)
+    ]
     with store.begin() as c:
         assert _claim(c, "m1", now=now)[0] == entries.LEAD  # a claim marker, replaced by the answer
         got = entries.put_many(c, items, now=now)

@@ -31,15 +31,21 @@ def _sim_total(url: str) -> tuple[int, int]:
     return s["total"], s["in_flight"]
 
 
-def test_cancel_stops_calls_within_seconds_then_retry_resumes(tmp_path, fresh_postgres_url, redis_url, flush_redis,
-                                                              worker_procs):
+def test_cancel_stops_calls_within_seconds_then_retry_resumes(
+    tmp_path, fresh_postgres_url, redis_url, flush_redis, worker_procs
+):
     n = 1000
     src = tmp_path / "reviews.jsonl"
     write_reviews(src, n)
     sim, sim_url = start_subprocess(SimulatorConfig(latency_s=0.5, latency_jitter_s=0.1, seed=21))
     try:
-        env = cli_env(fresh_postgres_url, LLMBATCH_BROKER_URL=redis_url, LLMBATCH_SIMULATOR_URL=sim_url,
-                      LLMBATCH_CHUNK_SIZE="20", LLMBATCH_LEASE_SECONDS="10")
+        env = cli_env(
+            fresh_postgres_url,
+            LLMBATCH_BROKER_URL=redis_url,
+            LLMBATCH_SIMULATOR_URL=sim_url,
+            LLMBATCH_CHUNK_SIZE="20",
+            LLMBATCH_LEASE_SECONDS="10",
+        )
         job_id = submit(src, env)
         worker_procs.start(2, env=env, args=["--concurrency", "20"])
         at = wait_finished(fresh_postgres_url, job_id, 150)
@@ -69,10 +75,12 @@ def test_cancel_stops_calls_within_seconds_then_retry_resumes(tmp_path, fresh_po
         counts = st["counts"]
         with get_engine(fresh_postgres_url).connect() as c:
             rows = c.execute(select(attempts).where(attempts.c.job_id == job_id)).mappings().all()
-        print(f"\ncancel: requested with {at}/{n} finished and {before_inflight} calls in flight "
-              f"(cancel command took {t_cancel - t_invoke:.1f}s); provider calls stopped "
-              f"{max(0.0, stopped_after):.2f}s after it returned ({final_total - before_total} calls after the request); "
-              f"job {job['status']}: {counts}")
+        print(
+            f"\ncancel: requested with {at}/{n} finished and {before_inflight} calls in flight "
+            f"(cancel command took {t_cancel - t_invoke:.1f}s); provider calls stopped "
+            f"{max(0.0, stopped_after):.2f}s after it returned ({final_total - before_total} calls after the request); "
+            f"job {job['status']}: {counts}"
+        )
         print(f"  samples (s after cancel, total, in flight): {samples[:40]}")
 
         assert job["status"] == "cancelled"
@@ -112,11 +120,22 @@ def test_retry_requeues_failed_and_skipped_tasks(tmp_path, sqlite_url):
     with open(src, "a", encoding="utf-8") as f:  # 10 lines pinned to a model that answers 5xx/429 only
         for i in range(10):
             ids.append(f"pin-{i}")
-            f.write(json.dumps({"id": f"pin-{i}", "task": "classify", "model": pinned, "input": f"Fine. {i}",
-                                "labels": ["positive", "negative", "neutral"]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"pin-{i}",
+                        "task": "classify",
+                        "model": pinned,
+                        "input": f"Fine. {i}",
+                        "labels": ["positive", "negative", "neutral"],
+                    }
+                )
+                + "\n"
+            )
     cfg = tmp_path / "llmbatch.toml"
-    cfg.write_text("[retry]\nbase_delay_s = 0.01\nmax_delay_s = 0.05\nmax_attempts_per_model = 3\n"
-                   "max_attempts_per_task = 4\n")
+    cfg.write_text(
+        "[retry]\nbase_delay_s = 0.01\nmax_delay_s = 0.05\nmax_attempts_per_model = 3\nmax_attempts_per_task = 4\n"
+    )
     broken = {"llama-3.1-8b-instant": {"error_rate": 1.0}}
     with SimulatorThread(SimulatorConfig(seed=4, mini_error_rate=0.0, model_overrides=broken)) as sim:
         env = cli_env(sqlite_url, LLMBATCH_SIMULATOR_URL=sim.url, LLMBATCH_CONFIG=str(cfg))
@@ -148,8 +167,10 @@ def test_retry_requeues_failed_and_skipped_tasks(tmp_path, sqlite_url):
         assert after[i]["attempts"] == first[i]["attempts"] and after[i]["cost_usd"] == first[i]["cost_usd"]
     assert calls >= len(failed) + len(skipped)
     figures = check_ledger(sqlite_url, job_id)
-    print(f"\nretry: first run {len(failed)} failed + {len(skipped)} skipped (budget) of {len(ids)}; "
-          f"retry --budget 5 made {calls} calls; now {figures['tasks']}, spent ${figures['spent_picos'] / 1e12:.6f}")
+    print(
+        f"\nretry: first run {len(failed)} failed + {len(skipped)} skipped (budget) of {len(ids)}; "
+        f"retry --budget 5 made {calls} calls; now {figures['tasks']}, spent ${figures['spent_picos'] / 1e12:.6f}"
+    )
 
 
 def test_job_resumes_after_all_workers_die(tmp_path, fresh_postgres_url, redis_url, flush_redis, worker_procs):
@@ -158,8 +179,13 @@ def test_job_resumes_after_all_workers_die(tmp_path, fresh_postgres_url, redis_u
     write_reviews(src, n)
     sim, sim_url = start_subprocess(SimulatorConfig(latency_s=0.15, latency_jitter_s=0.05, seed=8))
     try:
-        env = cli_env(fresh_postgres_url, LLMBATCH_BROKER_URL=redis_url, LLMBATCH_SIMULATOR_URL=sim_url,
-                      LLMBATCH_CHUNK_SIZE="20", LLMBATCH_LEASE_SECONDS="5")
+        env = cli_env(
+            fresh_postgres_url,
+            LLMBATCH_BROKER_URL=redis_url,
+            LLMBATCH_SIMULATOR_URL=sim_url,
+            LLMBATCH_CHUNK_SIZE="20",
+            LLMBATCH_LEASE_SECONDS="5",
+        )
         job_id = submit(src, env)
         worker_procs.start(3, env=env, args=["--concurrency", "12"])
         at = wait_finished(fresh_postgres_url, job_id, n // 4)
@@ -186,10 +212,12 @@ def test_job_resumes_after_all_workers_die(tmp_path, fresh_postgres_url, redis_u
     worker_procs.stop_all()
     settled = reconcile(fresh_postgres_url, job_id)
     figures = check_ledger(fresh_postgres_url, job_id)
-    print(f"\nall workers killed with {at}/{n} finished ({len(held)} tasks held by dead workers); "
-          f"2 new workers finished the job in {resumed:.1f}s ({time.time() - t_kill:.1f}s after the kill); "
-          f"job {job['status']} {figures['tasks']}; unknown-outcome attempts {figures['attempt_status'].get('unknown', 0)} "
-          f"({len(settled)} settled by the final reconcile); max deliveries {figures['max_deliveries']}")
+    print(
+        f"\nall workers killed with {at}/{n} finished ({len(held)} tasks held by dead workers); "
+        f"2 new workers finished the job in {resumed:.1f}s ({time.time() - t_kill:.1f}s after the kill); "
+        f"job {job['status']} {figures['tasks']}; unknown-outcome attempts {figures['attempt_status'].get('unknown', 0)} "
+        f"({len(settled)} settled by the final reconcile); max deliveries {figures['max_deliveries']}"
+    )
     assert job["status"] == "succeeded", figures
     assert len(held) > 0
     # The new workers' ids are in the ledger: they, not a ghost, finished it.
@@ -206,9 +234,11 @@ def job_status(db_url: str, job_id: str) -> str:
 
 def _workers_after(db_url: str, job_id: str, since: float) -> list[str]:
     with get_engine(db_url).connect() as c:
-        return list(c.execute(select(attempts.c.worker).where(attempts.c.job_id == job_id,
-                                                              attempts.c.started_at >= since)).scalars())
-
+        return list(
+            c.execute(
+                select(attempts.c.worker).where(attempts.c.job_id == job_id, attempts.c.started_at >= since)
+            ).scalars()
+        )
 
 
 def test_retry_after_cancel_on_the_same_workers(tmp_path, fresh_postgres_url, redis_url, flush_redis, worker_procs):
@@ -217,8 +247,9 @@ def test_retry_after_cancel_on_the_same_workers(tmp_path, fresh_postgres_url, re
     write_reviews(src, n)
     sim, sim_url = start_subprocess(SimulatorConfig(latency_s=0.3, seed=22))
     try:
-        env = cli_env(fresh_postgres_url, LLMBATCH_BROKER_URL=redis_url, LLMBATCH_SIMULATOR_URL=sim_url,
-                      LLMBATCH_CHUNK_SIZE="20")
+        env = cli_env(
+            fresh_postgres_url, LLMBATCH_BROKER_URL=redis_url, LLMBATCH_SIMULATOR_URL=sim_url, LLMBATCH_CHUNK_SIZE="20"
+        )
         job_id = submit(src, env)
         # 5 calls in flight, 2 units (40 tasks) claimed: tasks queue for a slot and see the cancel, so the
         # worker has it cached; after retry, 5 tasks of the first unit start at once.

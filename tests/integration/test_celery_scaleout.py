@@ -27,8 +27,9 @@ def test_two_workers_match_embedded(tmp_path, sqlite_url, fresh_postgres_url, re
 
     sim, url = start_subprocess(SimulatorConfig(seed=3))
     try:
-        env = cli_env(fresh_postgres_url, LLMBATCH_BROKER_URL=redis_url, LLMBATCH_SIMULATOR_URL=url,
-                      LLMBATCH_CHUNK_SIZE="20")
+        env = cli_env(
+            fresh_postgres_url, LLMBATCH_BROKER_URL=redis_url, LLMBATCH_SIMULATOR_URL=url, LLMBATCH_CHUNK_SIZE="20"
+        )
         # Both workers ready before the job exists: otherwise the first one up can take every unit of a job this
         # small (each worker claims up to its concurrency plus a unit ahead) and the check below sees one worker.
         worker_procs.start(2, env=env, args=["--concurrency", "50"])

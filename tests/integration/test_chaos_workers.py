@@ -25,8 +25,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # ------------------------------------------------------------------------------------------- the test
 
 
-def test_sigkill_random_workers_during_2000_task_job(tmp_path, fresh_postgres_url, redis_url, flush_redis,
-                                                      worker_procs):
+def test_sigkill_random_workers_during_2000_task_job(
+    tmp_path, fresh_postgres_url, redis_url, flush_redis, worker_procs
+):
     n_tasks, n_workers = 2000, 3
     src = tmp_path / "reviews.jsonl"
     write_reviews(src, n_tasks)
@@ -34,8 +35,14 @@ def test_sigkill_random_workers_during_2000_task_job(tmp_path, fresh_postgres_ur
 
     sim, sim_url = start_subprocess(SimulatorConfig(latency_s=0.15, latency_jitter_s=0.05, seed=11))
     try:
-        env = cli_env(fresh_postgres_url, LLMBATCH_BROKER_URL=redis_url, LLMBATCH_SIMULATOR_URL=sim_url,
-                      LLMBATCH_LEASE_SECONDS="5", LLMBATCH_CHUNK_SIZE="20", LLMBATCH_MAX_DELIVERIES="8")
+        env = cli_env(
+            fresh_postgres_url,
+            LLMBATCH_BROKER_URL=redis_url,
+            LLMBATCH_SIMULATOR_URL=sim_url,
+            LLMBATCH_LEASE_SECONDS="5",
+            LLMBATCH_CHUNK_SIZE="20",
+            LLMBATCH_MAX_DELIVERIES="8",
+        )
         job_id = submit(src, env)
         worker_procs.start(n_workers, env=env, args=["--concurrency", "8", "--loglevel", "WARNING"])
 
@@ -78,15 +85,21 @@ def test_sigkill_random_workers_during_2000_task_job(tmp_path, fresh_postgres_ur
     settled = reconcile(fresh_postgres_url, job_id)
     figures = check_ledger(fresh_postgres_url, job_id, reconciled=True)
 
-    print(f"\nworker chaos: {n_tasks} tasks, {n_workers} workers, {kills} SIGKILLs, {restarts} restarts, "
-          f"{elapsed:.1f}s, job {job['status']}")
+    print(
+        f"\nworker chaos: {n_tasks} tasks, {n_workers} workers, {kills} SIGKILLs, {restarts} restarts, "
+        f"{elapsed:.1f}s, job {job['status']}"
+    )
     print(f"  tasks: {figures['tasks']}; attempts: {figures['attempts']} {figures['attempt_status']}")
-    print(f"  unknown-outcome attempts (calls lost with a killed worker): {figures['attempt_status'].get('unknown', 0)}, "
-          f"billed at their reservation; left unsettled for the final reconcile: {before['unsettled'] or 'none'} "
-          f"(reserved ${before['reserved_picos'] / 1e12:.6f}); reconcile settled {len(settled)}")
-    print(f"  spent ${figures['spent_picos'] / 1e12:.6f} == ledger; reserved {figures['reserved_picos']}; "
-          f"max deliveries/task {figures['max_deliveries']}, max attempts/task {figures['max_attempts']}; "
-          f"worker processes seen in ledger: {figures['workers']}; simulator calls: {sim_stats.get('total')}")
+    print(
+        f"  unknown-outcome attempts (calls lost with a killed worker): {figures['attempt_status'].get('unknown', 0)}, "
+        f"billed at their reservation; left unsettled for the final reconcile: {before['unsettled'] or 'none'} "
+        f"(reserved ${before['reserved_picos'] / 1e12:.6f}); reconcile settled {len(settled)}"
+    )
+    print(
+        f"  spent ${figures['spent_picos'] / 1e12:.6f} == ledger; reserved {figures['reserved_picos']}; "
+        f"max deliveries/task {figures['max_deliveries']}, max attempts/task {figures['max_attempts']}; "
+        f"worker processes seen in ledger: {figures['workers']}; simulator calls: {sim_stats.get('total')}"
+    )
     print(f"  progress (s, finished): {[(round(t - started), n) for t, n in progress]}")
     if figures["errors"]:
         print(f"  non-success reasons: {figures['errors']}")

@@ -14,8 +14,10 @@ PNG = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" *
 
 def test_route_explain_says_why_cheaper_models_were_not_eligible(tmp_path, sqlite_url):
     src = tmp_path / "t.jsonl"
-    src.write_text(json.dumps({"id": "img", "task": "classify", "input": "What is it?", "images": [PNG],
-                               "labels": ["cat", "dog"]}) + "\n")
+    src.write_text(
+        json.dumps({"id": "img", "task": "classify", "input": "What is it?", "images": [PNG], "labels": ["cat", "dog"]})
+        + "\n"
+    )
     p, routes = run_json(["route", str(src), "--explain", "--simulate"], cli_env(sqlite_url))
     assert p.returncode == 0, p.stderr
     (r,) = routes
@@ -67,8 +69,14 @@ def test_custom_openai_compatible_provider_from_config(tmp_path, sqlite_url):
         env = cli_env(sqlite_url, LLMBATCH_CONFIG=str(tmp_path / "llmbatch.toml"), HOUSE_KEY="house-secret")
         # Real (non-simulated) run: only providers with credentials are eligible; HOUSE_KEY is set, the
         # others' keys are not, so the house model must take every task.
-        for k in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GROQ_API_KEY", "MISTRAL_API_KEY",
-                  "TOGETHER_API_KEY"):
+        for k in (
+            "OPENAI_API_KEY",
+            "ANTHROPIC_API_KEY",
+            "GEMINI_API_KEY",
+            "GROQ_API_KEY",
+            "MISTRAL_API_KEY",
+            "TOGETHER_API_KEY",
+        ):
             env.pop(k, None)
         p, st = run_json(["run", str(src)], env)
     assert p.returncode == 0, p.stderr

@@ -31,8 +31,12 @@ EXTRA_LIMIT_S = 2.5 * SLOW_S
 def _write_job(path) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for i in range(N_TASKS):
-            line = {"id": f"t-{i}", "task": "summarize", "input": f"Quarterly revenue grew {i % 17}%.",
-                    "max_output_tokens": 16}
+            line = {
+                "id": f"t-{i}",
+                "task": "summarize",
+                "input": f"Quarterly revenue grew {i % 17}%.",
+                "max_output_tokens": 16,
+            }
             if i % UNIT == UNIT // 2:  # one per unit, in the middle of it
                 line["model"] = SLOW_MODEL
             f.write(json.dumps(line) + "\n")
@@ -45,8 +49,9 @@ def _simulator():
 
 def _slow_model(url: str, seconds: float) -> None:
     body = json.dumps({"model_overrides": {SLOW_MODEL.split("/", 1)[1]: {"latency_s": seconds}}}).encode()
-    req = urllib.request.Request(f"{url}/_sim/config", data=body, method="POST",
-                                 headers={"content-type": "application/json"})
+    req = urllib.request.Request(
+        f"{url}/_sim/config", data=body, method="POST", headers={"content-type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.status == 200
 
@@ -76,21 +81,25 @@ def test_embedded_slow_task_per_unit_is_no_convoy(tmp_path, sqlite_url):
         stop_process(sim)
     extra = took["slow"] - took["fast"]
     convoy = math.ceil(N_TASKS / UNIT / (math.ceil(IN_FLIGHT / UNIT) + 1)) * SLOW_S
-    print(f"\nembedded: {N_TASKS} tasks, {IN_FLIGHT} in flight: {took['fast']:.1f}s; with one {SLOW_S:.0f}s task per "
-          f"unit of {UNIT}: {took['slow']:.1f}s (+{extra:.1f}s; a unit-level convoy: ~{convoy:.0f}s in all)")
+    print(
+        f"\nembedded: {N_TASKS} tasks, {IN_FLIGHT} in flight: {took['fast']:.1f}s; with one {SLOW_S:.0f}s task per "
+        f"unit of {UNIT}: {took['slow']:.1f}s (+{extra:.1f}s; a unit-level convoy: ~{convoy:.0f}s in all)"
+    )
     assert extra < EXTRA_LIMIT_S, f"+{extra:.1f}s: the slots waited for each unit's slowest task"
 
 
 @pytest.mark.integration
-def test_celery_worker_slow_task_per_unit_is_no_convoy(tmp_path, fresh_postgres_url, redis_url, flush_redis,
-                                                       worker_procs):
+def test_celery_worker_slow_task_per_unit_is_no_convoy(
+    tmp_path, fresh_postgres_url, redis_url, flush_redis, worker_procs
+):
     src = tmp_path / "tasks.jsonl"
     _write_job(src)
     sim, url = _simulator()
     took = {}
     try:
-        env = cli_env(fresh_postgres_url, LLMBATCH_BROKER_URL=redis_url, LLMBATCH_SIMULATOR_URL=url,
-                      LLMBATCH_CHUNK_SIZE=str(UNIT))
+        env = cli_env(
+            fresh_postgres_url, LLMBATCH_BROKER_URL=redis_url, LLMBATCH_SIMULATOR_URL=url, LLMBATCH_CHUNK_SIZE=str(UNIT)
+        )
         worker_procs.start(1, env=env, args=["--concurrency", str(IN_FLIGHT)])
         worker_procs.wait_for_log(0, " ready.", timeout=60)
         for name, latency in (("fast", 0.0), ("slow", SLOW_S)):
@@ -103,6 +112,8 @@ def test_celery_worker_slow_task_per_unit_is_no_convoy(tmp_path, fresh_postgres_
     finally:
         stop_process(sim)
     extra = took["slow"] - took["fast"]
-    print(f"\ncelery, 1 worker: {N_TASKS} tasks, {IN_FLIGHT} in flight: {took['fast']:.1f}s; with one {SLOW_S:.0f}s "
-          f"task per unit of {UNIT}: {took['slow']:.1f}s (+{extra:.1f}s; 69ef583's 4 thread slots: ~40s in all)")
+    print(
+        f"\ncelery, 1 worker: {N_TASKS} tasks, {IN_FLIGHT} in flight: {took['fast']:.1f}s; with one {SLOW_S:.0f}s "
+        f"task per unit of {UNIT}: {took['slow']:.1f}s (+{extra:.1f}s; 69ef583's 4 thread slots: ~40s in all)"
+    )
     assert extra < EXTRA_LIMIT_S, f"+{extra:.1f}s: the worker's slots waited for each unit's slowest task"

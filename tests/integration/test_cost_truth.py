@@ -26,8 +26,14 @@ from tests.support.cli import cli_env, run_cli, run_json, write_reviews
 
 pytestmark = pytest.mark.integration
 
-OTHER_KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GROQ_API_KEY", "MISTRAL_API_KEY",
-              "TOGETHER_API_KEY")
+OTHER_KEYS = (
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "GEMINI_API_KEY",
+    "GROQ_API_KEY",
+    "MISTRAL_API_KEY",
+    "TOGETHER_API_KEY",
+)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -36,6 +42,7 @@ def store_url(request):
 
 
 # ------------------------------------------------------------------------------------------ fake gateway
+
 
 class FakeGateway:
     """An OpenAI-compatible /v1/chat/completions. Per model: `inflate` multiplies the usage it reports
@@ -63,12 +70,22 @@ class FakeGateway:
                 out = cap if truncated else min(cap, 6)
                 mult = b.get("inflate", 1)
                 answer = {
-                    "id": f"chatcmpl-fake-{n}", "object": "chat.completion", "created": 1_764_000_000,
+                    "id": f"chatcmpl-fake-{n}",
+                    "object": "chat.completion",
+                    "created": 1_764_000_000,
                     "model": body["model"] + "-2026-01-01",
-                    "choices": [{"index": 0, "finish_reason": "length" if truncated else "stop",
-                                 "message": {"role": "assistant", "content": "A short summary."}}],
-                    "usage": {"prompt_tokens": prompt * mult, "completion_tokens": out * mult,
-                              "total_tokens": (prompt + out) * mult},
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "length" if truncated else "stop",
+                            "message": {"role": "assistant", "content": "A short summary."},
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": prompt * mult,
+                        "completion_tokens": out * mult,
+                        "total_tokens": (prompt + out) * mult,
+                    },
                 }
                 data = json.dumps(answer).encode()
                 self.send_response(200)
@@ -95,10 +112,12 @@ def _gateway_config(tmp_path, url: str, models: dict[str, dict]) -> str:
     toml = f'[providers.gw]\napi = "openai"\nbase_url = "{url}"\nkey_env = "GW_KEY"\n'
     toml += "[retry]\nbase_delay_s = 0.01\nmax_delay_s = 0.05\n"
     for name, extra in models.items():
-        toml += (f'[models."gw/{name}"]\napi = "openai"\ntier = "{extra.get("tier", "mini")}"\n'
-                 f'input_per_mtok = "{extra.get("price", "1.00")}"\noutput_per_mtok = "{extra.get("price", "1.00")}"\n'
-                 f'context_window = 32768\nmax_output_tokens = {extra.get("max_out", 4096)}\n'
-                 'capabilities = ["system_role", "temperature"]\n')
+        toml += (
+            f'[models."gw/{name}"]\napi = "openai"\ntier = "{extra.get("tier", "mini")}"\n'
+            f'input_per_mtok = "{extra.get("price", "1.00")}"\noutput_per_mtok = "{extra.get("price", "1.00")}"\n'
+            f"context_window = 32768\nmax_output_tokens = {extra.get('max_out', 4096)}\n"
+            'capabilities = ["system_role", "temperature"]\n'
+        )
     path = tmp_path / "llmbatch.toml"
     path.write_text(toml)
     return str(path)
@@ -114,8 +133,10 @@ def _env(db_url: str, config: str, **extra) -> dict:
 def _summaries(path, n: int, **fields) -> None:
     with open(path, "w") as f:
         for i in range(n):
-            f.write(json.dumps({"id": f"s-{i:03d}", "task": "summarize", "input": "The same paragraph. " * 8,
-                                **fields}) + "\n")
+            f.write(
+                json.dumps({"id": f"s-{i:03d}", "task": "summarize", "input": "The same paragraph. " * 8, **fields})
+                + "\n"
+            )
 
 
 def _ledger(db_url: str, job_id: str) -> tuple[dict, list[dict]]:
@@ -131,8 +152,12 @@ def _exact_cost(a: dict, m: ModelInfo) -> Fraction:
     p_cached = Fraction(src.cached_input_per_mtok) if src.cached_input_per_mtok is not None else p_in
     p_write = Fraction(src.cache_write_per_mtok) if src.cache_write_per_mtok is not None else p_in
     uncached = a["input_tokens"] - a["cached_tokens"] - a["cache_write_tokens"]
-    per_mtok = (uncached * p_in + a["cached_tokens"] * p_cached + a["cache_write_tokens"] * p_write
-                + a["output_tokens"] * Fraction(src.output_per_mtok))
+    per_mtok = (
+        uncached * p_in
+        + a["cached_tokens"] * p_cached
+        + a["cache_write_tokens"] * p_write
+        + a["output_tokens"] * Fraction(src.output_per_mtok)
+    )
     return per_mtok / 1_000_000
 
 
@@ -190,8 +215,9 @@ def test_overruns_are_flagged_stop_the_job_and_grow_later_reservations(tmp_path,
         _summaries(src, 40, max_output_tokens=50)
         concurrency = 4
         # --no-cache: identical summaries would otherwise be called once and answered from the cache.
-        p, st = run_json(["run", str(src), "--budget", "0.002", "--concurrency", str(concurrency), "--no-cache"],
-                         env, timeout=120)
+        p, st = run_json(
+            ["run", str(src), "--budget", "0.002", "--concurrency", str(concurrency), "--no-cache"], env, timeout=120
+        )
     assert p.returncode == 4, (p.returncode, p.stderr)
     assert st["status"] == "budget_exhausted"
     job, rows = _ledger(sqlite_url, st["job_id"])
@@ -234,15 +260,36 @@ def test_truncated_outputs_never_end_succeeded_and_export_validates(tmp_path, sq
         src = tmp_path / "s.jsonl"
         _summaries(src, 3, max_output_tokens=50, model="gw/short")
         with open(src, "a") as f:
-            f.write(json.dumps({"id": "cut-1", "task": "summarize", "input": "A paragraph.", "model": "gw/cut",
-                                "max_output_tokens": 50}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": "cut-1",
+                        "task": "summarize",
+                        "input": "A paragraph.",
+                        "model": "gw/cut",
+                        "max_output_tokens": 50,
+                    }
+                )
+                + "\n"
+            )
             f.write("{not json\n")  # a rejected line: it must appear in the export
-            f.write(json.dumps({"custom_id": "bad-2", "method": "POST", "url": "/v1/chat/completions",
-                                "body": {"messages": "nope"}}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "custom_id": "bad-2",
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": {"messages": "nope"},
+                    }
+                )
+                + "\n"
+            )
         p, st = run_json(["run", str(src), "--no-cache"], env, timeout=120)  # each task its own calls
         assert p.returncode == 3, (p.returncode, p.stderr)
         job, rows = _ledger(sqlite_url, st["job_id"])
-        res = {r["id"]: r for r in (orjson.loads(x) for x in run_cli(["results", st["job_id"]], env).stdout.splitlines())}
+        res = {
+            r["id"]: r for r in (orjson.loads(x) for x in run_cli(["results", st["job_id"]], env).stdout.splitlines())
+        }
         # A cap of 50 is truncated; the retry with twice the cap (100) too; 200 finishes.
         for i in range(3):
             r = res[f"s-{i:03d}"]
@@ -256,7 +303,9 @@ def test_truncated_outputs_never_end_succeeded_and_export_validates(tmp_path, sq
         assert cut["status"] == "failed" and cut["error"].startswith("truncated") and cut["finish_reason"] == "length"
         assert all(a["status"] != "succeeded" for a in rows if a["task_id"] == "cut-1")
 
-        lines = [orjson.loads(x) for x in run_cli(["results", st["job_id"], "--format", "openai"], env).stdout.splitlines()]
+        lines = [
+            orjson.loads(x) for x in run_cli(["results", st["job_id"], "--format", "openai"], env).stdout.splitlines()
+        ]
     by_custom = {x["custom_id"]: x for x in lines}
     assert {"s-000", "s-001", "s-002", "cut-1", "bad-2", "line-5"} <= set(by_custom)
     for x in lines:

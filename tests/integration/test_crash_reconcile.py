@@ -35,9 +35,17 @@ def _snapshot(engine, job_id: str, dead_pid: int) -> tuple[dict, list[dict]]:
     """One consistent read: the job row, and the attempts the dead worker started that are still unsettled."""
     with engine.connect() as c:
         job = repo.get_job(c, job_id)
-        rows = c.execute(select(attempts.c.id, attempts.c.status, attempts.c.reserved_picos, attempts.c.settled)
-                         .where(attempts.c.job_id == job_id, attempts.c.worker.like(f"%:{dead_pid}:%"),
-                                attempts.c.settled.is_(False))).mappings().all()
+        rows = (
+            c.execute(
+                select(attempts.c.id, attempts.c.status, attempts.c.reserved_picos, attempts.c.settled).where(
+                    attempts.c.job_id == job_id,
+                    attempts.c.worker.like(f"%:{dead_pid}:%"),
+                    attempts.c.settled.is_(False),
+                )
+            )
+            .mappings()
+            .all()
+        )
     return job, [dict(r) for r in rows]
 
 
@@ -56,8 +64,13 @@ def test_sigkill_mid_call_keeps_the_cap_and_reconciles(tmp_path, fresh_postgres_
         return job, dead
 
     try:
-        env = cli_env(fresh_postgres_url, LLMBATCH_BROKER_URL=private_redis(redis_url, REDIS_DB),
-                      LLMBATCH_SIMULATOR_URL=url, LLMBATCH_LEASE_SECONDS=str(LEASE_S), LLMBATCH_CHUNK_SIZE="10")
+        env = cli_env(
+            fresh_postgres_url,
+            LLMBATCH_BROKER_URL=private_redis(redis_url, REDIS_DB),
+            LLMBATCH_SIMULATOR_URL=url,
+            LLMBATCH_LEASE_SECONDS=str(LEASE_S),
+            LLMBATCH_CHUNK_SIZE="10",
+        )
         p = run_cli(["submit", str(src), "--simulate", "--budget", BUDGET_USD], env)
         assert p.returncode == 0, p.stderr
         job_id = p.stdout.strip().splitlines()[-1]
@@ -84,9 +97,11 @@ def test_sigkill_mid_call_keeps_the_cap_and_reconciles(tmp_path, fresh_postgres_
         lost = {a["id"]: a for a in dead}  # every attempt the victim left unsettled
         assert lost and {a["status"] for a in dead} <= {"in_flight", "unknown"}
         assert sum(a["reserved_picos"] for a in dead) <= job["reserved_picos"]
-        print(f"\ncrash: killed worker 0 (pid {victim}) at t={killed_at:.1f}s with {len(lost)} call(s) in flight "
-              f"holding {sum(a['reserved_picos'] for a in dead)} picos; job reserved {job['reserved_picos']}, "
-              f"spent {job['spent_picos']}, budget {budget}")
+        print(
+            f"\ncrash: killed worker 0 (pid {victim}) at t={killed_at:.1f}s with {len(lost)} call(s) in flight "
+            f"holding {sum(a['reserved_picos'] for a in dead)} picos; job reserved {job['reserved_picos']}, "
+            f"spent {job['spent_picos']}, budget {budget}"
+        )
 
         # 3. The survivor's sweeper re-queues the victim's units after their leases lapse, and settles its
         #    attempts (the reclaim marks them `unknown`, reconcile bills them at the reservation).
@@ -129,23 +144,38 @@ def test_sigkill_mid_call_keeps_the_cap_and_reconciles(tmp_path, fresh_postgres_
         ledger = ledger_api.ledger_sum(c, job_id)
         task_sum = sum(r["cost_picos"] for r in repo.iter_task_rows(c, job_id))
         lost_rows = c.execute(select(attempts).where(attempts.c.id.in_(list(lost)))).mappings().all()
-        doubles = c.execute(select(attempts.c.task_seq).where(attempts.c.job_id == job_id,
-                                                              attempts.c.status == "succeeded")
-                            .group_by(attempts.c.task_seq).having(func.count() > 1)).all()
+        doubles = c.execute(
+            select(attempts.c.task_seq)
+            .where(attempts.c.job_id == job_id, attempts.c.status == "succeeded")
+            .group_by(attempts.c.task_seq)
+            .having(func.count() > 1)
+        ).all()
         succeeded_without_attempt = c.execute(
-            select(func.count()).select_from(tasks).where(
-                tasks.c.job_id == job_id, tasks.c.status == "succeeded",
-                ~select(attempts.c.id).where(attempts.c.job_id == job_id, attempts.c.task_seq == tasks.c.seq,
-                                             attempts.c.status == "succeeded").exists())).scalar()
-        unsettled = c.execute(select(func.count()).select_from(attempts).where(
-            attempts.c.job_id == job_id, attempts.c.settled.is_(False))).scalar()
-        redelivered = c.execute(select(func.count()).select_from(tasks).where(
-            tasks.c.job_id == job_id, tasks.c.deliveries > 1)).scalar()
+            select(func.count())
+            .select_from(tasks)
+            .where(
+                tasks.c.job_id == job_id,
+                tasks.c.status == "succeeded",
+                ~select(attempts.c.id)
+                .where(
+                    attempts.c.job_id == job_id, attempts.c.task_seq == tasks.c.seq, attempts.c.status == "succeeded"
+                )
+                .exists(),
+            )
+        ).scalar()
+        unsettled = c.execute(
+            select(func.count()).select_from(attempts).where(attempts.c.job_id == job_id, attempts.c.settled.is_(False))
+        ).scalar()
+        redelivered = c.execute(
+            select(func.count()).select_from(tasks).where(tasks.c.job_id == job_id, tasks.c.deliveries > 1)
+        ).scalar()
     reconciled_billed = sum(a["cost_picos"] for a in lost_rows)
-    print(f"crash: {len(lost)} lost attempt(s), seen as {sorted(statuses_seen)} while held; settled by the sweeper "
-          f"by t={swept_at:.1f}s as {sorted({(a['status'], a['cost_source']) for a in lost_rows})} for "
-          f"{reconciled_billed} picos; {redelivered} task(s) redelivered; `llmbatch reconcile` settled {late} more; "
-          f"job {job['status']} at t={done_at:.1f}s, spent {job['spent_picos']} of {budget} picos")
+    print(
+        f"crash: {len(lost)} lost attempt(s), seen as {sorted(statuses_seen)} while held; settled by the sweeper "
+        f"by t={swept_at:.1f}s as {sorted({(a['status'], a['cost_source']) for a in lost_rows})} for "
+        f"{reconciled_billed} picos; {redelivered} task(s) redelivered; `llmbatch reconcile` settled {late} more; "
+        f"job {job['status']} at t={done_at:.1f}s, spent {job['spent_picos']} of {budget} picos"
+    )
 
     assert job["status"] == "succeeded", counts
     assert counts["succeeded"] == N_TASKS and counts["queued"] == counts["running"] == 0

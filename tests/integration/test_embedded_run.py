@@ -29,8 +29,20 @@ def test_run_200_lines_all_succeed_and_spend_equals_ledger(tmp_path, sqlite_url)
         assert r["output"] in ("positive", "negative", "neutral")
         assert r["cost_usd"] > 0
         assert r["usage"]["input_tokens"] > 0 and r["usage"]["output_tokens"] > 0
-        assert set(r) == {"id", "status", "provider", "model", "output", "error", "finish_reason", "usage", "cost_usd",
-                          "attempts", "metadata", "channel"}
+        assert set(r) == {
+            "id",
+            "status",
+            "provider",
+            "model",
+            "output",
+            "error",
+            "finish_reason",
+            "usage",
+            "cost_usd",
+            "attempts",
+            "metadata",
+            "channel",
+        }
         assert r["finish_reason"] in ("stop", "end_turn", "STOP")  # the provider's own, never a truncation
     assert rows[5]["metadata"] == {"n": 5}
     engine = get_engine(sqlite_url)
@@ -46,8 +58,17 @@ def test_run_200_lines_all_succeed_and_spend_equals_ledger(tmp_path, sqlite_url)
     assert rep["reconciled"] is True and rep["ledger_picos"] == job["spent_picos"]
     assert sum(m["cost_picos"] for m in rep["by_model"]) == job["spent_picos"]
     assert set(rep) >= {"job_id", "spent_usd", "reserved_usd", "by_model", "baseline", "savings_usd"}
-    assert set(rep["by_model"][0]) >= {"provider", "model", "tasks", "attempts", "input_tokens", "cached_tokens",
-                                       "output_tokens", "reasoning_tokens", "cost_usd"}
+    assert set(rep["by_model"][0]) >= {
+        "provider",
+        "model",
+        "tasks",
+        "attempts",
+        "input_tokens",
+        "cached_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+        "cost_usd",
+    }
     assert rep["baseline"]["model"] == "gpt-4o" and rep["savings_usd"] > 0
 
 
@@ -66,8 +87,11 @@ def test_faults_10_percent_still_complete_and_failed_attempts_cost_nothing(tmp_p
     assert st["counts"]["succeeded"] == 120
     engine = get_engine(sqlite_url)
     with engine.connect() as c:
-        failed = c.execute(select(attempts).where(attempts.c.job_id == st["job_id"],
-                                                  attempts.c.status == "failed")).mappings().all()
+        failed = (
+            c.execute(select(attempts).where(attempts.c.job_id == st["job_id"], attempts.c.status == "failed"))
+            .mappings()
+            .all()
+        )
         assert failed, "about 10% of calls were answered 429/500; the ledger must show them"
         assert {f["http_status"] for f in failed} <= {429, 500, 502, 503, 529}
         for f in failed:
@@ -117,9 +141,19 @@ def test_json_shapes(tmp_path, sqlite_url, cmd):
     assert p.returncode == 0, p.stderr
     if cmd[0] == "models":
         assert isinstance(out, list) and len(out) >= 15
-        assert set(out[0]) >= {"provider", "model", "tier", "status", "input_per_mtok", "cached_input_per_mtok",
-                               "cache_write_per_mtok", "output_per_mtok", "context_window", "max_output_tokens",
-                               "capabilities"}
+        assert set(out[0]) >= {
+            "provider",
+            "model",
+            "tier",
+            "status",
+            "input_per_mtok",
+            "cached_input_per_mtok",
+            "cache_write_per_mtok",
+            "output_per_mtok",
+            "context_window",
+            "max_output_tokens",
+            "capabilities",
+        }
         assert {m["status"] for m in out} <= {"active", "deprecated", "retired"}
     else:
         assert set(out) >= {"tasks", "estimated_usd", "by_model"} and out["tasks"] == 10

@@ -22,12 +22,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _env(db_url, redis_url, sim_url, **extra):
-    return cli_env(db_url, LLMBATCH_BROKER_URL=redis_url, LLMBATCH_SIMULATOR_URL=sim_url,
-                   LLMBATCH_LEASE_SECONDS="300", LLMBATCH_MAX_DELIVERIES="20", **extra)
+    return cli_env(
+        db_url,
+        LLMBATCH_BROKER_URL=redis_url,
+        LLMBATCH_SIMULATOR_URL=sim_url,
+        LLMBATCH_LEASE_SECONDS="300",
+        LLMBATCH_MAX_DELIVERIES="20",
+        **extra,
+    )
 
 
-def test_sigkill_every_3s_for_30s_recovers_within_a_minute(tmp_path, fresh_postgres_url, redis_url, flush_redis,
-                                                           worker_procs):
+def test_sigkill_every_3s_for_30s_recovers_within_a_minute(
+    tmp_path, fresh_postgres_url, redis_url, flush_redis, worker_procs
+):
     """The issue's chaos run: 3 workers on a 1,000-task job (latency 0.3 s), one SIGKILLed every 3 s for 30 s
     and restarted. Every task succeeds exactly once, spent == ledger, and the job ends within 60 s of the last
     kill (it used to sit ~5 minutes waiting for the killed workers' leases)."""
@@ -69,11 +76,13 @@ def test_sigkill_every_3s_for_30s_recovers_within_a_minute(tmp_path, fresh_postg
     worker_procs.stop_all()
     reconcile(fresh_postgres_url, job_id)
     figures = check_ledger(fresh_postgres_url, job_id, reconciled=True)
-    print(f"\nfast recovery: {n_tasks} tasks, 3 workers, {kills} SIGKILLs over {last_kill - started:.1f}s; "
-          f"job {job['status']} {ended - started:.1f}s after the first kill, "
-          f"**{ended - last_kill:.1f}s after the last kill** ({left_at_last_kill} tasks were left then); tasks {figures['tasks']}; "
-          f"attempts {figures['attempt_status']}; max deliveries {figures['max_deliveries']}; "
-          f"simulator calls {sim_stats.get('total')}")
+    print(
+        f"\nfast recovery: {n_tasks} tasks, 3 workers, {kills} SIGKILLs over {last_kill - started:.1f}s; "
+        f"job {job['status']} {ended - started:.1f}s after the first kill, "
+        f"**{ended - last_kill:.1f}s after the last kill** ({left_at_last_kill} tasks were left then); tasks {figures['tasks']}; "
+        f"attempts {figures['attempt_status']}; max deliveries {figures['max_deliveries']}; "
+        f"simulator calls {sim_stats.get('total')}"
+    )
     assert kills >= 5, f"only {kills} kills: the job ended before the chaos got going"
     assert job["status"] == "succeeded", figures
     assert figures["tasks"] == {"succeeded": n_tasks}
@@ -81,8 +90,9 @@ def test_sigkill_every_3s_for_30s_recovers_within_a_minute(tmp_path, fresh_postg
     assert sim_stats["total"] <= figures["attempts"]
 
 
-def test_worker_frozen_past_its_presence_ttl_records_nothing_twice(tmp_path, fresh_postgres_url, redis_url,
-                                                                   flush_redis, worker_procs):
+def test_worker_frozen_past_its_presence_ttl_records_nothing_twice(
+    tmp_path, fresh_postgres_url, redis_url, flush_redis, worker_procs
+):
     """SIGSTOP one worker for longer than the presence TTL, then SIGCONT it. Its tasks run elsewhere meanwhile;
     when it wakes up it must not record a result or charge an attempt twice (the lease check guards recording;
     a lapsed presence stops it from starting new calls for what it held)."""
@@ -91,8 +101,9 @@ def test_worker_frozen_past_its_presence_ttl_records_nothing_twice(tmp_path, fre
     write_reviews(src, n_tasks)
     sim, sim_url = start_subprocess(SimulatorConfig(latency_s=0.3, seed=7, mini_error_rate=0.0))
     try:
-        env = _env(fresh_postgres_url, redis_url, sim_url, LLMBATCH_PRESENCE_TTL_S=str(ttl),
-                   LLMBATCH_SWEEP_INTERVAL_S="0.5")
+        env = _env(
+            fresh_postgres_url, redis_url, sim_url, LLMBATCH_PRESENCE_TTL_S=str(ttl), LLMBATCH_SWEEP_INTERVAL_S="0.5"
+        )
         job_id = submit(src, env)
         worker_procs.start(2, env=env, args=["--concurrency", "4", "--loglevel", "INFO"])
         wait_finished(fresh_postgres_url, job_id, 20, timeout=60)
@@ -112,10 +123,12 @@ def test_worker_frozen_past_its_presence_ttl_records_nothing_twice(tmp_path, fre
     before = check_ledger(fresh_postgres_url, job_id, reconciled=False)
     reconcile(fresh_postgres_url, job_id)
     figures = check_ledger(fresh_postgres_url, job_id, reconciled=True)
-    print(f"\nfrozen worker: {held} task(s) running at SIGSTOP, {during} finished after {ttl * 3:.0f}s frozen; "
-          f"job {job['status']} {elapsed:.1f}s after the freeze; attempts {figures['attempt_status']}; "
-          f"unsettled before the final reconcile {before['unsettled'] or 'none'}; max deliveries "
-          f"{figures['max_deliveries']}")
+    print(
+        f"\nfrozen worker: {held} task(s) running at SIGSTOP, {during} finished after {ttl * 3:.0f}s frozen; "
+        f"job {job['status']} {elapsed:.1f}s after the freeze; attempts {figures['attempt_status']}; "
+        f"unsettled before the final reconcile {before['unsettled'] or 'none'}; max deliveries "
+        f"{figures['max_deliveries']}"
+    )
     assert job["status"] == "succeeded"
     assert figures["tasks"] == {"succeeded": n_tasks}
     assert figures["max_deliveries"] >= 2, "nothing the frozen worker held was handed to the other one"
@@ -131,11 +144,33 @@ def _show_double_successes(db_url: str, job_id: str) -> None:
     from llmbatch.store.schema import attempts
 
     with get_engine(db_url).connect() as c:
-        seqs = c.execute(select(attempts.c.task_seq).where(attempts.c.job_id == job_id,
-                                                           attempts.c.status == "succeeded")
-                         .group_by(attempts.c.task_seq).having(func.count() > 1)).scalars().all()
+        seqs = (
+            c.execute(
+                select(attempts.c.task_seq)
+                .where(attempts.c.job_id == job_id, attempts.c.status == "succeeded")
+                .group_by(attempts.c.task_seq)
+                .having(func.count() > 1)
+            )
+            .scalars()
+            .all()
+        )
         for seq in seqs[:3]:
-            for a in c.execute(select(attempts).where(attempts.c.job_id == job_id, attempts.c.task_seq == seq)
-                               .order_by(attempts.c.id)).mappings():
-                print({k: a[k] for k in ("id", "task_id", "worker", "status", "settled", "error_class",
-                                         "cost_source", "started_at", "finished_at")})
+            for a in c.execute(
+                select(attempts).where(attempts.c.job_id == job_id, attempts.c.task_seq == seq).order_by(attempts.c.id)
+            ).mappings():
+                print(
+                    {
+                        k: a[k]
+                        for k in (
+                            "id",
+                            "task_id",
+                            "worker",
+                            "status",
+                            "settled",
+                            "error_class",
+                            "cost_source",
+                            "started_at",
+                            "finished_at",
+                        )
+                    }
+                )

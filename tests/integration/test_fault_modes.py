@@ -22,8 +22,14 @@ from tests.support.jobs import check_ledger
 pytestmark = pytest.mark.integration
 
 N_TASKS = 60
-RETRY = {"max_attempts_per_model": 3, "max_attempts_per_task": 5, "base_delay_s": 0.05, "max_delay_s": 2.0,
-         "task_deadline_s": 60, "call_timeout_s": 2.0}
+RETRY = {
+    "max_attempts_per_model": 3,
+    "max_attempts_per_task": 5,
+    "base_delay_s": 0.05,
+    "max_delay_s": 2.0,
+    "task_deadline_s": 60,
+    "call_timeout_s": 2.0,
+}
 
 # mode -> (rate, extra simulator settings, error classes its failed attempts may carry, outcome unknown?)
 MODES = {
@@ -48,8 +54,14 @@ def _run_with_burst(mode: str, rate: float, sim: SimulatorThread, args: list[str
 
     import orjson
 
-    proc = subprocess.Popen([sys.executable, "-m", "llmbatch.cli", *args, "--json"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmbatch.cli", *args, "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(REPO),
+    )
     try:
         deadline = time.time() + 60
         while sim.stats()["total"] < 3 and proc.poll() is None and time.time() < deadline:
@@ -86,7 +98,9 @@ def test_fault_mode_completes_within_retry_budget(mode, tmp_path, sqlite_url):
     with SimulatorThread(sim_cfg) as sim:
         env = cli_env(sqlite_url, LLMBATCH_SIMULATOR_URL=sim.url, LLMBATCH_CONFIG=str(cfg))
         if mode in BURSTS:
-            code, st, stderr = _run_with_burst(mode, rate, sim, ["run", str(src), "--simulate", "--concurrency", "8"], env)
+            code, st, stderr = _run_with_burst(
+                mode, rate, sim, ["run", str(src), "--simulate", "--concurrency", "8"], env
+            )
         else:
             p, st = run_json(["run", str(src), "--simulate", "--concurrency", "32"], env, timeout=240)
             code, stderr = p.returncode, p.stderr
@@ -114,7 +128,9 @@ def test_fault_mode_completes_within_retry_budget(mode, tmp_path, sqlite_url):
         # Sent but unanswered: may have been billed, so never a $0 "failed" row. Each one kept its reservation
         # and was settled by reconcile at that upper bound.
         assert unknown, f"{mode}: no attempt ended with an unknown outcome ({Counter(r['status'] for r in rows)})"
-        assert not failed, f"{mode}: unknown outcomes recorded as failed: {[(r['error_class'], r['error_message']) for r in failed[:3]]}"
+        assert not failed, (
+            f"{mode}: unknown outcomes recorded as failed: {[(r['error_class'], r['error_message']) for r in failed[:3]]}"
+        )
         for r in unknown:
             assert r["settled"] and r["cost_source"] == "reservation", dict(r)
             assert r["cost_picos"] == r["reserved_picos"] > 0
@@ -127,7 +143,9 @@ def test_fault_mode_completes_within_retry_budget(mode, tmp_path, sqlite_url):
     else:
         assert failed, f"{mode}: no failed attempt in the ledger"
         assert not unknown, f"{mode}: an HTTP error answer is a known outcome: {[dict(r) for r in unknown[:2]]}"
-        assert {r["error_class"] for r in failed} <= classes | {"invalid_output"}, Counter(r["error_class"] for r in failed)
+        assert {r["error_class"] for r in failed} <= classes | {"invalid_output"}, Counter(
+            r["error_class"] for r in failed
+        )
         for r in failed:
             assert r["settled"] and r["cost_picos"] == 0 and r["http_status"], dict(r)
         # Every call answered inside a burst is one failed row (known outcome, no usage, $0).
@@ -141,16 +159,19 @@ def test_fault_mode_completes_within_retry_budget(mode, tmp_path, sqlite_url):
             assert r["output"] in ("positive", "negative", "neutral")
         else:  # a clear reason: what ran out, and the last error seen
             assert r["status"] == "failed" and r["error"], r
-            assert any(w in r["error"] for w in ("retry budget exhausted", "all eligible models failed",
-                                                 "delivered more than")), r["error"]
+            assert any(
+                w in r["error"] for w in ("retry budget exhausted", "all eligible models failed", "delivered more than")
+            ), r["error"]
     succeeded = sum(r["status"] == "succeeded" for r in lines)
     by_class = defaultdict(int)
     for r in rows:
         if r["status"] in ("failed", "unknown"):
             by_class[r["error_class"]] += 1
-    print(f"\n{mode}@{rate}: {succeeded}/{N_TASKS} succeeded; injected {stats['by_fault'].get(mode)}; "
-          f"attempts {figures['attempt_status']}; error classes {dict(by_class)}; "
-          f"max attempts/task {max(per_task.values())}; spent ${figures['spent_picos'] / 1e12:.6f}")
+    print(
+        f"\n{mode}@{rate}: {succeeded}/{N_TASKS} succeeded; injected {stats['by_fault'].get(mode)}; "
+        f"attempts {figures['attempt_status']}; error classes {dict(by_class)}; "
+        f"max attempts/task {max(per_task.values())}; spent ${figures['spent_picos'] / 1e12:.6f}"
+    )
     # Per-request faults at 20% rarely beat 5 attempts. A 5xx burst hits every model (every provider is the
     # simulator) at once: the per-provider breaker opens after breaker_failures (5) failures in a row and
     # tasks wait out the burst instead of spending attempts in it. Without the breaker, 51-52 of 60 tasks
@@ -159,7 +180,9 @@ def test_fault_mode_completes_within_retry_budget(mode, tmp_path, sqlite_url):
         assert all("HTTP 5" in r["error"] for r in lines if r["status"] != "succeeded")
         assert "pausing calls to it" in stderr, stderr[-2000:]
         assert len(failed) < N_TASKS // 3, len(failed)
-    assert succeeded >= N_TASKS * (0.95 if mode == "burst5xx" else 0.9), [r["error"] for r in lines if r["status"] != "succeeded"][:5]
+    assert succeeded >= N_TASKS * (0.95 if mode == "burst5xx" else 0.9), [
+        r["error"] for r in lines if r["status"] != "succeeded"
+    ][:5]
 
 
 def test_a_long_outage_is_probed_by_one_call_not_a_stampede(tmp_path, sqlite_url):
@@ -177,8 +200,9 @@ def test_a_long_outage_is_probed_by_one_call_not_a_stampede(tmp_path, sqlite_url
     with SimulatorThread(sim_cfg) as sim:
         env = cli_env(sqlite_url, LLMBATCH_SIMULATOR_URL=sim.url, LLMBATCH_CONFIG=str(cfg))
         # rate 0.5 with 4 s bursts: the outage starts once the job is calling and lasts 4 s, then 4 s clear.
-        code, st, stderr = _run_with_burst("burst5xx", 0.5, sim, ["run", str(src), "--simulate", "--concurrency",
-                                                                  str(concurrency)], env)
+        code, st, stderr = _run_with_burst(
+            "burst5xx", 0.5, sim, ["run", str(src), "--simulate", "--concurrency", str(concurrency)], env
+        )
         stats = sim.stats()
     assert code == 0, f"exit {code}\n{stderr[-3000:]}"
     assert st["counts"]["succeeded"] == N_TASKS

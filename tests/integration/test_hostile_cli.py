@@ -20,13 +20,18 @@ import orjson
 import pytest
 
 from tests.support.cli import REPO, cli_env, custom_provider_toml, run_cli, run_json
-from tests.unit.test_hostile_input import (CORPUS, SECRET_CONTENTS, assert_silent, corpus_text, expectations,
-                                         listener)  # noqa: F401 - a fixture
+from tests.unit.test_hostile_input import CORPUS, SECRET_CONTENTS, assert_silent, corpus_text, expectations, listener  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.integration
 
-PROVIDER_KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GROQ_API_KEY", "MISTRAL_API_KEY",
-                     "TOGETHER_API_KEY")
+PROVIDER_KEY_VARS = (
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "GEMINI_API_KEY",
+    "GROQ_API_KEY",
+    "MISTRAL_API_KEY",
+    "TOGETHER_API_KEY",
+)
 RAW_CONTROLS = ("\x1b", "\x9b", "\x07", "\u202e")
 
 
@@ -120,7 +125,7 @@ def _needles() -> list[str]:
     for offset in range(3):
         enc = base64.b64encode(bytes(offset) + KEY.encode()).decode()
         forms.append(enc[3:-3])
-    return [f[i:i + 10] for f in forms for i in range(len(f) - 9)]
+    return [f[i : i + 10] for f in forms for i in range(len(f) - 9)]
 
 
 def test_key_echoed_across_the_cut_leaves_no_fragment_anywhere(tmp_path, sqlite_url):
@@ -128,12 +133,18 @@ def test_key_echoed_across_the_cut_leaves_no_fragment_anywhere(tmp_path, sqlite_
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         cfg = tmp_path / "llmbatch.toml"
-        cfg.write_text("[retry]\nbase_delay_s = 0.01\nmax_delay_s = 0.05\nmax_attempts_per_model = 2\n"
-                       "max_attempts_per_task = 2\n" + custom_provider_toml(f"http://127.0.0.1:{server.server_address[1]}/v1"))
+        cfg.write_text(
+            "[retry]\nbase_delay_s = 0.01\nmax_delay_s = 0.05\nmax_attempts_per_model = 2\n"
+            "max_attempts_per_task = 2\n" + custom_provider_toml(f"http://127.0.0.1:{server.server_address[1]}/v1")
+        )
         src = tmp_path / "in.jsonl"
-        src.write_text("".join(json.dumps({"id": f"t-{c}", "task": "summarize", "input": f"case:{c}",
-                                           "model": "house/house-llama"}) + "\n"
-                               for c in ("cut", "b64", "url", "html")))
+        src.write_text(
+            "".join(
+                json.dumps({"id": f"t-{c}", "task": "summarize", "input": f"case:{c}", "model": "house/house-llama"})
+                + "\n"
+                for c in ("cut", "b64", "url", "html")
+            )
+        )
         env = cli_env(sqlite_url, LLMBATCH_CONFIG=str(cfg), HOUSE_KEY=KEY)
         for k in PROVIDER_KEY_VARS:
             env.pop(k, None)
@@ -166,9 +177,14 @@ def _estimate_rss(args: list[str], env: dict, tmp_path: Path) -> tuple[int, str,
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     with open(out, "wb") as o, open(err, "wb") as e:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llmbatch.cli", "estimate", *args], env=env, cwd=str(REPO), stdout=o, stderr=e,
+            [sys.executable, "-m", "llmbatch.cli", "estimate", *args],
+            env=env,
+            cwd=str(REPO),
+            stdout=o,
+            stderr=e,
             # A safety net so a regression fails this test instead of the machine.
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30)))
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30)),
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, err.read_text(), usage.ru_maxrss // 1024

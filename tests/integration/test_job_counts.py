@@ -32,16 +32,31 @@ def _check(engine, job: str, **expect: int) -> None:
         exact["total"] = sum(exact.values())
         fast = job_counts.counts(c, job)
         assert fast == exact
-        assert status_dict(c, repo.get_job(c, job))["counts"] == {k: exact[k] for k in (
-            "total", "queued", "running", "succeeded", "failed", "skipped", "cancelled")}
+        assert status_dict(c, repo.get_job(c, job))["counts"] == {
+            k: exact[k] for k in ("total", "queued", "running", "succeeded", "failed", "skipped", "cancelled")
+        }
         assert {k: exact[k] for k in expect} == expect
 
 
 def _charge(engine, job: str, seq: int, worker: str) -> ledger.Settlement:
-    attempt = ledger.reserve(engine, job_id=job, task_seq=seq, task_id=f"t{seq}", provider="p", model="m",
-                             amount_picos=100, purpose="first", worker=worker)
-    return ledger.Settlement(attempt_id=attempt, status="succeeded", cost_picos=7, cost_source="usage",
-                             usage=Usage(input_tokens=3, output_tokens=2))
+    attempt = ledger.reserve(
+        engine,
+        job_id=job,
+        task_seq=seq,
+        task_id=f"t{seq}",
+        provider="p",
+        model="m",
+        amount_picos=100,
+        purpose="first",
+        worker=worker,
+    )
+    return ledger.Settlement(
+        attempt_id=attempt,
+        status="succeeded",
+        cost_picos=7,
+        cost_source="usage",
+        usage=Usage(input_tokens=3, output_tokens=2),
+    )
 
 
 def _done(job: str, seq: int, worker: str, status: str = "succeeded", **kw) -> repo.TaskOutcome:
@@ -73,9 +88,10 @@ def test_counts_on_the_job_row_equal_a_recount(store_url):
         store = AsyncStore(store_url)
         try:
             pairs = [(_charge(engine, job, seq, "A"), _done(job, seq, "A")) for seq in range(13, 19)]
-            got = await asyncio.gather(*[store.call(ledger.settle_and_record, s, o) for s, o in pairs],
-                                       *[store.call(repo.record_outcome, _done(job, seq, "A", "cancelled"))
-                                         for seq in (19, 20)])
+            got = await asyncio.gather(
+                *[store.call(ledger.settle_and_record, s, o) for s, o in pairs],
+                *[store.call(repo.record_outcome, _done(job, seq, "A", "cancelled")) for seq in (19, 20)],
+            )
             assert got == [(True, True)] * 6 + [True, True]
         finally:
             store.close()
@@ -127,14 +143,22 @@ def test_migration_backfills_the_counts_of_existing_jobs(store_url):
             conn.commit()
     statuses = ["succeeded"] * 4 + ["failed"] * 3 + ["skipped"] * 2 + ["cancelled", "queued", "running"]
     with engine.begin() as c:
-        c.execute(text("INSERT INTO jobs (id, status, spec, executor, simulate, spent_picos, reserved_picos, "
-                       "total_tasks, invalid_lines, cancel_requested, created_at) VALUES "
-                       f"('j', 'running', '{{}}', 'local', true, 0, 0, {len(statuses)}, 0, false, 0)"))
+        c.execute(
+            text(
+                "INSERT INTO jobs (id, status, spec, executor, simulate, spent_picos, reserved_picos, "
+                "total_tasks, invalid_lines, cancel_requested, created_at) VALUES "
+                f"('j', 'running', '{{}}', 'local', true, 0, 0, {len(statuses)}, 0, false, 0)"
+            )
+        )
         for i, s in enumerate(statuses):
-            c.execute(text("INSERT INTO tasks (job_id, seq, task_id, line_no, task_type, payload, status, input_tokens, "
-                           "cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_picos, attempts, "
-                           f"escalations, deliveries) VALUES ('j', {i}, 't{i}', {i + 1}, 'chat', '{{}}', '{s}', 0, 0, "
-                           "0, 0, 0, 0, 0, 0, 0)"))
+            c.execute(
+                text(
+                    "INSERT INTO tasks (job_id, seq, task_id, line_no, task_type, payload, status, input_tokens, "
+                    "cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_picos, attempts, "
+                    f"escalations, deliveries) VALUES ('j', {i}, 't{i}', {i + 1}, 'chat', '{{}}', '{s}', 0, 0, "
+                    "0, 0, 0, 0, 0, 0, 0)"
+                )
+            )
     upgrade(engine)
     with engine.connect() as c:
         want = {"queued": 1, "running": 1, "succeeded": 4, "failed": 3, "skipped": 2, "cancelled": 1}

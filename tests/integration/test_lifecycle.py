@@ -51,9 +51,14 @@ def sim_url():
 
 
 def _popen_run(src, env, *extra: str, concurrency: str = CONCURRENCY) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "llmbatch.cli", "run", str(src), "--simulate",
-                             "--concurrency", concurrency, *extra], env=env, cwd=str(REPO),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmbatch.cli", "run", str(src), "--simulate", "--concurrency", concurrency, *extra],
+        env=env,
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _latest_job(db_url: str, timeout: float = 60) -> str:
@@ -85,8 +90,11 @@ def _nothing_paid_after_success(db_url: str, job_id: str) -> None:
     made (and paid) for a task after it had succeeded."""
     with get_engine(db_url).connect() as c:
         trows = c.execute(select(tasks.c.seq, tasks.c.status).where(tasks.c.job_id == job_id)).all()
-        arows = c.execute(select(attempts.c.task_seq, attempts.c.attempt_no, attempts.c.status,
-                                 attempts.c.error_class).where(attempts.c.job_id == job_id)).all()
+        arows = c.execute(
+            select(attempts.c.task_seq, attempts.c.attempt_no, attempts.c.status, attempts.c.error_class).where(
+                attempts.c.job_id == job_id
+            )
+        ).all()
     assert len(trows) == N_TASKS
     assert {s for _, s in trows} == {"succeeded"}, defaultdict(int, {s: 1 for _, s in trows})
     by_task = defaultdict(list)
@@ -97,7 +105,9 @@ def _nothing_paid_after_success(db_url: str, job_id: str) -> None:
         assert len(wins) == 1, (seq, rows)
         assert wins[0].attempt_no == max(a.attempt_no for a in rows), f"task {seq} was called after it succeeded"
     # A cut-off call is never a provider failure (it would trip the breaker and mislead the audit).
-    assert not [a for a in arows if a.error_class in ("connection_reset", "connect")], "interrupt recorded as provider failure"
+    assert not [a for a in arows if a.error_class in ("connection_reset", "connect")], (
+        "interrupt recorded as provider failure"
+    )
 
 
 def _env(tmp_path, sim_url, **extra):
@@ -168,8 +178,11 @@ def test_second_ctrl_c_aborts_and_cut_calls_are_interrupted_not_failures(tmp_pat
     assert proc.returncode == 130, err
     assert time.time() - t0 < 10, "the second Ctrl-C must not wait for the grace period"
     with get_engine(db_url).connect() as c:
-        rows = c.execute(select(attempts.c.status, attempts.c.error_class, attempts.c.settled)
-                         .where(attempts.c.job_id == job_id, attempts.c.status.notin_(["succeeded", "invalid_output"]))).all()
+        rows = c.execute(
+            select(attempts.c.status, attempts.c.error_class, attempts.c.settled).where(
+                attempts.c.job_id == job_id, attempts.c.status.notin_(["succeeded", "invalid_output"])
+            )
+        ).all()
     cut = [r for r in rows if r.error_class == "interrupted"]
     assert all(r.status == "unknown" and not r.settled for r in cut), rows  # reservation held until reconciled
     assert not [r for r in rows if r.error_class in ("connection_reset", "connect")], rows
@@ -244,14 +257,20 @@ def test_truthful_statuses(tmp_path, sim_url):
 # ------------------------------------------------------------------------------------ Celery mode
 
 
-def test_celery_resume_takes_back_a_killed_workers_tasks_at_once(tmp_path, fresh_postgres_url, redis_url, flush_redis,
-                                                                  worker_procs, sim_url):
+def test_celery_resume_takes_back_a_killed_workers_tasks_at_once(
+    tmp_path, fresh_postgres_url, redis_url, flush_redis, worker_procs, sim_url
+):
     """The same resume contract on Celery: SIGKILL the only worker mid-job; `resume` takes its tasks back at
     once (lease_seconds is 300 here: nothing waits for it) and a new worker finishes the job."""
     src = tmp_path / "reviews.jsonl"
     write_reviews(src, N_TASKS)
-    env = cli_env(fresh_postgres_url, LLMBATCH_BROKER_URL=redis_url, LLMBATCH_SIMULATOR_URL=sim_url,
-                  LLMBATCH_CHUNK_SIZE="20", LLMBATCH_LEASE_SECONDS="300")
+    env = cli_env(
+        fresh_postgres_url,
+        LLMBATCH_BROKER_URL=redis_url,
+        LLMBATCH_SIMULATOR_URL=sim_url,
+        LLMBATCH_CHUNK_SIZE="20",
+        LLMBATCH_LEASE_SECONDS="300",
+    )
     p = run_cli(["submit", str(src), "--simulate"], env)
     assert p.returncode == 0, p.stderr
     job_id = p.stdout.strip().splitlines()[-1]
@@ -286,8 +305,13 @@ BAD_CONFIG = [
     ("toml-unknown-key", {}, "daily_cap_us = 5\n", [], "did you mean 'daily_cap_usd'"),
     ("bad-database-url", {"LLMBATCH_DATABASE_URL": "llmbatch.db"}, None, [], "LLMBATCH_DATABASE_URL"),
     ("unreachable-broker", {"LLMBATCH_BROKER_URL": "redis://127.0.0.1:1/0"}, None, [], "broker"),
-    ("unreachable-store", {"LLMBATCH_DATABASE_URL": "postgresql://u:secret@127.0.0.1:1/x"}, None, [],
-     "cannot open the store"),
+    (
+        "unreachable-store",
+        {"LLMBATCH_DATABASE_URL": "postgresql://u:secret@127.0.0.1:1/x"},
+        None,
+        [],
+        "cannot open the store",
+    ),
     ("read-only-store", {"LLMBATCH_DATABASE_URL": "RO"}, None, [], "read-only"),
 ]
 

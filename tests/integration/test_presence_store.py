@@ -50,8 +50,18 @@ def test_lapsed_worker_tasks_go_back_and_live_ones_stay(engine):
     assert not _beat(engine, "B", now).lapsed
     a_seqs = _claim(engine, job, 0, 2, "A", now - 30)
     b_seqs = _claim(engine, job, 3, 5, "B", now)
-    attempt = ledger.reserve(engine, job_id=job, task_seq=a_seqs[0], task_id="t0", provider="p", model="m",
-                             amount_picos=500, purpose="first", worker="A", now=now - 29)
+    attempt = ledger.reserve(
+        engine,
+        job_id=job,
+        task_seq=a_seqs[0],
+        task_id="t0",
+        provider="p",
+        model="m",
+        amount_picos=500,
+        purpose="first",
+        worker="A",
+        now=now - 29,
+    )
 
     released = presence.release_dead(engine, lease_s=LEASE, ttl_s=TTL, now=now)
     assert sorted(released) == [(job, s) for s in a_seqs]
@@ -108,7 +118,8 @@ def test_terminal_tasks_are_never_touched(engine):
     job = make_store_job(engine, 2, budget_picos=None)
     _beat(engine, "A", now - 60)
     seqs = _claim(engine, job, 0, 1, "A", now - 60)
-    assert repo.record_outcome(engine, repo.TaskOutcome(job_id=job, seq=seqs[0], worker="A",
-                                                        status=TaskStatus.succeeded, output="ok"))
+    assert repo.record_outcome(
+        engine, repo.TaskOutcome(job_id=job, seq=seqs[0], worker="A", status=TaskStatus.succeeded, output="ok")
+    )
     assert presence.release_dead(engine, lease_s=LEASE, ttl_s=TTL, now=now) == [(job, seqs[1])]
     assert _statuses(engine, job)[seqs[0]] == (TaskStatus.succeeded, None)

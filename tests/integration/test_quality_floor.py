@@ -51,8 +51,12 @@ def test_run_quality_meets_the_target_for_a_fraction_of_the_reference_cost(tmp_p
 
     # the full reference run and the plain cheapest run, side by side (each is its own process)
     with ThreadPoolExecutor(2) as pool:
-        runs = list(pool.map(lambda args: run_json(args, env, timeout=900), [
-            ["run", str(src), "--simulate", "--model", group["escalate_to"]], ["run", str(src), "--simulate"]]))
+        runs = list(
+            pool.map(
+                lambda args: run_json(args, env, timeout=900),
+                [["run", str(src), "--simulate", "--model", group["escalate_to"]], ["run", str(src), "--simulate"]],
+            )
+        )
     for p, _ in runs:
         assert p.returncode == 0, p.stderr
     (_, ref), (_, cheap) = runs
@@ -61,11 +65,15 @@ def test_run_quality_meets_the_target_for_a_fraction_of_the_reference_cost(tmp_p
     agree_cheap = _agreement(results(cheap["job_id"], env), ref_rows)
     ref_cost = _job(sqlite_url, ref["job_id"])["spent_picos"]
     quality_cost = job["spent_picos"] + cal_spent
-    print(f"\nagreement with the full {group['escalate_to']} run: run --quality 0.95 {agree_quality:.4f}, "
-          f"plain cheapest routing {agree_cheap:.4f}")
-    print(f"cost: reference ${ref_cost / 1e12:.6f}; run --quality ${quality_cost / 1e12:.6f} "
-          f"(calibration ${cal_spent / 1e12:.6f}) = {quality_cost / ref_cost:.1%} of it; "
-          f"policy {group['model']} threshold {group['threshold']}")
+    print(
+        f"\nagreement with the full {group['escalate_to']} run: run --quality 0.95 {agree_quality:.4f}, "
+        f"plain cheapest routing {agree_cheap:.4f}"
+    )
+    print(
+        f"cost: reference ${ref_cost / 1e12:.6f}; run --quality ${quality_cost / 1e12:.6f} "
+        f"(calibration ${cal_spent / 1e12:.6f}) = {quality_cost / ref_cost:.1%} of it; "
+        f"policy {group['model']} threshold {group['threshold']}"
+    )
     assert agree_quality >= 0.95
     assert quality_cost <= 0.40 * ref_cost
     assert agree_cheap < agree_quality - 0.03  # measurably less

@@ -133,9 +133,11 @@ def test_report_reconciles_to_the_ledger_with_retries_and_escalations(tmp_path, 
     assert sum(_picos(r["cost_usd"]) for r in res) == spent
     for r in res:
         assert _picos(r["cost_usd"]) == per_task[r["id"]], r["id"]
-    print(f"\nreport audit [{store_url.split(':')[0]}]: {N_TASKS} tasks, {len(ledger_rows)} attempts "
-          f"{dict(statuses)}, {rep['escalations']} escalations, {len(by_model)} models; spent {spent} picos "
-          f"== ledger == report == attempts == csv == results")
+    print(
+        f"\nreport audit [{store_url.split(':')[0]}]: {N_TASKS} tasks, {len(ledger_rows)} attempts "
+        f"{dict(statuses)}, {rep['escalations']} escalations, {len(by_model)} models; spent {spent} picos "
+        f"== ledger == report == attempts == csv == results"
+    )
 
 
 def test_report_json_amounts_are_numbers(tmp_path, store_url, request):

@@ -38,8 +38,15 @@ def _services(redis_url: str, postgres_url: str, *args: str, timeout: float = 18
     env = dict(os.environ)
     env["LLMBATCH_REDIS_PORT"] = str(urlsplit(redis_url).port or 6379)
     env["LLMBATCH_PG_PORT"] = str(urlsplit(postgres_url).port or 5432)
-    return subprocess.run(["bash", _services_sh(), *args], check=False, env=env, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=timeout)
+    return subprocess.run(
+        ["bash", _services_sh(), *args],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
 
 
 def _redis_answers(url: str) -> bool:
@@ -94,8 +101,13 @@ def _down_for_a_while(service: str, probe, url: str, redis_url: str, postgres_ur
 def _start_job(tmp_path, db_url, redis_url, worker_procs, sim_url, lease_s: str):
     src = tmp_path / "reviews.jsonl"
     write_reviews(src, N_TASKS)
-    env = cli_env(db_url, LLMBATCH_BROKER_URL=redis_url, LLMBATCH_SIMULATOR_URL=sim_url,
-                  LLMBATCH_LEASE_SECONDS=lease_s, LLMBATCH_CHUNK_SIZE="20")
+    env = cli_env(
+        db_url,
+        LLMBATCH_BROKER_URL=redis_url,
+        LLMBATCH_SIMULATOR_URL=sim_url,
+        LLMBATCH_LEASE_SECONDS=lease_s,
+        LLMBATCH_CHUNK_SIZE="20",
+    )
     job_id = submit(src, env)
     worker_procs.start(2, env=env, args=["--concurrency", "12"])
     return env, job_id
@@ -111,8 +123,10 @@ def _finish_and_check(db_url, job_id, env, worker_procs, started, outage_s, what
     settled = reconcile(db_url, job_id)
     figures = check_ledger(db_url, job_id)
     p, st = run_json(["status", job_id], env)
-    print(f"\n{what}: outage {outage_s:.1f}s; job {job['status']} in {elapsed:.1f}s; tasks {figures['tasks']}; "
-          f"attempts {figures['attempt_status']}; reconciled {len(settled)}; workers alive throughout: {alive}")
+    print(
+        f"\n{what}: outage {outage_s:.1f}s; job {job['status']} in {elapsed:.1f}s; tasks {figures['tasks']}; "
+        f"attempts {figures['attempt_status']}; reconciled {len(settled)}; workers alive throughout: {alive}"
+    )
     if figures["errors"]:
         print(f"  non-success reasons: {figures['errors']}")
     assert all(alive), f"worker(s) {pids} died during the {what}:\n" + "\n".join(l[-3000:] for l in logs)
@@ -121,8 +135,9 @@ def _finish_and_check(db_url, job_id, env, worker_procs, started, outage_s, what
     return logs
 
 
-def test_redis_crash_mid_job_job_completes(tmp_path, fresh_postgres_url, postgres_url, redis_url, flush_redis,
-                                           worker_procs):
+def test_redis_crash_mid_job_job_completes(
+    tmp_path, fresh_postgres_url, postgres_url, redis_url, flush_redis, worker_procs
+):
     sim, sim_url = start_subprocess(SimulatorConfig(latency_s=0.1, latency_jitter_s=0.05, seed=5))
     try:
         env, job_id = _start_job(tmp_path, fresh_postgres_url, redis_url, worker_procs, sim_url, lease_s="10")
@@ -150,8 +165,9 @@ def test_redis_crash_mid_job_job_completes(tmp_path, fresh_postgres_url, postgre
     assert any("redis" in l.lower() and ("connect" in l.lower() or "connection" in l.lower()) for l in logs)
 
 
-def test_postgres_immediate_restart_mid_job_workers_survive(tmp_path, fresh_postgres_url, postgres_url, redis_url,
-                                                            flush_redis, worker_procs):
+def test_postgres_immediate_restart_mid_job_workers_survive(
+    tmp_path, fresh_postgres_url, postgres_url, redis_url, flush_redis, worker_procs
+):
     sim, sim_url = start_subprocess(SimulatorConfig(latency_s=0.1, latency_jitter_s=0.05, seed=6))
     try:
         env, job_id = _start_job(tmp_path, fresh_postgres_url, redis_url, worker_procs, sim_url, lease_s="10")

@@ -15,30 +15,50 @@ from llmbatch.store.schema import attempts
 from tests.support.cli import cli_env, results, run_json
 
 # A 1x1 PNG: enough for the image part to be real.
-PNG = "data:image/png;base64," + base64.b64encode(bytes.fromhex(
-    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c63f8ffff3f0005fe02fea7"
-    "3581e40000000049454e44ae426082")).decode()
+PNG = (
+    "data:image/png;base64,"
+    + base64.b64encode(
+        bytes.fromhex(
+            "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c63f8ffff3f0005fe02fea7"
+            "3581e40000000049454e44ae426082"
+        )
+    ).decode()
+)
 LABELS = ["positive", "negative", "neutral"]
 
 
 def _cheapest(models, **where):
-    return min((m for m in models if all(getattr(m, k) == v for k, v in where.items())),
-               key=lambda m: (m.input_per_mtok * 80 + m.output_per_mtok * 5))
+    return min(
+        (m for m in models if all(getattr(m, k) == v for k, v in where.items())),
+        key=lambda m: m.input_per_mtok * 80 + m.output_per_mtok * 5,
+    )
 
 
 def test_mixed_job_routes_each_task_to_an_eligible_model(tmp_path, sqlite_url):
     catalog = builtin_catalog()
-    long_text = ("The quarterly report covers revenue, churn and hiring across every region. " * 22000)
+    long_text = "The quarterly report covers revenue, churn and hiring across every region. " * 22000
     lines = [
         {"id": "short-1", "task": "classify", "input": "Great product, works well.", "labels": LABELS},
         {"id": "short-2", "task": "classify", "input": "Broke on day one.", "labels": LABELS},
-        {"id": "image-1", "task": "classify", "input": "What does this picture show?", "images": [PNG],
-         "labels": ["cat", "dog", "other"]},
+        {
+            "id": "image-1",
+            "task": "classify",
+            "input": "What does this picture show?",
+            "images": [PNG],
+            "labels": ["cat", "dog", "other"],
+        },
         {"id": "long-1", "task": "summarize", "input": long_text, "max_output_tokens": 100},
         {"id": "frontier-1", "task": "summarize", "input": "A short note. It matters a lot.", "min_tier": "frontier"},
-        {"id": "o1-1", "task": "chat", "model": "o1-mini", "max_output_tokens": 200,
-         "messages": [{"role": "system", "content": "Answer in one word."},
-                      {"role": "user", "content": "What colour is the sky on a clear day?"}]},
+        {
+            "id": "o1-1",
+            "task": "chat",
+            "model": "o1-mini",
+            "max_output_tokens": 200,
+            "messages": [
+                {"role": "system", "content": "Answer in one word."},
+                {"role": "user", "content": "What colour is the sky on a clear day?"},
+            ],
+        },
     ]
     src = tmp_path / "mixed.jsonl"
     src.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
@@ -54,7 +74,7 @@ def test_mixed_job_routes_each_task_to_an_eligible_model(tmp_path, sqlite_url):
 
     # Short classifications go to the cheapest (active, credentialed: all, when simulating) mini model.
     active_mini = [m for m in catalog if m.tier.value == "mini" and m.status == "active"]
-    cheapest_mini = min(active_mini, key=lambda m: (m.input_per_mtok + m.output_per_mtok))
+    cheapest_mini = min(active_mini, key=lambda m: m.input_per_mtok + m.output_per_mtok)
     assert model_of("short-1").key == model_of("short-2").key == cheapest_mini.key
     # Images only go to vision models.
     assert model_of("image-1").has("vision")
@@ -73,10 +93,15 @@ def test_mixed_job_routes_each_task_to_an_eligible_model(tmp_path, sqlite_url):
 def test_cascade_escalates_out_of_set_labels_and_ledger_has_both_attempts(tmp_path, sqlite_url):
     catalog = builtin_catalog()
     active_mini = [m for m in catalog if m.tier.value == "mini" and m.status == "active"]
-    cheapest_mini = min(active_mini, key=lambda m: (m.input_per_mtok + m.output_per_mtok))
+    cheapest_mini = min(active_mini, key=lambda m: m.input_per_mtok + m.output_per_mtok)
     src = tmp_path / "c.jsonl"
-    src.write_text("\n".join(json.dumps({"id": f"c{i}", "task": "classify", "input": f"Item {i} is fine.",
-                                         "labels": LABELS}) for i in range(10)) + "\n")
+    src.write_text(
+        "\n".join(
+            json.dumps({"id": f"c{i}", "task": "classify", "input": f"Item {i} is fine.", "labels": LABELS})
+            for i in range(10)
+        )
+        + "\n"
+    )
     # The cheapest mini model always answers outside the label set.
     cfg = SimulatorConfig(model_overrides={cheapest_mini.model: {"label_error_rate": 1.0}})
     with SimulatorThread(cfg) as sim:
@@ -89,9 +114,11 @@ def test_cascade_escalates_out_of_set_labels_and_ledger_has_both_attempts(tmp_pa
     assert all(r["model"] != cheapest_mini.model and r["attempts"] == 2 for r in rows)
     assert all(catalog.get(f"{r['provider']}/{r['model']}").tier.rank > cheapest_mini.tier.rank for r in rows)
     with get_engine(sqlite_url).connect() as c:
-        att = c.execute(select(attempts.c.task_id, attempts.c.model, attempts.c.status, attempts.c.purpose,
-                               attempts.c.cost_picos).where(attempts.c.job_id == st["job_id"])
-                        .order_by(attempts.c.task_id, attempts.c.attempt_no)).all()
+        att = c.execute(
+            select(attempts.c.task_id, attempts.c.model, attempts.c.status, attempts.c.purpose, attempts.c.cost_picos)
+            .where(attempts.c.job_id == st["job_id"])
+            .order_by(attempts.c.task_id, attempts.c.attempt_no)
+        ).all()
     assert len(att) == 20
     for first, second in zip(att[::2], att[1::2]):
         assert first.model == cheapest_mini.model and first.status == "invalid_output" and first.cost_picos > 0

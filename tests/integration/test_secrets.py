@@ -65,16 +65,29 @@ def _pinned_lines(path: Path, copies: int, tag: str) -> int:
                 kind = i % 3
                 line: dict = {"id": f"{tag}-{m.provider}-{m.model}-{i}", "model": m.key, "max_output_tokens": 60}
                 if kind == 0:
-                    line.update(task="classify", input=f"Great product, works well. Order {i}.",
-                                labels=["positive", "negative", "neutral"])
+                    line.update(
+                        task="classify",
+                        input=f"Great product, works well. Order {i}.",
+                        labels=["positive", "negative", "neutral"],
+                    )
                 elif kind == 1 and "json_schema" in m.capabilities:
-                    line.update(task="extract", input=f"Ada Lovelace, born 1815, order {i}.",
-                                schema={"type": "object", "properties": {"name": {"type": "string"},
-                                                                         "year": {"type": "integer"}},
-                                        "required": ["name", "year"]})
+                    line.update(
+                        task="extract",
+                        input=f"Ada Lovelace, born 1815, order {i}.",
+                        schema={
+                            "type": "object",
+                            "properties": {"name": {"type": "string"}, "year": {"type": "integer"}},
+                            "required": ["name", "year"],
+                        },
+                    )
                 else:
-                    line.update(task="chat", messages=[{"role": "system", "content": "Be brief."},
-                                                       {"role": "user", "content": f"Say hello number {i}."}])
+                    line.update(
+                        task="chat",
+                        messages=[
+                            {"role": "system", "content": "Be brief."},
+                            {"role": "user", "content": f"Say hello number {i}."},
+                        ],
+                    )
                 f.write(json.dumps(line) + "\n")
                 n += 1
     return n
@@ -95,8 +108,14 @@ def _outputs(job_id: str, env: dict, tmp_path: Path, blobs: dict[str, bytes]) ->
     p = run_cli(["-vv", "results", job_id], env)  # to stdout
     assert p.returncode == 0, p.stderr
     blobs[f"{job_id} results stdout"] = (p.stdout + p.stderr).encode()
-    for args in (["report", job_id], ["report", job_id, "--json"], ["report", job_id, "--csv"],
-                 ["report", job_id, "--attempts"], ["status", job_id, "--json"], ["status", job_id]):
+    for args in (
+        ["report", job_id],
+        ["report", job_id, "--json"],
+        ["report", job_id, "--csv"],
+        ["report", job_id, "--attempts"],
+        ["status", job_id, "--json"],
+        ["status", job_id],
+    ):
         p = run_cli(["-vv", *args], env)
         assert p.returncode in (0, 3), (args, p.stderr)
         blobs[" ".join(args) + " output"] = (p.stdout + p.stderr).encode()
@@ -107,9 +126,14 @@ def test_keys_never_leak_embedded(tmp_path, sqlite_url):
     blobs: dict[str, bytes] = {}
     with SimulatorThread(SimulatorConfig(latency_s=0.01, seed=9, mini_error_rate=0.0)) as sim:
         cfg = tmp_path / "llmbatch.toml"
-        cfg.write_text(_providers_toml(sim.url, "[retry]\nbase_delay_s = 0.02\nmax_delay_s = 0.1\n"
-                                                "max_attempts_per_model = 2\nmax_attempts_per_task = 3\n"
-                                                "call_timeout_s = 5\n"))
+        cfg.write_text(
+            _providers_toml(
+                sim.url,
+                "[retry]\nbase_delay_s = 0.02\nmax_delay_s = 0.1\n"
+                "max_attempts_per_model = 2\nmax_attempts_per_task = 3\n"
+                "call_timeout_s = 5\n",
+            )
+        )
         env = cli_env(sqlite_url, LLMBATCH_CONFIG=str(cfg), **keys)
 
         # 1. A clean run at -v.
@@ -152,8 +176,10 @@ def test_keys_never_leak_embedded(tmp_path, sqlite_url):
     assert any(k.startswith("sqlite file") for k in blobs)
 
     leaks = _find(needles, blobs)
-    print(f"\nsecrets (embedded): searched {len(blobs)} artifacts ({sum(map(len, blobs.values())) // 1024} KiB) "
-          f"for {len(needles)} needles; {n_errors} stored error messages; leaks: {leaks or 'none'}")
+    print(
+        f"\nsecrets (embedded): searched {len(blobs)} artifacts ({sum(map(len, blobs.values())) // 1024} KiB) "
+        f"for {len(needles)} needles; {n_errors} stored error messages; leaks: {leaks or 'none'}"
+    )
     assert not leaks, "API keys leaked:\n" + "\n".join(leaks)
 
 
@@ -162,8 +188,13 @@ def test_keys_never_leak_scale_out(tmp_path, fresh_postgres_url, redis_url, flus
     blobs: dict[str, bytes] = {}
     with SimulatorThread(SimulatorConfig(latency_s=0.02, seed=10, error_rate=0.3, faults={"reset": 0.05})) as sim:
         cfg = tmp_path / "llmbatch.toml"
-        cfg.write_text(_providers_toml(sim.url, "[retry]\nbase_delay_s = 0.02\nmax_delay_s = 0.1\n"
-                                                "max_attempts_per_model = 2\nmax_attempts_per_task = 3\n"))
+        cfg.write_text(
+            _providers_toml(
+                sim.url,
+                "[retry]\nbase_delay_s = 0.02\nmax_delay_s = 0.1\n"
+                "max_attempts_per_model = 2\nmax_attempts_per_task = 3\n",
+            )
+        )
         env = cli_env(fresh_postgres_url, LLMBATCH_CONFIG=str(cfg), LLMBATCH_BROKER_URL=redis_url, **keys)
         src = tmp_path / "pinned.jsonl"
         n = _pinned_lines(src, 3, "celery")
@@ -188,8 +219,7 @@ def test_keys_never_leak_scale_out(tmp_path, fresh_postgres_url, redis_url, flus
     # The whole Postgres database, every row of every table, as text.
     engine = get_engine(fresh_postgres_url)
     with engine.connect() as c:
-        tables = [r[0] for r in c.execute(text(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))]
+        tables = [r[0] for r in c.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))]
         for t in tables:
             rows = c.execute(text(f'SELECT t::text FROM "{t}" t')).scalars().all()
             blobs[f"postgres table {t}"] = "\n".join(rows).encode()
@@ -197,7 +227,9 @@ def test_keys_never_leak_scale_out(tmp_path, fresh_postgres_url, redis_url, flus
     assert "attempts" in tables and n_errors > 0
 
     leaks = _find(needles, blobs)
-    print(f"\nsecrets (celery): searched {len(blobs)} artifacts ({sum(map(len, blobs.values())) // 1024} KiB) incl. "
-          f"{len(tables)} Postgres tables and DEBUG worker logs; {n_errors} stored error messages; "
-          f"leaks: {leaks or 'none'}")
+    print(
+        f"\nsecrets (celery): searched {len(blobs)} artifacts ({sum(map(len, blobs.values())) // 1024} KiB) incl. "
+        f"{len(tables)} Postgres tables and DEBUG worker logs; {n_errors} stored error messages; "
+        f"leaks: {leaks or 'none'}"
+    )
     assert not leaks, "API keys leaked:\n" + "\n".join(leaks)

@@ -53,8 +53,9 @@ def test_sdk_upload_create_poll_download(service, tmp_path):
     f = client.files.create(file=path.open("rb"), purpose="batch")
     assert isinstance(f, FileObject) and f.purpose == "batch" and f.bytes == path.stat().st_size
     assert client.files.retrieve(f.id).id == f.id
-    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
-                              metadata={"team": "support"})
+    b = client.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"team": "support"}
+    )
     assert b.status in ("validating", "in_progress") and b.metadata == {"team": "support"}
     b = wait_batch(client, b.id)
     assert b.status == "completed", b
@@ -95,8 +96,10 @@ def test_cancel_and_list_pagination(service, tmp_path):
     small = tmp_path / "small.jsonl"
     small.write_bytes(batch_lines(1))
     f2 = client.files.create(file=small.open("rb"), purpose="batch")
-    made = [big.id] + [client.batches.create(input_file_id=f2.id, endpoint="/v1/chat/completions",
-                                             completion_window="24h").id for _ in range(4)]
+    made = [big.id] + [
+        client.batches.create(input_file_id=f2.id, endpoint="/v1/chat/completions", completion_window="24h").id
+        for _ in range(4)
+    ]
     first = client.batches.list(limit=2)
     assert len(first.data) == 2 and first.has_more
     seen = [b.id for b in client.batches.list(limit=2)]  # the SDK's auto-pagination walks `after`
@@ -147,8 +150,9 @@ def _finished_job(service, tmp_path) -> str:
     path = tmp_path / "in.jsonl"
     path.write_bytes(batch_lines(5, prefix="dash") + batch_lines(3, model="auto", prefix="dash-auto"))
     f = client.files.create(file=path.open("rb"), purpose="batch")
-    b = wait_batch(client, client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                                                 completion_window="24h").id)
+    b = wait_batch(
+        client, client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h").id
+    )
     assert b.status == "completed"
     return b.model_extra["llmbatch_job_id"]
 
@@ -177,10 +181,11 @@ def test_metrics_parse_and_spend_equals_report(service, tmp_path):
     tasks = {s.labels["status"]: s.value for s in families["llmbatch_tasks"].samples}
     assert tasks["succeeded"] > 0 and tasks.get("cancelled", 0) > 0
     assert sum(tasks.values()) == sum(r["counts"]["total"] for r in reports)
-    assert any(s.name == "llmbatch_attempts_total" and s.labels["error_class"] == "none"
-               for s in families["llmbatch_attempts"].samples)
-    latency = [s for s in families["llmbatch_provider_latency_seconds"].samples
-               if s.name.endswith("_count")]
+    assert any(
+        s.name == "llmbatch_attempts_total" and s.labels["error_class"] == "none"
+        for s in families["llmbatch_attempts"].samples
+    )
+    latency = [s for s in families["llmbatch_provider_latency_seconds"].samples if s.name.endswith("_count")]
     assert latency and sum(s.value for s in latency) > 0
     assert "store_tasks" in {s.labels["queue"] for s in families["llmbatch_queue_depth"].samples}
 
@@ -193,10 +198,25 @@ def test_dashboard_in_headless_chromium(service, tmp_path):
     report = service.cli_json("report", job_id, "--json")
     profile = tmp_path / "chromium-profile"
     profile.mkdir()
-    run = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                          "--no-first-run", "--disable-component-update", "--disable-sync",
-                          f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom",
-                          f"{service.url}/dashboard/jobs/{job_id}"], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            f"{service.url}/dashboard/jobs/{job_id}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     dom = run.stdout
     assert run.returncode == 0 and dom, run.stderr[-2000:]
     assert f'<span id="job-id">{job_id}</span>' in dom
@@ -204,10 +224,24 @@ def test_dashboard_in_headless_chromium(service, tmp_path):
     # Frappe Charts drew SVG charts in the browser (the page itself ships only their data)
     assert dom.count('class="frappe-chart chart"') >= 3, dom[:3000]
     assert "<path" in dom or "<rect" in dom
-    listing = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                              f"--user-data-dir={profile}", "--dump-dom", f"{service.url}/dashboard"],
-                             capture_output=True, text=True, timeout=120).stdout
+    listing = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--dump-dom",
+            f"{service.url}/dashboard",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert f'href="/dashboard/jobs/{job_id}"' in listing
 
 
@@ -215,8 +249,9 @@ def test_a_restarted_server_finishes_its_batches(tmp_path):
     """The server stops mid-batch (its job threads die with it); started again, it resumes the job: every
     line ends up in the output exactly once."""
     with SimulatorThread(SimulatorConfig(latency_s=0.1, error_rate=0.0)) as sim:
-        svc = ServiceProcess(tmp_path, simulator_url=sim.url,
-                             extra_env={"LLMBATCH_LEASE_SECONDS": "2", "LLMBATCH_CONCURRENCY": "8"}).start()
+        svc = ServiceProcess(
+            tmp_path, simulator_url=sim.url, extra_env={"LLMBATCH_LEASE_SECONDS": "2", "LLMBATCH_CONCURRENCY": "8"}
+        ).start()
         try:
             client = _client(svc)
             path = tmp_path / "in.jsonl"

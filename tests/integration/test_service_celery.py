@@ -24,8 +24,11 @@ def _families(url: str) -> dict:
 def test_batches_run_on_celery_workers(tmp_path, fresh_postgres_url, redis_url, flush_redis, worker_procs):
     metrics_port = free_port()
     with SimulatorThread(SimulatorConfig(latency_s=0.02, error_rate=0.0)) as sim:
-        env = {"LLMBATCH_DATABASE_URL": fresh_postgres_url, "LLMBATCH_BROKER_URL": redis_url,
-               "LLMBATCH_SIMULATOR_URL": sim.url}
+        env = {
+            "LLMBATCH_DATABASE_URL": fresh_postgres_url,
+            "LLMBATCH_BROKER_URL": redis_url,
+            "LLMBATCH_SIMULATOR_URL": sim.url,
+        }
         svc = ServiceProcess(tmp_path, extra_env=env).start()
         try:
             client = openai.OpenAI(base_url=svc.url + "/v1", api_key="x", max_retries=0)
@@ -35,17 +38,20 @@ def test_batches_run_on_celery_workers(tmp_path, fresh_postgres_url, redis_url, 
             b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
             b = wait_batch(client, b.id, statuses=("in_progress",))
             time.sleep(0.5)  # no worker yet: the job's units wait in the Celery queue
-            depth = {s.labels["queue"]: s.value for s in _families(svc.url + "/metrics")["llmbatch_queue_depth"].samples}
+            depth = {
+                s.labels["queue"]: s.value for s in _families(svc.url + "/metrics")["llmbatch_queue_depth"].samples
+            }
             assert depth["celery_units"] >= 1 and depth["store_tasks"] == 30
-            worker_procs.start(1, env={**env, "LLMBATCH_METRICS_PORT": str(metrics_port)},
-                               args=["--concurrency", "20"])
+            worker_procs.start(1, env={**env, "LLMBATCH_METRICS_PORT": str(metrics_port)}, args=["--concurrency", "20"])
             done = wait_batch(client, b.id, timeout=120)
             assert done.status == "completed" and done.request_counts.completed == 30
             assert len(client.files.content(done.output_file_id).text.splitlines()) == 30
             worker = _families(f"http://127.0.0.1:{metrics_port}/metrics")
             service = _families(svc.url + "/metrics")
-            spend = [sum(s.value for s in fams["llmbatch_spend_usd"].samples if s.name.endswith("_total"))
-                     for fams in (worker, service)]
+            spend = [
+                sum(s.value for s in fams["llmbatch_spend_usd"].samples if s.name.endswith("_total"))
+                for fams in (worker, service)
+            ]
             assert spend[0] == spend[1] > 0  # both read the same ledger
             assert "process_resident_memory_bytes" in worker  # and the worker its own process
         finally:

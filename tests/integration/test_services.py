@@ -91,9 +91,11 @@ def test_worker_procs_start_kill_restart_and_teardown(worker_procs):
         "print('ready', os.environ['LLMBATCH_BROKER_URL'], os.environ['EXTRA'], child.pid, flush=True)\n"
         "time.sleep(600)\n"
     )
-    procs = worker_procs.start(2, env={"EXTRA": "x", "LLMBATCH_BROKER_URL": "redis://example/0",
-                                       "LLMBATCH_DATABASE_URL": "sqlite:///w.db"},
-                               argv=[sys.executable, "-c", script])
+    procs = worker_procs.start(
+        2,
+        env={"EXTRA": "x", "LLMBATCH_BROKER_URL": "redis://example/0", "LLMBATCH_DATABASE_URL": "sqlite:///w.db"},
+        argv=[sys.executable, "-c", script],
+    )
     assert len(procs) == 2 and worker_procs.procs == procs
     for i in range(2):
         worker_procs.wait_for_log(i, "ready", timeout=30)
@@ -135,8 +137,13 @@ def test_restart_redis_keeps_acknowledged_writes(redis_url):
         r.expire(key, 120)
     finally:
         r.close()
-    p = subprocess.run(["bash", str(SERVICES_SH), "restart-redis", "--kill"], capture_output=True, text=True,
-                       stdin=subprocess.DEVNULL, timeout=120)
+    p = subprocess.run(
+        ["bash", str(SERVICES_SH), "restart-redis", "--kill"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     try:

@@ -14,9 +14,13 @@ KEY = {"Authorization": "Bearer sk-sim"}
 
 @pytest.fixture
 def proc_url():
-    config = SimulatorConfig(rpm=2, seed=3, faults={"malformed": 0.0},
-                             model_overrides={"gpt-4o-mini": {"label_error_rate": 1.0}},
-                             extra_models={"local-llm": "standard"})
+    config = SimulatorConfig(
+        rpm=2,
+        seed=3,
+        faults={"malformed": 0.0},
+        model_overrides={"gpt-4o-mini": {"label_error_rate": 1.0}},
+        extra_models={"local-llm": "standard"},
+    )
     proc, url = start_subprocess(config)
     try:
         yield url
@@ -26,8 +30,9 @@ def proc_url():
 
 
 def _classify_body(model: str) -> dict:
-    msgs = build_request(TaskLine(id="1", task="classify", input="It broke, what a waste",
-                                  labels=["positive", "negative"])).messages
+    msgs = build_request(
+        TaskLine(id="1", task="classify", input="It broke, what a waste", labels=["positive", "negative"])
+    ).messages
     return {"model": model, "messages": msgs, "max_tokens": 16}
 
 

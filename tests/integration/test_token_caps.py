@@ -35,8 +35,9 @@ def _owned_job(engine, n: int, owner: str | None) -> str:
 
 def _window(engine, key: str):
     with engine.connect() as c:
-        return c.execute(select(budget_windows.c.spent_picos, budget_windows.c.reserved_picos)
-                         .where(budget_windows.c.window == key)).first()
+        return c.execute(
+            select(budget_windows.c.spent_picos, budget_windows.c.reserved_picos).where(budget_windows.c.window == key)
+        ).first()
 
 
 def test_token_cap_across_jobs_under_concurrency(store_url):
@@ -52,15 +53,26 @@ def test_token_cap_across_jobs_under_concurrency(store_url):
     def work(job: str, seqs: range, daily_cap: int | None):
         for seq in seqs:
             try:
-                att = ledger.reserve(engine, job_id=job, task_seq=seq, task_id=f"t{seq}", provider="p", model="m",
-                                     amount_picos=700, purpose="first", worker="w", daily_cap_picos=daily_cap)
+                att = ledger.reserve(
+                    engine,
+                    job_id=job,
+                    task_seq=seq,
+                    task_id=f"t{seq}",
+                    provider="p",
+                    model="m",
+                    amount_picos=700,
+                    purpose="first",
+                    worker="w",
+                    daily_cap_picos=daily_cap,
+                )
             except BudgetExceeded as e:
                 assert e.scope == "daily" and "token" in str(e)
                 with lock:
                     refused.append(job)
                 continue
-            ledger.settle(engine, ledger.Settlement(attempt_id=att, status="succeeded", cost_picos=500,
-                                                    cost_source="usage"))
+            ledger.settle(
+                engine, ledger.Settlement(attempt_id=att, status="succeeded", cost_picos=500, cost_source="usage")
+            )
             with lock:
                 granted.append(job)
 
@@ -91,9 +103,24 @@ def test_token_cap_through_the_group_commit_store(store_url):
     store = AsyncStore(store_url)
 
     async def main():
-        return await asyncio.gather(*(store.call(ledger.reserve, job_id=job, task_seq=i, task_id=f"t{i}", provider="p", model="m",
-                                                    amount_picos=1_000, purpose="first", worker="w")
-                                      for i in range(10)), return_exceptions=True)
+        return await asyncio.gather(
+            *(
+                store.call(
+                    ledger.reserve,
+                    job_id=job,
+                    task_seq=i,
+                    task_id=f"t{i}",
+                    provider="p",
+                    model="m",
+                    amount_picos=1_000,
+                    purpose="first",
+                    worker="w",
+                )
+                for i in range(10)
+            ),
+            return_exceptions=True,
+        )
+
     try:
         results = asyncio.run(main())
     finally:

@@ -12,12 +12,21 @@ import orjson
 
 REPO = Path(__file__).resolve().parents[2]
 
-POSITIVE = ["Love it, works perfectly and arrived early.", "Excellent quality, great value, would buy again.",
-            "Fantastic battery life and a great screen."]
-NEGATIVE = ["Broke after two days, terrible build quality.", "Awful support and the refund never came.",
-            "Worst purchase this year; it stopped working."]
-NEUTRAL = ["It is a phone case. It fits the phone.", "Arrived on Tuesday in a brown box.",
-           "The manual is twelve pages long."]
+POSITIVE = [
+    "Love it, works perfectly and arrived early.",
+    "Excellent quality, great value, would buy again.",
+    "Fantastic battery life and a great screen.",
+]
+NEGATIVE = [
+    "Broke after two days, terrible build quality.",
+    "Awful support and the refund never came.",
+    "Worst purchase this year; it stopped working.",
+]
+NEUTRAL = [
+    "It is a phone case. It fits the phone.",
+    "Arrived on Tuesday in a brown box.",
+    "The manual is twelve pages long.",
+]
 
 
 def write_reviews(path: Path, n: int = 200) -> list[str]:
@@ -29,8 +38,18 @@ def write_reviews(path: Path, n: int = 200) -> list[str]:
             text = f"{bank[i % len(bank)]} Order number {1000 + i}."
             tid = f"r-{i:04d}"
             ids.append(tid)
-            f.write(json.dumps({"id": tid, "task": "classify", "input": text,
-                                "labels": ["positive", "negative", "neutral"], "metadata": {"n": i}}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": tid,
+                        "task": "classify",
+                        "input": text,
+                        "labels": ["positive", "negative", "neutral"],
+                        "metadata": {"n": i},
+                    }
+                )
+                + "\n"
+            )
     return ids
 
 
@@ -62,8 +81,14 @@ capabilities = ["system_role", "temperature"]
 
 
 def run_cli(args: list[str], env: dict[str, str], *, timeout: float = 300, cwd: Path | None = None):
-    return subprocess.run([sys.executable, "-m", "llmbatch.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=str(cwd or REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "llmbatch.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(cwd or REPO),
+    )
 
 
 def run_json(args: list[str], env: dict[str, str], **kw):
@@ -71,7 +96,9 @@ def run_json(args: list[str], env: dict[str, str], **kw):
     try:
         return p, orjson.loads(p.stdout)
     except orjson.JSONDecodeError as e:
-        raise AssertionError(f"not one JSON object on stdout (exit {p.returncode}):\n{p.stdout}\n--- stderr\n{p.stderr}") from e
+        raise AssertionError(
+            f"not one JSON object on stdout (exit {p.returncode}):\n{p.stdout}\n--- stderr\n{p.stderr}"
+        ) from e
 
 
 def results(job_id: str, env: dict[str, str]) -> list[dict]:
@@ -88,9 +115,30 @@ def make_store_job(engine, n_tasks: int, budget_picos: int | None, *, executor: 
     from llmbatch.store.schema import tasks
 
     with engine.begin() as c:
-        job = repo.create_job(c, name=None, spec={}, input_path=None, executor=executor, simulate=True,
-                              budget_picos=budget_picos, max_cost_per_task_picos=None)
-        c.execute(insert(tasks), [{"job_id": job, "seq": i, "task_id": f"t{i}", "line_no": i + 1, "task_type": "chat",
-                                   "payload": "{}", "status": "queued"} for i in range(n_tasks)])
+        job = repo.create_job(
+            c,
+            name=None,
+            spec={},
+            input_path=None,
+            executor=executor,
+            simulate=True,
+            budget_picos=budget_picos,
+            max_cost_per_task_picos=None,
+        )
+        c.execute(
+            insert(tasks),
+            [
+                {
+                    "job_id": job,
+                    "seq": i,
+                    "task_id": f"t{i}",
+                    "line_no": i + 1,
+                    "task_type": "chat",
+                    "payload": "{}",
+                    "status": "queued",
+                }
+                for i in range(n_tasks)
+            ],
+        )
         repo.set_job_counts(c, job, total=n_tasks, invalid=0)  # as ingest does: the job row's total
     return job

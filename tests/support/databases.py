@@ -22,9 +22,15 @@ def temp_database(pg_url: str, prefix: str) -> Iterator[str]:
     u = urlsplit(psycopg_dsn(pg_url))
     name = f"{prefix}_{uuid.uuid4().hex[:16]}"
     # template0: nothing can be connected to it, so concurrent CREATEs never collide on it.
-    janitor = DatabaseJanitor(user=unquote(u.username or "postgres"), password=unquote(u.password or "") or None,
-                              host=u.hostname or "127.0.0.1", port=u.port or 5432, dbname=name,
-                              template_dbname="template0", connection_timeout=10)
+    janitor = DatabaseJanitor(
+        user=unquote(u.username or "postgres"),
+        password=unquote(u.password or "") or None,
+        host=u.hostname or "127.0.0.1",
+        port=u.port or 5432,
+        dbname=name,
+        template_dbname="template0",
+        connection_timeout=10,
+    )
     janitor.init()
     try:
         yield with_database(pg_url, name)

@@ -22,7 +22,6 @@ from tests.support.cli import run_cli
 TERMINAL_TASK = {"succeeded", "failed", "skipped", "cancelled"}
 
 
-
 def job_row(db_url: str, job_id: str) -> dict:
     with get_engine(db_url).connect() as c:
         return repo.get_job(c, job_id)
@@ -74,8 +73,10 @@ def wait_terminal(db_url: str, job_id: str, timeout: float, *, tick=None, every:
         counts = task_counts(db_url, job_id)
     except Exception as e:  # noqa: BLE001 - only for the message
         counts = f"unreadable: {e!r}"
-    raise AssertionError(f"job {job_id} not terminal after {timeout:.0f}s: status={job and job['status']} "
-                         f"counts={counts} last store error={last_err!r}")
+    raise AssertionError(
+        f"job {job_id} not terminal after {timeout:.0f}s: status={job and job['status']} "
+        f"counts={counts} last store error={last_err!r}"
+    )
 
 
 def reconcile(db_url: str, job_id: str) -> list[int]:
@@ -139,8 +140,9 @@ def check_ledger(db_url: str, job_id: str, *, reconciled: bool = True, allowed_s
     assert job["spent_picos"] == ledger, f"job spent {job['spent_picos']} != ledger sum {ledger}"
     assert sum(t["cost_picos"] for t in trows) == ledger
     unsettled = [a for a in arows if not a["settled"]]
-    assert all(a["status"] in (AttemptStatus.unknown, AttemptStatus.in_flight) for a in unsettled), \
-        Counter(a["status"] for a in unsettled)
+    assert all(a["status"] in (AttemptStatus.unknown, AttemptStatus.in_flight) for a in unsettled), Counter(
+        a["status"] for a in unsettled
+    )
     held = sum(a["reserved_picos"] for a in unsettled)
     assert job["reserved_picos"] == held, f"job reserved {job['reserved_picos']} != unsettled reservations {held}"
     if reconciled:

@@ -48,9 +48,18 @@ class WorkerProcs:
             cmd += ["--concurrency", str(concurrency)]
         return cmd + list(args)
 
-    def start(self, n: int = 1, *, env: dict[str, str] | None = None, args: list[str] | None = None,
-              concurrency: int = 4, argv: list[str] | None = None, inherit_env: bool = True,
-              cwd: Path | None = None, ready_timeout: float | None = None) -> list[subprocess.Popen]:
+    def start(
+        self,
+        n: int = 1,
+        *,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        concurrency: int = 4,
+        argv: list[str] | None = None,
+        inherit_env: bool = True,
+        cwd: Path | None = None,
+        ready_timeout: float | None = None,
+    ) -> list[subprocess.Popen]:
         """Start `n` workers. `env` is added to this process's environment (or, with `inherit_env=False`, is the
         whole environment). `argv` replaces the whole command (for tests of this class). With `ready_timeout`,
         waits until each new worker printed Celery's " ready."."""
@@ -76,8 +85,15 @@ class WorkerProcs:
     def _spawn(self, i: int) -> subprocess.Popen:
         cmd, env, cwd = self._launch[i]
         with open(self._logs[i], "ab") as out:
-            return subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            return subprocess.Popen(
+                cmd,
+                env=env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def kill(self, i: int, sig: int = signal.SIGKILL, *, group: bool | None = None) -> None:
         """Send `sig` to worker `i`. SIGKILL goes to its whole process group by default (a crash);
@@ -141,8 +157,10 @@ class WorkerProcs:
             if text in self.log(i):
                 return
             if self.procs[i].poll() is not None:
-                raise AssertionError(f"worker {i} exited with {self.procs[i].returncode} before printing "
-                                     f"{text!r}:\n{self.log(i)[-4000:]}")
+                raise AssertionError(
+                    f"worker {i} exited with {self.procs[i].returncode} before printing "
+                    f"{text!r}:\n{self.log(i)[-4000:]}"
+                )
             time.sleep(0.1)
         raise AssertionError(f"worker {i} did not print {text!r} within {timeout}s:\n{self.log(i)[-4000:]}")
 

@@ -195,9 +195,29 @@ class Redis:
         since = logfile.stat().st_size if logfile.exists() else 0
         # maxmemory 0 = no limit; noeviction still matters for anyone who sets one: the broker's queues must
         # never be evicted silently.
-        cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--protected-mode", "yes",
-               "--daemonize", "yes", "--dir", str(self.dir), "--pidfile", str(self.dir / "redis.pid"),
-               "--logfile", str(logfile), "--save", "", "--maxmemory", "0", "--maxmemory-policy", "noeviction"]
+        cmd = [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "yes",
+            "--dir",
+            str(self.dir),
+            "--pidfile",
+            str(self.dir / "redis.pid"),
+            "--logfile",
+            str(logfile),
+            "--save",
+            "",
+            "--maxmemory",
+            "0",
+            "--maxmemory-policy",
+            "noeviction",
+        ]
         cmd += ["--appendonly", "yes", "--appendfsync", "everysec"] if self.durable else ["--appendonly", "no"]
         p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=sys.stderr, timeout=60)
         if p.returncode != 0:
@@ -229,8 +249,10 @@ class Redis:
 
     def status(self) -> bool:
         if self.up():
-            log(f"{self.name}: up on 127.0.0.1:{self.port} (appendonly={self.config_get('appendonly')}, "
-                f"maxmemory-policy={self.config_get('maxmemory-policy')})")
+            log(
+                f"{self.name}: up on 127.0.0.1:{self.port} (appendonly={self.config_get('appendonly')}, "
+                f"maxmemory-policy={self.config_get('maxmemory-policy')})"
+            )
             return True
         log(f"{self.name}: down (127.0.0.1:{self.port})")
         return False
@@ -240,8 +262,9 @@ def ensure_redis_installed() -> None:
     if shutil.which("redis-server"):
         return
     if os.geteuid() != 0:
-        raise ServiceError("redis-server is not installed; run: sudo apt-get update && "
-                           "sudo apt-get install -y redis-server")
+        raise ServiceError(
+            "redis-server is not installed; run: sudo apt-get update && sudo apt-get install -y redis-server"
+        )
     log("redis-server not found; installing it with apt-get")
     # The package would start a system-wide Redis on 6379; we only want the binary.
     policy = Path("/usr/sbin/policy-rc.d")
@@ -251,8 +274,10 @@ def ensure_redis_installed() -> None:
         policy.chmod(0o755)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
-        for cmd in (["apt-get", "update", "-q"],
-                    ["apt-get", "install", "-y", "-q", "--no-install-recommends", "redis-server"]):
+        for cmd in (
+            ["apt-get", "update", "-q"],
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "redis-server"],
+        ):
             rc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=sys.stderr).returncode
             if rc != 0:
                 raise ServiceError(f"{' '.join(cmd)} failed (exit {rc})")
@@ -273,12 +298,17 @@ def _pg_bin() -> Path:
         if (d / "initdb").exists():
             return d
     # Newest installed major first.
-    for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name) if
-                    p.parent.name.isdigit() else 0, reverse=True):
+    for d in sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    ):
         if (d / "initdb").exists() and (d / "pg_ctl").exists():
             return d
-    raise ServiceError("PostgreSQL server binaries (initdb, pg_ctl) not found in PATH or "
-                       "/usr/lib/postgresql/*/bin; install them: apt-get install -y postgresql-15")
+    raise ServiceError(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found in PATH or "
+        "/usr/lib/postgresql/*/bin; install them: apt-get install -y postgresql-15"
+    )
 
 
 @dataclass
@@ -323,8 +353,11 @@ class Postgres:
             return pwd.getpwuid(os.geteuid()).pw_name
         if subprocess.run(["id", "postgres"], capture_output=True).returncode != 0:
             log("creating system user postgres (the server refuses to run as root)")
-            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"],
-                           check=True, stdin=subprocess.DEVNULL)
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"],
+                check=True,
+                stdin=subprocess.DEVNULL,
+            )
         return "postgres"
 
     def as_pg(self, *cmd: str, **kw) -> subprocess.CompletedProcess:
@@ -334,15 +367,52 @@ class Postgres:
 
     def up(self) -> bool:
         try:
-            return subprocess.run([self.tool("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port),
-                                   "-d", "postgres", "-U", "postgres"], capture_output=True, timeout=30).returncode == 0
+            return (
+                subprocess.run(
+                    [
+                        self.tool("pg_isready"),
+                        "-q",
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        str(self.port),
+                        "-d",
+                        "postgres",
+                        "-U",
+                        "postgres",
+                    ],
+                    capture_output=True,
+                    timeout=30,
+                ).returncode
+                == 0
+            )
         except (OSError, subprocess.TimeoutExpired):
             return False
 
     def psql(self, sql: str) -> subprocess.CompletedProcess:
-        return subprocess.run([self.tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p",
-                               str(self.port), "-U", "postgres", "-d", "postgres", "-tAc", sql],
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+        return subprocess.run(
+            [
+                self.tool("psql"),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-tAc",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+        )
 
     def _write_config(self) -> None:
         # Rewritten on every start, so a changed port takes effect; postgresql.conf includes it.
@@ -372,8 +442,19 @@ logging_collector = off
             shutil.rmtree(self.data, ignore_errors=True)
             log(f"initdb into {self.data} (as {user})")
             with open(self.base / "initdb.log", "wb") as out:
-                rc = self.as_pg(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
-                                "-E", "UTF8", "--locale=C", stdout=out, stderr=subprocess.STDOUT).returncode
+                rc = self.as_pg(
+                    str(self.bin / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                ).returncode
             if rc != 0:
                 log(_tail(self.base / "initdb.log"))
                 raise ServiceError("initdb failed")
@@ -435,8 +516,19 @@ logging_collector = off
         self._clear_stale_lock()
         self._write_config()
         since = self.logfile.stat().st_size if self.logfile.exists() else 0
-        rc = self.as_pg(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.logfile), "-w", "-t", "120",
-                        "start", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+        rc = self.as_pg(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.logfile),
+            "-w",
+            "-t",
+            "120",
+            "start",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ).returncode
         if rc != 0:
             log(_tail(self.logfile, since=since))
             raise ServiceError(f"postgres failed to start on 127.0.0.1:{self.port} (log: {self.logfile})")
@@ -444,24 +536,33 @@ logging_collector = off
             log(_tail(self.logfile))
             raise ServiceError(f"postgres on 127.0.0.1:{self.port} does not accept connections")
         version = subprocess.run([str(self.bin / "postgres"), "--version"], capture_output=True, text=True).stdout
-        log(f"{self.name} {version.split()[2] if len(version.split()) > 2 else '?'} started on 127.0.0.1:{self.port} "
-            f"(data: {self.data}, user {self.user()})")
+        log(
+            f"{self.name} {version.split()[2] if len(version.split()) > 2 else '?'} started on 127.0.0.1:{self.port} "
+            f"(data: {self.data}, user {self.user()})"
+        )
         self._ensure_db()
         return True
 
     def stop(self, *, mode: str = "fast") -> None:
         """pg_ctl stop -m fast (sessions terminated, checkpoint) or -m immediate (a crash: recovery on start)."""
         pg_ctl = str(self.bin / "pg_ctl")
-        if (self.data / "postmaster.pid").exists() and self.as_pg(pg_ctl, "-D", str(self.data), "status",
-                                                                   capture_output=True).returncode == 0:
-            if self.as_pg(pg_ctl, "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop",
-                          capture_output=True).returncode != 0:
+        if (self.data / "postmaster.pid").exists() and self.as_pg(
+            pg_ctl, "-D", str(self.data), "status", capture_output=True
+        ).returncode == 0:
+            if (
+                self.as_pg(
+                    pg_ctl, "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop", capture_output=True
+                ).returncode
+                != 0
+            ):
                 raise ServiceError(f"pg_ctl stop -m {mode} failed (log: {self.logfile})")
             log(f"{self.name} on 127.0.0.1:{self.port} stopped ({mode})")
             return
         if self.up():
-            raise ServiceError(f"a PostgreSQL server answers on 127.0.0.1:{self.port} but its data directory is "
-                               f"not {self.data}; stop it yourself")
+            raise ServiceError(
+                f"a PostgreSQL server answers on 127.0.0.1:{self.port} but its data directory is "
+                f"not {self.data}; stop it yourself"
+            )
         log(f"{self.name} not running on 127.0.0.1:{self.port}")
 
     def status(self) -> bool:
@@ -495,8 +596,11 @@ def redis_server(port: int | None = None) -> Redis:
 
 def postgres_server(port: int | None = None) -> Postgres:
     port = port or int(os.environ.get("LLMBATCH_PG_PORT", "55432"))
-    return Postgres(port=port, base=Path(os.environ.get("LLMBATCH_PG_DATA") or f"/tmp/llmbatch-pg-{port}"),
-                    db=os.environ.get("LLMBATCH_PG_DB", "llmbatch_test"))
+    return Postgres(
+        port=port,
+        base=Path(os.environ.get("LLMBATCH_PG_DATA") or f"/tmp/llmbatch-pg-{port}"),
+        db=os.environ.get("LLMBATCH_PG_DB", "llmbatch_test"),
+    )
 
 
 def configured_servers() -> dict[str, Redis | Postgres]:
@@ -558,8 +662,11 @@ def main(argv: list[str]) -> int:
     servers: dict[str, Redis | Postgres] = {"redis": redis, "postgres": postgres}
     urls = "\n".join(env_lines(servers))
     try:
-        if cmd in ("start", "stop", "restart", "status") and len(args) <= 1 and (args or ["all"])[0] in (
-                "all", "redis", "postgres"):
+        if (
+            cmd in ("start", "stop", "restart", "status")
+            and len(args) <= 1
+            and (args or ["all"])[0] in ("all", "redis", "postgres")
+        ):
             named = list(servers.values()) if (args or ["all"])[0] == "all" else [servers[args[0]]]
             if cmd == "status":
                 return 0 if all([s.status() for s in named]) else 1

@@ -24,8 +24,13 @@ def catalog():
 
 
 def _key(catalog, line: dict, model: str = "openai/gpt-4.1-mini", **kw) -> str:
-    return request_key(catalog, catalog.get(model), build_request(TaskLine.model_validate(line)),
-                       simulate=kw.pop("simulate", True), **kw)
+    return request_key(
+        catalog,
+        catalog.get(model),
+        build_request(TaskLine.model_validate(line)),
+        simulate=kw.pop("simulate", True),
+        **kw,
+    )
 
 
 def test_identical_requests_share_a_key_and_any_change_misses(catalog):
@@ -49,8 +54,9 @@ def test_identical_requests_share_a_key_and_any_change_misses(catalog):
 
 def test_a_prompt_cache_breakpoint_does_not_change_the_key(catalog):
     model = catalog.get("anthropic/claude-sonnet-4-20250514")
-    req = ChatRequest(messages=[{"role": "system", "content": "s" * 50}, {"role": "user", "content": "hi"}],
-                      max_output_tokens=10)
+    req = ChatRequest(
+        messages=[{"role": "system", "content": "s" * 50}, {"role": "user", "content": "hi"}], max_output_tokens=10
+    )
     marked = req.model_copy(update={"cache_prefix_messages": 1})
     assert request_key(catalog, model, req, simulate=True) == request_key(catalog, model, marked, simulate=True)
     body = AnthropicAdapter(catalog.providers["anthropic"], None, None).build_body(model, marked)
@@ -67,8 +73,9 @@ def test_minimum_cacheable_lengths_and_when_a_breakpoint_pays(catalog):
 
 
 def test_shared_prefix_is_the_leading_system_messages():
-    req = ChatRequest(messages=[{"role": "system", "content": "rules " * 400}, {"role": "user", "content": "q"}],
-                      max_output_tokens=5)
+    req = ChatRequest(
+        messages=[{"role": "system", "content": "rules " * 400}, {"role": "user", "content": "q"}], max_output_tokens=5
+    )
     p = shared_prefix(req)
     assert p is not None and p.messages == 1 and p.tokens > 400
     assert shared_prefix(req.model_copy(update={"messages": req.messages[:1]})) is None  # nothing varies after
@@ -83,8 +90,13 @@ async def _warm_up(catalog):
 
     planner = PromptPlanner()
     sonnet = catalog.get("anthropic/claude-sonnet-4-20250514")
-    reqs = [ChatRequest(messages=[{"role": "system", "content": "rules " * 1500},
-                                  {"role": "user", "content": f"q{i}"}], max_output_tokens=5) for i in range(3)]
+    reqs = [
+        ChatRequest(
+            messages=[{"role": "system", "content": "rules " * 1500}, {"role": "user", "content": f"q{i}"}],
+            max_output_tokens=5,
+        )
+        for i in range(3)
+    ]
     for r in reqs:
         planner.note(r)
     deadline = time.time() + 5

@@ -134,8 +134,12 @@ def by_key(doc):
 
 def test_only_chat_models_of_supported_providers_are_imported(doc):
     assert set(by_key(doc)) == {
-        "openai/gpt-4o-mini", "openai/o1-mini", "anthropic/claude-3-5-haiku-20241022", "gemini/gemini-9-flash",
-        "groq/llama-9-400b", "together/meta-llama/Llama-Tiny",
+        "openai/gpt-4o-mini",
+        "openai/o1-mini",
+        "anthropic/claude-3-5-haiku-20241022",
+        "gemini/gemini-9-flash",
+        "groq/llama-9-400b",
+        "together/meta-llama/Llama-Tiny",
     }
     assert doc["_import"]["skipped"] == {"no context window": 1, "not a chat model": 1, "provider not supported": 1}
 

@@ -55,10 +55,12 @@ def test_sync_keeps_only_priced_text_chat_models(synced):
 def test_no_free_or_non_chat_model_is_ever_routed(synced):
     _, cat = synced
     creds = set(cat.providers)
-    tasks = [TaskLine(id="c", task="classify", input="I love it", labels=["p", "n"]),
-             TaskLine(id="s", task="summarize", input="word " * 2000),
-             TaskLine(id="x", task="chat", input="hi"),
-             TaskLine(id="i", task="chat", input="describe", images=["https://example.com/a.png"])]
+    tasks = [
+        TaskLine(id="c", task="classify", input="I love it", labels=["p", "n"]),
+        TaskLine(id="s", task="summarize", input="word " * 2000),
+        TaskLine(id="x", task="chat", input="hi"),
+        TaskLine(id="i", task="chat", input="describe", images=["https://example.com/a.png"]),
+    ]
     for t in tasks:
         d = route(t, build_request(t), cat, credentials=creds, now=1_796_000_000.0)
         assert d.candidates, t.id
@@ -73,8 +75,11 @@ def test_a_300k_token_prompt_is_priced_at_the_long_context_rate(synced):
     m = cat.get("gemini/gemini-2.5-pro")
     assert m.price_tiers and m.price_tiers[0].above_input_tokens == 200_000
     long = price(Usage(input_tokens=300_000, output_tokens=1_000), m).picos
-    assert Fraction(long, 10**12) == (300_000 * Fraction(m.price_tiers[0].input_per_mtok)
-                                      + 1_000 * Fraction(m.price_tiers[0].output_per_mtok)) / 10**6
+    assert (
+        Fraction(long, 10**12)
+        == (300_000 * Fraction(m.price_tiers[0].input_per_mtok) + 1_000 * Fraction(m.price_tiers[0].output_per_mtok))
+        / 10**6
+    )
     assert m.price_tiers[0].input_per_mtok == 2 * m.input_per_mtok  # 2.50 vs 1.25: twice the short rate
     t = TaskLine(id="g", task="chat", input="word " * 300_000, model="gemini/gemini-2.5-pro")
     (c,) = route(t, build_request(t), cat, credentials=set(cat.providers), now=1_796_000_000.0).candidates

@@ -23,8 +23,10 @@ def timing(span=None, elapsed=0.0, turnaround=DAY, fallback=None):
     return channels.Timing(span, None if span is None else span - elapsed, turnaround, 900.0, fb)
 
 
-@pytest.mark.parametrize("text,seconds", [("90s", 90), ("30m", 1800), ("24h", DAY), ("2d", 2 * DAY), ("45", 45),
-                                          (" 1.5h ", 5400), (600, 600)])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [("90s", 90), ("30m", 1800), ("24h", DAY), ("2d", 2 * DAY), ("45", 45), (" 1.5h ", 5400), (600, 600)],
+)
 def test_durations(text, seconds):
     assert channels.parse_duration(text) == seconds
 

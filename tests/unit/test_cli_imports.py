@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import REPO, cli_env
+from tests.support.cli import REPO, cli_env
 
 _PROBE = """
 import contextlib, io, json, sys
@@ -27,17 +27,47 @@ print(json.dumps({"code": code, "stdout": out.getvalue(), "modules": sorted(sys.
 """
 
 # Never needed to print help or a job's status.
-NOT_FOR_HELP_OR_STATUS = ("httpx", "aiohttp", "celery", "kombu", "redis", "alembic", "jsonschema", "rich", "starlette",
-                          "uvicorn", "prometheus_client", "yaml", "llmbatch.models", "llmbatch.ingest",
-                          "llmbatch.catalog", "llmbatch.executors", "llmbatch.providers", "llmbatch.engine")
+NOT_FOR_HELP_OR_STATUS = (
+    "httpx",
+    "aiohttp",
+    "celery",
+    "kombu",
+    "redis",
+    "alembic",
+    "jsonschema",
+    "rich",
+    "starlette",
+    "uvicorn",
+    "prometheus_client",
+    "yaml",
+    "llmbatch.models",
+    "llmbatch.ingest",
+    "llmbatch.catalog",
+    "llmbatch.executors",
+    "llmbatch.providers",
+    "llmbatch.engine",
+)
 # --help reads no settings and opens no store either.
-NOT_FOR_HELP = NOT_FOR_HELP_OR_STATUS + ("sqlalchemy", "pydantic", "pydantic_settings", "llmbatch.config",
-                                         "llmbatch.jobs", "llmbatch.store", "orjson")
+NOT_FOR_HELP = NOT_FOR_HELP_OR_STATUS + (
+    "sqlalchemy",
+    "pydantic",
+    "pydantic_settings",
+    "llmbatch.config",
+    "llmbatch.jobs",
+    "llmbatch.store",
+    "orjson",
+)
 
 
 def _probe(args: list[str], env: dict[str, str]) -> dict:
-    p = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(args)], env=env, capture_output=True, text=True,
-                       timeout=120, cwd=str(REPO))
+    p = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(REPO),
+    )
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout.splitlines()[-1])
 
@@ -60,12 +90,19 @@ def test_status_opens_the_store_without_http_models_or_migrations(tmp_path: Path
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     engine = get_engine(url)  # migrated here: the status below finds the schema at head
     with engine.begin() as conn:
-        job_id = repo.create_job(conn, name="probe", spec={}, input_path=None, executor="local", simulate=True,
-                                 budget_picos=None, max_cost_per_task_picos=None)
+        job_id = repo.create_job(
+            conn,
+            name="probe",
+            spec={},
+            input_path=None,
+            executor="local",
+            simulate=True,
+            budget_picos=None,
+            max_cost_per_task_picos=None,
+        )
     dispose_all()
     got = _probe(["status", "--name", "probe"], cli_env(url))
     assert got["code"] == 0, got  # queued: not final
     assert got["stdout"].startswith(f"{job_id}  queued  total=0 ")
     assert _loaded(got["modules"], NOT_FOR_HELP_OR_STATUS) == []
     assert "sqlalchemy" in got["modules"]  # the probe did read the store
-

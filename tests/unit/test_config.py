@@ -22,6 +22,7 @@ def toml(tmp_path, monkeypatch):
     def write(text: str):
         path.write_text(text)
         return path
+
     return write
 
 
@@ -34,30 +35,38 @@ def test_defaults_are_written_once_and_read_back(toml):
 
 
 def test_precedence_arguments_over_environment_over_file(toml, monkeypatch):
-    toml('concurrency = 8\nchunk_size = 7\ndaily_cap_usd = "2.50"\n[retry]\nmax_attempts_per_model = 2\n'
-         '[rate_limits."openai/gpt-4o"]\nrpm = 100\n')
+    toml(
+        'concurrency = 8\nchunk_size = 7\ndaily_cap_usd = "2.50"\n[retry]\nmax_attempts_per_model = 2\n'
+        '[rate_limits."openai/gpt-4o"]\nrpm = 100\n'
+    )
     monkeypatch.setenv("LLMBATCH_CONCURRENCY", "9")
     s = load_settings(chunk_size=3)
     assert (s.concurrency, s.chunk_size, s.daily_cap_usd) == (9, 3, Decimal("2.50"))
     assert s.retry.max_attempts_per_model == 2 and s.rate_limits["openai/gpt-4o"].rpm == 100
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("daily_cap_us = 5\n", "unknown key 'daily_cap_us' (did you mean 'daily_cap_usd'?)"),
-    ("[retry]\nmax_atempts_per_model = 3\n", "[retry].max_atempts_per_model (did you mean 'max_attempts_per_model'?)"),
-    ('[rate_limits."a/b"]\nrpn = 3\n', "(did you mean 'rpm'?)"),
-    ('concurrency = "lots"\n', "concurrency: Input should be a valid integer"),
-    ("concurrency = 0\n", "concurrency: Input should be greater than or equal to 1"),
-    ("chunk_size = 0\n", "chunk_size"),
-    ('daily_cap_usd = "nan"\n', "daily_cap_usd: Input should be a finite number"),
-    ("daily_cap_usd = -1\n", "daily_cap_usd: Input should be greater than or equal to 0"),
-    ('lease_seconds = "inf"\n', "lease_seconds"),
-    ('database_url = "llmbatch.db"\n', "database_url: not a URL"),
-    ('broker_url = "localhost:6379"\n', "broker_url: not a URL"),
-    ('[rate_limits."a/b"]\nrpm = 0\n', '"a/b".rpm must be >= 1'),
-    ("[retry]\nbase_delay_s = -1\n", "retry.base_delay_s"),
-    ("concurrency = \n", "invalid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("daily_cap_us = 5\n", "unknown key 'daily_cap_us' (did you mean 'daily_cap_usd'?)"),
+        (
+            "[retry]\nmax_atempts_per_model = 3\n",
+            "[retry].max_atempts_per_model (did you mean 'max_attempts_per_model'?)",
+        ),
+        ('[rate_limits."a/b"]\nrpn = 3\n', "(did you mean 'rpm'?)"),
+        ('concurrency = "lots"\n', "concurrency: Input should be a valid integer"),
+        ("concurrency = 0\n", "concurrency: Input should be greater than or equal to 1"),
+        ("chunk_size = 0\n", "chunk_size"),
+        ('daily_cap_usd = "nan"\n', "daily_cap_usd: Input should be a finite number"),
+        ("daily_cap_usd = -1\n", "daily_cap_usd: Input should be greater than or equal to 0"),
+        ('lease_seconds = "inf"\n', "lease_seconds"),
+        ('database_url = "llmbatch.db"\n', "database_url: not a URL"),
+        ('broker_url = "localhost:6379"\n', "broker_url: not a URL"),
+        ('[rate_limits."a/b"]\nrpm = 0\n', '"a/b".rpm must be >= 1'),
+        ("[retry]\nbase_delay_s = -1\n", "retry.base_delay_s"),
+        ("concurrency = \n", "invalid TOML"),
+    ],
+)
 def test_bad_file_values_are_one_line_naming_the_key(toml, text, expected):
     path = toml(text)
     with pytest.raises(ConfigError) as e:
@@ -66,13 +75,16 @@ def test_bad_file_values_are_one_line_naming_the_key(toml, text, expected):
     assert expected in msg and str(path) in msg and "\n" not in msg, msg
 
 
-@pytest.mark.parametrize("var, value, expected", [
-    ("LLMBATCH_CONCURRENCY", "0", "LLMBATCH_CONCURRENCY: Input should be greater than or equal to 1 (got '0')"),
-    ("LLMBATCH_CONCURRENCY", "lots", "LLMBATCH_CONCURRENCY: Input should be a valid integer"),
-    ("LLMBATCH_DAILY_CAP_USD", "NaN", "LLMBATCH_DAILY_CAP_USD: Input should be a finite number"),
-    ("LLMBATCH_SHUTDOWN_GRACE_S", "-1", "LLMBATCH_SHUTDOWN_GRACE_S"),
-    ("LLMBATCH_BROKER_URL", "nonsense", "LLMBATCH_BROKER_URL: not a URL"),
-])
+@pytest.mark.parametrize(
+    "var, value, expected",
+    [
+        ("LLMBATCH_CONCURRENCY", "0", "LLMBATCH_CONCURRENCY: Input should be greater than or equal to 1 (got '0')"),
+        ("LLMBATCH_CONCURRENCY", "lots", "LLMBATCH_CONCURRENCY: Input should be a valid integer"),
+        ("LLMBATCH_DAILY_CAP_USD", "NaN", "LLMBATCH_DAILY_CAP_USD: Input should be a finite number"),
+        ("LLMBATCH_SHUTDOWN_GRACE_S", "-1", "LLMBATCH_SHUTDOWN_GRACE_S"),
+        ("LLMBATCH_BROKER_URL", "nonsense", "LLMBATCH_BROKER_URL: not a URL"),
+    ],
+)
 def test_bad_environment_values_name_the_variable(toml, monkeypatch, var, value, expected):
     toml("")
     monkeypatch.setenv(var, value)

@@ -15,8 +15,15 @@ from llmbatch.errors import RerouteError
 
 
 def test_small_amounts_are_plain_numbers_never_exponents():
-    out = dumps_json({"a": usd_json(4 * 10**6), "b": usd_json(735_900_000), "c": usd_json(15 * 10**11),
-                      "d": usd_json(1), "e": usd_json(None)}).decode()
+    out = dumps_json(
+        {
+            "a": usd_json(4 * 10**6),
+            "b": usd_json(735_900_000),
+            "c": usd_json(15 * 10**11),
+            "d": usd_json(1),
+            "e": usd_json(None),
+        }
+    ).decode()
     assert out == '{"a":0.000004,"b":0.0007359,"c":1.500000,"d":0.000000000001,"e":null}'
     assert "e-" not in out.lower()
 
@@ -34,8 +41,13 @@ def test_display_rounds_only_when_shown():
 
 
 def test_a_gateways_invalid_model_answer_falls_back_to_the_next_candidate():
-    e = classify_http_error(400, ErrorDetail(message="Invalid model name passed in model=gpt-9. Call `/v1/models`"),
-                            {}, where="gw/gpt-9", secrets=())
+    e = classify_http_error(
+        400,
+        ErrorDetail(message="Invalid model name passed in model=gpt-9. Call `/v1/models`"),
+        {},
+        where="gw/gpt-9",
+        secrets=(),
+    )
     assert isinstance(e, RerouteError) and e.error_class == "model_unavailable"
 
 
@@ -49,14 +61,35 @@ def test_every_provider_s_cap_stop_reads_as_truncation():
 
     cat = builtin_catalog()
     cases = [
-        (OpenAIAdapter, "openai/gpt-4.1-mini", {"id": "x", "model": "m", "choices": [
-            {"finish_reason": "length", "message": {"role": "assistant", "content": "cut"}}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 3}}),
-        (AnthropicAdapter, "anthropic/claude-haiku-4-5", {"id": "x", "model": "m", "stop_reason": "max_tokens",
-            "content": [{"type": "text", "text": "cut"}], "usage": {"input_tokens": 5, "output_tokens": 3}}),
-        (GeminiAdapter, "gemini/gemini-2.5-flash-lite", {"candidates": [{"finishReason": "MAX_TOKENS",
-            "content": {"parts": [{"text": "cut"}]}}], "usageMetadata": {"promptTokenCount": 5,
-                                                                       "candidatesTokenCount": 3}}),
+        (
+            OpenAIAdapter,
+            "openai/gpt-4.1-mini",
+            {
+                "id": "x",
+                "model": "m",
+                "choices": [{"finish_reason": "length", "message": {"role": "assistant", "content": "cut"}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 3},
+            },
+        ),
+        (
+            AnthropicAdapter,
+            "anthropic/claude-haiku-4-5",
+            {
+                "id": "x",
+                "model": "m",
+                "stop_reason": "max_tokens",
+                "content": [{"type": "text", "text": "cut"}],
+                "usage": {"input_tokens": 5, "output_tokens": 3},
+            },
+        ),
+        (
+            GeminiAdapter,
+            "gemini/gemini-2.5-flash-lite",
+            {
+                "candidates": [{"finishReason": "MAX_TOKENS", "content": {"parts": [{"text": "cut"}]}}],
+                "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 3},
+            },
+        ),
     ]
     for adapter_cls, key, body in cases:
         model = cat.get(key)

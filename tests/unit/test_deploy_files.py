@@ -60,7 +60,10 @@ def test_compose_postgres_has_volume_and_healthcheck(compose):
     assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
     env = pg["environment"]
     url = compose["services"]["worker"]["environment"]["LLMBATCH_DATABASE_URL"]
-    assert url == f"postgresql+psycopg://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@postgres:5432/{env['POSTGRES_DB']}"
+    assert (
+        url
+        == f"postgresql+psycopg://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@postgres:5432/{env['POSTGRES_DB']}"
+    )
 
 
 def test_compose_worker_can_scale(compose):
@@ -75,7 +78,9 @@ def test_compose_worker_can_scale(compose):
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
     assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert worker["build"]["dockerfile"] == "deploy/Dockerfile"
-    assert not any(k.endswith("_API_KEY") for k in env), "keys come from an uncommitted env file, never the compose file"
+    assert not any(k.endswith("_API_KEY") for k in env), (
+        "keys come from an uncommitted env file, never the compose file"
+    )
 
 
 def test_compose_simulator_is_reachable_by_workers(compose):
@@ -219,8 +224,14 @@ def test_grafana_dashboard_queries_metrics_that_exist(tmp_path):
             used |= {_base(n) for n in re.findall(r"\b(llmbatch_[a-z_]+)", t["expr"])}
     assert used and used <= exported, used - exported
     # spend, reservations, tasks, error classes, latency and queue depth each have a panel
-    assert {"llmbatch_spend_usd", "llmbatch_reserved_usd", "llmbatch_tasks", "llmbatch_attempts",
-            "llmbatch_provider_latency_seconds", "llmbatch_queue_depth"} <= used
+    assert {
+        "llmbatch_spend_usd",
+        "llmbatch_reserved_usd",
+        "llmbatch_tasks",
+        "llmbatch_attempts",
+        "llmbatch_provider_latency_seconds",
+        "llmbatch_queue_depth",
+    } <= used
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
 
@@ -242,8 +253,9 @@ def test_k8s_service_deployment_and_metrics_ports():
 
 
 def test_keda_prometheus_trigger_example(tmp_path):
-    (doc,) = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "examples" / "keda-prometheus-trigger.yaml").read_text())
-              if d]
+    (doc,) = [
+        d for d in yaml.safe_load_all((DEPLOY / "k8s" / "examples" / "keda-prometheus-trigger.yaml").read_text()) if d
+    ]
     assert doc["kind"] == "ScaledObject" and doc["spec"]["scaleTargetRef"]["name"] == "llmbatch-worker"
     (trigger,) = doc["spec"]["triggers"]
     assert trigger["type"] == "prometheus" and float(trigger["metadata"]["threshold"]) > 0
@@ -258,11 +270,14 @@ def _lines(name: str) -> list[dict]:
     return [json.loads(line) for line in (JOBS / name).read_text(encoding="utf-8").splitlines()]
 
 
-@pytest.mark.parametrize("name,task,count,prefix", [
-    ("reviews.jsonl", "classify", 200, "rev-"),
-    ("articles.jsonl", "summarize", 50, "art-"),
-    ("products.jsonl", "extract", 30, "prod-"),
-])
+@pytest.mark.parametrize(
+    "name,task,count,prefix",
+    [
+        ("reviews.jsonl", "classify", 200, "rev-"),
+        ("articles.jsonl", "summarize", 50, "art-"),
+        ("products.jsonl", "extract", 30, "prod-"),
+    ],
+)
 def test_example_lines_are_valid(name, task, count, prefix):
     rows = _lines(name)
     assert len(rows) == count
@@ -293,7 +308,8 @@ def test_reviews_spec_is_a_valid_jobspec():
 
 
 def test_examples_are_reproducible(tmp_path):
-    subprocess.run([sys.executable, str(JOBS / "make_examples.py"), str(tmp_path)], check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, str(JOBS / "make_examples.py"), str(tmp_path)], check=True, capture_output=True)
     for name in ("reviews.jsonl", "articles.jsonl", "products.jsonl"):
-        assert (tmp_path / name).read_bytes() == (JOBS / name).read_bytes(), f"jobs/{name} is stale: run jobs/make_examples.py"
+        assert (tmp_path / name).read_bytes() == (JOBS / name).read_bytes(), (
+            f"jobs/{name} is stale: run jobs/make_examples.py"
+        )

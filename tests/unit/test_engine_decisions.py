@@ -29,22 +29,28 @@ POLICY = RetryPolicy(max_attempts_per_model=3, base_delay_s=0.01, max_delay_s=0.
 
 # ----------------------------------------------------------------------------------- the move table
 
+
 def test_moves_follow_the_error_kind():
     rng = random.Random(1)
     mv = decisions.after_error(RetryableError("503", status_code=503), n=0, policy=POLICY, time_left_s=60, rng=rng)
     assert mv.kind == decisions.RETRY and 0 < mv.delay_s <= POLICY.max_delay_s
     assert decisions.after_error(RetryableError("503"), n=2, policy=POLICY, time_left_s=60).kind == decisions.FALLBACK
-    assert decisions.after_error(RerouteError("too long"), n=0, policy=POLICY, time_left_s=60).kind == decisions.FALLBACK
-    fail = decisions.after_error(FatalError("bad key", status_code=401, error_class="auth"), n=0, policy=POLICY,
-                                 time_left_s=60)
+    assert (
+        decisions.after_error(RerouteError("too long"), n=0, policy=POLICY, time_left_s=60).kind == decisions.FALLBACK
+    )
+    fail = decisions.after_error(
+        FatalError("bad key", status_code=401, error_class="auth"), n=0, policy=POLICY, time_left_s=60
+    )
     assert fail.kind == decisions.FAIL and fail.reason == "auth: bad key"
     cool = decisions.after_error(RateLimitedError("429", retry_after=7.0), n=0, policy=POLICY, time_left_s=60)
     assert (cool.kind, cool.delay_s) == (decisions.COOLDOWN, 7.0)
     late = decisions.after_error(RetryableError("503", retry_after=120.0), n=0, policy=POLICY, time_left_s=5)
     assert late.kind == decisions.FALLBACK and "past the task deadline" in late.reason
     assert decisions.after_invalid_output(higher_tier_left=True, escalation_enabled=True).kind == decisions.ESCALATE
-    assert decisions.after_invalid_output(higher_tier_left=False, escalation_enabled=True).reason == \
-        "no higher tier to escalate to"
+    assert (
+        decisions.after_invalid_output(higher_tier_left=False, escalation_enabled=True).reason
+        == "no higher tier to escalate to"
+    )
     assert decisions.after_invalid_output(higher_tier_left=True, escalation_enabled=False).kind == decisions.FAIL
 
 
@@ -85,10 +91,16 @@ def run_engine(tmp_path, script, *, n=1, spec_extra=None, before=None, during=No
     url = f"sqlite:///{tmp_path / 'e.db'}"
     settings = Settings(database_url=url, retry=POLICY)
     src = tmp_path / "in.jsonl"
-    src.write_text("".join(orjson.dumps({"id": f"t{i}", "task": "classify", "input": f"great product {i}",
-                                         "labels": ["positive", "negative"]}).decode() + "\n" for i in range(n)))
-    spec = JobSpec.model_validate({"simulate": True, "models": [CHEAP, NEXT, "openai/gpt-4.1"],
-                                   **(spec_extra or {})})
+    src.write_text(
+        "".join(
+            orjson.dumps(
+                {"id": f"t{i}", "task": "classify", "input": f"great product {i}", "labels": ["positive", "negative"]}
+            ).decode()
+            + "\n"
+            for i in range(n)
+        )
+    )
+    spec = JobSpec.model_validate({"simulate": True, "models": [CHEAP, NEXT, "openai/gpt-4.1"], **(spec_extra or {})})
     job_id, _ = create_job(settings, src, spec, executor="local")
     if before:
         before(get_engine(url), job_id)
@@ -97,9 +109,16 @@ def run_engine(tmp_path, script, *, n=1, spec_extra=None, before=None, during=No
 
     async def main():
         store = AsyncStore(url)
-        engine = Engine(settings=settings, catalog=catalog, store=store, providers=FakeProviders(catalog, adapter),
-                        limiter=make_rate_limiter(settings, shared=False), worker_id="test:1:abc", concurrency=4,
-                        rng=random.Random(0))
+        engine = Engine(
+            settings=settings,
+            catalog=catalog,
+            store=store,
+            providers=FakeProviders(catalog, adapter),
+            limiter=make_rate_limiter(settings, shared=False),
+            worker_id="test:1:abc",
+            concurrency=4,
+            rng=random.Random(0),
+        )
         try:
             if during:
                 during.engine = engine
@@ -129,7 +148,9 @@ def test_fall_back_to_the_next_candidate_on_a_reroute_error(tmp_path):
 
 
 def test_retries_used_up_fall_back(tmp_path):
-    t, _, ad, _ = run_engine(tmp_path, lambda m, k: RetryableError("503", status_code=503) if m == CHEAP else "negative")
+    t, _, ad, _ = run_engine(
+        tmp_path, lambda m, k: RetryableError("503", status_code=503) if m == CHEAP else "negative"
+    )
     assert t[0]["status"] == "succeeded" and ad.calls.count(CHEAP) == POLICY.max_attempts_per_model
 
 

@@ -158,8 +158,11 @@ def test_corpus_reads_no_file_and_opens_no_socket(ingested, secret_file, listene
 def test_validator_refuses_retrieval_even_without_ingest(secret_file, listener):
     """Defence in depth: a task stored before these checks (never seen by ingest) still fetches nothing."""
     port = listener.getsockname()[1]
-    schemas = [{"$ref": f"file://{secret_file}"}, {"properties": {"a": {"$ref": f"http://127.0.0.1:{port}/s.json"}}},
-               {"$ref": "#"}]
+    schemas = [
+        {"$ref": f"file://{secret_file}"},
+        {"properties": {"a": {"$ref": f"http://127.0.0.1:{port}/s.json"}}},
+        {"$ref": "#"},
+    ]
     with Recorder() as rec:
         for schema in schemas:
             task = TaskLine.model_construct(id="x", task="extract", input="x", json_schema=schema)
@@ -172,9 +175,13 @@ def test_validator_refuses_retrieval_even_without_ingest(secret_file, listener):
 
 def test_validation_is_bounded_in_time():
     """A catastrophic pattern ((a|aa)+$ on 60 a's takes minutes with re) ends at the timeout."""
-    for schema, output in (({"type": "string", "pattern": "(a|aa)+$"}, json.dumps("a" * 60 + "!")),
-                           ({"type": "object", "patternProperties": {"(a|aa)+$": {}}, "additionalProperties": False},
-                            json.dumps({"a" * 60 + "!": 1}))):
+    for schema, output in (
+        ({"type": "string", "pattern": "(a|aa)+$"}, json.dumps("a" * 60 + "!")),
+        (
+            {"type": "object", "patternProperties": {"(a|aa)+$": {}}, "additionalProperties": False},
+            json.dumps({"a" * 60 + "!": 1}),
+        ),
+    ):
         task = TaskLine(id="x", task="extract", input="x", schema=schema)
         started = time.monotonic()
         with pytest.raises(InvalidOutput, match="schema_validation_timeout_s"):
@@ -183,9 +190,17 @@ def test_validation_is_bounded_in_time():
 
 
 def test_validation_still_works_for_ordinary_patterns():
-    task = TaskLine(id="x", task="extract", input="x",
-                    schema={"type": "object", "properties": {"zip": {"type": "string", "pattern": "^[0-9]{5}$"}},
-                            "patternProperties": {"^x-": {"type": "integer"}}, "additionalProperties": False})
+    task = TaskLine(
+        id="x",
+        task="extract",
+        input="x",
+        schema={
+            "type": "object",
+            "properties": {"zip": {"type": "string", "pattern": "^[0-9]{5}$"}},
+            "patternProperties": {"^x-": {"type": "integer"}},
+            "additionalProperties": False,
+        },
+    )
     assert validate_output(task, '{"zip": "12345", "x-n": 1}') == {"zip": "12345", "x-n": 1}
     for bad, where in (('{"zip": "1234"}', "zip"), ('{"x-n": "a"}', "x-n"), ('{"other": 1}', "(root)")):
         with pytest.raises(InvalidOutput, match=re.escape(f"at {where}")):
@@ -193,8 +208,12 @@ def test_validation_still_works_for_ordinary_patterns():
 
 
 def test_deep_output_is_refused_not_crashed():
-    task = TaskLine(id="x", task="extract", input="x",
-                    schema={"$defs": {"n": {"type": "array", "items": {"$ref": "#/$defs/n"}}}, "$ref": "#/$defs/n"})
+    task = TaskLine(
+        id="x",
+        task="extract",
+        input="x",
+        schema={"$defs": {"n": {"type": "array", "items": {"$ref": "#/$defs/n"}}}, "$ref": "#/$defs/n"},
+    )
     with pytest.raises(InvalidOutput, match="nested more than"):
         validate_output(task, "[" * 500 + "]" * 500)
 
@@ -219,25 +238,48 @@ def _one_line(tmp_path, **line) -> Path:
     return p
 
 
-@pytest.mark.parametrize("limit, line, phrase", [
-    ({"max_labels_per_line": 2}, {"task": "classify", "input": "x", "labels": ["a", "b", "c"]}, "max_labels_per_line"),
-    ({"max_images_per_line": 1}, {"task": "summarize", "input": "x",
-                                  "images": ["https://example.com/1.png", "https://example.com/2.png"]},
-     "max_images_per_line"),
-    ({"max_image_bytes": 10}, {"task": "summarize", "input": "x",
-                               "images": ["data:image/gif;base64," + base64.b64encode(b"GIF89a" + bytes(40)).decode()]},
-     "max_image_bytes"),
-    ({"max_schema_bytes": 100}, {"task": "extract", "input": "x",
-                                 "schema": {"type": "object", "description": "d" * 200}}, "max_schema_bytes"),
-    ({"max_schema_depth": 3}, {"task": "extract", "input": "x",
-                               "schema": {"type": "object", "properties": {"a": {"type": "object",
-                                                                                 "properties": {"b": {}}}}}},
-     "max_schema_depth"),
-    ({"max_line_bytes": 60}, {"task": "summarize", "input": "x" * 100}, "max_line_bytes"),
-])
+@pytest.mark.parametrize(
+    "limit, line, phrase",
+    [
+        (
+            {"max_labels_per_line": 2},
+            {"task": "classify", "input": "x", "labels": ["a", "b", "c"]},
+            "max_labels_per_line",
+        ),
+        (
+            {"max_images_per_line": 1},
+            {"task": "summarize", "input": "x", "images": ["https://example.com/1.png", "https://example.com/2.png"]},
+            "max_images_per_line",
+        ),
+        (
+            {"max_image_bytes": 10},
+            {
+                "task": "summarize",
+                "input": "x",
+                "images": ["data:image/gif;base64," + base64.b64encode(b"GIF89a" + bytes(40)).decode()],
+            },
+            "max_image_bytes",
+        ),
+        (
+            {"max_schema_bytes": 100},
+            {"task": "extract", "input": "x", "schema": {"type": "object", "description": "d" * 200}},
+            "max_schema_bytes",
+        ),
+        (
+            {"max_schema_depth": 3},
+            {
+                "task": "extract",
+                "input": "x",
+                "schema": {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {}}}}},
+            },
+            "max_schema_depth",
+        ),
+        ({"max_line_bytes": 60}, {"task": "summarize", "input": "x" * 100}, "max_line_bytes"),
+    ],
+)
 def test_each_limit_is_a_setting_named_in_its_error(tmp_path, monkeypatch, limit, line, phrase):
     path = _one_line(tmp_path, id="over", **line)
-    (name, value), = limit.items()
+    ((name, value),) = limit.items()
     monkeypatch.setenv(f"LLMBATCH_{name.upper()}", str(value))
     monkeypatch.delenv("LLMBATCH_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -277,17 +319,36 @@ def test_local_images_allowed_by_setting():
     assert "non-public" in image_problem("https://10.1.2.3/a.png", InputLimits())
 
 
-@pytest.mark.parametrize("url", [
-    "https://[fe80::1]/x", "https://[::ffff:10.0.0.1]/x", "https://[64:ff9b::a9fe:a9fe]/x", "https://0177.0.0.1/x",
-    "https://0/x", "https://[::]/x", "https://224.0.0.1/x", "https://100.64.0.1/x", "https://169.254.169.254./x",
-    "HTTPS://LOCALHOST/x", "https://user@127.0.0.1/x", "https://example.com@169.254.169.254/x",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://[fe80::1]/x",
+        "https://[::ffff:10.0.0.1]/x",
+        "https://[64:ff9b::a9fe:a9fe]/x",
+        "https://0177.0.0.1/x",
+        "https://0/x",
+        "https://[::]/x",
+        "https://224.0.0.1/x",
+        "https://100.64.0.1/x",
+        "https://169.254.169.254./x",
+        "HTTPS://LOCALHOST/x",
+        "https://user@127.0.0.1/x",
+        "https://example.com@169.254.169.254/x",
+    ],
+)
 def test_non_public_hosts_in_any_notation(url):
     assert image_problem(url, InputLimits()) is not None
 
 
-@pytest.mark.parametrize("url", ["https://example.com/a.png", "https://8.8.8.8/a.png", "https://[2606:4700::1111]/a.png",
-                                 "https://cdn.example.co.uk:8443/a/b.jpg?x=1"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.com/a.png",
+        "https://8.8.8.8/a.png",
+        "https://[2606:4700::1111]/a.png",
+        "https://cdn.example.co.uk:8443/a/b.jpg?x=1",
+    ],
+)
 def test_public_hosts_pass(url):
     assert image_problem(url, InputLimits()) is None
 
@@ -298,7 +359,7 @@ KEY = "hk/Zq8+T4vW9xR2mN7pL3sJ6yB1cF5gH0dK=Xe"  # a custom provider's key: no sk
 
 
 def fragments(secret: str, size: int = 8) -> list[str]:
-    return [secret[i:i + size] for i in range(len(secret) - size + 1)]
+    return [secret[i : i + size] for i in range(len(secret) - size + 1)]
 
 
 @pytest.mark.parametrize("cut_at", [250, 280, 290, 295, 299, 300, 305])
@@ -370,8 +431,11 @@ def test_spec_reading_stops_at_the_limit(tmp_path):
 def test_ordinary_spec_with_anchors_still_loads(tmp_path):
     spec = tmp_path / "job.yaml"
     spec.write_text("task: extract\nname: &n people\nschema:\n  type: object\n  title: *n\n")
-    assert load_spec_file(spec, InputLimits()) == {"task": "extract", "name": "people",
-                                                   "schema": {"type": "object", "title": "people"}}
+    assert load_spec_file(spec, InputLimits()) == {
+        "task": "extract",
+        "name": "people",
+        "schema": {"type": "object", "title": "people"},
+    }
     spec.write_text("- a list\n")
     with pytest.raises(InputError, match="mapping"):
         load_spec_file(spec, InputLimits())

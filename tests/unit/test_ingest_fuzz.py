@@ -14,8 +14,12 @@ from llmbatch.models import JobSpec
 
 text = st.text(min_size=1, max_size=40).filter(lambda s: s.strip())
 # Labels are distinct after trimming and case-folding, and none is blank (models._labels_problem).
-labels = st.lists(st.text(min_size=1, max_size=8).filter(lambda s: s.strip()), min_size=1, max_size=4,
-                  unique_by=lambda s: s.strip().casefold())
+labels = st.lists(
+    st.text(min_size=1, max_size=8).filter(lambda s: s.strip()),
+    min_size=1,
+    max_size=4,
+    unique_by=lambda s: s.strip().casefold(),
+)
 messages = st.lists(
     st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]), "content": text}),
     min_size=1,

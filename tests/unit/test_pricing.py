@@ -24,11 +24,17 @@ prices = st.decimals(min_value=0, max_value=200, places=5, allow_nan=False, allo
 @st.composite
 def models(draw) -> ModelInfo:
     return ModelInfo(
-        provider="p", model="m", api="openai", tier=Tier.mini,
-        input_per_mtok=draw(prices), output_per_mtok=draw(prices),
-        cached_input_per_mtok=draw(st.none() | prices), cache_write_per_mtok=draw(st.none() | prices),
+        provider="p",
+        model="m",
+        api="openai",
+        tier=Tier.mini,
+        input_per_mtok=draw(prices),
+        output_per_mtok=draw(prices),
+        cached_input_per_mtok=draw(st.none() | prices),
+        cache_write_per_mtok=draw(st.none() | prices),
         batch_discount=draw(st.none() | st.sampled_from(["0.5", "1"])),
-        context_window=1_000_000, max_output_tokens=100_000,
+        context_window=1_000_000,
+        max_output_tokens=100_000,
     )
 
 
@@ -38,8 +44,13 @@ def usages(draw) -> Usage:
     cached = draw(st.integers(0, inp))
     write = draw(st.integers(0, inp - cached))
     out = draw(st.integers(0, 200_000))
-    return Usage(input_tokens=inp, cached_tokens=cached, cache_write_tokens=write, output_tokens=out,
-                 reasoning_tokens=draw(st.integers(0, out)))
+    return Usage(
+        input_tokens=inp,
+        cached_tokens=cached,
+        cache_write_tokens=write,
+        output_tokens=out,
+        reasoning_tokens=draw(st.integers(0, out)),
+    )
 
 
 PICOS_PER_MICRO = 10**6
@@ -53,8 +64,12 @@ def expected_picos(u: Usage, m: ModelInfo, *, batch: bool) -> Fraction:
     p_in = F(m.input_per_mtok)
     p_cached = F(m.cached_input_per_mtok) if m.cached_input_per_mtok is not None else p_in
     p_write = F(m.cache_write_per_mtok) if m.cache_write_per_mtok is not None else p_in
-    total = ((u.input_tokens - u.cached_tokens - u.cache_write_tokens) * p_in + u.cached_tokens * p_cached
-             + u.cache_write_tokens * p_write + u.output_tokens * F(m.output_per_mtok))
+    total = (
+        (u.input_tokens - u.cached_tokens - u.cache_write_tokens) * p_in
+        + u.cached_tokens * p_cached
+        + u.cache_write_tokens * p_write
+        + u.output_tokens * F(m.output_per_mtok)
+    )
     # USD per 1M tokens x tokens = micro-dollars = 10**6 pico-dollars
     return total * (F(m.batch_discount) if batch else 1) * PICOS_PER_MICRO
 
@@ -68,8 +83,7 @@ def test_price_matches_the_documented_formula(m, u, batch):
     cost = price(u, m, batch=batch)
     exact = expected_picos(u, m, batch=batch)
     assert cost.picos == exact  # exact: an integer, never rounded
-    assert F(cost.uncached_input_picos + cost.cached_input_picos + cost.cache_write_picos
-             + cost.output_picos) == exact
+    assert F(cost.uncached_input_picos + cost.cached_input_picos + cost.cache_write_picos + cost.output_picos) == exact
 
 
 @given(models(), usages())
@@ -88,21 +102,44 @@ def test_upper_bound_covers_any_usage_within_the_limits(m, u, extra_in, extra_ou
 
 
 def test_upper_bound_covers_a_cached_price_above_the_input_price():
-    m = ModelInfo(provider="p", model="m", api="openai", tier=Tier.mini, input_per_mtok="1",
-                  cached_input_per_mtok="2", output_per_mtok="1", context_window=1000, max_output_tokens=100)
+    m = ModelInfo(
+        provider="p",
+        model="m",
+        api="openai",
+        tier=Tier.mini,
+        input_per_mtok="1",
+        cached_input_per_mtok="2",
+        output_per_mtok="1",
+        context_window=1000,
+        max_output_tokens=100,
+    )
     assert price(Usage(input_tokens=100, cached_tokens=100), m).picos <= upper_bound_picos(m, 100, 0)
 
 
-@given(st.integers(0, 100_000), st.integers(0, 100_000), st.integers(0, 100_000), st.integers(0, 50_000),
-       st.integers(0, 5_000))
+@given(
+    st.integers(0, 100_000),
+    st.integers(0, 100_000),
+    st.integers(0, 100_000),
+    st.integers(0, 50_000),
+    st.integers(0, 5_000),
+)
 def test_anthropic_usage_convention(input_tokens, cache_read, cache_creation, output_tokens, thinking):
     """Anthropic's `input_tokens` excludes cache reads and writes; mapped onto ours, the bill is Anthropic's:
     input x base + cache_read x read price + cache_creation x write price + output x output price."""
     m = builtin_catalog().get("claude-sonnet-4-20250514")
-    ours = Usage(input_tokens=input_tokens + cache_read + cache_creation, cached_tokens=cache_read,
-                 cache_write_tokens=cache_creation, output_tokens=output_tokens + thinking, reasoning_tokens=thinking)
-    anthropic_bill = (input_tokens * F(m.input_per_mtok) + cache_read * F(m.cached_input_per_mtok)
-                      + cache_creation * F(m.cache_write_per_mtok) + (output_tokens + thinking) * F(m.output_per_mtok))
+    ours = Usage(
+        input_tokens=input_tokens + cache_read + cache_creation,
+        cached_tokens=cache_read,
+        cache_write_tokens=cache_creation,
+        output_tokens=output_tokens + thinking,
+        reasoning_tokens=thinking,
+    )
+    anthropic_bill = (
+        input_tokens * F(m.input_per_mtok)
+        + cache_read * F(m.cached_input_per_mtok)
+        + cache_creation * F(m.cache_write_per_mtok)
+        + (output_tokens + thinking) * F(m.output_per_mtok)
+    )
     assert price(ours, m).picos == anthropic_bill * PICOS_PER_MICRO
     # REFERENCE.md: a 5-minute cache write costs 1.25x input, a read 0.1x
     assert F(m.cache_write_per_mtok) == F(m.input_per_mtok) * Fraction(5, 4)
@@ -115,8 +152,11 @@ def test_openai_usage_convention(prompt_tokens, cached_share, completion_tokens)
     cached = min(cached_share, prompt_tokens)
     m = builtin_catalog().get("gpt-4o")
     ours = Usage(input_tokens=prompt_tokens, cached_tokens=cached, output_tokens=completion_tokens)
-    bill = (prompt_tokens - cached) * F(m.input_per_mtok) + cached * F(m.cached_input_per_mtok) \
+    bill = (
+        (prompt_tokens - cached) * F(m.input_per_mtok)
+        + cached * F(m.cached_input_per_mtok)
         + completion_tokens * F(m.output_per_mtok)
+    )
     assert price(ours, m).picos == bill * PICOS_PER_MICRO
     assert price(ours, m, batch=True).picos == bill / 2 * PICOS_PER_MICRO
 
@@ -132,25 +172,60 @@ def test_cheap_calls_are_not_rounded_up():
     (micro-dollar rounding charged 837 for 735.9 and 1,000 for 606)."""
     groq = builtin_catalog().get("groq/llama-3.1-8b-instant")
     assert price(Usage(input_tokens=12_345, output_tokens=1_482), groq).picos == (12_345 * 5 + 1_482 * 8) * 10**4
-    cheap = ModelInfo(provider="p", model="m", api="openai", tier=Tier.mini, input_per_mtok="0.01",
-                      output_per_mtok="0.01", context_window=1000, max_output_tokens=100)
+    cheap = ModelInfo(
+        provider="p",
+        model="m",
+        api="openai",
+        tier=Tier.mini,
+        input_per_mtok="0.01",
+        output_per_mtok="0.01",
+        context_window=1000,
+        max_output_tokens=100,
+    )
     assert price(Usage(input_tokens=50_000, output_tokens=10_600), cheap).picos == 606 * 10**6
 
 
 def test_a_price_finer_than_one_pico_per_token_is_refused():
     with pytest.raises(ValueError, match="finer than the ledger's unit"):
-        ModelInfo(provider="p", model="m", api="openai", tier=Tier.mini, input_per_mtok="0.0000001",
-                  output_per_mtok="1", context_window=1000, max_output_tokens=100)
+        ModelInfo(
+            provider="p",
+            model="m",
+            api="openai",
+            tier=Tier.mini,
+            input_per_mtok="0.0000001",
+            output_per_mtok="1",
+            context_window=1000,
+            max_output_tokens=100,
+        )
     with pytest.raises(ValueError, match="batch_discount"):  # 0.000001 x 0.5 is half a pico per token
-        ModelInfo(provider="p", model="m", api="openai", tier=Tier.mini, input_per_mtok="0.000001",
-                  output_per_mtok="1", batch_discount="0.5", context_window=1000, max_output_tokens=100)
+        ModelInfo(
+            provider="p",
+            model="m",
+            api="openai",
+            tier=Tier.mini,
+            input_per_mtok="0.000001",
+            output_per_mtok="1",
+            batch_discount="0.5",
+            context_window=1000,
+            max_output_tokens=100,
+        )
 
 
 def test_long_context_tiers_any_number_of_thresholds():
-    m = ModelInfo(provider="p", model="m", api="openai", tier=Tier.mini, input_per_mtok="1", output_per_mtok="2",
-                  context_window=2_000_000, max_output_tokens=100, price_tiers=[
-                      {"above_input_tokens": 500_000, "input_per_mtok": "3", "output_per_mtok": "6"},
-                      {"above_input_tokens": 100_000, "input_per_mtok": "2", "output_per_mtok": "4"}])
+    m = ModelInfo(
+        provider="p",
+        model="m",
+        api="openai",
+        tier=Tier.mini,
+        input_per_mtok="1",
+        output_per_mtok="2",
+        context_window=2_000_000,
+        max_output_tokens=100,
+        price_tiers=[
+            {"above_input_tokens": 500_000, "input_per_mtok": "3", "output_per_mtok": "6"},
+            {"above_input_tokens": 100_000, "input_per_mtok": "2", "output_per_mtok": "4"},
+        ],
+    )
     at = lambda n: price(Usage(input_tokens=n, output_tokens=10), m).picos  # noqa: E731
     assert at(100_000) == (100_000 * 1 + 10 * 2) * 10**6  # "above": the threshold itself is the lower tier
     assert at(100_001) == (100_001 * 2 + 10 * 4) * 10**6
@@ -166,11 +241,14 @@ def test_gemini_25_pro_300k_prompt_is_priced_at_the_long_context_rate():
     assert price(Usage(input_tokens=100_000, output_tokens=1_000), m).picos == (100_000 * 1.25 + 1_000 * 10) * 10**6
 
 
-@pytest.mark.parametrize("usage, match", [
-    (Usage(input_tokens=10, cached_tokens=8, cache_write_tokens=5), "exceed input_tokens"),
-    (Usage(output_tokens=3, reasoning_tokens=4), "reasoning_tokens"),
-    (Usage(input_tokens=-1), "negative"),
-])
+@pytest.mark.parametrize(
+    "usage, match",
+    [
+        (Usage(input_tokens=10, cached_tokens=8, cache_write_tokens=5), "exceed input_tokens"),
+        (Usage(output_tokens=3, reasoning_tokens=4), "reasoning_tokens"),
+        (Usage(input_tokens=-1), "negative"),
+    ],
+)
 def test_inconsistent_usage_is_refused_not_priced_at_zero(usage, match):
     with pytest.raises(PricingError, match=match):
         price(usage, builtin_catalog().get("gpt-4o"))

@@ -97,8 +97,12 @@ def test_make_http_client_uses_the_aiohttp_transport_and_talks_http():
     done = _complete_served(handler, max_connections=8)
     assert done.text == "positive" and done.provider_request_id == "req_live"
     assert done.usage.cached_tokens == 1920
-    assert seen == [{"auth": f"Bearer {KEY}", "body": {"model": "gpt-4o-mini", "max_tokens": 8,
-                                                         "messages": [{"role": "user", "content": "hi"}]}}]
+    assert seen == [
+        {
+            "auth": f"Bearer {KEY}",
+            "body": {"model": "gpt-4o-mini", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+        }
+    ]
 
 
 def test_server_dropping_the_connection_is_a_reset_after_sending():
@@ -115,7 +119,7 @@ def test_server_dropping_the_connection_is_a_reset_after_sending():
 
 def test_truncated_body_is_a_reset():
     async def truncate(writer):
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{\"id\":")
+        writer.write(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{"id":')
         await writer.drain()
 
     with pytest.raises(RetryableError) as info:
@@ -159,4 +163,6 @@ def test_error_status_over_the_real_transport_keeps_retry_after():
     with pytest.raises(RetryableError) as info:
         _complete_served(handler)
     assert info.value.error_class == "rate_limited" and info.value.retry_after == pytest.approx(0.25)
-    assert json.loads((FIXTURES / "openai_error_rate_limit.json").read_text())["error"]["message"][:20] in str(info.value)
+    assert json.loads((FIXTURES / "openai_error_rate_limit.json").read_text())["error"]["message"][:20] in str(
+        info.value
+    )

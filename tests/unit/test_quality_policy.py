@@ -22,8 +22,12 @@ def _task(**kw) -> TaskLine:
 
 
 def _policy(threshold=0.5) -> dict:
-    return {"version": 1, "target": 0.95, "confidence": 0.95, "groups": {group_key(_task()): {
-        "model": CHEAP, "escalate_to": REF, "threshold": threshold}}}
+    return {
+        "version": 1,
+        "target": 0.95,
+        "confidence": 0.95,
+        "groups": {group_key(_task()): {"model": CHEAP, "escalate_to": REF, "threshold": threshold}},
+    }
 
 
 def _decision(task):
@@ -67,7 +71,9 @@ def test_calibration_router_records_confidence_and_asks_for_logprobs():
     r = policy.PolicyRouter(None, calibration=True)
     assert r.wants_logprobs(_task())
     assert r.record("positive", Completion(text="positive", usage=Usage(), confidence=0.8)) == {
-        "answer": "positive", "confidence": 0.8}
+        "answer": "positive",
+        "confidence": 0.8,
+    }
 
 
 def test_policy_file_errors_are_one_clear_line(tmp_path):
@@ -88,7 +94,9 @@ def test_policy_file_errors_are_one_clear_line(tmp_path):
 def test_agreement_rules():
     assert agreement.agrees("classify", "positive", "positive")
     assert not agreement.agrees("classify", "positive", "negative")
-    assert agreement.agrees("extract", {"name": " Ada  Lovelace", "n": 1, "x": None}, {"name": "ada lovelace", "n": 1.0})
+    assert agreement.agrees(
+        "extract", {"name": " Ada  Lovelace", "n": 1, "x": None}, {"name": "ada lovelace", "n": 1.0}
+    )
     assert not agreement.agrees("extract", {"name": "Ada", "n": 2}, {"name": "Ada", "n": 1})
     with pytest.raises(ValueError):
         agreement.agrees("summarize", "a", "b")
@@ -103,6 +111,7 @@ def test_stratified_sample_gives_each_group_its_own_sample():
     assert sorted((s.population, len(s.sample)) for s in strata.values()) == [(30, 30), (500, 50)]
     big = next(s for s in strata.values() if s.population == 500)
     assert len({t.id for t in big.sample}) == 50
-    assert [t.id for t in big.sample] == [t.id for t in next(
-        s for s in stratified_sample(tasks, 50, seed=1).values() if s.population == 500).sample]
+    assert [t.id for t in big.sample] == [
+        t.id for t in next(s for s in stratified_sample(tasks, 50, seed=1).values() if s.population == 500).sample
+    ]
     assert max(int(t.id) for t in big.sample) > 100  # drawn from the whole file, not its head

@@ -29,8 +29,10 @@ def _conv(task: TaskLine):
 
 def _answers(model: str, wrong_rate: float):
     rates = ErrorRates(wrong=wrong_rate)
-    return [scored_answer(_conv(TaskLine(id="t", task="classify", input=t, labels=LABELS)), model=model, rates=rates)
-            for t in TEXTS]
+    return [
+        scored_answer(_conv(TaskLine(id="t", task="classify", input=t, labels=LABELS)), model=model, rates=rates)
+        for t in TEXTS
+    ]
 
 
 def test_wrong_but_valid_answers_at_about_the_rate_and_deterministic():

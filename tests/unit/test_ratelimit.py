@@ -158,7 +158,9 @@ def test_tpm_paces_tokens_of_varied_sizes():
 
 def test_rpm_and_tpm_together_each_bind():
     async def main(make, loop):
-        lim = make({"rpm-bound/m": RateLimit(rpm=120, tpm=1_000_000), "tpm-bound/m": RateLimit(rpm=100_000, tpm=12_000)})
+        lim = make(
+            {"rpm-bound/m": RateLimit(rpm=120, tpm=1_000_000), "tpm-bound/m": RateLimit(rpm=100_000, tpm=12_000)}
+        )
         a = asyncio.create_task(hammer(lim, "rpm-bound/m", loop, workers=50, until=180.0, tokens=lambda: 100))
         b = asyncio.create_task(hammer(lim, "tpm-bound/m", loop, workers=50, until=180.0, tokens=lambda: 100))
         return await a, await b

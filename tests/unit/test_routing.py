@@ -79,7 +79,9 @@ def test_image_goes_to_vision_models_only(catalog, all_creds):
 
 def test_gpt4o_mini_images_are_priced_at_its_token_multiple(catalog, all_creds):
     # gpt-4o-mini bills an image at ~33x the tokens of gpt-4o, so it is not the cheap choice for pictures.
-    task = TaskLine(id="i", task="chat", input="describe", images=["https://example.com/a.png"], models=["gpt-4o-mini", "gpt-4o"])
+    task = TaskLine(
+        id="i", task="chat", input="describe", images=["https://example.com/a.png"], models=["gpt-4o-mini", "gpt-4o"]
+    )
     d = decide(task, catalog, all_creds)
     by_key = {c.model.key: c for c in d.candidates}
     mini = by_key["openai/gpt-4o-mini"]
@@ -121,7 +123,9 @@ def test_retired_and_deprecated_models_are_not_routed_unless_pinned(catalog, all
 
 def test_o1_mini_with_a_system_message_is_eligible_and_adapted(catalog, all_creds):
     task = TaskLine(
-        id="o", task="chat", model="openai/o1-mini",
+        id="o",
+        task="chat",
+        model="openai/o1-mini",
         messages=[{"role": "system", "content": "be terse"}, {"role": "user", "content": "hi"}],
     )
     d = decide(task, catalog, all_creds)
@@ -135,8 +139,17 @@ def test_o1_mini_with_a_system_message_is_eligible_and_adapted(catalog, all_cred
 
 def test_model_without_system_role_or_quirk_is_rejected():
     provider = ProviderInfo(name="p", api="openai", base_url="http://x", key_env=None)
-    bare = ModelInfo(provider="p", model="bare", api="openai", tier=Tier.mini, input_per_mtok="1", output_per_mtok="1",
-                     context_window=10_000, max_output_tokens=2_000, capabilities=[])
+    bare = ModelInfo(
+        provider="p",
+        model="bare",
+        api="openai",
+        tier=Tier.mini,
+        input_per_mtok="1",
+        output_per_mtok="1",
+        context_window=10_000,
+        max_output_tokens=2_000,
+        capabilities=[],
+    )
     cat = Catalog([bare], [provider])
     task = TaskLine(id="s", task="summarize", input="some text")  # summarize sends a system message
     d = route(task, build_request(task), cat, credentials={"p"}, now=NOW)
@@ -146,7 +159,9 @@ def test_model_without_system_role_or_quirk_is_rejected():
 
 
 def test_extract_needs_json_schema_or_a_prompt_only_quirk(catalog, all_creds):
-    task = TaskLine(id="x", task="extract", input="Ada, 36", schema={"type": "object", "properties": {"name": {"type": "string"}}})
+    task = TaskLine(
+        id="x", task="extract", input="Ada, 36", schema={"type": "object", "properties": {"name": {"type": "string"}}}
+    )
     d = decide(task, catalog, all_creds)
     assert all(c.model.has("json_schema") or c.model.quirks.get("no_response_format") for c in d.candidates)
     assert {r.reason for r in d.rejected if r.model.key == "groq/llama-3.1-8b-instant"} == {"no JSON schema output"}
@@ -200,9 +215,17 @@ def test_cooldown_sets_a_model_aside_and_comes_back_when_nothing_else_is_left(ca
 
 def test_equal_costs_are_ordered_by_latency_then_key():
     provider = ProviderInfo(name="p", api="openai", base_url="http://x", key_env=None)
-    mk = lambda name: ModelInfo(provider="p", model=name, api="openai", tier=Tier.mini, input_per_mtok="1",
-                                output_per_mtok="2", context_window=10_000, max_output_tokens=2_000,
-                                capabilities=["system_role"])
+    mk = lambda name: ModelInfo(
+        provider="p",
+        model=name,
+        api="openai",
+        tier=Tier.mini,
+        input_per_mtok="1",
+        output_per_mtok="2",
+        context_window=10_000,
+        max_output_tokens=2_000,
+        capabilities=["system_role"],
+    )
     cat = Catalog([mk("a"), mk("b"), mk("c")], [provider])
     task = TaskLine(id="t", task="chat", input="hi")
     req = build_request(task)
@@ -214,8 +237,17 @@ def test_equal_costs_are_ordered_by_latency_then_key():
 
 def test_context_check_counts_the_completion_cap():
     provider = ProviderInfo(name="p", api="openai", base_url="http://x", key_env=None)
-    m = ModelInfo(provider="p", model="small", api="openai", tier=Tier.mini, input_per_mtok="1", output_per_mtok="1",
-                  context_window=1_000, max_output_tokens=1_000, capabilities=["system_role"])
+    m = ModelInfo(
+        provider="p",
+        model="small",
+        api="openai",
+        tier=Tier.mini,
+        input_per_mtok="1",
+        output_per_mtok="1",
+        context_window=1_000,
+        max_output_tokens=1_000,
+        capabilities=["system_role"],
+    )
     cat = Catalog([m], [provider])
     fits = ChatRequest(messages=[{"role": "user", "content": "x" * 100}], max_output_tokens=900)
     task = TaskLine(id="t", task="chat", input="x" * 100)
@@ -245,7 +277,8 @@ def test_a_model_past_its_shutdown_date_is_retired_whatever_its_status(catalog, 
     d = decide(task, cat, all_creds)
     assert "groq/llama-3.1-8b-instant" not in keys(d)
     assert {r.reason for r in d.rejected if r.model.key == "groq/llama-3.1-8b-instant"} == {
-        "retired: shutdown date 2026-01-01 has passed"}
+        "retired: shutdown date 2026-01-01 has passed"
+    }
     earlier = route(task, build_request(task), cat, credentials=all_creds, now=1_700_000_000.0)  # 2023
     assert "groq/llama-3.1-8b-instant" in keys(earlier)
 
@@ -274,7 +307,9 @@ def test_requested_output_beyond_the_model_maximum_is_rejected(catalog, all_cred
     task = TaskLine(id="o", task="chat", input="write a book", max_output_tokens=20_000)
     d = decide(task, catalog, all_creds)
     assert all(c.model.max_output_tokens >= 20_000 for c in d.candidates)
-    assert {r.reason for r in d.rejected if r.model.key == "groq/llama-3.1-8b-instant"} == {"max output 8,192 < 20,000 requested"}
+    assert {r.reason for r in d.rejected if r.model.key == "groq/llama-3.1-8b-instant"} == {
+        "max output 8,192 < 20,000 requested"
+    }
 
 
 def test_escalation_order_only_climbs(catalog, all_creds):

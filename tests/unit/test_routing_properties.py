@@ -36,8 +36,13 @@ def models(draw, index: int) -> ModelInfo:
         quirks["image_tokens"] = draw(st.sampled_from([258, 765, 25501]))
     tiers = []
     if draw(st.integers(0, 4)) == 0:  # a long-context tier: dearer above the threshold
-        tiers.append({"above_input_tokens": draw(st.sampled_from([2_000, 128_000])),
-                      "input_per_mtok": draw(st.sampled_from(PRICES)), "output_per_mtok": draw(st.sampled_from(PRICES))})
+        tiers.append(
+            {
+                "above_input_tokens": draw(st.sampled_from([2_000, 128_000])),
+                "input_per_mtok": draw(st.sampled_from(PRICES)),
+                "output_per_mtok": draw(st.sampled_from(PRICES)),
+            }
+        )
     # a bare model id shared across providers now and then, so allow-lists by bare id can match several
     name = draw(st.sampled_from([f"m{index}", f"m{index}", "shared"]))
     return ModelInfo(
@@ -52,7 +57,9 @@ def models(draw, index: int) -> ModelInfo:
         context_window=draw(st.sampled_from([1_000, 8_192, 32_000, 128_000, 1_000_000, 1_000_000])),
         max_output_tokens=draw(st.sampled_from([64, 4_096, 32_768, 32_768])),
         # each capability present 4 times in 5, so most random requests find some model
-        capabilities={c for c in ("vision", "json_schema", "system_role", "tools", "temperature") if draw(st.integers(0, 4))},
+        capabilities={
+            c for c in ("vision", "json_schema", "system_role", "tools", "temperature") if draw(st.integers(0, 4))
+        },
         quirks=quirks,
         price_tiers=tiers,
         status=draw(st.sampled_from(["active"] * 6 + ["deprecated", "retired"])),
@@ -69,7 +76,10 @@ def catalogs(draw) -> Catalog:
     for m in draw(st.lists(st.sampled_from(ms), max_size=3)):
         ms.append(m.model_copy(update={"provider": draw(st.sampled_from(PROVIDERS))}))
     unique = {m.key: m for m in ms}
-    provs = [ProviderInfo(name=p, api="openai", base_url="http://127.0.0.1:1/v1", key_env=f"{p.upper()}_KEY") for p in PROVIDERS]
+    provs = [
+        ProviderInfo(name=p, api="openai", base_url="http://127.0.0.1:1/v1", key_env=f"{p.upper()}_KEY")
+        for p in PROVIDERS
+    ]
     return Catalog(unique.values(), provs)
 
 
@@ -84,7 +94,9 @@ def tasks(draw, catalog: Catalog) -> TaskLine:
     fields: dict = {"id": "t", "task": kind}
     if kind == "chat" and draw(st.booleans()):
         with_system = draw(st.booleans())
-        msgs = ([{"role": "system", "content": "be brief"}] if with_system else []) + [{"role": "user", "content": text}]
+        msgs = ([{"role": "system", "content": "be brief"}] if with_system else []) + [
+            {"role": "user", "content": text}
+        ]
         fields["messages"] = msgs
     else:
         fields["input"] = text
@@ -108,6 +120,7 @@ def tasks(draw, catalog: Catalog) -> TaskLine:
 
 # ---- the oracle ---------------------------------------------------------------------------------------------
 
+
 def named(m: ModelInfo, names) -> bool:
     return m.key in names or m.model in names
 
@@ -119,7 +132,9 @@ def oracle(task: TaskLine, catalog: Catalog, creds, health: Health, deny, job_mi
     has_system = any(m["role"] in ("system", "developer") for m in msgs)
     min_tier = task.min_tier or job_min_tier or DEFAULT_MIN_TIER[task.task]
     text_est = estimate_input_tokens(msgs, json_schema=req.json_schema, image_tokens=0)
-    out_visible = expected_output_tokens(task.task, req.max_output_tokens, text_est, task.labels, json_schema=req.json_schema)
+    out_visible = expected_output_tokens(
+        task.task, req.max_output_tokens, text_est, task.labels, json_schema=req.json_schema
+    )
 
     if task.model:
         exact = [m for m in catalog if m.key == task.model]
@@ -136,7 +151,9 @@ def oracle(task: TaskLine, catalog: Catalog, creds, health: Health, deny, job_mi
         cap = min(cap, m.max_output_tokens)
         out = min(out_visible + (m.expected_reasoning_tokens if m.reasoning else 0), cap)
         tier = [t for t in m.price_tiers if in_est > t.above_input_tokens]
-        p_in, p_out = (tier[-1].input_per_mtok, tier[-1].output_per_mtok) if tier else (m.input_per_mtok, m.output_per_mtok)
+        p_in, p_out = (
+            (tier[-1].input_per_mtok, tier[-1].output_per_mtok) if tier else (m.input_per_mtok, m.output_per_mtok)
+        )
         cost = int((Fraction(in_est) * Fraction(p_in) + Fraction(out) * Fraction(p_out)) * 10**6)  # exact
 
         ok = True
@@ -149,7 +166,11 @@ def oracle(task: TaskLine, catalog: Catalog, creds, health: Health, deny, job_mi
         ok &= m.provider in creds
         ok &= TIER_RANK[m.tier] >= TIER_RANK[min_tier] or is_pinned
         ok &= n_images == 0 or "vision" in m.capabilities
-        ok &= not has_system or "system_role" in m.capabilities or m.quirks.get("system_role") in ("merge_into_user", "developer")
+        ok &= (
+            not has_system
+            or "system_role" in m.capabilities
+            or m.quirks.get("system_role") in ("merge_into_user", "developer")
+        )
         ok &= req.json_schema is None or "json_schema" in m.capabilities or bool(m.quirks.get("no_response_format"))
         ok &= m.max_output_tokens >= req.max_output_tokens
         ok &= in_est + cap <= m.context_window
@@ -179,7 +200,9 @@ def scenarios(draw):
     )
     deny = sometimes(st.frozensets(st.sampled_from(keys + [m.model for m in catalog]), max_size=1), frozenset())
     job_min_tier = sometimes(st.sampled_from(list(Tier)), None)
-    max_cost = sometimes(st.sampled_from([0, 50 * 10**6, 10_000 * 10**6, "at a model's cost", "at a model's cost"]), None)
+    max_cost = sometimes(
+        st.sampled_from([0, 50 * 10**6, 10_000 * 10**6, "at a model's cost", "at a model's cost"]), None
+    )
     if max_cost == "at a model's cost":  # the boundary: a cost equal to the cap is allowed
         costs = sorted(oracle(task, catalog, creds, health, deny, job_min_tier, None).values())
         max_cost = draw(st.sampled_from(costs)) if costs else None
@@ -190,8 +213,17 @@ def scenarios(draw):
 @given(scenarios())
 def test_route_picks_the_argmin_of_independently_eligible_models(s):
     catalog, task, creds, health, deny, job_min_tier, max_cost = s
-    d = route(task, build_request(task), catalog, credentials=creds, health=health, deny=deny,
-              job_min_tier=job_min_tier, max_cost_per_task_picos=max_cost, now=NOW)
+    d = route(
+        task,
+        build_request(task),
+        catalog,
+        credentials=creds,
+        health=health,
+        deny=deny,
+        job_min_tier=job_min_tier,
+        max_cost_per_task_picos=max_cost,
+        now=NOW,
+    )
     expected = oracle(task, catalog, creds, health, deny, job_min_tier, max_cost)
 
     got = {c.model.key: c.estimated_picos for c in d.candidates}

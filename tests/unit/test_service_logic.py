@@ -36,8 +36,12 @@ def test_money_shows_cents_above_a_dollar_and_micros_below():
 
 
 def _line(i, model):
-    return {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": model, "messages": [{"role": "user", "content": "hi"}]}}
+    return {
+        "custom_id": f"r{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": "hi"}]},
+    }
 
 
 def test_auto_lines_lose_their_model_and_line_numbers_hold(tmp_path):
@@ -51,13 +55,16 @@ def test_auto_lines_lose_their_model_and_line_numbers_hold(tmp_path):
     assert all("model" not in orjson.loads(x)["body"] for x in dest.read_bytes().split(b"\n") if x)
 
 
-@pytest.mark.parametrize("meta,fragment", [
-    ({"llmbatch_budget_usd": "lots"}, "llmbatch_budget_usd"),
-    ({"llmbatch_budget_usd": "-1"}, "llmbatch_budget_usd"),
-    ({"llmbatch_routing": "fastest"}, "llmbatch_routing"),
-    ({"n": 3}, "string"),
-    ([1], "object"),
-])
+@pytest.mark.parametrize(
+    "meta,fragment",
+    [
+        ({"llmbatch_budget_usd": "lots"}, "llmbatch_budget_usd"),
+        ({"llmbatch_budget_usd": "-1"}, "llmbatch_budget_usd"),
+        ({"llmbatch_routing": "fastest"}, "llmbatch_routing"),
+        ({"n": 3}, "string"),
+        ([1], "object"),
+    ],
+)
 def test_bad_metadata_is_refused(meta, fragment):
     with pytest.raises(APIError) as e:
         _metadata(meta)
@@ -101,8 +108,9 @@ def test_http_errors_have_openai_shape(settings):
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
         assert client.get("/v1/batches?limit=500").json()["error"]["param"] == "limit"
         assert client.get("/v1/nothing-here").status_code == 404
-        r = client.post("/v1/files", files={"file": ("x.jsonl", b'{"custom_id": 1}\n{oops\n')},
-                        data={"purpose": "batch"})
+        r = client.post(
+            "/v1/files", files={"file": ("x.jsonl", b'{"custom_id": 1}\n{oops\n')}, data={"purpose": "batch"}
+        )
         assert r.status_code == 400 and "line 1" in r.json()["error"]["message"]
         r = client.post("/v1/files", files={"file": ("x.jsonl", b"{}")}, data={"purpose": "fine-tune"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "purpose"

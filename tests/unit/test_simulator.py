@@ -67,6 +67,7 @@ def assert_no_secret(resp: httpx.Response) -> None:
 
 # --- OpenAI -----------------------------------------------------------------------------------------
 
+
 def test_openai_success_shape_usage_and_headers(client):
     r = chat(client, max_tokens=50)
     assert r.status_code == 200
@@ -111,8 +112,9 @@ def test_outputs_are_deterministic(client):
 
 
 def test_max_tokens_truncates_with_finish_reason_length(client):
-    r = chat(client, messages=[{"role": "user", "content": "Tell me a long story about " + "dragons " * 20}],
-             max_tokens=3)
+    r = chat(
+        client, messages=[{"role": "user", "content": "Tell me a long story about " + "dragons " * 20}], max_tokens=3
+    )
     body = r.json()
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["completion_tokens"] <= 3
@@ -137,8 +139,12 @@ def test_legacy_o1_rejects_system_and_developer_roles(client, model, role):
 
 
 def test_o3_mini_accepts_developer_role(client):
-    r = chat(client, "o3-mini", [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}],
-             max_completion_tokens=5000)
+    r = chat(
+        client,
+        "o3-mini",
+        [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+        max_completion_tokens=5000,
+    )
     assert r.status_code == 200
 
 
@@ -195,8 +201,12 @@ def test_openai_cached_tokens_on_repeated_long_prefix(client):
     usage = second.json()["usage"]
     cached = usage["prompt_tokens_details"]["cached_tokens"]
     assert cached >= 1024 and cached % 128 == 0 and cached <= usage["prompt_tokens"]
-    assert chat(client, "gpt-4o-mini", [{"role": "user", "content": "a"}]).json()["usage"][
-        "prompt_tokens_details"]["cached_tokens"] == 0
+    assert (
+        chat(client, "gpt-4o-mini", [{"role": "user", "content": "a"}]).json()["usage"]["prompt_tokens_details"][
+            "cached_tokens"
+        ]
+        == 0
+    )
     assert short.status_code == 200
 
 
@@ -213,8 +223,10 @@ def test_openai_context_overflow(client):
 
 
 def test_openai_vision_rejected_for_text_only_model(client):
-    parts = [{"type": "text", "text": "What is in this picture?"},
-             {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
+    parts = [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]
     r = chat(client, "llama-3.1-8b-instant", [{"role": "user", "content": parts}])
     assert r.status_code == 400 and "image_url" in r.json()["error"]["message"]
     ok = chat(client, "gpt-4o", [{"role": "user", "content": parts}])
@@ -222,10 +234,18 @@ def test_openai_vision_rejected_for_text_only_model(client):
 
 
 def test_openai_structured_output_is_valid_json(client):
-    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
-              "required": ["city", "population"], "additionalProperties": False}
-    r = chat(client, "gpt-4o", [{"role": "user", "content": "Paris has a population of 2100000 people."}],
-             response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}})
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+        "additionalProperties": False,
+    }
+    r = chat(
+        client,
+        "gpt-4o",
+        [{"role": "user", "content": "Paris has a population of 2100000 people."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}},
+    )
     out = json.loads(r.json()["choices"][0]["message"]["content"])
     jsonschema.validate(out, schema)
     assert out["population"] == 2100000
@@ -238,6 +258,7 @@ def test_catalog_models_from_openai_compatible_providers_are_known(client):
 
 # --- Anthropic --------------------------------------------------------------------------------------
 
+
 def test_anthropic_success_shape(client):
     r = messages(client, system="Be terse.", max_tokens=100)
     assert r.status_code == 200
@@ -245,8 +266,12 @@ def test_anthropic_success_shape(client):
     assert body["id"].startswith("msg_") and body["type"] == "message" and body["role"] == "assistant"
     assert body["content"][0]["type"] == "text" and body["content"][0]["text"]
     assert body["stop_reason"] == "end_turn"
-    assert set(body["usage"]) >= {"input_tokens", "output_tokens", "cache_creation_input_tokens",
-                                  "cache_read_input_tokens"}
+    assert set(body["usage"]) >= {
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+    }
     assert r.headers["request-id"].startswith("req_")
     assert_no_secret(r)
 
@@ -270,16 +295,16 @@ def test_anthropic_requires_version_header(client):
 
 
 def test_anthropic_max_tokens_stop_reason(client):
-    r = messages(client, msgs=[{"role": "user", "content": "Tell me everything about " + "rivers " * 30}],
-                 max_tokens=2)
+    r = messages(client, msgs=[{"role": "user", "content": "Tell me everything about " + "rivers " * 30}], max_tokens=2)
     assert r.json()["stop_reason"] == "max_tokens" and r.json()["usage"]["output_tokens"] <= 2
 
 
 def test_anthropic_cache_write_then_read(client):
     system = [{"type": "text", "text": "Long shared instructions. " * 100, "cache_control": {"type": "ephemeral"}}]
     first = messages(client, system=system, max_tokens=50).json()["usage"]
-    second = messages(client, system=system, max_tokens=50,
-                      msgs=[{"role": "user", "content": "A different question"}]).json()["usage"]
+    second = messages(
+        client, system=system, max_tokens=50, msgs=[{"role": "user", "content": "A different question"}]
+    ).json()["usage"]
     assert first["cache_creation_input_tokens"] > 600 and first["cache_read_input_tokens"] == 0
     assert second["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
     assert second["cache_creation_input_tokens"] == 0
@@ -307,12 +332,16 @@ def test_anthropic_overloaded_is_529(sim, client):
         r = messages(client, max_tokens=10)
         seen[r.status_code] = r.json()
     assert set(seen) <= {429, 500, 529}
-    assert seen[529] == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"},
-                         "request_id": seen[529]["request_id"]}
+    assert seen[529] == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "Overloaded"},
+        "request_id": seen[529]["request_id"],
+    }
     assert seen[429]["error"]["type"] == "rate_limit_error"
 
 
 # --- Gemini -----------------------------------------------------------------------------------------
+
 
 def test_gemini_success_shape_and_usage_metadata(client):
     r = gemini(client, systemInstruction={"parts": [{"text": "Be kind."}]})
@@ -335,8 +364,11 @@ def test_gemini_key_in_query_is_accepted_and_never_echoed(client):
 
 
 def test_gemini_max_output_tokens(client):
-    r = gemini(client, contents=[{"role": "user", "parts": [{"text": "Describe " + "mountains " * 30}]}],
-               generationConfig={"maxOutputTokens": 3})
+    r = gemini(
+        client,
+        contents=[{"role": "user", "parts": [{"text": "Describe " + "mountains " * 30}]}],
+        generationConfig={"maxOutputTokens": 3},
+    )
     body = r.json()
     assert body["candidates"][0]["finishReason"] == "MAX_TOKENS"
     assert body["usageMetadata"]["candidatesTokenCount"] <= 3
@@ -346,15 +378,22 @@ def test_gemini_thinking_model_reports_thoughts(sim, client):
     sim.configure(extra_models={"gemini-2.5-flash": "mini"})
     usage = gemini(client, "gemini-2.5-flash", generationConfig={"maxOutputTokens": 8000}).json()["usageMetadata"]
     assert 200 <= usage["thoughtsTokenCount"] <= 2000
-    assert usage["totalTokenCount"] == (usage["promptTokenCount"] + usage["candidatesTokenCount"]
-                                        + usage["thoughtsTokenCount"])
+    assert usage["totalTokenCount"] == (
+        usage["promptTokenCount"] + usage["candidatesTokenCount"] + usage["thoughtsTokenCount"]
+    )
 
 
 def test_gemini_response_schema(client):
-    schema = {"type": "OBJECT", "properties": {"name": {"type": "STRING"}, "age": {"type": "INTEGER"}},
-              "required": ["name", "age"]}
-    r = gemini(client, contents=[{"role": "user", "parts": [{"text": "Alice Walker is 31 years old."}]}],
-               generationConfig={"responseMimeType": "application/json", "responseSchema": schema})
+    schema = {
+        "type": "OBJECT",
+        "properties": {"name": {"type": "STRING"}, "age": {"type": "INTEGER"}},
+        "required": ["name", "age"],
+    }
+    r = gemini(
+        client,
+        contents=[{"role": "user", "parts": [{"text": "Alice Walker is 31 years old."}]}],
+        generationConfig={"responseMimeType": "application/json", "responseSchema": schema},
+    )
     out = json.loads(r.json()["candidates"][0]["content"]["parts"][0]["text"])
     assert out == {"name": "Alice Walker", "age": 31}
 
@@ -379,7 +418,10 @@ def test_gemini_429_error_shape(sim, client):
 
 # --- shared behaviour -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("key_header", [{}, {"Authorization": "Bearer"}, {"Authorization": ""}, {"Authorization": "Basic abc"}])
+
+@pytest.mark.parametrize(
+    "key_header", [{}, {"Authorization": "Bearer"}, {"Authorization": ""}, {"Authorization": "Basic abc"}]
+)
 def test_openai_401_without_key(client, key_header):
     r = chat(client, headers=key_header)
     assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_request_error"
@@ -395,8 +437,14 @@ def test_anthropic_and_gemini_401_without_key(client):
 def test_unknown_model_404_in_each_shape(client):
     r = chat(client, "gpt-nope")
     assert r.status_code == 404
-    assert r.json() == {"error": {"message": "The model `gpt-nope` does not exist or you do not have access to it.",
-                                  "type": "invalid_request_error", "param": None, "code": "model_not_found"}}
+    assert r.json() == {
+        "error": {
+            "message": "The model `gpt-nope` does not exist or you do not have access to it.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "model_not_found",
+        }
+    }
     r = messages(client, "claude-nope", max_tokens=5)
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
     r = gemini(client, "gemini-nope")
@@ -415,8 +463,10 @@ def test_forced_label_error_via_override(sim, client):
     sim.configure(model_overrides={"gpt-4o-mini": {"label_error_rate": 1.0}})
     r = chat(client, "gpt-4o-mini", classify_messages("I love it"), max_tokens=16)
     assert r.json()["choices"][0]["message"]["content"] not in LABELS
-    assert chat(client, "gpt-4o", classify_messages("I love it"), max_tokens=16).json()[
-        "choices"][0]["message"]["content"] == "positive"
+    assert (
+        chat(client, "gpt-4o", classify_messages("I love it"), max_tokens=16).json()["choices"][0]["message"]["content"]
+        == "positive"
+    )
 
 
 def test_forced_json_error_via_override(sim, client):
@@ -468,6 +518,7 @@ def test_latency_is_applied(sim, client):
 
 
 # --- fault modes ------------------------------------------------------------------------------------
+
 
 def test_fault_reset_closes_connection(sim, client):
     sim.configure(faults={"reset": 1.0})
@@ -537,6 +588,7 @@ def test_fault_burst5xx(sim, client):
 
 # --- control endpoints ------------------------------------------------------------------------------
 
+
 def test_control_endpoints(sim, client):
     chat(client)
     r = client.post("/_sim/config", json={"latency_s": 0.01, "faults": {"malformed": 0.5}})
@@ -551,8 +603,10 @@ def test_control_endpoints(sim, client):
 
 
 def test_summarize_respects_word_budget(client):
-    text = ("The river flooded the valley in spring. Farmers moved their herds to higher ground. "
-            "By summer the water had receded and the fields were green again. ") * 3
+    text = (
+        "The river flooded the valley in spring. Farmers moved their herds to higher ground. "
+        "By summer the water had receded and the fields were green again. "
+    ) * 3
     msgs = build_request(TaskLine(id="s", task="summarize", input=text, max_output_tokens=20)).messages
     out = chat(client, "gpt-4o", msgs, max_tokens=20).json()["choices"][0]["message"]["content"]
     budget = max(10, int(20 * 0.6))

@@ -37,10 +37,18 @@ def openai_client(sim):
 
 
 def _jsonl(n: int, model: str = "gpt-4o-mini") -> bytes:
-    return b"".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-                                "body": {"model": model, "max_tokens": 20,
-                                         "messages": [{"role": "user", "content": f"Say hello {i}"}]}}).encode()
-                    + b"\n" for i in range(n))
+    return b"".join(
+        json.dumps(
+            {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": model, "max_tokens": 20, "messages": [{"role": "user", "content": f"Say hello {i}"}]},
+            }
+        ).encode()
+        + b"\n"
+        for i in range(n)
+    )
 
 
 def test_openai_sdk_batch_round_trip(sim):
@@ -48,8 +56,12 @@ def test_openai_sdk_batch_round_trip(sim):
     before = counters(sim)["created"].get("openai", 0)
     f = client.files.create(file=("in.jsonl", io.BytesIO(_jsonl(5))), purpose="batch")
     assert f.id.startswith("file-") and f.purpose == "batch" and f.bytes > 0
-    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
-                              metadata={"llmbatch_tag": "job-1:g0"})
+    b = client.batches.create(
+        input_file_id=f.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"llmbatch_tag": "job-1:g0"},
+    )
     assert b.metadata == {"llmbatch_tag": "job-1:g0"}
     got = client.batches.retrieve(b.id)
     assert got.status == "completed" and got.request_counts.total == 5 and got.request_counts.completed == 5
@@ -98,8 +110,9 @@ def test_openai_batch_fail_rate(sim):
     sim.configure(batch_fail_rate=1.0)
     client = openai_client(sim)
     f = client.files.create(file=("in.jsonl", io.BytesIO(_jsonl(3))), purpose="batch")
-    got = client.batches.retrieve(client.batches.create(
-        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h").id)
+    got = client.batches.retrieve(
+        client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h").id
+    )
     assert got.status == "completed" and got.request_counts.failed == 3
     errs = [json.loads(x) for x in client.files.content(got.error_file_id).text.splitlines()]
     assert {e["response"]["status_code"] for e in errs} == {500}
@@ -108,26 +121,38 @@ def test_openai_batch_fail_rate(sim):
 def test_openai_flex_tier(sim):
     client = openai_client(sim)
     openai = pytest.importorskip("openai")
-    r = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
-                                       service_tier="flex")
+    r = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], service_tier="flex"
+    )
     assert r.service_tier == "flex" and r.usage.prompt_tokens > 0
     sim.configure(flex_unavailable=1.0)
     with pytest.raises(openai.RateLimitError) as e:
-        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
-                                       service_tier="flex")
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], service_tier="flex"
+        )
     assert e.value.code == "resource_unavailable"
     # the standard tier is unaffected
-    assert client.chat.completions.create(model="gpt-4o-mini",
-                                          messages=[{"role": "user", "content": "hi"}]).service_tier == "default"
+    assert (
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]).service_tier
+        == "default"
+    )
     assert counters(sim)["flex"] == {"served": 1, "unavailable": 1}
 
 
 def test_anthropic_sdk_message_batches(sim):
     anthropic = pytest.importorskip("anthropic")
     client = anthropic.Anthropic(base_url=sim.url, api_key="sk-ant-sim", max_retries=0)
-    reqs = [{"custom_id": f"a{i}", "params": {"model": "claude-3-5-haiku-20241022", "max_tokens": 30,
-                                               "messages": [{"role": "user", "content": f"hello {i}"}]}}
-            for i in range(4)]
+    reqs = [
+        {
+            "custom_id": f"a{i}",
+            "params": {
+                "model": "claude-3-5-haiku-20241022",
+                "max_tokens": 30,
+                "messages": [{"role": "user", "content": f"hello {i}"}],
+            },
+        }
+        for i in range(4)
+    ]
     b = client.messages.batches.create(requests=reqs)
     assert b.id.startswith("msgbatch_")
     got = client.messages.batches.retrieve(b.id)

@@ -34,10 +34,12 @@ _part = st.one_of(
     _text.map(lambda t: {"type": "text", "text": t}),
     st.just({"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}),
 )
-_message = st.fixed_dictionaries({
-    "role": st.sampled_from(["user", "assistant"]),
-    "content": st.one_of(_text, st.lists(_part, min_size=1, max_size=4)),
-})
+_message = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["user", "assistant"]),
+        "content": st.one_of(_text, st.lists(_part, min_size=1, max_size=4)),
+    }
+)
 
 
 def _bound(system: str | None, msgs: list[dict]) -> int:
@@ -51,9 +53,12 @@ def _to_anthropic(msgs):
         if isinstance(m["content"], str):
             out.append(m)
             continue
-        blocks = [{"type": "text", "text": p["text"]} if p["type"] == "text" else
-                  {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "x"}}
-                  for p in m["content"]]
+        blocks = [
+            {"type": "text", "text": p["text"]}
+            if p["type"] == "text"
+            else {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "x"}}
+            for p in m["content"]
+        ]
         out.append({"role": m["role"], "content": blocks})
     return out
 
@@ -62,9 +67,17 @@ def _to_gemini(msgs):
     out = []
     for m in msgs:
         parts = [{"type": "text", "text": m["content"]}] if isinstance(m["content"], str) else m["content"]
-        out.append({"role": "model" if m["role"] == "assistant" else "user",
-                    "parts": [{"text": p["text"]} if p["type"] == "text" else
-                              {"inlineData": {"mimeType": "image/png", "data": "x"}} for p in parts]})
+        out.append(
+            {
+                "role": "model" if m["role"] == "assistant" else "user",
+                "parts": [
+                    {"text": p["text"]}
+                    if p["type"] == "text"
+                    else {"inlineData": {"mimeType": "image/png", "data": "x"}}
+                    for p in parts
+                ],
+            }
+        )
     return out
 
 
@@ -100,6 +113,7 @@ def test_truncate_to_tokens_fits_and_is_a_prefix(text, cap):
 
 # --- answers ----------------------------------------------------------------------------------------
 
+
 def _conv(task: TaskLine):
     b = ConversationBuilder("m")
     for m in build_request(task).messages:
@@ -131,25 +145,51 @@ def test_mini_error_rate_is_roughly_the_configured_share():
 
 
 SCHEMAS = [
-    {"type": "object", "properties": {"name": {"type": "string"}, "email": {"type": "string", "format": "email"},
-                                      "age": {"type": "integer", "minimum": 0, "maximum": 150},
-                                      "vip": {"type": "boolean"}},
-     "required": ["name", "email", "age", "vip"], "additionalProperties": False},
-    {"type": "object", "properties": {
-        "status": {"enum": ["open", "closed", "pending"]},
-        "tags": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 3},
-        "score": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-        "note": {"type": ["string", "null"], "maxLength": 5},
-        "kind": {"const": "ticket"},
-        "when": {"type": "string", "format": "date"}}, "required": ["status", "tags", "score", "kind"]},
-    {"$defs": {"addr": {"type": "object", "properties": {"city": {"type": "string", "minLength": 40}},
-                        "required": ["city"]}},
-     "type": "object", "properties": {"home": {"$ref": "#/$defs/addr"},
-                                      "alt": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/addr"}]},
-                                      "items": {"type": "array", "items": {"type": "integer"}, "maxItems": 0}},
-     "required": ["home", "alt", "items"]},
-    {"allOf": [{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
-               {"properties": {"b": {"type": "string"}}, "required": ["b"]}]},
+    {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "email": {"type": "string", "format": "email"},
+            "age": {"type": "integer", "minimum": 0, "maximum": 150},
+            "vip": {"type": "boolean"},
+        },
+        "required": ["name", "email", "age", "vip"],
+        "additionalProperties": False,
+    },
+    {
+        "type": "object",
+        "properties": {
+            "status": {"enum": ["open", "closed", "pending"]},
+            "tags": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 3},
+            "score": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+            "note": {"type": ["string", "null"], "maxLength": 5},
+            "kind": {"const": "ticket"},
+            "when": {"type": "string", "format": "date"},
+        },
+        "required": ["status", "tags", "score", "kind"],
+    },
+    {
+        "$defs": {
+            "addr": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "minLength": 40}},
+                "required": ["city"],
+            }
+        },
+        "type": "object",
+        "properties": {
+            "home": {"$ref": "#/$defs/addr"},
+            "alt": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/addr"}]},
+            "items": {"type": "array", "items": {"type": "integer"}, "maxItems": 0},
+        },
+        "required": ["home", "alt", "items"],
+    },
+    {
+        "allOf": [
+            {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+            {"properties": {"b": {"type": "string"}}, "required": ["b"]},
+        ]
+    },
 ]
 
 
@@ -174,6 +214,7 @@ def test_extract_answer_validates_and_errs_as_invalid_json():
 
 
 # --- rate windows, bursts, caches, config -------------------------------------------------------------
+
 
 def test_rpm_window_slides():
     lim = RpmLimiter()
@@ -204,8 +245,14 @@ def test_config_validation_and_partial_merge():
     cfg = SimulatorConfig(latency_s=0.1, faults={"hang": 0.1})
     merged = cfg.merged({"error_rate": 0.5})
     assert merged.latency_s == 0.1 and merged.error_rate == 0.5 and merged.faults == {"hang": 0.1}
-    for bad in ({"error_rate": 1.5}, {"faults": {"explode": 0.1}}, {"rpm": 0}, {"nope": 1},
-                {"model_overrides": {"m": {"colour": 1}}}, {"extra_models": {"m": "huge"}}):
+    for bad in (
+        {"error_rate": 1.5},
+        {"faults": {"explode": 0.1}},
+        {"rpm": 0},
+        {"nope": 1},
+        {"model_overrides": {"m": {"colour": 1}}},
+        {"extra_models": {"m": "huge"}},
+    ):
         with pytest.raises(ValueError):
             cfg.merged(bad)
 

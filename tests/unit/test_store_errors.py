@@ -21,12 +21,15 @@ def _op_error(msg: str) -> OperationalError:
     return OperationalError("INSERT ...", {}, Exception(msg))
 
 
-@pytest.mark.parametrize("msg, expected", [
-    ("database or disk is full", "the disk holding the store is full"),
-    ("attempt to write a readonly database", "the store is read-only"),
-    ("database is locked", "the store is locked by another process"),
-    ('could not extend file "base/16384/2619": No space left on device', "the disk holding the store is full"),
-])
+@pytest.mark.parametrize(
+    "msg, expected",
+    [
+        ("database or disk is full", "the disk holding the store is full"),
+        ("attempt to write a readonly database", "the store is read-only"),
+        ("database is locked", "the store is locked by another process"),
+        ('could not extend file "base/16384/2619": No space left on device', "the disk holding the store is full"),
+    ],
+)
 def test_write_failures_are_named_and_not_retried(msg, expected):
     e = _op_error(msg)
     known = classify_store_error(e, "postgresql://u:pw@h/db")

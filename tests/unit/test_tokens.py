@@ -23,7 +23,7 @@ from llmbatch.tokens import (
 TRICKY = ["ﷺ", "ﬃ", "①", "é", "ñ", "日本語", "😀", "👩‍👩‍👧", "\u0301", "  \t\n", "Ａ", "㌀", "x" * 50]
 texts = st.one_of(
     st.text(max_size=300),
-    st.lists(st.sampled_from(TRICKY + ["the ", "cat ", "tokens ", "{\"a\": 1}"]), max_size=60).map("".join),
+    st.lists(st.sampled_from(TRICKY + ["the ", "cat ", "tokens ", '{"a": 1}']), max_size=60).map("".join),
 )
 roles = st.sampled_from(["system", "user", "assistant", "developer"])
 messages = st.lists(st.fixed_dictionaries({"role": roles, "content": texts}), min_size=1, max_size=5)
@@ -58,8 +58,13 @@ def sentencepiece_bf():
     spm = pytest.importorskip("sentencepiece")
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS), model_writer=buf, vocab_size=600, byte_fallback=True,
-        model_type="bpe", minloglevel=2, hard_vocab_limit=False,
+        sentence_iterator=iter(CORPUS),
+        model_writer=buf,
+        vocab_size=600,
+        byte_fallback=True,
+        model_type="bpe",
+        minloglevel=2,
+        hard_vocab_limit=False,
     )
     sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
     return lambda s: len(sp.encode(s))
@@ -114,7 +119,9 @@ def test_images_and_schema_add_to_the_bound():
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
     with_schema = upper_bound_input_tokens([{"role": "user", "content": "x"}], json_schema=schema)
     without = upper_bound_input_tokens([{"role": "user", "content": "x"}])
-    assert with_schema - without >= SCHEMA_OVERHEAD_TOKENS_MAX + len('{"properties":{"a":{"type":"string"}},"type":"object"}')
+    assert with_schema - without >= SCHEMA_OVERHEAD_TOKENS_MAX + len(
+        '{"properties":{"a":{"type":"string"}},"type":"object"}'
+    )
 
 
 def test_estimate_is_about_four_chars_per_token_for_english():
@@ -147,7 +154,10 @@ def test_expected_output_by_task_type():
     assert expected_output_tokens("classify", 16, 500, ["positive", "negative", "neutral"]) == 2 + 2
     assert expected_output_tokens("summarize", 300, 400) == 100
     assert expected_output_tokens("summarize", 300, 100_000) == 300
-    schema = {"type": "object", "properties": {"a": {}, "b": {}, "c": {"type": "object", "properties": {"d": {}, "e": {}}}}}
+    schema = {
+        "type": "object",
+        "properties": {"a": {}, "b": {}, "c": {"type": "object", "properties": {"d": {}, "e": {}}}},
+    }
     assert expected_output_tokens("extract", 1024, 50, json_schema=schema) == 4 * 24
     assert expected_output_tokens("extract", 10, 50, json_schema=schema) == 10
     assert expected_output_tokens("chat", 1024, 50) == 512

@@ -52,14 +52,28 @@ def _entry(row) -> Entry:
 def fresh_keys(conn: Connection, keys: list[str], *, ttl_s: float, now: float | None = None) -> set[str]:
     """Which of `keys` have a fresh answer (estimate)."""
     now = now if now is not None else time.time()
-    rows = conn.execute(select(response_cache.c.key).where(
-        response_cache.c.key.in_(keys), response_cache.c.output.is_not(None),
-        response_cache.c.created_at >= now - ttl_s)).all()
+    rows = conn.execute(
+        select(response_cache.c.key).where(
+            response_cache.c.key.in_(keys),
+            response_cache.c.output.is_not(None),
+            response_cache.c.created_at >= now - ttl_s,
+        )
+    ).all()
     return {r.key for r in rows}
 
 
-def claim_or_get(conn: Connection, key: str, *, scope: str | None, provider: str, model: str, worker: str,
-                 ttl_s: float, claim_s: float, now: float | None = None) -> tuple[str, Any]:
+def claim_or_get(
+    conn: Connection,
+    key: str,
+    *,
+    scope: str | None,
+    provider: str,
+    model: str,
+    worker: str,
+    ttl_s: float,
+    claim_s: float,
+    now: float | None = None,
+) -> tuple[str, Any]:
     """(HIT, entry) when a fresh answer exists; (INVALID, error) when a fresh verdict says the answer fails
     validation; (LEAD, None) when this worker now holds the key's claim and must make the call; (WAIT,
     claimant) when another worker's live claim says it is making the call."""
@@ -71,37 +85,68 @@ def claim_or_get(conn: Connection, key: str, *, scope: str | None, provider: str
         return LEAD, None
     row = conn.execute(st.get, {"key": key}).first()
     if row is None:  # evicted between the two statements: as good as new
-        done = conn.execute(st.claim_new, {"key": key, "scope": scope, "provider": provider, "model": model,
-                                           **claim}).first()
+        done = conn.execute(
+            st.claim_new, {"key": key, "scope": scope, "provider": provider, "model": model, **claim}
+        ).first()
         return (LEAD, None) if done is not None else (WAIT, None)
     if row.created_at >= now - ttl_s:
         if row.output is not None:
             return HIT, _entry(row)
         if row.invalid_error is not None:
             return INVALID, row.invalid_error
-    if row.output is None and row.invalid_error is None and row.claimed_by != worker \
-            and row.claim_expires_at is not None and row.claim_expires_at >= now:
+    if (
+        row.output is None
+        and row.invalid_error is None
+        and row.claimed_by != worker
+        and row.claim_expires_at is not None
+        and row.claim_expires_at >= now
+    ):
         return WAIT, row.claimed_by
     # An expired answer or verdict, an expired claim, or this worker's own leftover claim: take the key over.
     takeover = conn.execute(
-        update(response_cache).where(
+        update(response_cache)
+        .where(
             response_cache.c.key == key,
-            or_(and_(_is_verdict(), response_cache.c.created_at < now - ttl_s),
-                and_(_is_claim(),
-                     or_(response_cache.c.claim_expires_at < now, response_cache.c.claimed_by == worker))))
-        .values(output=None, invalid_error=None, usage=None, **claim)).rowcount
+            or_(
+                and_(_is_verdict(), response_cache.c.created_at < now - ttl_s),
+                and_(_is_claim(), or_(response_cache.c.claim_expires_at < now, response_cache.c.claimed_by == worker)),
+            ),
+        )
+        .values(output=None, invalid_error=None, usage=None, **claim)
+    ).rowcount
     return (LEAD, None) if takeover == 1 else (WAIT, None)
 
 
-def put(conn: Connection, key: str, *, scope: str | None, provider: str, model: str, output: Any,
-        usage: dict[str, int] | None, job_id: str, attempt_id: int, now: float | None = None) -> Entry:
+def put(
+    conn: Connection,
+    key: str,
+    *,
+    scope: str | None,
+    provider: str,
+    model: str,
+    output: Any,
+    usage: dict[str, int] | None,
+    job_id: str,
+    attempt_id: int,
+    now: float | None = None,
+) -> Entry:
     """Store the validated answer of `attempt_id` under `key` (replacing a claim or an older answer), its cost
     copied from the attempt's ledger row."""
     now = now if now is not None else time.time()
-    saved = conn.execute(_statements(conn).put, {
-        "key": key, "scope": scope, "provider": provider, "model": model, "output": orjson.dumps(output).decode(),
-        "usage": orjson.dumps(usage).decode() if usage is not None else None, "job_id": job_id,
-        "attempt_id": attempt_id, "created_at": now}).scalar_one()
+    saved = conn.execute(
+        _statements(conn).put,
+        {
+            "key": key,
+            "scope": scope,
+            "provider": provider,
+            "model": model,
+            "output": orjson.dumps(output).decode(),
+            "usage": orjson.dumps(usage).decode() if usage is not None else None,
+            "job_id": job_id,
+            "attempt_id": attempt_id,
+            "created_at": now,
+        },
+    ).scalar_one()
     return Entry(key, provider, model, output, int(saved or 0))
 
 
@@ -113,13 +158,30 @@ def put_many(conn: Connection, items: list[dict[str, Any]], *, now: float | None
         return []
     now = now if now is not None else time.time()
     st = _statements(conn)
-    conn.execute(st.put_rows, [{
-        "key": i["key"], "scope": i["scope"], "provider": i["provider"], "model": i["model"],
-        "output": orjson.dumps(i["output"]).decode(),
-        "usage": orjson.dumps(i["usage"]).decode() if i["usage"] is not None else None, "job_id": i["job_id"],
-        "attempt_id": i["attempt_id"], "created_at": now} for i in items])
-    saved = dict(conn.execute(select(response_cache.c.key, response_cache.c.cost_picos)
-                              .where(response_cache.c.key.in_({i["key"] for i in items}))).all())
+    conn.execute(
+        st.put_rows,
+        [
+            {
+                "key": i["key"],
+                "scope": i["scope"],
+                "provider": i["provider"],
+                "model": i["model"],
+                "output": orjson.dumps(i["output"]).decode(),
+                "usage": orjson.dumps(i["usage"]).decode() if i["usage"] is not None else None,
+                "job_id": i["job_id"],
+                "attempt_id": i["attempt_id"],
+                "created_at": now,
+            }
+            for i in items
+        ],
+    )
+    saved = dict(
+        conn.execute(
+            select(response_cache.c.key, response_cache.c.cost_picos).where(
+                response_cache.c.key.in_({i["key"] for i in items})
+            )
+        ).all()
+    )
     return [Entry(i["key"], i["provider"], i["model"], i["output"], int(saved.get(i["key"]) or 0)) for i in items]
 
 
@@ -141,66 +203,123 @@ def _statements(conn: Connection) -> _Statements:
     st = _BUILT.get(dialect)
     if st is None:
         c = response_cache.c
-        claim_new = (_insert(conn).values(
-            key=bindparam("key"), scope=bindparam("scope"), provider=bindparam("provider"),
-            model=bindparam("model"), output=None, cost_picos=0, claimed_by=bindparam("claimed_by"),
-            claim_expires_at=bindparam("claim_expires_at"), created_at=bindparam("created_at"))
-            .on_conflict_do_nothing(index_elements=["key"]).returning(c.key))
-        cost = func.coalesce(select(attempts.c.cost_picos).where(attempts.c.id == bindparam("attempt_id"))
-                             .scalar_subquery(), 0)
-        values: dict[str, Any] = {"scope": bindparam("scope"), "provider": bindparam("provider"), "model": bindparam("model"),
-                  "output": bindparam("output"), "invalid_error": None, "usage": bindparam("usage"),
-                  "cost_picos": cost, "job_id": bindparam("job_id"), "attempt_id": bindparam("attempt_id"),
-                  "claimed_by": None, "claim_expires_at": None, "created_at": bindparam("created_at")}
+        claim_new = (
+            _insert(conn)
+            .values(
+                key=bindparam("key"),
+                scope=bindparam("scope"),
+                provider=bindparam("provider"),
+                model=bindparam("model"),
+                output=None,
+                cost_picos=0,
+                claimed_by=bindparam("claimed_by"),
+                claim_expires_at=bindparam("claim_expires_at"),
+                created_at=bindparam("created_at"),
+            )
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(c.key)
+        )
+        cost = func.coalesce(
+            select(attempts.c.cost_picos).where(attempts.c.id == bindparam("attempt_id")).scalar_subquery(), 0
+        )
+        values: dict[str, Any] = {
+            "scope": bindparam("scope"),
+            "provider": bindparam("provider"),
+            "model": bindparam("model"),
+            "output": bindparam("output"),
+            "invalid_error": None,
+            "usage": bindparam("usage"),
+            "cost_picos": cost,
+            "job_id": bindparam("job_id"),
+            "attempt_id": bindparam("attempt_id"),
+            "claimed_by": None,
+            "claim_expires_at": None,
+            "created_at": bindparam("created_at"),
+        }
         upsert = _insert(conn).values(key=bindparam("key"), **values)
-        upsert = upsert.on_conflict_do_update(index_elements=["key"],
-                                              set_={k: upsert.excluded[k] for k in values})
-        st = _BUILT[dialect] = _Statements(claim_new, select(response_cache).where(c.key == bindparam("key")),
-                                           upsert.returning(c.cost_picos), upsert)
+        upsert = upsert.on_conflict_do_update(index_elements=["key"], set_={k: upsert.excluded[k] for k in values})
+        st = _BUILT[dialect] = _Statements(
+            claim_new, select(response_cache).where(c.key == bindparam("key")), upsert.returning(c.cost_picos), upsert
+        )
     return st
 
 
-def put_invalid(conn: Connection, key: str, *, scope: str | None, provider: str, model: str, error: str,
-                job_id: str, now: float | None = None) -> None:
+def put_invalid(
+    conn: Connection,
+    key: str,
+    *,
+    scope: str | None,
+    provider: str,
+    model: str,
+    error: str,
+    job_id: str,
+    now: float | None = None,
+) -> None:
     """Remember that this request's answer failed validation (replacing a claim; never an answer)."""
     now = now if now is not None else time.time()
-    values = {"scope": scope, "provider": provider, "model": model, "output": None, "invalid_error": error,
-              "usage": None, "cost_picos": 0, "job_id": job_id, "attempt_id": None, "claimed_by": None,
-              "claim_expires_at": None, "created_at": now}
+    values = {
+        "scope": scope,
+        "provider": provider,
+        "model": model,
+        "output": None,
+        "invalid_error": error,
+        "usage": None,
+        "cost_picos": 0,
+        "job_id": job_id,
+        "attempt_id": None,
+        "claimed_by": None,
+        "claim_expires_at": None,
+        "created_at": now,
+    }
     stmt = _insert(conn).values(key=key, **values)
-    conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={k: stmt.excluded[k] for k in values},
-                                            where=response_cache.c.output.is_(None)))
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["key"], set_={k: stmt.excluded[k] for k in values}, where=response_cache.c.output.is_(None)
+        )
+    )
 
 
-def take_over(conn: Connection, key: str, *, dead: str, worker: str, claim_s: float,
-              now: float | None = None) -> bool:
+def take_over(conn: Connection, key: str, *, dead: str, worker: str, claim_s: float, now: float | None = None) -> bool:
     """Take the claim of a worker known to be dead (its process is gone)."""
     now = now if now is not None else time.time()
-    return conn.execute(update(response_cache).where(response_cache.c.key == key, _is_claim(),
-                                                     response_cache.c.claimed_by == dead)
-                        .values(claimed_by=worker, claim_expires_at=now + claim_s)).rowcount == 1
+    return (
+        conn.execute(
+            update(response_cache)
+            .where(response_cache.c.key == key, _is_claim(), response_cache.c.claimed_by == dead)
+            .values(claimed_by=worker, claim_expires_at=now + claim_s)
+        ).rowcount
+        == 1
+    )
 
 
 def renew(conn: Connection, keys: list[str], *, worker: str, claim_s: float, now: float | None = None) -> int:
     """Extend this worker's live claims (a call with retries can outlast one claim period)."""
     now = now if now is not None else time.time()
-    return conn.execute(update(response_cache).where(response_cache.c.key.in_(keys), _is_claim(),
-                                                     response_cache.c.claimed_by == worker)
-                        .values(claim_expires_at=now + claim_s)).rowcount
+    return conn.execute(
+        update(response_cache)
+        .where(response_cache.c.key.in_(keys), _is_claim(), response_cache.c.claimed_by == worker)
+        .values(claim_expires_at=now + claim_s)
+    ).rowcount
 
 
 def release(conn: Connection, key: str, *, worker: str) -> None:
     """Drop this worker's claim (its call did not end in a validated answer): another worker may now lead."""
-    conn.execute(delete(response_cache).where(response_cache.c.key == key, _is_claim(),
-                                              response_cache.c.claimed_by == worker))
+    conn.execute(
+        delete(response_cache).where(response_cache.c.key == key, _is_claim(), response_cache.c.claimed_by == worker)
+    )
 
 
 def evict(conn: Connection, *, max_entries: int, ttl_s: float, now: float | None = None) -> int:
     """Drop answers past the TTL and claims long expired, then the oldest entries beyond `max_entries`."""
     now = now if now is not None else time.time()
-    gone = conn.execute(delete(response_cache).where(or_(
-        response_cache.c.created_at < now - ttl_s,
-        and_(_is_claim(), response_cache.c.claim_expires_at < now - 3600)))).rowcount
+    gone = conn.execute(
+        delete(response_cache).where(
+            or_(
+                response_cache.c.created_at < now - ttl_s,
+                and_(_is_claim(), response_cache.c.claim_expires_at < now - 3600),
+            )
+        )
+    ).rowcount
     count = conn.execute(select(func.count()).select_from(response_cache)).scalar() or 0
     over = int(count) - max_entries
     if over > 0:
@@ -209,10 +328,10 @@ def evict(conn: Connection, *, max_entries: int, ttl_s: float, now: float | None
     return gone
 
 
-
 @in_transaction
-def record_hit(conn: Connection, settlement: ledger.Settlement, outcome: TaskOutcome, saved_picos: int, *,
-               deferred: Deferred) -> tuple[bool, bool]:
+def record_hit(
+    conn: Connection, settlement: ledger.Settlement, outcome: TaskOutcome, saved_picos: int, *, deferred: Deferred
+) -> tuple[bool, bool]:
     """Settle the $0 cache attempt and record the task's outcome (ledger.settle_and_record), and note on the
     attempt the original cost it did not pay again."""
     result = ledger.settle_and_record.on_conn(conn, settlement, outcome, deferred=deferred)

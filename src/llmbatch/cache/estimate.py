@@ -51,8 +51,12 @@ class CacheProbe:
     def answers(self, request: ChatRequest, cand: Candidate) -> bool:
         from ..engine import Engine  # the request the engine sends on this candidate (output cap and all)
 
-        key = request_key(self.catalog, cand.model, Engine._request_for(None, request, cand),  # type: ignore[arg-type]
-                          simulate=self.simulate)
+        key = request_key(
+            self.catalog,
+            cand.model,
+            Engine._request_for(None, request, cand),  # type: ignore[arg-type]
+            simulate=self.simulate,
+        )
         if key is None:
             return False
         if key in self._seen:
@@ -77,8 +81,12 @@ class PrefixProbe:
         """What the prompt cache is expected to save on this task (negative: the first Anthropic write)."""
         p = shared_prefix(request)
         minimum = min_cacheable_tokens(cand.model) if p is not None else None
-        if p is None or minimum is None or p.tokens < minimum or (cand.model.api == "anthropic"
-                                                                   and not self.scheduling):
+        if (
+            p is None
+            or minimum is None
+            or p.tokens < minimum
+            or (cand.model.api == "anthropic" and not self.scheduling)
+        ):
             return 0
         group = (cand.model.key, p.digest)
         plain = price(Usage(input_tokens=p.tokens), cand.model).picos

@@ -107,15 +107,19 @@ class CacheHook:
 
     # -------------------------------------------------------------------------------------- serving
 
-    async def serve(self, ctx: "JobContext", claimed, cand: "Candidate", request: ChatRequest, state,
-                    deadline: float) -> tuple[Any, ChatRequest]:
+    async def serve(
+        self, ctx: "JobContext", claimed, cand: "Candidate", request: ChatRequest, state, deadline: float
+    ) -> tuple[Any, ChatRequest]:
         """(a terminal status already recorded, or the engine's escalate outcome, or None, the request to
         send). None means: make the call (this task leads, or waited in vain)."""
         state.cache = None
         # A quality policy judges each answer by its confidence, which a cached answer does not carry, and a
         # calibration job measures the models themselves: neither reads nor feeds the response cache.
-        key = None if ctx.quality is not None else request_key(self.engine.catalog, cand.model, request,
-                                                               simulate=ctx.simulate, scope=ctx.owner)
+        key = (
+            None
+            if ctx.quality is not None
+            else request_key(self.engine.catalog, cand.model, request, simulate=ctx.simulate, scope=ctx.owner)
+        )
         if key is not None:
             tc = state.cache = TaskCache(key, ctx.job_id, cand.model.provider, cand.model.model, ctx.owner)
             if ctx.spec.cache:
@@ -149,10 +153,23 @@ class CacheHook:
             delay = POLL_S[0]
             while True:
                 verdict, entry = await self.engine.store.write(
-                    entries.claim_or_get, tc.key, scope=tc.scope, provider=model.provider, model=model.model,
-                    worker=self.engine.worker_id, ttl_s=self.settings.cache_ttl_s, claim_s=CLAIM_S)
-                if verdict == entries.WAIT and entry and _dead_here(entry) and await self.engine.store.write(
-                        entries.take_over, tc.key, dead=entry, worker=self.engine.worker_id, claim_s=CLAIM_S):
+                    entries.claim_or_get,
+                    tc.key,
+                    scope=tc.scope,
+                    provider=model.provider,
+                    model=model.model,
+                    worker=self.engine.worker_id,
+                    ttl_s=self.settings.cache_ttl_s,
+                    claim_s=CLAIM_S,
+                )
+                if (
+                    verdict == entries.WAIT
+                    and entry
+                    and _dead_here(entry)
+                    and await self.engine.store.write(
+                        entries.take_over, tc.key, dead=entry, worker=self.engine.worker_id, claim_s=CLAIM_S
+                    )
+                ):
                     verdict = entries.LEAD
                 if verdict == entries.HIT:
                     self._resolve(tc.key, entry)
@@ -178,8 +195,9 @@ class CacheHook:
         while self._claims:
             await asyncio.sleep(CLAIM_S / 3)
             try:
-                await self.engine.store.write(entries.renew, sorted(self._claims), worker=self.engine.worker_id,
-                                              claim_s=CLAIM_S)
+                await self.engine.store.write(
+                    entries.renew, sorted(self._claims), worker=self.engine.worker_id, claim_s=CLAIM_S
+                )
             except Exception as e:  # noqa: BLE001 - a store blip: the next beat retries
                 log.warning("response cache: renewing claims failed: %s: %s", type(e).__name__, e)
 
@@ -193,19 +211,40 @@ class CacheHook:
         cost. None (make the call instead) when even $0 cannot be reserved (the job is past its cap)."""
         engine = self.engine
         try:
-            attempt_id = await engine.store.call(ledger.reserve,
-                job_id=ctx.job_id, task_seq=claimed.seq, task_id=claimed.task_id, provider=entry.provider,
-                model=entry.model, amount_picos=0, purpose="cache", worker=engine.worker_id, channel="cache",
-                daily_cap_picos=engine.daily_cap_picos)
+            attempt_id = await engine.store.call(
+                ledger.reserve,
+                job_id=ctx.job_id,
+                task_seq=claimed.seq,
+                task_id=claimed.task_id,
+                provider=entry.provider,
+                model=entry.model,
+                amount_picos=0,
+                purpose="cache",
+                worker=engine.worker_id,
+                channel="cache",
+                daily_cap_picos=engine.daily_cap_picos,
+            )
         except BudgetExceeded:
             return None
         # Only validated answers are cached, and a truncated answer never validates: the original call stopped
         # on its own ("stop" in OpenAI's terms, what the export shows).
-        settlement = ledger.Settlement(attempt_id=attempt_id, status=AttemptStatus.succeeded, cost_picos=0,
-                                       cost_source="cache", finish_reason="stop")
-        outcome = TaskOutcome(job_id=ctx.job_id, seq=claimed.seq, worker=engine.worker_id,
-                              status=TaskStatus.succeeded, provider=entry.provider, model=entry.model,
-                              output=entry.output, escalations=state.escalations)
+        settlement = ledger.Settlement(
+            attempt_id=attempt_id,
+            status=AttemptStatus.succeeded,
+            cost_picos=0,
+            cost_source="cache",
+            finish_reason="stop",
+        )
+        outcome = TaskOutcome(
+            job_id=ctx.job_id,
+            seq=claimed.seq,
+            worker=engine.worker_id,
+            status=TaskStatus.succeeded,
+            provider=entry.provider,
+            model=entry.model,
+            output=entry.output,
+            escalations=state.escalations,
+        )
         _, recorded = await engine.store.call(entries.record_hit, settlement, outcome, entry.cost_picos)
         if recorded:
             engine.progress.finished[TaskStatus.succeeded] += 1
@@ -219,10 +258,18 @@ class CacheHook:
         if tc is None:
             return
         try:
-            entry = await self._put({"key": tc.key, "scope": tc.scope, "provider": model.provider,
-                                     "model": model.model, "output": output, "job_id": ctx.job_id,
-                                     "usage": usage.model_dump() if usage is not None else None,
-                                     "attempt_id": attempt_id})
+            entry = await self._put(
+                {
+                    "key": tc.key,
+                    "scope": tc.scope,
+                    "provider": model.provider,
+                    "model": model.model,
+                    "output": output,
+                    "job_id": ctx.job_id,
+                    "usage": usage.model_dump() if usage is not None else None,
+                    "attempt_id": attempt_id,
+                }
+            )
         except Exception as e:  # noqa: BLE001 - the task is recorded; a lost cache entry only costs a call later
             log.warning("response cache: storing an answer failed: %s: %s", type(e).__name__, e)
             return
@@ -233,8 +280,9 @@ class CacheHook:
         self._puts += 1
         if self._puts % EVICT_EVERY == 1:
             try:
-                await self.engine.store.write(entries.evict, max_entries=self.settings.cache_max_entries,
-                                              ttl_s=self.settings.cache_ttl_s)
+                await self.engine.store.write(
+                    entries.evict, max_entries=self.settings.cache_max_entries, ttl_s=self.settings.cache_ttl_s
+                )
             except Exception as e:  # noqa: BLE001 - eviction is housekeeping; the next pass retries
                 log.warning("response cache: eviction failed: %s: %s", type(e).__name__, e)
 
@@ -279,8 +327,14 @@ class CacheHook:
         try:
             if escalated:  # replaces this worker's claim too
                 await self.engine.store.write(
-                    entries.put_invalid, tc.key, scope=tc.scope, provider=tc.provider, model=tc.model,
-                    error=state.last_error or "invalid output", job_id=tc.job_id)
+                    entries.put_invalid,
+                    tc.key,
+                    scope=tc.scope,
+                    provider=tc.provider,
+                    model=tc.model,
+                    error=state.last_error or "invalid output",
+                    job_id=tc.job_id,
+                )
             elif tc.claimed:
                 await self.engine.store.write(entries.release, tc.key, worker=self.engine.worker_id)
         except Exception as e:  # noqa: BLE001 - a claim expires on its own; a verdict only saves a call

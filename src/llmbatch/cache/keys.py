@@ -30,13 +30,23 @@ def request_body(catalog: Catalog, model: ModelInfo, request: ChatRequest) -> di
         return None
 
 
-def request_key(catalog: Catalog, model: ModelInfo, request: ChatRequest, *, simulate: bool,
-                scope: str | None = None) -> str | None:
+def request_key(
+    catalog: Catalog, model: ModelInfo, request: ChatRequest, *, simulate: bool, scope: str | None = None
+) -> str | None:
     body = request_body(catalog, model, request)
     if body is None:
         return None
     # logprobs too: an answer cached without its confidence must not serve a quality policy that asks for it.
-    blob = orjson.dumps({"v": 1, "scope": scope, "simulate": simulate, "provider": model.provider,
-                         "model": model.model, "logprobs": request.logprobs, "body": body},
-                        option=orjson.OPT_SORT_KEYS)
+    blob = orjson.dumps(
+        {
+            "v": 1,
+            "scope": scope,
+            "simulate": simulate,
+            "provider": model.provider,
+            "model": model.model,
+            "logprobs": request.logprobs,
+            "body": body,
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
     return hashlib.sha256(blob).hexdigest()

@@ -110,8 +110,9 @@ class PromptPlanner:
     def sharing(self, digest: str) -> int:
         return self._counts.get(digest, 1)
 
-    async def plan(self, model: ModelInfo, request: ChatRequest, deadline: float
-                   ) -> tuple[ChatRequest, tuple[str, str] | None]:
+    async def plan(
+        self, model: ModelInfo, request: ChatRequest, deadline: float
+    ) -> tuple[ChatRequest, tuple[str, str] | None]:
         """The request to send (with an Anthropic breakpoint when it pays), after this group's warm-up call
         when another task is making it. Returns (request, group) where group is set when this call is the
         warm-up: pass it to warmed() when the call has ended, whatever its outcome."""

@@ -25,42 +25,72 @@ CACHE_CHANNEL = "cache"
 
 def cache_seqs(conn: Connection, job_id: str) -> set[int]:
     """Seqs of the job's tasks answered from the response cache."""
-    rows = conn.execute(select(attempts.c.task_seq).where(
-        attempts.c.job_id == job_id, attempts.c.channel == CACHE_CHANNEL,
-        attempts.c.status == AttemptStatus.succeeded)).all()
+    rows = conn.execute(
+        select(attempts.c.task_seq).where(
+            attempts.c.job_id == job_id,
+            attempts.c.channel == CACHE_CHANNEL,
+            attempts.c.status == AttemptStatus.succeeded,
+        )
+    ).all()
     return {r.task_seq for r in rows}
 
 
 def cache_section(conn: Connection, job_id: str) -> dict[str, Any]:
-    row = conn.execute(select(func.count().label("hits"),
-                              func.coalesce(func.sum(attempts.c.saved_picos), 0).label("saved"))
-                       .where(attempts.c.job_id == job_id, attempts.c.channel == CACHE_CHANNEL,
-                              attempts.c.status == AttemptStatus.succeeded)).one()
+    row = conn.execute(
+        select(func.count().label("hits"), func.coalesce(func.sum(attempts.c.saved_picos), 0).label("saved")).where(
+            attempts.c.job_id == job_id,
+            attempts.c.channel == CACHE_CHANNEL,
+            attempts.c.status == AttemptStatus.succeeded,
+        )
+    ).one()
     return {"hits": int(row.hits), "saved_usd": usd_json(int(row.saved)), "saved_picos": int(row.saved)}
 
 
 def prompt_cache_section(conn: Connection, job_id: str, catalog: Catalog) -> dict[str, Any]:
-    rows = conn.execute(
-        select(attempts.c.provider, attempts.c.model, func.count().label("calls"),
-               func.sum(case((attempts.c.cached_tokens > 0, 1), else_=0)).label("hits"),
-               func.sum(attempts.c.input_tokens).label("input_tokens"),
-               func.sum(attempts.c.cached_tokens).label("cached_tokens"),
-               func.sum(attempts.c.cache_write_tokens).label("cache_write_tokens"),
-               func.sum(attempts.c.output_tokens).label("output_tokens"),
-               func.sum(attempts.c.reasoning_tokens).label("reasoning_tokens"))
-        .where(attempts.c.job_id == job_id, attempts.c.channel != CACHE_CHANNEL, attempts.c.input_tokens > 0)
-        .group_by(attempts.c.provider, attempts.c.model)).mappings().all()
+    rows = (
+        conn.execute(
+            select(
+                attempts.c.provider,
+                attempts.c.model,
+                func.count().label("calls"),
+                func.sum(case((attempts.c.cached_tokens > 0, 1), else_=0)).label("hits"),
+                func.sum(attempts.c.input_tokens).label("input_tokens"),
+                func.sum(attempts.c.cached_tokens).label("cached_tokens"),
+                func.sum(attempts.c.cache_write_tokens).label("cache_write_tokens"),
+                func.sum(attempts.c.output_tokens).label("output_tokens"),
+                func.sum(attempts.c.reasoning_tokens).label("reasoning_tokens"),
+            )
+            .where(attempts.c.job_id == job_id, attempts.c.channel != CACHE_CHANNEL, attempts.c.input_tokens > 0)
+            .group_by(attempts.c.provider, attempts.c.model)
+        )
+        .mappings()
+        .all()
+    )
     calls = hits = cached = written = inputs = 0
     saved = input_cost = 0
     errors: list[str] = []
     for r in rows:
-        n = {k: int(r[k] or 0) for k in ("calls", "hits", "input_tokens", "cached_tokens", "cache_write_tokens",
-                                         "output_tokens", "reasoning_tokens")}
+        n = {
+            k: int(r[k] or 0)
+            for k in (
+                "calls",
+                "hits",
+                "input_tokens",
+                "cached_tokens",
+                "cache_write_tokens",
+                "output_tokens",
+                "reasoning_tokens",
+            )
+        }
         calls, hits, inputs = calls + n["calls"], hits + n["hits"], inputs + n["input_tokens"]
         cached, written = cached + n["cached_tokens"], written + n["cache_write_tokens"]
-        actual = Usage(input_tokens=n["input_tokens"], cached_tokens=n["cached_tokens"],
-                       cache_write_tokens=n["cache_write_tokens"], output_tokens=n["output_tokens"],
-                       reasoning_tokens=n["reasoning_tokens"])
+        actual = Usage(
+            input_tokens=n["input_tokens"],
+            cached_tokens=n["cached_tokens"],
+            cache_write_tokens=n["cache_write_tokens"],
+            output_tokens=n["output_tokens"],
+            reasoning_tokens=n["reasoning_tokens"],
+        )
         try:
             model = catalog.get(f"{r['provider']}/{r['model']}")
             paid = price(actual, model)
@@ -70,7 +100,15 @@ def prompt_cache_section(conn: Connection, job_id: str, catalog: Catalog) -> dic
             continue
         saved += plain.picos - paid.picos
         input_cost += paid.uncached_input_picos + paid.cached_input_picos + paid.cache_write_picos
-    return {"calls": calls, "hits": hits, "hit_rate": round(hits / calls, 4) if calls else None,
-            "input_tokens": inputs, "cached_tokens": cached, "cache_write_tokens": written,
-            "saved_usd": usd_json(saved), "saved_picos": saved, "input_cost_usd": usd_json(input_cost),
-            "errors": errors}
+    return {
+        "calls": calls,
+        "hits": hits,
+        "hit_rate": round(hits / calls, 4) if calls else None,
+        "input_tokens": inputs,
+        "cached_tokens": cached,
+        "cache_write_tokens": written,
+        "saved_usd": usd_json(saved),
+        "saved_picos": saved,
+        "input_cost_usd": usd_json(input_cost),
+        "errors": errors,
+    }

@@ -63,9 +63,13 @@ class PriceTier(BaseModel):
         return _decimal_price(v)
 
     def public_dict(self) -> dict[str, Any]:
-        return {"above_input_tokens": self.above_input_tokens, "input_per_mtok": self.input_per_mtok,
-                "cached_input_per_mtok": self.cached_input_per_mtok,
-                "cache_write_per_mtok": self.cache_write_per_mtok, "output_per_mtok": self.output_per_mtok}
+        return {
+            "above_input_tokens": self.above_input_tokens,
+            "input_per_mtok": self.input_per_mtok,
+            "cached_input_per_mtok": self.cached_input_per_mtok,
+            "cache_write_per_mtok": self.cache_write_per_mtok,
+            "output_per_mtok": self.output_per_mtok,
+        }
 
 
 class ProviderInfo(BaseModel):
@@ -101,7 +105,14 @@ class ModelInfo(BaseModel):
     reasoning_budget_tokens: int = 0  # extra completion tokens allowed for reasoning
     notes: str | None = None
 
-    @field_validator("input_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok", "output_per_mtok", "batch_discount", mode="before")
+    @field_validator(
+        "input_per_mtok",
+        "cached_input_per_mtok",
+        "cache_write_per_mtok",
+        "output_per_mtok",
+        "batch_discount",
+        mode="before",
+    )
     @classmethod
     def _no_float_prices(cls, v):
         return _decimal_price(v)
@@ -120,14 +131,17 @@ class ModelInfo(BaseModel):
         6 decimals per 1M tokens, and the batch price too): then no cost is ever rounded."""
         factors = [Decimal(1)] + ([self.batch_discount] if self.batch_discount is not None else [])
         prices = [(f, getattr(self, f)) for f in _PRICE_FIELDS]
-        prices += [(f"price_tiers[{t.above_input_tokens}].{f}", getattr(t, f)) for t in self.price_tiers
-                   for f in _PRICE_FIELDS]
+        prices += [
+            (f"price_tiers[{t.above_input_tokens}].{f}", getattr(t, f)) for t in self.price_tiers for f in _PRICE_FIELDS
+        ]
         for name, p in prices:
             for factor in factors:
                 if p is not None and (p * factor * PICOS_PER_TOKEN_PER_MTOK) % 1:
                     where = f"{name} {p}" + (f" x batch_discount {factor}" if factor != 1 else "")
-                    raise ValueError(f"{where} is finer than the ledger's unit ($0.000001 per 1M tokens = "
-                                     f"one pico-dollar per token); round the price to 6 decimals")
+                    raise ValueError(
+                        f"{where} is finer than the ledger's unit ($0.000001 per 1M tokens = "
+                        f"one pico-dollar per token); round the price to 6 decimals"
+                    )
         return self
 
     @field_validator("capabilities", mode="before")
@@ -143,15 +157,26 @@ class ModelInfo(BaseModel):
     def _rate_table(self) -> tuple[tuple[int, Rates, Rates | None], ...]:
         """(above_input_tokens, online rates, batch rates) per tier, base tier first (threshold 0). Cached in
         the instance (not a field: dumps and equality are unchanged)."""
+
         def rates(src, factor: Decimal) -> Rates:
             inp = src.input_per_mtok
-            vals = (inp, inp if src.cached_input_per_mtok is None else src.cached_input_per_mtok,
-                    inp if src.cache_write_per_mtok is None else src.cache_write_per_mtok, src.output_per_mtok)
+            vals = (
+                inp,
+                inp if src.cached_input_per_mtok is None else src.cached_input_per_mtok,
+                inp if src.cache_write_per_mtok is None else src.cache_write_per_mtok,
+                src.output_per_mtok,
+            )
             return Rates(*(int(v * factor * PICOS_PER_TOKEN_PER_MTOK) for v in vals))
+
         out = []
         for above, src in [(0, self), *((t.above_input_tokens, t) for t in self.price_tiers)]:
-            out.append((above, rates(src, Decimal(1)),
-                        rates(src, self.batch_discount) if self.batch_discount is not None else None))
+            out.append(
+                (
+                    above,
+                    rates(src, Decimal(1)),
+                    rates(src, self.batch_discount) if self.batch_discount is not None else None,
+                )
+            )
         return tuple(out)
 
     @overload
@@ -266,8 +291,9 @@ class Catalog:
         except CatalogError:
             return None
 
-    def with_overrides(self, models: dict[str, dict[str, Any]] | None = None,
-                       providers: dict[str, dict[str, Any]] | None = None) -> "Catalog":
+    def with_overrides(
+        self, models: dict[str, dict[str, Any]] | None = None, providers: dict[str, dict[str, Any]] | None = None
+    ) -> "Catalog":
         """A new catalog with entries changed or added (from llmbatch.toml or an imported file)."""
         provs = dict(self.providers)
         for name, fields in (providers or {}).items():
@@ -275,8 +301,11 @@ class Catalog:
             provs[name] = ProviderInfo(**{**base, **fields, "name": name})
         mods = dict(self._models)
         for name, fields in (models or {}).items():
-            existing = self.find(name) if "/" in name or fields.get("provider") is None else self.find(
-                f"{fields['provider']}/{fields.get('model', name)}")
+            existing = (
+                self.find(name)
+                if "/" in name or fields.get("provider") is None
+                else self.find(f"{fields['provider']}/{fields.get('model', name)}")
+            )
             if existing is not None:
                 data = existing.model_dump()
                 data.update(fields)

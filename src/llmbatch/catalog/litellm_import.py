@@ -64,17 +64,31 @@ _STATUS_RANK = {"active": 0, "deprecated": 1, "retired": 2}
 # The smallest context window worth routing chat work to (a 512-token prompt-guard classifier is not a chat model).
 MIN_CONTEXT_WINDOW = 2048
 # Names of models that the file files under mode "chat" but that do not answer chat in text.
-_NOT_TEXT_CHAT = re.compile(r"guard|flux|lyria|imagen|dall-e|stable-?diffusion|sdxl|-tts\b|tts-|\baudio|"
-                            r"embed|moderation|rerank|whisper|transcribe|realtime|image", re.IGNORECASE)
+_NOT_TEXT_CHAT = re.compile(
+    r"guard|flux|lyria|imagen|dall-e|stable-?diffusion|sdxl|-tts\b|tts-|\baudio|"
+    r"embed|moderation|rerank|whisper|transcribe|realtime|image",
+    re.IGNORECASE,
+)
 # Keys that price non-text output: the model makes pictures, sound or video.
-_NON_TEXT_OUTPUT_KEYS = ("output_cost_per_image", "output_cost_per_pixel", "output_cost_per_audio_token",
-                         "output_cost_per_second", "output_cost_per_video_per_second", "supports_image_size")
+_NON_TEXT_OUTPUT_KEYS = (
+    "output_cost_per_image",
+    "output_cost_per_pixel",
+    "output_cost_per_audio_token",
+    "output_cost_per_second",
+    "output_cost_per_video_per_second",
+    "supports_image_size",
+)
 # Long-context tier keys, e.g. input_cost_per_token_above_200k_tokens (not the _priority/_batches/_flex variants).
-_TIER_KEY = re.compile(r"^(input_cost_per_token|output_cost_per_token|cache_read_input_token_cost|"
-                       r"cache_creation_input_token_cost)_above_(\d+)k_tokens$")
-_TIER_FIELD = {"input_cost_per_token": "input_per_mtok", "output_cost_per_token": "output_per_mtok",
-               "cache_read_input_token_cost": "cached_input_per_mtok",
-               "cache_creation_input_token_cost": "cache_write_per_mtok"}
+_TIER_KEY = re.compile(
+    r"^(input_cost_per_token|output_cost_per_token|cache_read_input_token_cost|"
+    r"cache_creation_input_token_cost)_above_(\d+)k_tokens$"
+)
+_TIER_FIELD = {
+    "input_cost_per_token": "input_per_mtok",
+    "output_cost_per_token": "output_per_mtok",
+    "cache_read_input_token_cost": "cached_input_per_mtok",
+    "cache_creation_input_token_cost": "cache_write_per_mtok",
+}
 _UNIT = Decimal("0.000001")  # one pico-dollar per token, in USD per 1M tokens
 
 
@@ -120,8 +134,12 @@ def _tiers(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     for above, fields in sorted(found.items()):
         if "input_per_mtok" not in fields or "output_per_mtok" not in fields:
             continue
-        tiers.append({"above_input_tokens": above,
-                      **{f: decimal_string(to_unit(per_mtok(v))) for f, v in sorted(fields.items())}})
+        tiers.append(
+            {
+                "above_input_tokens": above,
+                **{f: decimal_string(to_unit(per_mtok(v))) for f, v in sorted(fields.items())},
+            }
+        )
     return tiers
 
 
@@ -185,7 +203,7 @@ def _date(value: Any) -> date | None:
 
 def _model_id(key: str, litellm_provider: str) -> str:
     prefix = f"{litellm_provider}/"
-    return key[len(prefix):] if key.startswith(prefix) else key
+    return key[len(prefix) :] if key.startswith(prefix) else key
 
 
 def _entry(model_id: str, provider: str, api: str, spec: Mapping[str, Any], today: date) -> dict[str, Any] | str:
@@ -195,12 +213,26 @@ def _entry(model_id: str, provider: str, api: str, spec: Mapping[str, Any], toda
     try:
         inp = per_mtok(spec["input_cost_per_token"])
         out = per_mtok(spec["output_cost_per_token"])
-        cached = per_mtok(spec["cache_read_input_token_cost"]) if spec.get("cache_read_input_token_cost") is not None else None
-        write = (per_mtok(spec["cache_creation_input_token_cost"])
-                 if spec.get("cache_creation_input_token_cost") is not None else None)
-        batch_in = per_mtok(spec["input_cost_per_token_batches"]) if spec.get("input_cost_per_token_batches") is not None else None
-        batch_out = (per_mtok(spec["output_cost_per_token_batches"])
-                     if spec.get("output_cost_per_token_batches") is not None else None)
+        cached = (
+            per_mtok(spec["cache_read_input_token_cost"])
+            if spec.get("cache_read_input_token_cost") is not None
+            else None
+        )
+        write = (
+            per_mtok(spec["cache_creation_input_token_cost"])
+            if spec.get("cache_creation_input_token_cost") is not None
+            else None
+        )
+        batch_in = (
+            per_mtok(spec["input_cost_per_token_batches"])
+            if spec.get("input_cost_per_token_batches") is not None
+            else None
+        )
+        batch_out = (
+            per_mtok(spec["output_cost_per_token_batches"])
+            if spec.get("output_cost_per_token_batches") is not None
+            else None
+        )
         tiers = _tiers(spec)
     except CatalogError:
         return "unreadable price"
@@ -293,8 +325,14 @@ def _keep_curated(entry: dict[str, Any], ours: Catalog) -> dict[str, Any]:
     if known.notes:
         entry["notes"] = known.notes
     if not entry.get("price_tiers") and known.price_tiers:  # the file does not know them; we do
-        entry["price_tiers"] = [{k: (str(v) if v is not None and k != "above_input_tokens" else v)
-                                 for k, v in t.public_dict().items() if v is not None} for t in known.price_tiers]
+        entry["price_tiers"] = [
+            {
+                k: (str(v) if v is not None and k != "above_input_tokens" else v)
+                for k, v in t.public_dict().items()
+                if v is not None
+            }
+            for t in known.price_tiers
+        ]
     return entry
 
 

@@ -63,7 +63,9 @@ def _read_catalog_file(path: str, base: Catalog) -> Mapping[str, Any]:
     try:
         doc = json.loads(p.read_text("utf-8"), parse_float=Decimal)
     except OSError as e:
-        raise ConfigError(f"catalog_file {path}: cannot read it ({e.strerror or e}); fix the path or unset it") from None
+        raise ConfigError(
+            f"catalog_file {path}: cannot read it ({e.strerror or e}); fix the path or unset it"
+        ) from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"catalog_file {path}: not JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(doc, dict):

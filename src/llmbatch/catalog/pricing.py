@@ -56,8 +56,12 @@ def cost_at(usage: Usage, r: Rates) -> Cost:
     """The formula at given rates (pico-dollars per token): usage of one request, or a sum of requests that
     all fall in the same price tier (the formula is linear within a tier)."""
     uncached = usage.input_tokens - usage.cached_tokens - usage.cache_write_tokens
-    parts = (uncached * r.input, usage.cached_tokens * r.cached, usage.cache_write_tokens * r.cache_write,
-             usage.output_tokens * r.output)
+    parts = (
+        uncached * r.input,
+        usage.cached_tokens * r.cached,
+        usage.cache_write_tokens * r.cache_write,
+        usage.output_tokens * r.output,
+    )
     return Cost(sum(parts), *parts)
 
 

@@ -23,8 +23,16 @@ from .loading import apply_settings_overrides, clear_cache, load_catalog, merge_
 
 DEFAULT_OUTPUT = "llmbatch.catalog.json"
 _PRICE_FILES = ("model_prices_and_context_window_backup.json", "model_prices_and_context_window.json")
-_COMPARED = ("input_per_mtok", "cached_price", "cache_write_price", "output_per_mtok", "batch_discount",
-             "context_window", "max_output_tokens", "price_tiers")
+_COMPARED = (
+    "input_per_mtok",
+    "cached_price",
+    "cache_write_price",
+    "output_per_mtok",
+    "batch_discount",
+    "context_window",
+    "max_output_tokens",
+    "price_tiers",
+)
 
 
 def installed_price_file() -> Path:
@@ -32,8 +40,10 @@ def installed_price_file() -> Path:
     try:
         dist = importlib.metadata.distribution("litellm")
     except importlib.metadata.PackageNotFoundError:
-        raise ConfigError("litellm is not installed: pip install 'llmbatch[litellm-prices]' (a pinned, vetted "
-                          "version, read as data only), or give the file with --from FILE") from None
+        raise ConfigError(
+            "litellm is not installed: pip install 'llmbatch[litellm-prices]' (a pinned, vetted "
+            "version, read as data only), or give the file with --from FILE"
+        ) from None
     for f in dist.files or ():
         if f.name in _PRICE_FILES:
             path = Path(str(dist.locate_file(f)))
@@ -54,9 +64,16 @@ class SyncResult:
     written: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "output": self.output, "imported": self.imported, "skipped": self.skipped,
-                "added": self.added, "changed": [{"model": k, "changes": c} for k, c in self.changed],
-                "retired": self.retired, "written": self.written}
+        return {
+            "source": self.source,
+            "output": self.output,
+            "imported": self.imported,
+            "skipped": self.skipped,
+            "added": self.added,
+            "changed": [{"model": k, "changes": c} for k, c in self.changed],
+            "retired": self.retired,
+            "written": self.written,
+        }
 
 
 def _show(m: ModelInfo, name: str) -> str:
@@ -89,8 +106,9 @@ def diff(old: Catalog, new: Catalog, today: date) -> tuple[list[str], list[tuple
     return added, changed, retired
 
 
-def sync(settings: Settings, *, source: str | None = None, dry_run: bool = False,
-         today: date | None = None) -> SyncResult:
+def sync(
+    settings: Settings, *, source: str | None = None, dry_run: bool = False, today: date | None = None
+) -> SyncResult:
     """Import the price file into the catalog file (settings.catalog_file, else llmbatch.catalog.json) and
     compare the catalog before and after. dry_run writes nothing."""
     today = today or date.today()
@@ -101,13 +119,18 @@ def sync(settings: Settings, *, source: str | None = None, dry_run: bool = False
         raise ConfigError(f"{path}: {e}") from None
     output = settings.catalog_file or DEFAULT_OUTPUT
     # The catalog before: a first sync may name a catalog_file that does not exist yet.
-    old = (load_catalog(settings) if settings.catalog_file is None or Path(settings.catalog_file).is_file()
-           else apply_settings_overrides(_builtin(), settings.providers, settings.models))
-    new = apply_settings_overrides(merge_document(_builtin(), doc, source=str(path)), settings.providers,
-                                   settings.models)
+    old = (
+        load_catalog(settings)
+        if settings.catalog_file is None or Path(settings.catalog_file).is_file()
+        else apply_settings_overrides(_builtin(), settings.providers, settings.models)
+    )
+    new = apply_settings_overrides(
+        merge_document(_builtin(), doc, source=str(path)), settings.providers, settings.models
+    )
     added, changed, retired = diff(old, new, today)
-    result = SyncResult(str(path), output, doc["_import"]["imported"], doc["_import"]["skipped"], added, changed,
-                        retired)
+    result = SyncResult(
+        str(path), output, doc["_import"]["imported"], doc["_import"]["skipped"], added, changed, retired
+    )
     if not dry_run:
         doc["_comment"] = f"Synced from {path} by `llmbatch catalog sync` on {today.isoformat()}. " + doc["_comment"]
         Path(output).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))

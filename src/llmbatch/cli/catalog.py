@@ -32,8 +32,12 @@ def catalog():
 
 
 @catalog.command("sync")
-@click.option("--from", "source", type=click.Path(exists=True, dir_okay=False),
-              help="LiteLLM's price file (default: the installed litellm package's copy; never the network).")
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(exists=True, dir_okay=False),
+    help="LiteLLM's price file (default: the installed litellm package's copy; never the network).",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
 @click.option("--json", "as_json", is_flag=True)
 def catalog_sync(source, dry_run, as_json):
@@ -46,11 +50,14 @@ def catalog_sync(source, dry_run, as_json):
     if as_json:
         print_json(res.as_dict())
         return
-    click.echo(f"{res.source}: {res.imported} chat models kept; skipped: "
-               + ", ".join(f"{k} {v}" for k, v in res.skipped.items()))
+    click.echo(
+        f"{res.source}: {res.imported} chat models kept; skipped: "
+        + ", ".join(f"{k} {v}" for k, v in res.skipped.items())
+    )
     for title, rows in (("added", res.added), ("retired", res.retired)):
-        click.echo(f"{title}: {len(rows)}" + (": " + ", ".join(rows[:20]) + (" ..." if len(rows) > 20 else "")
-                                              if rows else ""))
+        click.echo(
+            f"{title}: {len(rows)}" + (": " + ", ".join(rows[:20]) + (" ..." if len(rows) > 20 else "") if rows else "")
+        )
     click.echo(f"changed: {len(res.changed)}")
     for key, changes in res.changed[:20]:
         click.echo(f"  {key}: " + "; ".join(changes))
@@ -59,8 +66,9 @@ def catalog_sync(source, dry_run, as_json):
     if not res.written:
         click.echo(f"dry run: {res.output} not written")
     elif not settings.catalog_file:
-        click.echo(f"wrote {res.output}; set catalog_file = \"{res.output}\" in llmbatch.toml or "
-                   f"LLMBATCH_CATALOG_FILE to use it")
+        click.echo(
+            f'wrote {res.output}; set catalog_file = "{res.output}" in llmbatch.toml or LLMBATCH_CATALOG_FILE to use it'
+        )
     else:
         click.echo(f"wrote {res.output} (catalog_file)")
 
@@ -77,5 +85,7 @@ def catalog_import(file, output, providers):
 
     doc = import_litellm(file, providers=set(providers) or None)
     Path(output).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-    click.echo(f"wrote {len(doc['models'])} models to {output}; set catalog_file = \"{output}\" in llmbatch.toml "
-               f"or LLMBATCH_CATALOG_FILE to use it")
+    click.echo(
+        f'wrote {len(doc["models"])} models to {output}; set catalog_file = "{output}" in llmbatch.toml '
+        f"or LLMBATCH_CATALOG_FILE to use it"
+    )

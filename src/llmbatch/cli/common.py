@@ -14,8 +14,13 @@ if TYPE_CHECKING:
     from ..config import Settings
 
 EXIT_OK, EXIT_INPUT, EXIT_FAILED, EXIT_BUDGET, EXIT_CANCELLED, EXIT_INTERRUPTED = 0, 2, 3, 4, 5, 130
-EXIT_FOR_STATUS = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "budget_exhausted": EXIT_BUDGET,
-                   "cancelled": EXIT_CANCELLED, "interrupted": EXIT_INTERRUPTED}
+EXIT_FOR_STATUS = {
+    "succeeded": EXIT_OK,
+    "failed": EXIT_FAILED,
+    "budget_exhausted": EXIT_BUDGET,
+    "cancelled": EXIT_CANCELLED,
+    "interrupted": EXIT_INTERRUPTED,
+}
 FINAL = ("succeeded", "failed", "budget_exhausted", "cancelled")  # a job in one of these has nothing left to run
 JOB_STATUSES = ("queued", "running", "interrupted", *FINAL)
 MAX_ERRORS_SHOWN = 20

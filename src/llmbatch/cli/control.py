@@ -26,8 +26,13 @@ def cancel(job_id, by_name):
 
 @main.command()
 @click.argument("job_id", required=False)
-@click.option("--assume", type=click.Choice(["billed", "unbilled"]), default="billed", show_default=True,
-              help="billed: charge the reserved upper bound (the cap stays true against the invoice); unbilled: release it.")
+@click.option(
+    "--assume",
+    type=click.Choice(["billed", "unbilled"]),
+    default="billed",
+    show_default=True,
+    help="billed: charge the reserved upper bound (the cap stays true against the invoice); unbilled: release it.",
+)
 @click.option("--grace", type=float, default=0.0, help="Only attempts unknown for at least this many seconds.")
 def reconcile(job_id, assume, grace):
     """Settle attempts whose outcome is unknown (worker died mid-call, timeout after send)."""

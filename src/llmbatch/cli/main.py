@@ -18,6 +18,7 @@ _debug = False  # --debug: let errors show their traceback
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="llmbatch")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")

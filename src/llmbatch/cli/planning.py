@@ -11,15 +11,21 @@ from .options import build_spec, job_options
 
 def _keys_assumed(plan) -> None:
     if plan.keys_assumed:
-        err("no provider API key is set: every model was priced as if its provider were configured "
+        err(
+            "no provider API key is set: every model was priced as if its provider were configured "
             "(set OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, ... to plan for what can run here, "
-            "or use --simulate)")
+            "or use --simulate)"
+        )
 
 
 def _plan_line_errors(input_path, plan) -> None:
     """estimate and route: the lines that were not planned."""
-    show_line_errors(input_path, plan.errors, plan.invalid_lines,
-                     summary=f"{plan.invalid_lines} line(s) invalid and not planned; {plan.tasks} planned")
+    show_line_errors(
+        input_path,
+        plan.errors,
+        plan.invalid_lines,
+        summary=f"{plan.invalid_lines} line(s) invalid and not planned; {plan.tasks} planned",
+    )
 
 
 @main.command()
@@ -41,12 +47,16 @@ def estimate(input_path, as_json, new, **opts):
         from ..render import estimate_table
 
         estimate_table(plan)
-        click.echo("by channel: " + ", ".join(f"{c['channel']} ${c['estimated_usd'] or 0:.6f} ({c['tasks']} tasks)"
-                                              for c in plan.by_channel))
+        click.echo(
+            "by channel: "
+            + ", ".join(f"{c['channel']} ${c['estimated_usd'] or 0:.6f} ({c['tasks']} tasks)" for c in plan.by_channel)
+        )
     _plan_line_errors(input_path, plan)
     if plan.over_budget:
-        err(f"the upper bound {exact_usd(plan.upper_bound_picos)} exceeds the budget ${spec.budget_usd}: "
-            f"some tasks may end skipped (budget); raise --budget or lower max_output_tokens")
+        err(
+            f"the upper bound {exact_usd(plan.upper_bound_picos)} exceeds the budget ${spec.budget_usd}: "
+            f"some tasks may end skipped (budget); raise --budget or lower max_output_tokens"
+        )
 
 
 @main.command("route")

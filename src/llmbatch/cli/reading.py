@@ -54,12 +54,16 @@ def status(job_id, by_name, watch, show_errors, as_json):
         print_json(st)
     else:
         c = st["counts"]
-        click.echo(f"{st['job_id']}  {st['status']}  total={c['total']} queued={c['queued']} running={c['running']} "
-                   f"succeeded={c['succeeded']} failed={c['failed']} skipped={c['skipped']} cancelled={c['cancelled']}  "
-                   f"spent=${st['spent_usd']:.6f}" + (f" of ${st['budget_usd']:.2f}" if st['budget_usd'] is not None else ""))
+        click.echo(
+            f"{st['job_id']}  {st['status']}  total={c['total']} queued={c['queued']} running={c['running']} "
+            f"succeeded={c['succeeded']} failed={c['failed']} skipped={c['skipped']} cancelled={c['cancelled']}  "
+            f"spent=${st['spent_usd']:.6f}" + (f" of ${st['budget_usd']:.2f}" if st["budget_usd"] is not None else "")
+        )
         if st["status"] == "interrupted":
-            click.echo(f"interrupted with {c['queued'] + c['running']:,} task(s) left — resume with: "
-                       f"llmbatch resume {st['job_id']}")
+            click.echo(
+                f"interrupted with {c['queued'] + c['running']:,} task(s) left — resume with: "
+                f"llmbatch resume {st['job_id']}"
+            )
         for e in errors:
             click.echo(printable(e["reason"]))
     if st["status"] in FINAL:

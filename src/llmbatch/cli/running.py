@@ -9,8 +9,20 @@ import click
 
 from ..errors import InputError
 from .calibration import calibrate_sample
-from .common import (EXIT_FAILED, EXIT_FOR_STATUS, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, FINAL, current_settings,
-                     err, find_job, name_option, print_json, show_line_errors)
+from .common import (
+    EXIT_FAILED,
+    EXIT_FOR_STATUS,
+    EXIT_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    FINAL,
+    current_settings,
+    err,
+    find_job,
+    name_option,
+    print_json,
+    show_line_errors,
+)
 from .main import main
 from .options import build_spec, job_options
 
@@ -29,16 +41,21 @@ def _create(settings: Settings, input_path: str, spec: JobSpec, executor: str, a
         if spec.strict:
             err("nothing was written (--strict); fix the line or drop --strict to run the valid lines")
         sys.exit(EXIT_INPUT)
-    show_line_errors(input_path, report.errors, report.rejected,
-                     more=f"; `llmbatch status {job_id} --errors` lists them",
-                     summary=f"{report.rejected} line(s) rejected, {report.accepted} accepted; the accepted lines run")
+    show_line_errors(
+        input_path,
+        report.errors,
+        report.rejected,
+        more=f"; `llmbatch status {job_id} --errors` lists them",
+        summary=f"{report.rejected} line(s) rejected, {report.accepted} accepted; the accepted lines run",
+    )
     if not as_json:
         click.echo(f"job {job_id}: {report.accepted} tasks", err=True)
     return job_id, report
 
 
-def _job_for_command(settings: Settings, input_path: str, spec: JobSpec, *, executor: str, new: bool,
-                     as_json: bool) -> tuple[dict, int, bool]:
+def _job_for_command(
+    settings: Settings, input_path: str, spec: JobSpec, *, executor: str, new: bool, as_json: bool
+) -> tuple[dict, int, bool]:
     """run/submit: the job this command runs. The same file with the same options resumes the job made from it
     (or reports it, if it finished); --new, or a first run, creates one. Returns (job row, lines rejected,
     finished already)."""
@@ -49,8 +66,10 @@ def _job_for_command(settings: Settings, input_path: str, spec: JobSpec, *, exec
         if found is not None:
             job, plan = found
             if plan is None:
-                err(f"job {job['id']} already ran {input_path} with these options and ended {job['status']}; "
-                    f"its summary follows (--new runs the file again as a new job)")
+                err(
+                    f"job {job['id']} already ran {input_path} with these options and ended {job['status']}; "
+                    f"its summary follows (--new runs the file again as a new job)"
+                )
                 return job, job["invalid_lines"], True
             err(f"resuming job {job['id']}: {plan.done:,} of {plan.done + plan.left:,} done (--new starts a fresh job)")
             return job, job["invalid_lines"], False
@@ -58,8 +77,9 @@ def _job_for_command(settings: Settings, input_path: str, spec: JobSpec, *, exec
     return jobs.find_job(settings, job_id), report.rejected, False
 
 
-def _run_job(settings: Settings, job: dict, *, concurrency: int | None, as_json: bool, wait: bool = True,
-             simulate: bool = False) -> int:
+def _run_job(
+    settings: Settings, job: dict, *, concurrency: int | None, as_json: bool, wait: bool = True, simulate: bool = False
+) -> int:
     """Dispatch the job with its executor, wait, print the end: the exit code."""
     from .. import jobs
 
@@ -68,8 +88,15 @@ def _run_job(settings: Settings, job: dict, *, concurrency: int | None, as_json:
         from ..render import LiveProgress
 
         with LiveProgress(done + left, done=done, enabled=not as_json and sys.stderr.isatty()) as progress:
-            outcome = jobs.dispatch(settings, job, concurrency=concurrency, wait=wait, force_simulate=simulate,
-                                    on_progress=progress.update, on_notice=err)
+            outcome = jobs.dispatch(
+                settings,
+                job,
+                concurrency=concurrency,
+                wait=wait,
+                force_simulate=simulate,
+                on_progress=progress.update,
+                on_notice=err,
+            )
         if outcome.interrupted and outcome.status is None:  # stopped waiting on Celery workers
             sys.exit(EXIT_INTERRUPTED)
         if outcome.interrupted:
@@ -79,8 +106,11 @@ def _run_job(settings: Settings, job: dict, *, concurrency: int | None, as_json:
             sys.exit(EXIT_INTERRUPTED)
         if not wait:
             if not as_json:
-                err(f"{job['id']}: {outcome.left:,} task(s) wait; run them with: llmbatch resume {job['id']}"
-                    if job["executor"] == "local" else f"{job['id']}: dispatched")
+                err(
+                    f"{job['id']}: {outcome.left:,} task(s) wait; run them with: llmbatch resume {job['id']}"
+                    if job["executor"] == "local"
+                    else f"{job['id']}: dispatched"
+                )
             return EXIT_OK
     return _finish_output(settings, job["id"], as_json)
 
@@ -90,8 +120,12 @@ def _finish_output(settings: Settings, job_id: str, as_json: bool) -> int:
 
     summary = jobs.summary(settings, job_id)
     if as_json:
-        print_json({k: summary[k] for k in ("job_id", "status", "counts", "spent_usd", "reserved_usd", "budget_usd",
-                                             "invalid_lines")})
+        print_json(
+            {
+                k: summary[k]
+                for k in ("job_id", "status", "counts", "spent_usd", "reserved_usd", "budget_usd", "invalid_lines")
+            }
+        )
     else:
         from ..render import summary_table
 
@@ -101,8 +135,9 @@ def _finish_output(settings: Settings, job_id: str, as_json: bool) -> int:
     return EXIT_OK if not (summary["counts"]["failed"]) else EXIT_FAILED
 
 
-def _quality_spec(settings: Settings, input_path: str, spec: JobSpec, policy_path, quality, concurrency: int,
-                  as_json: bool) -> JobSpec:
+def _quality_spec(
+    settings: Settings, input_path: str, spec: JobSpec, policy_path, quality, concurrency: int, as_json: bool
+) -> JobSpec:
     """run --policy / --quality: the job spec with its policy (calibrating first for --quality)."""
     from ..quality import calibrate, policy
     from ..quality.report import calibration_lines
@@ -128,10 +163,18 @@ def _quality_spec(settings: Settings, input_path: str, spec: JobSpec, policy_pat
 @click.option("--concurrency", type=click.IntRange(min=1), help="Calls in flight (default from config: 64).")
 @click.option("--local", "force_local", is_flag=True, help="Run embedded even when a broker is configured.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON.")
-@click.option("--policy", "policy_path", type=click.Path(exists=True, dir_okay=False),
-              help="Route by a quality policy written by `llmbatch calibrate`.")
-@click.option("--quality", type=float, help="Calibrate on a sample first (inside --budget), then route by the "
-                                            "measured policy: agreement with the reference >= this (e.g. 0.95).")
+@click.option(
+    "--policy",
+    "policy_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Route by a quality policy written by `llmbatch calibrate`.",
+)
+@click.option(
+    "--quality",
+    type=float,
+    help="Calibrate on a sample first (inside --budget), then route by the "
+    "measured policy: agreement with the reference >= this (e.g. 0.95).",
+)
 def run(input_path, concurrency, force_local, as_json, new, policy_path, quality, **opts):
     """Submit INPUT_PATH and wait for it. Embedded executor unless a broker is configured. Running the same file
     with the same options again resumes its job (--new starts a fresh one)."""
@@ -140,13 +183,19 @@ def run(input_path, concurrency, force_local, as_json, new, policy_path, quality
     settings = current_settings()
     spec = build_spec(**opts)
     if policy_path or quality is not None:
-        spec = _quality_spec(settings, input_path, spec, policy_path, quality,
-                             concurrency or spec.concurrency or settings.concurrency, as_json)
+        spec = _quality_spec(
+            settings,
+            input_path,
+            spec,
+            policy_path,
+            quality,
+            concurrency or spec.concurrency or settings.concurrency,
+            as_json,
+        )
     executor = jobs.choose_executor(settings, force_local=force_local)
     if executor == jobs.CELERY:
         jobs.check_broker(settings)  # before anything is stored
-    job, rejected, finished = _job_for_command(settings, input_path, spec, executor=executor, new=new,
-                                               as_json=as_json)
+    job, rejected, finished = _job_for_command(settings, input_path, spec, executor=executor, new=new, as_json=as_json)
     if finished:
         code = _finish_output(settings, job["id"], as_json)
     else:
@@ -167,20 +216,24 @@ def submit(input_path, as_json, new, **opts):
 
     settings = current_settings()
     if not settings.broker_url:
-        raise InputError("submit needs a broker: set LLMBATCH_BROKER_URL (e.g. redis://localhost:6379/0), "
-                         "or use `llmbatch run` to run embedded")
+        raise InputError(
+            "submit needs a broker: set LLMBATCH_BROKER_URL (e.g. redis://localhost:6379/0), "
+            "or use `llmbatch run` to run embedded"
+        )
     spec = build_spec(**opts)
     jobs.check_broker(settings)  # before anything is stored
-    job, rejected, finished = _job_for_command(settings, input_path, spec, executor=jobs.CELERY, new=new,
-                                               as_json=as_json)
+    job, rejected, finished = _job_for_command(
+        settings, input_path, spec, executor=jobs.CELERY, new=new, as_json=as_json
+    )
     units = 0
     code = EXIT_INPUT if rejected and not job["total_tasks"] else EXIT_OK
     if finished:
         code = EXIT_FOR_STATUS.get(job["status"], EXIT_OK)
     elif job["total_tasks"]:
         if job["executor"] != jobs.CELERY:
-            raise InputError(f"job {job['id']} runs embedded; resume it with `llmbatch resume {job['id']}` "
-                             f"(or submit with --new)")
+            raise InputError(
+                f"job {job['id']} runs embedded; resume it with `llmbatch resume {job['id']}` (or submit with --new)"
+            )
         from ..executors.celery_app import dispatch_job
 
         units = dispatch_job(settings, job["id"])
@@ -205,9 +258,10 @@ def resume(job_id, by_name, concurrency, simulate, as_json):
     settings = current_settings()
     job = find_job(job_id, by_name)
     if job["status"] in FINAL:
-        hint = {"cancelled": "`llmbatch retry JOB` requeues its cancelled tasks",
-                "succeeded": "nothing is left to run"}.get(job["status"], "`llmbatch retry JOB` requeues failed or "
-                                                                          "skipped tasks (--budget USD raises the cap)")
+        hint = {
+            "cancelled": "`llmbatch retry JOB` requeues its cancelled tasks",
+            "succeeded": "nothing is left to run",
+        }.get(job["status"], "`llmbatch retry JOB` requeues failed or skipped tasks (--budget USD raises the cap)")
         err(f"job {job['id']} already ended {job['status']}: {hint}")
         sys.exit(_finish_output(settings, job["id"], as_json))
     if job["executor"] == jobs.CELERY and settings.broker_url:
@@ -215,10 +269,15 @@ def resume(job_id, by_name, concurrency, simulate, as_json):
     plan = jobs.prepare_resume(settings, job["id"])
     extra = [f"took back {plan.taken_back} task(s) of a stopped process"] if plan.taken_back else []
     extra += [f"reconciled {plan.reconciled} call(s) of unknown outcome"] if plan.reconciled else []
-    err(f"resuming job {job['id']}: {plan.done:,} of {plan.done + plan.left:,} done"
-        + (f" ({'; '.join(extra)})" if extra else ""))
-    sys.exit(_run_job(settings, jobs.find_job(settings, job["id"]), concurrency=concurrency, as_json=as_json,
-                      simulate=simulate))
+    err(
+        f"resuming job {job['id']}: {plan.done:,} of {plan.done + plan.left:,} done"
+        + (f" ({'; '.join(extra)})" if extra else "")
+    )
+    sys.exit(
+        _run_job(
+            settings, jobs.find_job(settings, job["id"]), concurrency=concurrency, as_json=as_json, simulate=simulate
+        )
+    )
 
 
 @main.command()
@@ -226,7 +285,9 @@ def resume(job_id, by_name, concurrency, simulate, as_json):
 @name_option
 @click.option("--budget", help="A new (larger) budget in USD for the job.")
 @click.option("--skipped-only", is_flag=True, help="Requeue skipped and cancelled tasks, not failed ones.")
-@click.option("--wait/--no-wait", default=True, help="Run now and wait (default). Embedded --no-wait: `resume` runs them later.")
+@click.option(
+    "--wait/--no-wait", default=True, help="Run now and wait (default). Embedded --no-wait: `resume` runs them later."
+)
 @click.option("--simulate", is_flag=True, help="Embedded: force the simulator.")
 @click.option("--concurrency", type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
@@ -243,5 +304,13 @@ def retry(job_id, by_name, budget, skipped_only, wait, simulate, concurrency, as
     n = jobs.requeue(settings, job["id"], budget_usd=budget, include_failed=not skipped_only)
     if not as_json:
         err(f"{job['id']}: {n} task(s) requeued")
-    sys.exit(_run_job(settings, jobs.find_job(settings, job["id"]), concurrency=concurrency, as_json=as_json,
-                      wait=wait, simulate=simulate))
+    sys.exit(
+        _run_job(
+            settings,
+            jobs.find_job(settings, job["id"]),
+            concurrency=concurrency,
+            as_json=as_json,
+            wait=wait,
+            simulate=simulate,
+        )
+    )

@@ -9,8 +9,12 @@ from .main import main
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (loopback only "
-              "until an API token exists).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on (loopback only until an API token exists).",
+)
 @click.option("--port", type=int, default=8080, show_default=True)
 @click.option("--simulate", is_flag=True, help="Run every batch against the bundled simulator (no paid calls).")
 def serve(host, port, simulate):

@@ -10,7 +10,9 @@ from .main import main
 
 
 @main.command()
-@click.option("--concurrency", type=click.IntRange(min=1), help="Calls in flight in this process (default from config).")
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), help="Calls in flight in this process (default from config)."
+)
 @click.option("--simulate", is_flag=True, help="Treat every job as simulated (never call a paid API).")
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(concurrency, simulate, loglevel):
@@ -42,14 +44,42 @@ def worker(concurrency, simulate, loglevel):
 @click.option("--error-rate", type=float, default=0.0, show_default=True, help="Fraction answered 429 or 5xx.")
 @click.option("--rpm", type=int, default=None, help="Requests per minute per model before 429.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--fault", "faults", multiple=True, help="NAME=RATE, e.g. hang=0.01 (storm429, burst5xx, hang, reset, malformed, truncated, slow_body).")
-@click.option("--batch-turnaround", type=float, default=1.0, show_default=True,
-              help="Seconds a batch takes to finish (0: at once; negative: never).")
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    help="NAME=RATE, e.g. hang=0.01 (storm429, burst5xx, hang, reset, malformed, truncated, slow_body).",
+)
+@click.option(
+    "--batch-turnaround",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds a batch takes to finish (0: at once; negative: never).",
+)
 @click.option("--batch-fail-rate", type=float, default=0.0, show_default=True, help="Share of batch lines that fail.")
-@click.option("--flex-unavailable", type=float, default=0.0, show_default=True,
-              help="Share of flex calls answered 429 resource unavailable.")
-def simulator(host, port, latency, latency_jitter, latency_p50, latency_p99, error_rate, rpm, seed, faults,
-              batch_turnaround=1.0, batch_fail_rate=0.0, flex_unavailable=0.0):
+@click.option(
+    "--flex-unavailable",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Share of flex calls answered 429 resource unavailable.",
+)
+def simulator(
+    host,
+    port,
+    latency,
+    latency_jitter,
+    latency_p50,
+    latency_p99,
+    error_rate,
+    rpm,
+    seed,
+    faults,
+    batch_turnaround=1.0,
+    batch_fail_rate=0.0,
+    flex_unavailable=0.0,
+):
     """Run the bundled provider simulator (OpenAI, Anthropic and Gemini APIs) on loopback."""
     from ..simulator import SimulatorConfig, run_server
 
@@ -61,10 +91,19 @@ def simulator(host, port, latency, latency_jitter, latency_p50, latency_p99, err
         except ValueError:
             raise click.UsageError(f"--fault {f!r}: expected NAME=RATE") from None
     try:
-        cfg = SimulatorConfig(latency_s=latency, latency_jitter_s=latency_jitter, error_rate=error_rate, rpm=rpm,
-                              seed=seed, faults=fault_rates, latency_p50_s=latency_p50, latency_p99_s=latency_p99,
-                              batch_turnaround_s=batch_turnaround, batch_fail_rate=batch_fail_rate,
-                              flex_unavailable=flex_unavailable)
+        cfg = SimulatorConfig(
+            latency_s=latency,
+            latency_jitter_s=latency_jitter,
+            error_rate=error_rate,
+            rpm=rpm,
+            seed=seed,
+            faults=fault_rates,
+            latency_p50_s=latency_p50,
+            latency_p99_s=latency_p99,
+            batch_turnaround_s=batch_turnaround,
+            batch_fail_rate=batch_fail_rate,
+            flex_unavailable=flex_unavailable,
+        )
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     run_server(host, port, cfg)

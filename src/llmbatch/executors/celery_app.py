@@ -87,15 +87,20 @@ class _WorkerRuntime:
         async def main():
             self._stop = asyncio.Event()
             try:
-                async with open_engine(self.settings, concurrency=concurrency or self.settings.concurrency,
-                                       shared_limits=True, force_simulate=force_simulate,
-                                       publish=publish_range) as engine:
+                async with open_engine(
+                    self.settings,
+                    concurrency=concurrency or self.settings.concurrency,
+                    shared_limits=True,
+                    force_simulate=force_simulate,
+                    publish=publish_range,
+                ) as engine:
                     self.engine = engine
                     self.flow = TaskFlow(engine, ahead=self.settings.chunk_size, on_unit_done=self._unit_done)
                     self._ready.set()
-                    sweepers = [asyncio.create_task(self._sweep_forever()),
-                                asyncio.create_task(liveness.sweep_forever(engine.store, self.settings,
-                                                                           publish_range))]
+                    sweepers = [
+                        asyncio.create_task(self._sweep_forever()),
+                        asyncio.create_task(liveness.sweep_forever(engine.store, self.settings, publish_range)),
+                    ]
                     await self._stop.wait()
                     for sweeper in sweepers:
                         sweeper.cancel()
@@ -106,8 +111,9 @@ class _WorkerRuntime:
                 self._error = e
                 self._ready.set()
 
-        self.thread = threading.Thread(target=lambda: self.loop.run_until_complete(main()),
-                                       name="llmbatch-loop", daemon=True)
+        self.thread = threading.Thread(
+            target=lambda: self.loop.run_until_complete(main()), name="llmbatch-loop", daemon=True
+        )
         self.thread.start()
         self._ready.wait()
         if self._error:
@@ -148,8 +154,11 @@ class _WorkerRuntime:
                 publish_range(job_id, lo, hi)
                 units += 1
         if units:
-            log.warning("stopping: handed back %d unfinished task(s) in %d unit(s)",
-                        sum(len(s) for s in released.values()), units)
+            log.warning(
+                "stopping: handed back %d unfinished task(s) in %d unit(s)",
+                sum(len(s) for s in released.values()),
+                units,
+            )
 
     async def _sweep_forever(self):
         """The slow path behind liveness.sweep_forever: tasks whose leases expired (a worker without a presence
@@ -173,8 +182,12 @@ class _WorkerRuntime:
                     # One worker per job per lease period re-publishes, so a fleet restart does not flood.
                     if await asyncio.to_thread(_take_sweep_lock, self.settings, job_id, lease):
                         units = await asyncio.to_thread(dispatch_job, self.settings, job_id)
-                        log.warning("job %s had work left and no activity for %.0fs: re-published %d unit(s)",
-                                    job_id, lease, units)
+                        log.warning(
+                            "job %s had work left and no activity for %.0fs: re-published %d unit(s)",
+                            job_id,
+                            lease,
+                            units,
+                        )
                 settled = await engine.store.with_engine(ledger.reconcile, grace_s=self.settings.lease_seconds)
                 if settled:
                     log.warning("reconciled %d attempt(s) with unknown outcome", len(settled))
@@ -289,5 +302,20 @@ def start_worker(*, concurrency: int | None, force_simulate: bool, loglevel: str
     if loglevel.upper() != "DEBUG":
         logging.getLogger("httpx").setLevel(logging.WARNING)
     slots = 2
-    app.worker_main(["worker", "--pool", "threads", "--concurrency", str(slots), "--queues", QUEUE,
-                     "--loglevel", loglevel, "--without-gossip", "--without-mingle", "--prefetch-multiplier", "1"])
+    app.worker_main(
+        [
+            "worker",
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(slots),
+            "--queues",
+            QUEUE,
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+            "--prefetch-multiplier",
+            "1",
+        ]
+    )

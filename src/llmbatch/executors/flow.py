@@ -28,8 +28,7 @@ log = logging.getLogger("llmbatch.flow")
 
 
 class TaskFlow:
-    def __init__(self, engine: Engine, *, ahead: int,
-                 on_unit_done: Callable[[str], Awaitable[None]] | None = None):
+    def __init__(self, engine: Engine, *, ahead: int, on_unit_done: Callable[[str], Awaitable[None]] | None = None):
         """`ahead`: how many claimed tasks may wait for a slot beyond `engine.concurrency` (one unit is a good
         value: the next unit is claimed while the slots are still busy). `on_unit_done(job_id)` runs when
         the last task of a fed unit finishes (Celery: the job may be done)."""
@@ -151,8 +150,9 @@ class TaskFlow:
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
         out: dict[str, list[int]] = {}
         for job_id, seqs in held.items():
-            n = await self.engine.store.call(repo.release_claims, job_id, seqs, worker=self.engine.worker_id,
-                                             unstarted=unstarted.get(job_id, ()))
+            n = await self.engine.store.call(
+                repo.release_claims, job_id, seqs, worker=self.engine.worker_id, unstarted=unstarted.get(job_id, ())
+            )
             if n:
                 out[job_id] = seqs
         if self._heartbeat is not None:

@@ -34,11 +34,12 @@ def store_label(settings: Settings) -> str:
     """The store as a person can find it: the URL without its password; a relative SQLite path made absolute."""
     url = settings.database_url
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
-        return f"sqlite:///{Path(url[len('sqlite:///'):]).resolve()}"
+        return f"sqlite:///{Path(url[len('sqlite:///') :]).resolve()}"
     return redact_url(url)
 
 
 # ------------------------------------------------------------------------------------------- finding
+
 
 def find_job(settings: Settings, job: str | None = None, *, name: str | None = None) -> dict[str, Any]:
     """A job by id, else by name (the newest with that name); with neither, the newest job. JobNotFound
@@ -56,8 +57,10 @@ def find_job(settings: Settings, job: str | None = None, *, name: str | None = N
             row = repo.get_job(conn, latest) if latest else None
             what = "no jobs yet"
     if row is None:
-        raise JobNotFound(f"{what} in the store {store_label(settings)} "
-                          f"(set LLMBATCH_DATABASE_URL to read another store; `llmbatch jobs` lists this one)")
+        raise JobNotFound(
+            f"{what} in the store {store_label(settings)} "
+            f"(set LLMBATCH_DATABASE_URL to read another store; `llmbatch jobs` lists this one)"
+        )
     return row
 
 
@@ -69,8 +72,16 @@ def find_same_command(settings: Settings, path: str | Path, spec: JobSpec) -> di
 
 # ------------------------------------------------------------------------------------------ creating
 
-def create_job(settings: Settings, path: str | Path, spec: JobSpec, *, executor: str,
-               strict: bool = False, owner: str | None = None) -> tuple[str, IngestReport]:
+
+def create_job(
+    settings: Settings,
+    path: str | Path,
+    spec: JobSpec,
+    *,
+    executor: str,
+    strict: bool = False,
+    owner: str | None = None,
+) -> tuple[str, IngestReport]:
     """Store the job and its valid lines in one transaction: with --strict a bad line leaves nothing behind.
     Unknown model or provider names in the spec are refused first (exit 2, nothing stored). `owner`: the API
     token (service) whose daily cap and response cache the job uses, set before any task can run."""
@@ -82,11 +93,18 @@ def create_job(settings: Settings, path: str | Path, spec: JobSpec, *, executor:
     digests = {"input_digest": input_digest(path), "spec_digest": spec_digest(spec)}
     with store(settings).begin() as conn:
         job_id = repo.create_job(
-            conn, name=spec.name, spec=spec.model_dump(mode="json", by_alias=True, exclude_none=True),
-            input_path=str(path), executor=executor, simulate=spec.simulate,
+            conn,
+            name=spec.name,
+            spec=spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+            input_path=str(path),
+            executor=executor,
+            simulate=spec.simulate,
             budget_picos=usd_to_picos(spec.budget_usd) if spec.budget_usd is not None else None,
-            max_cost_per_task_picos=(usd_to_picos(spec.max_cost_per_task_usd)
-                                      if spec.max_cost_per_task_usd is not None else None), owner=owner)
+            max_cost_per_task_picos=(
+                usd_to_picos(spec.max_cost_per_task_usd) if spec.max_cost_per_task_usd is not None else None
+            ),
+            owner=owner,
+        )
         lc.set_digests(conn, job_id, **digests)
         report = ingest(conn, job_id, path, spec, strict=strict, limits=settings.input_limits)
         if report.accepted == 0 and report.rejected == 0:  # rolls the job back: nothing to keep
@@ -98,6 +116,7 @@ def create_job(settings: Settings, path: str | Path, spec: JobSpec, *, executor:
 
 
 # ------------------------------------------------------------------------------------------- reading
+
 
 def _job_row(conn: Connection, settings: Settings, job_id: str) -> dict[str, Any]:
     """The row of a job the caller found before; JobNotFound when it has gone since (deleted meanwhile)."""
@@ -148,14 +167,20 @@ def list_jobs(settings: Settings, *, status: str | None = None, limit: int = 20)
     with reading(store(settings)) as conn:
         for job in lc.list_jobs(conn, status=status, limit=limit):
             counts = job_counts.counts(conn, job["id"])
-            out.append({
-                "job_id": job["id"], "name": job["name"],
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(job["created_at"])),
-                "status": job["status"],
-                "counts": {k: counts[k] for k in ("total", "queued", "running", "succeeded", "failed", "skipped",
-                                                  "cancelled")},
-                "spent_usd": usd_json(job["spent_picos"]), "budget_usd": usd_json(job["budget_picos"]),
-            })
+            out.append(
+                {
+                    "job_id": job["id"],
+                    "name": job["name"],
+                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(job["created_at"])),
+                    "status": job["status"],
+                    "counts": {
+                        k: counts[k]
+                        for k in ("total", "queued", "running", "succeeded", "failed", "skipped", "cancelled")
+                    },
+                    "spent_usd": usd_json(job["spent_picos"]),
+                    "budget_usd": usd_json(job["budget_picos"]),
+                }
+            )
     return out
 
 
@@ -167,6 +192,7 @@ def done_and_left(settings: Settings, job_id: str) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------------ changing
+
 
 def finish_if_done(settings: Settings, job_id: str) -> str | None:
     with store(settings).begin() as conn:
@@ -199,8 +225,9 @@ def requeue(settings: Settings, job_id: str, *, budget_usd: str | None = None, i
         except ValidationError as e:
             raise InputError(f"--budget: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     with store(settings).begin() as conn:
-        n = repo.requeue_for_retry(conn, job_id, budget_picos=usd_to_picos(budget_usd) if budget_usd else None,
-                                   include_failed=include_failed)
+        n = repo.requeue_for_retry(
+            conn, job_id, budget_picos=usd_to_picos(budget_usd) if budget_usd else None, include_failed=include_failed
+        )
         if n == 0:
             repo.finish_job_if_done(conn, job_id)
     return n
@@ -233,8 +260,9 @@ def prepare_resume(settings: Settings, job_id: str) -> ResumePlan:
     return ResumePlan(job_id, taken, reconciled, done, left)
 
 
-def resume_same_command(settings: Settings, path: str | Path,
-                        spec: JobSpec) -> tuple[dict[str, Any], ResumePlan | None] | None:
+def resume_same_command(
+    settings: Settings, path: str | Path, spec: JobSpec
+) -> tuple[dict[str, Any], ResumePlan | None] | None:
     """run/submit without --new: the newest job made from the same file and spec (None if there is none). A
     finished job comes back as (its row, None); an unfinished one is prepared to run again: (its row, the plan)."""
     job = find_same_command(settings, path, spec)
@@ -268,6 +296,7 @@ def park(settings: Settings, job_id: str) -> None:
 
 # ---------------------------------------------------------------------------------- results and audit
 
+
 def result_lines(settings: Settings, job_id: str, *, with_final_attempt: bool = False):
     """The `results` lines of a job, streamed in input order (with the final attempt's details for the
     OpenAI export)."""
@@ -295,8 +324,9 @@ def report(settings: Settings, job_id: str, *, baseline_model: str | None = None
     from ..reporting import build_report
 
     with reading(store(settings)) as conn:
-        return build_report(conn, job_id, load_catalog(settings),
-                            baseline_model=baseline_model or settings.baseline_model)
+        return build_report(
+            conn, job_id, load_catalog(settings), baseline_model=baseline_model or settings.baseline_model
+        )
 
 
 def reconcile(settings: Settings, job_id: str | None, *, assume: str = "billed", grace_s: float = 0.0) -> int:

@@ -43,21 +43,31 @@ def check_broker(settings: Settings) -> None:
     if problem:
         from ..store.db import redact_url
 
-        raise BrokerError(f"the broker at {redact_url(settings.broker_url or '')} is unreachable ({problem}); "
-                          f"start it, fix LLMBATCH_BROKER_URL, or unset it (or pass --local) to run embedded")
+        raise BrokerError(
+            f"the broker at {redact_url(settings.broker_url or '')} is unreachable ({problem}); "
+            f"start it, fix LLMBATCH_BROKER_URL, or unset it (or pass --local) to run embedded"
+        )
 
 
-def dispatch(settings: Settings, job: dict[str, Any], *, concurrency: int | None = None, wait: bool = True,
-             force_simulate: bool = False, on_progress: Callable | None = None,
-             on_notice: Callable[[str], None] | None = None) -> RunOutcome:
+def dispatch(
+    settings: Settings,
+    job: dict[str, Any],
+    *,
+    concurrency: int | None = None,
+    wait: bool = True,
+    force_simulate: bool = False,
+    on_progress: Callable | None = None,
+    on_notice: Callable[[str], None] | None = None,
+) -> RunOutcome:
     """Run the job's unfinished tasks with the executor its row names: embedded in this process, or published to
     the Celery workers (then, with wait, until the job ends). Embedded with wait=False parks the job. Callers
     check_broker() before they change anything in the store."""
     job_id = job["id"]
     if job["executor"] == CELERY:
         if not settings.broker_url:
-            raise ConfigError(f"job {job_id} runs on Celery workers: set LLMBATCH_BROKER_URL to the broker it was "
-                              f"submitted to")
+            raise ConfigError(
+                f"job {job_id} runs on Celery workers: set LLMBATCH_BROKER_URL to the broker it was submitted to"
+            )
         from ..executors.celery_app import dispatch_job
 
         dispatch_job(settings, job_id)
@@ -68,14 +78,26 @@ def dispatch(settings: Settings, job: dict[str, Any], *, concurrency: int | None
         lifecycle.park(settings, job_id)
         done, left = lifecycle.done_and_left(settings, job_id)
         return RunOutcome(job_id, lifecycle.find_job(settings, job_id)["status"], done=done, left=left)
-    return run_embedded(settings, job_id, concurrency=concurrency or settings.concurrency,
-                        force_simulate=force_simulate, on_progress=on_progress, on_notice=on_notice,
-                        outcome=True)
+    return run_embedded(
+        settings,
+        job_id,
+        concurrency=concurrency or settings.concurrency,
+        force_simulate=force_simulate,
+        on_progress=on_progress,
+        on_notice=on_notice,
+        outcome=True,
+    )
 
 
-def wait_for(settings: Settings, job_id: str, *, poll_s: float = POLL_S, timeout: float | None = None,
-             on_update: Callable[[dict, dict], None] | None = None,
-             on_notice: Callable[[str], None] | None = None) -> RunOutcome:
+def wait_for(
+    settings: Settings,
+    job_id: str,
+    *,
+    poll_s: float = POLL_S,
+    timeout: float | None = None,
+    on_update: Callable[[dict, dict], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
+) -> RunOutcome:
     """THE wait loop: poll the store until the job is terminal (or interrupted, or `timeout` passes). Ctrl-C
     stops waiting only: the job keeps running on its workers."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -120,8 +142,10 @@ class _Stopper:
         if self.signals == 1:
             self.engine.stop()
             if self.on_notice:
-                self.on_notice(f"stopping: no new calls; calls in flight get up to {self.grace_s:g}s to finish "
-                               f"(Ctrl-C again to stop at once)")
+                self.on_notice(
+                    f"stopping: no new calls; calls in flight get up to {self.grace_s:g}s to finish "
+                    f"(Ctrl-C again to stop at once)"
+                )
             asyncio.get_running_loop().call_later(self.grace_s, self.abort)
         else:
             self.abort()
@@ -133,9 +157,17 @@ class _Stopper:
                 t.cancel()
 
 
-def run_embedded(settings: Settings, job_id: str, *, concurrency: int, force_simulate: bool = False,
-                 on_progress=None, on_notice: Callable[[str], None] | None = None, handle_signals: bool = True,
-                 outcome: bool = False):
+def run_embedded(
+    settings: Settings,
+    job_id: str,
+    *,
+    concurrency: int,
+    force_simulate: bool = False,
+    on_progress=None,
+    on_notice: Callable[[str], None] | None = None,
+    handle_signals: bool = True,
+    outcome: bool = False,
+):
     """Run a stored job's unfinished tasks in this process until it ends, or until it is interrupted (then its
     leases are handed back and the job is `interrupted`). Tasks leased to other live processes are waited for.
     Returns the job's status (or a RunOutcome with outcome=True). A store that cannot take writes raises its
@@ -146,8 +178,9 @@ def run_embedded(settings: Settings, job_id: str, *, concurrency: int, force_sim
     state: dict[str, Any] = {}
 
     async def main():
-        async with open_engine(settings, concurrency=concurrency, shared_limits=False,
-                               force_simulate=force_simulate) as engine:
+        async with open_engine(
+            settings, concurrency=concurrency, shared_limits=False, force_simulate=force_simulate
+        ) as engine:
             state["worker"] = engine.worker_id
             stopper = _Stopper(engine, settings.shutdown_grace_s, on_notice)
             stopper.main = asyncio.current_task()
@@ -155,10 +188,12 @@ def run_embedded(settings: Settings, job_id: str, *, concurrency: int, force_sim
             state["stopper"] = stopper
             ticker = None
             if on_progress is not None:
+
                 async def tick():
                     while True:
                         on_progress(engine)
                         await asyncio.sleep(0.2)
+
                 ticker = asyncio.create_task(tick())
             try:
                 while True:

@@ -89,7 +89,9 @@ def build_adapters(
     for name, provider in catalog.providers.items():
         cls = ADAPTERS[provider.api]
         if simulator_url:
-            info: ProviderInfo = provider.model_copy(update={"base_url": simulator_base_url(provider.api, simulator_url)})
+            info: ProviderInfo = provider.model_copy(
+                update={"base_url": simulator_base_url(provider.api, simulator_url)}
+            )
             key: str | None = SIMULATOR_KEY
         else:
             info = provider

@@ -46,8 +46,7 @@ class Adapter(abc.ABC):
         """The URL to POST to. Never carries the key."""
 
     @abc.abstractmethod
-    def auth_headers(self, api_key: str) -> dict[str, str]:
-        ...
+    def auth_headers(self, api_key: str) -> dict[str, str]: ...
 
     @abc.abstractmethod
     def error_detail(self, body: Any) -> ErrorDetail | None:
@@ -73,8 +72,7 @@ class Adapter(abc.ABC):
             return self.auth_headers(self._api_key)
         if self.provider.key_env:
             raise FatalError(
-                f"{self.where(model)}: no API key; set {self.provider.key_env} "
-                f"(or run with --simulate)",
+                f"{self.where(model)}: no API key; set {self.provider.key_env} (or run with --simulate)",
                 error_class="auth",
                 request_sent=False,
             )

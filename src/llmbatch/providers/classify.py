@@ -39,8 +39,9 @@ _CONTEXT_RE = re.compile(
     re.IGNORECASE,
 )
 
-_MODEL_CODES = frozenset({"model_not_found", "model_decommissioned", "model_retired", "model_deprecated",
-                          "invalid_model"})
+_MODEL_CODES = frozenset(
+    {"model_not_found", "model_decommissioned", "model_retired", "model_deprecated", "invalid_model"}
+)
 _MODEL_RE = re.compile(
     r"model\b.*\b(does not exist|not found|decommissioned|retired|deprecated|no longer (available|supported)"
     r"|not supported for generatecontent|is not available)"
@@ -50,7 +51,9 @@ _MODEL_RE = re.compile(
     re.IGNORECASE,
 )
 
-_FILTER_CODES = frozenset({"content_filter", "content_policy_violation", "invalid_prompt", "responsibleaipolicyviolation"})
+_FILTER_CODES = frozenset(
+    {"content_filter", "content_policy_violation", "invalid_prompt", "responsibleaipolicyviolation"}
+)
 _FILTER_RE = re.compile(r"content[ _](filter|policy|management)|flagged as|usage polic", re.IGNORECASE)
 
 _AUTH_RE = re.compile(r"api key not valid|invalid api key|incorrect api key|invalid x-api-key", re.IGNORECASE)

@@ -74,8 +74,9 @@ class GeminiAdapter(Adapter):
 
     def build_body(self, model: ModelInfo, request: ChatRequest) -> dict:
         system, messages = split_system(request.messages)
-        contents = [{"role": "model" if m["role"] == "assistant" else "user", "parts": _parts(m["content"])}
-                    for m in messages]
+        contents = [
+            {"role": "model" if m["role"] == "assistant" else "user", "parts": _parts(m["content"])} for m in messages
+        ]
         config: dict[str, Any] = {"maxOutputTokens": completion_cap(model, request)}
         if request.temperature is not None and not model.quirks.get("fixed_temperature"):
             config["temperature"] = request.temperature

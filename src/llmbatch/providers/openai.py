@@ -26,7 +26,6 @@ from .classify import ErrorDetail
 from .content import SYSTEM_ROLES, split_system
 
 
-
 def _merge_into_first_user(messages: list[dict[str, Any]], system_text: str) -> list[dict[str, Any]]:
     for i, m in enumerate(messages):
         if m["role"] != "user":
@@ -53,8 +52,7 @@ def translate_messages(messages: list[dict[str, Any]], system_role: str | None) 
     # many OpenAI-compatible servers reject, so it is sent as system.
     role_for_system = "developer" if system_role == "developer" else "system"
     return [
-        {"role": role_for_system if m["role"] in SYSTEM_ROLES else m["role"], "content": m["content"]}
-        for m in messages
+        {"role": role_for_system if m["role"] in SYSTEM_ROLES else m["role"], "content": m["content"]} for m in messages
     ]
 
 
@@ -161,5 +159,7 @@ class OpenAIAdapter(Adapter):
         # vLLM ({"object": "error", "message": ...}) and FastAPI-style servers ({"detail": ...}).
         message = body.get("message") or body.get("detail")
         if message:
-            return ErrorDetail(message=str(message), code=str_or_none(body.get("code")), reason=str_or_none(body.get("type")))
+            return ErrorDetail(
+                message=str(message), code=str_or_none(body.get("code")), reason=str_or_none(body.get("type"))
+            )
         return None

@@ -51,7 +51,7 @@ def _base64_cores(secret: bytes) -> set[str]:
     cores = set()
     for offset in range(3):
         encoded = base64.b64encode(bytes(offset) + secret).decode("ascii")
-        core = encoded[-(-8 * offset // 6): 8 * (offset + len(secret)) // 6]
+        core = encoded[-(-8 * offset // 6) : 8 * (offset + len(secret)) // 6]
         cores.add(core)
         cores.add(core.translate(str.maketrans("+/", "-_")))
     return cores

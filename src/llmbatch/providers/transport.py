@@ -38,8 +38,11 @@ CONNECT_TIMEOUT_S = 10.0
 KEEPALIVE_EXPIRY_S = 15.0
 
 
-_DEFAULT_HEADERS = {"content-type": "application/json", "accept": "application/json",
-                    "user-agent": f"llmbatch/{__version__}"}
+_DEFAULT_HEADERS = {
+    "content-type": "application/json",
+    "accept": "application/json",
+    "user-agent": f"llmbatch/{__version__}",
+}
 
 
 @functools.lru_cache(maxsize=256)
@@ -130,14 +133,20 @@ async def post_json(
     # mounts. No cookies are sent: an API call has no use for them.
     failure: Exception
     try:
-        request = httpx.Request("POST", _parsed_url(url), content=orjson.dumps(body),
-                                headers={**_DEFAULT_HEADERS, **headers},
-                                extensions={"timeout": _phase_timeouts(timeout)})
+        request = httpx.Request(
+            "POST",
+            _parsed_url(url),
+            content=orjson.dumps(body),
+            headers={**_DEFAULT_HEADERS, **headers},
+            extensions={"timeout": _phase_timeouts(timeout)},
+        )
         async with asyncio.timeout(timeout):
             return await client.send(request)
     except TimeoutError:
         # Raised by asyncio.timeout: the deadline passed somewhere between connect and the last byte.
-        failure = ProviderTimeout(redact(f"{where}: no complete response within {timeout:g}s", secrets), request_sent=True)
+        failure = ProviderTimeout(
+            redact(f"{where}: no complete response within {timeout:g}s", secrets), request_sent=True
+        )
     except httpx.HTTPError as exc:
         failure = transport_error(exc, where=where, secrets=secrets)
     except _RAW_AIOHTTP_ERRORS as exc:

@@ -59,8 +59,11 @@ def judge_messages(task_input: str, reference: str, candidate: str) -> list[dict
     """The judge's conversation: the rubric as the system message, then the task input and both answers."""
     return [
         {"role": "system", "content": RUBRIC},
-        {"role": "user", "content": f"TASK INPUT:\n{task_input}\n\n{REFERENCE_MARKER}\n{reference}\n\n"
-                                    f"{CANDIDATE_MARKER}\n{candidate}"},
+        {
+            "role": "user",
+            "content": f"TASK INPUT:\n{task_input}\n\n{REFERENCE_MARKER}\n{reference}\n\n"
+            f"{CANDIDATE_MARKER}\n{candidate}",
+        },
     ]
 
 

@@ -117,8 +117,14 @@ def plan(settings: Settings, input_path: str | Path, spec: JobSpec, opts: Option
     out = Plan(opts, n, [])
     for s in strata.values():
         task = s.sample[0]
-        decision = route(task, build_request(task), catalog, credentials=credentials,
-                         deny=frozenset(spec.deny or ()), job_min_tier=spec.min_tier)
+        decision = route(
+            task,
+            build_request(task),
+            catalog,
+            credentials=credentials,
+            deny=frozenset(spec.deny or ()),
+            job_min_tier=spec.min_tier,
+        )
         if not decision.candidates:
             out.skipped.append(f"{s.description}: {decision.rejection_summary()}")
             continue
@@ -134,8 +140,10 @@ def _reference(cands, wanted: str | None, s: Stratum) -> Candidate:
         for c in cands:
             if wanted in (c.model.key, c.model.model):
                 return c
-        raise InputError(f"--reference {wanted}: not an eligible model for {s.description} "
-                         f"(`llmbatch route FILE --explain` says why)")
+        raise InputError(
+            f"--reference {wanted}: not an eligible model for {s.description} "
+            f"(`llmbatch route FILE --explain` says why)"
+        )
     top = max(c.model.tier.rank for c in cands)
     return next(c for c in cands if c.model.tier.rank == top)  # candidates are cheapest first
 
@@ -155,6 +163,7 @@ def _candidates(cands, ref: Candidate, limit: int) -> list[Candidate]:
 
 
 # -------------------------------------------------------------------------------------------- running
+
 
 @dataclass
 class Answer:
@@ -202,8 +211,13 @@ def _run_job(settings: Settings, lines: list[bytes], spec: JobSpec, concurrency:
             meta = tuple(orjson.loads(row["payload"])["metadata"]["q"])
             out: Any = orjson.loads(row["output"]) if row["output"] is not None else None
             ok = row["status"] == "succeeded" and isinstance(out, dict)
-            answers[meta] = Answer(row["status"], ok, out.get("answer") if ok else None, out.get("confidence") if ok else None,
-                                   int(row["cost_picos"] or 0))
+            answers[meta] = Answer(
+                row["status"],
+                ok,
+                out.get("answer") if ok else None,
+                out.get("confidence") if ok else None,
+                int(row["cost_picos"] or 0),
+            )
         job = repo.get_job(conn, job_id)
         assert job is not None  # created above
         spent = int(job["spent_picos"])
@@ -214,10 +228,13 @@ def execute(settings: Settings, p: Plan, spec: JobSpec, *, input_path: str, conc
     opts = p.options
     budget = usd_to_picos(opts.budget_usd) if opts.budget_usd is not None else None
     name = f"calibration: {Path(input_path).name}"
-    base = JobSpec(name=name, simulate=spec.simulate, escalate=False, calibration=True,
-                   budget_usd=opts.budget_usd)
-    lines = [_line(task, c.model.key, [g.stratum.key, i, c.model.key])
-             for g in p.groups for i, task in enumerate(g.stratum.sample) for c in g.models]
+    base = JobSpec(name=name, simulate=spec.simulate, escalate=False, calibration=True, budget_usd=opts.budget_usd)
+    lines = [
+        _line(task, c.model.key, [g.stratum.key, i, c.model.key])
+        for g in p.groups
+        for i, task in enumerate(g.stratum.sample)
+        for c in g.models
+    ]
     job_id, answers, spent = _run_job(settings, lines, base, concurrency)
     job_ids = [job_id]
 
@@ -232,13 +249,21 @@ def execute(settings: Settings, p: Plan, spec: JobSpec, *, input_path: str, conc
             for c in g.candidates:
                 a = answers.get((g.stratum.key, i, c.model.key))
                 if r and r.ok and a and a.ok:
-                    judge = TaskLine(id="j", task="chat", max_output_tokens=8,
-                                     messages=agreement.judge_messages(_text(task), _str(r.output), _str(a.output)))
+                    judge = TaskLine(
+                        id="j",
+                        task="chat",
+                        max_output_tokens=8,
+                        messages=agreement.judge_messages(_text(task), _str(r.output), _str(a.output)),
+                    )
                     judge_lines.append(_line(judge, ref, [g.stratum.key, i, c.model.key]))
     if judge_lines:
         left = None if budget is None else max(0, budget - spent)
-        judge_spec = base.model_copy(update={"name": f"judging: {Path(input_path).name}",
-                                             "budget_usd": None if left is None else str(picos_to_usd(left))})
+        judge_spec = base.model_copy(
+            update={
+                "name": f"judging: {Path(input_path).name}",
+                "budget_usd": None if left is None else str(picos_to_usd(left)),
+            }
+        )
         jid, judged, jspent = _run_job(settings, judge_lines, judge_spec, concurrency)
         job_ids.append(jid)
         spent += jspent
@@ -248,10 +273,18 @@ def execute(settings: Settings, p: Plan, spec: JobSpec, *, input_path: str, conc
     for g in p.groups:
         groups[g.stratum.key] = _group_policy(g, answers, verdicts, opts)
     policy = {
-        "version": VERSION, "target": opts.target, "confidence": opts.confidence, "input": str(input_path),
+        "version": VERSION,
+        "target": opts.target,
+        "confidence": opts.confidence,
+        "input": str(input_path),
         "groups": groups,
-        "calibration": {"jobs": job_ids, "spent_picos": spent, "spent_usd": usd_json(spent),
-                        "budget_picos": budget, "sample_per_group": p.sample_per_group},
+        "calibration": {
+            "jobs": job_ids,
+            "spent_picos": spent,
+            "spent_usd": usd_json(spent),
+            "budget_picos": budget,
+            "sample_per_group": p.sample_per_group,
+        },
     }
     return Result(policy, p, job_ids, spent, budget)
 
@@ -286,32 +319,56 @@ def _group_policy(g: GroupPlan, answers: dict, verdicts: dict, opts: Options) ->
                 agrees = a.ok and verdicts[(key, i, c.model.key)]
             else:
                 agrees = a.ok and agreement.agrees(g.stratum.kind, a.output, r.output)
-            by_model.setdefault(c.model.key, []).append(selection.Item(
-                agrees=agrees, valid=a.ok, confidence=a.confidence, cost_picos=a.cost_picos,
-                ref_cost_picos=r.cost_picos))
+            by_model.setdefault(c.model.key, []).append(
+                selection.Item(
+                    agrees=agrees,
+                    valid=a.ok,
+                    confidence=a.confidence,
+                    cost_picos=a.cost_picos,
+                    ref_cost_picos=r.cost_picos,
+                )
+            )
     if not ref_costs:
-        raise InputError(f"calibration: the reference {ref} answered none of the sampled {g.stratum.description} "
-                         f"lines (budget too small? see `llmbatch report` of the calibration job)")
+        raise InputError(
+            f"calibration: the reference {ref} answered none of the sampled {g.stratum.description} "
+            f"lines (budget too small? see `llmbatch report` of the calibration job)"
+        )
     ref_cost = sum(ref_costs) / len(ref_costs)
     choice = selection.choose(ref, by_model, ref_cost, target=opts.target, confidence=opts.confidence)
     per_1k = lambda picos: math.ceil(picos * 1000)  # noqa: E731 - expected cost of 1,000 tasks, in picos
     return {
-        "description": g.stratum.description, "kind": g.stratum.kind, "judged": judged,
-        "model": choice.model, "threshold": choice.threshold, "escalate_to": ref,
-        "population": g.stratum.population, "n": len(ref_costs),
-        "agreement": choice.agreement, "lower_bound": choice.lower_bound,
+        "description": g.stratum.description,
+        "kind": g.stratum.kind,
+        "judged": judged,
+        "model": choice.model,
+        "threshold": choice.threshold,
+        "escalate_to": ref,
+        "population": g.stratum.population,
+        "n": len(ref_costs),
+        "agreement": choice.agreement,
+        "lower_bound": choice.lower_bound,
         "escalation_rate": choice.escalation_rate,
         "expected_cost_per_1k_picos": per_1k(choice.expected_cost_per_task_picos),
         "reference_cost_per_1k_picos": per_1k(ref_cost),
-        "models": [{
-            "model": f.model, "n": f.n, "agreement": f.agreement, "lower_bound": f.lower_bound,
-            "cost_per_1k_picos": per_1k(f.cost_per_task_picos), "logprobs": f.has_confidence,
-            "threshold": f.threshold, "policy_agreement": f.policy_agreement,
-            "policy_lower_bound": f.policy_lower_bound, "escalation_rate": f.escalation_rate,
-            "expected_cost_per_1k_picos": (per_1k(f.expected_cost_per_task_picos)
-                                            if f.expected_cost_per_task_picos is not None else None),
-            "passed": f.passed,
-        } for f in choice.figures],
+        "models": [
+            {
+                "model": f.model,
+                "n": f.n,
+                "agreement": f.agreement,
+                "lower_bound": f.lower_bound,
+                "cost_per_1k_picos": per_1k(f.cost_per_task_picos),
+                "logprobs": f.has_confidence,
+                "threshold": f.threshold,
+                "policy_agreement": f.policy_agreement,
+                "policy_lower_bound": f.policy_lower_bound,
+                "escalation_rate": f.escalation_rate,
+                "expected_cost_per_1k_picos": (
+                    per_1k(f.expected_cost_per_task_picos) if f.expected_cost_per_task_picos is not None else None
+                ),
+                "passed": f.passed,
+            }
+            for f in choice.figures
+        ],
     }
 
 

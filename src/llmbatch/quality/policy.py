@@ -44,11 +44,13 @@ def load(path: str | Path) -> dict[str, Any]:
 
 def check(data: Any, where: str = "policy") -> None:
     if not isinstance(data, dict) or data.get("version") != VERSION or not isinstance(data.get("groups"), dict):
-        raise InputError(f"{where}: not a version-{VERSION} policy (needs \"version\": {VERSION} and \"groups\"); "
-                         f"write one with `llmbatch calibrate`")
+        raise InputError(
+            f'{where}: not a version-{VERSION} policy (needs "version": {VERSION} and "groups"); '
+            f"write one with `llmbatch calibrate`"
+        )
     for key, entry in data["groups"].items():
         if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in _ENTRY_KEYS):
-            raise InputError(f"{where}: group {key!r} needs \"model\" and \"escalate_to\" (provider/model)")
+            raise InputError(f'{where}: group {key!r} needs "model" and "escalate_to" (provider/model)')
         t = entry.get("threshold")
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1):
             raise InputError(f"{where}: group {key!r}: threshold must be a number in [0, 1] or null")
@@ -82,10 +84,16 @@ class PolicyRouter:
         keep = {e["model"], e["escalate_to"]}
         cands = [c for c in decision.candidates if c.model.key in keep]
         if not cands:
-            return dataclasses.replace(decision, warnings=decision.warnings + (
-                f"quality policy: neither {e['model']} nor {e['escalate_to']} is eligible; routing as usual",))
-        dropped = tuple(Rejection(c.model, "not in the quality policy", None, "policy")
-                        for c in decision.candidates if c.model.key not in keep)
+            return dataclasses.replace(
+                decision,
+                warnings=decision.warnings
+                + (f"quality policy: neither {e['model']} nor {e['escalate_to']} is eligible; routing as usual",),
+            )
+        dropped = tuple(
+            Rejection(c.model, "not in the quality policy", None, "policy")
+            for c in decision.candidates
+            if c.model.key not in keep
+        )
         cheapest = cands[0].estimated_picos
         cands = [dataclasses.replace(c, first=i == 0, cheapest_picos=cheapest) for i, c in enumerate(cands)]
         return RouteDecision(tuple(cands), decision.rejected + dropped, decision.warnings)

@@ -101,10 +101,14 @@ class _Outcomes:
 def evaluate_model(model: str, items: list[Item], *, target: float, alpha: float) -> ModelFigures:
     n = len(items)
     k_plain = sum(i.agrees for i in items)
-    fig = ModelFigures(model=model, n=n, agreement=k_plain / n,
-                       lower_bound=clopper_pearson_lower(k_plain, n, 1 - alpha),
-                       cost_per_task_picos=sum(i.cost_picos for i in items) / n,
-                       has_confidence=_thresholds(items) is not None)
+    fig = ModelFigures(
+        model=model,
+        n=n,
+        agreement=k_plain / n,
+        lower_bound=clopper_pearson_lower(k_plain, n, 1 - alpha),
+        cost_per_task_picos=sum(i.cost_picos for i in items) / n,
+        has_confidence=_thresholds(items) is not None,
+    )
     sequence = _thresholds(items) or [0.0]
     outcomes = _Outcomes(items)
     for t in sequence:
@@ -119,8 +123,9 @@ def evaluate_model(model: str, items: list[Item], *, target: float, alpha: float
     return fig
 
 
-def choose(reference: str, by_model: dict[str, list[Item]], ref_cost_per_task_picos: float, *, target: float,
-           confidence: float) -> Choice:
+def choose(
+    reference: str, by_model: dict[str, list[Item]], ref_cost_per_task_picos: float, *, target: float, confidence: float
+) -> Choice:
     """The cheapest passing (model, threshold), or the reference. `by_model` holds each candidate's items,
     aligned to the same sampled lines (lines the reference could not answer left out)."""
     alpha = (1 - confidence) / max(1, len(by_model))
@@ -134,6 +139,15 @@ def choose(reference: str, by_model: dict[str, list[Item]], ref_cost_per_task_pi
         assert f.policy_agreement is not None and f.policy_lower_bound is not None
         assert f.escalation_rate is not None and f.expected_cost_per_task_picos is not None
         if f.expected_cost_per_task_picos < best.expected_cost_per_task_picos:
-            best = Choice(f.model, f.threshold, f.n, f.policy_agreement, f.policy_lower_bound, f.escalation_rate,
-                          f.expected_cost_per_task_picos, ref_cost_per_task_picos, figures)
+            best = Choice(
+                f.model,
+                f.threshold,
+                f.n,
+                f.policy_agreement,
+                f.policy_lower_bound,
+                f.escalation_rate,
+                f.expected_cost_per_task_picos,
+                ref_cost_per_task_picos,
+                figures,
+            )
     return best

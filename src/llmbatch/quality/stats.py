@@ -17,8 +17,7 @@ from statistics import NormalDist
 
 
 def _log_pmf(i: int, n: int, p: float) -> float:
-    return (math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
-            + i * math.log(p) + (n - i) * math.log1p(-p))
+    return math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p) + (n - i) * math.log1p(-p)
 
 
 def binom_sf(k: int, n: int, p: float) -> float:

@@ -102,7 +102,10 @@ class RateLimiter(abc.ABC):
                 wait = await self._try_acquire(key, pacing, tokens)
                 outages = 0
             except RateLimiterUnavailable:
-                wait = max(OUTAGE_BACKOFF_BASE_S, compute_backoff(outages, base=OUTAGE_BACKOFF_BASE_S, cap=OUTAGE_BACKOFF_CAP_S))
+                wait = max(
+                    OUTAGE_BACKOFF_BASE_S,
+                    compute_backoff(outages, base=OUTAGE_BACKOFF_BASE_S, cap=OUTAGE_BACKOFF_CAP_S),
+                )
                 outages += 1
                 if deadline is not None and self._wall() + wait > deadline:
                     raise
@@ -111,9 +114,7 @@ class RateLimiter(abc.ABC):
             if wait <= 0:
                 return
             if deadline is not None and self._wall() + wait > deadline:
-                raise asyncio.TimeoutError(
-                    f"rate limit {key}: next slot in {wait:.2f}s is after the deadline"
-                )
+                raise asyncio.TimeoutError(f"rate limit {key}: next slot in {wait:.2f}s is after the deadline")
             await asyncio.sleep(wait + self._jitter(wait))
 
     def _jitter(self, wait: float) -> float:

@@ -157,7 +157,11 @@ class RedisRateLimiter(RateLimiter):
             log.warning(
                 "rate limiter: Redis at %s unreachable during %s for %s (%s: %s); calls wait and retry until "
                 "their deadline. Check that Redis is up and LLMBATCH_REDIS_URL / LLMBATCH_BROKER_URL point to it.",
-                self._where, op, key, type(exc).__name__, exc,
+                self._where,
+                op,
+                key,
+                type(exc).__name__,
+                exc,
             )
         return RateLimiterUnavailable(
             f"rate limiter: Redis at {self._where} unreachable ({type(exc).__name__}); "

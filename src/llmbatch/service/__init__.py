@@ -44,8 +44,10 @@ def bind_host(settings: Settings, host: str) -> tuple[str, str | None]:
     with get_engine(settings.database_url).connect() as conn:
         if any_active(conn) or is_loopback(host):
             return host, None
-    return LOOPBACK, (f"no API token exists, so the service listens on {LOOPBACK} only (asked: {host}); "
-                      "create one with `llmbatch tokens create NAME` to serve other hosts")
+    return LOOPBACK, (
+        f"no API token exists, so the service listens on {LOOPBACK} only (asked: {host}); "
+        "create one with `llmbatch tokens create NAME` to serve other hosts"
+    )
 
 
 def serve(settings: Settings, *, host: str, port: int, simulate: bool = False) -> None:

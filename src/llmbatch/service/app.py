@@ -53,8 +53,10 @@ class Service:
             if not tokens.any_active(conn):
                 return None
             if not secret:
-                raise unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer TOKEN' "
-                                   "(`llmbatch tokens create NAME` makes one).")
+                raise unauthorized(
+                    "You didn't provide an API key. Send it as 'Authorization: Bearer TOKEN' "
+                    "(`llmbatch tokens create NAME` makes one)."
+                )
             token = tokens.authenticate(conn, secret)
         if token is None:
             raise unauthorized("Incorrect API key provided. `llmbatch tokens list` shows the active tokens.")
@@ -73,8 +75,13 @@ def _json(obj: Any, status: int = 200) -> Response:
 
 def _page(rows: list[dict], limit: int, shape) -> dict[str, Any]:
     data = [shape(r) for r in rows[:limit]]
-    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": len(rows) > limit}
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": len(rows) > limit,
+    }
 
 
 def _limit(request: Request) -> int:
@@ -109,22 +116,35 @@ def build_app(settings: Settings, *, simulate: bool = False, engine: Engine | No
         if purpose != "batch":
             raise bad_request(f"purpose must be 'batch', got {purpose!r}", param="purpose")
         if upload is None or isinstance(upload, str):
-            raise bad_request("Missing required parameter: 'file' (multipart/form-data).", param="file",
-                              code="missing_required_parameter")
+            raise bad_request(
+                "Missing required parameter: 'file' (multipart/form-data).",
+                param="file",
+                code="missing_required_parameter",
+            )
         fd, tmp = tempfile.mkstemp(suffix=".jsonl", dir=_files_dir(settings))
         try:
             with os.fdopen(fd, "wb") as out:
                 while chunk := await upload.read(1 << 20):
                     out.write(chunk)
                     if out.tell() > files.MAX_BYTES:
-                        raise bad_request("Invalid batch input file: over the 200 MB limit; split the file",
-                                          param="file", code="invalid_file")
+                        raise bad_request(
+                            "Invalid batch input file: over the 200 MB limit; split the file",
+                            param="file",
+                            code="invalid_file",
+                        )
             await run_in_threadpool(files.validate_batch_file, tmp)
 
             def keep():
                 with engine.begin() as conn:
-                    return files.add_file(conn, settings.service_files_dir, owner=owner,
-                                          filename=upload.filename or "input.jsonl", purpose="batch", src=tmp)
+                    return files.add_file(
+                        conn,
+                        settings.service_files_dir,
+                        owner=owner,
+                        filename=upload.filename or "input.jsonl",
+                        purpose="batch",
+                        src=tmp,
+                    )
+
             return _json(files.file_object(await run_in_threadpool(keep)))
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -133,8 +153,13 @@ def build_app(settings: Settings, *, simulate: bool = False, engine: Engine | No
     def list_files(request: Request) -> Response:
         owner, limit = svc.principal(request), _limit(request)
         with engine.connect() as conn:
-            rows = files.list_files(conn, owner, after=request.query_params.get("after"), limit=limit + 1,
-                                    purpose=request.query_params.get("purpose"))
+            rows = files.list_files(
+                conn,
+                owner,
+                after=request.query_params.get("after"),
+                limit=limit + 1,
+                purpose=request.query_params.get("purpose"),
+            )
         return _json(_page(rows, limit, files.file_object))
 
     def get_file(request: Request) -> Response:
@@ -162,6 +187,7 @@ def build_app(settings: Settings, *, simulate: bool = False, engine: Engine | No
         def create():
             with engine.begin() as conn:
                 return batches.create_batch(conn, owner, body)
+
         b = await run_in_threadpool(create)
         svc.runner.submit(b["id"])
         return await run_in_threadpool(_batch_response, b)
@@ -190,8 +216,10 @@ def build_app(settings: Settings, *, simulate: bool = False, engine: Engine | No
     # ------------------------------------------------------------------------------- models and jobs
     def list_models(request: Request) -> Response:
         svc.principal(request)
-        data = [{"id": m.key, "object": "model", "created": 0, "owned_by": m.provider, **m.public_dict()}
-                for m in sorted(svc.catalog, key=lambda m: m.key)]
+        data = [
+            {"id": m.key, "object": "model", "created": 0, "owned_by": m.provider, **m.public_dict()}
+            for m in sorted(svc.catalog, key=lambda m: m.key)
+        ]
         return _json({"object": "list", "data": data})
 
     def get_job(request: Request) -> Response:
@@ -210,8 +238,9 @@ def build_app(settings: Settings, *, simulate: bool = False, engine: Engine | No
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 404:
-            return _json(APIError(404, f"Invalid URL ({request.method} {request.url.path})",
-                                  code="unknown_url").body(), 404)
+            return _json(
+                APIError(404, f"Invalid URL ({request.method} {request.url.path})", code="unknown_url").body(), 404
+            )
         return _json(APIError(exc.status_code, str(exc.detail)).body(), exc.status_code)
 
     @contextlib.asynccontextmanager
@@ -239,9 +268,12 @@ def build_app(settings: Settings, *, simulate: bool = False, engine: Engine | No
         *dashboard.routes(svc),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    # starlette types each handler as taking any Exception, not the class it is registered for
-                    exception_handlers={APIError: api_error, HTTPException: http_error})  # type: ignore[dict-item]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        # starlette types each handler as taking any Exception, not the class it is registered for
+        exception_handlers={APIError: api_error, HTTPException: http_error},  # type: ignore[dict-item]
+    )
     app.state.service = svc
     return app
 

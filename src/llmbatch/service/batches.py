@@ -40,10 +40,15 @@ _TIMES = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "cance
 def _metadata(raw: Any) -> dict[str, str]:
     if raw is None:
         return {}
-    if not isinstance(raw, dict) or len(raw) > 16 or not all(
-            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512 for k, v in raw.items()):
-        raise bad_request("metadata must be an object of up to 16 string keys (64 chars) and string values "
-                          "(512 chars)", param="metadata")
+    if (
+        not isinstance(raw, dict)
+        or len(raw) > 16
+        or not all(isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512 for k, v in raw.items())
+    ):
+        raise bad_request(
+            "metadata must be an object of up to 16 string keys (64 chars) and string values (512 chars)",
+            param="metadata",
+        )
     if raw.get(ROUTING_KEY, "as_written") not in ROUTINGS:
         raise bad_request(f"metadata.{ROUTING_KEY} must be one of {', '.join(ROUTINGS)}", param="metadata")
     if BUDGET_KEY in raw:
@@ -51,8 +56,9 @@ def _metadata(raw: Any) -> dict[str, str]:
             if not Decimal(raw[BUDGET_KEY]) >= 0:
                 raise InvalidOperation
         except InvalidOperation:
-            raise bad_request(f"metadata.{BUDGET_KEY} must be a dollar amount >= 0, like \"5\" or \"0.25\"",
-                              param="metadata") from None
+            raise bad_request(
+                f'metadata.{BUDGET_KEY} must be a dollar amount >= 0, like "5" or "0.25"', param="metadata"
+            ) from None
     return dict(raw)
 
 
@@ -62,26 +68,40 @@ def create_batch(conn: Connection, owner: str | None, body: dict[str, Any]) -> d
         if not isinstance(body.get(key), str):
             raise bad_request(f"Missing required parameter: '{key}'.", param=key, code="missing_required_parameter")
     if body["endpoint"] != ENDPOINT:
-        raise bad_request(f"endpoint {body['endpoint']!r} is not supported; llmbatch runs {ENDPOINT} batches",
-                          param="endpoint")
+        raise bad_request(
+            f"endpoint {body['endpoint']!r} is not supported; llmbatch runs {ENDPOINT} batches", param="endpoint"
+        )
     if body["completion_window"] != COMPLETION_WINDOW:
         raise bad_request(f"completion_window must be {COMPLETION_WINDOW!r}", param="completion_window")
     meta = _metadata(body.get("metadata"))
     f = files.get_file(conn, body["input_file_id"], owner)
     if f["purpose"] != "batch":
-        raise bad_request(f"file {f['id']} has purpose {f['purpose']!r}; upload the input with purpose 'batch'",
-                          param="input_file_id")
-    row = {"id": files.new_id("batch_"), "owner": owner, "job_id": None, "input_file_id": f["id"],
-           "endpoint": ENDPOINT, "completion_window": COMPLETION_WINDOW,
-           "metadata": orjson.dumps(meta).decode() if body.get("metadata") is not None else None,
-           "status": "validating", "created_at": time.time()}
+        raise bad_request(
+            f"file {f['id']} has purpose {f['purpose']!r}; upload the input with purpose 'batch'", param="input_file_id"
+        )
+    row = {
+        "id": files.new_id("batch_"),
+        "owner": owner,
+        "job_id": None,
+        "input_file_id": f["id"],
+        "endpoint": ENDPOINT,
+        "completion_window": COMPLETION_WINDOW,
+        "metadata": orjson.dumps(meta).decode() if body.get("metadata") is not None else None,
+        "status": "validating",
+        "created_at": time.time(),
+    }
     conn.execute(insert(service_batches).values(**row))
     return get_batch(conn, row["id"], owner)
 
 
 def get_batch(conn: Connection, batch_id: str, owner: str | None) -> dict[str, Any]:
-    row = conn.execute(select(service_batches).where(service_batches.c.id == batch_id,
-                                                     files.owned(service_batches.c.owner, owner))).mappings().first()
+    row = (
+        conn.execute(
+            select(service_batches).where(service_batches.c.id == batch_id, files.owned(service_batches.c.owner, owner))
+        )
+        .mappings()
+        .first()
+    )
     if row is None:
         raise not_found("batch", batch_id)
     return dict(row)
@@ -101,16 +121,32 @@ def batch_object(conn: Connection, b: dict[str, Any]) -> dict[str, Any]:
     usage = None
     if job is not None:
         c = repo.task_counts(conn, job["id"])
-        counts = {"total": c["total"], "completed": c["succeeded"],
-                  "failed": c["failed"] + c["skipped"] + c["cancelled"]}
+        counts = {
+            "total": c["total"],
+            "completed": c["succeeded"],
+            "failed": c["failed"] + c["skipped"] + c["cancelled"],
+        }
         usage = _usage(conn, job["id"])
-    out = {"id": b["id"], "object": "batch", "endpoint": b["endpoint"], "errors": None,
-           "input_file_id": b["input_file_id"], "completion_window": b["completion_window"], "status": b["status"],
-           "output_file_id": b["output_file_id"], "error_file_id": b["error_file_id"],
-           "created_at": int(b["created_at"]), "expires_at": int(b["created_at"]) + 24 * 3600, "expired_at": None,
-           "request_counts": counts, "metadata": orjson.loads(b["metadata"]) if b["metadata"] else None,
-           "usage": usage, "model": None,
-           "llmbatch_job_id": b["job_id"], "llmbatch_job_status": job["status"] if job else None}
+    out = {
+        "id": b["id"],
+        "object": "batch",
+        "endpoint": b["endpoint"],
+        "errors": None,
+        "input_file_id": b["input_file_id"],
+        "completion_window": b["completion_window"],
+        "status": b["status"],
+        "output_file_id": b["output_file_id"],
+        "error_file_id": b["error_file_id"],
+        "created_at": int(b["created_at"]),
+        "expires_at": int(b["created_at"]) + 24 * 3600,
+        "expired_at": None,
+        "request_counts": counts,
+        "metadata": orjson.loads(b["metadata"]) if b["metadata"] else None,
+        "usage": usage,
+        "model": None,
+        "llmbatch_job_id": b["job_id"],
+        "llmbatch_job_status": job["status"] if job else None,
+    }
     for key in _TIMES:
         out[key] = int(b[key]) if b[key] is not None else None
     if b["errors"]:
@@ -120,11 +156,22 @@ def batch_object(conn: Connection, b: dict[str, Any]) -> dict[str, Any]:
 
 def _usage(conn: Connection, job_id: str) -> dict[str, Any]:
     """openai.types.BatchUsage: the tokens of every billed attempt of the job."""
-    row = conn.execute(select(*(func.coalesce(func.sum(getattr(tasks.c, k)), 0) for k in (
-        "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens"))).where(tasks.c.job_id == job_id)).one()
+    row = conn.execute(
+        select(
+            *(
+                func.coalesce(func.sum(getattr(tasks.c, k)), 0)
+                for k in ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
+            )
+        ).where(tasks.c.job_id == job_id)
+    ).one()
     inp, cached, out, reasoning = (int(v) for v in row)
-    return {"input_tokens": inp, "input_tokens_details": {"cached_tokens": cached}, "output_tokens": out,
-            "output_tokens_details": {"reasoning_tokens": reasoning}, "total_tokens": inp + out}
+    return {
+        "input_tokens": inp,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": out,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": inp + out,
+    }
 
 
 def _set(conn: Connection, batch_id: str, *, when: tuple[str, ...] = (), **values) -> int:
@@ -147,6 +194,7 @@ def cancel_batch(conn: Connection, batch_id: str, owner: str | None) -> dict[str
 
 
 # ------------------------------------------------------------------------------------ the runner's side
+
 
 def _job_input(src: str, dest: Path, cheapest: bool) -> None:
     """The input as the job reads it: `"model": "auto"` lines (every line, with cheapest routing) lose their
@@ -172,8 +220,7 @@ def make_job(engine: Engine, settings: Settings, batch_id: str, *, simulate: boo
             _set(conn, batch_id, status="cancelled", cancelled_at=time.time())
         if b is None or b["status"] != "validating":
             return None
-        f = conn.execute(select(service_files.c.path)
-                         .where(service_files.c.id == b["input_file_id"])).scalar()
+        f = conn.execute(select(service_files.c.path).where(service_files.c.id == b["input_file_id"])).scalar()
     meta = orjson.loads(b["metadata"]) if b["metadata"] else {}
     path = Path(settings.service_files_dir) / f"{batch_id}.input.jsonl"
     try:
@@ -181,21 +228,30 @@ def make_job(engine: Engine, settings: Settings, batch_id: str, *, simulate: boo
             raise InputError(f"the input file {b['input_file_id']} was deleted before the batch started")
         _job_input(f, path, meta.get(ROUTING_KEY) == "cheapest")
         spec = JobSpec(name=f"batch {batch_id}", simulate=simulate, budget_usd=meta.get(BUDGET_KEY))
-        job_id, _ = create_job(settings, path, spec, executor="celery" if settings.broker_url else "local",
-                               owner=b["owner"])
+        job_id, _ = create_job(
+            settings, path, spec, executor="celery" if settings.broker_url else "local", owner=b["owner"]
+        )
     except InputError as e:
         with engine.begin() as conn:
-            _set(conn, batch_id, when=("validating",), status="failed", failed_at=time.time(),
-                 errors=orjson.dumps([{"code": "invalid_file", "message": str(e), "param": None,
-                                       "line": None}]).decode())
+            _set(
+                conn,
+                batch_id,
+                when=("validating",),
+                status="failed",
+                failed_at=time.time(),
+                errors=orjson.dumps(
+                    [{"code": "invalid_file", "message": str(e), "param": None, "line": None}]
+                ).decode(),
+            )
         return None
     finally:
         path.unlink(missing_ok=True)
     with engine.begin() as conn:
         # input_path: the uploaded file (the rewritten copy the job was read from is gone)
         conn.execute(update(jobs).where(jobs.c.id == job_id).values(input_path=f))
-        if not _set(conn, batch_id, when=("validating",), job_id=job_id, status="in_progress",
-                    in_progress_at=time.time()):  # cancelled while validating: the job ends at once
+        if not _set(
+            conn, batch_id, when=("validating",), job_id=job_id, status="in_progress", in_progress_at=time.time()
+        ):  # cancelled while validating: the job ends at once
             _set(conn, batch_id, job_id=job_id)
             repo.request_cancel(conn, job_id)
             repo.finish_job_if_done(conn, job_id)
@@ -224,9 +280,14 @@ def finalize(engine: Engine, settings: Settings, batch_id: str) -> bool:
         ids: dict[str, Any] = {}
         for key, data in (("output_file_id", out), ("error_file_id", err)):
             if data:
-                ids[key] = files.add_file(conn, settings.service_files_dir, owner=b["owner"],
-                                          filename=f"{batch_id}_{key.split('_')[0]}.jsonl", purpose="batch_output",
-                                          data=bytes(data))["id"]
+                ids[key] = files.add_file(
+                    conn,
+                    settings.service_files_dir,
+                    owner=b["owner"],
+                    filename=f"{batch_id}_{key.split('_')[0]}.jsonl",
+                    purpose="batch_output",
+                    data=bytes(data),
+                )["id"]
         ids[f"{ending}_at"] = time.time()
         _set(conn, batch_id, status=ending, **ids)
     return True
@@ -244,7 +305,11 @@ def _sdk_complete(line: dict[str, Any], created: float) -> dict[str, Any]:
 def unfinished(engine: Engine) -> list[dict[str, Any]]:
     """Batches a (re)started server must carry on with: validating ones, and running ones."""
     with engine.connect() as conn:
-        return [dict(r) for r in conn.execute(
-            select(service_batches.c.id, service_batches.c.job_id, service_batches.c.status)
-            .where(service_batches.c.status.in_(("validating", "in_progress", "cancelling", "finalizing")))
-            .order_by(service_batches.c.id)).mappings()]
+        return [
+            dict(r)
+            for r in conn.execute(
+                select(service_batches.c.id, service_batches.c.job_id, service_batches.c.status)
+                .where(service_batches.c.status.in_(("validating", "in_progress", "cancelling", "finalizing")))
+                .order_by(service_batches.c.id)
+            ).mappings()
+        ]

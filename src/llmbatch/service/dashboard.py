@@ -73,9 +73,11 @@ def _page(title: str, body: str, *, refresh: bool = False, scripts: str = "") ->
 
 
 def error_page(status: int, message: str) -> HTMLResponse:
-    page = _page("Not found" if status == 404 else "Error",
-                 f'<h1>{"Not found" if status == 404 else "Error"}</h1><p>{escape(message)}</p>'
-                 '<p><a href="/dashboard">All jobs</a></p>')
+    page = _page(
+        "Not found" if status == 404 else "Error",
+        f"<h1>{'Not found' if status == 404 else 'Error'}</h1><p>{escape(message)}</p>"
+        '<p><a href="/dashboard">All jobs</a></p>',
+    )
     page.status_code = status
     return page
 
@@ -83,8 +85,10 @@ def error_page(status: int, message: str) -> HTMLResponse:
 def _progress(counts: dict[str, int]) -> str:
     done = sum(counts[s] for s in ("succeeded", "failed", "skipped", "cancelled"))
     pct = 100 * done / counts["total"] if counts["total"] else 100
-    return (f'<div class="progress" title="{done} of {counts["total"]} done"><div style="width:{pct:.0f}%"></div></div>'
-            f'<span class="muted">{done:,} / {counts["total"]:,}</span>')
+    return (
+        f'<div class="progress" title="{done} of {counts["total"]} done"><div style="width:{pct:.0f}%"></div></div>'
+        f'<span class="muted">{done:,} / {counts["total"]:,}</span>'
+    )
 
 
 def _status(s: str) -> str:
@@ -93,8 +97,10 @@ def _status(s: str) -> str:
 
 def _table(head: list[str], rows: list[list[str]], numeric: set[int] | frozenset[int] = frozenset()) -> str:
     th = "".join(f'<th class="{"n" if i in numeric else ""}">{h}</th>' for i, h in enumerate(head))
-    trs = "".join("<tr>" + "".join(f'<td class="{"n" if i in numeric else ""}">{c}</td>' for i, c in enumerate(r))
-                  + "</tr>" for r in rows)
+    trs = "".join(
+        "<tr>" + "".join(f'<td class="{"n" if i in numeric else ""}">{c}</td>' for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
     return f"<table><thead><tr>{th}</tr></thead><tbody>{trs or '<tr><td colspan=9 class=muted>none</td></tr>'}</tbody></table>"
 
 
@@ -105,20 +111,27 @@ def _owned_jobs(conn, owner: str | None, limit: int = 100) -> list[dict[str, Any
 
 def spend_over_time(conn, job_id: str) -> tuple[list[str], list[int]]:
     """Cumulative settled spend per time step (at most ~60 points, the step a round number of seconds)."""
-    lo, hi = conn.execute(select(func.min(attempts.c.finished_at), func.max(attempts.c.finished_at))
-                          .where(attempts.c.job_id == job_id, attempts.c.settled.is_(True))).first()
+    lo, hi = conn.execute(
+        select(func.min(attempts.c.finished_at), func.max(attempts.c.finished_at)).where(
+            attempts.c.job_id == job_id, attempts.c.settled.is_(True)
+        )
+    ).first()
     if lo is None:
         return [], []
     step = next((s for s in _TIME_STEPS_S if (hi - lo) / s <= _MAX_POINTS), _TIME_STEPS_S[-1])
     bucket = func.floor((attempts.c.finished_at - lo) / step)
-    rows = conn.execute(select(bucket, func.sum(attempts.c.cost_picos))
-                        .where(attempts.c.job_id == job_id, attempts.c.settled.is_(True))
-                        .group_by(bucket).order_by(bucket)).all()
+    rows = conn.execute(
+        select(bucket, func.sum(attempts.c.cost_picos))
+        .where(attempts.c.job_id == job_id, attempts.c.settled.is_(True))
+        .group_by(bucket)
+        .order_by(bucket)
+    ).all()
     start = conn.execute(select(func.min(attempts.c.started_at)).where(attempts.c.job_id == job_id)).scalar()
     clock = "%H:%M:%S" if step >= 1 else "%H:%M:%S.{frac}"
 
     def label(ts: float) -> str:
         return time.strftime(clock, time.gmtime(ts)).format(frac=f"{ts % 1:.2f}"[2:])
+
     labels, values, total = [label(min(start, lo))], [0], 0
     for b, cost in rows:
         total += int(cost or 0)
@@ -128,22 +141,32 @@ def spend_over_time(conn, job_id: str) -> tuple[list[str], list[int]]:
 
 
 def by_channel(conn, job_id: str) -> list[tuple[str, int, int]]:
-    q = (select(attempts.c.channel, func.count(), func.sum(attempts.c.cost_picos))
-         .where(attempts.c.job_id == job_id).group_by(attempts.c.channel).order_by(attempts.c.channel))
+    q = (
+        select(attempts.c.channel, func.count(), func.sum(attempts.c.cost_picos))
+        .where(attempts.c.job_id == job_id)
+        .group_by(attempts.c.channel)
+        .order_by(attempts.c.channel)
+    )
     return [(ch, int(n), int(c or 0)) for ch, n, c in conn.execute(q)]
 
 
 def errors_by_class(conn, job_id: str) -> list[tuple[str, int, str | None]]:
-    q = (select(attempts.c.error_class, func.count(), func.max(attempts.c.error_message))
-         .where(attempts.c.job_id == job_id, attempts.c.error_class.is_not(None))
-         .group_by(attempts.c.error_class).order_by(func.count().desc()))
+    q = (
+        select(attempts.c.error_class, func.count(), func.max(attempts.c.error_message))
+        .where(attempts.c.job_id == job_id, attempts.c.error_class.is_not(None))
+        .group_by(attempts.c.error_class)
+        .order_by(func.count().desc())
+    )
     return [(c, int(n), m) for c, n, m in conn.execute(q)]
 
 
 def failed_tasks(conn, job_id: str, limit: int = 20) -> list[Any]:
-    return conn.execute(select(tasks.c.task_id, tasks.c.status, tasks.c.error)
-                        .where(tasks.c.job_id == job_id, tasks.c.status.in_(("failed", "skipped")))
-                        .order_by(tasks.c.seq).limit(limit)).all()
+    return conn.execute(
+        select(tasks.c.task_id, tasks.c.status, tasks.c.error)
+        .where(tasks.c.job_id == job_id, tasks.c.status.in_(("failed", "skipped")))
+        .order_by(tasks.c.seq)
+        .limit(limit)
+    ).all()
 
 
 def money_unit(picos: list[int]) -> tuple[str, int]:
@@ -160,13 +183,21 @@ def _chart(el: str, title: str, kind: str, labels: list[str], picos: list[int], 
     """A chart's data for the page's renderer. Money comes in pico-dollars and is shown in money_unit()."""
     unit, per = money_unit(picos) if money_axis else ("", 1)
     values = [float(Decimal(v) / per) for v in picos]
-    spec = {"title": f"{title} ({unit})" if unit else title, "type": kind, "height": 260, "animate": 0,
-            "barOptions": {"spaceRatio": 0.4}, "axisOptions": {"xIsSeries": kind == "line"},
-            "data": {"labels": labels, "datasets": [{"name": unit or title, "values": values}]},
-            "colors": ["#2563eb", "#10b981", "#f59e0b", "#ef4444", "#8b5cf6", "#14b8a6"]}
+    spec = {
+        "title": f"{title} ({unit})" if unit else title,
+        "type": kind,
+        "height": 260,
+        "animate": 0,
+        "barOptions": {"spaceRatio": 0.4},
+        "axisOptions": {"xIsSeries": kind == "line"},
+        "data": {"labels": labels, "datasets": [{"name": unit or title, "values": values}]},
+        "colors": ["#2563eb", "#10b981", "#f59e0b", "#ef4444", "#8b5cf6", "#14b8a6"],
+    }
     data = orjson.dumps(spec).decode().replace("</", "<\\/")  # no "</script>" inside the JSON
-    return (f'<div class="panel"><div id="{el}" class="chart" data-unit="{escape(unit)}"></div>'
-            f'<script type="application/json" id="{el}-data">{data}</script></div>')
+    return (
+        f'<div class="panel"><div id="{el}" class="chart" data-unit="{escape(unit)}"></div>'
+        f'<script type="application/json" id="{el}-data">{data}</script></div>'
+    )
 
 
 _RENDER = f"""<script src="{CHART_JS}"></script><script>
@@ -190,12 +221,22 @@ def routes(svc) -> list[Route]:
             for j in _owned_jobs(conn, owner):
                 counts = repo.task_counts(conn, j["id"])
                 live |= j["status"] not in JobStatus.terminal
-                rows.append([f'<a href="/dashboard/jobs/{escape(j["id"])}">{escape(j["id"])}</a>',
-                             escape(j["name"] or ""), _when(j["created_at"]), _status(j["status"]), _progress(counts),
-                             money(j["spent_picos"]), money(j["budget_picos"])])
-        body = ("<h1>Jobs</h1><p class=muted>Every job and what it spent. Click a job for where the money went."
-                + (" This page refreshes while a job runs.</p>" if live else "</p>")
-                + _table(["Job", "Name", "Created", "Status", "Progress", "Spent", "Budget"], rows, {5, 6}))
+                rows.append(
+                    [
+                        f'<a href="/dashboard/jobs/{escape(j["id"])}">{escape(j["id"])}</a>',
+                        escape(j["name"] or ""),
+                        _when(j["created_at"]),
+                        _status(j["status"]),
+                        _progress(counts),
+                        money(j["spent_picos"]),
+                        money(j["budget_picos"]),
+                    ]
+                )
+        body = (
+            "<h1>Jobs</h1><p class=muted>Every job and what it spent. Click a job for where the money went."
+            + (" This page refreshes while a job runs.</p>" if live else "</p>")
+            + _table(["Job", "Name", "Created", "Status", "Progress", "Spent", "Budget"], rows, {5, 6})
+        )
         return _page("Jobs", body, refresh=live)
 
     def job_page(request: Request) -> Response:
@@ -215,54 +256,86 @@ def routes(svc) -> list[Route]:
         base_picos = _picos(base["cost_usd"])
         saved = None if base_picos is None else base_picos - job["spent_picos"]
         per_1k = job["spent_picos"] * 1000 // counts["total"] if counts["total"] else None
-        cards = [("Spent", f'<span id="job-spent">{money(job["spent_picos"])}</span>'),
-                 ("Budget", money(job["budget_picos"])),
-                 (f"Saved vs {escape(base['model'])}", money(saved)),
-                 ("Cost per 1,000 tasks", money(per_1k)),
-                 ("Reserved (calls in flight)", money(job["reserved_picos"])),
-                 ("Tasks succeeded", f'{counts["succeeded"]:,} / {counts["total"]:,}')]
+        cards = [
+            ("Spent", f'<span id="job-spent">{money(job["spent_picos"])}</span>'),
+            ("Budget", money(job["budget_picos"])),
+            (f"Saved vs {escape(base['model'])}", money(saved)),
+            ("Cost per 1,000 tasks", money(per_1k)),
+            ("Reserved (calls in flight)", money(job["reserved_picos"])),
+            ("Tasks succeeded", f"{counts['succeeded']:,} / {counts['total']:,}"),
+        ]
         by_model = [(r["model"], r["cost_picos"]) for r in rep["by_model"]]
-        body = [f'<h1>Job <span id="job-id">{escape(job_id)}</span> {_status(job["status"])}</h1>',
-                f'<p class=muted>{escape(job["name"] or "")} · created {_when(job["created_at"])} · finished '
-                f'{_when(job["finished_at"])}{" · this page refreshes while the job runs" if live else ""}</p>',
-                '<div class="cards">' + "".join(f'<div class="card"><div class="k">{k}</div><div class="v">{v}</div>'
-                                                 "</div>" for k, v in cards) + "</div>",
-                f"<p>{_progress(counts)} · failed {counts['failed']:,} · skipped {counts['skipped']:,} · cancelled "
-                f"{counts['cancelled']:,} · queued {counts['queued']:,} · running {counts['running']:,}</p>",
-                '<div class="grid">',
-                _chart("chart-models", "Spend by model", "bar", [m for m, _ in by_model], [c for _, c in by_model]),
-                _chart("chart-channels", "Spend by channel", "pie", [c for c, _, _ in channels],
-                       [c for _, _, c in channels]),
-                _chart("chart-time", "Spend over time, cumulative", "line", labels, cumulative),
-                _chart("chart-tasks", "Tasks by outcome", "donut",
-                       [s for s in ("succeeded", "failed", "skipped", "cancelled") if counts[s]],
-                       [counts[s] for s in ("succeeded", "failed", "skipped", "cancelled") if counts[s]],
-                       money_axis=False),
-                "</div>",
-                "<h2>Spend by model</h2>",
-                _table(["Provider", "Model", "Tasks", "Calls", "Input tokens", "Output tokens", "Cost"],
-                       [[escape(r["provider"]), escape(r["model"]), f'{r["tasks"]:,}', f'{r["attempts"]:,}',
-                         f'{r["input_tokens"]:,}', f'{r["output_tokens"]:,}', money(r["cost_picos"])]
-                        for r in rep["by_model"]], {2, 3, 4, 5, 6}),
-                "<h2>Spend by channel</h2>",
-                _table(["Channel", "Calls", "Cost"], [[escape(c), f"{n:,}", money(m)] for c, n, m in channels], {1, 2}),
-                f"<h2>Savings</h2><p>The same tokens on the baseline model <b>{escape(base['model'])}</b> would have "
-                f"cost <b>{money(base_picos)}</b>; this job spent <b>{money(job['spent_picos'])}</b>"
-                + (f", saving <b>{money(saved)}</b>." if saved is not None else f" ({escape(base['error'] or '')}).")
-                + "</p>",
-                "<h2>Most expensive tasks</h2>",
-                _table(["Task", "Model", "Calls", "Cost"],
-                       [[escape(t["id"]), escape(t["model"] or ""), str(t["attempts"]),
-                         money(_picos(t["cost_usd"]))] for t in rep["most_expensive_tasks"]],
-                       {2, 3}),
-                "<h2>Errors</h2>",
-                _table(["Error class", "Calls", "Example"],
-                       [[escape(c), f"{n:,}", escape((m or "")[:200])] for c, n, m in eclasses], {1}),
-                _table(["Task", "Status", "Why"], [[escape(t.task_id), _status(t.status), escape((t.error or "")[:300])]
-                                                   for t in bad]),
-                _table(["Rejected line", "Why"], [[str(r["line_no"]), escape(r["reason"])] for r in rejected])
-                if rejected else "",
-                f'<p><a href="/dashboard/jobs/{escape(job_id)}/attempts.csv">Download every call (CSV)</a></p>']
+        body = [
+            f'<h1>Job <span id="job-id">{escape(job_id)}</span> {_status(job["status"])}</h1>',
+            f"<p class=muted>{escape(job['name'] or '')} · created {_when(job['created_at'])} · finished "
+            f"{_when(job['finished_at'])}{' · this page refreshes while the job runs' if live else ''}</p>",
+            '<div class="cards">'
+            + "".join(f'<div class="card"><div class="k">{k}</div><div class="v">{v}</div></div>' for k, v in cards)
+            + "</div>",
+            f"<p>{_progress(counts)} · failed {counts['failed']:,} · skipped {counts['skipped']:,} · cancelled "
+            f"{counts['cancelled']:,} · queued {counts['queued']:,} · running {counts['running']:,}</p>",
+            '<div class="grid">',
+            _chart("chart-models", "Spend by model", "bar", [m for m, _ in by_model], [c for _, c in by_model]),
+            _chart(
+                "chart-channels", "Spend by channel", "pie", [c for c, _, _ in channels], [c for _, _, c in channels]
+            ),
+            _chart("chart-time", "Spend over time, cumulative", "line", labels, cumulative),
+            _chart(
+                "chart-tasks",
+                "Tasks by outcome",
+                "donut",
+                [s for s in ("succeeded", "failed", "skipped", "cancelled") if counts[s]],
+                [counts[s] for s in ("succeeded", "failed", "skipped", "cancelled") if counts[s]],
+                money_axis=False,
+            ),
+            "</div>",
+            "<h2>Spend by model</h2>",
+            _table(
+                ["Provider", "Model", "Tasks", "Calls", "Input tokens", "Output tokens", "Cost"],
+                [
+                    [
+                        escape(r["provider"]),
+                        escape(r["model"]),
+                        f"{r['tasks']:,}",
+                        f"{r['attempts']:,}",
+                        f"{r['input_tokens']:,}",
+                        f"{r['output_tokens']:,}",
+                        money(r["cost_picos"]),
+                    ]
+                    for r in rep["by_model"]
+                ],
+                {2, 3, 4, 5, 6},
+            ),
+            "<h2>Spend by channel</h2>",
+            _table(["Channel", "Calls", "Cost"], [[escape(c), f"{n:,}", money(m)] for c, n, m in channels], {1, 2}),
+            f"<h2>Savings</h2><p>The same tokens on the baseline model <b>{escape(base['model'])}</b> would have "
+            f"cost <b>{money(base_picos)}</b>; this job spent <b>{money(job['spent_picos'])}</b>"
+            + (f", saving <b>{money(saved)}</b>." if saved is not None else f" ({escape(base['error'] or '')}).")
+            + "</p>",
+            "<h2>Most expensive tasks</h2>",
+            _table(
+                ["Task", "Model", "Calls", "Cost"],
+                [
+                    [escape(t["id"]), escape(t["model"] or ""), str(t["attempts"]), money(_picos(t["cost_usd"]))]
+                    for t in rep["most_expensive_tasks"]
+                ],
+                {2, 3},
+            ),
+            "<h2>Errors</h2>",
+            _table(
+                ["Error class", "Calls", "Example"],
+                [[escape(c), f"{n:,}", escape((m or "")[:200])] for c, n, m in eclasses],
+                {1},
+            ),
+            _table(
+                ["Task", "Status", "Why"],
+                [[escape(t.task_id), _status(t.status), escape((t.error or "")[:300])] for t in bad],
+            ),
+            _table(["Rejected line", "Why"], [[str(r["line_no"]), escape(r["reason"])] for r in rejected])
+            if rejected
+            else "",
+            f'<p><a href="/dashboard/jobs/{escape(job_id)}/attempts.csv">Download every call (CSV)</a></p>',
+        ]
         return _page(f"Job {job_id}", "".join(body), refresh=live, scripts=_RENDER)
 
     def attempts_csv(request: Request) -> Response:
@@ -277,13 +350,19 @@ def routes(svc) -> list[Route]:
                     w = csv.DictWriter(buf, fieldnames=list(a))
                     w.writeheader()
                 w.writerow(a)
-        return Response(buf.getvalue(), media_type="text/csv",
-                        headers={"content-disposition": f'attachment; filename="{job_id}-attempts.csv"'})
+        return Response(
+            buf.getvalue(),
+            media_type="text/csv",
+            headers={"content-disposition": f'attachment; filename="{job_id}-attempts.csv"'},
+        )
 
     def login_form(request: Request) -> Response:
-        return _page("Sign in", '<h1>Sign in</h1><form method="post" action="/dashboard/login">'
-                     '<p>API token: <input name="token" type="password" size="50"> <button>Sign in</button></p>'
-                     '</form><p class=muted>`llmbatch tokens create NAME` makes a token.</p>')
+        return _page(
+            "Sign in",
+            '<h1>Sign in</h1><form method="post" action="/dashboard/login">'
+            '<p>API token: <input name="token" type="password" size="50"> <button>Sign in</button></p>'
+            "</form><p class=muted>`llmbatch tokens create NAME` makes a token.</p>",
+        )
 
     async def login(request: Request) -> Response:
         form = await request.form()
@@ -297,6 +376,10 @@ def routes(svc) -> list[Route]:
         resp.set_cookie("llmbatch_token", secret, httponly=True, samesite="strict")
         return resp
 
-    return [Route("/dashboard", jobs_page), Route("/dashboard/jobs/{job_id}", job_page),
-            Route("/dashboard/jobs/{job_id}/attempts.csv", attempts_csv),
-            Route("/dashboard/login", login_form, methods=["GET"]), Route("/dashboard/login", login, methods=["POST"])]
+    return [
+        Route("/dashboard", jobs_page),
+        Route("/dashboard/jobs/{job_id}", job_page),
+        Route("/dashboard/jobs/{job_id}/attempts.csv", attempts_csv),
+        Route("/dashboard/login", login_form, methods=["GET"]),
+        Route("/dashboard/login", login, methods=["POST"]),
+    ]

@@ -33,9 +33,17 @@ def owned(column, owner: str | None):
 
 
 def file_object(row) -> dict[str, Any]:
-    return {"id": row["id"], "object": "file", "bytes": row["bytes"], "created_at": int(row["created_at"]),
-            "filename": row["filename"], "purpose": row["purpose"], "status": "processed",
-            "status_details": None, "expires_at": None}
+    return {
+        "id": row["id"],
+        "object": "file",
+        "bytes": row["bytes"],
+        "created_at": int(row["created_at"]),
+        "filename": row["filename"],
+        "purpose": row["purpose"],
+        "status": "processed",
+        "status_details": None,
+        "expires_at": None,
+    }
 
 
 def validate_batch_file(path: str | os.PathLike) -> int:
@@ -46,15 +54,26 @@ def validate_batch_file(path: str | os.PathLike) -> int:
             raise bad_request(f"Invalid batch input file: {item.reason}", param="file", code="invalid_file")
         n += 1
         if n > MAX_REQUESTS:
-            raise bad_request(f"Invalid batch input file: line {line_no}: more than {MAX_REQUESTS:,} requests; "
-                              "split the file", param="file", code="invalid_file")
+            raise bad_request(
+                f"Invalid batch input file: line {line_no}: more than {MAX_REQUESTS:,} requests; split the file",
+                param="file",
+                code="invalid_file",
+            )
     if n == 0:
         raise bad_request("Invalid batch input file: it has no request lines", param="file", code="invalid_file")
     return n
 
 
-def add_file(conn: Connection, files_dir: str, *, owner: str | None, filename: str, purpose: str,
-             src: str | os.PathLike | None = None, data: bytes | None = None) -> dict[str, Any]:
+def add_file(
+    conn: Connection,
+    files_dir: str,
+    *,
+    owner: str | None,
+    filename: str,
+    purpose: str,
+    src: str | os.PathLike | None = None,
+    data: bytes | None = None,
+) -> dict[str, Any]:
     """Keep the bytes (moved from `src`, or `data`) and their row; returns the row as a dict."""
     file_id = new_id("file-")
     Path(files_dir).mkdir(parents=True, exist_ok=True)
@@ -63,22 +82,33 @@ def add_file(conn: Connection, files_dir: str, *, owner: str | None, filename: s
         shutil.move(str(src), path)
     else:
         Path(path).write_bytes(data or b"")
-    row = {"id": file_id, "owner": owner, "filename": filename[:300], "purpose": purpose,
-           "bytes": os.path.getsize(path), "path": path, "created_at": time.time()}
+    row = {
+        "id": file_id,
+        "owner": owner,
+        "filename": filename[:300],
+        "purpose": purpose,
+        "bytes": os.path.getsize(path),
+        "path": path,
+        "created_at": time.time(),
+    }
     conn.execute(insert(service_files).values(**row))
     return row
 
 
 def get_file(conn: Connection, file_id: str, owner: str | None) -> dict[str, Any]:
-    row = conn.execute(select(service_files).where(service_files.c.id == file_id,
-                                                   owned(service_files.c.owner, owner))).mappings().first()
+    row = (
+        conn.execute(select(service_files).where(service_files.c.id == file_id, owned(service_files.c.owner, owner)))
+        .mappings()
+        .first()
+    )
     if row is None:
         raise not_found("file", file_id)
     return dict(row)
 
 
-def list_files(conn: Connection, owner: str | None, *, after: str | None, limit: int,
-               purpose: str | None = None) -> list[dict[str, Any]]:
+def list_files(
+    conn: Connection, owner: str | None, *, after: str | None, limit: int, purpose: str | None = None
+) -> list[dict[str, Any]]:
     q = select(service_files).where(owned(service_files.c.owner, owner))
     if purpose:
         q = q.where(service_files.c.purpose == purpose)

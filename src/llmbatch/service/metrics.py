@@ -38,8 +38,11 @@ class StoreCollector:
             yield from self._money(conn)
             yield self._latency(conn)
             queued = conn.execute(select(func.count()).where(tasks.c.status == "queued")).scalar_one()
-        depth = GaugeMetricFamily("llmbatch_queue_depth", "Work waiting: queued tasks in the store, messages "
-                                  "in the Celery queue", labels=["queue"])
+        depth = GaugeMetricFamily(
+            "llmbatch_queue_depth",
+            "Work waiting: queued tasks in the store, messages in the Celery queue",
+            labels=["queue"],
+        )
         depth.add_metric(["store_tasks"], queued)
         celery = self._celery_depth()
         if celery is not None:
@@ -53,8 +56,9 @@ class StoreCollector:
         j = GaugeMetricFamily("llmbatch_jobs", "Jobs by status", labels=["status"])
         for status, n in conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status)):
             j.add_metric([status], n)
-        a = CounterMetricFamily("llmbatch_attempts", "Provider calls (ledger rows) by error class",
-                                labels=["error_class"])
+        a = CounterMetricFamily(
+            "llmbatch_attempts", "Provider calls (ledger rows) by error class", labels=["error_class"]
+        )
         eclass = func.coalesce(attempts.c.error_class, "none")
         for cls, n in conn.execute(select(eclass, func.count()).group_by(eclass)):
             a.add_metric([cls], n)
@@ -65,20 +69,26 @@ class StoreCollector:
         spend = CounterMetricFamily("llmbatch_spend_usd", "Settled spend in USD (the ledger's sum)", labels=labels)
         held = GaugeMetricFamily("llmbatch_reserved_usd", "Reservations not yet settled, USD", labels=labels)
         unsettled = case((attempts.c.settled.is_(False), attempts.c.reserved_picos), else_=0)
-        q = (select(attempts.c.provider, attempts.c.model, attempts.c.channel, func.sum(attempts.c.cost_picos),
-                    func.sum(unsettled))
-             .group_by(attempts.c.provider, attempts.c.model, attempts.c.channel))
+        q = select(
+            attempts.c.provider,
+            attempts.c.model,
+            attempts.c.channel,
+            func.sum(attempts.c.cost_picos),
+            func.sum(unsettled),
+        ).group_by(attempts.c.provider, attempts.c.model, attempts.c.channel)
         for provider, model, channel, cost, reserved in conn.execute(q):
             spend.add_metric([provider, model, channel], _usd(cost))
             held.add_metric([provider, model, channel], _usd(reserved))
         return spend, held
 
     def _latency(self, conn):
-        h = HistogramMetricFamily("llmbatch_provider_latency_seconds", "Provider call latency",
-                                  labels=["provider"])
+        h = HistogramMetricFamily("llmbatch_provider_latency_seconds", "Provider call latency", labels=["provider"])
         cols = [func.sum(case((attempts.c.latency_ms <= b * 1000, 1), else_=0)) for b in LATENCY_BUCKETS_S]
-        q = (select(attempts.c.provider, func.count(), func.sum(attempts.c.latency_ms), *cols)
-             .where(attempts.c.latency_ms.is_not(None)).group_by(attempts.c.provider))
+        q = (
+            select(attempts.c.provider, func.count(), func.sum(attempts.c.latency_ms), *cols)
+            .where(attempts.c.latency_ms.is_not(None))
+            .group_by(attempts.c.provider)
+        )
         for provider, n, total_ms, *le in conn.execute(q):
             buckets = [(str(b), int(c or 0)) for b, c in zip(LATENCY_BUCKETS_S, le)] + [("+Inf", int(n))]
             h.add_metric([provider], buckets, sum_value=(total_ms or 0) / 1000)
@@ -110,6 +120,7 @@ def endpoint(engine: Engine, broker_url: str | None = None):
 
     def metrics(request):
         return Response(generate_latest(reg), media_type=CONTENT_TYPE_LATEST)
+
     return metrics
 
 

@@ -26,8 +26,10 @@ class BatchRunner:
         self.settings, self.engine, self.simulate = settings, engine, simulate
         self._queue: queue.SimpleQueue[tuple[str, str | None] | None] = queue.SimpleQueue()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._work, name=f"llmbatch-batch-{i}", daemon=True)
-                         for i in range(max(1, settings.service_parallel_jobs))]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"llmbatch-batch-{i}", daemon=True)
+            for i in range(max(1, settings.service_parallel_jobs))
+        ]
         self._threads.append(threading.Thread(target=self._poll, name="llmbatch-finalize", daemon=True))
 
     def start(self) -> None:
@@ -72,8 +74,13 @@ class BatchRunner:
             return
         from ..jobs import run_embedded
 
-        run_embedded(self.settings, job_id, concurrency=self.settings.concurrency, force_simulate=self.simulate,
-                     handle_signals=False)  # a server thread: the server owns SIGINT/SIGTERM
+        run_embedded(
+            self.settings,
+            job_id,
+            concurrency=self.settings.concurrency,
+            force_simulate=self.simulate,
+            handle_signals=False,
+        )  # a server thread: the server owns SIGINT/SIGTERM
 
     def _poll(self) -> None:
         while not self._stop.wait(POLL_S):

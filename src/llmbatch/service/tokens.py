@@ -56,35 +56,56 @@ def create_token(engine: Engine, name: str, *, daily_cap_picos: int | None = Non
     with engine.begin() as conn:
         if conn.execute(select(api_tokens.c.id).where(api_tokens.c.name == name)).first():
             raise InputError(f"a token named {name!r} exists; revoke it first or pick another name")
-        conn.execute(insert(api_tokens).values(
-            id="tok_" + secrets.token_hex(8), name=name, token_hash=hash_token(secret),
-            daily_cap_picos=daily_cap_picos, created_at=time.time(), revoked_at=None))
+        conn.execute(
+            insert(api_tokens).values(
+                id="tok_" + secrets.token_hex(8),
+                name=name,
+                token_hash=hash_token(secret),
+                daily_cap_picos=daily_cap_picos,
+                created_at=time.time(),
+                revoked_at=None,
+            )
+        )
     return secret
 
 
 def list_tokens(engine: Engine) -> list[dict]:
     with engine.connect() as conn:
         rows = conn.execute(select(api_tokens).order_by(api_tokens.c.created_at)).mappings().all()
-    return [{"id": r["id"], "name": r["name"], "daily_cap_usd": usd_json(r["daily_cap_picos"]),
-             "created_at": r["created_at"], "revoked": r["revoked_at"] is not None} for r in rows]
+    return [
+        {
+            "id": r["id"],
+            "name": r["name"],
+            "daily_cap_usd": usd_json(r["daily_cap_picos"]),
+            "created_at": r["created_at"],
+            "revoked": r["revoked_at"] is not None,
+        }
+        for r in rows
+    ]
 
 
 def revoke_token(engine: Engine, name: str) -> None:
     with engine.begin() as conn:
-        n = conn.execute(update(api_tokens).where(api_tokens.c.name == name, api_tokens.c.revoked_at.is_(None))
-                         .values(revoked_at=time.time())).rowcount
+        n = conn.execute(
+            update(api_tokens)
+            .where(api_tokens.c.name == name, api_tokens.c.revoked_at.is_(None))
+            .values(revoked_at=time.time())
+        ).rowcount
     if not n:
         raise InputError(f"no active token named {name!r}; `llmbatch tokens list` shows them")
 
 
 def any_active(conn: Connection) -> bool:
-    return bool(conn.execute(select(func.count()).select_from(api_tokens)
-                             .where(api_tokens.c.revoked_at.is_(None))).scalar())
+    return bool(
+        conn.execute(select(func.count()).select_from(api_tokens).where(api_tokens.c.revoked_at.is_(None))).scalar()
+    )
 
 
 def authenticate(conn: Connection, secret: str) -> Token | None:
     """The active token with this secret, or None."""
-    row = conn.execute(select(api_tokens.c.id, api_tokens.c.name, api_tokens.c.daily_cap_picos)
-                       .where(api_tokens.c.token_hash == hash_token(secret),
-                              api_tokens.c.revoked_at.is_(None))).first()
+    row = conn.execute(
+        select(api_tokens.c.id, api_tokens.c.name, api_tokens.c.daily_cap_picos).where(
+            api_tokens.c.token_hash == hash_token(secret), api_tokens.c.revoked_at.is_(None)
+        )
+    ).first()
     return Token(row.id, row.name, row.daily_cap_picos) if row else None

@@ -25,14 +25,65 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _WORD = re.compile(r"[a-z']+")
 _NEGATORS = {"not", "no", "never", "hardly", "isn't", "wasn't", "don't", "doesn't", "didn't", "won't", "can't"}
 _POSITIVE = {
-    "good", "great", "excellent", "amazing", "awesome", "love", "loved", "loves", "like", "liked", "happy",
-    "fantastic", "wonderful", "best", "perfect", "recommend", "pleased", "satisfied", "enjoy", "enjoyed",
-    "nice", "superb", "brilliant", "fast", "helpful", "delighted", "glad", "works", "outstanding",
+    "good",
+    "great",
+    "excellent",
+    "amazing",
+    "awesome",
+    "love",
+    "loved",
+    "loves",
+    "like",
+    "liked",
+    "happy",
+    "fantastic",
+    "wonderful",
+    "best",
+    "perfect",
+    "recommend",
+    "pleased",
+    "satisfied",
+    "enjoy",
+    "enjoyed",
+    "nice",
+    "superb",
+    "brilliant",
+    "fast",
+    "helpful",
+    "delighted",
+    "glad",
+    "works",
+    "outstanding",
 }
 _NEGATIVE = {
-    "bad", "terrible", "awful", "horrible", "hate", "hated", "worst", "poor", "broken", "disappointed",
-    "disappointing", "slow", "useless", "refund", "angry", "annoyed", "unhappy", "waste", "defective",
-    "crashed", "crashes", "fails", "failed", "rude", "sad", "problem", "issue", "complaint",
+    "bad",
+    "terrible",
+    "awful",
+    "horrible",
+    "hate",
+    "hated",
+    "worst",
+    "poor",
+    "broken",
+    "disappointed",
+    "disappointing",
+    "slow",
+    "useless",
+    "refund",
+    "angry",
+    "annoyed",
+    "unhappy",
+    "waste",
+    "defective",
+    "crashed",
+    "crashes",
+    "fails",
+    "failed",
+    "rude",
+    "sad",
+    "problem",
+    "issue",
+    "complaint",
 }
 _POSITIVE_LABELS = ("positive", "pos", "good", "favorable", "favourable")
 _NEGATIVE_LABELS = ("negative", "neg", "bad", "unfavorable", "unfavourable")
@@ -54,14 +105,14 @@ class ErrorRates:
     wrong: float = 0.0  # valid but wrong answers, at this mean rate (scaled by each input's difficulty)
 
 
-def answer(conv: Conversation, *, model: str, rates: ErrorRates, schema: Any = None,
-           json_mode: bool = False) -> str:
+def answer(conv: Conversation, *, model: str, rates: ErrorRates, schema: Any = None, json_mode: bool = False) -> str:
     """The model's reply text. `schema` comes from a structured-output request parameter, if any."""
     return scored_answer(conv, model=model, rates=rates, schema=schema, json_mode=json_mode)[0]
 
 
-def scored_answer(conv: Conversation, *, model: str, rates: ErrorRates, schema: Any = None,
-                  json_mode: bool = False) -> tuple[str, float]:
+def scored_answer(
+    conv: Conversation, *, model: str, rates: ErrorRates, schema: Any = None, json_mode: bool = False
+) -> tuple[str, float]:
     """(the reply text, the probability the model puts on it). See simulator.quality."""
     instructions = conv.all_text()
     source = _task_input(conv.last_user_text())
@@ -111,8 +162,8 @@ def quality_judge(instructions: str, user_text: str) -> str | None:
     ref_at, cand_at = user_text.find(REFERENCE_MARKER), user_text.find(CANDIDATE_MARKER)
     if ref_at < 0 or cand_at < ref_at:
         return quality.JUDGE_FAIL
-    reference = user_text[ref_at + len(REFERENCE_MARKER):cand_at]
-    return quality.judge(user_text[cand_at + len(CANDIDATE_MARKER):], reference)
+    reference = user_text[ref_at + len(REFERENCE_MARKER) : cand_at]
+    return quality.judge(user_text[cand_at + len(CANDIDATE_MARKER) :], reference)
 
 
 def _marker_line(text: str, marker: str) -> str | None:
@@ -120,7 +171,7 @@ def _marker_line(text: str, marker: str) -> str | None:
     if at < 0:
         return None
     end = text.find("\n", at)
-    return text[at + len(marker): end if end >= 0 else len(text)].strip()
+    return text[at + len(marker) : end if end >= 0 else len(text)].strip()
 
 
 def _labels(text: str) -> list[str] | None:
@@ -164,7 +215,7 @@ def _task_input(user_text: str) -> str:
         if at >= 0:
             end = user_text.find("\n", at)
             cut = max(cut, end if end >= 0 else len(user_text))
-    return user_text[cut + 1:].strip() if cut >= 0 else user_text
+    return user_text[cut + 1 :].strip() if cut >= 0 else user_text
 
 
 def _pick_label(labels: list[str], text: str) -> str:

@@ -12,8 +12,16 @@ OVERLOADED = "overloaded"
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, kind: str, message: str, *, param: str | None = None,
-                 code: str | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind

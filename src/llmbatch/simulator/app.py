@@ -54,9 +54,15 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _models(request: web.Request) -> web.Response:
-    return _json({"object": "list", "data": [
-        {"id": name, "object": "model", "owned_by": "simulator"} for name in request.app[STATE_KEY].registry.names()
-    ]})
+    return _json(
+        {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "owned_by": "simulator"}
+                for name in request.app[STATE_KEY].registry.names()
+            ],
+        }
+    )
 
 
 def create_app(config: SimulatorConfig | None = None) -> web.Application:

@@ -18,8 +18,7 @@ from .dialects.anthropic import AnthropicDialect
 from .state import SimState
 
 MAX_REQUESTS = 100_000
-_KIND = {core.SUCCEEDED: "succeeded", core.ERRORED: "errored", core.CANCELLED: "canceled",
-         core.EXPIRED: "expired"}
+_KIND = {core.SUCCEEDED: "succeeded", core.ERRORED: "errored", core.CANCELLED: "canceled", core.EXPIRED: "expired"}
 
 
 def _json(data, status: int = 200) -> web.Response:
@@ -51,13 +50,21 @@ def _batch_obj(state: SimState, b: core.SimBatch, request: web.Request) -> dict:
     status = "ended" if b.ended else ("canceling" if b.cancelled_at is not None else "in_progress")
     root = f"{request.scheme}://{request.host}"
     return {
-        "id": b.id, "type": "message_batch", "processing_status": status,
-        "request_counts": {"processing": len(b.lines) - len(b.results),
-                           "succeeded": counts.get(core.SUCCEEDED, 0), "errored": counts.get(core.ERRORED, 0),
-                           "canceled": counts.get(core.CANCELLED, 0), "expired": counts.get(core.EXPIRED, 0)},
-        "ended_at": _rfc3339(b.ended_at), "created_at": _rfc3339(b.created),
+        "id": b.id,
+        "type": "message_batch",
+        "processing_status": status,
+        "request_counts": {
+            "processing": len(b.lines) - len(b.results),
+            "succeeded": counts.get(core.SUCCEEDED, 0),
+            "errored": counts.get(core.ERRORED, 0),
+            "canceled": counts.get(core.CANCELLED, 0),
+            "expired": counts.get(core.EXPIRED, 0),
+        },
+        "ended_at": _rfc3339(b.ended_at),
+        "created_at": _rfc3339(b.created),
         "expires_at": _rfc3339(b.created + (state.config.batch_expiry_s or 86400)),
-        "archived_at": None, "cancel_initiated_at": _rfc3339(b.cancelled_at),
+        "archived_at": None,
+        "cancel_initiated_at": _rfc3339(b.cancelled_at),
         "results_url": f"{root}/v1/messages/batches/{b.id}/results" if b.ended else None,
     }
 
@@ -111,8 +118,14 @@ async def list_batches(state: SimState, request: web.Request) -> web.Response:
     limit = max(1, min(1000, int(request.query.get("limit", "20"))))
     rest = core.newest_first(state, "anthropic", request.query.get("after_id"))
     page = [_batch_obj(state, b, request) for b in rest[:limit]]
-    return _json({"data": page, "has_more": len(rest) > limit, "first_id": page[0]["id"] if page else None,
-                  "last_id": page[-1]["id"] if page else None})
+    return _json(
+        {
+            "data": page,
+            "has_more": len(rest) > limit,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+        }
+    )
 
 
 async def results(state: SimState, request: web.Request) -> web.Response:
@@ -129,8 +142,13 @@ async def results(state: SimState, request: web.Request) -> web.Response:
             result["message"] = r.body
         elif r.kind == core.ERRORED:
             assert r.error is not None  # an errored line carries its error
-            result["error"] = {"type": "error", "error": {
-                "type": "invalid_request_error" if r.status < 500 else "api_error", "message": r.error.message}}
+            result["error"] = {
+                "type": "error",
+                "error": {
+                    "type": "invalid_request_error" if r.status < 500 else "api_error",
+                    "message": r.error.message,
+                },
+            }
         out.append(orjson.dumps({"custom_id": cid, "result": result}) + b"\n")
     return web.Response(body=b"".join(out), content_type="application/binary")
 

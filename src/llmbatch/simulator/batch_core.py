@@ -66,9 +66,13 @@ class BatchBook:
         self.flex_unavailable = 0  # flex calls answered 429 resource unavailable (not billed)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"created": dict(self.created), "cancelled": dict(self.cancelled), "lines": dict(self.lines_done),
-                "open": sum(1 for b in self.batches.values() if not b.ended),
-                "flex": {"served": self.flex_served, "unavailable": self.flex_unavailable}}
+        return {
+            "created": dict(self.created),
+            "cancelled": dict(self.cancelled),
+            "lines": dict(self.lines_done),
+            "open": sum(1 for b in self.batches.values() if not b.ended),
+            "flex": {"served": self.flex_served, "unavailable": self.flex_unavailable},
+        }
 
 
 def book(state: SimState) -> BatchBook:
@@ -80,10 +84,12 @@ def book(state: SimState) -> BatchBook:
     return b
 
 
-def new_batch(state: SimState, api: str, prefix: str, lines, *, model: str | None = None,
-              meta: dict | None = None) -> SimBatch:
-    b = SimBatch(id=f"{prefix}{state.new_id()}", api=api, model=model, lines=list(lines), created=time.time(),
-                 meta=meta or {})
+def new_batch(
+    state: SimState, api: str, prefix: str, lines, *, model: str | None = None, meta: dict | None = None
+) -> SimBatch:
+    b = SimBatch(
+        id=f"{prefix}{state.new_id()}", api=api, model=model, lines=list(lines), created=time.time(), meta=meta or {}
+    )
     bk = book(state)
     bk.batches[b.id] = b
     bk.created[api] += 1
@@ -95,8 +101,9 @@ def _run_line(state: SimState, dialect: Dialect, custom_id: str, body: dict, mod
     a batch API has none of those per line)."""
     cfg = state.config
     if cfg.batch_fail_rate and state.rng.random() < cfg.batch_fail_rate:
-        return LineResult(ERRORED, status=500, error=ApiError(500, "server", "The server had an error while "
-                                                                             "processing this request."))
+        return LineResult(
+            ERRORED, status=500, error=ApiError(500, "server", "The server had an error while processing this request.")
+        )
     try:
         name = model_name or body.get("model")
         if not isinstance(name, str) or not name:
@@ -167,5 +174,5 @@ def newest_first(state: SimState, api: str, after: str | None, *, inclusive: boo
     found = sorted((b for b in book(state).batches.values() if b.api == api), key=lambda b: b.created, reverse=True)
     ids = [b.id for b in found]
     if after in ids:
-        found = found[ids.index(after) + (0 if inclusive else 1):]
+        found = found[ids.index(after) + (0 if inclusive else 1) :]
     return found

@@ -52,12 +52,21 @@ def _operation(state: SimState, b: core.SimBatch) -> dict:
         st = "BATCH_STATE_EXPIRED"
     else:
         st = "BATCH_STATE_SUCCEEDED"
-    meta = {"@type": _TYPE, "model": f"models/{b.model}", "displayName": b.meta.get("display_name", ""),
-            "name": b.id, "state": st, "createTime": _time(b.created), "updateTime": _time(b.ended_at or b.created),
-            "batchStats": {"requestCount": str(len(b.lines)),
-                           "successfulRequestCount": str(counts.get(core.SUCCEEDED, 0)),
-                           "failedRequestCount": str(len(b.results) - counts.get(core.SUCCEEDED, 0)),
-                           "pendingRequestCount": str(len(b.lines) - len(b.results))}}
+    meta = {
+        "@type": _TYPE,
+        "model": f"models/{b.model}",
+        "displayName": b.meta.get("display_name", ""),
+        "name": b.id,
+        "state": st,
+        "createTime": _time(b.created),
+        "updateTime": _time(b.ended_at or b.created),
+        "batchStats": {
+            "requestCount": str(len(b.lines)),
+            "successfulRequestCount": str(counts.get(core.SUCCEEDED, 0)),
+            "failedRequestCount": str(len(b.results) - counts.get(core.SUCCEEDED, 0)),
+            "pendingRequestCount": str(len(b.lines) - len(b.results)),
+        },
+    }
     op: dict = {"name": b.id, "metadata": meta, "done": b.ended}
     if b.ended:
         meta["endTime"] = _time(b.ended_at)
@@ -68,8 +77,11 @@ def _operation(state: SimState, b: core.SimBatch) -> dict:
                 item["response"] = r.body
             else:
                 msg = r.error.message if r.error else f"the request was {r.kind} before it ran"
-                item["error"] = {"code": r.status if r.error else 499, "message": msg,
-                                 "status": "CANCELLED" if r.kind != core.ERRORED else "INTERNAL"}
+                item["error"] = {
+                    "code": r.status if r.error else 499,
+                    "message": msg,
+                    "status": "CANCELLED" if r.kind != core.ERRORED else "INTERNAL",
+                }
             inlined.append(item)
         output = {"inlinedResponses": {"inlinedResponses": inlined}}
         meta["output"] = output
@@ -97,8 +109,14 @@ async def create_batch(state: SimState, request: web.Request) -> web.Response:
         return _error(400, "batch.input_config.requests.requests: inline requests are required")
     if not lines:
         return _error(400, "batch.input_config.requests.requests: at least one request is required")
-    b = core.new_batch(state, "gemini", "batches/", lines, model=model,
-                       meta={"display_name": _get(batch, "displayName", "display_name") or ""})
+    b = core.new_batch(
+        state,
+        "gemini",
+        "batches/",
+        lines,
+        model=model,
+        meta={"display_name": _get(batch, "displayName", "display_name") or ""},
+    )
     return _json(_operation(state, b))
 
 

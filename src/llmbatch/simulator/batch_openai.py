@@ -30,8 +30,9 @@ def _json(data, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
 
 
-def _error(status: int, message: str, code: str | None = None, param: str | None = None,
-           kind: str = "invalid_request_error") -> web.Response:
+def _error(
+    status: int, message: str, code: str | None = None, param: str | None = None, kind: str = "invalid_request_error"
+) -> web.Response:
     return _json({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)
 
 
@@ -45,8 +46,17 @@ def _no_key() -> web.Response:
 
 def _file_obj(fid: str, entry) -> dict:
     name, content, created, purpose = entry
-    return {"id": fid, "object": "file", "bytes": len(content), "created_at": int(created), "filename": name,
-            "purpose": purpose, "status": "processed", "status_details": None, "expires_at": None}
+    return {
+        "id": fid,
+        "object": "file",
+        "bytes": len(content),
+        "created_at": int(created),
+        "filename": name,
+        "purpose": purpose,
+        "status": "processed",
+        "status_details": None,
+        "expires_at": None,
+    }
 
 
 def _add_file(state: SimState, name: str, content: bytes, purpose: str) -> str:
@@ -125,16 +135,20 @@ async def create_batch(state: SimState, request: web.Request) -> web.Response:
         return _error(400, "We could not parse the JSON body of your request.")
     fid = payload.get("input_file_id")
     if payload.get("endpoint") != "/v1/chat/completions":
-        return _error(400, "The simulator serves batches for /v1/chat/completions only.", "invalid_value",
-                      "endpoint")
+        return _error(400, "The simulator serves batches for /v1/chat/completions only.", "invalid_value", "endpoint")
     if payload.get("completion_window") != "24h":
         return _error(400, "completion_window must be '24h'.", "invalid_value", "completion_window")
     entry = core.book(state).files.get(fid)
     if entry is None:
         return _error(404, f"No such File object: {fid}", None, "input_file_id")
     lines, problem = _parse_input(entry[1])
-    b = core.new_batch(state, "openai", "batch_", lines,
-                       meta={"metadata": payload.get("metadata"), "input_file_id": fid, "problem": problem})
+    b = core.new_batch(
+        state,
+        "openai",
+        "batch_",
+        lines,
+        meta={"metadata": payload.get("metadata"), "input_file_id": fid, "problem": problem},
+    )
     if problem:
         b.ended_at = b.created
     return _json(_batch_obj(state, b))
@@ -148,20 +162,50 @@ def _outputs(state: SimState, b: core.SimBatch) -> None:
     for (cid, _, _), r in zip(b.lines, b.results):
         rid = f"batch_req_{state.new_id()}"
         if r.kind == core.SUCCEEDED:
-            out.append({"id": rid, "custom_id": cid, "response": {
-                "status_code": 200, "request_id": f"req_{state.new_id()}", "body": r.body}, "error": None})
+            out.append(
+                {
+                    "id": rid,
+                    "custom_id": cid,
+                    "response": {"status_code": 200, "request_id": f"req_{state.new_id()}", "body": r.body},
+                    "error": None,
+                }
+            )
         elif r.kind == core.ERRORED:
             e = r.error
             assert e is not None  # an errored line carries its error
-            err.append({"id": rid, "custom_id": cid, "response": {
-                "status_code": r.status, "request_id": f"req_{state.new_id()}",
-                "body": {"error": {"message": e.message, "type": "invalid_request_error" if r.status < 500
-                                   else "server_error", "param": e.param, "code": e.code}}}, "error": None})
+            err.append(
+                {
+                    "id": rid,
+                    "custom_id": cid,
+                    "response": {
+                        "status_code": r.status,
+                        "request_id": f"req_{state.new_id()}",
+                        "body": {
+                            "error": {
+                                "message": e.message,
+                                "type": "invalid_request_error" if r.status < 500 else "server_error",
+                                "param": e.param,
+                                "code": e.code,
+                            }
+                        },
+                    },
+                    "error": None,
+                }
+            )
         else:
             code = "batch_expired" if r.kind == core.EXPIRED else "batch_cancelled"
-            err.append({"id": rid, "custom_id": cid, "response": None, "error": {
-                "code": code, "message": f"This request could not be executed before the batch was "
-                                         f"{'expired' if r.kind == core.EXPIRED else 'cancelled'}."}})
+            err.append(
+                {
+                    "id": rid,
+                    "custom_id": cid,
+                    "response": None,
+                    "error": {
+                        "code": code,
+                        "message": f"This request could not be executed before the batch was "
+                        f"{'expired' if r.kind == core.EXPIRED else 'cancelled'}.",
+                    },
+                }
+            )
     dump = lambda rows: b"".join(orjson.dumps(x) + b"\n" for x in rows)  # noqa: E731
     b.meta["output_file_id"] = _add_file(state, f"{b.id}_output.jsonl", dump(out), "batch_output") if out else None
     b.meta["error_file_id"] = _add_file(state, f"{b.id}_error.jsonl", dump(err), "batch_output") if err else None
@@ -175,8 +219,11 @@ def _batch_obj(state: SimState, b: core.SimBatch) -> dict:
     if problem:
         status = "failed"
     elif not b.ended:
-        status = "cancelling" if b.cancelled_at is not None else (
-            "validating" if not b.results and time.time() - b.created < 0.05 else "in_progress")
+        status = (
+            "cancelling"
+            if b.cancelled_at is not None
+            else ("validating" if not b.results and time.time() - b.created < 0.05 else "in_progress")
+        )
     elif b.cancelled_at is not None and counts.get(core.CANCELLED):
         status = "cancelled"
     elif b.expired:
@@ -187,20 +234,34 @@ def _batch_obj(state: SimState, b: core.SimBatch) -> dict:
         _outputs(state, b)
     ts = lambda t: int(t) if t is not None else None  # noqa: E731
     return {
-        "id": b.id, "object": "batch", "endpoint": "/v1/chat/completions",
-        "errors": {"object": "list", "data": [{"code": "invalid_request", "message": problem, "param": None,
-                                               "line": None}]} if problem else None,
-        "input_file_id": b.meta.get("input_file_id"), "completion_window": "24h", "status": status,
-        "output_file_id": b.meta.get("output_file_id"), "error_file_id": b.meta.get("error_file_id"),
-        "created_at": ts(b.created), "in_progress_at": ts(b.created) if not problem else None,
+        "id": b.id,
+        "object": "batch",
+        "endpoint": "/v1/chat/completions",
+        "errors": {
+            "object": "list",
+            "data": [{"code": "invalid_request", "message": problem, "param": None, "line": None}],
+        }
+        if problem
+        else None,
+        "input_file_id": b.meta.get("input_file_id"),
+        "completion_window": "24h",
+        "status": status,
+        "output_file_id": b.meta.get("output_file_id"),
+        "error_file_id": b.meta.get("error_file_id"),
+        "created_at": ts(b.created),
+        "in_progress_at": ts(b.created) if not problem else None,
         "expires_at": ts(b.created + state.config.batch_expiry_s) if state.config.batch_expiry_s else None,
         "finalizing_at": ts(b.ended_at) if status == "completed" else None,
         "completed_at": ts(b.ended_at) if status == "completed" else None,
         "failed_at": ts(b.ended_at) if problem else None,
         "expired_at": ts(b.ended_at) if status == "expired" else None,
-        "cancelling_at": ts(b.cancelled_at), "cancelled_at": ts(b.ended_at) if status == "cancelled" else None,
-        "request_counts": {"total": len(b.lines), "completed": counts.get(core.SUCCEEDED, 0),
-                           "failed": len(b.results) - counts.get(core.SUCCEEDED, 0)},
+        "cancelling_at": ts(b.cancelled_at),
+        "cancelled_at": ts(b.ended_at) if status == "cancelled" else None,
+        "request_counts": {
+            "total": len(b.lines),
+            "completed": counts.get(core.SUCCEEDED, 0),
+            "failed": len(b.results) - counts.get(core.SUCCEEDED, 0),
+        },
         "metadata": b.meta.get("metadata"),
     }
 
@@ -234,8 +295,15 @@ async def list_batches(state: SimState, request: web.Request) -> web.Response:
     limit = max(1, min(100, int(request.query.get("limit", "20"))))
     rest = core.newest_first(state, "openai", request.query.get("after"))
     page = [_batch_obj(state, b) for b in rest[:limit]]
-    return _json({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-                  "last_id": page[-1]["id"] if page else None, "has_more": len(rest) > limit})
+    return _json(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(rest) > limit,
+        }
+    )
 
 
 async def chat_with_flex(state: SimState, dialect: OpenAIDialect, request: web.Request) -> web.StreamResponse:
@@ -249,11 +317,19 @@ async def chat_with_flex(state: SimState, dialect: OpenAIDialect, request: web.R
         tier = None
     if tier != "flex":
         return await handle(state, dialect, request)
-    if dialect.api_key(request) is not None and state.config.flex_unavailable \
-            and state.rng.random() < state.config.flex_unavailable:
+    if (
+        dialect.api_key(request) is not None
+        and state.config.flex_unavailable
+        and state.rng.random() < state.config.flex_unavailable
+    ):
         core.book(state).flex_unavailable += 1
-        return _error(429, "Resource unavailable. Please try again later or use the default service tier.",
-                      "resource_unavailable", None, "server_error")
+        return _error(
+            429,
+            "Resource unavailable. Please try again later or use the default service tier.",
+            "resource_unavailable",
+            None,
+            "server_error",
+        )
     resp = await handle(state, dialect, request)
     if isinstance(resp, web.Response) and resp.status == 200 and isinstance(resp.body, bytes) and resp.body:
         body = orjson.loads(resp.body)

@@ -86,8 +86,15 @@ class SimulatorConfig:
     flex_unavailable: float = 0.0  # share of flex calls (service_tier "flex") answered 429 resource unavailable
 
     def __post_init__(self) -> None:
-        for name in ("latency_s", "latency_jitter_s", "retry_after_s", "storm_duration_s",
-                     "burst_duration_s", "hang_max_s", "slow_body_s"):
+        for name in (
+            "latency_s",
+            "latency_jitter_s",
+            "retry_after_s",
+            "storm_duration_s",
+            "burst_duration_s",
+            "hang_max_s",
+            "slow_body_s",
+        ):
             object.__setattr__(self, name, _non_negative(name, getattr(self, name)))
         if isinstance(self.batch_turnaround_s, bool) or not isinstance(self.batch_turnaround_s, (int, float)):
             raise ValueError(f"batch_turnaround_s must be a number, got {self.batch_turnaround_s!r}")
@@ -132,7 +139,8 @@ class SimulatorConfig:
             unknown = set(settings) - set(OVERRIDE_KEYS)
             if unknown:
                 raise ValueError(
-                    f"model_overrides.{model}: unknown keys {sorted(unknown)}; known: {', '.join(OVERRIDE_KEYS)}")
+                    f"model_overrides.{model}: unknown keys {sorted(unknown)}; known: {', '.join(OVERRIDE_KEYS)}"
+                )
             checked: dict[str, Any] = {}
             for k, v in settings.items():
                 if k == "rpm":

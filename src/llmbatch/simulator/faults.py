@@ -67,7 +67,9 @@ async def hang(request: web.Request, max_s: float) -> None:
     raise ConnectionDropped()
 
 
-async def send_truncated(request: web.Request, body: bytes, headers: dict[str, str], cut_framing: bool) -> web.StreamResponse:
+async def send_truncated(
+    request: web.Request, body: bytes, headers: dict[str, str], cut_framing: bool
+) -> web.StreamResponse:
     """A 200 whose JSON body stops mid-way.
 
     cut_framing=True: Content-Length promises the full body, then the connection closes early (the client's
@@ -90,8 +92,9 @@ async def send_truncated(request: web.Request, body: bytes, headers: dict[str, s
     return resp
 
 
-async def send_slowly(request: web.Request, body: bytes, headers: dict[str, str], duration: float,
-                      chunks: int = 10) -> web.StreamResponse:
+async def send_slowly(
+    request: web.Request, body: bytes, headers: dict[str, str], duration: float, chunks: int = 10
+) -> web.StreamResponse:
     """Headers at once, then the body in `chunks` pieces spread over `duration` seconds."""
     resp = web.StreamResponse(status=200, headers=headers)
     resp.content_type = "application/json"
@@ -101,7 +104,7 @@ async def send_slowly(request: web.Request, body: bytes, headers: dict[str, str]
     pause = duration / chunks
     for i in range(0, len(body), step):
         await asyncio.sleep(pause)
-        await resp.write(body[i:i + step])
+        await resp.write(body[i : i + step])
     await resp.write_eof()
     return resp
 

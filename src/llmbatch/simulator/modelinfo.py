@@ -72,8 +72,9 @@ class ModelRegistry:
         for name, tier in extra_models.items():
             base = self._models.get(name)
             if base is not None:
-                self._models[name] = SimModel(base.id, base.api, tier, base.context_window,
-                                              base.max_output_tokens, base.vision)
+                self._models[name] = SimModel(
+                    base.id, base.api, tier, base.context_window, base.max_output_tokens, base.vision
+                )
             else:
                 self._models[name] = SimModel(name, None, tier, _EXTRA_CONTEXT, _EXTRA_MAX_OUTPUT, True)
 

@@ -59,8 +59,9 @@ async def handle(state: SimState, dialect: Dialect, request: web.Request) -> web
         raise
     finally:
         stats.in_flight -= 1
-        stats.record(api=dialect.api, model=ex.model.id if ex.model else None, status=ex.status,
-                     fault=ex.fault, error=ex.error)
+        stats.record(
+            api=dialect.api, model=ex.model.id if ex.model else None, status=ex.status, fault=ex.fault, error=ex.error
+        )
 
 
 async def _serve(state: SimState, dialect: Dialect, request: web.Request, ex: _Exchange) -> web.StreamResponse:
@@ -86,14 +87,14 @@ async def _serve(state: SimState, dialect: Dialect, request: web.Request, ex: _E
     limiter_key = f"{dialect.api}:{model.id}"
     now = time.monotonic()
 
-    storm = faults.burst_left(now, state.burst_started["storm429"], cfg.faults.get("storm429", 0.0),
-                              cfg.storm_duration_s)
+    storm = faults.burst_left(
+        now, state.burst_started["storm429"], cfg.faults.get("storm429", 0.0), cfg.storm_duration_s
+    )
     if storm:
         ex.fault = "storm429"
         ex.decision = state.limiter.peek(limiter_key, rpm, now)
         raise dialect.rate_limited(model, rpm, storm)
-    if faults.burst_left(now, state.burst_started["burst5xx"], cfg.faults.get("burst5xx", 0.0),
-                         cfg.burst_duration_s):
+    if faults.burst_left(now, state.burst_started["burst5xx"], cfg.faults.get("burst5xx", 0.0), cfg.burst_duration_s):
         ex.fault = "burst5xx"
         raise dialect.server_error(state.rng)
 

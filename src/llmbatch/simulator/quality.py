@@ -84,7 +84,7 @@ def wrong_text(text: str) -> str:
     words = text.split()
     if len(words) < 2:
         return text + " (unsure)"
-    return " ".join(reversed(words[len(words) // 2:]))
+    return " ".join(reversed(words[len(words) // 2 :]))
 
 
 def judge(candidate: str, reference: str) -> str:

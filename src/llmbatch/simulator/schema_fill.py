@@ -21,10 +21,49 @@ _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)?")
 _CAPITALISED_RUN = re.compile(r"\b([A-Z][a-z]+(?:\s+[A-Z][a-z]+)+)\b")
 _CAPITALISED = re.compile(r"(?<![.!?]\s)\b([A-Z][a-z]{2,})\b")
 _WORDS = re.compile(r"\S+")
-_NAME_KEYS = ("name", "person", "author", "customer", "company", "organization", "organisation", "vendor",
-              "title", "brand", "product", "city", "country", "location", "place")
-_OPENERS = {"Contact", "Dear", "Hi", "Hello", "Please", "The", "Our", "Call", "Email", "Ask", "Meet", "From",
-            "To", "Attn", "Mr", "Mrs", "Ms", "Dr", "Customer", "Client", "Name", "Invoice", "Order", "Thanks"}
+_NAME_KEYS = (
+    "name",
+    "person",
+    "author",
+    "customer",
+    "company",
+    "organization",
+    "organisation",
+    "vendor",
+    "title",
+    "brand",
+    "product",
+    "city",
+    "country",
+    "location",
+    "place",
+)
+_OPENERS = {
+    "Contact",
+    "Dear",
+    "Hi",
+    "Hello",
+    "Please",
+    "The",
+    "Our",
+    "Call",
+    "Email",
+    "Ask",
+    "Meet",
+    "From",
+    "To",
+    "Attn",
+    "Mr",
+    "Mrs",
+    "Ms",
+    "Dr",
+    "Customer",
+    "Client",
+    "Name",
+    "Invoice",
+    "Order",
+    "Thanks",
+}
 _TRUE = {"yes", "true", "y"}
 
 
@@ -122,8 +161,12 @@ class _Filler:
         out = {key: self.value(sub, key, depth + 1, 0) for key, sub in props.items()}
         for key in schema.get("required", []) or []:
             if key not in out:
-                out[key] = self.value(schema.get("additionalProperties") if isinstance(
-                    schema.get("additionalProperties"), dict) else {}, key, depth + 1, 0)
+                out[key] = self.value(
+                    schema.get("additionalProperties") if isinstance(schema.get("additionalProperties"), dict) else {},
+                    key,
+                    depth + 1,
+                    0,
+                )
         return out
 
     def _array(self, schema: dict, name: str, depth: int) -> list:
@@ -192,7 +235,7 @@ class _Filler:
             m = self._near(name, r"([^\n,;.]{1,80})")
             if m:
                 start = m.start(1)
-                value = self.text[start:start + len(m.group(1))].strip()
+                value = self.text[start : start + len(m.group(1))].strip()
         if not value and any(k in lname for k in _NAME_KEYS):
             value = self._proper_noun()
         if not value:

@@ -27,8 +27,9 @@ SHUTDOWN_TIMEOUT_S = 0.5
 def _runner(config: SimulatorConfig) -> web.AppRunner:
     # access_log=None: the access log would print Gemini's ?key= query string.
     # handler_cancellation: a client that gives up cancels its handler (hung requests do not pile up).
-    return web.AppRunner(create_app(config), access_log=None, handler_cancellation=True,
-                         shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    return web.AppRunner(
+        create_app(config), access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+    )
 
 
 def _bound_port(runner: web.AppRunner) -> int:
@@ -62,8 +63,8 @@ def run_server(host: str = "127.0.0.1", port: int = 8765, config: SimulatorConfi
 class SimulatorThread:
     """The simulator on 127.0.0.1 in a daemon thread with its own event loop.
 
-        with SimulatorThread(SimulatorConfig(latency_s=0.01)) as sim:
-            client = OpenAI(base_url=f"{sim.url}/v1", api_key="sk-sim")
+    with SimulatorThread(SimulatorConfig(latency_s=0.01)) as sim:
+        client = OpenAI(base_url=f"{sim.url}/v1", api_key="sk-sim")
     """
 
     def __init__(self, config: SimulatorConfig | None = None, *, host: str = "127.0.0.1", port: int = 0):
@@ -158,9 +159,18 @@ def _free_port(host: str) -> int:
 
 def config_args(config: SimulatorConfig) -> list[str]:
     """Command-line flags for `python -m llmbatch.simulator` that reproduce `config`."""
-    args = ["--latency", str(config.latency_s), "--latency-jitter", str(config.latency_jitter_s),
-            "--error-rate", str(config.error_rate), "--seed", str(config.seed),
-            "--mini-error-rate", str(config.mini_error_rate)]
+    args = [
+        "--latency",
+        str(config.latency_s),
+        "--latency-jitter",
+        str(config.latency_jitter_s),
+        "--error-rate",
+        str(config.error_rate),
+        "--seed",
+        str(config.seed),
+        "--mini-error-rate",
+        str(config.mini_error_rate),
+    ]
     if config.rpm is not None:
         args += ["--rpm", str(config.rpm)]
     if config.latency_p50_s is not None:
@@ -170,17 +180,31 @@ def config_args(config: SimulatorConfig) -> list[str]:
     for name, rate in config.faults.items():
         args += ["--fault", f"{name}={rate}"]
     defaults = SimulatorConfig()
-    rest = {k: v for k, v in config.to_dict().items()
-            if k not in ("latency_s", "latency_jitter_s", "error_rate", "seed", "mini_error_rate", "rpm", "faults",
-                         "latency_p50_s", "latency_p99_s")
-            and v != getattr(defaults, k)}
+    rest = {
+        k: v
+        for k, v in config.to_dict().items()
+        if k
+        not in (
+            "latency_s",
+            "latency_jitter_s",
+            "error_rate",
+            "seed",
+            "mini_error_rate",
+            "rpm",
+            "faults",
+            "latency_p50_s",
+            "latency_p99_s",
+        )
+        and v != getattr(defaults, k)
+    }
     if rest:
         args += ["--config-json", json.dumps(rest)]
     return args
 
 
-def start_subprocess(config: SimulatorConfig | None = None, port: int = 0, *, host: str = "127.0.0.1",
-                     timeout: float = 30.0) -> tuple[subprocess.Popen, str]:
+def start_subprocess(
+    config: SimulatorConfig | None = None, port: int = 0, *, host: str = "127.0.0.1", timeout: float = 30.0
+) -> tuple[subprocess.Popen, str]:
     """Start `python -m llmbatch.simulator` and wait until it answers. The caller terminates the Popen."""
     import urllib.error
     import urllib.request

@@ -77,8 +77,9 @@ class AsyncStore:
         # Set forms where a statement costs a round trip (Postgres).
         self.grouped = not is_sqlite(self.engine)
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._serve, name=f"llmbatch-store-{i}", daemon=True)
-                         for i in range(n)]
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"llmbatch-store-{i}", daemon=True) for i in range(n)
+        ]
         for t in self._threads:
             t.start()
 
@@ -135,11 +136,15 @@ class AsyncStore:
                 results = self._in_one_transaction(batch)
             except Exception as e:  # noqa: BLE001 - classified below
                 if _is_disconnect(e) and time.monotonic() - started < OUTAGE_GIVE_UP_S:
-                    delay = min(5.0, 0.1 * 2 ** attempt) * random.uniform(0.5, 1.0)
+                    delay = min(5.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
                     attempt += 1
                     if attempt == 1 or attempt % 10 == 0:
-                        log.warning("store unreachable (%s); retrying %d operation(s) in %.1fs",
-                                    type(e).__name__, len(batch), delay)
+                        log.warning(
+                            "store unreachable (%s); retrying %d operation(s) in %.1fs",
+                            type(e).__name__,
+                            len(batch),
+                            delay,
+                        )
                     time.sleep(delay)
                     continue
                 if _is_disconnect(e):

@@ -19,7 +19,7 @@ def normalize_url(url: str) -> str:
     # Users write postgres:// or postgresql://; we ship psycopg 3.
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 
@@ -52,6 +52,7 @@ def make_engine(url: str) -> Engine:
     if is_sqlite(url):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
+
         # pysqlite's own transaction handling defers BEGIN; issue BEGIN IMMEDIATE ourselves so a
         # read-then-write transaction takes the write lock up front instead of failing with SQLITE_BUSY.
         @event.listens_for(engine, "connect")
@@ -91,12 +92,21 @@ def get_engine(url: str, *, migrate: bool = True) -> Engine:
 # Store errors that retrying cannot fix, each with what to do. Matched on the driver's message (SQLite) or
 # SQLSTATE (Postgres: 53100 disk_full, 53200 out_of_memory, 25006 read_only_sql_transaction).
 _WRITE_FAILURES = (
-    (("database or disk is full", "53100", "could not extend file", "no space left on device"),
-     "the disk holding the store is full", "free disk space, then `llmbatch resume`"),
-    (("attempt to write a readonly database", "25006", "read-only transaction", "readonly database"),
-     "the store is read-only", "make the database (and its directory) writable, then `llmbatch resume`"),
-    (("database is locked", "database table is locked"),
-     "the store is locked by another process", "stop the other process holding it, then `llmbatch resume`"),
+    (
+        ("database or disk is full", "53100", "could not extend file", "no space left on device"),
+        "the disk holding the store is full",
+        "free disk space, then `llmbatch resume`",
+    ),
+    (
+        ("attempt to write a readonly database", "25006", "read-only transaction", "readonly database"),
+        "the store is read-only",
+        "make the database (and its directory) writable, then `llmbatch resume`",
+    ),
+    (
+        ("database is locked", "database table is locked"),
+        "the store is locked by another process",
+        "stop the other process holding it, then `llmbatch resume`",
+    ),
 )
 
 

@@ -34,7 +34,8 @@ COLUMNS = {
 }
 
 _ADD = (
-    update(jobs).where(jobs.c.id == bindparam("b_job"))
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_job"))
     .values({col: col + bindparam(f"b_{status}") for status, col in COLUMNS.items()})
 )
 
@@ -72,13 +73,18 @@ def exact_counts(conn: Connection, job_id: str) -> dict[str, int]:
 def recount(conn: Connection, job_id: str) -> None:
     """Set the job's finished counts from the tasks table (after a change whose old statuses are mixed)."""
     counts = exact_counts(conn, job_id)
-    conn.execute(update(jobs).where(jobs.c.id == job_id)
-                 .values({col: counts[s] for s, col in COLUMNS.items()}))
+    conn.execute(update(jobs).where(jobs.c.id == job_id).values({col: counts[s] for s, col in COLUMNS.items()}))
 
 
-_RUNNING = (select(func.count()).select_from(tasks)
-            .where(tasks.c.job_id == bindparam("b_job"), tasks.c.status == TaskStatus.running).scalar_subquery())
-_SUMMARY = select(jobs.c.total_tasks, *COLUMNS.values(), _RUNNING.label("running")).where(jobs.c.id == bindparam("b_job"))
+_RUNNING = (
+    select(func.count())
+    .select_from(tasks)
+    .where(tasks.c.job_id == bindparam("b_job"), tasks.c.status == TaskStatus.running)
+    .scalar_subquery()
+)
+_SUMMARY = select(jobs.c.total_tasks, *COLUMNS.values(), _RUNNING.label("running")).where(
+    jobs.c.id == bindparam("b_job")
+)
 
 
 def counts(conn: Connection, job_id: str) -> dict[str, int]:

@@ -14,15 +14,26 @@ from .schema import JobStatus, TaskStatus, jobs, tasks
 
 
 def find_job_by_name(conn: Connection, name: str) -> dict[str, Any] | None:
-    row = conn.execute(select(jobs).where(jobs.c.name == name).order_by(jobs.c.created_at.desc()).limit(1)) \
-        .mappings().first()
+    row = (
+        conn.execute(select(jobs).where(jobs.c.name == name).order_by(jobs.c.created_at.desc()).limit(1))
+        .mappings()
+        .first()
+    )
     return dict(row) if row else None
 
 
 def find_job_by_digests(conn: Connection, input_digest: str, spec_digest: str) -> dict[str, Any] | None:
     """The newest job made from the same input bytes with the same effective spec."""
-    row = conn.execute(select(jobs).where(jobs.c.input_digest == input_digest, jobs.c.spec_digest == spec_digest)
-                       .order_by(jobs.c.created_at.desc()).limit(1)).mappings().first()
+    row = (
+        conn.execute(
+            select(jobs)
+            .where(jobs.c.input_digest == input_digest, jobs.c.spec_digest == spec_digest)
+            .order_by(jobs.c.created_at.desc())
+            .limit(1)
+        )
+        .mappings()
+        .first()
+    )
     return dict(row) if row else None
 
 
@@ -47,13 +58,22 @@ def release_leases(conn: Connection, job_id: str, owners: list[str], *, why: str
     reservation stays held until reconcile. The delivery is not counted against max_deliveries."""
     if not owners:
         return 0
-    ledger.mark_lost(conn, job_id, workers=owners, error_class=why,
-                     error_message="the call was cut off before it answered; outcome unknown")
+    ledger.mark_lost(
+        conn,
+        job_id,
+        workers=owners,
+        error_class=why,
+        error_message="the call was cut off before it answered; outcome unknown",
+    )
     return conn.execute(
-        update(tasks).where(tasks.c.job_id == job_id, tasks.c.status == TaskStatus.running,
-                            tasks.c.lease_owner.in_(owners))
-        .values(status=TaskStatus.queued, lease_owner=None, lease_expires_at=None,
-                deliveries=case((tasks.c.deliveries > 0, tasks.c.deliveries - 1), else_=0))
+        update(tasks)
+        .where(tasks.c.job_id == job_id, tasks.c.status == TaskStatus.running, tasks.c.lease_owner.in_(owners))
+        .values(
+            status=TaskStatus.queued,
+            lease_owner=None,
+            lease_expires_at=None,
+            deliveries=case((tasks.c.deliveries > 0, tasks.c.deliveries - 1), else_=0),
+        )
     ).rowcount
 
 
@@ -75,13 +95,23 @@ def dead_local_owners(conn: Connection, job_id: str) -> list[str]:
     """Lease holders of the job's running tasks that were processes on this host and no longer exist
     (worker ids are host:pid:rand, see runtime.worker_id). Their tasks need not wait for the lease to lapse."""
     host = socket.gethostname()
-    owners = conn.execute(select(tasks.c.lease_owner).distinct()
-                          .where(tasks.c.job_id == job_id, tasks.c.status == TaskStatus.running)).scalars().all()
+    owners = (
+        conn.execute(
+            select(tasks.c.lease_owner).distinct().where(tasks.c.job_id == job_id, tasks.c.status == TaskStatus.running)
+        )
+        .scalars()
+        .all()
+    )
     dead = []
     for owner in owners:
         parts = (owner or "").rsplit(":", 2)
-        if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and int(parts[1]) != os.getpid() \
-                and not _pid_alive(int(parts[1])):
+        if (
+            len(parts) == 3
+            and parts[0] == host
+            and parts[1].isdigit()
+            and int(parts[1]) != os.getpid()
+            and not _pid_alive(int(parts[1]))
+        ):
             dead.append(owner)
     return dead
 

@@ -18,12 +18,24 @@ from .schema import TaskStatus, tasks
 # Bind names carry a b_ prefix because SQLAlchemy reserves column names for SET clauses.
 FINISH_TASK = (
     update(tasks)
-    .where(tasks.c.job_id == bindparam("b_job"), tasks.c.seq == bindparam("b_seq"),
-           tasks.c.lease_owner == bindparam("b_worker"), tasks.c.status == TaskStatus.running)
-    .values(status=bindparam("b_status"), provider=bindparam("b_provider"), model=bindparam("b_model"),
-            output=bindparam("b_output"), error=bindparam("b_error"), skip_reason=bindparam("b_skip"),
-            escalations=tasks.c.escalations + bindparam("b_escalations"), lease_owner=None, lease_expires_at=None,
-            finished_at=bindparam("b_now"))
+    .where(
+        tasks.c.job_id == bindparam("b_job"),
+        tasks.c.seq == bindparam("b_seq"),
+        tasks.c.lease_owner == bindparam("b_worker"),
+        tasks.c.status == TaskStatus.running,
+    )
+    .values(
+        status=bindparam("b_status"),
+        provider=bindparam("b_provider"),
+        model=bindparam("b_model"),
+        output=bindparam("b_output"),
+        error=bindparam("b_error"),
+        skip_reason=bindparam("b_skip"),
+        escalations=tasks.c.escalations + bindparam("b_escalations"),
+        lease_owner=None,
+        lease_expires_at=None,
+        finished_at=bindparam("b_now"),
+    )
 )
 
 
@@ -43,11 +55,19 @@ class TaskOutcome:
     escalations: int = 0
 
     def params(self) -> dict[str, Any]:
-        return {"b_job": self.job_id, "b_seq": self.seq, "b_worker": self.worker, "b_status": self.status,
-                "b_provider": self.provider, "b_model": self.model,
-                "b_output": orjson.dumps(self.output).decode() if self.output is not None else None,
-                "b_error": self.error, "b_skip": self.skip_reason, "b_escalations": self.escalations,
-                "b_now": time.time()}
+        return {
+            "b_job": self.job_id,
+            "b_seq": self.seq,
+            "b_worker": self.worker,
+            "b_status": self.status,
+            "b_provider": self.provider,
+            "b_model": self.model,
+            "b_output": orjson.dumps(self.output).decode() if self.output is not None else None,
+            "b_error": self.error,
+            "b_skip": self.skip_reason,
+            "b_escalations": self.escalations,
+            "b_now": time.time(),
+        }
 
 
 def finish_task(conn: Connection, outcome: TaskOutcome, rows: Any) -> bool:

@@ -28,18 +28,19 @@ class Beat:
     lapsed: bool  # the row was missing or expired before this beat: sweepers may have taken our tasks
 
 
-def beat(conn: Connection, *, worker_id: str, host: str, pid: int, started_at: float, ttl_s: float,
-         now: float | None = None) -> Beat:
+def beat(
+    conn: Connection, *, worker_id: str, host: str, pid: int, started_at: float, ttl_s: float, now: float | None = None
+) -> Beat:
     """Renew this worker's presence. Says whether it had lapsed (then the caller must treat every task it
     claimed before as lost: another worker may hold it now)."""
     now = now if now is not None else time.time()
-    before = conn.execute(select(worker_presence.c.expires_at)
-                          .where(worker_presence.c.worker_id == worker_id)).scalar()
+    before = conn.execute(select(worker_presence.c.expires_at).where(worker_presence.c.worker_id == worker_id)).scalar()
     ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(worker_presence)
-    conn.execute(ins.values(worker_id=worker_id, host=host, pid=pid, started_at=started_at, seen_at=now,
-                            expires_at=now + ttl_s)
-                 .on_conflict_do_update(index_elements=["worker_id"],
-                                        set_={"seen_at": now, "expires_at": now + ttl_s}))
+    conn.execute(
+        ins.values(
+            worker_id=worker_id, host=host, pid=pid, started_at=started_at, seen_at=now, expires_at=now + ttl_s
+        ).on_conflict_do_update(index_elements=["worker_id"], set_={"seen_at": now, "expires_at": now + ttl_s})
+    )
     return Beat(lapsed=before is not None and before < now)
 
 
@@ -53,8 +54,9 @@ def leave(conn: Connection, worker_id: str, *, deferred: Deferred) -> list[tuple
 
 
 @in_transaction
-def release_dead(conn: Connection, *, lease_s: float, ttl_s: float, now: float | None = None,
-                 deferred: Deferred) -> list[tuple[str, int]]:
+def release_dead(
+    conn: Connection, *, lease_s: float, ttl_s: float, now: float | None = None, deferred: Deferred
+) -> list[tuple[str, int]]:
     """Hand the running tasks of dead workers back to the queue. Returns (job_id, seq) of each task released.
 
     Dead means: its presence row has lapsed; or it has no row at all (a worker of an older version, or one
@@ -64,22 +66,25 @@ def release_dead(conn: Connection, *, lease_s: float, ttl_s: float, now: float |
     now = now if now is not None else time.time()
     lapsed = select(worker_presence.c.worker_id).where(worker_presence.c.expires_at < now)
     has_row = exists().where(worker_presence.c.worker_id == tasks.c.lease_owner)
-    dead_owner = or_(tasks.c.lease_owner.in_(lapsed),
-                     and_(~has_row, tasks.c.lease_expires_at < now + lease_s - ttl_s))
+    dead_owner = or_(tasks.c.lease_owner.in_(lapsed), and_(~has_row, tasks.c.lease_expires_at < now + lease_s - ttl_s))
     # A worker without a row leaves its in-flight attempts to claim_tasks/reconcile, as before presence.
     return _release(conn, dead_owner, attempts.c.worker.in_(lapsed), deferred)
 
 
 def prune(conn: Connection, now: float | None = None) -> int:
     now = now if now is not None else time.time()
-    return conn.execute(delete(worker_presence)
-                        .where(worker_presence.c.expires_at < now - PRUNE_AFTER_S)).rowcount
+    return conn.execute(delete(worker_presence).where(worker_presence.c.expires_at < now - PRUNE_AFTER_S)).rowcount
 
 
 def live_workers(conn: Connection, now: float | None = None) -> list[dict]:
     now = now if now is not None else time.time()
-    rows = conn.execute(select(worker_presence).where(worker_presence.c.expires_at >= now)
-                        .order_by(worker_presence.c.started_at)).mappings().all()
+    rows = (
+        conn.execute(
+            select(worker_presence).where(worker_presence.c.expires_at >= now).order_by(worker_presence.c.started_at)
+        )
+        .mappings()
+        .all()
+    )
     return [dict(r) for r in rows]
 
 
@@ -96,19 +101,31 @@ def _release(conn: Connection, task_held, attempt_held, deferred: Deferred) -> l
     released: list[tuple[str, int]] = []
     for job_id in job_ids:
         lost_calls = conn.execute(
-            select(attempts.c.id, attempts.c.reserved_picos)
-            .where(attempts.c.job_id == job_id, attempts.c.status == AttemptStatus.in_flight,
-                   attempts.c.settled.is_(False), attempt_held,
-                   # A provider batch's lines are not lost with the worker: the batch runs on at the provider,
-                   # and whoever claims its tasks next takes it over and settles them (batch_runner.py).
-                   attempts.c.channel != "batch")
+            select(attempts.c.id, attempts.c.reserved_picos).where(
+                attempts.c.job_id == job_id,
+                attempts.c.status == AttemptStatus.in_flight,
+                attempts.c.settled.is_(False),
+                attempt_held,
+                # A provider batch's lines are not lost with the worker: the batch runs on at the provider,
+                # and whoever claims its tasks next takes it over and settles them (batch_runner.py).
+                attempts.c.channel != "batch",
+            )
         ).all()
         for attempt_id, reserved in lost_calls:
-            ledger.settle.on_conn(conn, ledger.unknown_outcome(
-                attempt_id, reserved, AttemptStatus.in_flight, "worker_lost",
-                "the worker holding this call stopped before it answered"), deferred=deferred)
+            ledger.settle.on_conn(
+                conn,
+                ledger.unknown_outcome(
+                    attempt_id,
+                    reserved,
+                    AttemptStatus.in_flight,
+                    "worker_lost",
+                    "the worker holding this call stopped before it answered",
+                ),
+                deferred=deferred,
+            )
         released += conn.execute(
-            update(tasks).where(tasks.c.job_id == job_id, tasks.c.status == TaskStatus.running, task_held)
+            update(tasks)
+            .where(tasks.c.job_id == job_id, tasks.c.status == TaskStatus.running, task_held)
             .values(status=TaskStatus.queued, lease_owner=None, lease_expires_at=None)
             .returning(tasks.c.job_id, tasks.c.seq)
         ).all()

@@ -28,17 +28,40 @@ def new_job_id() -> str:
 # ---------------------------------------------------------------------------------------------- jobs
 
 
-def create_job(conn: Connection, *, job_id: str | None = None, name: str | None, spec: dict[str, Any],
-               input_path: str | None, executor: str, simulate: bool, budget_picos: int | None,
-               max_cost_per_task_picos: int | None, owner: str | None = None) -> str:
+def create_job(
+    conn: Connection,
+    *,
+    job_id: str | None = None,
+    name: str | None,
+    spec: dict[str, Any],
+    input_path: str | None,
+    executor: str,
+    simulate: bool,
+    budget_picos: int | None,
+    max_cost_per_task_picos: int | None,
+    owner: str | None = None,
+) -> str:
     job_id = job_id or new_job_id()
-    conn.execute(insert(jobs).values(
-        id=job_id, name=name, status=JobStatus.queued, input_path=input_path,
-        spec=orjson.dumps(spec).decode(), executor=executor, simulate=simulate,
-        budget_picos=budget_picos, max_cost_per_task_picos=max_cost_per_task_picos,
-        spent_picos=0, reserved_picos=0, total_tasks=0, invalid_lines=0, cancel_requested=False,
-        created_at=time.time(), owner=owner,
-    ))
+    conn.execute(
+        insert(jobs).values(
+            id=job_id,
+            name=name,
+            status=JobStatus.queued,
+            input_path=input_path,
+            spec=orjson.dumps(spec).decode(),
+            executor=executor,
+            simulate=simulate,
+            budget_picos=budget_picos,
+            max_cost_per_task_picos=max_cost_per_task_picos,
+            spent_picos=0,
+            reserved_picos=0,
+            total_tasks=0,
+            invalid_lines=0,
+            cancel_requested=False,
+            created_at=time.time(),
+            owner=owner,
+        )
+    )
     return job_id
 
 
@@ -69,8 +92,14 @@ def task_counts(conn: Connection, job_id: str) -> dict[str, int]:
 
 
 def has_open_tasks(conn: Connection, job_id: str) -> bool:
-    return conn.execute(select(tasks.c.seq).where(
-        tasks.c.job_id == job_id, tasks.c.status.in_([TaskStatus.queued, TaskStatus.running])).limit(1)).first() is not None
+    return (
+        conn.execute(
+            select(tasks.c.seq)
+            .where(tasks.c.job_id == job_id, tasks.c.status.in_([TaskStatus.queued, TaskStatus.running]))
+            .limit(1)
+        ).first()
+        is not None
+    )
 
 
 def skip_reason_counts(conn: Connection, job_id: str) -> dict[str, int]:
@@ -114,8 +143,11 @@ def request_cancel(conn: Connection, job_id: str) -> int:
     """Flag the job and cancel every task not yet started. Running tasks stop before their next call."""
     conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
     res = conn.execute(
-        update(tasks).where(tasks.c.job_id == job_id, tasks.c.status == TaskStatus.queued)
-        .values(status=TaskStatus.cancelled, skip_reason="cancelled", error="cancelled by user", finished_at=time.time())
+        update(tasks)
+        .where(tasks.c.job_id == job_id, tasks.c.status == TaskStatus.queued)
+        .values(
+            status=TaskStatus.cancelled, skip_reason="cancelled", error="cancelled by user", finished_at=time.time()
+        )
     )
     job_counts.add(conn, job_id, TaskStatus.cancelled, res.rowcount)
     return res.rowcount
@@ -125,8 +157,9 @@ def is_cancel_requested(conn: Connection, job_id: str) -> bool:
     return bool(conn.execute(select(jobs.c.cancel_requested).where(jobs.c.id == job_id)).scalar())
 
 
-def requeue_for_retry(conn: Connection, job_id: str, *, budget_picos: int | None = None,
-                      include_failed: bool = True) -> int:
+def requeue_for_retry(
+    conn: Connection, job_id: str, *, budget_picos: int | None = None, include_failed: bool = True
+) -> int:
     """`llmbatch retry`: skipped (and failed, and cancelled) tasks go back to queued; optionally a new budget.
     Their earlier attempts stay in the ledger; the task keeps its accumulated cost."""
     values: dict[str, Any] = {"status": JobStatus.running, "finished_at": None, "cancel_requested": False}
@@ -135,9 +168,17 @@ def requeue_for_retry(conn: Connection, job_id: str, *, budget_picos: int | None
     conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
     statuses = [TaskStatus.skipped, TaskStatus.cancelled] + ([TaskStatus.failed] if include_failed else [])
     res = conn.execute(
-        update(tasks).where(tasks.c.job_id == job_id, tasks.c.status.in_(statuses))
-        .values(status=TaskStatus.queued, skip_reason=None, error=None, lease_owner=None,
-                lease_expires_at=None, deliveries=0, finished_at=None)
+        update(tasks)
+        .where(tasks.c.job_id == job_id, tasks.c.status.in_(statuses))
+        .values(
+            status=TaskStatus.queued,
+            skip_reason=None,
+            error=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            deliveries=0,
+            finished_at=None,
+        )
     )
     job_counts.recount(conn, job_id)
     return res.rowcount
@@ -146,7 +187,8 @@ def requeue_for_retry(conn: Connection, job_id: str, *, budget_picos: int | None
 def open_seq_ranges(conn: Connection, job_id: str, chunk_size: int) -> list[tuple[int, int]]:
     """Contiguous seq ranges (at most chunk_size wide) that still hold queued or running tasks."""
     seqs = conn.execute(
-        select(tasks.c.seq).where(tasks.c.job_id == job_id, tasks.c.status.in_([TaskStatus.queued, TaskStatus.running]))
+        select(tasks.c.seq)
+        .where(tasks.c.job_id == job_id, tasks.c.status.in_([TaskStatus.queued, TaskStatus.running]))
         .order_by(tasks.c.seq)
     ).scalars()
     return seq_ranges(seqs, chunk_size)
@@ -182,8 +224,18 @@ class ClaimedTask:
 
 
 @in_transaction
-def claim_tasks(conn: Connection, job_id: str, lo: int, hi: int, *, worker: str, lease_s: float,
-                max_deliveries: int, now: float | None = None, deferred: Deferred) -> tuple[list[ClaimedTask], int]:
+def claim_tasks(
+    conn: Connection,
+    job_id: str,
+    lo: int,
+    hi: int,
+    *,
+    worker: str,
+    lease_s: float,
+    max_deliveries: int,
+    now: float | None = None,
+    deferred: Deferred,
+) -> tuple[list[ClaimedTask], int]:
     """Lease the claimable tasks with lo <= seq <= hi: queued ones, and running ones whose lease expired
     (their worker died). Idempotent: a redelivered chunk claims only what is still unfinished.
     Returns (claimed tasks, number sent to `failed` as poison)."""
@@ -191,14 +243,23 @@ def claim_tasks(conn: Connection, job_id: str, lo: int, hi: int, *, worker: str,
     if is_cancel_requested(conn, job_id):
         return [], 0
     claimable = and_(
-        tasks.c.job_id == job_id, tasks.c.seq >= lo, tasks.c.seq <= hi,
-        or_(tasks.c.status == TaskStatus.queued,
-            and_(tasks.c.status == TaskStatus.running, tasks.c.lease_expires_at < now)),
+        tasks.c.job_id == job_id,
+        tasks.c.seq >= lo,
+        tasks.c.seq <= hi,
+        or_(
+            tasks.c.status == TaskStatus.queued,
+            and_(tasks.c.status == TaskStatus.running, tasks.c.lease_expires_at < now),
+        ),
     )
     rows = conn.execute(
-        update(tasks).where(claimable)
-        .values(status=TaskStatus.running, lease_owner=worker, lease_expires_at=now + lease_s,
-                deliveries=tasks.c.deliveries + 1)
+        update(tasks)
+        .where(claimable)
+        .values(
+            status=TaskStatus.running,
+            lease_owner=worker,
+            lease_expires_at=now + lease_s,
+            deliveries=tasks.c.deliveries + 1,
+        )
         .returning(tasks.c.seq, tasks.c.task_id, tasks.c.payload, tasks.c.deliveries)
     ).all()
     if not rows:
@@ -206,15 +267,25 @@ def claim_tasks(conn: Connection, job_id: str, lo: int, hi: int, *, worker: str,
     seqs = [r.seq for r in rows]
     # Attempts still in flight for these tasks belonged to a worker whose lease lapsed: their outcome
     # is unknown. They keep their reservation until reconcile (or a late settle) decides.
-    ledger.mark_lost(conn, job_id, seqs=seqs, error_class="worker_lost",
-                     error_message="the worker holding this call stopped renewing its lease")
+    ledger.mark_lost(
+        conn,
+        job_id,
+        seqs=seqs,
+        error_class="worker_lost",
+        error_message="the worker holding this call stopped renewing its lease",
+    )
     poison = [r.seq for r in rows if r.deliveries > max_deliveries]
     if poison:
         conn.execute(
-            update(tasks).where(tasks.c.job_id == job_id, tasks.c.seq.in_(poison))
-            .values(status=TaskStatus.failed, lease_owner=None, finished_at=now,
-                    error=f"delivered more than {max_deliveries} times without finishing; "
-                          f"treated as poison (raise max_deliveries to allow more)")
+            update(tasks)
+            .where(tasks.c.job_id == job_id, tasks.c.seq.in_(poison))
+            .values(
+                status=TaskStatus.failed,
+                lease_owner=None,
+                finished_at=now,
+                error=f"delivered more than {max_deliveries} times without finishing; "
+                f"treated as poison (raise max_deliveries to allow more)",
+            )
         )
     rows_part = deferred.part(BudgetRows)
     job_counts.note(rows_part, job_id, TaskStatus.failed, len(poison))
@@ -228,15 +299,21 @@ def renew_leases(conn: Connection, job_id: str, seqs: list[int], *, worker: str,
     if not seqs:
         return 0
     return conn.execute(
-        update(tasks).where(tasks.c.job_id == job_id, tasks.c.seq.in_(seqs), tasks.c.lease_owner == worker,
-                            tasks.c.status == TaskStatus.running)
+        update(tasks)
+        .where(
+            tasks.c.job_id == job_id,
+            tasks.c.seq.in_(seqs),
+            tasks.c.lease_owner == worker,
+            tasks.c.status == TaskStatus.running,
+        )
         .values(lease_expires_at=time.time() + lease_s)
     ).rowcount
 
 
 @in_transaction
-def release_claims(conn: Connection, job_id: str, seqs: list[int], *, worker: str,
-                   unstarted: Iterable[int] = ()) -> int:
+def release_claims(
+    conn: Connection, job_id: str, seqs: list[int], *, worker: str, unstarted: Iterable[int] = ()
+) -> int:
     """Hand this worker's unfinished claims back to the queue (a stopping worker): queued again, lease
     cleared, so the next claim takes them at once. Only running tasks this worker still leases; a task
     whose outcome is already recorded is untouched, and a late record of a released task is refused.
@@ -248,8 +325,9 @@ def release_claims(conn: Connection, job_id: str, seqs: list[int], *, worker: st
     unstarted = sorted(set(unstarted) & set(seqs))
     n = 0
     if unstarted:
-        n += conn.execute(update(tasks).where(mine, tasks.c.seq.in_(unstarted))
-                          .values(deliveries=tasks.c.deliveries - 1, **values)).rowcount
+        n += conn.execute(
+            update(tasks).where(mine, tasks.c.seq.in_(unstarted)).values(deliveries=tasks.c.deliveries - 1, **values)
+        ).rowcount
     rest = sorted(set(seqs) - set(unstarted))
     if rest:
         n += conn.execute(update(tasks).where(mine, tasks.c.seq.in_(rest)).values(**values)).rowcount
@@ -261,12 +339,18 @@ def stalled_jobs(conn: Connection, idle_s: float, now: float | None = None) -> l
     (every worker holding them died, or the broker lost them). Cheap: reads the jobs table only, then
     checks each candidate with the (job_id, status) index."""
     now = now if now is not None else time.time()
-    candidates = conn.execute(
-        select(jobs.c.id).where(jobs.c.status.in_([JobStatus.running, JobStatus.queued]),
-                                jobs.c.cancel_requested.is_(False),
-                                or_(jobs.c.last_activity_at.is_(None), jobs.c.last_activity_at < now - idle_s),
-                                jobs.c.created_at < now - idle_s)
-    ).scalars().all()
+    candidates = (
+        conn.execute(
+            select(jobs.c.id).where(
+                jobs.c.status.in_([JobStatus.running, JobStatus.queued]),
+                jobs.c.cancel_requested.is_(False),
+                or_(jobs.c.last_activity_at.is_(None), jobs.c.last_activity_at < now - idle_s),
+                jobs.c.created_at < now - idle_s,
+            )
+        )
+        .scalars()
+        .all()
+    )
     return [job_id for job_id in candidates if has_open_tasks(conn, job_id)]
 
 
@@ -300,8 +384,11 @@ def _pages(conn: Connection, table, key, job_id: str, batch: int, start):
     """Rows of one job in `key` order, fetched in keyset pages: memory stays flat at any job size."""
     last = start
     while True:
-        rows = conn.execute(select(table).where(table.c.job_id == job_id, key > last)
-                            .order_by(key).limit(batch)).mappings().all()
+        rows = (
+            conn.execute(select(table).where(table.c.job_id == job_id, key > last).order_by(key).limit(batch))
+            .mappings()
+            .all()
+        )
         if not rows:
             return
         yield from rows
@@ -327,24 +414,33 @@ def input_error_rows(conn: Connection, job_id: str, limit: int | None = 1000) ->
 def by_model(conn: Connection, job_id: str) -> list[dict[str, Any]]:
     """Ledger aggregated per provider/model: attempts (failed ones included), tasks touched, tokens, cost."""
     succeeded = func.sum(case((attempts.c.status == AttemptStatus.succeeded, 1), else_=0))
-    rows = conn.execute(
-        select(attempts.c.provider, attempts.c.model,
-               func.count(func.distinct(attempts.c.task_seq)).label("tasks"),
-               func.count().label("attempts"),
-               succeeded.label("succeeded_attempts"),
-               func.sum(attempts.c.input_tokens).label("input_tokens"),
-               func.sum(attempts.c.cached_tokens).label("cached_tokens"),
-               func.sum(attempts.c.cache_write_tokens).label("cache_write_tokens"),
-               func.sum(attempts.c.output_tokens).label("output_tokens"),
-               func.sum(attempts.c.reasoning_tokens).label("reasoning_tokens"),
-               func.sum(attempts.c.cost_picos).label("cost_picos"),
-               func.sum(attempts.c.reserved_picos * case((attempts.c.settled.is_(False), 1), else_=0)).label("held_picos"),
-               # The report's other ledger figures, from this one scan (a million-row ledger is read once).
-               func.sum(case((attempts.c.settled.is_(False), 1), else_=0)).label("unsettled_attempts"),
-               func.sum(case((attempts.c.cost_source == "unpriced", 1), else_=0)).label("unpriced_attempts"))
-        .where(attempts.c.job_id == job_id)
-        .group_by(attempts.c.provider, attempts.c.model)
-        .order_by(func.sum(attempts.c.cost_picos).desc())
-    ).mappings().all()
+    rows = (
+        conn.execute(
+            select(
+                attempts.c.provider,
+                attempts.c.model,
+                func.count(func.distinct(attempts.c.task_seq)).label("tasks"),
+                func.count().label("attempts"),
+                succeeded.label("succeeded_attempts"),
+                func.sum(attempts.c.input_tokens).label("input_tokens"),
+                func.sum(attempts.c.cached_tokens).label("cached_tokens"),
+                func.sum(attempts.c.cache_write_tokens).label("cache_write_tokens"),
+                func.sum(attempts.c.output_tokens).label("output_tokens"),
+                func.sum(attempts.c.reasoning_tokens).label("reasoning_tokens"),
+                func.sum(attempts.c.cost_picos).label("cost_picos"),
+                func.sum(attempts.c.reserved_picos * case((attempts.c.settled.is_(False), 1), else_=0)).label(
+                    "held_picos"
+                ),
+                # The report's other ledger figures, from this one scan (a million-row ledger is read once).
+                func.sum(case((attempts.c.settled.is_(False), 1), else_=0)).label("unsettled_attempts"),
+                func.sum(case((attempts.c.cost_source == "unpriced", 1), else_=0)).label("unpriced_attempts"),
+            )
+            .where(attempts.c.job_id == job_id)
+            .group_by(attempts.c.provider, attempts.c.model)
+            .order_by(func.sum(attempts.c.cost_picos).desc())
+        )
+        .mappings()
+        .all()
+    )
     # Postgres returns SUM(bigint) as numeric (Decimal), SQLite as int: every aggregate leaves here as int.
     return [{k: (v if k in ("provider", "model") or v is None else int(v)) for k, v in r.items()} for r in rows]

@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from typing import cast
 
-from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
@@ -101,8 +113,13 @@ class Task(Base):
         Index("ix_tasks_job_status", "job_id", "status"),
         # --- throughput (migration 0009): report reads at a million tasks ---
         Index("ix_tasks_job_cost", "job_id", "cost_picos"),
-        Index("ix_tasks_job_escalated", "job_id", "escalations",
-              sqlite_where=text("escalations > 0"), postgresql_where=text("escalations > 0")),
+        Index(
+            "ix_tasks_job_escalated",
+            "job_id",
+            "escalations",
+            sqlite_where=text("escalations > 0"),
+            postgresql_where=text("escalations > 0"),
+        ),
     )
 
     job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
@@ -138,8 +155,12 @@ class Attempt(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "task_seq", "attempt_no", name="uq_attempts_task_no"),
         Index("ix_attempts_job_status", "job_id", "status"),
-        Index("ix_attempts_job_overrun", "job_id",  # migration 0012: report's overruns
-              sqlite_where=text("overrun IS 1"), postgresql_where=text("overrun IS true")),
+        Index(
+            "ix_attempts_job_overrun",
+            "job_id",  # migration 0012: report's overruns
+            sqlite_where=text("overrun IS 1"),
+            postgresql_where=text("overrun IS true"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)

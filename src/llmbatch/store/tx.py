@@ -53,8 +53,13 @@ class Deferred:
         return refused
 
 
-def in_transaction(fn: Callable[..., T] | None = None, *, refusable: bool = False,
-                   many: Callable[..., list] | None = None, item: Callable[..., Any] | None = None):
+def in_transaction(
+    fn: Callable[..., T] | None = None,
+    *,
+    refusable: bool = False,
+    many: Callable[..., list] | None = None,
+    item: Callable[..., Any] | None = None,
+):
     """Write `fn(conn, ...)`, call `fn(engine, ...)`: one transaction per call. The connection-level form
     stays reachable as `fn.on_conn` (the group-commit store runs many in one transaction). A function with a
     `deferred` parameter gets a Deferred, flushed before commit; a refused result raises (rolling back).

@@ -12,11 +12,23 @@ def batch_client(adapter: Adapter) -> BatchClient | None:
     from .gemini import GeminiBatches
     from .openai import OpenAIBatches
 
-    classes: dict[str, type[BatchClient]] = {"openai": OpenAIBatches, "anthropic": AnthropicBatches,
-                                             "gemini": GeminiBatches}
+    classes: dict[str, type[BatchClient]] = {
+        "openai": OpenAIBatches,
+        "anthropic": AnthropicBatches,
+        "gemini": GeminiBatches,
+    }
     cls = classes.get(adapter.api)
     return cls(adapter) if cls is not None else None
 
 
-__all__ = ["BatchClient", "BatchState", "LineResult", "Limits", "batch_client",
-           "SUCCEEDED", "ERRORED", "CANCELLED", "EXPIRED"]
+__all__ = [
+    "BatchClient",
+    "BatchState",
+    "LineResult",
+    "Limits",
+    "batch_client",
+    "SUCCEEDED",
+    "ERRORED",
+    "CANCELLED",
+    "EXPIRED",
+]

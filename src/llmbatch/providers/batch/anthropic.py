@@ -32,8 +32,12 @@ class AnthropicBatches(BatchClient):
         return len(orjson.dumps({"custom_id": custom_id, "params": body})) + 1
 
     async def create(self, model: ModelInfo, lines: list[tuple[str, dict]], tag: str) -> str:
-        r = await self.send(model, "POST", f"{self.base}/v1/messages/batches", json={
-            "requests": [{"custom_id": cid, "params": body} for cid, body in lines]})
+        r = await self.send(
+            model,
+            "POST",
+            f"{self.base}/v1/messages/batches",
+            json={"requests": [{"custom_id": cid, "params": body} for cid, body in lines]},
+        )
         return orjson.loads(r.content)["id"]
 
     async def find(self, tag: str, *, since: float, total: int) -> str | None:
@@ -49,8 +53,13 @@ class AnthropicBatches(BatchClient):
         b = orjson.loads(r.content)
         counts = {k: int(v or 0) for k, v in (b.get("request_counts") or {}).items()}
         total = sum(counts.values())
-        return BatchState(batch_id, b["processing_status"] == "ended", b["processing_status"], total,
-                          total - counts.get("processing", 0))
+        return BatchState(
+            batch_id,
+            b["processing_status"] == "ended",
+            b["processing_status"],
+            total,
+            total - counts.get("processing", 0),
+        )
 
     async def results(self, model: ModelInfo, batch_id: str) -> list[LineResult]:
         r = await self.send(model, "GET", f"{self.base}/v1/messages/batches/{batch_id}/results", timeout=600.0)
@@ -65,8 +74,14 @@ class AnthropicBatches(BatchClient):
                 out.append(self.parse_line(model, cid, result["message"]))
                 continue
             err = (result.get("error") or {}).get("error") or result.get("error") or {}
-            out.append(LineResult(cid, _KIND.get(str(kind), ERRORED), error=err.get("message") or kind,
-                                  error_class=err.get("type") or kind))
+            out.append(
+                LineResult(
+                    cid,
+                    _KIND.get(str(kind), ERRORED),
+                    error=err.get("message") or kind,
+                    error_class=err.get("type") or kind,
+                )
+            )
         return out
 
     async def cancel(self, batch_id: str) -> None:

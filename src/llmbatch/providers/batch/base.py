@@ -96,8 +96,9 @@ class BatchClient(abc.ABC):
     def headers(self, model: ModelInfo) -> dict[str, str]:
         return self.adapter._headers(model)
 
-    async def send(self, model: ModelInfo, method: str, url: str, *, timeout: float = 120.0,
-                   **kw: Any) -> httpx.Response:
+    async def send(
+        self, model: ModelInfo, method: str, url: str, *, timeout: float = 120.0, **kw: Any
+    ) -> httpx.Response:
         """One HTTP exchange; a non-2xx answer or a transport failure raises the adapter's ProviderError."""
         where = f"{self.adapter.where(model)} (batch)"
         headers = {**self.headers(model), **kw.pop("headers", {})}
@@ -117,11 +118,17 @@ class BatchClient(abc.ABC):
         try:
             completion = self.adapter.parse_completion(model, body, {})
         except RerouteError as e:
-            return LineResult(custom_id, ERRORED, usage=e.usage, error=e.message, error_class=e.error_class,
-                              http_status=200)
+            return LineResult(
+                custom_id, ERRORED, usage=e.usage, error=e.message, error_class=e.error_class, http_status=200
+            )
         except ProviderError as e:
             return LineResult(custom_id, ERRORED, error=e.message, error_class=e.error_class, http_status=200)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
-            return LineResult(custom_id, ERRORED, error=f"malformed batch result: {type(e).__name__} {e}",
-                              error_class="malformed_response", http_status=200)
+            return LineResult(
+                custom_id,
+                ERRORED,
+                error=f"malformed batch result: {type(e).__name__} {e}",
+                error_class="malformed_response",
+                http_status=200,
+            )
         return LineResult(custom_id, SUCCEEDED, completion=completion, usage=completion.usage)

@@ -11,9 +11,18 @@ import orjson
 from ...catalog import ModelInfo
 from .base import CANCELLED, ERRORED, EXPIRED, BatchClient, BatchState, LineResult, Limits
 
-ENDED = frozenset({"BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED",
-                   "BATCH_STATE_EXPIRED", "JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED",
-                   "JOB_STATE_EXPIRED"})
+ENDED = frozenset(
+    {
+        "BATCH_STATE_SUCCEEDED",
+        "BATCH_STATE_FAILED",
+        "BATCH_STATE_CANCELLED",
+        "BATCH_STATE_EXPIRED",
+        "JOB_STATE_SUCCEEDED",
+        "JOB_STATE_FAILED",
+        "JOB_STATE_CANCELLED",
+        "JOB_STATE_EXPIRED",
+    }
+)
 FIND_PAGES = 5
 
 
@@ -29,8 +38,19 @@ class GeminiBatches(BatchClient):
 
     async def create(self, model: ModelInfo, lines: list[tuple[str, dict]], tag: str) -> str:
         url = f"{self.base}/v1beta/models/{quote(model.model, safe='-._~')}:batchGenerateContent"
-        r = await self.send(model, "POST", url, json={"batch": {"display_name": tag, "input_config": {
-            "requests": {"requests": [{"request": body, "metadata": {"key": cid}} for cid, body in lines]}}}})
+        r = await self.send(
+            model,
+            "POST",
+            url,
+            json={
+                "batch": {
+                    "display_name": tag,
+                    "input_config": {
+                        "requests": {"requests": [{"request": body, "metadata": {"key": cid}} for cid, body in lines]}
+                    },
+                }
+            },
+        )
         return orjson.loads(r.content)["name"]
 
     async def find(self, tag: str, *, since: float, total: int) -> str | None:
@@ -55,8 +75,13 @@ class GeminiBatches(BatchClient):
         meta = (await self._get(batch_id)).get("metadata") or {}
         stats = meta.get("batchStats") or {}
         total = int(stats.get("requestCount") or 0)
-        return BatchState(batch_id, meta.get("state") in ENDED, meta.get("state") or "?", total,
-                          total - int(stats.get("pendingRequestCount") or 0))
+        return BatchState(
+            batch_id,
+            meta.get("state") in ENDED,
+            meta.get("state") or "?",
+            total,
+            total - int(stats.get("pendingRequestCount") or 0),
+        )
 
     async def results(self, model: ModelInfo, batch_id: str) -> list[LineResult]:
         op = await self._get(batch_id)
@@ -71,10 +96,20 @@ class GeminiBatches(BatchClient):
                 out.append(self.parse_line(model, cid, item["response"]))
                 continue
             err = item.get("error") or {}
-            kind = ERRORED if err.get("status") not in ("CANCELLED", None) else (
-                EXPIRED if state.endswith("EXPIRED") else CANCELLED)
-            out.append(LineResult(cid, kind, error=err.get("message"), error_class=err.get("status") or "error",
-                                  http_status=err.get("code")))
+            kind = (
+                ERRORED
+                if err.get("status") not in ("CANCELLED", None)
+                else (EXPIRED if state.endswith("EXPIRED") else CANCELLED)
+            )
+            out.append(
+                LineResult(
+                    cid,
+                    kind,
+                    error=err.get("message"),
+                    error_class=err.get("status") or "error",
+                    http_status=err.get("code"),
+                )
+            )
         return out
 
     async def cancel(self, batch_id: str) -> None:

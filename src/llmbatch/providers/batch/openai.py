@@ -25,17 +25,32 @@ class OpenAIBatches(BatchClient):
 
     @staticmethod
     def _line(custom_id: str, body: dict) -> bytes:
-        return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
-                             "body": body}) + b"\n"
+        return (
+            orjson.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+            + b"\n"
+        )
 
     async def create(self, model: ModelInfo, lines: list[tuple[str, dict]], tag: str) -> str:
         content = b"".join(self._line(cid, body) for cid, body in lines)
-        r = await self.send(model, "POST", f"{self.base}/files", data={"purpose": "batch"},
-                            files={"file": (f"{tag}.jsonl", content, "application/jsonl")})
+        r = await self.send(
+            model,
+            "POST",
+            f"{self.base}/files",
+            data={"purpose": "batch"},
+            files={"file": (f"{tag}.jsonl", content, "application/jsonl")},
+        )
         file_id = orjson.loads(r.content)["id"]
-        r = await self.send(model, "POST", f"{self.base}/batches", json={
-            "input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h",
-            "metadata": {"llmbatch_tag": tag}})
+        r = await self.send(
+            model,
+            "POST",
+            f"{self.base}/batches",
+            json={
+                "input_file_id": file_id,
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+                "metadata": {"llmbatch_tag": tag},
+            },
+        )
         return orjson.loads(r.content)["id"]
 
     async def find(self, tag: str, *, since: float, total: int) -> str | None:
@@ -55,8 +70,13 @@ class OpenAIBatches(BatchClient):
     async def poll(self, batch_id: str) -> BatchState:
         b = await self._get(batch_id)
         counts = b.get("request_counts") or {}
-        return BatchState(batch_id, b["status"] in ENDED, b["status"], int(counts.get("total") or 0),
-                          int(counts.get("completed") or 0) + int(counts.get("failed") or 0))
+        return BatchState(
+            batch_id,
+            b["status"] in ENDED,
+            b["status"],
+            int(counts.get("total") or 0),
+            int(counts.get("completed") or 0) + int(counts.get("failed") or 0),
+        )
 
     async def _get(self, batch_id: str) -> dict:
         r = await self.send(self.no_model, "GET", f"{self.base}/batches/{batch_id}")
@@ -82,9 +102,13 @@ class OpenAIBatches(BatchClient):
         if response:  # a request the API answered with an error (billed only if it returned usage)
             body = response.get("body") or {}
             detail = self.adapter.error_detail(body)
-            return LineResult(cid, ERRORED, error=detail.message if detail else str(body)[:300],
-                              error_class=(detail.code if detail else None) or "batch_line_error",
-                              http_status=response.get("status_code"))
+            return LineResult(
+                cid,
+                ERRORED,
+                error=detail.message if detail else str(body)[:300],
+                error_class=(detail.code if detail else None) or "batch_line_error",
+                http_status=response.get("status_code"),
+            )
         code = (error or {}).get("code") or "batch_error"
         kind = EXPIRED if code == "batch_expired" else CANCELLED if code == "batch_cancelled" else ERRORED
         return LineResult(cid, kind, error=(error or {}).get("message"), error_class=code)

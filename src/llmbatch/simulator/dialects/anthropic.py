@@ -63,8 +63,10 @@ class AnthropicDialect(Dialect):
         if not positive_int(max_tokens):
             raise _invalid("max_tokens: Input should be a valid integer greater than or equal to 1")
         if max_tokens > model.max_output_tokens:
-            raise _invalid(f"max_tokens: {max_tokens} > {model.max_output_tokens}, which is the maximum allowed "
-                           f"number of output tokens for {model.id}")
+            raise _invalid(
+                f"max_tokens: {max_tokens} > {model.max_output_tokens}, which is the maximum allowed "
+                f"number of output tokens for {model.id}"
+            )
         temp = payload.get("temperature")
         if temp is not None and (not is_number(temp) or not 0 <= temp <= 1):
             raise _invalid("temperature: range: 0..1")
@@ -81,9 +83,11 @@ class AnthropicDialect(Dialect):
         if conv.prompt_tokens > model.context_window:
             raise _invalid(f"prompt is too long: {conv.prompt_tokens} tokens > {model.context_window} maximum")
         if conv.prompt_tokens + max_tokens > model.context_window:
-            raise _invalid(f"prompt is too long: input length and `max_tokens` exceed context limit: "
-                           f"{conv.prompt_tokens} + {max_tokens} > {model.context_window}, decrease input length "
-                           f"or `max_tokens` and try again")
+            raise _invalid(
+                f"prompt is too long: input length and `max_tokens` exceed context limit: "
+                f"{conv.prompt_tokens} + {max_tokens} > {model.context_window}, decrease input length "
+                f"or `max_tokens` and try again"
+            )
         return Parsed(conv=conv, max_tokens=max_tokens)
 
     @staticmethod
@@ -106,8 +110,10 @@ class AnthropicDialect(Dialect):
             raise _invalid(f"messages.{i}: Input should be a valid dictionary")
         role = msg.get("role")
         if role == "system":
-            raise _invalid('messages: Unexpected role "system". The Messages API accepts a top-level `system` '
-                           'parameter, not "system" as an input message role.')
+            raise _invalid(
+                'messages: Unexpected role "system". The Messages API accepts a top-level `system` '
+                'parameter, not "system" as an input message role.'
+            )
         if role not in ("user", "assistant"):
             raise _invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
         builder.start(role)
@@ -146,8 +152,10 @@ class AnthropicDialect(Dialect):
         elif kind in ("tool_use", "thinking", "redacted_thinking"):
             builder.text(str(block.get("input") or block.get("thinking") or ""), cache_mark=mark)
         else:
-            raise _invalid(f"{where}.type: Input tag '{kind}' found using 'type' does not match any of the "
-                           f"expected tags: 'text', 'image', 'document', 'tool_use', 'tool_result'")
+            raise _invalid(
+                f"{where}.type: Input tag '{kind}' found using 'type' does not match any of the "
+                f"expected tags: 'text', 'image', 'document', 'tool_use', 'tool_result'"
+            )
 
     # --- response -------------------------------------------------------------------------------
     def respond(self, parsed: Parsed, model: SimModel, state: SimState, request_id: str) -> Reply:
@@ -156,8 +164,9 @@ class AnthropicDialect(Dialect):
         text, _, cut = fit_to_cap(text, cap, None)
         stop = "max_tokens" if cut else "end_turn"
         output = text_tokens(text)
-        created, read = explicit_cache_tokens(state.anthropic_cache, parsed.conv,
-                                              min_tokens=state.config.anthropic_cache_min_tokens)
+        created, read = explicit_cache_tokens(
+            state.anthropic_cache, parsed.conv, min_tokens=state.config.anthropic_cache_min_tokens
+        )
         prompt = parsed.conv.prompt_tokens
         body = {
             "id": f"msg_{request_id}",
@@ -189,10 +198,13 @@ class AnthropicDialect(Dialect):
 
     def rate_limited(self, model: SimModel, rpm: int | None, retry_after: float) -> ApiError:
         limit = f"of {rpm} requests per minute " if rpm else ""
-        return ApiError(429, RATE_LIMIT,
-                        f"This request would exceed the rate limit for your organization {limit}for {model.id}. "
-                        f"Please reduce the prompt length or the maximum tokens requested, or try again later.",
-                        retry_after=retry_after)
+        return ApiError(
+            429,
+            RATE_LIMIT,
+            f"This request would exceed the rate limit for your organization {limit}for {model.id}. "
+            f"Please reduce the prompt length or the maximum tokens requested, or try again later.",
+            retry_after=retry_after,
+        )
 
     def server_error(self, rng: random.Random) -> ApiError:
         if rng.random() < 0.5:
@@ -200,8 +212,11 @@ class AnthropicDialect(Dialect):
         return ApiError(500, SERVER, "Internal server error")
 
     def error_body(self, err: ApiError, request_id: str) -> dict[str, Any]:
-        return {"type": "error", "error": {"type": _ERROR_TYPES.get(err.kind, "invalid_request_error"),
-                                           "message": err.message}, "request_id": f"req_{request_id}"}
+        return {
+            "type": "error",
+            "error": {"type": _ERROR_TYPES.get(err.kind, "invalid_request_error"), "message": err.message},
+            "request_id": f"req_{request_id}",
+        }
 
     # --- headers --------------------------------------------------------------------------------
     def base_headers(self, request_id: str) -> dict[str, str]:

@@ -100,14 +100,16 @@ def error_rates(state: SimState, model: SimModel) -> ErrorRates:
 
 
 def answer_text(parsed: Parsed, model: SimModel, state: SimState) -> str:
-    return answer(parsed.conv, model=model.id, rates=error_rates(state, model), schema=parsed.schema,
-                  json_mode=parsed.json_mode)
+    return answer(
+        parsed.conv, model=model.id, rates=error_rates(state, model), schema=parsed.schema, json_mode=parsed.json_mode
+    )
 
 
 def scored_answer_text(parsed: Parsed, model: SimModel, state: SimState) -> tuple[str, float]:
     """(the answer, the probability the model puts on it) for dialects that can return logprobs."""
-    return scored_answer(parsed.conv, model=model.id, rates=error_rates(state, model), schema=parsed.schema,
-                         json_mode=parsed.json_mode)
+    return scored_answer(
+        parsed.conv, model=model.id, rates=error_rates(state, model), schema=parsed.schema, json_mode=parsed.json_mode
+    )
 
 
 def hidden_reasoning_tokens(model: SimModel, conv: Conversation) -> int:

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, and_, bindparam, case, func, insert, or_, select, update
 
-from ...models import Usage
 from ..db import reading
 from .. import job_counts
 from ..outcomes import FINISH_TASK, TaskOutcome, finish_task
@@ -36,10 +36,27 @@ from ..tx import Deferred, in_transaction
 from . import _bulk
 from .budget import BudgetRows, PendingReservation, token_window, utc_day
 
+if TYPE_CHECKING:  # the read paths (status) load the ledger but not the pydantic models
+    from ...models import Usage
+
 __all__ = [
-    "Reservation", "Settlement", "could_fit_later", "ledger_sum", "mark_lost", "mark_unknown", "note_stop",
-    "overruns_seen", "reconcile", "reserve", "reserve_many", "settle", "settle_and_record",
-    "settle_and_record_many", "token_window", "unknown_outcome", "utc_day",
+    "Reservation",
+    "Settlement",
+    "could_fit_later",
+    "ledger_sum",
+    "mark_lost",
+    "mark_unknown",
+    "note_stop",
+    "overruns_seen",
+    "reconcile",
+    "reserve",
+    "reserve_many",
+    "settle",
+    "settle_and_record",
+    "settle_and_record_many",
+    "token_window",
+    "unknown_outcome",
+    "utc_day",
 ]
 
 
@@ -62,11 +79,15 @@ class Reservation:
 
 # The attempt's number is computed in the INSERT itself (the unique index on (job_id, task_seq, attempt_no)
 # makes the MAX cheap), saving a round trip per call; tasks.attempts is counted when attempts settle.
-_INSERT_ATTEMPT = insert(attempts).values(
-    attempt_no=select(func.coalesce(func.max(attempts.c.attempt_no), 0) + 1)
-    .where(attempts.c.job_id == bindparam("b_job"), attempts.c.task_seq == bindparam("b_seq"))
-    .scalar_subquery()
-).returning(attempts.c.id)
+_INSERT_ATTEMPT = (
+    insert(attempts)
+    .values(
+        attempt_no=select(func.coalesce(func.max(attempts.c.attempt_no), 0) + 1)
+        .where(attempts.c.job_id == bindparam("b_job"), attempts.c.task_seq == bindparam("b_seq"))
+        .scalar_subquery()
+    )
+    .returning(attempts.c.id)
+)
 
 
 def reserve_many(conn: Connection, reservations: list[Reservation], *, deferred: Deferred) -> list[int]:
@@ -79,31 +100,81 @@ def reserve_many(conn: Connection, reservations: list[Reservation], *, deferred:
     if len(reservations) > 1 and len(keys) == len(reservations) and conn.dialect.name == "postgresql":
         ids = _bulk.insert_attempts(conn, reservations, started, windows)
     else:
-        ids = [conn.execute(_INSERT_ATTEMPT, {
-            "b_job": r.job_id, "b_seq": r.task_seq, "job_id": r.job_id, "task_seq": r.task_seq,
-            "task_id": r.task_id, "provider": r.provider, "model": r.model, "channel": r.channel,
-            "purpose": r.purpose, "status": AttemptStatus.in_flight, "settled": False,
-            "reserved_picos": r.amount_picos, "cost_picos": 0, "budget_window": w, "worker": r.worker,
-            "started_at": t, "input_tokens": 0, "cached_tokens": 0, "cache_write_tokens": 0, "output_tokens": 0,
-            "reasoning_tokens": 0,
-        }).scalar_one() for r, t, w in zip(reservations, started, windows)]
+        ids = [
+            conn.execute(
+                _INSERT_ATTEMPT,
+                {
+                    "b_job": r.job_id,
+                    "b_seq": r.task_seq,
+                    "job_id": r.job_id,
+                    "task_seq": r.task_seq,
+                    "task_id": r.task_id,
+                    "provider": r.provider,
+                    "model": r.model,
+                    "channel": r.channel,
+                    "purpose": r.purpose,
+                    "status": AttemptStatus.in_flight,
+                    "settled": False,
+                    "reserved_picos": r.amount_picos,
+                    "cost_picos": 0,
+                    "budget_window": w,
+                    "worker": r.worker,
+                    "started_at": t,
+                    "input_tokens": 0,
+                    "cached_tokens": 0,
+                    "cache_write_tokens": 0,
+                    "output_tokens": 0,
+                    "reasoning_tokens": 0,
+                },
+            ).scalar_one()
+            for r, t, w in zip(reservations, started, windows)
+        ]
     deferred.part(BudgetRows).reservations.extend(
         PendingReservation(r.job_id, r.task_seq, r.amount_picos, w, r.daily_cap_picos, attempt_id)
-        for r, w, attempt_id in zip(reservations, windows, ids))
+        for r, w, attempt_id in zip(reservations, windows, ids)
+    )
     return ids
 
 
 @in_transaction(refusable=True, many=reserve_many, item=Reservation)
-def reserve(conn: Connection, *, job_id: str, task_seq: int, task_id: str, provider: str, model: str,
-            amount_picos: int, purpose: str, worker: str, daily_cap_picos: int | None = None,
-            channel: str = "sync", now: float | None = None, deferred: Deferred) -> int:
+def reserve(
+    conn: Connection,
+    *,
+    job_id: str,
+    task_seq: int,
+    task_id: str,
+    provider: str,
+    model: str,
+    amount_picos: int,
+    purpose: str,
+    worker: str,
+    daily_cap_picos: int | None = None,
+    channel: str = "sync",
+    now: float | None = None,
+    deferred: Deferred,
+) -> int:
     """Write the attempt's ledger row holding `amount_picos`, and queue the conditional hold on the job's
     budget (and the daily cap) for the end of the transaction. Returns the attempt id. Called as
     `reserve(engine, ...)` it raises BudgetExceeded (and writes nothing) when the hold does not fit."""
-    return reserve_many(conn, [Reservation(
-        job_id=job_id, task_seq=task_seq, task_id=task_id, provider=provider, model=model,
-        amount_picos=amount_picos, purpose=purpose, worker=worker, daily_cap_picos=daily_cap_picos,
-        channel=channel, now=now)], deferred=deferred)[0]
+    return reserve_many(
+        conn,
+        [
+            Reservation(
+                job_id=job_id,
+                task_seq=task_seq,
+                task_id=task_id,
+                provider=provider,
+                model=model,
+                amount_picos=amount_picos,
+                purpose=purpose,
+                worker=worker,
+                daily_cap_picos=daily_cap_picos,
+                channel=channel,
+                now=now,
+            )
+        ],
+        deferred=deferred,
+    )[0]
 
 
 @dataclass(frozen=True)
@@ -124,53 +195,98 @@ class Settlement:
 
 
 _SETTLE_ATTEMPT = (
-    update(attempts).where(attempts.c.id == bindparam("b_id"), attempts.c.settled.is_(False))
+    update(attempts)
+    .where(attempts.c.id == bindparam("b_id"), attempts.c.settled.is_(False))
     # overrun: billed above the reservation (the cost comes from the provider's usage; the hold was our bound)
-    .values(settled=True, status=bindparam("b_status"), cost_picos=bindparam("b_cost"),
-            overrun=case((attempts.c.reserved_picos < bindparam("b_cost"), True), else_=False),
-            finish_reason=bindparam("b_finish"), served_model=bindparam("b_served"),
-            cost_source=bindparam("b_source"), error_class=bindparam("b_eclass"), error_message=bindparam("b_emsg"),
-            http_status=bindparam("b_http"), pricing_error=bindparam("b_perr"), latency_ms=bindparam("b_latency"),
-            provider_request_id=bindparam("b_reqid"), input_tokens=bindparam("b_in"),
-            cached_tokens=bindparam("b_cached"), cache_write_tokens=bindparam("b_cw"), output_tokens=bindparam("b_out"),
-            reasoning_tokens=bindparam("b_reason"), finished_at=bindparam("b_now"))
+    .values(
+        settled=True,
+        status=bindparam("b_status"),
+        cost_picos=bindparam("b_cost"),
+        overrun=case((attempts.c.reserved_picos < bindparam("b_cost"), True), else_=False),
+        finish_reason=bindparam("b_finish"),
+        served_model=bindparam("b_served"),
+        cost_source=bindparam("b_source"),
+        error_class=bindparam("b_eclass"),
+        error_message=bindparam("b_emsg"),
+        http_status=bindparam("b_http"),
+        pricing_error=bindparam("b_perr"),
+        latency_ms=bindparam("b_latency"),
+        provider_request_id=bindparam("b_reqid"),
+        input_tokens=bindparam("b_in"),
+        cached_tokens=bindparam("b_cached"),
+        cache_write_tokens=bindparam("b_cw"),
+        output_tokens=bindparam("b_out"),
+        reasoning_tokens=bindparam("b_reason"),
+        finished_at=bindparam("b_now"),
+    )
     .returning(attempts.c.job_id, attempts.c.task_seq, attempts.c.reserved_picos, attempts.c.budget_window)
 )
 _SETTLE_TASK = (
-    update(tasks).where(tasks.c.job_id == bindparam("b_job"), tasks.c.seq == bindparam("b_seq"))
-    .values(cost_picos=tasks.c.cost_picos + bindparam("b_cost"), attempts=tasks.c.attempts + 1,
-            input_tokens=tasks.c.input_tokens + bindparam("b_in"),
-            cached_tokens=tasks.c.cached_tokens + bindparam("b_cached"),
-            cache_write_tokens=tasks.c.cache_write_tokens + bindparam("b_cw"),
-            output_tokens=tasks.c.output_tokens + bindparam("b_out"),
-            reasoning_tokens=tasks.c.reasoning_tokens + bindparam("b_reason"))
+    update(tasks)
+    .where(tasks.c.job_id == bindparam("b_job"), tasks.c.seq == bindparam("b_seq"))
+    .values(
+        cost_picos=tasks.c.cost_picos + bindparam("b_cost"),
+        attempts=tasks.c.attempts + 1,
+        input_tokens=tasks.c.input_tokens + bindparam("b_in"),
+        cached_tokens=tasks.c.cached_tokens + bindparam("b_cached"),
+        cache_write_tokens=tasks.c.cache_write_tokens + bindparam("b_cw"),
+        output_tokens=tasks.c.output_tokens + bindparam("b_out"),
+        reasoning_tokens=tasks.c.reasoning_tokens + bindparam("b_reason"),
+    )
 )
 
 
 # The success path's task UPDATE: record the outcome (only the lease holder can) and charge the task, in one.
-_FINISH_AND_CHARGE_TASK = FINISH_TASK.values({
-    tasks.c.cost_picos: tasks.c.cost_picos + bindparam("b_cost"), tasks.c.attempts: tasks.c.attempts + 1,
-    tasks.c.input_tokens: tasks.c.input_tokens + bindparam("b_in"),
-    tasks.c.cached_tokens: tasks.c.cached_tokens + bindparam("b_cached"),
-    tasks.c.cache_write_tokens: tasks.c.cache_write_tokens + bindparam("b_cw"),
-    tasks.c.output_tokens: tasks.c.output_tokens + bindparam("b_out"),
-    tasks.c.reasoning_tokens: tasks.c.reasoning_tokens + bindparam("b_reason")})
+_FINISH_AND_CHARGE_TASK = FINISH_TASK.values(
+    {
+        tasks.c.cost_picos: tasks.c.cost_picos + bindparam("b_cost"),
+        tasks.c.attempts: tasks.c.attempts + 1,
+        tasks.c.input_tokens: tasks.c.input_tokens + bindparam("b_in"),
+        tasks.c.cached_tokens: tasks.c.cached_tokens + bindparam("b_cached"),
+        tasks.c.cache_write_tokens: tasks.c.cache_write_tokens + bindparam("b_cw"),
+        tasks.c.output_tokens: tasks.c.output_tokens + bindparam("b_out"),
+        tasks.c.reasoning_tokens: tasks.c.reasoning_tokens + bindparam("b_reason"),
+    }
+)
 
 
 def _settle_attempt(conn: Connection, s: Settlement, tokens: dict):
     """Flip the attempt to settled (exactly once); returns its job, seq, reservation and window, or None."""
-    return conn.execute(_SETTLE_ATTEMPT, {
-        "b_id": s.attempt_id, "b_status": s.status, "b_cost": s.cost_picos, "b_source": s.cost_source,
-        "b_eclass": s.error_class, "b_emsg": s.error_message, "b_http": s.http_status, "b_perr": s.pricing_error,
-        "b_latency": s.latency_ms, "b_reqid": s.provider_request_id, "b_now": time.time(),
-        "b_finish": s.finish_reason, "b_served": s.served_model, **tokens,
-    }).first()
+    return conn.execute(
+        _SETTLE_ATTEMPT,
+        {
+            "b_id": s.attempt_id,
+            "b_status": s.status,
+            "b_cost": s.cost_picos,
+            "b_source": s.cost_source,
+            "b_eclass": s.error_class,
+            "b_emsg": s.error_message,
+            "b_http": s.http_status,
+            "b_perr": s.pricing_error,
+            "b_latency": s.latency_ms,
+            "b_reqid": s.provider_request_id,
+            "b_now": time.time(),
+            "b_finish": s.finish_reason,
+            "b_served": s.served_model,
+            **tokens,
+        },
+    ).first()
+
+
+_NO_TOKENS = {"b_in": 0, "b_cached": 0, "b_cw": 0, "b_out": 0, "b_reason": 0}
 
 
 def _tokens(s: Settlement) -> dict[str, int]:
-    u = s.usage or Usage()
-    return {"b_in": u.input_tokens, "b_cached": u.cached_tokens, "b_cw": u.cache_write_tokens,
-            "b_out": u.output_tokens, "b_reason": u.reasoning_tokens}
+    u = s.usage
+    if u is None:
+        return dict(_NO_TOKENS)
+    return {
+        "b_in": u.input_tokens,
+        "b_cached": u.cached_tokens,
+        "b_cw": u.cache_write_tokens,
+        "b_out": u.output_tokens,
+        "b_reason": u.reasoning_tokens,
+    }
 
 
 @in_transaction
@@ -186,14 +302,14 @@ def settle(conn: Connection, s: Settlement, *, deferred: Deferred) -> bool:
     return True
 
 
-def settle_and_record_many(conn: Connection, pairs: list[tuple[Settlement, TaskOutcome]], *,
-                           deferred: Deferred) -> list[tuple[bool, bool]]:
+def settle_and_record_many(
+    conn: Connection, pairs: list[tuple[Settlement, TaskOutcome]], *, deferred: Deferred
+) -> list[tuple[bool, bool]]:
     """settle_and_record() for each (settlement, outcome), in order."""
     budget = deferred.part(BudgetRows)
     ids = {s.attempt_id for s, _ in pairs}
     task_keys = {(o.job_id, o.seq) for _, o in pairs}
-    if len(pairs) == 1 or len(ids) < len(pairs) or len(task_keys) < len(pairs) \
-            or conn.dialect.name != "postgresql":
+    if len(pairs) == 1 or len(ids) < len(pairs) or len(task_keys) < len(pairs) or conn.dialect.name != "postgresql":
         return [_settle_and_record(conn, s, outcome, budget) for s, outcome in pairs]
     # Postgres: one UPDATE of the attempts, one of the tasks (the outcome and the charge), for all of them.
     now = time.time()
@@ -210,8 +326,9 @@ def settle_and_record_many(conn: Connection, pairs: list[tuple[Settlement, TaskO
             job_counts.note(budget, outcome.job_id, outcome.status)
             results.append((True, True))
         else:  # the lease was lost: the charge still lands on the task, the outcome is not recorded
-            conn.execute(_SETTLE_TASK, {"b_job": row.job_id, "b_seq": row.task_seq, "b_cost": s.cost_picos,
-                                        **_tokens(s)})
+            conn.execute(
+                _SETTLE_TASK, {"b_job": row.job_id, "b_seq": row.task_seq, "b_cost": s.cost_picos, **_tokens(s)}
+            )
             results.append((True, False))
     return results
 
@@ -235,8 +352,9 @@ def _pair(s: Settlement, outcome: TaskOutcome) -> tuple[Settlement, TaskOutcome]
 
 
 @in_transaction(many=settle_and_record_many, item=_pair)
-def settle_and_record(conn: Connection, s: Settlement, outcome: TaskOutcome, *,
-                      deferred: Deferred) -> tuple[bool, bool]:
+def settle_and_record(
+    conn: Connection, s: Settlement, outcome: TaskOutcome, *, deferred: Deferred
+) -> tuple[bool, bool]:
     """settle() and the task's outcome in one transaction and, usually, one task UPDATE. Returns
     (settled, recorded). The charge always lands on the task, even when the lease (and so the record) was lost."""
     return _settle_and_record(conn, s, outcome, deferred.part(BudgetRows))
@@ -245,14 +363,16 @@ def settle_and_record(conn: Connection, s: Settlement, outcome: TaskOutcome, *,
 def could_fit_later(conn: Connection, job_id: str, amount_picos: int) -> bool:
     """After a refused reservation: would `amount` fit once the calls now in flight settle (at the least,
     for nothing)? Holds of unknown outcomes are not counted as releasable: only reconcile frees them."""
-    job = conn.execute(select(jobs.c.budget_picos, jobs.c.spent_picos, jobs.c.reserved_picos)
-                       .where(jobs.c.id == job_id)).first()
+    job = conn.execute(
+        select(jobs.c.budget_picos, jobs.c.spent_picos, jobs.c.reserved_picos).where(jobs.c.id == job_id)
+    ).first()
     if job is None or job.budget_picos is None:
         return False
     in_flight = conn.execute(
-        select(func.coalesce(func.sum(attempts.c.reserved_picos), 0))
-        .where(attempts.c.job_id == job_id, attempts.c.status == AttemptStatus.in_flight,
-               attempts.c.settled.is_(False))).scalar()
+        select(func.coalesce(func.sum(attempts.c.reserved_picos), 0)).where(
+            attempts.c.job_id == job_id, attempts.c.status == AttemptStatus.in_flight, attempts.c.settled.is_(False)
+        )
+    ).scalar()
     if not in_flight:
         return False
     held_for_good = job.reserved_picos - int(in_flight)
@@ -260,17 +380,33 @@ def could_fit_later(conn: Connection, job_id: str, amount_picos: int) -> bool:
 
 
 @in_transaction
-def mark_unknown(conn: Connection, attempt_id: int, *, error_class: str, error_message: str,
-                 latency_ms: int | None = None) -> None:
+def mark_unknown(
+    conn: Connection, attempt_id: int, *, error_class: str, error_message: str, latency_ms: int | None = None
+) -> None:
     """The request may have reached the provider but we have no answer: keep the reservation (it might have
     been billed) until reconcile decides."""
-    conn.execute(update(attempts).where(attempts.c.id == attempt_id, attempts.c.settled.is_(False))
-                 .values(status=AttemptStatus.unknown, error_class=error_class, error_message=error_message,
-                         latency_ms=latency_ms, finished_at=time.time()))
+    conn.execute(
+        update(attempts)
+        .where(attempts.c.id == attempt_id, attempts.c.settled.is_(False))
+        .values(
+            status=AttemptStatus.unknown,
+            error_class=error_class,
+            error_message=error_message,
+            latency_ms=latency_ms,
+            finished_at=time.time(),
+        )
+    )
 
 
-def mark_lost(conn: Connection, job_id: str, *, seqs: list[int] | None = None, workers: list[str] | None = None,
-              error_class: str, error_message: str) -> None:
+def mark_lost(
+    conn: Connection,
+    job_id: str,
+    *,
+    seqs: list[int] | None = None,
+    workers: list[str] | None = None,
+    error_class: str,
+    error_message: str,
+) -> None:
     """The calls still in flight for these tasks (or made by these workers) lost their worker: their outcome
     is unknown. They keep their reservation (they might have been billed) until reconcile, or a late settle,
     decides."""
@@ -279,28 +415,44 @@ def mark_lost(conn: Connection, job_id: str, *, seqs: list[int] | None = None, w
         lost.append(attempts.c.task_seq.in_(seqs))
     if workers is not None:
         lost.append(attempts.c.worker.in_(workers))
-    conn.execute(update(attempts).where(*lost)
-                 .values(status=AttemptStatus.unknown, error_class=error_class, error_message=error_message))
+    conn.execute(
+        update(attempts)
+        .where(*lost)
+        .values(status=AttemptStatus.unknown, error_class=error_class, error_message=error_message)
+    )
 
 
-def reconcile(engine: Engine, *, job_id: str | None = None, assume: str = "billed", grace_s: float = 0.0,
-              now: float | None = None) -> list[int]:
+def reconcile(
+    engine: Engine, *, job_id: str | None = None, assume: str = "billed", grace_s: float = 0.0, now: float | None = None
+) -> list[int]:
     """Settle attempts whose outcome is unknown: marked unknown, or still in flight with no live lease on
     their task. `assume="billed"` charges the reservation (the most the call could have cost: the cap stays
     true against the real invoice); `assume="unbilled"` releases it. Returns the attempt ids settled."""
     if assume not in ("billed", "unbilled"):
         raise ValueError("assume must be 'billed' or 'unbilled'")
     now = now if now is not None else time.time()
-    lease_dead = or_(tasks.c.status != TaskStatus.running, tasks.c.lease_expires_at.is_(None),
-                     tasks.c.lease_expires_at < now)
+    lease_dead = or_(
+        tasks.c.status != TaskStatus.running, tasks.c.lease_expires_at.is_(None), tasks.c.lease_expires_at < now
+    )
     q = (
-        select(attempts.c.id, attempts.c.reserved_picos, attempts.c.status, attempts.c.error_class,
-               attempts.c.error_message)
+        select(
+            attempts.c.id,
+            attempts.c.reserved_picos,
+            attempts.c.status,
+            attempts.c.error_class,
+            attempts.c.error_message,
+        )
         .join(tasks, and_(tasks.c.job_id == attempts.c.job_id, tasks.c.seq == attempts.c.task_seq))
-        .where(attempts.c.settled.is_(False),
-               or_(and_(attempts.c.status == AttemptStatus.unknown,
-                        or_(attempts.c.finished_at.is_(None), attempts.c.finished_at < now - grace_s)),
-                   and_(attempts.c.status == AttemptStatus.in_flight, lease_dead)))
+        .where(
+            attempts.c.settled.is_(False),
+            or_(
+                and_(
+                    attempts.c.status == AttemptStatus.unknown,
+                    or_(attempts.c.finished_at.is_(None), attempts.c.finished_at < now - grace_s),
+                ),
+                and_(attempts.c.status == AttemptStatus.in_flight, lease_dead),
+            ),
+        )
     )
     if job_id is not None:
         q = q.where(attempts.c.job_id == job_id)
@@ -308,35 +460,57 @@ def reconcile(engine: Engine, *, job_id: str | None = None, assume: str = "bille
     with reading(engine) as conn:
         candidates = conn.execute(q).all()
     for attempt_id, reserved, status, error_class, error_message in candidates:
-        if settle(engine, unknown_outcome(attempt_id, reserved, status, error_class, error_message,
-                                          billed=assume == "billed")):
+        if settle(
+            engine, unknown_outcome(attempt_id, reserved, status, error_class, error_message, billed=assume == "billed")
+        ):
             done.append(attempt_id)
     return done
 
 
-def unknown_outcome(attempt_id: int, reserved_picos: int, status: str, error_class: str | None,
-                    error_message: str | None, *, billed: bool = True) -> Settlement:
+def unknown_outcome(
+    attempt_id: int,
+    reserved_picos: int,
+    status: str,
+    error_class: str | None,
+    error_message: str | None,
+    *,
+    billed: bool = True,
+) -> Settlement:
     """The settlement of a call whose outcome cannot be known: billed at its reservation (the most it can have
     cost, so the cap stays true against the invoice) or not at all."""
     # Keep why the outcome was unknown (timeout, reset, worker_lost...): the audit needs it.
     why = f"{error_class}: {error_message}; " if error_class else ""
     return Settlement(
-        attempt_id=attempt_id, status=AttemptStatus.unknown, cost_picos=reserved_picos if billed else 0,
-        cost_source="reservation" if billed else "none", error_class=error_class or "reconciled",
-        error_message=why + (f"outcome unknown ({status}); reconciled as billed at the reserved upper bound"
-                             if billed else f"outcome unknown ({status}); reconciled as not billed"))
+        attempt_id=attempt_id,
+        status=AttemptStatus.unknown,
+        cost_picos=reserved_picos if billed else 0,
+        cost_source="reservation" if billed else "none",
+        error_class=error_class or "reconciled",
+        error_message=why
+        + (
+            f"outcome unknown ({status}); reconciled as billed at the reserved upper bound"
+            if billed
+            else f"outcome unknown ({status}); reconciled as not billed"
+        ),
+    )
 
 
 def ledger_sum(conn: Connection, job_id: str) -> int:
-    return int(conn.execute(select(func.coalesce(func.sum(attempts.c.cost_picos), 0))
-                            .where(attempts.c.job_id == job_id)).scalar_one())
+    return int(
+        conn.execute(
+            select(func.coalesce(func.sum(attempts.c.cost_picos), 0)).where(attempts.c.job_id == job_id)
+        ).scalar_one()
+    )
 
 
 def overruns_seen(conn: Connection, job_id: str, limit: int = 1000) -> list[tuple[str, int, int]]:
     """(provider/model, reserved, cost) of the job's overrun attempts: a worker joining the job learns the
     per-model reservation factors from them."""
-    rows = conn.execute(select(attempts.c.provider, attempts.c.model, attempts.c.reserved_picos, attempts.c.cost_picos)
-                        .where(attempts.c.job_id == job_id, attempts.c.overrun.is_(True)).limit(limit)).all()
+    rows = conn.execute(
+        select(attempts.c.provider, attempts.c.model, attempts.c.reserved_picos, attempts.c.cost_picos)
+        .where(attempts.c.job_id == job_id, attempts.c.overrun.is_(True))
+        .limit(limit)
+    ).all()
     return [(f"{r.provider}/{r.model}", r.reserved_picos, r.cost_picos) for r in rows]
 
 

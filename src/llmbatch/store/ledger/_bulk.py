@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 
-from ...models import Usage
 from ..schema import AttemptStatus, TaskStatus
 
 if TYPE_CHECKING:
@@ -75,18 +74,29 @@ RETURNING t.job_id, t.seq
 """
 
 
-def insert_attempts(conn: Connection, reservations: list[Reservation], started_at: list[float],
-                    windows: list[str | None]) -> list[int]:
+def insert_attempts(
+    conn: Connection, reservations: list[Reservation], started_at: list[float], windows: list[str | None]
+) -> list[int]:
     """_INSERT_ATTEMPT for each reservation (started at `started_at`, in daily window `windows`), in one
     INSERT. Returns the attempt ids, in order."""
     rs = reservations
-    rows = conn.exec_driver_sql(_RESERVE_SQL, {
-        "status": AttemptStatus.in_flight, "job_id": [r.job_id for r in rs], "task_seq": [r.task_seq for r in rs],
-        "task_id": [r.task_id for r in rs], "provider": [r.provider for r in rs], "model": [r.model for r in rs],
-        "channel": [r.channel for r in rs], "purpose": [r.purpose for r in rs],
-        "amount": [r.amount_picos for r in rs], "budget_window": windows, "worker": [r.worker for r in rs],
-        "started_at": started_at,
-    })
+    rows = conn.exec_driver_sql(
+        _RESERVE_SQL,
+        {
+            "status": AttemptStatus.in_flight,
+            "job_id": [r.job_id for r in rs],
+            "task_seq": [r.task_seq for r in rs],
+            "task_id": [r.task_id for r in rs],
+            "provider": [r.provider for r in rs],
+            "model": [r.model for r in rs],
+            "channel": [r.channel for r in rs],
+            "purpose": [r.purpose for r in rs],
+            "amount": [r.amount_picos for r in rs],
+            "budget_window": windows,
+            "worker": [r.worker for r in rs],
+            "started_at": started_at,
+        },
+    )
     ids = {(job_id, seq): attempt_id for attempt_id, job_id, seq in rows}
     return [ids[(r.job_id, r.task_seq)] for r in rs]
 
@@ -95,36 +105,70 @@ def settle_attempts(conn: Connection, settlements: list[Settlement], now: float)
     """_SETTLE_ATTEMPT for each settlement, in one UPDATE. Returns the rows settled by this call (job_id,
     task_seq, reserved_picos, budget_window), by attempt id; an attempt already settled is absent."""
     ss = settlements
-    return {row.id: row for row in conn.exec_driver_sql(_SETTLE_SQL, {
-        "now": now, "id": [s.attempt_id for s in ss], "status": [s.status for s in ss],
-        "cost": [s.cost_picos for s in ss], "source": [s.cost_source for s in ss],
-        "eclass": [s.error_class for s in ss], "emsg": [s.error_message for s in ss],
-        "http": [s.http_status for s in ss], "perr": [s.pricing_error for s in ss],
-        "latency": [s.latency_ms for s in ss], "reqid": [s.provider_request_id for s in ss],
-        "finish": [s.finish_reason for s in ss], "served": [s.served_model for s in ss], **_usage_columns(ss),
-    })}
+    return {
+        row.id: row
+        for row in conn.exec_driver_sql(
+            _SETTLE_SQL,
+            {
+                "now": now,
+                "id": [s.attempt_id for s in ss],
+                "status": [s.status for s in ss],
+                "cost": [s.cost_picos for s in ss],
+                "source": [s.cost_source for s in ss],
+                "eclass": [s.error_class for s in ss],
+                "emsg": [s.error_message for s in ss],
+                "http": [s.http_status for s in ss],
+                "perr": [s.pricing_error for s in ss],
+                "latency": [s.latency_ms for s in ss],
+                "reqid": [s.provider_request_id for s in ss],
+                "finish": [s.finish_reason for s in ss],
+                "served": [s.served_model for s in ss],
+                **_usage_columns(ss),
+            },
+        )
+    }
 
 
-def finish_and_charge_tasks(conn: Connection, pairs: list[tuple[Settlement, TaskOutcome]],
-                            now: float) -> set[tuple[str, int]]:
+def finish_and_charge_tasks(
+    conn: Connection, pairs: list[tuple[Settlement, TaskOutcome]], now: float
+) -> set[tuple[str, int]]:
     """_FINISH_AND_CHARGE_TASK for each (settlement, outcome), in one UPDATE. Returns the (job_id, seq) of
     the tasks recorded (the others' lease was lost)."""
     if not pairs:
         return set()
     outs = [o.params() for _, o in pairs]
-    return {(job_id, seq) for job_id, seq in conn.exec_driver_sql(_FINISH_AND_CHARGE_SQL, {
-        "now": now, "running": TaskStatus.running,
-        "job_id": [p["b_job"] for p in outs], "seq": [p["b_seq"] for p in outs],
-        "worker": [p["b_worker"] for p in outs], "status": [p["b_status"] for p in outs],
-        "provider": [p["b_provider"] for p in outs], "model": [p["b_model"] for p in outs],
-        "output": [p["b_output"] for p in outs], "error": [p["b_error"] for p in outs],
-        "skip": [p["b_skip"] for p in outs], "escalations": [p["b_escalations"] for p in outs],
-        "cost": [s.cost_picos for s, _ in pairs], **_usage_columns([s for s, _ in pairs]),
-    })}
+    return {
+        (job_id, seq)
+        for job_id, seq in conn.exec_driver_sql(
+            _FINISH_AND_CHARGE_SQL,
+            {
+                "now": now,
+                "running": TaskStatus.running,
+                "job_id": [p["b_job"] for p in outs],
+                "seq": [p["b_seq"] for p in outs],
+                "worker": [p["b_worker"] for p in outs],
+                "status": [p["b_status"] for p in outs],
+                "provider": [p["b_provider"] for p in outs],
+                "model": [p["b_model"] for p in outs],
+                "output": [p["b_output"] for p in outs],
+                "error": [p["b_error"] for p in outs],
+                "skip": [p["b_skip"] for p in outs],
+                "escalations": [p["b_escalations"] for p in outs],
+                "cost": [s.cost_picos for s, _ in pairs],
+                **_usage_columns([s for s, _ in pairs]),
+            },
+        )
+    }
 
 
 def _usage_columns(settlements: list[Settlement]) -> dict[str, list[int]]:
+    from ...models import Usage  # here, not at the top: the read paths (status) load the ledger, not pydantic
+
     us = [s.usage or Usage() for s in settlements]
-    return {"tin": [u.input_tokens for u in us], "tcached": [u.cached_tokens for u in us],
-            "tcw": [u.cache_write_tokens for u in us], "tout": [u.output_tokens for u in us],
-            "treason": [u.reasoning_tokens for u in us]}
+    return {
+        "tin": [u.input_tokens for u in us],
+        "tcached": [u.cached_tokens for u in us],
+        "tcw": [u.cache_write_tokens for u in us],
+        "tout": [u.output_tokens for u in us],
+        "treason": [u.reasoning_tokens for u in us],
+    }

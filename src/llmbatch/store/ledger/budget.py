@@ -94,8 +94,9 @@ class BudgetRows:
             if reserved or spent:
                 conn.execute(_WINDOW_DELTA, {"b_window": window, "b_reserved": reserved, "b_spent": spent})
             if window in windows:
-                _reserve_in_window(conn, [r for r in self.reservations
-                                          if r.window == window and r.attempt_id not in refused], refused)
+                _reserve_in_window(
+                    conn, [r for r in self.reservations if r.window == window and r.attempt_id not in refused], refused
+                )
         _reserve_in_token_windows(conn, [r for r in self.reservations if r.attempt_id not in refused], refused)
         if refused:  # never called: the attempt rows go (tasks.attempts counts settled attempts only)
             conn.execute(delete(attempts).where(attempts.c.id.in_(list(refused))))
@@ -110,15 +111,17 @@ def _reserve_in_job(conn: Connection, pending: list[PendingReservation], refused
     for r in pending:
         if not conn.execute(_RESERVE_JOB, {"b_job": job_id, "b_amount": r.amount}).rowcount:
             refused[r.attempt_id] = BudgetExceeded(
-                f"the job budget cannot hold another {exact_usd(r.amount)} call", scope="job")
+                f"the job budget cannot hold another {exact_usd(r.amount)} call", scope="job"
+            )
 
 
 def _reserve_in_window(conn: Connection, pending: list[PendingReservation], refused: dict) -> None:
     window, cap = pending[0].window, pending[0].cap
     assert window is not None and cap is not None  # only reservations under a daily cap are grouped here
     _window_upsert(conn, window, cap)
-    if conn.execute(_RESERVE_WINDOW, {"b_window": window, "b_cap": cap,
-                                      "b_amount": sum(r.amount for r in pending)}).rowcount:
+    if conn.execute(
+        _RESERVE_WINDOW, {"b_window": window, "b_cap": cap, "b_amount": sum(r.amount for r in pending)}
+    ).rowcount:
         return
     for r in pending:
         if not conn.execute(_RESERVE_WINDOW, {"b_window": window, "b_cap": cap, "b_amount": r.amount}).rowcount:
@@ -150,9 +153,13 @@ def _reserve_in_token_windows(conn: Connection, pending: list[PendingReservation
             by_owner.setdefault(owner, []).append(r)
     if not by_owner:
         return
-    caps = dict(conn.execute(select(api_tokens.c.id, api_tokens.c.daily_cap_picos)
-                             .where(api_tokens.c.id.in_(sorted(by_owner)),
-                                    api_tokens.c.daily_cap_picos.is_not(None))).all())
+    caps = dict(
+        conn.execute(
+            select(api_tokens.c.id, api_tokens.c.daily_cap_picos).where(
+                api_tokens.c.id.in_(sorted(by_owner)), api_tokens.c.daily_cap_picos.is_not(None)
+            )
+        ).all()
+    )
     now = time.time()
     for owner in sorted(caps):  # lock order: token windows after the global ones, sorted
         window, cap, rs = token_window(owner, now), caps[owner], by_owner[owner]
@@ -170,45 +177,63 @@ def _reserve_in_token_windows(conn: Connection, pending: list[PendingReservation
                 if r.window is not None:
                     conn.execute(_WINDOW_DELTA, {"b_window": r.window, "b_reserved": -r.amount, "b_spent": 0})
                 refused[r.attempt_id] = BudgetExceeded(
-                    f"the API token's daily cap for {window.split('/')[0]} (UTC) is reached", scope="daily")
+                    f"the API token's daily cap for {window.split('/')[0]} (UTC) is reached", scope="daily"
+                )
         if accepted:
-            conn.execute(update(attempts).where(attempts.c.id.in_([r.attempt_id for r in accepted]))
-                         .values(budget_window=func.coalesce(attempts.c.budget_window + " " + window, window)))
+            conn.execute(
+                update(attempts)
+                .where(attempts.c.id.in_([r.attempt_id for r in accepted]))
+                .values(budget_window=func.coalesce(attempts.c.budget_window + " " + window, window))
+            )
 
 
 def _window_upsert(conn: Connection, window: str, cap_picos: int) -> None:
     ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(budget_windows)
-    conn.execute(ins.values(window=window, cap_picos=cap_picos, spent_picos=0, reserved_picos=0)
-                 .on_conflict_do_nothing(index_elements=["window"]))
+    conn.execute(
+        ins.values(window=window, cap_picos=cap_picos, spent_picos=0, reserved_picos=0).on_conflict_do_nothing(
+            index_elements=["window"]
+        )
+    )
 
 
 # Built once: constructing a SQLAlchemy statement per call costs ~10x executing it. Bind names carry a b_
 # prefix because SQLAlchemy reserves column names for SET clauses.
 _JOB_DELTA = (
-    update(jobs).where(jobs.c.id == bindparam("b_job"))
-    .values(reserved_picos=jobs.c.reserved_picos + bindparam("b_reserved"),
-            spent_picos=jobs.c.spent_picos + bindparam("b_spent"), last_activity_at=bindparam("b_now"))
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_job"))
+    .values(
+        reserved_picos=jobs.c.reserved_picos + bindparam("b_reserved"),
+        spent_picos=jobs.c.spent_picos + bindparam("b_spent"),
+        last_activity_at=bindparam("b_now"),
+    )
 )
 _JOB_STARTED = (
-    update(jobs).where(jobs.c.id == bindparam("b_job"), jobs.c.status == JobStatus.queued)
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_job"), jobs.c.status == JobStatus.queued)
     .values(status=JobStatus.running, started_at=bindparam("b_now"))
 )
 _RESERVE_JOB = (
     update(jobs)
-    .where(jobs.c.id == bindparam("b_job"),
-           (jobs.c.budget_picos.is_(None))
-           | (jobs.c.spent_picos + jobs.c.reserved_picos + bindparam("b_amount") <= jobs.c.budget_picos))
+    .where(
+        jobs.c.id == bindparam("b_job"),
+        (jobs.c.budget_picos.is_(None))
+        | (jobs.c.spent_picos + jobs.c.reserved_picos + bindparam("b_amount") <= jobs.c.budget_picos),
+    )
     .values(reserved_picos=jobs.c.reserved_picos + bindparam("b_amount"))
 )
 _WINDOW_DELTA = (
-    update(budget_windows).where(budget_windows.c.window == bindparam("b_window"))
-    .values(reserved_picos=budget_windows.c.reserved_picos + bindparam("b_reserved"),
-            spent_picos=budget_windows.c.spent_picos + bindparam("b_spent"))
+    update(budget_windows)
+    .where(budget_windows.c.window == bindparam("b_window"))
+    .values(
+        reserved_picos=budget_windows.c.reserved_picos + bindparam("b_reserved"),
+        spent_picos=budget_windows.c.spent_picos + bindparam("b_spent"),
+    )
 )
 _RESERVE_WINDOW = (
     update(budget_windows)
-    .where(budget_windows.c.window == bindparam("b_window"),
-           budget_windows.c.spent_picos + budget_windows.c.reserved_picos + bindparam("b_amount")
-           <= bindparam("b_cap"))
+    .where(
+        budget_windows.c.window == bindparam("b_window"),
+        budget_windows.c.spent_picos + budget_windows.c.reserved_picos + bindparam("b_amount") <= bindparam("b_cap"),
+    )
     .values(reserved_picos=budget_windows.c.reserved_picos + bindparam("b_amount"), cap_picos=bindparam("b_cap"))
 )

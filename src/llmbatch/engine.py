@@ -549,13 +549,18 @@ class Engine:
         state.purpose = "retry"
         started = time.monotonic()
         try:
-            try:
-                completion = await (flex or adapter).complete(model, call_request, timeout=policy.call_timeout_s)
-            finally:
-                slot.free()  # answered: the rest (settle, record, cache) runs outside the slot
+            completion = await (flex or adapter).complete(model, call_request, timeout=policy.call_timeout_s)
         except ProviderError as e:
+            slot.free()  # answered: the rest (settle, record, cache) runs outside the slot
             latency = int((time.monotonic() - started) * 1000)
             return await self._failed_call(ctx, claimed, cand, e, attempt_id, latency, state, deadline, n)
+        # Priced and learnt from before the slot goes (no await in between): a model billed above its bound
+        # grows the next reservation, which waits for this slot (at --concurrency 1, the very next one).
+        cost_picos, cost_source, pricing_error = (flex and flex.cost(completion, model)) or self._cost(
+            completion.usage, model, state
+        )
+        self._learn_overrun(model.key, cand.upper_bound_picos, cost_picos)
+        slot.free()  # answered: the rest (settle, record, cache) runs outside the slot
         latency = int((time.monotonic() - started) * 1000)
         self.breaker.success(model.provider)
         self._observe_latency(model.key, latency)
@@ -564,9 +569,6 @@ class Engine:
             await self.limiter.refund(model.key, tpm_tokens - used)
         if flex:
             await self.batches.flex_served(flex, attempt_id)
-        cost_picos, cost_source, pricing_error = (flex and flex.cost(completion, model)) or self._cost(
-            completion.usage, model, state
-        )
         answer: dict[str, Any] = {
             "usage": completion.usage,
             "pricing_error": pricing_error,

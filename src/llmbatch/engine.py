@@ -589,38 +589,17 @@ class Engine:
                 task, completion.text, timeout_s=self.settings.input_limits.schema_validation_timeout_s
             )
         except InvalidOutput as e:
-            await self.store.call(
-                ledger.settle,
-                ledger.Settlement(
-                    attempt_id=attempt_id,
-                    status=AttemptStatus.invalid_output,
-                    cost_picos=cost_picos,
-                    cost_source=cost_source,
-                    error_class="truncated" if truncated else "invalid_output",
-                    error_message=str(e),
-                    **answer,
-                ),
+            error_class = "truncated" if truncated else "invalid_output"
+            await self._settle_rejected(
+                ctx, cand, state, attempt_id, cost_picos, cost_source, error_class, str(e), answer
             )
-            await self._check_overrun(ctx, cand, state.reserved, cost_picos)
-            state.last_error = str(e)
             state.truncated = state.truncated or truncated
             return TRUNCATED if truncated else ESCALATE
         doubt = ctx.quality.low_confidence(task, model.key, completion) if ctx.quality else None
         if doubt:  # valid, but the quality policy escalates answers this unsure (the call is still paid)
-            await self.store.call(
-                ledger.settle,
-                ledger.Settlement(
-                    attempt_id=attempt_id,
-                    status=AttemptStatus.invalid_output,
-                    cost_picos=cost_picos,
-                    cost_source=cost_source,
-                    error_class="low_confidence",
-                    error_message=doubt,
-                    **answer,
-                ),
+            await self._settle_rejected(
+                ctx, cand, state, attempt_id, cost_picos, cost_source, "low_confidence", doubt, answer
             )
-            await self._check_overrun(ctx, cand, state.reserved, cost_picos)
-            state.last_error = doubt
             return ESCALATE
         if ctx.quality:
             output = ctx.quality.record(output, completion)
@@ -644,6 +623,35 @@ class Engine:
         await self._check_overrun(ctx, cand, state.reserved, cost_picos)
         await self.cache.remember(ctx, state, model, attempt_id, output, completion.usage)
         return status
+
+    async def _settle_rejected(
+        self,
+        ctx,
+        cand: Candidate,
+        state: _TaskRun,
+        attempt_id: int,
+        cost_picos: int,
+        cost_source: str,
+        error_class: str,
+        message: str,
+        answer: dict[str, Any],
+    ) -> None:
+        """An answer that was paid for but not accepted (invalid, truncated, too unsure): settle it as
+        invalid_output, learn from an overrun, and keep its reason for the task's error."""
+        await self.store.call(
+            ledger.settle,
+            ledger.Settlement(
+                attempt_id=attempt_id,
+                status=AttemptStatus.invalid_output,
+                cost_picos=cost_picos,
+                cost_source=cost_source,
+                error_class=error_class,
+                error_message=message,
+                **answer,
+            ),
+        )
+        await self._check_overrun(ctx, cand, state.reserved, cost_picos)
+        state.last_error = message
 
     async def _failed_call(
         self,

@@ -397,6 +397,10 @@ class BatchRunner:
             if job.fallback_at is not None and cancelled_for is None:
                 wait = min(wait, max(0.0, job.fallback_at - time.time()))
             await asyncio.sleep(max(0.05, min(wait, TICK_S)))
+        if cancelled_for is None and await self.e.is_cancelled(ctx, fresh=True):
+            # `llmbatch cancel` sets the flag, then cancels the batch at the provider itself: the batch can end
+            # within the second the flag above was cached, and its unfinished lines must not then run online.
+            cancelled_for = "cancel"
         try:
             results = await client.results(model, pid)
         except ProviderError as e:

@@ -209,11 +209,11 @@ class Engine:
             self._jobs[job_id] = ctx
         return ctx
 
-    async def is_cancelled(self, ctx: JobContext) -> bool:
-        """The job's cancel flag, re-read at most once a second. Both ways: `retry` clears it, and a
-        long-lived worker must then run the job's tasks again."""
+    async def is_cancelled(self, ctx: JobContext, *, fresh: bool = False) -> bool:
+        """The job's cancel flag, re-read at most once a second (every time when `fresh`). Both ways: `retry`
+        clears it, and a long-lived worker must then run the job's tasks again."""
         now = time.time()
-        if now - ctx.checked_at > CANCEL_CHECK_INTERVAL_S:
+        if fresh or now - ctx.checked_at > CANCEL_CHECK_INTERVAL_S:
             ctx.checked_at = now
             ctx.cancelled = await self.store.read(repo.is_cancel_requested, ctx.job_id)
         return ctx.cancelled

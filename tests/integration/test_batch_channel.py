@@ -276,3 +276,51 @@ def test_a_crash_between_create_and_record_finds_the_batch_instead_of_sending_an
     assert _created(sim) == 1 and len(rows) == 1 and rows[0].provider_batch_id and rows[0].state == "settled"
     charged = [r for r in _attempts(settings.database_url, job_id) if r["cost_picos"] > 0]
     assert len(charged) == 20 and {r["provider_batch_id"] for r in charged} == {rows[0].provider_batch_id}
+
+
+def test_a_batch_cancelled_by_llmbatch_cancel_is_not_run_online_even_with_the_flag_cached(tmp_path, monkeypatch):
+    """`llmbatch cancel` sets the flag, then cancels the provider batch itself. The worker reads the flag at most
+    once a second, so the batch can end while its cached flag still says "not cancelled"; the batch's unfinished
+    lines must still be recorded cancelled, not sent online. The cache is made to never expire here, so the
+    race is certain rather than one in a few."""
+    import threading
+
+    from llmbatch import engine as engine_mod, jobs
+    from llmbatch.jobs import lifecycle
+    from llmbatch.models import JobSpec
+
+    monkeypatch.setattr(engine_mod, "CANCEL_CHECK_INTERVAL_S", 3600.0)
+    with SimulatorThread(SimulatorConfig(mini_error_rate=0.0, batch_turnaround_s=30.0)) as sim:
+        src = tmp_path / "in.jsonl"
+        write_reviews(src, 20)
+        settings = Settings(
+            database_url=f"sqlite:///{tmp_path}/x.db",
+            simulator_url=sim.url,
+            batch_poll_s=0.2,
+            batch_poll_max_s=0.5,
+            batch_linger_s=0.2,
+        )
+        job_id, _ = jobs.create_job(
+            settings, src, JobSpec(simulate=True, model=MODEL, channel="batch"), executor="local"
+        )
+        outcome: list[str] = []
+        runner = threading.Thread(target=lambda: outcome.append(jobs.run_embedded(settings, job_id, concurrency=8)))
+        runner.start()
+        try:
+            deadline = time.time() + 30
+            while time.time() < deadline and not _created(sim):
+                time.sleep(0.1)
+            time.sleep(2)  # a few lines finish
+            _, cancelled_batches = lifecycle.cancel(settings, job_id)
+            runner.join(timeout=60)
+        finally:
+            if runner.is_alive():
+                lifecycle.cancel(settings, job_id)
+                runner.join(timeout=30)
+        assert cancelled_batches and outcome == ["cancelled"]
+        rows = _attempts(settings.database_url, job_id)
+        assert rows and all(r["channel"] == "batch" for r in rows), [(r["task_id"], r["channel"]) for r in rows]
+        assert len(rows) == 20 and all(r["settled"] for r in rows)
+        with get_engine(settings.database_url).connect() as c:
+            counts = repo.task_counts(c, job_id)
+        assert counts.get("cancelled", 0) > 0 and counts.get("cancelled", 0) + counts.get("succeeded", 0) == 20, counts

@@ -46,6 +46,7 @@ NOT_FOR_HELP_OR_STATUS = (
     "llmbatch.executors",
     "llmbatch.providers",
     "llmbatch.engine",
+    "sqlalchemy.orm",  # the schema is Core tables: the ORM is a third of SQLAlchemy's import time
 )
 # --help reads no settings and opens no store either.
 NOT_FOR_HELP = NOT_FOR_HELP_OR_STATUS + (

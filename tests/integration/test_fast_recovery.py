@@ -98,8 +98,7 @@ def test_worker_frozen_past_its_presence_ttl_records_nothing_twice(
     """SIGSTOP one worker for longer than the presence TTL, then SIGCONT it. Its tasks run elsewhere meanwhile;
     when it wakes up it must not record a result or charge an attempt twice (the lease check guards recording;
     a lapsed presence stops it from starting new calls for what it held)."""
-    # 250 tasks (was 400): ~13 tasks/s on the live worker, so the job is still running when the frozen one wakes
-    n_tasks, ttl = 250, 3.0
+    n_tasks, ttl = 400, 3.0
     src = tmp_path / "reviews.jsonl"
     write_reviews(src, n_tasks)
     sim, sim_url = start_subprocess(SimulatorConfig(latency_s=0.3, seed=7, mini_error_rate=0.0))

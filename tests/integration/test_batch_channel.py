@@ -68,14 +68,14 @@ def _exact(rows: list[dict], batch: bool) -> Decimal:
 
 def test_batch_costs_half_of_online_for_the_same_usage(tmp_path, sim):
     src = tmp_path / "in.jsonl"
-    write_reviews(src, 500)
+    write_reviews(src, 200)  # was 500: the same usage line by line, whatever the count
     on_url, b_url = f"sqlite:///{tmp_path}/online.db", f"sqlite:///{tmp_path}/batch.db"
     p, online = run_json(["run", str(src), "--simulate", "--model", MODEL, "--channel", "online"], _env(on_url, sim))
     assert p.returncode == 0 and online["status"] == "succeeded", p.stderr
     assert _created(sim) == 0
     p, batch = run_json(["run", str(src), "--simulate", "--model", MODEL, "--channel", "batch"], _env(b_url, sim))
     assert p.returncode == 0 and batch["status"] == "succeeded", p.stderr
-    assert _created(sim) == 1  # 500 lines fit one OpenAI batch
+    assert _created(sim) == 1  # 200 lines fit one OpenAI batch
 
     a_on, a_b = _attempts(on_url, online["job_id"]), _attempts(b_url, batch["job_id"])
     assert {r["channel"] for r in a_b} == {"batch"} and {r["channel"] for r in a_on} == {"sync"}
@@ -119,17 +119,18 @@ def test_budget_at_30_percent_holds_the_cap_then_retry_finishes(tmp_path, sim):
 
 
 def test_deadline_cancels_a_batch_that_will_not_finish_and_runs_the_rest_online(tmp_path, sim):
-    sim.configure(batch_turnaround_s=20.0)  # 40 lines: two a second; the deadline's fallback comes at 15 s
+    # 40 lines: one every 0.3 s; the deadline's fallback comes at 9 s (was 20 s / 60 s / 45 s: 15 s)
+    sim.configure(batch_turnaround_s=12.0)
     src = tmp_path / "in.jsonl"
     write_reviews(src, 40)
     url = f"sqlite:///{tmp_path}/d.db"
-    env = _env(url, sim, LLMBATCH_BATCH_FALLBACK_S="45")
+    env = _env(url, sim, LLMBATCH_BATCH_FALLBACK_S="27")
     started = time.time()
-    p, st = run_json(["run", str(src), "--simulate", "--model", MODEL, "--channel", "batch", "--deadline", "60s"], env)
+    p, st = run_json(["run", str(src), "--simulate", "--model", MODEL, "--channel", "batch", "--deadline", "36s"], env)
     assert p.returncode == 0 and st["status"] == "succeeded", p.stderr
     with get_engine(url).connect() as c:
         job = repo.get_job(c, st["job_id"])
-    assert job["finished_at"] < job["created_at"] + 60 and time.time() - started < 60
+    assert job["finished_at"] < job["created_at"] + 36 and time.time() - started < 36
     rows = _attempts(url, st["job_id"])
     model = load_catalog(Settings()).get(MODEL)
     done_in_batch = [r for r in rows if r["channel"] == "batch" and r["status"] == "succeeded"]

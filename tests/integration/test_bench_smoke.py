@@ -114,9 +114,9 @@ def test_ratelimit_smoke(tmp_path, bench_services):
             "--latency",
             "0.05",
             "--warmup",
-            "2",
+            "1",
             "--duration",
-            "6",
+            "3",
             "--out",
             str(tmp_path / "ratelimit.json"),
         ]

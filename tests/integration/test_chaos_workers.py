@@ -1,4 +1,4 @@
-"""Reliability, worker chaos: a 2,000-task job on 3 real Celery workers while a random worker is SIGKILLed
+"""Reliability, worker chaos: a 1,000-task job on 3 real Celery workers while a random worker is SIGKILLed
 (its whole process group, like a machine dying) every few seconds and started again. The store must end
 with every task terminal, each succeeded task backed by exactly one settled success, no attempt settled
 twice, job totals equal to the ledger, and nothing left reserved after reconcile.
@@ -25,10 +25,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # ------------------------------------------------------------------------------------------- the test
 
 
-def test_sigkill_random_workers_during_2000_task_job(
+def test_sigkill_random_workers_during_a_1000_task_job(
     tmp_path, fresh_postgres_url, redis_url, flush_redis, worker_procs
 ):
-    n_tasks, n_workers = 2000, 3
+    # 1,000 tasks (was 2,000) keep the job running for many kill/restart rounds (~10 on an idle 2-core
+    # machine, `kills >= 3` asserted below); the invariants checked do not depend on the job's length.
+    n_tasks, n_workers = 1000, 3
     src = tmp_path / "reviews.jsonl"
     write_reviews(src, n_tasks)
     rng = random.Random(20240607)

@@ -131,8 +131,13 @@ def test_counts_on_the_job_row_equal_a_recount(store_url):
         assert repo.finish_job_if_done(c, job) == "succeeded"
 
 
-def test_migration_backfills_the_counts_of_existing_jobs(store_url):
-    engine = make_engine(store_url)
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_store_url(request):
+    return request.getfixturevalue("empty_sqlite_url" if request.param == "sqlite" else "empty_postgres_url")
+
+
+def test_migration_backfills_the_counts_of_existing_jobs(empty_store_url):
+    engine = make_engine(empty_store_url)
     if engine.dialect.name == "sqlite":
         command.upgrade(_alembic_config(engine), "0009")
     else:

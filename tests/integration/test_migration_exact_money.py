@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request):
-    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "fresh_postgres_url")
+    return request.getfixturevalue("empty_sqlite_url" if request.param == "sqlite" else "empty_postgres_url")
 
 
 def _to(engine, revision: str) -> None:

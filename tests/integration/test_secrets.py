@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets as pysecrets
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -98,25 +99,31 @@ def _find(needles: list[bytes], blobs: dict[str, bytes]) -> list[str]:
 
 
 def _outputs(job_id: str, env: dict, tmp_path: Path, blobs: dict[str, bytes]) -> None:
-    """Every way a user reads a job back, at -vv, into `blobs` (stdout and stderr of each command too)."""
-    for fmt in ("jsonl", "csv", "openai"):
-        out = tmp_path / f"{job_id}.{fmt}"
-        p = run_cli(["-vv", "results", job_id, "--format", fmt, "-o", str(out)], env)
-        assert p.returncode == 0, p.stderr
-        blobs[f"{job_id} results {fmt} file"] = out.read_bytes()
-        blobs[f"{job_id} results {fmt} stderr"] = p.stderr.encode()
-    p = run_cli(["-vv", "results", job_id], env)  # to stdout
-    assert p.returncode == 0, p.stderr
-    blobs[f"{job_id} results stdout"] = (p.stdout + p.stderr).encode()
-    for args in (
+    """Every way a user reads a job back, at -vv, into `blobs` (stdout and stderr of each command too).
+    The read-only commands run 4 at a time (each is a child process, mostly interpreter start-up)."""
+    files = {fmt: tmp_path / f"{job_id}.{fmt}" for fmt in ("jsonl", "csv", "openai")}
+    reads = [
         ["report", job_id],
         ["report", job_id, "--json"],
         ["report", job_id, "--csv"],
         ["report", job_id, "--attempts"],
         ["status", job_id, "--json"],
         ["status", job_id],
-    ):
-        p = run_cli(["-vv", *args], env)
+    ]
+    commands = [["results", job_id, "--format", fmt, "-o", str(out)] for fmt, out in files.items()]
+    commands += [["results", job_id]] + reads  # results to stdout
+    with ThreadPoolExecutor(4) as pool:
+        done = dict(zip(map(tuple, commands), pool.map(lambda args: run_cli(["-vv", *args], env), commands)))
+    for fmt, out in files.items():
+        p = done[("results", job_id, "--format", fmt, "-o", str(out))]
+        assert p.returncode == 0, p.stderr
+        blobs[f"{job_id} results {fmt} file"] = out.read_bytes()
+        blobs[f"{job_id} results {fmt} stderr"] = p.stderr.encode()
+    p = done[("results", job_id)]
+    assert p.returncode == 0, p.stderr
+    blobs[f"{job_id} results stdout"] = (p.stdout + p.stderr).encode()
+    for args in reads:
+        p = done[tuple(args)]
         assert p.returncode in (0, 3), (args, p.stderr)
         blobs[" ".join(args) + " output"] = (p.stdout + p.stderr).encode()
 

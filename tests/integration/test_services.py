@@ -64,12 +64,12 @@ def test_postgres_is_real_15(postgres_url):
     assert version // 10000 >= 15, f"PostgreSQL 15 or newer is required, got {version}"
 
 
-def test_fresh_postgres_url_is_an_empty_private_database(fresh_postgres_url, postgres_url):
+def test_empty_postgres_url_is_an_empty_private_database(empty_postgres_url, postgres_url):
     import psycopg
 
-    name = urlsplit(fresh_postgres_url).path.lstrip("/")
+    name = urlsplit(empty_postgres_url).path.lstrip("/")
     assert name != urlsplit(postgres_url).path.lstrip("/")
-    with psycopg.connect(psycopg_dsn(fresh_postgres_url)) as conn:
+    with psycopg.connect(psycopg_dsn(empty_postgres_url)) as conn:
         tables = conn.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
         ).fetchone()[0]
@@ -77,9 +77,35 @@ def test_fresh_postgres_url_is_an_empty_private_database(fresh_postgres_url, pos
         conn.execute("CREATE TABLE t (x int)")  # dropped with the database
 
 
+def test_fresh_postgres_url_is_a_private_database_at_the_newest_schema(fresh_postgres_url, postgres_url):
+    assert urlsplit(fresh_postgres_url).path.lstrip("/") != urlsplit(postgres_url).path.lstrip("/")
+    _at_newest_schema_with_no_rows(fresh_postgres_url)
+
+
 def test_sqlite_url_is_a_fresh_file(sqlite_url, tmp_path):
     assert sqlite_url == f"sqlite:///{tmp_path}/test.db"
+    _at_newest_schema_with_no_rows(sqlite_url)
+
+
+def test_empty_sqlite_url_has_no_file_yet(empty_sqlite_url, tmp_path):
+    assert empty_sqlite_url == f"sqlite:///{tmp_path}/test.db"
     assert not (tmp_path / "test.db").exists()
+
+
+def _at_newest_schema_with_no_rows(url: str) -> None:
+    """The store fixtures hand out a copy of a store migrated once per session: the newest schema, no rows."""
+    from sqlalchemy import text
+
+    from llmbatch.store.db import current_revision, head_revision, make_engine
+
+    engine = make_engine(url)
+    try:
+        assert current_revision(engine) == head_revision() is not None
+        with engine.connect() as c:
+            assert c.execute(text("SELECT count(*) FROM jobs")).scalar() == 0
+            assert c.execute(text("SELECT count(*) FROM attempts")).scalar() == 0
+    finally:
+        engine.dispose()
 
 
 def test_worker_procs_start_kill_restart_and_teardown(worker_procs):

@@ -13,22 +13,23 @@ from tests.support.services import psycopg_dsn, with_database
 
 
 @contextlib.contextmanager
-def temp_database(pg_url: str, prefix: str) -> Iterator[str]:
-    """A new, empty database on the server of `pg_url`, dropped on exit (connections other processes, e.g.
-    workers, left open are refused and terminated first); yields its URL. pytest-postgresql's DatabaseJanitor
-    does the creating and dropping."""
+def temp_database(pg_url: str, prefix: str, template: str = "template0") -> Iterator[str]:
+    """A new database on the server of `pg_url` (empty, or a copy of the database `template`), dropped on exit
+    (connections other processes, e.g. workers, left open are refused and terminated first); yields its URL.
+    pytest-postgresql's DatabaseJanitor does the creating and dropping."""
     from pytest_postgresql.janitor import DatabaseJanitor
 
     u = urlsplit(psycopg_dsn(pg_url))
     name = f"{prefix}_{uuid.uuid4().hex[:16]}"
-    # template0: nothing can be connected to it, so concurrent CREATEs never collide on it.
+    # template0: nothing can be connected to it, so concurrent CREATEs never collide on it. Another template
+    # must have no connection while it is copied (the session's migrated one: see tests/conftest.py).
     janitor = DatabaseJanitor(
         user=unquote(u.username or "postgres"),
         password=unquote(u.password or "") or None,
         host=u.hostname or "127.0.0.1",
         port=u.port or 5432,
         dbname=name,
-        template_dbname="template0",
+        template_dbname=template,
         connection_timeout=10,
     )
     janitor.init()

@@ -97,7 +97,11 @@ class WorkerProcs:
 
     def kill(self, i: int, sig: int = signal.SIGKILL, *, group: bool | None = None) -> None:
         """Send `sig` to worker `i`. SIGKILL goes to its whole process group by default (a crash);
-        other signals go to the main process only (SIGTERM = Celery's warm shutdown)."""
+        other signals go to the main process only (SIGTERM = Celery's warm shutdown).
+
+        A SIGKILLed worker is reaped at once, as its parent would on a real machine: left a zombie, its pid
+        still answers `kill -0`, and whatever takes back a dead process's work on this host at once (its
+        cache claims, its tasks on `resume`) would wait for the claim or lease to expire instead."""
         proc = self.procs[i]
         if group is None:
             group = sig == signal.SIGKILL
@@ -108,6 +112,11 @@ class WorkerProcs:
                 proc.send_signal(sig)
         except ProcessLookupError:
             pass
+        if sig == signal.SIGKILL:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
 
     def stop(self, i: int, grace: float = WORKER_STOP_GRACE_S) -> int | None:
         """SIGTERM, wait up to `grace` seconds, then SIGKILL the group. Returns the exit code."""

@@ -69,10 +69,9 @@ def _schema_text(json_schema: Mapping[str, Any] | None) -> str:
 def _utf8_len_bound(text: str) -> int:
     """Bytes a tokenizer may see for `text`. SentencePiece models often normalize with NFKC first, which can
     expand one character into many (U+FDFA becomes 18 characters), so take the larger of the two forms."""
-    raw = len(text.encode("utf-8"))
     if text.isascii():
-        return raw  # NFKC leaves ASCII unchanged
-    return max(raw, len(unicodedata.normalize("NFKC", text).encode("utf-8")))
+        return len(text)  # one byte per character, and NFKC leaves ASCII unchanged
+    return max(len(text.encode("utf-8")), len(unicodedata.normalize("NFKC", text).encode("utf-8")))
 
 
 def _expected_text_tokens(text: str) -> int:

@@ -1,15 +1,15 @@
-"""CPU per route() call on a realistic mix, optionally against routing.py at another git ref in the same run.
+"""CPU per route() call on a realistic mix; with --ref, also routing.py and tokens.py at a git ref, same run.
 
     .venv/bin/python -m tests.benchmarks.bench_route                       # 20,000 calls, µs per call
-    .venv/bin/python -m tests.benchmarks.bench_route --ref main --rounds 3  # + the ref's routing.py, same tasks
+    .venv/bin/python -m tests.benchmarks.bench_route --ref main            # + routing.py and tokens.py at main
 
 The mix, over the built-in catalog and every provider credentialed (as when simulating): classify (2 to 6
-labels), extract (a schema), summarize (short to long inputs) and chat with a system message, mostly ASCII text and
-1 in 10 with non-ASCII words; some tasks carry
-images, some pin a model or name an allow-list, some jobs set a min tier, a deny-list or a max cost per task;
-health holds observed latencies and, from time to time, a model or provider cooling down. Requests are built
-before the clock starts (the engine builds them before routing too). With --ref, every decision of the two
-implementations is also compared field by field, and a difference stops the run.
+labels), extract (a schema), summarize (short to long inputs) and chat with a system message, in ASCII text
+but 1 task in 10 with non-ASCII words; some tasks carry images, some pin a model or name an allow-list, some
+jobs set a min tier, a deny-list or a max cost per task; health holds observed latencies and, from time to
+time, a model or provider cooling down. Requests are built before the clock starts (the engine builds them
+before routing too). With --ref, every decision of the two implementations is also compared field by field,
+and a difference stops the run. The timed passes alternate between the two (the machine's load varies).
 """
 
 from __future__ import annotations
@@ -93,17 +93,28 @@ def make_calls(n: int, seed: int = 7) -> list[tuple]:
     return calls
 
 
+REF_MODULES = ("tokens", "routing")  # what a route() call runs besides the catalog's own methods
+
+
 def load_ref(ref: str) -> types.ModuleType:
-    """routing.py as it is at `ref`, imported as a sibling of llmbatch.routing (its relative imports resolve)."""
+    """routing.py and tokens.py as they are at `ref`, imported as llmbatch._ref.routing / .tokens; every other
+    module they import is the current one."""
     root = Path(__file__).resolve().parents[2]
-    src = subprocess.run(
-        ["git", "show", f"{ref}:src/llmbatch/routing.py"], cwd=root, check=True, capture_output=True, text=True
-    ).stdout
-    mod = types.ModuleType("llmbatch._routing_ref")
-    mod.__package__ = "llmbatch"
-    sys.modules[mod.__name__] = mod
-    exec(compile(src, f"{ref}:routing.py", "exec"), mod.__dict__)
-    return mod
+    pkg = types.ModuleType("llmbatch._ref")
+    pkg.__path__ = []
+    sys.modules[pkg.__name__] = pkg
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("llmbatch.") and not name.startswith("llmbatch._ref"):
+            sys.modules.setdefault("llmbatch._ref." + name.removeprefix("llmbatch."), mod)
+    for name in REF_MODULES:
+        src = subprocess.run(
+            ["git", "show", f"{ref}:src/llmbatch/{name}.py"], cwd=root, check=True, capture_output=True, text=True
+        ).stdout
+        mod = types.ModuleType(f"llmbatch._ref.{name}")
+        mod.__package__ = "llmbatch._ref"
+        sys.modules[mod.__name__] = mod
+        exec(compile(src, f"{ref}:{name}.py", "exec"), mod.__dict__)
+    return sys.modules["llmbatch._ref.routing"]
 
 
 def time_calls(route, calls) -> float:
@@ -139,7 +150,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=20_000)
     ap.add_argument("--rounds", type=int, default=3, help="timed passes per implementation (the best is shown)")
-    ap.add_argument("--ref", help="git ref whose routing.py is timed too (e.g. main)")
+    ap.add_argument("--ref", help="git ref whose routing.py and tokens.py are timed too (e.g. main)")
     args = ap.parse_args()
     calls = make_calls(args.calls)
     impls = {"current": routing.route}

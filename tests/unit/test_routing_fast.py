@@ -53,8 +53,9 @@ def reference_route(task, request, catalog, *, credentials, health, deny, job_mi
         task.task, request.max_output_tokens, size.text_est, task.labels, json_schema=request.json_schema
     )
     system = any(m.get("role") in ("system", "developer") for m in msgs)
-    shape = _Shape(size.images > 0, system, bool(request.json_schema), request.max_output_tokens,
-                   request.temperature is not None)  # fmt: skip
+    shape = _Shape(
+        size.images > 0, system, bool(request.json_schema), request.max_output_tokens, request.temperature is not None
+    )
     warnings, pinned_keys, allow = [], None, None
     if task.model:
         pinned_keys = allow = _resolve_pin(task.model, catalog)
@@ -70,9 +71,16 @@ def reference_route(task, request, catalog, *, credentials, health, deny, job_mi
     for model in catalog.by_key():
         pinned = pinned_keys is not None and model.key in pinned_keys
         failed = _check_static(
-            model, shape, pinned=pinned, allow=allow, deny=frozenset(deny), credentials=frozenset(credentials),
-            catalog=catalog, min_tier=min_tier, today=today,
-        )  # fmt: skip
+            model,
+            shape,
+            pinned=pinned,
+            allow=allow,
+            deny=frozenset(deny),
+            credentials=frozenset(credentials),
+            catalog=catalog,
+            min_tier=min_tier,
+            today=today,
+        )
         if failed:
             rejected.append(Rejection(model, failed[1], None, failed[0]))
             continue
@@ -173,7 +181,9 @@ def random_model(rng: random.Random, index: int) -> ModelInfo:
 
 def random_scenario(rng: random.Random) -> tuple:
     ms = [random_model(rng, i) for i in range(rng.randint(1, 8))]
-    provs = [ProviderInfo(name=p, api="openai", base_url="http://127.0.0.1:1/v1", key_env=f"{p}_KEY") for p in PROVIDERS]
+    provs = [
+        ProviderInfo(name=p, api="openai", base_url="http://127.0.0.1:1/v1", key_env=f"{p}_KEY") for p in PROVIDERS
+    ]
     catalog = Catalog(ms, provs)
     keys = [m.key for m in ms]
     kind = rng.choice(["summarize", "classify", "extract", "chat"])
@@ -239,8 +249,11 @@ def test_route_agrees_with_the_reference_on_the_builtin_catalog():
         text = ("word " if i % 3 else "café ") * [3, 40, 2_000, 30_000, 45_000, 170_000][i % 6]
         fields: dict = {"id": f"t{i}", "task": kind, "input": text}
         if kind == "chat":
-            fields = {"id": f"t{i}", "task": kind, "messages": [{"role": "system", "content": "hi"},
-                                                                 {"role": "user", "content": text}]}  # fmt: skip
+            fields = {
+                "id": f"t{i}",
+                "task": kind,
+                "messages": [{"role": "system", "content": "hi"}, {"role": "user", "content": text}],
+            }
         elif i % 5 == 0:
             fields["images"] = ["https://example.com/a.png"] * (1 + i % 3)
         if kind == "classify":
@@ -254,8 +267,10 @@ def test_route_agrees_with_the_reference_on_the_builtin_catalog():
         health = Health(cooldown_until={keys[i % len(keys)]: NOW + 10} if i % 7 == 0 else {}, latency_ms=latency)
         max_cost = [None, None, 10**7, 10**9][i % 4]
         d = assert_same(TaskLine(**fields), catalog, creds, health, frozenset(), None, max_cost, now=NOW + i * 97)
-        seen_tiers += any(c.model.price_tiers and c.input_tokens_upper > c.model.price_tiers[0].above_input_tokens
-                          for c in d.candidates)  # fmt: skip
+        seen_tiers += any(
+            c.model.price_tiers and c.input_tokens_upper > c.model.price_tiers[0].above_input_tokens
+            for c in d.candidates
+        )
     assert seen_tiers  # the long-context tiers were reached
 
 

@@ -39,7 +39,7 @@ import functools
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from .catalog import Catalog, ModelInfo
 from .models import DEFAULT_MIN_TIER, ChatRequest, TaskLine, Tier
@@ -52,6 +52,7 @@ from .tokens import (
 )
 
 SYSTEM_ROLE_ADAPTATIONS = frozenset({"merge_into_user", "developer"})
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class Rejection:
     rule: str = ""  # stable name of the failed rule ("context", "tier", "max_cost", ...) for summaries
 
 
-def _frozen(cls, **fields):
+def _frozen(cls: type[_T], **fields: object) -> _T:
     """cls(**fields) for a frozen dataclass, built the way one is unpickled: the generated __init__ sets each
     field through its own object.__setattr__ call, and route() builds a Candidate for every eligible model
     and a Rejection for every model turned away by size, for every task (the Candidates alone were over a
@@ -304,12 +305,12 @@ def _static_verdicts(
     credentials: frozenset[str],
     min_tier: Tier,
     today: date,
-) -> tuple[tuple[Rejection, None] | tuple[None, _Fit], ...]:
-    """For every model in key order, (its rejection, None) when it fails a static rule, else (None, its _Fit).
+) -> tuple[Rejection | _Fit, ...]:
+    """For every model in key order, its Rejection when it fails a static rule, else its _Fit.
     Pure in its arguments, so cached: a job's tasks share a handful of shapes, and these checks were a third
     of routing's time. The rejections are immutable and shared by every decision of the shape. A Catalog is
     immutable and hashes by identity."""
-    out: list[tuple[Rejection, None] | tuple[None, _Fit]] = []
+    out: list[Rejection | _Fit] = []
     for model in catalog.by_key():
         pinned = pinned_keys is not None and model.key in pinned_keys
         failed = _check_static(
@@ -325,10 +326,10 @@ def _static_verdicts(
         )
         if failed is None:
             warn = _pin_warnings(model, min_tier, today) if pinned else ()
-            out.append((None, _fit(model, _adaptations(model, shape), warn)))
+            out.append(_fit(model, _adaptations(model, shape), warn))
         else:
             rule, reason = failed
-            out.append((Rejection(model, reason, None, rule), None))
+            out.append(Rejection(model, reason, None, rule))
     return tuple(out)
 
 
@@ -381,6 +382,11 @@ def _utc_date(now: float) -> date:
     return day
 
 
+# An eligible model in route(): (estimated picos, observed latency, key), the sort key, then the model, upper
+# bound picos, input tokens expected and at most, expected output, completion cap and adaptation notes.
+_Row = tuple[int, float, str, ModelInfo, int, int, int, int, int, tuple[str, ...]]
+
+
 def route(
     task: TaskLine,
     request: ChatRequest,
@@ -426,13 +432,12 @@ def route(
     any_cooling = bool(health.cooldown_until)
     latency = health.latency_ms
     inf = float("inf")
-    # (picos, latency, key: the sort key; then model, upper bound, in est, in upper, out est, cap, notes)
-    eligible: list[tuple] = []
-    cooling: list[tuple[tuple, float]] = []
+    eligible: list[_Row] = []
+    cooling: list[tuple[_Row, float]] = []
     rejected: list[Rejection] = []
-    for static_rejection, fit in verdicts:
-        if fit is None:
-            rejected.append(static_rejection)
+    for fit in verdicts:
+        if isinstance(fit, Rejection):  # failed a static rule
+            rejected.append(fit)
             continue
         (model, key, notes, pin_warnings, img_typ, img_max, reasoning, budget, expected_reasoning, model_max_output,
          window, rate_in, rate_out, dear_in, dear_out, tiers) = fit  # fmt: skip

@@ -15,7 +15,6 @@ import dataclasses
 import random
 from datetime import datetime, timedelta, timezone
 
-
 from llmbatch.catalog import Catalog, ModelInfo, ProviderInfo, builtin_catalog
 from llmbatch.catalog.pricing import estimate_picos, upper_bound_picos
 from llmbatch.models import DEFAULT_MIN_TIER, TaskLine, Tier

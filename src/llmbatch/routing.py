@@ -39,9 +39,9 @@ import functools
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
+from typing import NamedTuple, TypeVar
 
 from .catalog import Catalog, ModelInfo
-from .catalog.pricing import estimate_picos, upper_bound_picos
 from .models import DEFAULT_MIN_TIER, ChatRequest, TaskLine, Tier
 from .money import exact_usd
 from .tokens import (
@@ -52,6 +52,7 @@ from .tokens import (
 )
 
 SYSTEM_ROLE_ADAPTATIONS = frozenset({"merge_into_user", "developer"})
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,17 @@ class Rejection:
     # request, so its cost means something. None for every other rule.
     estimated_picos: int | None
     rule: str = ""  # stable name of the failed rule ("context", "tier", "max_cost", ...) for summaries
+
+
+def _frozen(cls: type[_T], **fields: object) -> _T:
+    """cls(**fields) for a frozen dataclass, built the way one is unpickled: the generated __init__ sets each
+    field through its own object.__setattr__ call, and route() builds a Candidate for every eligible model
+    and a Rejection for every model turned away by size, for every task (the Candidates alone were over a
+    quarter of routing's time). Every field must be given: test_routing_fast checks that the objects equal
+    the constructor's and have exactly the dataclass's fields."""
+    obj = object.__new__(cls)
+    object.__setattr__(obj, "__dict__", fields)
+    return obj
 
 
 @dataclass(frozen=True)
@@ -137,8 +149,7 @@ def _listed(model: ModelInfo, entries: frozenset[str]) -> bool:
     return any(name in entries for name in _names(model))
 
 
-@dataclass(frozen=True)
-class _Needs:
+class _Needs(NamedTuple):
     """What one request asks of a model, computed once per route() call."""
 
     images: int
@@ -153,7 +164,7 @@ class _Needs:
 
 def _needs(task: TaskLine, request: ChatRequest) -> _Needs:
     msgs = request.messages
-    size = measure_input(msgs, json_schema=request.json_schema)  # images are priced per model in _estimate
+    size = measure_input(msgs, json_schema=request.json_schema)  # images are priced per model in route()
     return _Needs(
         images=size.images,
         system=any(m.get("role") in ("system", "developer") for m in msgs),
@@ -168,30 +179,49 @@ def _needs(task: TaskLine, request: ChatRequest) -> _Needs:
     )
 
 
-@dataclass(frozen=True)
-class _Estimate:
-    in_est: int
-    in_upper: int
-    out_est: int
-    cap: int
-    picos: int
-    upper_picos: int
+class _Fit(NamedTuple):
+    """A model that passed the static rules for a shape, with what the size-dependent rules (context, tier
+    prices, max cost) and the estimates need of it, read out of the catalog once per shape as plain integers:
+    route() runs for every task over every model, and catalog method calls there were most of its CPU."""
+
+    model: ModelInfo
+    key: str
+    notes: tuple[str, ...]  # adaptation notes
+    pin_warnings: tuple[str, ...]  # what a pin on a deprecated or lower-tier model warns
+    image_tokens: int  # per image, expected (catalog quirk, else IMAGE_TOKENS_TYPICAL)
+    image_tokens_max: int  # per image, at most (quirk, else IMAGE_TOKENS_MAX; never below the expected)
+    reasoning: bool
+    reasoning_budget: int  # the model's own budget, used when the request sets none
+    expected_reasoning: int  # 0 on a model that does not reason
+    max_output: int
+    context_window: int
+    rate_in: int  # base tier, online: pico-dollars per input (uncached) and output token
+    rate_out: int
+    dearest_in: int  # base tier: the dearest input rate (uncached, cached, cache write) and the output rate
+    dearest_out: int
+    tiers: tuple[tuple[int, int, int, int, int], ...]  # long-context tiers: (above, in, out, dearest in, out)
 
 
-def _estimate(model: ModelInfo, needs: _Needs) -> _Estimate:
-    in_est, in_upper = needs.text_est, needs.text_upper
-    if needs.images:
-        img_typ = int(model.quirks.get("image_tokens", IMAGE_TOKENS_TYPICAL))
-        img_max = max(int(model.quirks.get("image_tokens_max", IMAGE_TOKENS_MAX)), img_typ)
-        in_est += needs.images * img_typ
-        in_upper += needs.images * img_max
-    cap = needs.max_output
-    if model.reasoning:
-        cap += needs.reasoning_budget or model.reasoning_budget_tokens
-    cap = min(cap, model.max_output_tokens)
-    out_est = min(needs.out_est + (model.expected_reasoning_tokens if model.reasoning else 0), cap)
-    return _Estimate(
-        in_est, in_upper, out_est, cap, estimate_picos(model, in_est, out_est), upper_bound_picos(model, in_upper, cap)
+def _fit(model: ModelInfo, notes: tuple[str, ...], pin_warnings: tuple[str, ...]) -> _Fit:
+    img_typ = int(model.quirks.get("image_tokens", IMAGE_TOKENS_TYPICAL))
+    (_, base), *tiers = model.online_tier_rates
+    return _Fit(
+        model=model,
+        key=model.key,
+        notes=notes,
+        pin_warnings=pin_warnings,
+        image_tokens=img_typ,
+        image_tokens_max=max(int(model.quirks.get("image_tokens_max", IMAGE_TOKENS_MAX)), img_typ),
+        reasoning=model.reasoning,
+        reasoning_budget=model.reasoning_budget_tokens,
+        expected_reasoning=model.expected_reasoning_tokens if model.reasoning else 0,
+        max_output=model.max_output_tokens,
+        context_window=model.context_window,
+        rate_in=base.input,
+        rate_out=base.output,
+        dearest_in=base.dearest_input,
+        dearest_out=base.output,
+        tiers=tuple((above, r.input, r.output, r.dearest_input, r.output) for above, r in tiers),
     )
 
 
@@ -210,8 +240,7 @@ def _system_adaptation(model: ModelInfo) -> str | None:
     return how if how in SYSTEM_ROLE_ADAPTATIONS else None
 
 
-@dataclass(frozen=True)
-class _Shape:
+class _Shape(NamedTuple):
     """What the request-size-independent rules look at: hashable, so verdicts are cached per shape."""
 
     images: bool
@@ -257,6 +286,15 @@ def _check_static(
     return None
 
 
+def _pin_warnings(model: ModelInfo, min_tier: Tier, today: date) -> tuple[str, ...]:
+    out = []
+    if model.status_on(today) != "active":
+        out.append(f"pinned model {model.key} is {_status_note(model, today)}; it may stop working")
+    if model.tier.rank < min_tier.rank:
+        out.append(f"pinned model {model.key} is tier {model.tier.value}, below the {min_tier.value} asked for")
+    return tuple(out)
+
+
 @functools.lru_cache(maxsize=4096)
 def _static_verdicts(
     catalog: Catalog,
@@ -267,11 +305,12 @@ def _static_verdicts(
     credentials: frozenset[str],
     min_tier: Tier,
     today: date,
-) -> tuple[tuple[ModelInfo, bool, tuple[str, str] | None, tuple[str, ...]], ...]:
-    """(model, pinned, failed static rule or None, adaptation notes) for every model in key order. Pure in its
-    arguments, so cached: a job's tasks share a handful of shapes, and these checks were a third of routing's
-    time. A Catalog is immutable and hashes by identity."""
-    out = []
+) -> tuple[Rejection | _Fit, ...]:
+    """For every model in key order, its Rejection when it fails a static rule, else its _Fit.
+    Pure in its arguments, so cached: a job's tasks share a handful of shapes, and these checks were a third
+    of routing's time. The rejections are immutable and shared by every decision of the shape. A Catalog is
+    immutable and hashes by identity."""
+    out: list[Rejection | _Fit] = []
     for model in catalog.by_key():
         pinned = pinned_keys is not None and model.key in pinned_keys
         failed = _check_static(
@@ -285,18 +324,13 @@ def _static_verdicts(
             min_tier=min_tier,
             today=today,
         )
-        out.append((model, pinned, failed, _adaptations(model, shape) if failed is None else ()))
+        if failed is None:
+            warn = _pin_warnings(model, min_tier, today) if pinned else ()
+            out.append(_fit(model, _adaptations(model, shape), warn))
+        else:
+            rule, reason = failed
+            out.append(Rejection(model, reason, None, rule))
     return tuple(out)
-
-
-def _check_sized(model: ModelInfo, est: _Estimate, max_cost: int | None) -> tuple[str, str] | None:
-    """(rule, reason) for the first rule that depends on this request's size; None when it passes them."""
-    need = est.in_est + est.cap
-    if need > model.context_window:
-        return "context", f"context {model.context_window:,} < {need:,} needed"
-    if max_cost is not None and est.picos > max_cost:
-        return "max_cost", f"est {exact_usd(est.picos)} > max cost per task {exact_usd(max_cost)}"
-    return None
 
 
 def _adaptations(model: ModelInfo, shape: _Shape) -> tuple[str, ...]:
@@ -318,10 +352,39 @@ def _cooling_left(health: Health, model: ModelInfo, now: float) -> float | None:
     return max(lefts) if lefts else None
 
 
+@functools.lru_cache(maxsize=1024)
 def _resolve_pin(name: str, catalog: Catalog) -> frozenset[str]:
     """Keys a pin names: an exact `provider/model`, else every provider serving that bare id."""
     exact = frozenset(m.key for m in catalog if m.key == name)
     return exact or frozenset(m.key for m in catalog if m.model == name)
+
+
+@functools.lru_cache(maxsize=64)
+def _catalog_names(catalog: Catalog) -> frozenset[str]:
+    """Every name an allow-list entry can match in the catalog (see _names)."""
+    return frozenset(name for m in catalog for name in _names(m))
+
+
+_day_cache: tuple[float, float, date] = (0.0, 0.0, date.min)  # [start, end) of a UTC day in epoch seconds
+
+
+def _utc_date(now: float) -> date:
+    """The UTC date of `now` (epoch seconds), as datetime.fromtimestamp gives it, remembered until that day
+    ends: route() runs for every task, nearly always on the day of the previous call. The cached range stops
+    1 ms before midnight because fromtimestamp rounds to the microsecond; there it is computed every time."""
+    global _day_cache
+    start, end, day = _day_cache
+    if start <= now < end:
+        return day
+    day = datetime.fromtimestamp(now, tz=timezone.utc).date()
+    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()
+    _day_cache = (start, start + 86_400 - 0.001, day)
+    return day
+
+
+# An eligible model in route(): (estimated picos, observed latency, key), the sort key, then the model, upper
+# bound picos, input tokens expected and at most, expected output, completion cap and adaptation notes.
+_Row = tuple[int, float, str, ModelInfo, int, int, int, int, int, tuple[str, ...]]
 
 
 def route(
@@ -338,7 +401,7 @@ def route(
 ) -> RouteDecision:
     now = time.time() if now is None else now
     health = health or Health()
-    today = datetime.fromtimestamp(now, tz=timezone.utc).date()
+    today = _utc_date(now)
     min_tier = task.min_tier or job_min_tier or DEFAULT_MIN_TIER[task.task]
     needs = _needs(task, request)
     warnings: list[str] = []
@@ -352,58 +415,93 @@ def route(
             warnings.append(f"pinned model {task.model!r} is not in the catalog; `llmbatch models` lists it")
     elif task.models:
         allow = frozenset(task.models)
+        known = _catalog_names(catalog)
         for entry in task.models:
-            if not any(entry in _names(m) for m in catalog):
+            if entry not in known:
                 warnings.append(f"allow-list entry {entry!r} matches no model in the catalog")
 
-    eligible: list[tuple[ModelInfo, _Estimate, tuple[str, ...]]] = []
-    cooling: list[tuple[ModelInfo, _Estimate, tuple[str, ...], float]] = []
-    rejected: list[Rejection] = []
     shape = _Shape(needs.images > 0, needs.system, needs.schema, needs.max_output, request.temperature is not None)
     verdicts = _static_verdicts(
         catalog, shape, pinned_keys, allow, frozenset(deny), frozenset(credentials), min_tier, today
     )
+    # Rules 8-11 and the estimates, per model that passed the static rules: integer arithmetic on the _Fit.
+    images, text_est, text_upper, out_visible = needs.images, needs.text_est, needs.text_upper, needs.out_est
+    max_output, request_budget = needs.max_output, needs.reasoning_budget
+    max_cost = max_cost_per_task_picos
+    max_cost_usd = ""  # formatted on the first model it turns away
     any_cooling = bool(health.cooldown_until)
-    for model, pinned, failed, notes in verdicts:
-        est = None
-        if failed is None:
-            est = _estimate(model, needs)
-            failed = _check_sized(model, est, max_cost_per_task_picos)
-        if failed is None:
-            assert est is not None  # estimated above whenever no static rule failed
-            left = _cooling_left(health, model, now) if any_cooling else None
-            if left is not None:
-                cooling.append((model, est, notes, left))
-                continue
-            eligible.append((model, est, notes))
-            if pinned and model.status_on(today) != "active":
-                warnings.append(f"pinned model {model.key} is {_status_note(model, today)}; it may stop working")
-            if pinned and model.tier.rank < min_tier.rank:
-                warnings.append(
-                    f"pinned model {model.key} is tier {model.tier.value}, below the {min_tier.value} asked for"
-                )
+    latency = health.latency_ms
+    inf = float("inf")
+    eligible: list[_Row] = []
+    cooling: list[tuple[_Row, float]] = []
+    rejected: list[Rejection] = []
+    for fit in verdicts:
+        if isinstance(fit, Rejection):  # failed a static rule
+            rejected.append(fit)
             continue
-        rule, reason = failed
-        rejected.append(Rejection(model, reason, est.picos if rule == "max_cost" and est else None, rule))
+        (model, key, notes, pin_warnings, img_typ, img_max, reasoning, budget, expected_reasoning, model_max_output,
+         window, rate_in, rate_out, dear_in, dear_out, tiers) = fit  # fmt: skip
+        in_est = text_est + images * img_typ
+        cap = max_output + (request_budget or budget) if reasoning else max_output
+        if cap > model_max_output:
+            cap = model_max_output
+        if in_est + cap > window:
+            reason = f"context {window:,} < {in_est + cap:,} needed"
+            rejected.append(_frozen(Rejection, model=model, reason=reason, estimated_picos=None, rule="context"))
+            continue
+        out_est = out_visible + expected_reasoning
+        if out_est > cap:
+            out_est = cap
+        for above, t_in, t_out, _, _ in tiers:  # the estimate: at the tier the expected input falls in
+            if in_est > above:
+                rate_in, rate_out = t_in, t_out
+        picos = in_est * rate_in + out_est * rate_out
+        if max_cost is not None and picos > max_cost:
+            max_cost_usd = max_cost_usd or exact_usd(max_cost)
+            reason = f"est {exact_usd(picos)} > max cost per task {max_cost_usd}"
+            rejected.append(_frozen(Rejection, model=model, reason=reason, estimated_picos=picos, rule="max_cost"))
+            continue
+        in_upper = text_upper + images * img_max
+        for above, _, _, t_dear_in, t_dear_out in tiers:  # the bound: the dearest tier the upper count reaches
+            if in_upper > above:
+                dear_in, dear_out = max(dear_in, t_dear_in), max(dear_out, t_dear_out)
+        row = (
+            picos, latency.get(key, inf), key, model, in_upper * dear_in + cap * dear_out, in_est, in_upper, out_est,
+            cap, notes,
+        )  # fmt: skip
+        left = _cooling_left(health, model, now) if any_cooling else None
+        if left is not None:
+            cooling.append((row, left))
+            continue
+        eligible.append(row)
+        warnings += pin_warnings
 
     if not eligible and cooling:
-        soonest = min(left for *_, left in cooling)
+        soonest = min(left for _, left in cooling)
         warnings.append(f"every eligible model is cooling down; the first is free again in {soonest:.0f} s")
-        eligible = [(m, e, n) for m, e, n, _ in cooling]
-    else:
-        rejected += [Rejection(m, f"cooling down {left:.0f} s", e.picos, "cooldown") for m, e, _, left in cooling]
+        eligible = [row for row, _ in cooling]
+    elif cooling:
+        rejected += [Rejection(row[3], f"cooling down {left:.0f} s", row[0], "cooldown") for row, left in cooling]
+        rejected.sort(key=lambda r: r.model.key)  # otherwise already in key order, as the verdicts are
 
-    inf = float("inf")
-    latency = health.latency_ms
-    eligible.sort(key=lambda men: (men[1].picos, latency.get(men[0].key, inf), men[0].key))
-    cheapest = eligible[0][1].picos if eligible else 0
+    eligible.sort()  # by (picos, latency, key): keys are unique, so the rest of a row is never compared
+    cheapest = eligible[0][0] if eligible else 0
     candidates = [
-        Candidate(
-            model, est.picos, est.upper_picos, est.in_est, est.in_upper, est.out_est, est.cap, i == 0, cheapest, notes
+        _frozen(
+            Candidate,
+            model=model,
+            estimated_picos=picos,
+            upper_bound_picos=upper,
+            input_tokens_est=in_est,
+            input_tokens_upper=in_upper,
+            output_tokens_est=out_est,
+            completion_cap=cap,
+            first=i == 0,
+            cheapest_picos=cheapest,
+            notes=notes,
         )
-        for i, (model, est, notes) in enumerate(eligible)
+        for i, (picos, _, _, model, upper, in_est, in_upper, out_est, cap, notes) in enumerate(eligible)
     ]
-    rejected.sort(key=lambda r: r.model.key)
     return RouteDecision(tuple(candidates), tuple(rejected), tuple(warnings))
 
 

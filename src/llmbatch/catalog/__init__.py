@@ -179,6 +179,12 @@ class ModelInfo(BaseModel):
             )
         return tuple(out)
 
+    @cached_property
+    def online_tier_rates(self) -> tuple[tuple[int, Rates], ...]:
+        """(above_input_tokens, online rates) per tier, base tier first (threshold 0): for callers that price
+        many requests on one model and read the table once (routing)."""
+        return tuple((above, online) for above, online, _ in self._rate_table)
+
     @overload
     def rates(self, input_tokens: int, *, batch: Literal[False] = False) -> Rates: ...
     @overload

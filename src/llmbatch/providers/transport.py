@@ -163,10 +163,12 @@ async def post_json(
 
     `timeout` bounds the whole call: httpx's timeouts are per phase (a server trickling bytes never trips the
     read timeout), so an overall deadline wraps the send."""
-    # The request is built here, not by client.post(): build_request re-parses the URL and merges the
-    # client's default headers and cookie jar on every call, ~90 µs of a call's ~330 µs client CPU at
-    # hundreds of calls a second. client.send() still routes through the client's transport and proxy
-    # mounts. No cookies are sent: an API call has no use for them.
+    # The shared client (`_Client`, no proxy for this URL) sends on its aiohttp session directly: httpx's
+    # send pipeline cost ~0.8 ms CPU per call on top of aiohttp's ~0.45 ms (measured at zero latency).
+    # Any other client (tests' MockTransport, a proxy mount) gets the request built here, not by
+    # client.post(), which re-parses the URL and merges default headers and the cookie jar on every call;
+    # client.send() still routes through its transport and proxy mounts. No cookies are sent: an API call
+    # has no use for them.
     failure: Exception
     direct = client.direct_transport(url) if isinstance(client, _Client) else None
     try:

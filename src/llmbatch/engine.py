@@ -271,8 +271,7 @@ class Engine:
             try:
                 if self.stopping:
                     return  # claimed but not started: its lease is handed back
-                if await self.run_task(ctx, claimed) == LOST:
-                    await self._hand_back_lost(ctx, claimed)
+                await self.run_task(ctx, claimed)
             except Interrupted:
                 return  # stopping between attempts: the task goes back to the queue as it is
             except StoreWriteError as e:  # full disk, read-only, locked: stop the run, record nothing more
@@ -286,19 +285,6 @@ class Engine:
             finally:
                 self._claim_epoch.pop(key, None)
                 self._starting.pop(key, None)
-
-    async def _hand_back_lost(self, ctx: JobContext, claimed: repo.ClaimedTask) -> None:
-        """A task left as LOST that no sweeper took while this worker's presence had lapsed is still leased
-        here: back to the queue with it (and, Celery, a message for it), or it would wait out its lease
-        (lease_seconds) with nobody running it. Only if this worker still holds it: a task another worker
-        took is untouched. No call is made here, so this cannot pay twice."""
-        try:
-            if await self.store.call(repo.release_claims, ctx.job_id, [claimed.seq], worker=self.worker_id):
-                publish = self.presence.publish if self.presence is not None else None
-                if publish is not None:
-                    await asyncio.to_thread(publish, ctx.job_id, claimed.seq, claimed.seq)
-        except Exception as e:  # noqa: BLE001 - the lease then expires and the sweeper re-queues it, as before
-            log.warning("task %s: could not hand back after a lapse: %s", printable(claimed.task_id), type(e).__name__)
 
     # ------------------------------------------------------------------------------------------- task
 

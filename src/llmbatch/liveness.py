@@ -49,11 +49,6 @@ class Presence:
         self._task: asyncio.Task | None = None
         self._renewing: asyncio.Future | None = None  # the renewal under way, shared by every caller
 
-    @property
-    def publish(self) -> Callable[[str, int, int], None] | None:
-        """Re-queues a unit (job_id, lo, hi) on the broker (Celery workers); None in embedded mode."""
-        return self._publish
-
     async def start(self) -> None:
         """Write the record before the first claim, then keep renewing it."""
         await self.renew()

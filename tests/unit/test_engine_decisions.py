@@ -7,7 +7,6 @@ import asyncio
 import random
 
 import orjson
-import pytest
 
 from llmbatch.executors.flow import TaskFlow
 from sqlalchemy import select, update
@@ -210,60 +209,6 @@ def test_lease_lost_records_nothing_but_the_attempt_is_in_the_ledger(tmp_path):
     t, a, _, _ = run_engine(tmp_path, script, before=before)
     assert t[0]["status"] == "running" and t[0]["lease_owner"] == "other:2:xyz" and t[0]["output"] is None
     assert [x["status"] for x in a] == ["succeeded"]  # the call happened and was paid: the ledger has it
-
-
-class _LapsingPresence:
-    """Stands in for liveness.Presence: its epoch grows (a lapse found) when `lapse()` is called."""
-
-    def __init__(self):
-        self.epoch, self.published = 0, []
-
-    async def confirm(self):
-        return self.epoch
-
-    def publish(self, job_id, lo, hi):
-        self.published.append((job_id, lo, hi))
-
-
-class _WithPresence:
-    """run_engine's `during` hook: puts the presence on the engine before the flow starts."""
-
-    def __init__(self, presence):
-        self.presence = presence
-
-    @property
-    def engine(self):
-        return self._engine
-
-    @engine.setter
-    def engine(self, engine):
-        self._engine, engine.presence = engine, self.presence
-
-
-@pytest.mark.parametrize("taken", [False, True], ids=["still-ours", "taken-by-another"])
-def test_a_task_lost_to_a_presence_lapse_goes_back_to_the_queue_only_if_still_ours(tmp_path, taken):
-    """The presence lapsed after the claim, so the task must not start another call here. If no sweeper took it
-    meanwhile it is still leased here: it goes back to the queue at once (with a message) instead of waiting
-    out its lease; a task another worker took is left alone."""
-    presence, holder = _LapsingPresence(), {}
-
-    def script(m, k):
-        presence.epoch += 1  # the lapse is found while the first call is out
-        if taken:
-            with get_engine(holder["url"]).begin() as c:
-                c.execute(update(tasks).where(tasks.c.job_id == holder["job"]).values(lease_owner="other:2:xyz"))
-        return RetryableError("503", status_code=503)
-
-    def before(engine, job_id):
-        holder["url"], holder["job"] = str(engine.url), job_id
-
-    t, a, ad, job_id = run_engine(tmp_path, script, before=before, during=_WithPresence(presence))
-    assert ad.calls == [CHEAP] and [x["status"] for x in a] == ["failed"]  # no second call after the lapse
-    if taken:
-        assert t[0]["status"] == "running" and t[0]["lease_owner"] == "other:2:xyz" and presence.published == []
-    else:
-        assert t[0]["status"] == "queued" and t[0]["lease_owner"] is None
-        assert presence.published == [(job_id, 0, 0)]
 
 
 def test_stop_lets_the_call_in_flight_finish_and_starts_no_new_attempt(tmp_path):

@@ -166,3 +166,33 @@ def test_error_status_over_the_real_transport_keeps_retry_after():
     assert json.loads((FIXTURES / "openai_error_rate_limit.json").read_text())["error"]["message"][:20] in str(
         info.value
     )
+
+
+def test_gzip_answer_is_decoded_on_the_direct_path():
+    import gzip
+
+    async def handler(request: web.Request) -> web.Response:
+        body = gzip.compress((FIXTURES / "openai_gpt4o_mini_cached.json").read_bytes())
+        return web.Response(body=body, content_type="application/json", headers={"content-encoding": "gzip"})
+
+    done = _complete_served(handler)
+    assert done.text == "positive" and done.usage.cached_tokens == 1920
+
+
+def test_calls_through_a_proxy_from_the_environment_go_through_httpx(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+
+    async def go():
+        client = make_http_client(timeout=5)
+        try:
+            proxied = client.direct_transport("https://api.example.com/v1/chat/completions")
+            plain = client.direct_transport("http://127.0.0.1:1/v1/chat/completions")
+            return proxied, plain
+        finally:
+            await client.aclose()
+
+    proxied, plain = asyncio.run(go())
+    assert proxied is None  # httpx's send path, which honours the proxy
+    assert isinstance(plain, AiohttpTransport)

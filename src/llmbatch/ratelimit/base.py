@@ -85,6 +85,8 @@ class RateLimiter(abc.ABC):
         if remaining is not None and remaining <= 0:
             raise asyncio.TimeoutError(f"rate limit {key}: deadline already passed")
         pacing = self._pacing.get(key)
+        if pacing is None and self._clear_now(key):
+            return  # unlimited and, as far as this process knows, not cooling down: the common case, no wait set up
         async with asyncio.timeout(remaining):
             if pacing is None:
                 await self._wait_cooldown_only(key, deadline)
@@ -128,6 +130,10 @@ class RateLimiter(abc.ABC):
             if deadline is not None and self._wall() + left > deadline:
                 raise asyncio.TimeoutError(f"rate limit {key}: cooling down for {left:.2f}s, past the deadline")
             await asyncio.sleep(left + self._jitter(left))
+
+    def _clear_now(self, key: str) -> bool:
+        """True when this process's current view says `key` has no cooldown (no I/O); False when unsure."""
+        return False
 
     @abc.abstractmethod
     async def _try_acquire(self, key: str, pacing: KeyPacing, tokens: int) -> float:

@@ -63,6 +63,10 @@ class InProcessRateLimiter(RateLimiter):
         until = self._clock() + seconds
         self._cool_until[key] = max(self._cool_until.get(key, until), until)
 
+    def _clear_now(self, key: str) -> bool:
+        until = self._cool_until.get(key)
+        return until is None or until <= self._clock()
+
     async def cooldown_remaining(self, key: str) -> float:
         until = self._cool_until.get(key)
         if until is None:

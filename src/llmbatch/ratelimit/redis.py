@@ -186,6 +186,11 @@ class RedisRateLimiter(RateLimiter):
         self._note_cooldown(key, int(cool_us) / 1_000_000)
         return int(wait_us) / 1_000_000
 
+    def _clear_now(self, key: str) -> bool:
+        view = self._cool.get(key)
+        now = time.monotonic()
+        return view is not None and now - view.fetched < COOLDOWN_POLL_S and view.until <= now
+
     async def cooldown_remaining(self, key: str) -> float:
         """This process's view of the key's cooldown, refreshed from Redis at most every COOLDOWN_POLL_S:
         not a round trip per call."""

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select, u
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..store import ledger
+from ..store.prepared import Prepared
 from ..store.repo import TaskOutcome
 from ..store.schema import attempts, response_cache
 from ..store.tx import Deferred, in_transaction
@@ -81,13 +82,11 @@ def claim_or_get(
     claim = {"claimed_by": worker, "claim_expires_at": now + claim_s, "created_at": now}
     # A new key (the common case: a miss) is claimed in one statement; only a key that exists is read.
     st = _statements(conn)
-    if conn.execute(st.claim_new, {"key": key, "scope": scope, "provider": provider, "model": model, **claim}).first():
+    if st.claim_new.first(conn, {"key": key, "scope": scope, "provider": provider, "model": model, **claim}):
         return LEAD, None
     row = conn.execute(st.get, {"key": key}).first()
     if row is None:  # evicted between the two statements: as good as new
-        done = conn.execute(
-            st.claim_new, {"key": key, "scope": scope, "provider": provider, "model": model, **claim}
-        ).first()
+        done = st.claim_new.first(conn, {"key": key, "scope": scope, "provider": provider, "model": model, **claim})
         return (LEAD, None) if done is not None else (WAIT, None)
     if row.created_at >= now - ttl_s:
         if row.output is not None:
@@ -158,8 +157,8 @@ def put_many(conn: Connection, items: list[dict[str, Any]], *, now: float | None
         return []
     now = now if now is not None else time.time()
     st = _statements(conn)
-    conn.execute(
-        st.put_rows,
+    st.put_rows.many(
+        conn,
         [
             {
                 "key": i["key"],
@@ -187,10 +186,10 @@ def put_many(conn: Connection, items: list[dict[str, Any]], *, now: float | None
 
 @dataclass(frozen=True)
 class _Statements:
-    claim_new: Any  # insert a claim marker unless the key exists; returns the key when it did not
+    claim_new: Prepared  # insert a claim marker unless the key exists; returns the key when it did not
     get: Any
     put: Any  # upsert an answer, its cost read from the attempt's ledger row; returns that cost
-    put_rows: Any  # the same without RETURNING (executemany)
+    put_rows: Prepared  # the same without RETURNING (executemany)
 
 
 _BUILT: dict[str, _Statements] = {}
@@ -239,7 +238,10 @@ def _statements(conn: Connection) -> _Statements:
         upsert = _insert(conn).values(key=bindparam("key"), **values)
         upsert = upsert.on_conflict_do_update(index_elements=["key"], set_={k: upsert.excluded[k] for k in values})
         st = _BUILT[dialect] = _Statements(
-            claim_new, select(response_cache).where(c.key == bindparam("key")), upsert.returning(c.cost_picos), upsert
+            Prepared(claim_new),
+            select(response_cache).where(c.key == bindparam("key")),
+            upsert.returning(c.cost_picos),
+            Prepared(upsert),
         )
     return st
 

@@ -74,7 +74,7 @@ class TaskOutcome:
 def finish_task(conn: Connection, outcome: TaskOutcome, rows: Any) -> bool:
     """FINISH_TASK; when it recorded, the job's finished count moves too (`rows`: the transaction's
     ledger.budget.BudgetRows, see job_counts)."""
-    if FINISH_TASK.rowcount(conn, outcome.params()) != 1:
+    if FINISH_TASK.run(conn, outcome.params()) != 1:
         return False
     job_counts.note(rows, outcome.job_id, outcome.status)
     return True

@@ -62,14 +62,14 @@ class Prepared:
         if conn.dialect.name != "sqlite":
             row = conn.execute(self.stmt, params).first()
             return tuple(row) if row is not None else None
-        rows = self._run(conn, params).fetchall()  # read to the end: the statement is finished, not pending
+        rows = self._cursor(conn, params).fetchall()  # read to the end: the statement is finished, not pending
         return rows[0] if rows else None
 
-    def rowcount(self, conn: Connection, params: dict[str, Any]) -> int:
-        """The number of rows the statement changed."""
+    def run(self, conn: Connection, params: dict[str, Any]) -> int:
+        """Run the statement; returns the number of rows it changed."""
         if conn.dialect.name != "sqlite":
             return conn.execute(self.stmt, params).rowcount
-        return self._run(conn, params).rowcount
+        return self._cursor(conn, params).rowcount
 
     def many(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         """The statement once per parameter set (executemany); nothing returned."""
@@ -85,7 +85,7 @@ class Prepared:
             c = self._sqlite = _Compiled(self.stmt, conn.dialect)
         return c
 
-    def _run(self, conn: Connection, params: dict[str, Any]):
+    def _cursor(self, conn: Connection, params: dict[str, Any]):
         c = self._compiled(conn)
         return self._driver(conn, c.sql, c.args(params))
 

@@ -357,7 +357,7 @@ def _settle_and_record(conn: Connection, s: Settlement, outcome: TaskOutcome, bu
     job_id, seq, reserved, window = row
     budget.add_settlement(job_id, window, reserved, s.cost_picos)
     params = {**outcome.params(), "b_cost": s.cost_picos, **tokens}
-    if _FINISH_AND_CHARGE_TASK.rowcount(conn, params) == 1:
+    if _FINISH_AND_CHARGE_TASK.run(conn, params) == 1:
         job_counts.note(budget, outcome.job_id, outcome.status)
         return True, True
     conn.execute(_SETTLE_TASK, {"b_job": job_id, "b_seq": seq, "b_cost": s.cost_picos, **tokens})

@@ -48,6 +48,11 @@ class _Compiled:
         return tuple([procs[n](values[n]) if n in procs else values[n] for n in self.order])
 
 
+def on_driver(conn: Connection) -> bool:
+    """Whether Prepared statements run on this connection's driver cursor (SQLite) or through SQLAlchemy."""
+    return conn.dialect.name == "sqlite"
+
+
 class Prepared:
     """One statement (a SQLAlchemy construct with named bind parameters), run on the driver on SQLite."""
 
@@ -59,7 +64,7 @@ class Prepared:
 
     def first(self, conn: Connection, params: dict[str, Any]) -> tuple | None:
         """The first row the statement returns (RETURNING), or None."""
-        if conn.dialect.name != "sqlite":
+        if not on_driver(conn):
             row = conn.execute(self.stmt, params).first()
             return tuple(row) if row is not None else None
         rows = self._cursor(conn, params).fetchall()  # read to the end: the statement is finished, not pending
@@ -67,13 +72,13 @@ class Prepared:
 
     def run(self, conn: Connection, params: dict[str, Any]) -> int:
         """Run the statement; returns the number of rows it changed."""
-        if conn.dialect.name != "sqlite":
+        if not on_driver(conn):
             return conn.execute(self.stmt, params).rowcount
         return self._cursor(conn, params).rowcount
 
     def many(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         """The statement once per parameter set (executemany); nothing returned."""
-        if conn.dialect.name != "sqlite":
+        if not on_driver(conn):
             conn.execute(self.stmt, rows)
             return
         c = self._compiled(conn)

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select, u
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..store import ledger
-from ..store.prepared import Prepared
+from ..store.prepared import Prepared, on_driver
 from ..store.repo import TaskOutcome
 from ..store.schema import attempts, response_cache
 from ..store.tx import Deferred, in_transaction
@@ -132,8 +132,8 @@ def put(
     """Store the validated answer of `attempt_id` under `key` (replacing a claim or an older answer), its cost
     copied from the attempt's ledger row."""
     now = now if now is not None else time.time()
-    saved = conn.execute(
-        _statements(conn).put,
+    row = _statements(conn).put.first(
+        conn,
         {
             "key": key,
             "scope": scope,
@@ -145,42 +145,45 @@ def put(
             "attempt_id": attempt_id,
             "created_at": now,
         },
-    ).scalar_one()
-    return Entry(key, provider, model, output, int(saved or 0))
+    )
+    return Entry(key, provider, model, output, int(row[0] or 0) if row is not None else 0)
 
 
 def put_many(conn: Connection, items: list[dict[str, Any]], *, now: float | None = None) -> list[Entry]:
-    """`put` for several answers at once (each item: put's keyword arguments and the key): one batched upsert,
-    then one read of the costs they copied. The response-cache hook writes the answers of a wave of tasks
-    this way, one store operation instead of one each."""
+    """`put` for several answers at once (each item: put's keyword arguments and the key). The response-cache
+    hook writes the answers of a wave of tasks this way, one store operation instead of one each."""
     if not items:
         return []
     now = now if now is not None else time.time()
     st = _statements(conn)
-    st.put_rows.many(
-        conn,
-        [
-            {
-                "key": i["key"],
-                "scope": i["scope"],
-                "provider": i["provider"],
-                "model": i["model"],
-                "output": orjson.dumps(i["output"]).decode(),
-                "usage": orjson.dumps(i["usage"]).decode() if i["usage"] is not None else None,
-                "job_id": i["job_id"],
-                "attempt_id": i["attempt_id"],
-                "created_at": now,
-            }
-            for i in items
-        ],
-    )
-    saved = dict(
-        conn.execute(
-            select(response_cache.c.key, response_cache.c.cost_picos).where(
-                response_cache.c.key.in_({i["key"] for i in items})
-            )
-        ).all()
-    )
+    rows = [
+        {
+            "key": i["key"],
+            "scope": i["scope"],
+            "provider": i["provider"],
+            "model": i["model"],
+            "output": orjson.dumps(i["output"]).decode(),
+            "usage": orjson.dumps(i["usage"]).decode() if i["usage"] is not None else None,
+            "job_id": i["job_id"],
+            "attempt_id": i["attempt_id"],
+            "created_at": now,
+        }
+        for i in items
+    ]
+    saved: dict[str, Any] = {}
+    if on_driver(conn):  # a statement costs microseconds here: each upsert returns its cost, no second read
+        for r in rows:
+            row = st.put.first(conn, r)
+            saved[r["key"]] = row[0] if row is not None else 0
+    else:  # a statement is a round trip: one batched upsert, then one read of the costs
+        conn.execute(st.put_rows, rows)
+        saved = dict(
+            conn.execute(
+                select(response_cache.c.key, response_cache.c.cost_picos).where(
+                    response_cache.c.key.in_({i["key"] for i in items})
+                )
+            ).all()
+        )
     return [Entry(i["key"], i["provider"], i["model"], i["output"], int(saved.get(i["key"]) or 0)) for i in items]
 
 
@@ -188,8 +191,8 @@ def put_many(conn: Connection, items: list[dict[str, Any]], *, now: float | None
 class _Statements:
     claim_new: Prepared  # insert a claim marker unless the key exists; returns the key when it did not
     get: Any
-    put: Any  # upsert an answer, its cost read from the attempt's ledger row; returns that cost
-    put_rows: Prepared  # the same without RETURNING (executemany)
+    put: Prepared  # upsert an answer, its cost read from the attempt's ledger row; returns that cost
+    put_rows: Any  # the same without RETURNING (executemany)
 
 
 _BUILT: dict[str, _Statements] = {}
@@ -240,8 +243,8 @@ def _statements(conn: Connection) -> _Statements:
         st = _BUILT[dialect] = _Statements(
             Prepared(claim_new),
             select(response_cache).where(c.key == bindparam("key")),
-            upsert.returning(c.cost_picos),
-            Prepared(upsert),
+            Prepared(upsert.returning(c.cost_picos)),
+            upsert,
         )
     return st
 

@@ -76,14 +76,6 @@ class Prepared:
             return conn.execute(self.stmt, params).rowcount
         return self._cursor(conn, params).rowcount
 
-    def many(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        """The statement once per parameter set (executemany); nothing returned."""
-        if not on_driver(conn):
-            conn.execute(self.stmt, rows)
-            return
-        c = self._compiled(conn)
-        self._driver(conn, c.sql, [c.args(r) for r in rows], many=True)
-
     def _compiled(self, conn: Connection) -> _Compiled:
         c = self._sqlite
         if c is None:
@@ -92,14 +84,11 @@ class Prepared:
 
     def _cursor(self, conn: Connection, params: dict[str, Any]):
         c = self._compiled(conn)
-        return self._driver(conn, c.sql, c.args(params))
-
-    @staticmethod
-    def _driver(conn: Connection, sql: str, args, *, many: bool = False):
+        args = c.args(params)
         dbapi_conn = conn.connection.driver_connection
         assert dbapi_conn is not None  # a live connection, inside its transaction
         dialect = conn.dialect
         try:
-            return dbapi_conn.executemany(sql, args) if many else dbapi_conn.execute(sql, args)
+            return dbapi_conn.execute(c.sql, args)
         except dialect.loaded_dbapi.Error as e:
-            raise DBAPIError.instance(sql, args, e, dialect.loaded_dbapi.Error, dialect=dialect) from e
+            raise DBAPIError.instance(c.sql, args, e, dialect.loaded_dbapi.Error, dialect=dialect) from e

@@ -32,6 +32,7 @@ import queue
 import random
 import threading
 import time
+from concurrent.futures import Future
 from typing import Any, Callable, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -61,17 +62,14 @@ def _is_disconnect(e: BaseException) -> bool:
 class _Op:
     __slots__ = ("fn", "args", "kwargs", "future", "deferring", "refusable", "many")
 
-    def __init__(
-        self, fn: Callable, args: tuple, kwargs: dict, *, group: bool = False, future: asyncio.Future | None = None
-    ):
+    def __init__(self, fn: Callable, args: tuple, kwargs: dict, *, group: bool = False):
         self.fn = getattr(fn, "on_conn", fn)  # the connection-level form
         self.args, self.kwargs = args, kwargs
         self.deferring = getattr(fn, "takes_deferred", False)  # takes the transaction's Deferred
         self.refusable = getattr(fn, "refusable", False)  # its result can be refused when the Deferred flushes
         # (set form, item maker): all such ops of a batch run as one call of the set form (see tx.in_transaction)
         self.many = getattr(fn, "many", None) if group else None
-        # The caller's future, on its event loop: resolved from there (see _deliver), never from the store thread.
-        self.future = future
+        self.future: Future = Future()
 
 
 class AsyncStore:
@@ -94,9 +92,9 @@ class AsyncStore:
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store function in the next batch's transaction: one taking a Connection, or one decorated
         with @in_transaction (its connection-level form runs)."""
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put(_Op(fn, args, kwargs, group=self.grouped, future=future))
-        return await future
+        op = _Op(fn, args, kwargs, group=self.grouped)
+        self._queue.put(op)
+        return await asyncio.wrap_future(op.future)
 
     read = write = call  # the same; the name says what the caller does
 
@@ -128,13 +126,12 @@ class AsyncStore:
                     self._queue.put(None)
                     break
                 batch.append(op)
-            # An operation cancelled before it started (a heartbeat stopped with its unit, a task cut at shutdown)
-            # is dropped: nobody waits for it. One cancelled later still runs; its result is dropped (_deliver).
-            batch = [op for op in batch if op.future is None or not op.future.cancelled()]
+            # Once running, an operation's future can no longer be cancelled by its caller (a heartbeat stopped
+            # with its unit, a task cut at shutdown), so handing it the result cannot fail and kill this thread.
+            # One cancelled before it started is dropped: nobody waits for it.
+            batch = [op for op in batch if op.future.set_running_or_notify_cancel()]
             if batch:
-                self._local.done = []
                 self._run_batch(batch)
-                _deliver(self._local.done)
 
     def _run_batch(self, batch: list[_Op]) -> None:
         started = time.monotonic()
@@ -158,26 +155,23 @@ class AsyncStore:
                 if _is_disconnect(e):
                     err = StoreError(f"the store has been unreachable for {OUTAGE_GIVE_UP_S:.0f}s: {type(e).__name__}")
                     for op in batch:
-                        self._resolve(op, False, err)
+                        _resolve(op.future, False, err)
                     return
                 known = classify_store_error(e, str(self.engine.url))
                 if known is not None:  # every operation of the batch would fail the same way
                     for op in batch:
-                        self._resolve(op, False, known)
+                        _resolve(op.future, False, known)
                     return
                 if len(batch) == 1:
-                    self._resolve(batch[0], False, e)
+                    _resolve(batch[0].future, False, e)
                     return
                 # Not a connection problem: one operation is at fault. Isolate it so the rest succeed.
                 for op in batch:
                     self._run_batch([op])
                 return
             for op, (ok, value) in zip(batch, results):
-                self._resolve(op, ok, value)
+                _resolve(op.future, ok, value)
             return
-
-    def _resolve(self, op: _Op, ok: bool, value: Any) -> None:
-        self._local.done.append((op, ok, value))  # delivered after the batch (see _serve)
 
     def _connection(self) -> Connection:
         """This thread's connection, kept from batch to batch: a pool checkout and its reset on return cost
@@ -231,28 +225,11 @@ class AsyncStore:
         return results
 
 
-def _deliver(done: list[tuple[_Op, bool, Any]]) -> None:
-    """Hand a batch's results to their callers: one wake-up per event loop for the whole batch, instead of a
-    thread-safe future, its chain to the loop and a wake-up for each operation."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, bool, Any]]] = {}
-    for op, ok, value in done:
-        if op.future is not None:
-            by_loop.setdefault(op.future.get_loop(), []).append((op.future, ok, value))
-    for loop, results in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_set_results, results)
-        except RuntimeError:  # the loop is closed: nobody waits for these results
-            pass
-
-
-def _set_results(results: list[tuple[asyncio.Future, bool, Any]]) -> None:
-    for future, ok, value in results:
-        if future.done():  # cancelled by its caller while it ran
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+def _resolve(future: Future, ok: bool, value: Any) -> None:
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
 def _run_one(conn, op: _Op, deferred: Deferred) -> tuple[bool, Any]:

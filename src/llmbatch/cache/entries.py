@@ -17,6 +17,7 @@ from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select, u
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..store import ledger
+from ..store.prepared import Prepared, on_driver
 from ..store.repo import TaskOutcome
 from ..store.schema import attempts, response_cache
 from ..store.tx import Deferred, in_transaction
@@ -81,13 +82,11 @@ def claim_or_get(
     claim = {"claimed_by": worker, "claim_expires_at": now + claim_s, "created_at": now}
     # A new key (the common case: a miss) is claimed in one statement; only a key that exists is read.
     st = _statements(conn)
-    if conn.execute(st.claim_new, {"key": key, "scope": scope, "provider": provider, "model": model, **claim}).first():
+    if st.claim_new.first(conn, {"key": key, "scope": scope, "provider": provider, "model": model, **claim}):
         return LEAD, None
     row = conn.execute(st.get, {"key": key}).first()
     if row is None:  # evicted between the two statements: as good as new
-        done = conn.execute(
-            st.claim_new, {"key": key, "scope": scope, "provider": provider, "model": model, **claim}
-        ).first()
+        done = st.claim_new.first(conn, {"key": key, "scope": scope, "provider": provider, "model": model, **claim})
         return (LEAD, None) if done is not None else (WAIT, None)
     if row.created_at >= now - ttl_s:
         if row.output is not None:
@@ -133,8 +132,8 @@ def put(
     """Store the validated answer of `attempt_id` under `key` (replacing a claim or an older answer), its cost
     copied from the attempt's ledger row."""
     now = now if now is not None else time.time()
-    saved = conn.execute(
-        _statements(conn).put,
+    row = _statements(conn).put.first(
+        conn,
         {
             "key": key,
             "scope": scope,
@@ -146,50 +145,53 @@ def put(
             "attempt_id": attempt_id,
             "created_at": now,
         },
-    ).scalar_one()
-    return Entry(key, provider, model, output, int(saved or 0))
+    )
+    return Entry(key, provider, model, output, int(row[0] or 0) if row is not None else 0)
 
 
 def put_many(conn: Connection, items: list[dict[str, Any]], *, now: float | None = None) -> list[Entry]:
-    """`put` for several answers at once (each item: put's keyword arguments and the key): one batched upsert,
-    then one read of the costs they copied. The response-cache hook writes the answers of a wave of tasks
-    this way, one store operation instead of one each."""
+    """`put` for several answers at once (each item: put's keyword arguments and the key). The response-cache
+    hook writes the answers of a wave of tasks this way, one store operation instead of one each."""
     if not items:
         return []
     now = now if now is not None else time.time()
     st = _statements(conn)
-    conn.execute(
-        st.put_rows,
-        [
-            {
-                "key": i["key"],
-                "scope": i["scope"],
-                "provider": i["provider"],
-                "model": i["model"],
-                "output": orjson.dumps(i["output"]).decode(),
-                "usage": orjson.dumps(i["usage"]).decode() if i["usage"] is not None else None,
-                "job_id": i["job_id"],
-                "attempt_id": i["attempt_id"],
-                "created_at": now,
-            }
-            for i in items
-        ],
-    )
-    saved = dict(
-        conn.execute(
-            select(response_cache.c.key, response_cache.c.cost_picos).where(
-                response_cache.c.key.in_({i["key"] for i in items})
-            )
-        ).all()
-    )
+    rows = [
+        {
+            "key": i["key"],
+            "scope": i["scope"],
+            "provider": i["provider"],
+            "model": i["model"],
+            "output": orjson.dumps(i["output"]).decode(),
+            "usage": orjson.dumps(i["usage"]).decode() if i["usage"] is not None else None,
+            "job_id": i["job_id"],
+            "attempt_id": i["attempt_id"],
+            "created_at": now,
+        }
+        for i in items
+    ]
+    saved: dict[str, Any] = {}
+    if on_driver(conn):  # a statement costs microseconds here: each upsert returns its cost, no second read
+        for r in rows:
+            row = st.put.first(conn, r)
+            saved[r["key"]] = row[0] if row is not None else 0
+    else:  # a statement is a round trip: one batched upsert, then one read of the costs
+        conn.execute(st.put_rows, rows)
+        saved = dict(
+            conn.execute(
+                select(response_cache.c.key, response_cache.c.cost_picos).where(
+                    response_cache.c.key.in_({i["key"] for i in items})
+                )
+            ).all()
+        )
     return [Entry(i["key"], i["provider"], i["model"], i["output"], int(saved.get(i["key"]) or 0)) for i in items]
 
 
 @dataclass(frozen=True)
 class _Statements:
-    claim_new: Any  # insert a claim marker unless the key exists; returns the key when it did not
+    claim_new: Prepared  # insert a claim marker unless the key exists; returns the key when it did not
     get: Any
-    put: Any  # upsert an answer, its cost read from the attempt's ledger row; returns that cost
+    put: Prepared  # upsert an answer, its cost read from the attempt's ledger row; returns that cost
     put_rows: Any  # the same without RETURNING (executemany)
 
 
@@ -239,7 +241,10 @@ def _statements(conn: Connection) -> _Statements:
         upsert = _insert(conn).values(key=bindparam("key"), **values)
         upsert = upsert.on_conflict_do_update(index_elements=["key"], set_={k: upsert.excluded[k] for k in values})
         st = _BUILT[dialect] = _Statements(
-            claim_new, select(response_cache).where(c.key == bindparam("key")), upsert.returning(c.cost_picos), upsert
+            Prepared(claim_new),
+            select(response_cache).where(c.key == bindparam("key")),
+            Prepared(upsert.returning(c.cost_picos)),
+            upsert,
         )
     return st
 

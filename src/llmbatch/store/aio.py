@@ -18,6 +18,9 @@ On Postgres, where each statement is a round trip, the calls of a function that 
 tx.in_transaction: the ledger's reservations and settlements) run as one call of that form per batch;
 everything else in the batch runs one by one.
 
+On SQLite, where a statement costs microseconds, the hottest ones skip SQLAlchemy's execution layer
+(prepared.py): there the Python around a statement was most of its cost.
+
 SQLite gets one thread (it has one writer anyway). Postgres gets several, so batches overlap.
 """
 
@@ -32,7 +35,7 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..errors import BudgetExceeded, StoreError
@@ -77,6 +80,7 @@ class AsyncStore:
         # Set forms where a statement costs a round trip (Postgres).
         self.grouped = not is_sqlite(self.engine)
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._local = threading.local()  # each store thread's connection (see _connection)
         self._threads = [
             threading.Thread(target=self._serve, name=f"llmbatch-store-{i}", daemon=True) for i in range(n)
         ]
@@ -110,6 +114,7 @@ class AsyncStore:
         while True:
             first = self._queue.get()
             if first is None:
+                self._drop_connection()
                 return
             batch = [first]
             while len(batch) < self.max_batch:
@@ -168,10 +173,33 @@ class AsyncStore:
                 _resolve(op.future, ok, value)
             return
 
+    def _connection(self) -> Connection:
+        """This thread's connection, kept from batch to batch: a pool checkout and its reset on return cost
+        more than a small batch's statements. Dropped after any error (see _in_one_transaction)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.engine.connect()
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn, self._local.conn = getattr(self._local, "conn", None), None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a broken connection's close may fail too; it is gone either way
+                log.debug("closing a store connection failed", exc_info=True)
+
     def _in_one_transaction(self, batch: list[_Op]) -> list[tuple[bool, Any]]:
+        try:
+            return self._run_in(self._connection(), batch)
+        except BaseException:
+            self._drop_connection()  # a connection that failed (dropped, invalidated) is not reused
+            raise
+
+    def _run_in(self, conn: Connection, batch: list[_Op]) -> list[tuple[bool, Any]]:
         results: list[tuple[bool, Any]] = [(False, None)] * len(batch)
         groups: dict[Callable, list[int]] = {}
-        with self.engine.begin() as conn:
+        with conn.begin():
             deferred = Deferred()
             for i, op in enumerate(batch):
                 if op.many is not None:

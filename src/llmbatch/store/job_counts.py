@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
+from .prepared import Prepared
 from .schema import TaskStatus, jobs, tasks
 
 # finished task status -> its counter column on the job row
@@ -33,7 +34,7 @@ COLUMNS = {
     TaskStatus.cancelled: jobs.c.cancelled_tasks,
 }
 
-_ADD = (
+_ADD = Prepared(
     update(jobs)
     .where(jobs.c.id == bindparam("b_job"))
     .values({col: col + bindparam(f"b_{status}") for status, col in COLUMNS.items()})
@@ -51,7 +52,7 @@ def note(rows: Any, job_id: str, status: str, n: int = 1) -> None:
 def apply(conn: Connection, job_id: str, deltas: dict[str, int]) -> None:
     """One UPDATE of the job row with the finished-count deltas of a transaction."""
     if any(deltas.values()):
-        conn.execute(_ADD, {"b_job": job_id, **{f"b_{s}": deltas.get(s, 0) for s in COLUMNS}})
+        _ADD.run(conn, {"b_job": job_id, **{f"b_{s}": deltas.get(s, 0) for s in COLUMNS}})
 
 
 def add(conn: Connection, job_id: str, status: str, n: int) -> None:

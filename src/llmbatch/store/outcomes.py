@@ -12,11 +12,12 @@ import orjson
 from sqlalchemy import Connection, bindparam, update
 
 from . import job_counts
+from .prepared import Prepared
 from .schema import TaskStatus, tasks
 
 # Hot-path statements are built once: constructing a SQLAlchemy statement per call costs ~10x executing it.
 # Bind names carry a b_ prefix because SQLAlchemy reserves column names for SET clauses.
-FINISH_TASK = (
+FINISH_TASK = Prepared(
     update(tasks)
     .where(
         tasks.c.job_id == bindparam("b_job"),
@@ -73,7 +74,7 @@ class TaskOutcome:
 def finish_task(conn: Connection, outcome: TaskOutcome, rows: Any) -> bool:
     """FINISH_TASK; when it recorded, the job's finished count moves too (`rows`: the transaction's
     ledger.budget.BudgetRows, see job_counts)."""
-    if conn.execute(FINISH_TASK, outcome.params()).rowcount != 1:
+    if FINISH_TASK.run(conn, outcome.params()) != 1:
         return False
     job_counts.note(rows, outcome.job_id, outcome.status)
     return True

@@ -31,6 +31,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, case, func, insert, 
 from ..db import reading
 from .. import job_counts
 from ..outcomes import FINISH_TASK, TaskOutcome, finish_task
+from ..prepared import Prepared
 from ..schema import AttemptStatus, TaskStatus, attempts, jobs, tasks
 from ..tx import Deferred, in_transaction
 from . import _bulk
@@ -78,13 +79,35 @@ class Reservation:
 
 
 # The attempt's number is computed in the INSERT itself (the unique index on (job_id, task_seq, attempt_no)
-# makes the MAX cheap), saving a round trip per call; tasks.attempts is counted when attempts settle.
-_INSERT_ATTEMPT = (
+# makes the MAX cheap), saving a round trip per call; tasks.attempts is counted when attempts settle. Every
+# column is given (no Python-side default): a Prepared statement runs on SQLite's driver (prepared.py).
+_INSERT_ATTEMPT = Prepared(
     insert(attempts)
     .values(
+        job_id=bindparam("b_job"),
+        task_seq=bindparam("b_seq"),
+        task_id=bindparam("b_task"),
         attempt_no=select(func.coalesce(func.max(attempts.c.attempt_no), 0) + 1)
         .where(attempts.c.job_id == bindparam("b_job"), attempts.c.task_seq == bindparam("b_seq"))
-        .scalar_subquery()
+        .scalar_subquery(),
+        provider=bindparam("b_provider"),
+        model=bindparam("b_model"),
+        channel=bindparam("b_channel"),
+        purpose=bindparam("b_purpose"),
+        status=AttemptStatus.in_flight,
+        settled=False,
+        reserved_picos=bindparam("b_amount"),
+        cost_picos=0,
+        saved_picos=0,
+        overrun=False,
+        budget_window=bindparam("b_window"),
+        worker=bindparam("b_worker"),
+        started_at=bindparam("b_started"),
+        input_tokens=0,
+        cached_tokens=0,
+        cache_write_tokens=0,
+        output_tokens=0,
+        reasoning_tokens=0,
     )
     .returning(attempts.c.id)
 )
@@ -101,32 +124,22 @@ def reserve_many(conn: Connection, reservations: list[Reservation], *, deferred:
         ids = _bulk.insert_attempts(conn, reservations, started, windows)
     else:
         ids = [
-            conn.execute(
-                _INSERT_ATTEMPT,
+            _INSERT_ATTEMPT.first(
+                conn,
                 {
                     "b_job": r.job_id,
                     "b_seq": r.task_seq,
-                    "job_id": r.job_id,
-                    "task_seq": r.task_seq,
-                    "task_id": r.task_id,
-                    "provider": r.provider,
-                    "model": r.model,
-                    "channel": r.channel,
-                    "purpose": r.purpose,
-                    "status": AttemptStatus.in_flight,
-                    "settled": False,
-                    "reserved_picos": r.amount_picos,
-                    "cost_picos": 0,
-                    "budget_window": w,
-                    "worker": r.worker,
-                    "started_at": t,
-                    "input_tokens": 0,
-                    "cached_tokens": 0,
-                    "cache_write_tokens": 0,
-                    "output_tokens": 0,
-                    "reasoning_tokens": 0,
+                    "b_task": r.task_id,
+                    "b_provider": r.provider,
+                    "b_model": r.model,
+                    "b_channel": r.channel,
+                    "b_purpose": r.purpose,
+                    "b_amount": r.amount_picos,
+                    "b_window": w,
+                    "b_worker": r.worker,
+                    "b_started": t,
                 },
-            ).scalar_one()
+            )[0]  # type: ignore[index]  # RETURNING id: always one row
             for r, t, w in zip(reservations, started, windows)
         ]
     deferred.part(BudgetRows).reservations.extend(
@@ -194,7 +207,7 @@ class Settlement:
     served_model: str | None = None  # the model id the provider says answered
 
 
-_SETTLE_ATTEMPT = (
+_SETTLE_ATTEMPT = Prepared(
     update(attempts)
     .where(attempts.c.id == bindparam("b_id"), attempts.c.settled.is_(False))
     # overrun: billed above the reservation (the cost comes from the provider's usage; the hold was our bound)
@@ -237,23 +250,25 @@ _SETTLE_TASK = (
 
 
 # The success path's task UPDATE: record the outcome (only the lease holder can) and charge the task, in one.
-_FINISH_AND_CHARGE_TASK = FINISH_TASK.values(
-    {
-        tasks.c.cost_picos: tasks.c.cost_picos + bindparam("b_cost"),
-        tasks.c.attempts: tasks.c.attempts + 1,
-        tasks.c.input_tokens: tasks.c.input_tokens + bindparam("b_in"),
-        tasks.c.cached_tokens: tasks.c.cached_tokens + bindparam("b_cached"),
-        tasks.c.cache_write_tokens: tasks.c.cache_write_tokens + bindparam("b_cw"),
-        tasks.c.output_tokens: tasks.c.output_tokens + bindparam("b_out"),
-        tasks.c.reasoning_tokens: tasks.c.reasoning_tokens + bindparam("b_reason"),
-    }
+_FINISH_AND_CHARGE_TASK = Prepared(
+    FINISH_TASK.stmt.values(
+        {
+            tasks.c.cost_picos: tasks.c.cost_picos + bindparam("b_cost"),
+            tasks.c.attempts: tasks.c.attempts + 1,
+            tasks.c.input_tokens: tasks.c.input_tokens + bindparam("b_in"),
+            tasks.c.cached_tokens: tasks.c.cached_tokens + bindparam("b_cached"),
+            tasks.c.cache_write_tokens: tasks.c.cache_write_tokens + bindparam("b_cw"),
+            tasks.c.output_tokens: tasks.c.output_tokens + bindparam("b_out"),
+            tasks.c.reasoning_tokens: tasks.c.reasoning_tokens + bindparam("b_reason"),
+        }
+    )
 )
 
 
 def _settle_attempt(conn: Connection, s: Settlement, tokens: dict):
-    """Flip the attempt to settled (exactly once); returns its job, seq, reservation and window, or None."""
-    return conn.execute(
-        _SETTLE_ATTEMPT,
+    """Flip the attempt to settled (exactly once); returns its (job, seq, reservation, window), or None."""
+    return _SETTLE_ATTEMPT.first(
+        conn,
         {
             "b_id": s.attempt_id,
             "b_status": s.status,
@@ -270,7 +285,7 @@ def _settle_attempt(conn: Connection, s: Settlement, tokens: dict):
             "b_served": s.served_model,
             **tokens,
         },
-    ).first()
+    )
 
 
 _NO_TOKENS = {"b_in": 0, "b_cached": 0, "b_cw": 0, "b_out": 0, "b_reason": 0}
@@ -297,8 +312,9 @@ def settle(conn: Connection, s: Settlement, *, deferred: Deferred) -> bool:
     row = _settle_attempt(conn, s, tokens)
     if row is None:
         return False
-    conn.execute(_SETTLE_TASK, {"b_job": row.job_id, "b_seq": row.task_seq, "b_cost": s.cost_picos, **tokens})
-    deferred.part(BudgetRows).add_settlement(row.job_id, row.budget_window, row.reserved_picos, s.cost_picos)
+    job_id, seq, reserved, window = row
+    conn.execute(_SETTLE_TASK, {"b_job": job_id, "b_seq": seq, "b_cost": s.cost_picos, **tokens})
+    deferred.part(BudgetRows).add_settlement(job_id, window, reserved, s.cost_picos)
     return True
 
 
@@ -338,12 +354,13 @@ def _settle_and_record(conn: Connection, s: Settlement, outcome: TaskOutcome, bu
     row = _settle_attempt(conn, s, tokens)
     if row is None:  # already settled: record only
         return False, finish_task(conn, outcome, budget)
-    budget.add_settlement(row.job_id, row.budget_window, row.reserved_picos, s.cost_picos)
+    job_id, seq, reserved, window = row
+    budget.add_settlement(job_id, window, reserved, s.cost_picos)
     params = {**outcome.params(), "b_cost": s.cost_picos, **tokens}
-    if conn.execute(_FINISH_AND_CHARGE_TASK, params).rowcount == 1:
+    if _FINISH_AND_CHARGE_TASK.run(conn, params) == 1:
         job_counts.note(budget, outcome.job_id, outcome.status)
         return True, True
-    conn.execute(_SETTLE_TASK, {"b_job": row.job_id, "b_seq": row.task_seq, "b_cost": s.cost_picos, **tokens})
+    conn.execute(_SETTLE_TASK, {"b_job": job_id, "b_seq": seq, "b_cost": s.cost_picos, **tokens})
     return True, False
 
 

@@ -27,6 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ...errors import BudgetExceeded
 from ...money import exact_usd
 from .. import job_counts
+from ..prepared import Prepared
 from ..schema import JobStatus, api_tokens, attempts, budget_windows, jobs
 
 
@@ -81,18 +82,18 @@ class BudgetRows:
         # Every job listed gets its last_activity_at stamped (stalled-job detection) with its deltas.
         for job_id in sorted(set(self.job_deltas) | self.started | set(by_job) | set(self.task_counts)):
             reserved, spent = self.job_deltas.get(job_id, (0, 0))
-            conn.execute(_JOB_DELTA, {"b_job": job_id, "b_reserved": reserved, "b_spent": spent, "b_now": now})
+            _JOB_DELTA.run(conn, {"b_job": job_id, "b_reserved": reserved, "b_spent": spent, "b_now": now})
             if job_id in self.task_counts:
                 job_counts.apply(conn, job_id, self.task_counts[job_id])
             if job_id in self.started:
-                conn.execute(_JOB_STARTED, {"b_job": job_id, "b_now": now})
+                _JOB_STARTED.run(conn, {"b_job": job_id, "b_now": now})
             if job_id in by_job:
                 _reserve_in_job(conn, by_job[job_id], refused)
         windows = {r.window for r in self.reservations if r.window and r.attempt_id not in refused}
         for window in sorted(set(self.window_deltas) | windows):
             reserved, spent = self.window_deltas.get(window, (0, 0))
             if reserved or spent:
-                conn.execute(_WINDOW_DELTA, {"b_window": window, "b_reserved": reserved, "b_spent": spent})
+                _WINDOW_DELTA.run(conn, {"b_window": window, "b_reserved": reserved, "b_spent": spent})
             if window in windows:
                 _reserve_in_window(
                     conn, [r for r in self.reservations if r.window == window and r.attempt_id not in refused], refused
@@ -106,10 +107,10 @@ def _reserve_in_job(conn: Connection, pending: list[PendingReservation], refused
     """All of a job's reservations in this transaction with one conditional UPDATE when they fit together;
     one by one, in order, when they do not (near the cap)."""
     job_id = pending[0].job_id
-    if conn.execute(_RESERVE_JOB, {"b_job": job_id, "b_amount": sum(r.amount for r in pending)}).rowcount:
+    if _RESERVE_JOB.run(conn, {"b_job": job_id, "b_amount": sum(r.amount for r in pending)}):
         return
     for r in pending:
-        if not conn.execute(_RESERVE_JOB, {"b_job": job_id, "b_amount": r.amount}).rowcount:
+        if not _RESERVE_JOB.run(conn, {"b_job": job_id, "b_amount": r.amount}):
             refused[r.attempt_id] = BudgetExceeded(
                 f"the job budget cannot hold another {exact_usd(r.amount)} call", scope="job"
             )
@@ -119,14 +120,12 @@ def _reserve_in_window(conn: Connection, pending: list[PendingReservation], refu
     window, cap = pending[0].window, pending[0].cap
     assert window is not None and cap is not None  # only reservations under a daily cap are grouped here
     _window_upsert(conn, window, cap)
-    if conn.execute(
-        _RESERVE_WINDOW, {"b_window": window, "b_cap": cap, "b_amount": sum(r.amount for r in pending)}
-    ).rowcount:
+    if _RESERVE_WINDOW.run(conn, {"b_window": window, "b_cap": cap, "b_amount": sum(r.amount for r in pending)}):
         return
     for r in pending:
-        if not conn.execute(_RESERVE_WINDOW, {"b_window": window, "b_cap": cap, "b_amount": r.amount}).rowcount:
+        if not _RESERVE_WINDOW.run(conn, {"b_window": window, "b_cap": cap, "b_amount": r.amount}):
             # The job row already holds it (locked by this transaction): give it back there.
-            conn.execute(_JOB_DELTA, {"b_job": r.job_id, "b_reserved": -r.amount, "b_spent": 0, "b_now": time.time()})
+            _JOB_DELTA.run(conn, {"b_job": r.job_id, "b_reserved": -r.amount, "b_spent": 0, "b_now": time.time()})
             refused[r.attempt_id] = BudgetExceeded(f"the global daily cap for {window} (UTC) is reached", scope="daily")
 
 
@@ -165,17 +164,17 @@ def _reserve_in_token_windows(conn: Connection, pending: list[PendingReservation
         window, cap, rs = token_window(owner, now), caps[owner], by_owner[owner]
         _window_upsert(conn, window, cap)
         held = {"b_window": window, "b_cap": cap}
-        if conn.execute(_RESERVE_WINDOW, {**held, "b_amount": sum(r.amount for r in rs)}).rowcount:
+        if _RESERVE_WINDOW.run(conn, {**held, "b_amount": sum(r.amount for r in rs)}):
             accepted = rs
         else:
             accepted = []
             for r in rs:
-                if conn.execute(_RESERVE_WINDOW, {**held, "b_amount": r.amount}).rowcount:
+                if _RESERVE_WINDOW.run(conn, {**held, "b_amount": r.amount}):
                     accepted.append(r)
                     continue
-                conn.execute(_JOB_DELTA, {"b_job": r.job_id, "b_reserved": -r.amount, "b_spent": 0, "b_now": now})
+                _JOB_DELTA.run(conn, {"b_job": r.job_id, "b_reserved": -r.amount, "b_spent": 0, "b_now": now})
                 if r.window is not None:
-                    conn.execute(_WINDOW_DELTA, {"b_window": r.window, "b_reserved": -r.amount, "b_spent": 0})
+                    _WINDOW_DELTA.run(conn, {"b_window": r.window, "b_reserved": -r.amount, "b_spent": 0})
                 refused[r.attempt_id] = BudgetExceeded(
                     f"the API token's daily cap for {window.split('/')[0]} (UTC) is reached", scope="daily"
                 )
@@ -196,9 +195,9 @@ def _window_upsert(conn: Connection, window: str, cap_picos: int) -> None:
     )
 
 
-# Built once: constructing a SQLAlchemy statement per call costs ~10x executing it. Bind names carry a b_
-# prefix because SQLAlchemy reserves column names for SET clauses.
-_JOB_DELTA = (
+# Built once: constructing a SQLAlchemy statement per call costs ~10x executing it; run on SQLite's driver
+# (prepared.py). Bind names carry a b_ prefix because SQLAlchemy reserves column names for SET clauses.
+_JOB_DELTA = Prepared(
     update(jobs)
     .where(jobs.c.id == bindparam("b_job"))
     .values(
@@ -207,12 +206,12 @@ _JOB_DELTA = (
         last_activity_at=bindparam("b_now"),
     )
 )
-_JOB_STARTED = (
+_JOB_STARTED = Prepared(
     update(jobs)
     .where(jobs.c.id == bindparam("b_job"), jobs.c.status == JobStatus.queued)
     .values(status=JobStatus.running, started_at=bindparam("b_now"))
 )
-_RESERVE_JOB = (
+_RESERVE_JOB = Prepared(
     update(jobs)
     .where(
         jobs.c.id == bindparam("b_job"),
@@ -221,7 +220,7 @@ _RESERVE_JOB = (
     )
     .values(reserved_picos=jobs.c.reserved_picos + bindparam("b_amount"))
 )
-_WINDOW_DELTA = (
+_WINDOW_DELTA = Prepared(
     update(budget_windows)
     .where(budget_windows.c.window == bindparam("b_window"))
     .values(
@@ -229,7 +228,7 @@ _WINDOW_DELTA = (
         spent_picos=budget_windows.c.spent_picos + bindparam("b_spent"),
     )
 )
-_RESERVE_WINDOW = (
+_RESERVE_WINDOW = Prepared(
     update(budget_windows)
     .where(
         budget_windows.c.window == bindparam("b_window"),

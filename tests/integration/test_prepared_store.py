@@ -193,3 +193,43 @@ def test_a_statement_left_to_python_side_defaults_is_refused(tmp_path):
     stmt = prepared.Prepared(insert(attempts).values(job_id=bindparam("b_job")))  # saved_picos etc. defaulted
     with engine.begin() as c, pytest.raises(ValueError, match="must give every column"):
         stmt.run(c, {"b_job": "x"})
+
+
+def test_a_refusal_an_operation_cannot_report_fails_it_instead_of_passing_silently(tmp_path):
+    """open_batch reserves its lines but is not refusable (its result is a batch, not an attempt id): run through
+    the group-commit store with lines over the budget, it must fail and write nothing, never return success
+    for lines whose reservations were refused (the batch would then be sent unpaid-for)."""
+    from llmbatch.store import batches
+    from llmbatch.store.aio import UnreportedRefusal
+    from llmbatch.store.schema import provider_batches
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    engine = get_engine(url)
+    job = make_store_job(engine, 3, BUDGET)
+    store = AsyncStore(url)
+
+    async def both():
+        fits = _reserve(store, job, 0, 500)
+        over = store.call(
+            batches.open_batch,
+            job_id=job,
+            provider="openai",
+            model="gpt-4o-mini",
+            tag="t-1",
+            lines=[(1, "t1", 1_000), (2, "t2", 1_000)],  # 500 + 2,000 > the 2,000 budget
+            worker=WORKER,
+            lease_s=60,
+            daily_cap_picos=None,
+        )
+        return await asyncio.gather(fits, over, return_exceptions=True)
+
+    try:
+        fits, over = asyncio.run(both())
+    finally:
+        store.close()
+    assert isinstance(fits, int)  # the operation that fits still commits (run alone after the rollback)
+    assert isinstance(over, UnreportedRefusal), over
+    with engine.connect() as c:
+        assert c.execute(select(provider_batches)).all() == []
+        held = c.execute(select(attempts.c.task_seq).where(attempts.c.job_id == job)).scalars().all()
+        assert held == [0]

@@ -217,12 +217,27 @@ class AsyncStore:
                 for i, value in zip(idxs, values):
                     results[i] = (True, value)
             refused = deferred.flush(conn)  # job and window rows, locked last and briefly
-        if refused:
-            for i, op in enumerate(batch):
-                ok, value = results[i]
-                if op.refusable and ok and value in refused:
-                    results[i] = (False, refused[value])
+            if refused:
+                answered = set()
+                for i, op in enumerate(batch):
+                    ok, value = results[i]
+                    if op.refusable and ok and value in refused:
+                        results[i] = (False, refused[value])
+                        answered.add(value)
+                if answered != refused.keys():
+                    # A refusal no refusable result carries: an operation whose reservation did not fit would
+                    # report success. Roll the batch back; _run_batch then runs each operation alone, and the
+                    # one at fault fails with this error.
+                    raise UnreportedRefusal(
+                        f"a reservation was refused ({next(iter(refused.values()))}) but the operation that made "
+                        "it cannot report a refusal: run it on its own transaction (with_engine) or mark it "
+                        "@in_transaction(refusable=True)"
+                    )
         return results
+
+
+class UnreportedRefusal(RuntimeError):
+    """A deferred refusal that no operation of the transaction could report (a programming error)."""
 
 
 def _resolve(future: Future, ok: bool, value: Any) -> None:

@@ -6,6 +6,8 @@ alike. Money is BigInteger pico-dollars (money.py: exact, never rounded).
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -29,6 +31,15 @@ BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 # Core tables, not ORM classes: nothing maps rows to objects, and `status` and `--help` start faster without
 # importing sqlalchemy.orm. Migrations (alembic) compare against this metadata.
 metadata = MetaData()
+
+
+def _col(name: str, *args: Any, **kwargs: Any) -> Column:
+    """A column named by a plain str. Given to Column(), a name becomes a quoted_name (a str subclass) that row
+    mappings then carry as their keys, and orjson refuses str subclasses as dict keys (`report --attempts`
+    dumps ledger rows as they come). The declarative classes this replaced named columns this same way."""
+    col = Column(*args, **kwargs)
+    col.name = col.key = name
+    return col
 
 
 class JobStatus:
@@ -67,38 +78,38 @@ class AttemptStatus:
 jobs = Table(
     "jobs",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("name", String(200)),
-    Column("status", String(24), default=JobStatus.queued, nullable=False),
-    Column("input_path", Text),
-    Column("spec", Text, default="{}", nullable=False),  # JobSpec as JSON
-    Column("executor", String(16), default="local", nullable=False),
-    Column("simulate", Boolean, default=False, nullable=False),
-    Column("budget_picos", BigInteger),
-    Column("max_cost_per_task_picos", BigInteger),
-    Column("spent_picos", BigInteger, default=0, nullable=False),
-    Column("reserved_picos", BigInteger, default=0, nullable=False),
-    Column("total_tasks", Integer, default=0, nullable=False),
-    Column("invalid_lines", Integer, default=0, nullable=False),
+    _col("id", String(40), primary_key=True),
+    _col("name", String(200)),
+    _col("status", String(24), default=JobStatus.queued, nullable=False),
+    _col("input_path", Text),
+    _col("spec", Text, default="{}", nullable=False),  # JobSpec as JSON
+    _col("executor", String(16), default="local", nullable=False),
+    _col("simulate", Boolean, default=False, nullable=False),
+    _col("budget_picos", BigInteger),
+    _col("max_cost_per_task_picos", BigInteger),
+    _col("spent_picos", BigInteger, default=0, nullable=False),
+    _col("reserved_picos", BigInteger, default=0, nullable=False),
+    _col("total_tasks", Integer, default=0, nullable=False),
+    _col("invalid_lines", Integer, default=0, nullable=False),
     # Finished tasks per status, moved with each task's status (job_counts.py; migration 0012).
-    Column("succeeded_tasks", Integer, default=0, server_default=text("0"), nullable=False),
-    Column("failed_tasks", Integer, default=0, server_default=text("0"), nullable=False),
-    Column("skipped_tasks", Integer, default=0, server_default=text("0"), nullable=False),
-    Column("cancelled_tasks", Integer, default=0, server_default=text("0"), nullable=False),
-    Column("cancel_requested", Boolean, default=False, nullable=False),
-    Column("created_at", Float, nullable=False),
-    Column("started_at", Float),
-    Column("finished_at", Float),
+    _col("succeeded_tasks", Integer, default=0, server_default=text("0"), nullable=False),
+    _col("failed_tasks", Integer, default=0, server_default=text("0"), nullable=False),
+    _col("skipped_tasks", Integer, default=0, server_default=text("0"), nullable=False),
+    _col("cancelled_tasks", Integer, default=0, server_default=text("0"), nullable=False),
+    _col("cancel_requested", Boolean, default=False, nullable=False),
+    _col("created_at", Float, nullable=False),
+    _col("started_at", Float),
+    _col("finished_at", Float),
     # Last claim or settlement: a running job with work left and no activity for a lease period has lost
     # its queue messages (every worker died); the sweeper re-publishes its units.
-    Column("last_activity_at", Float),
+    _col("last_activity_at", Float),
     # Why the job stopped dispatching before its tasks ran out (an overrun took spend past the cap).
-    Column("stop_reason", Text),
+    _col("stop_reason", Text),
     # What the job was made from (sha256 of the input file's bytes, and of its effective spec): running the same
     # command again finds this job and resumes it instead of paying again (migration 0003).
-    Column("input_digest", String(64)),
-    Column("spec_digest", String(64)),
-    Column("owner", String(40), index=True),  # the API token (service) that made it
+    _col("input_digest", String(64)),
+    _col("spec_digest", String(64)),
+    _col("owner", String(40), index=True),  # the API token (service) that made it
     # migration 0003: re-run lookup, --name, `llmbatch jobs` newest first
     Index("ix_jobs_digests", "input_digest", "spec_digest"),
     Index("ix_jobs_name", "name"),
@@ -109,30 +120,30 @@ jobs = Table(
 tasks = Table(
     "tasks",
     metadata,
-    Column("job_id", String(40), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
-    Column("seq", Integer, primary_key=True, autoincrement=False),
-    Column("task_id", String(512), nullable=False),
-    Column("line_no", Integer, nullable=False),
-    Column("task_type", String(16), nullable=False),
-    Column("payload", Text, nullable=False),  # the validated TaskLine as JSON (job defaults applied)
-    Column("status", String(16), default=TaskStatus.queued, nullable=False),
-    Column("provider", String(64)),
-    Column("model", String(200)),
-    Column("output", Text),  # JSON-encoded
-    Column("error", Text),
-    Column("skip_reason", String(40)),
-    Column("input_tokens", BigInteger, default=0, nullable=False),
-    Column("cached_tokens", BigInteger, default=0, nullable=False),
-    Column("cache_write_tokens", BigInteger, default=0, nullable=False),
-    Column("output_tokens", BigInteger, default=0, nullable=False),
-    Column("reasoning_tokens", BigInteger, default=0, nullable=False),
-    Column("cost_picos", BigInteger, default=0, nullable=False),
-    Column("attempts", Integer, default=0, nullable=False),
-    Column("escalations", Integer, default=0, nullable=False),
-    Column("deliveries", Integer, default=0, nullable=False),
-    Column("lease_owner", String(120)),
-    Column("lease_expires_at", Float),
-    Column("finished_at", Float),
+    _col("job_id", String(40), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    _col("seq", Integer, primary_key=True, autoincrement=False),
+    _col("task_id", String(512), nullable=False),
+    _col("line_no", Integer, nullable=False),
+    _col("task_type", String(16), nullable=False),
+    _col("payload", Text, nullable=False),  # the validated TaskLine as JSON (job defaults applied)
+    _col("status", String(16), default=TaskStatus.queued, nullable=False),
+    _col("provider", String(64)),
+    _col("model", String(200)),
+    _col("output", Text),  # JSON-encoded
+    _col("error", Text),
+    _col("skip_reason", String(40)),
+    _col("input_tokens", BigInteger, default=0, nullable=False),
+    _col("cached_tokens", BigInteger, default=0, nullable=False),
+    _col("cache_write_tokens", BigInteger, default=0, nullable=False),
+    _col("output_tokens", BigInteger, default=0, nullable=False),
+    _col("reasoning_tokens", BigInteger, default=0, nullable=False),
+    _col("cost_picos", BigInteger, default=0, nullable=False),
+    _col("attempts", Integer, default=0, nullable=False),
+    _col("escalations", Integer, default=0, nullable=False),
+    _col("deliveries", Integer, default=0, nullable=False),
+    _col("lease_owner", String(120)),
+    _col("lease_expires_at", Float),
+    _col("finished_at", Float),
     UniqueConstraint("job_id", "task_id", name="uq_tasks_job_task_id"),
     Index("ix_tasks_job_status", "job_id", "status"),
     # --- throughput (migration 0009): report reads at a million tasks ---
@@ -151,45 +162,45 @@ tasks = Table(
 attempts = Table(
     "attempts",
     metadata,
-    Column("id", BigIntPK, primary_key=True, autoincrement=True),
-    Column("job_id", String(40), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
-    Column("task_seq", Integer, nullable=False),
-    Column("task_id", String(512), nullable=False),
-    Column("attempt_no", Integer, nullable=False),
-    Column("provider", String(64), nullable=False),
-    Column("model", String(200), nullable=False),
-    Column("channel", String(8), default="sync", nullable=False),  # sync | batch
-    Column("purpose", String(16), default="first", nullable=False),  # first | retry | fallback | escalation
-    Column("status", String(16), default=AttemptStatus.in_flight, nullable=False),
-    Column("settled", Boolean, default=False, nullable=False),
-    Column("cost_source", String(16)),  # usage | none | reservation | unpriced
-    Column("error_class", String(40)),
-    Column("error_message", Text),
-    Column("http_status", Integer),
-    Column("pricing_error", Text),
-    Column("input_tokens", BigInteger, default=0, nullable=False),
-    Column("cached_tokens", BigInteger, default=0, nullable=False),
-    Column("cache_write_tokens", BigInteger, default=0, nullable=False),
-    Column("output_tokens", BigInteger, default=0, nullable=False),
-    Column("reasoning_tokens", BigInteger, default=0, nullable=False),
-    Column("reserved_picos", BigInteger, default=0, nullable=False),
-    Column("cost_picos", BigInteger, default=0, nullable=False),
+    _col("id", BigIntPK, primary_key=True, autoincrement=True),
+    _col("job_id", String(40), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    _col("task_seq", Integer, nullable=False),
+    _col("task_id", String(512), nullable=False),
+    _col("attempt_no", Integer, nullable=False),
+    _col("provider", String(64), nullable=False),
+    _col("model", String(200), nullable=False),
+    _col("channel", String(8), default="sync", nullable=False),  # sync | batch
+    _col("purpose", String(16), default="first", nullable=False),  # first | retry | fallback | escalation
+    _col("status", String(16), default=AttemptStatus.in_flight, nullable=False),
+    _col("settled", Boolean, default=False, nullable=False),
+    _col("cost_source", String(16)),  # usage | none | reservation | unpriced
+    _col("error_class", String(40)),
+    _col("error_message", Text),
+    _col("http_status", Integer),
+    _col("pricing_error", Text),
+    _col("input_tokens", BigInteger, default=0, nullable=False),
+    _col("cached_tokens", BigInteger, default=0, nullable=False),
+    _col("cache_write_tokens", BigInteger, default=0, nullable=False),
+    _col("output_tokens", BigInteger, default=0, nullable=False),
+    _col("reasoning_tokens", BigInteger, default=0, nullable=False),
+    _col("reserved_picos", BigInteger, default=0, nullable=False),
+    _col("cost_picos", BigInteger, default=0, nullable=False),
     # A cache attempt (channel "cache", cost 0): the original attempt's cost it did not pay again.
-    Column("saved_picos", BigInteger, default=0, nullable=False),
+    _col("saved_picos", BigInteger, default=0, nullable=False),
     # The daily window(s) holding the reservation, space-separated: "2026-11-30" and/or "2026-11-30/tok_..."
-    Column("budget_window", String(64)),
-    Column("latency_ms", Integer),
-    Column("provider_request_id", String(200)),
+    _col("budget_window", String(64)),
+    _col("latency_ms", Integer),
+    _col("provider_request_id", String(200)),
     # Billed above its reservation (the provider counted more tokens than our bound allowed for).
-    Column("overrun", Boolean, default=False, nullable=False),
-    Column("finish_reason", String(40)),  # the provider's, as it sent it
-    Column("served_model", String(200)),  # the model the provider says answered
-    Column("worker", String(120)),
-    Column("started_at", Float, nullable=False),
-    Column("finished_at", Float),
+    _col("overrun", Boolean, default=False, nullable=False),
+    _col("finish_reason", String(40)),  # the provider's, as it sent it
+    _col("served_model", String(200)),  # the model the provider says answered
+    _col("worker", String(120)),
+    _col("started_at", Float, nullable=False),
+    _col("finished_at", Float),
     # --- discount-channels: a batch-channel attempt's provider batch (provider_batches.id) and its provider id
-    Column("batch_ref", BigInteger),
-    Column("provider_batch_id", String(200)),
+    _col("batch_ref", BigInteger),
+    _col("provider_batch_id", String(200)),
     UniqueConstraint("job_id", "task_seq", "attempt_no", name="uq_attempts_task_no"),
     Index("ix_attempts_job_status", "job_id", "status"),
     Index(
@@ -206,22 +217,22 @@ attempts = Table(
 provider_batches = Table(
     "provider_batches",
     metadata,
-    Column("id", BigIntPK, primary_key=True, autoincrement=True),
-    Column("job_id", String(40), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
-    Column("provider", String(64), nullable=False),
-    Column("model", String(200), nullable=False),
-    Column("tag", String(120), nullable=False),  # names the batch at the provider (metadata / display name)
-    Column("provider_batch_id", String(200)),
-    Column("state", String(16), nullable=False),  # creating | submitted | settled | failed
-    Column("lines", Integer, nullable=False),
-    Column("reserved_picos", BigInteger, nullable=False),
-    Column("owner", String(120)),  # the worker polling it, while lease_until lasts
-    Column("lease_until", Float),
-    Column("error", Text),
-    Column("created_at", Float, nullable=False),
-    Column("submitted_at", Float),
-    Column("polled_at", Float),
-    Column("ended_at", Float),
+    _col("id", BigIntPK, primary_key=True, autoincrement=True),
+    _col("job_id", String(40), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    _col("provider", String(64), nullable=False),
+    _col("model", String(200), nullable=False),
+    _col("tag", String(120), nullable=False),  # names the batch at the provider (metadata / display name)
+    _col("provider_batch_id", String(200)),
+    _col("state", String(16), nullable=False),  # creating | submitted | settled | failed
+    _col("lines", Integer, nullable=False),
+    _col("reserved_picos", BigInteger, nullable=False),
+    _col("owner", String(120)),  # the worker polling it, while lease_until lasts
+    _col("lease_until", Float),
+    _col("error", Text),
+    _col("created_at", Float, nullable=False),
+    _col("submitted_at", Float),
+    _col("polled_at", Float),
+    _col("ended_at", Float),
     UniqueConstraint("tag", name="uq_provider_batches_tag"),
     Index("ix_provider_batches_job_state", "job_id", "state"),
 )
@@ -231,10 +242,10 @@ provider_batches = Table(
 budget_windows = Table(
     "budget_windows",
     metadata,
-    Column("window", String(64), primary_key=True),  # a UTC day, or "day/token id"
-    Column("cap_picos", BigInteger, nullable=False),
-    Column("spent_picos", BigInteger, default=0, nullable=False),
-    Column("reserved_picos", BigInteger, default=0, nullable=False),
+    _col("window", String(64), primary_key=True),  # a UTC day, or "day/token id"
+    _col("cap_picos", BigInteger, nullable=False),
+    _col("spent_picos", BigInteger, default=0, nullable=False),
+    _col("reserved_picos", BigInteger, default=0, nullable=False),
 )
 
 
@@ -244,12 +255,12 @@ budget_windows = Table(
 worker_presence = Table(
     "worker_presence",
     metadata,
-    Column("worker_id", String(120), primary_key=True),
-    Column("host", String(255), nullable=False),
-    Column("pid", Integer, nullable=False),
-    Column("started_at", Float, nullable=False),
-    Column("seen_at", Float, nullable=False),
-    Column("expires_at", Float, index=True, nullable=False),
+    _col("worker_id", String(120), primary_key=True),
+    _col("host", String(255), nullable=False),
+    _col("pid", Integer, nullable=False),
+    _col("started_at", Float, nullable=False),
+    _col("seen_at", Float, nullable=False),
+    _col("expires_at", Float, index=True, nullable=False),
 )
 
 
@@ -257,12 +268,12 @@ worker_presence = Table(
 input_errors = Table(
     "input_errors",
     metadata,
-    Column("id", BigIntPK, primary_key=True, autoincrement=True),
-    Column("job_id", String(40), ForeignKey("jobs.id", ondelete="CASCADE"), index=True, nullable=False),
-    Column("line_no", Integer, nullable=False),
-    Column("task_id", String(512)),
-    Column("reason", Text, nullable=False),
-    Column("excerpt", Text),
+    _col("id", BigIntPK, primary_key=True, autoincrement=True),
+    _col("job_id", String(40), ForeignKey("jobs.id", ondelete="CASCADE"), index=True, nullable=False),
+    _col("line_no", Integer, nullable=False),
+    _col("task_id", String(512)),
+    _col("reason", Text, nullable=False),
+    _col("excerpt", Text),
 )
 
 
@@ -271,20 +282,20 @@ input_errors = Table(
 response_cache = Table(
     "response_cache",
     metadata,
-    Column("key", String(64), primary_key=True),  # sha256 hex of scope, provider, model, body
-    Column("scope", String(120)),  # the API token's scope, once tokens exist
-    Column("provider", String(64), nullable=False),
-    Column("model", String(200), nullable=False),
-    Column("output", Text),  # the validated output as JSON; NULL = a claim marker
+    _col("key", String(64), primary_key=True),  # sha256 hex of scope, provider, model, body
+    _col("scope", String(120)),  # the API token's scope, once tokens exist
+    _col("provider", String(64), nullable=False),
+    _col("model", String(200), nullable=False),
+    _col("output", Text),  # the validated output as JSON; NULL = a claim marker
     # Set instead of output: this request's answer failed validation (tasks escalate without calling again).
-    Column("invalid_error", Text),
-    Column("usage", Text),  # the original call's usage as JSON
-    Column("cost_picos", BigInteger, default=0, nullable=False),  # copied from the original attempt's ledger row
-    Column("job_id", String(40)),  # where the answer came from (no FK: outlives jobs)
-    Column("attempt_id", BigInteger),
-    Column("claimed_by", String(120)),
-    Column("claim_expires_at", Float),
-    Column("created_at", Float, nullable=False),
+    _col("invalid_error", Text),
+    _col("usage", Text),  # the original call's usage as JSON
+    _col("cost_picos", BigInteger, default=0, nullable=False),  # copied from the original attempt's ledger row
+    _col("job_id", String(40)),  # where the answer came from (no FK: outlives jobs)
+    _col("attempt_id", BigInteger),
+    _col("claimed_by", String(120)),
+    _col("claim_expires_at", Float),
+    _col("created_at", Float, nullable=False),
     Index("ix_response_cache_created", "created_at"),
 )
 
@@ -293,12 +304,12 @@ response_cache = Table(
 api_tokens = Table(
     "api_tokens",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("name", String(100), unique=True, nullable=False),
-    Column("token_hash", String(64), unique=True, nullable=False),
-    Column("daily_cap_picos", BigInteger),
-    Column("created_at", Float, nullable=False),
-    Column("revoked_at", Float),
+    _col("id", String(40), primary_key=True),
+    _col("name", String(100), unique=True, nullable=False),
+    _col("token_hash", String(64), unique=True, nullable=False),
+    _col("daily_cap_picos", BigInteger),
+    _col("created_at", Float, nullable=False),
+    _col("revoked_at", Float),
 )
 
 
@@ -306,13 +317,13 @@ api_tokens = Table(
 service_files = Table(
     "service_files",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("owner", String(40), index=True),
-    Column("filename", String(300), nullable=False),
-    Column("purpose", String(32), nullable=False),  # batch | batch_output
-    Column("bytes", BigInteger, nullable=False),
-    Column("path", Text, nullable=False),
-    Column("created_at", Float, nullable=False),
+    _col("id", String(40), primary_key=True),
+    _col("owner", String(40), index=True),
+    _col("filename", String(300), nullable=False),
+    _col("purpose", String(32), nullable=False),  # batch | batch_output
+    _col("bytes", BigInteger, nullable=False),
+    _col("path", Text, nullable=False),
+    _col("created_at", Float, nullable=False),
 )
 
 
@@ -320,22 +331,22 @@ service_files = Table(
 service_batches = Table(
     "service_batches",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("owner", String(40), index=True),
-    Column("job_id", String(40), index=True),
-    Column("input_file_id", String(40), nullable=False),
-    Column("endpoint", String(64), nullable=False),
-    Column("completion_window", String(16), nullable=False),
-    Column("metadata", Text),  # JSON
-    Column("status", String(16), nullable=False),
-    Column("errors", Text),  # JSON list of {code, message, line}
-    Column("output_file_id", String(40)),
-    Column("error_file_id", String(40)),
-    Column("created_at", Float, nullable=False),
-    Column("in_progress_at", Float),
-    Column("finalizing_at", Float),
-    Column("completed_at", Float),
-    Column("failed_at", Float),
-    Column("cancelling_at", Float),
-    Column("cancelled_at", Float),
+    _col("id", String(40), primary_key=True),
+    _col("owner", String(40), index=True),
+    _col("job_id", String(40), index=True),
+    _col("input_file_id", String(40), nullable=False),
+    _col("endpoint", String(64), nullable=False),
+    _col("completion_window", String(16), nullable=False),
+    _col("metadata", Text),  # JSON
+    _col("status", String(16), nullable=False),
+    _col("errors", Text),  # JSON list of {code, message, line}
+    _col("output_file_id", String(40)),
+    _col("error_file_id", String(40)),
+    _col("created_at", Float, nullable=False),
+    _col("in_progress_at", Float),
+    _col("finalizing_at", Float),
+    _col("completed_at", Float),
+    _col("failed_at", Float),
+    _col("cancelling_at", Float),
+    _col("cancelled_at", Float),
 )

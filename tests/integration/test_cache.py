@@ -306,10 +306,12 @@ def test_celery_workers_call_once_for_identical_tasks(
         env = cli_env(
             fresh_postgres_url, LLMBATCH_BROKER_URL=redis_url, LLMBATCH_SIMULATOR_URL=sim.url, LLMBATCH_CHUNK_SIZE="10"
         )
+        # Both workers are up before the units are queued: started after, one could take most of the job before
+        # the other is ready, and the cross-worker answers this test is about would then not happen.
+        worker_procs.start(2, env=env, args=["--concurrency", "20"], ready_timeout=90)
         p = run_cli(["submit", str(src), "--simulate"], env)
         assert p.returncode == 0, p.stderr
         job_id = p.stdout.strip().splitlines()[-1]
-        worker_procs.start(2, env=env, args=["--concurrency", "20"])
         job = wait_terminal(fresh_postgres_url, job_id, timeout=180)
         calls = _calls(sim)
     assert job["status"] == "succeeded"

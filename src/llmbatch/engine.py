@@ -424,7 +424,8 @@ class Engine:
         state: _TaskRun,
         deadline: float,
     ):
-        for n in range(self.settings.retry.max_attempts_per_model):
+        n = 0
+        while n < self.settings.retry.max_attempts_per_model:
             ticket = await self._admit(ctx, cand.model.provider, deadline)
             if ticket is None:
                 state.last_error = (
@@ -436,6 +437,13 @@ class Engine:
                 outcome = await self._attempt(ctx, claimed, task, call_request, cand, state, deadline, n)
             finally:
                 self.breaker.release(ticket)
+            if ticket.probe and outcome is RETRY:
+                # A failed half-open probe tried the provider for every task waiting on it: it is not this
+                # task's retry. Charged to it, a task that happened to win several probes of one outage ran out
+                # of attempts while the others waited for free. Its ledger row stays; the task deadline bounds it.
+                state.attempts -= 1
+                continue
+            n += 1
             if outcome is TRUNCATED:
                 grown = self._grow_cap(request, cand)
                 if grown is None:  # the model allows no more output: a higher tier may say it shorter

@@ -41,6 +41,7 @@ from .money import exact_usd, usd_to_picos
 from .prompts import build_request
 from .quality.policy import PolicyRouter, router_for
 from .routing import Candidate, Health, RouteDecision, escalation_order, route
+from .slots import InFlightSlots, Slot
 from .store import ledger, repo
 from .store.aio import AsyncStore
 from .store.schema import AttemptStatus, TaskStatus
@@ -162,7 +163,8 @@ class Engine:
         )
         # In-flight slots: held by an attempt from its rate-limit wait through its reservation to the call's
         # answer, not while its task looks up the cache before or records after (see run_claimed).
-        self.slots = asyncio.Semaphore(concurrency)
+        # A task's second call (retry, escalation) takes a freed slot before fresh tasks do (slots.py).
+        self.slots = InFlightSlots(concurrency)
         # Tasks running at once: the slots' holders plus as many preparing their next call or recording one.
         self.active = asyncio.Semaphore(2 * concurrency)
         self.concurrency = concurrency
@@ -474,8 +476,8 @@ class Engine:
         self, ctx, claimed, task, call_request: ChatRequest, cand: Candidate, state: _TaskRun, deadline: float, n: int
     ):
         """One attempt in an in-flight slot, freed once the call has answered (or the attempt ended without one)."""
-        slot = _Slot(self.slots)
-        await slot.take()
+        slot = Slot(self.slots)
+        await slot.take(urgent=state.attempts > 0 or state.escalations > 0)
         started = self._starting.pop((ctx.job_id, claimed.seq), None)
         if started is not None:
             started()
@@ -494,7 +496,7 @@ class Engine:
         state: _TaskRun,
         deadline: float,
         n: int,
-        slot: "_Slot",
+        slot: Slot,
     ):
         """One attempt: checks, rate limit, reservation, the call, then what its answer means. Returns what
         _try_candidate returns, or RETRY (try this model again)."""
@@ -856,21 +858,3 @@ class Engine:
     def _observe_latency(self, key: str, latency_ms: int) -> None:
         prev = self.health.latency_ms.get(key)
         self.health.latency_ms[key] = latency_ms if prev is None else prev * 0.9 + latency_ms * 0.1
-
-
-class _Slot:
-    """One in-flight slot of an attempt, freed at most once."""
-
-    __slots__ = ("sem", "held")
-
-    def __init__(self, sem: asyncio.Semaphore):
-        self.sem, self.held = sem, False
-
-    async def take(self) -> None:
-        await self.sem.acquire()
-        self.held = True
-
-    def free(self) -> None:
-        if self.held:
-            self.held = False
-            self.sem.release()

@@ -5,8 +5,8 @@ million-task job is ~20k small messages, not a million. Each worker process keep
 background thread with one Engine (one HTTP client, hundreds of calls in flight) and one TaskFlow
 (flow.py): a message is acked once its unit's tasks are leased in the store and scheduled there, and the
 tasks then take the worker's in-flight slots one by one, so a unit's slowest task holds only its own slot.
-The flow claims a unit only while there is room (concurrency + one unit), so a worker holds at most that
-many tasks and the other messages stay in the queue for other workers. Delivery is at-least-once: a claim
+The flow claims a unit only while there is room (twice the concurrency, or that plus a unit), so a worker
+holds at most that many tasks and the other messages stay in the queue for other workers. Delivery is at-least-once: a claim
 whose worker dies expires (lease_seconds) and the sweeper re-queues it; a stopping worker finishes its
 in-flight tasks within shutdown_grace_s and re-queues the rest. Recording is exactly-once (leased claims).
 """
@@ -95,7 +95,7 @@ class _WorkerRuntime:
                     publish=publish_range,
                 ) as engine:
                     self.engine = engine
-                    self.flow = TaskFlow(engine, ahead=self.settings.chunk_size, on_unit_done=self._unit_done)
+                    self.flow = TaskFlow(engine, on_unit_done=self._unit_done)
                     self._ready.set()
                     sweepers = [
                         asyncio.create_task(self._sweep_forever()),

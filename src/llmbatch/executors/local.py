@@ -10,9 +10,9 @@ from .flow import TaskFlow
 async def run_job(engine: Engine, job_id: str, *, chunk_size: int) -> str | None:
     """Run every unfinished task of the job; returns the job's terminal status."""
     ranges = await engine.store.read(repo.open_seq_ranges, job_id, chunk_size)
-    # Units are claimed (leased) one at a time, a unit ahead of the in-flight limit; their tasks take the
-    # in-flight slots one by one (flow.py), so a slow task holds its own slot and nothing else.
-    flow = TaskFlow(engine, ahead=chunk_size)
+    # Units are claimed (leased) one at a time, up to a set of slots ahead of the in-flight limit; their tasks
+    # take the in-flight slots one by one (flow.py), so a slow task holds its own slot and nothing else.
+    flow = TaskFlow(engine)
     for lo, hi in ranges:
         if await flow.feed(job_id, lo, hi) is None:  # flow.stop_claiming() was called
             break

@@ -767,7 +767,7 @@ class Engine:
             if delay > 0.05 and not await self._still_holding(claimed, state):  # after a wait for money
                 raise _LeaseLost()
             try:
-                return await self.store.call(
+                return await self.store.call_first(
                     ledger.reserve,
                     job_id=ctx.job_id,
                     task_seq=claimed.seq,

@@ -60,10 +60,11 @@ def _is_disconnect(e: BaseException) -> bool:
 
 
 class _Op:
-    __slots__ = ("fn", "args", "kwargs", "future", "deferring", "refusable", "many")
+    __slots__ = ("fn", "args", "kwargs", "future", "deferring", "refusable", "many", "urgent")
 
-    def __init__(self, fn: Callable, args: tuple, kwargs: dict, *, group: bool = False):
+    def __init__(self, fn: Callable, args: tuple, kwargs: dict, *, group: bool = False, urgent: bool = False):
         self.fn = getattr(fn, "on_conn", fn)  # the connection-level form
+        self.urgent = urgent  # a provider call waits for it (see AsyncStore.call_first)
         self.args, self.kwargs = args, kwargs
         self.deferring = getattr(fn, "takes_deferred", False)  # takes the transaction's Deferred
         self.refusable = getattr(fn, "refusable", False)  # its result can be refused when the Deferred flushes
@@ -98,6 +99,15 @@ class AsyncStore:
 
     read = write = call  # the same; the name says what the caller does
 
+    async def call_first(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Like call(), for an operation an in-flight slot waits on (a reservation): when a store thread's
+        batch holds both kinds, these commit first in their own transaction, and the records (settlements,
+        outcomes) after. At a fixed latency a wave of answers queues a batch of records just as the freed
+        slots' reservations arrive; behind them each slot would idle for a whole batch."""
+        op = _Op(fn, args, kwargs, group=self.grouped, urgent=True)
+        self._queue.put(op)
+        return await asyncio.wrap_future(op.future)
+
     async def with_engine(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run an engine-level function (one that manages its own transactions, like reconcile) off the loop."""
         return await asyncio.to_thread(fn, self.engine, *args, **kwargs)
@@ -130,6 +140,10 @@ class AsyncStore:
             # with its unit, a task cut at shutdown), so handing it the result cannot fail and kill this thread.
             # One cancelled before it started is dropped: nobody waits for it.
             batch = [op for op in batch if op.future.set_running_or_notify_cancel()]
+            urgent = [op for op in batch if op.urgent]
+            if urgent and len(urgent) < len(batch):
+                self._run_batch(urgent)
+                batch = [op for op in batch if not op.urgent]
             if batch:
                 self._run_batch(batch)
 

@@ -182,6 +182,7 @@ class Engine:
         self.daily_cap_picos = usd_to_picos(settings.daily_cap_usd) if settings.daily_cap_usd is not None else None
         self.presence: Presence | None = None  # set by runtime.open_engine
         self._claim_epoch: dict[tuple[str, int], int] = {}  # (job, seq) -> presence epoch at its claim
+        self._running: dict[tuple[str, int], _TaskRun] = {}  # (job, seq) -> its run's state, while it runs
         self._starting: dict[tuple[str, int], Callable[[], None]] = {}  # run_claimed's started(), until a slot
         self.cache = CacheHook(self, escalate=ESCALATE)
         self.batches = BatchRunner(self)  # discount channels: tasks routed to a provider batch API
@@ -231,6 +232,9 @@ class Engine:
         ctx = await self.job_context(job_id)
         if self.stopping:
             return ctx, []
+        # The epoch the claim is made under, confirmed first: a process that just woke from a freeze renews its
+        # presence (a new epoch) before it claims, so what it claims now is its own under that epoch.
+        epoch = await self.presence.confirm() if self.presence is not None else 0
         claimed, poisoned = await self.store.call(
             repo.claim_tasks,
             job_id,
@@ -249,12 +253,36 @@ class Engine:
             # claim_tasks refuses a cancelled job in the same transaction, so the job is not cancelled now,
             # whatever this worker cached before a `retry` lifted an earlier cancel.
             ctx.cancelled, ctx.checked_at = False, time.time()
+            claimed = self._not_running_here(job_id, claimed, epoch)
             self.cache.note_claimed(claimed)
             claimed = await self.batches.take(ctx, claimed)  # batch-channel tasks: the batch runner has them
-            epoch = self.presence.epoch if self.presence is not None else 0
             for c in claimed:
                 self._claim_epoch[(job_id, c.seq)] = epoch
         return ctx, claimed
+
+    def _claimed_again(self, key: tuple[str, int]) -> bool:
+        """After a run ended LOST: whether this process has claimed the task again since (under the epoch now
+        current), so it is ours to run after all."""
+        state = self._running.get(key)
+        return self.presence is not None and state is not None and state.epoch == self.presence.epoch
+
+    def _not_running_here(self, job_id: str, claimed: list[repo.ClaimedTask], epoch: int) -> list[repo.ClaimedTask]:
+        """A task this process still runs, claimed again by this process (its presence lapsed, a sweeper handed
+        the task back, and this worker took it first): the running delivery keeps it, now under the new claim.
+        A second delivery here would call the provider again while the first call may still be out, and both
+        would be paid (the lease names the worker, so each would pass its checks)."""
+        fresh = []
+        for c in claimed:
+            key = (job_id, c.seq)
+            if key not in self._claim_epoch:
+                fresh.append(c)
+                continue
+            self._claim_epoch[key] = epoch
+            state = self._running.get(key)
+            if state is not None:
+                state.epoch = epoch
+            log.info("task %s: claimed again while it still runs here; the running delivery keeps it", c.task_id)
+        return fresh
 
     async def renew_leases(self, job_id: str, seqs: list[int]) -> int:
         return await self.store.call(
@@ -273,7 +301,8 @@ class Engine:
             try:
                 if self.stopping:
                     return  # claimed but not started: its lease is handed back
-                await self.run_task(ctx, claimed)
+                while await self.run_task(ctx, claimed) is LOST and self._claimed_again(key):
+                    pass  # it lost its claim, then this process claimed it again (_not_running_here): run it again
             except Interrupted:
                 return  # stopping between attempts: the task goes back to the queue as it is
             except StoreWriteError as e:  # full disk, read-only, locked: stop the run, record nothing more
@@ -287,6 +316,7 @@ class Engine:
             finally:
                 self._claim_epoch.pop(key, None)
                 self._starting.pop(key, None)
+                self._running.pop(key, None)
 
     # ------------------------------------------------------------------------------------------- task
 
@@ -336,7 +366,9 @@ class Engine:
                 log.warning("job %s: %s (first seen on task %s)", ctx.job_id, w, printable(task.id))
         if not decision.candidates:
             return await self._no_candidate(ctx, claimed, decision)
-        state = _TaskRun(epoch=self._claim_epoch.get((ctx.job_id, claimed.seq), 0))
+        state = self._running[(ctx.job_id, claimed.seq)] = _TaskRun(
+            epoch=self._claim_epoch.get((ctx.job_id, claimed.seq), 0)
+        )
         deadline = time.time() + self.settings.retry.task_deadline_s
         queue = list(decision.candidates)
         while queue:

@@ -382,11 +382,6 @@ def _utc_date(now: float) -> date:
     return day
 
 
-# An eligible model in route(): (estimated picos, observed latency, key), the sort key, then the model, upper
-# bound picos, input tokens expected and at most, expected output, completion cap and adaptation notes.
-_Row = tuple[int, float, str, ModelInfo, int, int, int, int, int, tuple[str, ...]]
-
-
 def route(
     task: TaskLine,
     request: ChatRequest,
@@ -424,6 +419,16 @@ def route(
     verdicts = _static_verdicts(
         catalog, shape, pinned_keys, allow, frozenset(deny), frozenset(credentials), min_tier, today
     )
+    size_key = (
+        id(verdicts), needs.images, needs.text_est, needs.text_upper, needs.out_est, needs.max_output,
+        needs.reasoning_budget, max_cost_per_task_picos,
+    )  # fmt: skip
+    sized = _SIZED.get(size_key)
+    if sized is not None and sized.verdicts is verdicts and not sized.cooling(health, now):
+        # A size seen before, no eligible model cooling down: every figure, object and order comes from its table.
+        warnings += sized.pin_warnings
+        return RouteDecision(sized.candidates(health.latency_ms), sized.rejected, tuple(warnings))
+    pinned_from = len(warnings)
     # Rules 8-11 and the estimates, per model that passed the static rules: integer arithmetic on the _Fit.
     images, text_est, text_upper, out_visible = needs.images, needs.text_est, needs.text_upper, needs.out_est
     max_output, request_budget = needs.max_output, needs.reasoning_budget
@@ -484,25 +489,109 @@ def route(
         rejected += [Rejection(row[3], f"cooling down {left:.0f} s", row[0], "cooldown") for row, left in cooling]
         rejected.sort(key=lambda r: r.model.key)  # otherwise already in key order, as the verdicts are
 
+    if not cooling:  # a size seen twice gets a table (most sizes of a varied job come once)
+        if _SEEN.pop(size_key, False):
+            _remember(size_key, _SizedRoute(verdicts, eligible, rejected, warnings[pinned_from:]))
+        else:
+            if len(_SEEN) >= _SIZED_MAX_SEEN:
+                _SEEN.clear()
+            _SEEN[size_key] = True
     eligible.sort()  # by (picos, latency, key): keys are unique, so the rest of a row is never compared
+    return RouteDecision(_candidates(eligible), tuple(rejected), tuple(warnings))
+
+
+# An eligible model in route(): (estimated picos, observed latency, key), the sort key, then the model, upper
+# bound picos, input tokens expected and at most, expected output, completion cap and adaptation notes.
+_Row = tuple[int, float, str, ModelInfo, int, int, int, int, int, tuple[str, ...]]
+_Verdicts = tuple["Rejection | _Fit", ...]
+_Order = tuple[tuple[int, ...], ...]  # per run of equal estimates, the order of its rows
+
+
+class _SizedRoute:
+    """route()'s decision for one request size (token counts, images, output cap and budget, max cost) against
+    one shape's verdicts, when no eligible model is cooling down, but for the order of equal estimates, which
+    observed latency breaks. A job's tasks often come in a few sizes, and for a size seen before route() only
+    reads this table: its Candidates and Rejections are shared by the decisions, as the static rejections
+    always were (they are immutable), and it builds none."""
+
+    __slots__ = ("verdicts", "rejected", "pin_warnings", "_models", "_ordered", "_ties", "_by_order")
+
+    def __init__(self, verdicts: _Verdicts, rows: list[_Row], rejected: list[Rejection], pins: list[str]) -> None:
+        self.verdicts = verdicts  # held: the tables are keyed by the verdicts' id
+        self.rejected = tuple(rejected)
+        self.pin_warnings = tuple(pins)
+        self._models = tuple(row[3] for row in rows)
+        ordered = sorted(rows, key=lambda r: (r[0], r[2]))  # by estimate, then key (latency comes in between)
+        self._ordered = ordered
+        ties, i = [], 0  # runs of equal estimates: there latency decides (unknown sorts last), then the key
+        while i < len(ordered):
+            j = i + 1
+            while j < len(ordered) and ordered[j][0] == ordered[i][0]:
+                j += 1
+            if j - i > 1:
+                ties.append((i, j))
+            i = j
+        self._ties = tuple(ties)
+        self._by_order: dict[_Order, tuple[Candidate, ...]] = {}
+
+    def cooling(self, health: Health, now: float) -> bool:
+        """Whether an eligible model (or its provider) is cooling down: route() then decides from scratch."""
+        return bool(health.cooldown_until) and any(_cooling_left(health, m, now) is not None for m in self._models)
+
+    def candidates(self, latency: dict[str, float]) -> tuple[Candidate, ...]:
+        ordered = self._ordered
+        order: _Order = ()
+        if self._ties:
+            inf = float("inf")
+            order = tuple(
+                tuple(sorted(range(a, b), key=lambda k: (latency.get(ordered[k][2], inf), ordered[k][2])))
+                for a, b in self._ties
+            )
+        got = self._by_order.get(order)
+        if got is None:
+            rows = list(ordered)
+            for (a, b), idx in zip(self._ties, order):
+                rows[a:b] = [ordered[k] for k in idx]
+            if len(self._by_order) >= 64:  # latencies drift: keep it small
+                self._by_order.clear()
+            got = self._by_order[order] = _candidates(rows)
+        return got
+
+
+def _candidates(eligible: list[_Row]) -> tuple[Candidate, ...]:
+    """The Candidates of `eligible`, in its order (the first is the cheapest)."""
     cheapest = eligible[0][0] if eligible else 0
-    candidates = [
-        _frozen(
-            Candidate,
-            model=model,
-            estimated_picos=picos,
-            upper_bound_picos=upper,
-            input_tokens_est=in_est,
-            input_tokens_upper=in_upper,
-            output_tokens_est=out_est,
-            completion_cap=cap,
-            first=i == 0,
-            cheapest_picos=cheapest,
-            notes=notes,
-        )
-        for i, (picos, _, _, model, upper, in_est, in_upper, out_est, cap, notes) in enumerate(eligible)
-    ]
-    return RouteDecision(tuple(candidates), tuple(rejected), tuple(warnings))
+    return tuple(
+        [
+            _frozen(
+                Candidate,
+                model=model,
+                estimated_picos=picos,
+                upper_bound_picos=upper,
+                input_tokens_est=in_est,
+                input_tokens_upper=in_upper,
+                output_tokens_est=out_est,
+                completion_cap=cap,
+                first=i == 0,
+                cheapest_picos=cheapest,
+                notes=notes,
+            )
+            for i, (picos, _, _, model, upper, in_est, in_upper, out_est, cap, notes) in enumerate(eligible)
+        ]
+    )
+
+
+# Tables by (id of the verdicts, request size, max cost), only for sizes seen twice (most sizes of a job with
+# varied inputs come once), and a few hundred at most: they hold objects the garbage collector walks.
+_SIZED: dict[tuple[int | None, ...], _SizedRoute] = {}
+_SEEN: dict[tuple[int | None, ...], bool] = {}
+_SIZED_MAX, _SIZED_MAX_SEEN = 256, 4096
+
+
+def _remember(key: tuple[int | None, ...], table: _SizedRoute) -> None:
+    if len(_SIZED) >= _SIZED_MAX:
+        _SIZED.clear()
+    _SIZED[key] = table
 
 
 def escalation_order(decision: RouteDecision, failed: ModelInfo) -> list[Candidate]:

@@ -95,3 +95,80 @@ def test_put_many_stores_what_put_stores(store):
             verdict, entry = _claim(c, f"m{i}", worker="w2", now=now + 1)
             assert verdict == entries.HIT and entry.output == {"i": i}
         assert entries.put_many(c, []) == []
+
+
+def _prepare(conn, now):
+    """Keys in every state: an answer, an invalid verdict, a live claim of w2, an expired claim of w2."""
+    _put(conn, "hit", output={"a": 1}, now=now)
+    entries.put_invalid(conn, "bad", scope=None, provider="p", model="m", error="nope", job_id="j", now=now)
+    _claim(conn, "live", worker="w2", now=now)
+    _claim(conn, "stale", worker="w2", now=now - 60)
+
+
+CLAIMS = ["new1", "hit", "new2", "bad", "live", "new1", "stale", "new3"]  # new1 twice: the second sees the first
+
+
+def _rows(conn):
+    cols = [response_cache.c[n] for n in ("key", "output", "invalid_error", "claimed_by", "claim_expires_at")]
+    return [tuple(r) for r in conn.execute(select(*cols).order_by(response_cache.c.key))]
+
+
+def test_the_set_form_of_a_claim_decides_and_writes_as_the_single_form(store):
+    now = time.time()
+    items = [entries.ClaimItem(k, None, "p", "m", "w1", 100.0, 30.0, now) for k in CLAIMS]
+    with store.begin() as c:
+        _prepare(c, now)
+        one_by_one = [_claim(c, k, now=now) for k in CLAIMS]
+        single_rows = _rows(c)
+        c.rollback()
+    with store.begin() as c:
+        _prepare(c, now)
+        together = entries.claim_or_get_many(c, items)
+        assert _rows(c) == single_rows
+    assert together == one_by_one
+    assert [v for v, _ in together] == ["lead", "hit", "lead", "invalid", "wait", "lead", "lead", "lead"]
+
+
+def test_the_postgres_store_claims_a_batch_of_new_keys_in_one_statement(fresh_postgres_url):
+    import asyncio
+
+    from sqlalchemy import event
+
+    from llmbatch.store.aio import AsyncStore
+    from llmbatch.store.db import get_engine
+
+    engine = get_engine(fresh_postgres_url)
+    inserts: list[str] = []
+
+    def count(conn, cursor, statement, params, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO RESPONSE_CACHE"):
+            inserts.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    store = AsyncStore(fresh_postgres_url, threads=1)
+
+    async def claim_all():
+        calls = [
+            store.write(
+                entries.claim_or_get,
+                f"k{i}",
+                scope=None,
+                provider="p",
+                model="m",
+                worker="w1",
+                ttl_s=100.0,
+                claim_s=30.0,
+            )
+            for i in range(40)
+        ]
+        return await asyncio.gather(*calls)
+
+    try:
+        got = asyncio.run(claim_all())
+    finally:
+        store.close()
+        event.remove(engine, "before_cursor_execute", count)
+    assert got == [(entries.LEAD, None)] * 40
+    assert len(inserts) < 10  # one per batch, not one per key
+    with engine.connect() as c:
+        assert c.execute(select(func.count()).select_from(response_cache)).scalar() == 40

@@ -196,3 +196,37 @@ def test_calls_through_a_proxy_from_the_environment_go_through_httpx(monkeypatch
     proxied, plain = asyncio.run(go())
     assert proxied is None  # httpx's send path, which honours the proxy
     assert isinstance(plain, AiohttpTransport)
+
+
+def test_a_direct_answer_reads_as_the_httpx_response_of_the_same_bytes():
+    """post_json's direct path returns a light answer for a 2xx without content-encoding (transport._Read):
+    its status, bytes, headers (case-insensitive, repeated ones joined) and text are httpx's."""
+    import httpx
+
+    from llmbatch.providers.transport import _Read, post_json
+
+    body = '{"answer": "d\u00e9j\u00e0 vu"}'.encode("latin-1")
+
+    async def handler(request: web.Request) -> web.Response:
+        resp = web.Response(body=body, headers={"content-type": "application/json; charset=latin-1"})
+        resp.headers.add("X-Request-Id", "req_1")
+        resp.headers.add("x-request-id", "req_2")
+        return resp
+
+    async def go():
+        runner, url = await _serve(handler)
+        client = make_http_client(timeout=5)
+        try:
+            return await post_json(client, f"{url}/v1/chat/completions", {"a": 1}, headers={}, timeout=5, where="test")
+        finally:
+            await client.aclose()
+            await runner.cleanup()
+
+    got = asyncio.run(go())
+    assert isinstance(got, _Read)
+    want = httpx.Response(got.status_code, headers=got._raw, content=body)
+    assert got.status_code == want.status_code == 200
+    assert got.content == want.content == body
+    assert got.text == want.text == '{"answer": "d\u00e9j\u00e0 vu"}'
+    assert got.headers["X-REQUEST-ID"] == want.headers["x-request-id"] == "req_1, req_2"
+    assert dict(got.headers.items()) == dict(want.headers.items())

@@ -279,3 +279,36 @@ def test_the_remembered_utc_date_is_the_date_fromtimestamp_gives_at_every_instan
     for t in [midnight + o for o in offsets] + [midnight + o for o in reversed(offsets)] + [0.0, NOW]:
         assert _utc_date(t) == datetime.fromtimestamp(t, tz=timezone.utc).date(), t
     assert _utc_date(midnight) - _utc_date(midnight - 1) == timedelta(days=1)
+
+
+def test_a_size_routed_again_decides_as_the_reference_whatever_latency_and_cooldowns_do():
+    """route() keeps a table per request size seen twice (routing._SizedRoute) and decides later tasks of that
+    size from it: the same decision as from scratch while observed latencies reorder equal estimates, a model
+    starts or ends cooling down, and the clock moves."""
+    for seed in range(300):
+        rng = random.Random(10_000 + seed)
+        task, catalog, creds, health, deny, job_min_tier, max_cost, budget = random_scenario(rng)
+        # every model twice, under two names: equal estimates everywhere, ordered by latency, then key
+        twins = [ModelInfo(**{**m.model_dump(), "model": m.model + "b"}) for m in catalog]
+        catalog = Catalog([*catalog, *twins], list(catalog.providers.values()))
+        keys = [m.key for m in catalog.by_key()]
+        for step in range(5):
+            if step == 3:
+                health.cooldown_until = {rng.choice(keys + PROVIDERS): NOW + 30}
+            elif step == 4:
+                health.cooldown_until = {}
+            health.latency_ms = {k: rng.choice([50.0, 400.0]) for k in keys if rng.random() < 0.6}
+            try:
+                assert_same(task, catalog, creds, health, deny, job_min_tier, max_cost, budget, now=NOW + step)
+            except AssertionError as e:
+                raise AssertionError(f"seed {seed}, step {step}: {e}") from e
+
+
+def test_a_size_routed_again_shares_its_decision_objects():
+    catalog = builtin_catalog()
+    task = TaskLine(id="t", task="classify", input="is this spam? " * 7, labels=["yes", "no"])
+    request = build_request(task)
+    kw = dict(credentials=set(catalog.providers), health=Health(), now=NOW)
+    first, second, third = (route(task, request, catalog, **kw) for _ in range(3))
+    assert first == second == third and len(third.candidates) > 1
+    assert third.candidates is route(task, request, catalog, **kw).candidates  # from the table: nothing built

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select, update
@@ -114,6 +114,83 @@ def claim_or_get(
         .values(output=None, invalid_error=None, usage=None, **claim)
     ).rowcount
     return (LEAD, None) if takeover == 1 else (WAIT, None)
+
+
+class ClaimItem(NamedTuple):
+    """One claim_or_get call's arguments (its set form's item, see store/tx.in_transaction)."""
+
+    key: str
+    scope: str | None
+    provider: str
+    model: str
+    worker: str
+    ttl_s: float
+    claim_s: float
+    now: float | None = None
+
+
+# The claim_new statement (_statements) for many keys at once, over arrays: one statement, whatever the count.
+_CLAIM_NEW_MANY_SQL = """
+INSERT INTO response_cache (key, scope, provider, model, output, cost_picos, claimed_by, claim_expires_at, created_at)
+SELECT v.key, v.scope, v.provider, v.model, NULL, 0, v.worker, v.expires, v.created
+FROM unnest(%(key)s::varchar[], %(scope)s::varchar[], %(provider)s::varchar[], %(model)s::varchar[],
+            %(worker)s::varchar[], %(expires)s::float8[], %(created)s::float8[])
+     AS v(key, scope, provider, model, worker, expires, created)
+ON CONFLICT (key) DO NOTHING
+RETURNING key
+"""
+
+
+def claim_or_get_many(
+    conn: Connection, items: list[ClaimItem], *, deferred: Deferred | None = None
+) -> list[tuple[str, Any]]:
+    """claim_or_get for the calls of one group-commit transaction on Postgres, where a statement is a round
+    trip: the new keys (the common case, a miss) are claimed by one insert over arrays; each key that exists, or
+    repeats in the batch after its first call, then goes through claim_or_get as it would alone, in order."""
+    if len(items) < 2 or on_driver(conn):
+        return [_claim_one(conn, i) for i in items]
+    now = time.time()
+    first: dict[str, int] = {}
+    for n, i in enumerate(items):
+        first.setdefault(i.key, n)
+    firsts = [items[n] for n in first.values()]
+    at = [i.now if i.now is not None else now for i in firsts]
+    claimed = {
+        key
+        for (key,) in conn.exec_driver_sql(
+            _CLAIM_NEW_MANY_SQL,
+            {
+                "key": [i.key for i in firsts],
+                "scope": [i.scope for i in firsts],
+                "provider": [i.provider for i in firsts],
+                "model": [i.model for i in firsts],
+                "worker": [i.worker for i in firsts],
+                "expires": [t + i.claim_s for t, i in zip(at, firsts)],
+                "created": at,
+            },
+        )
+    }
+    return [
+        (LEAD, None) if first[i.key] == n and i.key in claimed else _claim_one(conn, i) for n, i in enumerate(items)
+    ]
+
+
+def _claim_one(conn: Connection, i: ClaimItem) -> tuple[str, Any]:
+    return claim_or_get(
+        conn,
+        i.key,
+        scope=i.scope,
+        provider=i.provider,
+        model=i.model,
+        worker=i.worker,
+        ttl_s=i.ttl_s,
+        claim_s=i.claim_s,
+        now=i.now,
+    )
+
+
+# Its set form for the group-commit store (store/aio.py runs it where a statement is a round trip).
+claim_or_get.many = (claim_or_get_many, ClaimItem)  # type: ignore[attr-defined]
 
 
 def put(

@@ -18,7 +18,7 @@ from ..errors import FatalError, ProviderError, RerouteError, RetryableError
 from ..models import ChatRequest, Completion, Usage
 from .classify import ErrorDetail, classify_http_error
 from .redact import scrub
-from .transport import post_json
+from .transport import Answer, post_json
 
 # Exceptions that mean "the 200 body does not have the documented shape" while we pick it apart.
 _SHAPE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
@@ -110,7 +110,7 @@ class Adapter(abc.ABC):
                 model, response.status_code, f"{type(exc).__name__} {exc} in {response.text!r}"
             ) from None
 
-    def _http_error(self, response: httpx.Response, where: str) -> ProviderError:
+    def _http_error(self, response: Answer, where: str) -> ProviderError:
         try:
             parsed: Any = orjson.loads(response.content) if response.content else None
         except orjson.JSONDecodeError:

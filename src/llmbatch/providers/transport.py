@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Mapping
+from typing import Mapping, Protocol
 
 import httpx
 import orjson
@@ -53,6 +53,44 @@ _DEFAULT_HEADERS = {
     "accept": "application/json",
     "user-agent": f"llmbatch/{__version__}",
 }
+
+
+class Answer(Protocol):
+    """What a provider call's response is read for: an httpx.Response, or on the direct path a _Read."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def text(self) -> str: ...
+
+
+class _Read:
+    """A successful answer read in full with no content-encoding, as the adapters read an httpx.Response
+    (status_code, content, headers, text) without building one: its stream, decoder and chunker machinery
+    cost ~10x what reading it does. The headers are httpx's (built when first read), the text is httpx's."""
+
+    __slots__ = ("status_code", "content", "_raw", "_headers")
+
+    def __init__(self, status: int, raw_headers: tuple[tuple[bytes, bytes], ...], content: bytes) -> None:
+        self.status_code, self.content, self._raw = status, content, raw_headers
+        self._headers: httpx.Headers | None = None
+
+    @property
+    def headers(self) -> httpx.Headers:
+        if self._headers is None:
+            self._headers = httpx.Headers(self._raw)
+        return self._headers
+
+    @property
+    def text(self) -> str:
+        return httpx.Response(self.status_code, headers=self._raw, content=self.content).text
 
 
 @functools.lru_cache(maxsize=256)
@@ -158,7 +196,7 @@ async def post_json(
     timeout: float,
     where: str,
     secrets: tuple[str | None, ...] = (),
-) -> httpx.Response:
+) -> Answer:
     """POST `body` once and return the full response (any status). Transport failures raise ProviderError.
 
     `timeout` bounds the whole call: httpx's timeouts are per phase (a server trickling bytes never trips the
@@ -201,7 +239,7 @@ async def post_json(
 
 async def _send_direct(
     transport: AiohttpTransport, url: str, body: dict, headers: Mapping[str, str], timeout: float
-) -> httpx.Response:
+) -> Answer:
     """What `client.send()` does for this request through `transport`, minus the layers an API call does not
     use: the same headers, timeouts and aiohttp options as AiohttpTransport, the same exception mapping, the
     body read in full and decoded by httpx (content-encoding) as before."""
@@ -221,4 +259,6 @@ async def _send_direct(
             content = await response.read()
     if _http_log.isEnabledFor(logging.INFO):  # httpx's line, shown at -vv (cli/main.py)
         _http_log.info('HTTP Request: POST %s "HTTP/1.1 %d %s"', url, response.status, response.reason or "")
+    if 200 <= response.status < 300 and "content-encoding" not in response.headers:
+        return _Read(response.status, response.raw_headers, content)  # nothing to decode: read as it is
     return httpx.Response(response.status, headers=response.raw_headers, content=content)

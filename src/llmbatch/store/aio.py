@@ -32,7 +32,6 @@ import queue
 import random
 import threading
 import time
-from concurrent.futures import Future
 from typing import Any, Callable, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -60,17 +59,38 @@ def _is_disconnect(e: BaseException) -> bool:
 
 
 class _Op:
-    __slots__ = ("fn", "args", "kwargs", "future", "deferring", "refusable", "many", "urgent")
+    __slots__ = ("fn", "args", "kwargs", "future", "loop", "deferring", "refusable", "many", "urgent")
 
     def __init__(self, fn: Callable, args: tuple, kwargs: dict, *, group: bool = False, urgent: bool = False):
-        self.fn = getattr(fn, "on_conn", fn)  # the connection-level form
+        form = _FORMS.get(fn)
+        if form is None:
+            if len(_FORMS) >= 1024:  # store functions are module-level; a caller passing new callables is bounded
+                _FORMS.clear()
+            form = _FORMS[fn] = _form(fn)
+        self.fn, self.deferring, self.refusable, many = form
+        self.many = many if group else None
         self.urgent = urgent  # a provider call waits for it (see AsyncStore.call_first)
         self.args, self.kwargs = args, kwargs
-        self.deferring = getattr(fn, "takes_deferred", False)  # takes the transaction's Deferred
-        self.refusable = getattr(fn, "refusable", False)  # its result can be refused when the Deferred flushes
+        # The caller's asyncio future and its loop (set by AsyncStore.call): the store thread hands the result
+        # over with one loop.call_soon_threadsafe per batch (see _deliver), not a concurrent Future per
+        # operation chained by asyncio.wrap_future (two futures, a lock and a wake-up of the loop each).
+        self.future: asyncio.Future | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+
+def _form(fn: Callable) -> tuple[Callable, bool, bool, Any]:
+    """(connection-level form, takes the transaction's Deferred, refusable, (set form, item maker) or None):
+    read once per function (see tx.in_transaction)."""
+    return (
+        getattr(fn, "on_conn", fn),
+        getattr(fn, "takes_deferred", False),  # takes the transaction's Deferred
+        getattr(fn, "refusable", False),  # its result can be refused when the Deferred flushes
         # (set form, item maker): all such ops of a batch run as one call of the set form (see tx.in_transaction)
-        self.many = getattr(fn, "many", None) if group else None
-        self.future: Future = Future()
+        getattr(fn, "many", None),
+    )
+
+
+_FORMS: dict[Callable, tuple[Callable, bool, bool, Any]] = {}
 
 
 class AsyncStore:
@@ -93,9 +113,7 @@ class AsyncStore:
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store function in the next batch's transaction: one taking a Connection, or one decorated
         with @in_transaction (its connection-level form runs)."""
-        op = _Op(fn, args, kwargs, group=self.grouped)
-        self._queue.put(op)
-        return await asyncio.wrap_future(op.future)
+        return await self._submit(_Op(fn, args, kwargs, group=self.grouped))
 
     read = write = call  # the same; the name says what the caller does
 
@@ -104,9 +122,13 @@ class AsyncStore:
         batch holds both kinds, these commit first in their own transaction, and the records (settlements,
         outcomes) after. At a fixed latency a wave of answers queues a batch of records just as the freed
         slots' reservations arrive; behind them each slot would idle for a whole batch."""
-        op = _Op(fn, args, kwargs, group=self.grouped, urgent=True)
+        return await self._submit(_Op(fn, args, kwargs, group=self.grouped, urgent=True))
+
+    def _submit(self, op: _Op) -> asyncio.Future:
+        loop = op.loop = asyncio.get_running_loop()
+        fut = op.future = loop.create_future()
         self._queue.put(op)
-        return await asyncio.wrap_future(op.future)
+        return fut
 
     async def with_engine(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run an engine-level function (one that manages its own transactions, like reconcile) off the loop."""
@@ -136,18 +158,22 @@ class AsyncStore:
                     self._queue.put(None)
                     break
                 batch.append(op)
-            # Once running, an operation's future can no longer be cancelled by its caller (a heartbeat stopped
-            # with its unit, a task cut at shutdown), so handing it the result cannot fail and kill this thread.
-            # One cancelled before it started is dropped: nobody waits for it.
-            batch = [op for op in batch if op.future.set_running_or_notify_cancel()]
+            # An operation whose caller was cancelled (a heartbeat stopped with its unit, a task cut at shutdown)
+            # before it started is dropped: nobody waits for it. One cancelled later still runs; its result is
+            # then dropped (_deliver). Reading the flag from this thread is one attribute read under the GIL.
+            batch = [op for op in batch if op.future is None or not op.future.cancelled()]
             urgent = [op for op in batch if op.urgent]
-            if urgent and len(urgent) < len(batch):
-                self._run_batch(urgent)
-                batch = [op for op in batch if not op.urgent]
-            if batch:
-                self._run_batch(batch)
+            parts = [batch]
+            if urgent and len(urgent) < len(batch):  # reservations commit (and are answered) first
+                parts = [urgent, [op for op in batch if not op.urgent]]
+            for part in parts:
+                if part:
+                    results: list[tuple[_Op, bool, Any]] = []
+                    self._run_batch(part, results)
+                    _hand_over(results)
 
-    def _run_batch(self, batch: list[_Op]) -> None:
+    def _run_batch(self, batch: list[_Op], out: list[tuple[_Op, bool, Any]]) -> None:
+        """Run the batch; each operation's (op, ok, value) goes into `out`."""
         started = time.monotonic()
         attempt = 0
         while True:
@@ -168,23 +194,20 @@ class AsyncStore:
                     continue
                 if _is_disconnect(e):
                     err = StoreError(f"the store has been unreachable for {OUTAGE_GIVE_UP_S:.0f}s: {type(e).__name__}")
-                    for op in batch:
-                        _resolve(op.future, False, err)
+                    out.extend((op, False, err) for op in batch)
                     return
                 known = classify_store_error(e, str(self.engine.url))
                 if known is not None:  # every operation of the batch would fail the same way
-                    for op in batch:
-                        _resolve(op.future, False, known)
+                    out.extend((op, False, known) for op in batch)
                     return
                 if len(batch) == 1:
-                    _resolve(batch[0].future, False, e)
+                    out.append((batch[0], False, e))
                     return
                 # Not a connection problem: one operation is at fault. Isolate it so the rest succeed.
                 for op in batch:
-                    self._run_batch([op])
+                    self._run_batch([op], out)
                 return
-            for op, (ok, value) in zip(batch, results):
-                _resolve(op.future, ok, value)
+            out.extend((op, ok, value) for op, (ok, value) in zip(batch, results))
             return
 
     def _connection(self) -> Connection:
@@ -254,11 +277,30 @@ class UnreportedRefusal(RuntimeError):
     """A deferred refusal that no operation of the transaction could report (a programming error)."""
 
 
-def _resolve(future: Future, ok: bool, value: Any) -> None:
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+def _hand_over(results: list[tuple[_Op, bool, Any]]) -> None:
+    """From the store thread: the batch's results to their callers, one wake-up of each caller's loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Op, bool, Any]]] = {}
+    for item in results:
+        loop = item[0].loop
+        if loop is not None:
+            by_loop.setdefault(loop, []).append(item)
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_deliver, items)
+        except RuntimeError:  # the caller's loop is closed: nobody waits for these results
+            log.debug("store results for a closed event loop dropped (%d)", len(items))
+
+
+def _deliver(items: list[tuple[_Op, bool, Any]]) -> None:
+    """On the caller's loop: resolve each future its caller still waits for."""
+    for op, ok, value in items:
+        fut = op.future
+        if fut is None or fut.done():  # cancelled by its caller meanwhile
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
 
 
 def _run_one(conn, op: _Op, deferred: Deferred) -> tuple[bool, Any]:

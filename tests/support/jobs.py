@@ -169,3 +169,14 @@ def submit(src, env) -> str:
     p = run_cli(["submit", str(src), "--simulate"], env)
     assert p.returncode == 0, p.stderr
     return p.stdout.strip().splitlines()[-1]
+
+
+class FakeProviders:
+    """Engine.providers answering with one adapter for every provider of the catalog (in-process engine tests)."""
+
+    def __init__(self, catalog, adapter):
+        self.adapters = {p: adapter for p in catalog.providers}
+        self.names = frozenset(catalog.providers)
+
+    def get(self, simulate):
+        return self.adapters, self.names

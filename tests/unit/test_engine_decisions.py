@@ -23,6 +23,7 @@ from llmbatch.store import repo
 from llmbatch.store.aio import AsyncStore
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import attempts, tasks
+from tests.support.jobs import FakeProviders
 
 POLICY = RetryPolicy(max_attempts_per_model=3, base_delay_s=0.01, max_delay_s=0.05)
 
@@ -74,15 +75,6 @@ class FakeAdapter:
         if asyncio.iscoroutine(out):
             out = await out
         return Completion(text=out, usage=Usage(input_tokens=50, output_tokens=2))
-
-
-class FakeProviders:
-    def __init__(self, catalog, adapter):
-        self.adapters = {p: adapter for p in catalog.providers}
-        self.names = frozenset(catalog.providers)
-
-    def get(self, simulate):
-        return self.adapters, self.names
 
 
 def run_engine(tmp_path, script, *, n=1, spec_extra=None, before=None, during=None):

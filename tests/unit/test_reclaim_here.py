@@ -21,6 +21,7 @@ from llmbatch.ratelimit import make_rate_limiter
 from llmbatch.store.aio import AsyncStore
 from llmbatch.store.db import get_engine
 from llmbatch.store.schema import TaskStatus, attempts, tasks
+from tests.support.jobs import FakeProviders
 
 CHEAP = "groq/llama-3.1-8b-instant"
 
@@ -33,15 +34,6 @@ class Presence:
 
     async def confirm(self) -> int:
         return self.epoch
-
-
-class Providers:
-    def __init__(self, catalog, adapter):
-        self.adapters = {p: adapter for p in catalog.providers}
-        self.names = frozenset(catalog.providers)
-
-    def get(self, simulate):
-        return self.adapters, self.names
 
 
 def _job(tmp_path, cache):
@@ -85,7 +77,7 @@ def _run(tmp_path, during_call, *, cache):
                     await during_call(engine, flow, job_id)
                 return Completion(text="positive", usage=Usage(input_tokens=50, output_tokens=2))
 
-        engine.providers = Providers(catalog, Adapter())
+        engine.providers = FakeProviders(catalog, Adapter())
         try:
             await flow.feed(job_id, 0, 0)
             await flow.drain()

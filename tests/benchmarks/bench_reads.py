@@ -134,20 +134,54 @@ def in_process(settings, job_id: str) -> dict:
     return out
 
 
-def run_store(store: str, path: Path, n: int, tmp: Path, pg_url: str | None) -> dict:
+@contextlib.contextmanager
+def kept_postgres(pg_url: str, name: str):
+    """A database `name` on the benchmark server, created if missing and never dropped (--data)."""
+    import psycopg
+
+    from tests.support.services import psycopg_dsn, with_database
+
+    with psycopg.connect(psycopg_dsn(pg_url), autocommit=True) as c:
+        if c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            c.execute(f'CREATE DATABASE "{name}"')
+    yield with_database(pg_url, name)
+
+
+def built_job(db_url: str, name: str) -> str | None:
+    """The finished job a previous run built in this store (--data), if any."""
+    import sqlalchemy as sa
+
+    from llmbatch.store.db import get_engine
+
+    with get_engine(db_url).connect() as c:
+        return c.execute(
+            sa.text("SELECT id FROM jobs WHERE name = :n AND status = 'succeeded'"), {"n": name}
+        ).scalar()
+
+
+def run_store(store: str, path: Path, n: int, tmp: Path, pg_url: str | None, data: Path | None = None) -> dict:
     from llmbatch.config import load_settings
     from llmbatch.jobs import create_job
     from llmbatch.models import JobSpec
     from llmbatch.store.db import dispose_all, get_engine
 
-    ctx = C.fresh_postgres(pg_url) if store == "postgres" else contextlib.nullcontext(f"sqlite:///{tmp}/reads.db")
+    name = f"bench-reads-{n}"
+    if store == "postgres":
+        ctx = kept_postgres(pg_url, f"llmbatch_bench_reads_{n}") if data else C.fresh_postgres(pg_url)
+    else:
+        ctx = contextlib.nullcontext(f"sqlite:///{data / f'reads-{n}.db' if data else tmp / 'reads.db'}")
     out: dict = {"store": store}
     with ctx as db_url:
         get_engine(db_url)
         settings = load_settings(database_url=db_url)
         t0 = time.perf_counter()
-        job_id, report = create_job(settings, path, JobSpec.model_validate({"simulate": True}), executor="local")
-        fill_finished(db_url, job_id)
+        job_id = built_job(db_url, name) if data else None
+        out["reused"] = job_id is not None
+        if job_id is None:
+            job_id, _ = create_job(
+                settings, path(), JobSpec.model_validate({"simulate": True, "name": name}), executor="local"
+            )
+            fill_finished(db_url, job_id)
         out["setup_s"] = round(time.perf_counter() - t0, 1)
         out["in_process"] = in_process(settings, job_id)
         dispose_all()
@@ -200,16 +234,28 @@ def main(argv=None) -> dict:
     ap = C.base_parser(__doc__)
     ap.add_argument("--tasks", type=int, default=1_000_000)
     ap.add_argument("--stores", default="sqlite,postgres")
+    ap.add_argument(
+        "--data",
+        help="keep the built jobs here and reuse them on later runs (SQLite: DIR/reads-N.db; Postgres: the "
+        "database llmbatch_bench_reads_N on the benchmark server, never dropped): the 1M build runs once",
+    )
     args = ap.parse_args(argv)
     mach = C.machine()
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
     with C.workdir("bench_reads_", args.keep) as tmp:
         start = startup(tmp)
-        path = C.write_tasks(tmp / "tasks.jsonl", args.tasks)
+        data = Path(args.data).resolve() if args.data else None
+        if data:
+            data.mkdir(parents=True, exist_ok=True)
+
+        def path() -> Path:  # the input file, written only when a job must be built
+            f = tmp / "tasks.jsonl"
+            return f if f.exists() else C.write_tasks(f, args.tasks)
+
         runs = {}
         for store in stores:
             pg_url = C.services()[1] if store == "postgres" else None
-            runs[store] = run_store(store, path, args.tasks, tmp, pg_url)
+            runs[store] = run_store(store, path, args.tasks, tmp, pg_url, data)
     worst_report = max(r["report"]["seconds"] for r in runs.values())
     res = C.summary(
         "reads",

@@ -154,9 +154,7 @@ def built_job(db_url: str, name: str) -> str | None:
     from llmbatch.store.db import get_engine
 
     with get_engine(db_url).connect() as c:
-        return c.execute(
-            sa.text("SELECT id FROM jobs WHERE name = :n AND status = 'succeeded'"), {"n": name}
-        ).scalar()
+        return c.execute(sa.text("SELECT id FROM jobs WHERE name = :n AND status = 'succeeded'"), {"n": name}).scalar()
 
 
 def run_store(store: str, path: Path, n: int, tmp: Path, pg_url: str | None, data: Path | None = None) -> dict:

@@ -107,10 +107,10 @@ class _Raw:
         self.defaults = compiled.params  # the statement's own (SQLite renders LIMIT ? OFFSET ?, offset 0)
         self.cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
 
-    def all(self, params: dict[str, Any]) -> list[tuple]:
+    def all(self, params: dict[str, Any]) -> list[Any]:
         params = {**self.defaults, **params}
         self.cursor.execute(self.sql, tuple(params[n] for n in self.names) if self.names is not None else params)
-        return self.cursor.fetchall()
+        return list(self.cursor.fetchall())
 
 
 _SEQ, _TASK_ID, _STATUS, _PROVIDER, _MODEL, _OUTPUT, _ERROR = range(7)  # _RESULT_TASK's positions
@@ -219,7 +219,7 @@ def _line(row: tuple, finish_reason: str | None, cost_usd: Any, channel: str | N
 
 
 def _channel_name(channel: str | None) -> str:
-    return "online" if channel in (None, "sync") else channel  # type: ignore[return-value]
+    return "online" if channel is None or channel == "sync" else channel
 
 
 def channel_of(attempt: dict[str, Any] | None) -> str | None:

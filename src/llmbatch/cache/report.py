@@ -62,7 +62,7 @@ def prompt_cache_section(
         r["hits"] += g.hits
         for k in TOKENS:
             r[k] += g.call_tokens[k]
-    rows = [{"provider": p, "model": m, **r} for (p, m), r in sorted(per.items())]
+    rows: list[dict[str, Any]] = [{"provider": p, "model": m, **r} for (p, m), r in sorted(per.items())]
     calls = hits = cached = written = inputs = 0
     saved = input_cost = 0
     errors: list[str] = []

@@ -145,6 +145,94 @@ def _sqlite(url: str):
     return conn, "?"
 
 
+class _Libpq:
+    """The two read queries over libpq itself, through ctypes: psycopg costs ~0.3 s to import, more than the rest
+    of `status` together. The libpq psycopg ships (psycopg_binary) or the system's; text results, parsed here.
+    Anything unexpected raises, and the psycopg path runs instead."""
+
+    OK, TUPLES_OK, COMMAND_OK = 0, 2, 1
+
+    def __init__(self, kwargs: dict[str, Any]) -> None:
+        import ctypes
+
+        lib = ctypes.CDLL(self._find())
+        c_p, c_s, c_i = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
+        for name, res, args in (
+            ("PQconnectdb", c_p, [c_s]),
+            ("PQstatus", c_i, [c_p]),
+            ("PQfinish", None, [c_p]),
+            ("PQexecParams", c_p, [c_p, c_s, c_i, c_p, ctypes.POINTER(c_s), c_p, c_p, c_i]),
+            ("PQresultStatus", c_i, [c_p]),
+            ("PQntuples", c_i, [c_p]),
+            ("PQnfields", c_i, [c_p]),
+            ("PQgetvalue", c_s, [c_p, c_i, c_i]),
+            ("PQgetisnull", c_i, [c_p, c_i, c_i]),
+            ("PQclear", None, [c_p]),
+        ):
+            f = getattr(lib, name)
+            f.restype, f.argtypes = res, args
+        self.lib, self.c_s = lib, c_s
+
+        def quote(v: Any) -> str:
+            return "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+        info = " ".join(f"{k}={quote(v)}" for k, v in {**kwargs, "client_encoding": "UTF8"}.items())
+        self.conn = lib.PQconnectdb(info.encode())
+        if not self.conn or lib.PQstatus(self.conn) != self.OK:
+            self.close()
+            raise ConnectionError("libpq could not connect")
+
+    @staticmethod
+    def _find() -> str:
+        from importlib.util import find_spec
+
+        spec = find_spec("psycopg_binary")
+        for where in (spec.submodule_search_locations or []) if spec else []:
+            libs = sorted(Path(where).parent.glob("psycopg_binary.libs/libpq*.so*"))
+            if libs:
+                return str(libs[0])
+        import ctypes.util
+
+        found = ctypes.util.find_library("pq")
+        if not found:
+            raise OSError("no libpq")
+        return found
+
+    def execute(self, sql: str, params: tuple = ()) -> _Libpq:
+        lib = self.lib
+        n = 0
+        while "%s" in sql:  # psycopg's placeholders -> libpq's
+            n += 1
+            sql = sql.replace("%s", f"${n}", 1)
+        values = (self.c_s * len(params))(*(str(v).encode() for v in params))
+        res = lib.PQexecParams(self.conn, sql.encode(), len(params), None, values, None, None, 0)
+        try:
+            status = lib.PQresultStatus(res)
+            if status not in (self.TUPLES_OK, self.COMMAND_OK):
+                raise RuntimeError(f"libpq: {sql.split()[0]} failed ({status})")
+            self.rows = [
+                tuple(
+                    None if lib.PQgetisnull(res, r, c) else lib.PQgetvalue(res, r, c).decode()
+                    for c in range(lib.PQnfields(res))
+                )
+                for r in range(lib.PQntuples(res))
+            ]
+        finally:
+            lib.PQclear(res)
+        return self
+
+    def fetchone(self) -> tuple | None:
+        return self.rows[0] if self.rows else None
+
+    def rollback(self) -> None:
+        self.execute("ROLLBACK")
+
+    def close(self) -> None:
+        if self.conn:
+            self.lib.PQfinish(self.conn)
+            self.conn = None
+
+
 def _postgres(url: str):
     from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -163,9 +251,14 @@ def _postgres(url: str):
         kwargs["port"] = u.port
     if u.path and u.path != "/":
         kwargs["dbname"] = unquote(u.path[1:])
-    import psycopg
+    try:
+        conn = _Libpq(kwargs)
+        conn.execute("BEGIN")
+        return conn, "%s"
+    except Exception:  # noqa: BLE001 - no usable libpq here, or it refused: psycopg, which words any error
+        import psycopg
 
-    return psycopg.connect(**kwargs), "%s"
+        return psycopg.connect(**kwargs), "%s"
 
 
 def _connect(url: str):
@@ -179,16 +272,19 @@ def _connect(url: str):
 
 def read_status(url: str, job: str | None, name: str | None) -> dict[str, Any]:
     """The job addressed as jobs.find_job addresses it (by --name; by id, else as a name; else the newest), and
-    reporting.status_dict of it, from one read snapshot."""
-    from .money import usd_json
-
+    reporting.status_dict of it, from one read transaction."""
     try:
-        conn, p = _connect(url)
+        return _read_status(url, job, name)
     except Fallback:
         raise
-    except Exception as e:  # noqa: BLE001 - the full path opens it again and words the error
-        raise Fallback("cannot open the store") from e
-    # Any error below but Fallback is the store's: the full path reads it again and words it.
+    except Exception as e:  # noqa: BLE001 - the store's error: the full path reads it again and words it
+        raise Fallback(f"the store answered {type(e).__name__}") from e
+
+
+def _read_status(url: str, job: str | None, name: str | None) -> dict[str, Any]:
+    from .money import usd_json
+
+    conn, p = _connect(url)
     try:
         try:
             (revision,) = conn.execute("SELECT version_num FROM alembic_version").fetchone() or (None,)
@@ -211,8 +307,11 @@ def read_status(url: str, job: str | None, name: str | None) -> dict[str, Any]:
             f"SELECT count(*) FROM tasks WHERE job_id = {p} AND status = 'running'", (job_id,)
         ).fetchone()
     finally:
-        conn.rollback()
-        conn.close()
+        try:
+            conn.rollback()
+        finally:
+            conn.close()
+    spent, reserved, budget, invalid = (None if v is None else int(v) for v in (spent, reserved, budget, invalid))
     counts = {s: int(n or 0) for s, n in zip(_FINISHED, finished)}
     counts["running"] = int(running or 0)
     counts["total"] = int(total or 0)

@@ -104,10 +104,19 @@ def test_what_only_the_full_path_can_answer_is_left_to_it(store_url, monkeypatch
     assert (code, lean) == (2, False) and "no jobs yet in the store" in out
 
 
-def test_the_postgres_url_forms_sqlalchemy_accepts(fresh_postgres_url):
+def test_the_postgres_url_forms_sqlalchemy_accepts_through_libpq_or_psycopg(fresh_postgres_url, monkeypatch):
     url = fresh_postgres_url.split("?")[0]
     ids = _jobs(url)
     rest = url.split("://", 1)[1]
-    for form in (f"postgresql+psycopg://{rest}", f"postgresql://{rest}", f"postgres://{rest}",
-                 f"postgresql://{rest}?connect_timeout=5&application_name=lean"):  # fmt: skip
-        assert status_reader.read_status(form, ids["beta-1"], None)["counts"]["running"] == 2
+    assert type(status_reader._postgres(url)[0]).__name__ == "_Libpq"  # psycopg's own libpq, through ctypes
+    got = []
+    for libpq in (True, False):
+        if not libpq:  # no usable libpq: psycopg
+            monkeypatch.setattr(status_reader, "_Libpq", None)
+        for form in (f"postgresql+psycopg://{rest}", f"postgresql://{rest}", f"postgres://{rest}",
+                     f"postgresql://{rest}?connect_timeout=5&application_name=lean"):  # fmt: skip
+            got += [status_reader.read_status(form, job_id, None) for job_id in ids.values()]
+    assert got[0]["counts"]["running"] == 0 and got[1]["counts"]["running"] == 2 and got[1]["stop_reason"]
+    assert got == got[:3] * 8  # every form, both drivers: the same answers
+    with pytest.raises(status_reader.Fallback):  # a server that is not there: the full path words the error
+        status_reader.read_status("postgresql://postgres@127.0.0.1:1/nothing", None, None)

@@ -8,7 +8,7 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, select
 
 from . import channels
 from .catalog import Catalog
@@ -16,6 +16,7 @@ from .catalog.pricing import price
 from .errors import PricingError
 from .models import Usage
 from .money import usd_json
+from .store.reads import TOKENS, LedgerGroup, ledger_groups
 from .store.schema import AttemptStatus, attempts
 
 
@@ -31,46 +32,34 @@ def task_channels(conn: Connection, job_id: str) -> dict[int, str]:
     return {seq: channels.canonical(ch) for seq, ch in rows}
 
 
-def by_channel(conn: Connection, job_id: str, catalog: Catalog) -> list[dict[str, Any]]:
+def by_channel(
+    conn: Connection, job_id: str, catalog: Catalog, groups: list[LedgerGroup] | None = None
+) -> list[dict[str, Any]]:
     """Per channel: tasks answered, attempts, cost, and saved = what the same tokens cost online minus what
-    they cost (0 for online)."""
-    q = (
-        select(
-            attempts.c.channel,
-            attempts.c.provider,
-            attempts.c.model,
-            func.count().label("attempts"),
-            func.count(func.distinct(attempts.c.task_seq)).label("tasks"),
-            func.coalesce(func.sum(attempts.c.cost_picos), 0).label("cost"),
-            *(
-                func.coalesce(func.sum(getattr(attempts.c, k)), 0).label(k)
-                for k in ("input_tokens", "cached_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
-            ),
+    they cost (0 for online). `groups`: the job's ledger groups, if the caller read them already."""
+    if groups is None:
+        groups = ledger_groups(conn, job_id)
+    # Per raw (channel, provider, model), every status together: the unit the saving is priced on.
+    per: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for g in groups:
+        r = per.setdefault(
+            (g.channel, g.provider, g.model), {"tasks": 0, "attempts": 0, "cost": 0, **{k: 0 for k in TOKENS}}
         )
-        .where(attempts.c.job_id == job_id)
-        .group_by(attempts.c.channel, attempts.c.provider, attempts.c.model)
-    )
+        r["tasks"] += g.first_on_channel
+        r["attempts"] += g.attempts
+        r["cost"] += g.cost_picos
+        for k in TOKENS:
+            r[k] += g.tokens[k]
     out: dict[str, dict[str, Any]] = defaultdict(lambda: {"tasks": 0, "attempts": 0, "cost_picos": 0, "saved_picos": 0})
-    for r in conn.execute(q).mappings():
-        ch = channels.canonical(r["channel"])
+    for (channel, provider, model_name), r in sorted(per.items()):
+        ch = channels.canonical(channel)
         row = out[ch]
         row["tasks"] += r["tasks"]
         row["attempts"] += r["attempts"]
         row["cost_picos"] += int(r["cost"])
         if ch != channels.ONLINE and r["cost"]:
-            model = catalog.find(f"{r['provider']}/{r['model']}")
-            usage = Usage(
-                **{
-                    k: int(r[k])
-                    for k in (
-                        "input_tokens",
-                        "cached_tokens",
-                        "cache_write_tokens",
-                        "output_tokens",
-                        "reasoning_tokens",
-                    )
-                }
-            )
+            model = catalog.find(f"{provider}/{model_name}")
+            usage = Usage(**{k: int(r[k]) for k in TOKENS})
             try:
                 online = price(usage, model).picos if model is not None else None
             except PricingError:

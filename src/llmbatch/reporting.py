@@ -10,15 +10,15 @@ import functools
 from typing import TYPE_CHECKING, Any, Iterator
 
 import orjson
-from sqlalchemy import Connection, and_, bindparam, case, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from .errors import CatalogError
-from .money import usd_json
-from .store import job_counts, repo
-from .store.schema import AttemptStatus, TaskStatus, attempts, tasks
+from .money import json_default, usd_json
+from .store import job_counts, reads, repo
+from .store.schema import attempts, tasks
 
 if TYPE_CHECKING:  # the catalog and pydantic models load only for a report (status starts without them)
-    from .catalog import Catalog
+    from .catalog import Catalog, ModelInfo
 
 
 def status_dict(conn: Connection, job: dict[str, Any]) -> dict[str, Any]:
@@ -82,42 +82,73 @@ _RESULT_TASK = (
 )
 
 
-def _final_attempts(conn: Connection, job_id: str, lo: int, hi: int, *, full: bool = True) -> dict[int, Any]:
+def _final_attempts(conn: Connection, job_id: str, lo: int, hi: int) -> dict[int, Any]:
     """The last attempt (highest attempt_no) of each task with lo <= seq <= hi: what the task's result is.
-    Rows (attribute access) with _FINAL_SHORT's columns, or dicts of _FINAL_FULL's when `full`."""
+    Dicts of _FINAL_FULL's columns (the OpenAI export)."""
     rows = conn.execute(
-        select(*(_FINAL_FULL if full else _FINAL_SHORT))
+        select(*_FINAL_FULL)
         .where(attempts.c.job_id == job_id, attempts.c.task_seq >= lo, attempts.c.task_seq <= hi)
         .order_by(attempts.c.task_seq, attempts.c.attempt_no)
     )
     final = {r.task_seq: r for r in rows}  # ordered by attempt_no: the last one stays
-    return {seq: r._asdict() for seq, r in final.items()} if full else final
+    return {seq: r._asdict() for seq, r in final.items()}
 
 
-def _task_pages(conn: Connection, job_id: str, page: int):
-    """The result columns of a job's tasks in input order, a keyset page at a time (an index range each):
-    memory stays flat at any job size, and no statement stays open across pages."""
-    q = (
+class _Raw:
+    """A Core statement run on the connection's own DBAPI cursor, in the connection's transaction (one snapshot):
+    plain tuples, none of SQLAlchemy's per-row work, which was half of `results`' time on a million tasks."""
+
+    def __init__(self, conn: Connection, stmt) -> None:
+        if not conn.in_transaction():
+            conn.begin()  # as conn.execute would: on SQLite the reading() BEGIN, so every page sees one snapshot
+        compiled = stmt.compile(dialect=conn.dialect)
+        self.sql = compiled.string
+        self.names = compiled.positiontup if compiled.positional else None
+        self.defaults = compiled.params  # the statement's own (SQLite renders LIMIT ? OFFSET ?, offset 0)
+        self.cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+    def all(self, params: dict[str, Any]) -> list[Any]:
+        params = {**self.defaults, **params}
+        self.cursor.execute(self.sql, tuple(params[n] for n in self.names) if self.names is not None else params)
+        return list(self.cursor.fetchall())
+
+
+_SEQ, _TASK_ID, _STATUS, _PROVIDER, _MODEL, _OUTPUT, _ERROR = range(7)  # _RESULT_TASK's positions
+_IN, _CACHED, _WRITE, _OUT, _REASON, _COST, _ATTEMPTS, _PAYLOAD, _SKIP = range(7, 16)
+
+
+def _result_pages(conn: Connection, job_id: str, page: int = 2000, *, full: bool = False):
+    """(task rows, final attempt by seq) a page of tasks at a time, in input order: the result columns of the
+    tasks (tuples in _RESULT_TASK's order) by keyset pages (an index range each), and their attempts (one
+    range query per page). Memory stays flat at any job size, and no statement stays open across pages.
+    The final attempt is (seq, finish_reason, channel), or with `full` a dict of _FINAL_FULL's columns."""
+    task_q = _Raw(
+        conn,
         select(*_RESULT_TASK)
-        .where(tasks.c.job_id == job_id, tasks.c.seq > bindparam("b_last"))
+        .where(tasks.c.job_id == bindparam("b_job"), tasks.c.seq > bindparam("b_last"))
         .order_by(tasks.c.seq)
-        .limit(page)
+        .limit(bindparam("b_page", literal_execute=False)),
+    )
+    final_q = _Raw(
+        conn,
+        select(*_FINAL_SHORT)
+        .where(
+            attempts.c.job_id == bindparam("b_job"),
+            attempts.c.task_seq >= bindparam("b_lo"),
+            attempts.c.task_seq <= bindparam("b_hi"),
+        )
+        .order_by(attempts.c.task_seq, attempts.c.attempt_no),
     )
     last = -1
     while True:
-        rows = conn.execute(q, {"b_last": last}).all()
+        rows = task_q.all({"b_job": job_id, "b_last": last, "b_page": page})
         if not rows:
             return
-        yield rows
-        last = rows[-1].seq
-
-
-def _result_rows(conn: Connection, job_id: str, page: int = 2000, *, full: bool = True) -> Iterator[tuple[Any, Any]]:
-    """(task row, its final attempt or None) in input order, a page of tasks (and one attempts query) at a time."""
-    for rows in _task_pages(conn, job_id, page):
-        final = _final_attempts(conn, job_id, rows[0].seq, rows[-1].seq, full=full)
-        for r in rows:
-            yield r, final.get(r.seq)
+        lo, last = rows[0][_SEQ], rows[-1][_SEQ]
+        if full:
+            yield rows, _final_attempts(conn, job_id, lo, last)
+        else:  # ordered by attempt_no: the last one stays
+            yield rows, {a[0]: a for a in final_q.all({"b_job": job_id, "b_lo": lo, "b_hi": last})}
 
 
 def result_lines(conn: Connection, job_id: str, *, with_final_attempt: bool = False) -> Iterator[dict[str, Any]]:
@@ -125,34 +156,70 @@ def result_lines(conn: Connection, job_id: str, *, with_final_attempt: bool = Fa
     task's totals over all its billed attempts; `finish_reason` is the final attempt's, as the provider sent it.
     with_final_attempt adds `_final` (that attempt's ledger row) for the OpenAI export."""
     usd = functools.lru_cache(maxsize=4096)(usd_json)  # a job's task costs repeat: one Decimal per distinct cost
-    loads = orjson.loads
-    for row, final in _result_rows(conn, job_id, full=with_final_attempt):
-        # The payload is only read for its metadata: parsed only when it can hold one.
-        metadata = loads(row.payload).get("metadata") if '"metadata"' in row.payload else None
-        line = {
-            "id": row.task_id,
-            "status": row.status,
-            "provider": row.provider,
-            "model": row.model,
-            "output": loads(row.output) if row.output is not None else None,
-            "error": row.error,
-            "finish_reason": (final["finish_reason"] if with_final_attempt else final.finish_reason) if final else None,
-            "usage": {
-                "input_tokens": int(row.input_tokens or 0),
-                "cached_tokens": int(row.cached_tokens or 0),
-                "cache_write_tokens": int(row.cache_write_tokens or 0),
-                "output_tokens": int(row.output_tokens or 0),
-                "reasoning_tokens": int(row.reasoning_tokens or 0),
-            },
-            "cost_usd": usd(row.cost_picos),
-            "attempts": row.attempts,
-            "metadata": metadata,
-            "channel": channel_of(final if with_final_attempt or final is None else {"channel": final.channel}),
-        }
-        if with_final_attempt:
-            line["_final"] = final
-            line["_skip_reason"] = row.skip_reason
-        yield line
+    for rows, finals in _result_pages(conn, job_id, full=with_final_attempt):
+        for row in rows:
+            final = finals.get(row[_SEQ])
+            if with_final_attempt:
+                finish, channel = (final["finish_reason"], channel_of(final)) if final else (None, None)
+            else:
+                finish, channel = (final[1], _channel_name(final[2])) if final else (None, None)
+            line = _line(row, finish, usd(row[_COST]), channel)
+            if with_final_attempt:
+                line["_final"] = final
+                line["_skip_reason"] = row[_SKIP]
+            yield line
+
+
+def result_jsonl(conn: Connection, job_id: str) -> Iterator[bytes]:
+    """`results --format jsonl`, as bytes: a page of lines at a time, each exactly dumps_json(result line) + newline
+    (cost_usd rendered once per distinct cost, as json_default renders the Decimal)."""
+    dumps = orjson.dumps
+    costs: dict[int, orjson.Fragment] = {}
+    for rows, finals in _result_pages(conn, job_id):
+        out = []
+        for row in rows:
+            final = finals.get(row[_SEQ])
+            cost = costs.get(row[_COST])
+            if cost is None and row[_COST] is not None:
+                if len(costs) >= 65536:  # a job of many distinct costs: bounded memory
+                    costs.clear()
+                cost = costs[row[_COST]] = json_default(usd_json(row[_COST]))
+            if final is None:
+                out.append(dumps(_line(row, None, cost, None)))
+            else:
+                out.append(dumps(_line(row, final[1], cost, _channel_name(final[2]))))
+        out.append(b"")
+        yield b"\n".join(out)
+
+
+def _line(row: tuple, finish_reason: str | None, cost_usd: Any, channel: str | None) -> dict[str, Any]:
+    """A result line from a task row (_RESULT_TASK's tuple). The payload is only read for its metadata: parsed
+    only when it can hold one."""
+    payload, output = row[_PAYLOAD], row[_OUTPUT]
+    return {
+        "id": row[_TASK_ID],
+        "status": row[_STATUS],
+        "provider": row[_PROVIDER],
+        "model": row[_MODEL],
+        "output": orjson.loads(output) if output is not None else None,
+        "error": row[_ERROR],
+        "finish_reason": finish_reason,
+        "usage": {
+            "input_tokens": int(row[_IN] or 0),
+            "cached_tokens": int(row[_CACHED] or 0),
+            "cache_write_tokens": int(row[_WRITE] or 0),
+            "output_tokens": int(row[_OUT] or 0),
+            "reasoning_tokens": int(row[_REASON] or 0),
+        },
+        "cost_usd": cost_usd,
+        "attempts": row[_ATTEMPTS],
+        "metadata": orjson.loads(payload).get("metadata") if '"metadata"' in payload else None,
+        "channel": channel,
+    }
+
+
+def _channel_name(channel: str | None) -> str:
+    return "online" if channel is None or channel == "sync" else channel
 
 
 def channel_of(attempt: dict[str, Any] | None) -> str | None:
@@ -248,55 +315,27 @@ def openai_rejected_line(e: dict[str, Any], job_id: str) -> dict[str, Any]:
     }
 
 
-def _baseline_picos(conn: Connection, job_id: str, catalog: Catalog, baseline: str) -> tuple[int | None, str | None]:
+def _baseline_picos(conn: Connection, job_id: str, model: ModelInfo, groups: list[reads.LedgerGroup]) -> int:
     """What the FINAL attempts of the SUCCEEDED tasks would have cost on the baseline model: one request each,
     as if sent there directly. Failed, retried and escalated attempts are not counted (the baseline would
     have been billed once per finished request). Summed per long-context tier of the baseline model, so the
-    price is exact: price() is linear within a tier."""
+    price is exact: price() is linear within a tier. The succeeded attempts come from the ledger groups
+    (read once); those of tasks that did not succeed are read apart (few) and taken off."""
     from .catalog.pricing import cost_at
     from .models import Usage
 
-    try:
-        model = catalog.get(baseline)
-    except CatalogError as e:
-        return None, str(e)
-    cols = [
-        func.coalesce(func.sum(getattr(attempts.c, k)), 0).label(k)
-        for k in ("input_tokens", "cached_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
-    ]
-    q = (
-        select(*cols, func.min(attempts.c.input_tokens).label("min_in"))
-        .select_from(
-            attempts.join(tasks, and_(tasks.c.job_id == attempts.c.job_id, tasks.c.seq == attempts.c.task_seq))
-        )
-        .where(
-            attempts.c.job_id == job_id,
-            attempts.c.status == AttemptStatus.succeeded,
-            tasks.c.status == TaskStatus.succeeded,
-        )
-    )
-    if model.price_tiers:
-        tier = case(
-            *[
-                (attempts.c.input_tokens > t.above_input_tokens, i + 1)
-                for i, t in reversed(list(enumerate(model.price_tiers)))
-            ],
-            else_=0,
-        )
-        q = q.add_columns(tier.label("tier")).group_by(tier)
+    thresholds = [t.above_input_tokens for t in model.price_tiers]
+    per_tier = reads.succeeded_by_tier(groups, len(thresholds))
+    for k, (n, toks) in reads.succeeded_attempts_of_unsucceeded_tasks(conn, job_id, thresholds).items():
+        m, have = per_tier[k]
+        per_tier[k] = (m - n, {t: have[t] - toks[t] for t in reads.TOKENS})
     total = 0
-    for r in conn.execute(q).mappings():
-        if r["min_in"] is None:  # no succeeded task
+    for k, (n, toks) in per_tier.items():
+        if n == 0:  # no succeeded task in this tier
             continue
-        u = Usage(
-            **{
-                k: int(r[k])
-                for k in ("input_tokens", "cached_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
-            }
-        )
-        # The group's requests share a tier: price its summed tokens at the rates of its smallest request.
-        total += cost_at(u, model.rates(int(r["min_in"]))).picos
-    return total, None
+        # The tier's requests share its rates: those of any input size in it (thresholds ascend, distinct, > 0).
+        total += cost_at(Usage(**toks), model.rates(0 if k == 0 else thresholds[k - 1] + 1)).picos
+    return total
 
 
 def overrun_rows(conn: Connection, job_id: str, limit: int = 20) -> tuple[int, list[dict[str, Any]]]:
@@ -340,11 +379,18 @@ def build_report(
     job = repo.get_job(conn, job_id)
     if job is None:
         raise LookupError(job_id)
-    rows = repo.by_model(conn, job_id)
+    try:
+        base_model, base_err = catalog.get(baseline_model), None
+    except CatalogError as e:
+        base_model, base_err = None, str(e)
+    # The whole ledger, read once (store/reads.py): every ledger figure below comes from these groups.
+    groups = reads.ledger_groups(
+        conn, job_id, [t.above_input_tokens for t in base_model.price_tiers] if base_model is not None else ()
+    )
+    rows = reads.by_model(groups)
     counts = job_counts.counts(conn, job_id)
-    # by_model read the whole ledger once: its sums are the ledger sum and the unsettled/unpriced counts.
     ledger_picos = sum(r["cost_picos"] or 0 for r in rows)
-    base_picos, base_err = _baseline_picos(conn, job_id, catalog, baseline_model)
+    base_picos = _baseline_picos(conn, job_id, base_model, groups) if base_model is not None else None
     n_overruns, overruns = overrun_rows(conn, job_id)
     unpriced = (
         conn.execute(
@@ -416,9 +462,9 @@ def build_report(
         "overruns": n_overruns,
         "overrun_attempts": overruns,
         "stop_reason": job.get("stop_reason"),
-        "cache": cache_section(conn, job_id),
-        "prompt_cache": prompt_cache_section(conn, job_id, catalog),
-        "by_channel": by_channel(conn, job_id, catalog),
+        "cache": cache_section(conn, job_id, groups),
+        "prompt_cache": prompt_cache_section(conn, job_id, catalog, groups),
+        "by_channel": by_channel(conn, job_id, catalog, groups),
         "quality": quality_summary(conn, job),  # quality-floor: the policy, agreement, expected vs actual cost
     }
 

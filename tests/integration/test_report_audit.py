@@ -16,11 +16,12 @@ import pytest
 from llmbatch.catalog import builtin_catalog
 from llmbatch.catalog.pricing import price
 from llmbatch.models import Usage
-from llmbatch.money import usd_to_picos
+from llmbatch.money import dumps_json, usd_to_picos
 from llmbatch.simulator import SimulatorConfig, SimulatorThread
 from llmbatch.store import ledger as ledger_api, repo
 from llmbatch.store.db import get_engine
 from tests.support.cli import cli_env, results, run_cli, run_json, write_reviews
+from tests.support.report_reference import reference_report
 
 N_TASKS = 150
 TOKENS = ("input_tokens", "cached_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
@@ -103,6 +104,19 @@ def test_report_reconciles_to_the_ledger_with_retries_and_escalations(tmp_path, 
     assert len({(m["provider"], m["model"]) for m in by_model}) >= 2  # escalations reached a second model
     if rep["baseline"]["cost_usd"] is not None:
         assert _picos(rep["savings_usd"]) == _picos(rep["baseline"]["cost_usd"]) - spent
+    # The one-pass report (store/reads.py) equals the per-section queries it replaced, on this real ledger.
+    with engine.connect() as c:
+        want = reference_report(c, job_id, catalog, rep["baseline"]["model"])
+    assert [(m["provider"], m["model"], int(m["tasks"]), int(m["cost_picos"])) for m in by_model] == [
+        (m["provider"], m["model"], m["tasks"], m["cost_picos"])
+        for m in sorted(want["by_model"], key=lambda m: (-m["cost_picos"], m["provider"], m["model"]))
+    ]
+    assert _picos(rep["baseline"]["cost_usd"]) == want["baseline_picos"] > 0
+    assert orjson.loads(dumps_json([want["cache"], want["prompt_cache"], want["by_channel"]])) == [
+        rep["cache"],
+        rep["prompt_cache"],
+        rep["by_channel"],
+    ]
 
     # report --attempts: one JSON line per ledger row, summing to the job's spend.
     p = run_cli(["report", job_id, "--attempts"], env)

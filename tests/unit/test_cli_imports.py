@@ -48,16 +48,20 @@ NOT_FOR_HELP_OR_STATUS = (
     "llmbatch.engine",
     "sqlalchemy.orm",  # the schema is Core tables: the ORM is a third of SQLAlchemy's import time
 )
-# --help reads no settings and opens no store either.
-NOT_FOR_HELP = NOT_FOR_HELP_OR_STATUS + (
+# status reads its store through the sqlite3 module (or psycopg): no SQLAlchemy, no pydantic, no settings model
+# (status_reader.py; together they cost most of a second to import).
+NOT_FOR_STATUS = NOT_FOR_HELP_OR_STATUS + (
     "sqlalchemy",
     "pydantic",
     "pydantic_settings",
     "llmbatch.config",
     "llmbatch.jobs",
     "llmbatch.store",
-    "orjson",
+    "llmbatch.reporting",
+    "psycopg",
 )
+# --help reads no settings and opens no store either.
+NOT_FOR_HELP = NOT_FOR_STATUS + ("orjson", "sqlite3", "llmbatch.status_reader")
 
 
 def _probe(args: list[str], env: dict[str, str]) -> dict:
@@ -102,8 +106,9 @@ def test_status_opens_the_store_without_http_models_or_migrations(tmp_path: Path
             max_cost_per_task_picos=None,
         )
     dispose_all()
-    got = _probe(["status", "--name", "probe"], cli_env(url))
-    assert got["code"] == 0, got  # queued: not final
-    assert got["stdout"].startswith(f"{job_id}  queued  total=0 ")
-    assert _loaded(got["modules"], NOT_FOR_HELP_OR_STATUS) == []
-    assert "sqlalchemy" in got["modules"]  # the probe did read the store
+    for args in (["--name", "probe"], [job_id, "--json"], []):
+        got = _probe(["status", *args], cli_env(url))
+        assert got["code"] == 0, got  # queued: not final
+        assert got["stdout"].startswith(f"{job_id}  queued  total=0 ") or json.loads(got["stdout"])["job_id"] == job_id
+        assert _loaded(got["modules"], NOT_FOR_STATUS) == []
+        assert "sqlite3" in got["modules"]  # the probe did read the store

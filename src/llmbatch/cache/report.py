@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, select
 
 from ..catalog import Catalog
 from ..catalog.pricing import price
 from ..errors import CatalogError, PricingError
 from ..models import Usage
 from ..money import usd_json
+from ..store.reads import TOKENS, LedgerGroup, ledger_groups
 from ..store.schema import AttemptStatus, attempts
 
 CACHE_CHANNEL = "cache"
@@ -35,37 +36,33 @@ def cache_seqs(conn: Connection, job_id: str) -> set[int]:
     return {r.task_seq for r in rows}
 
 
-def cache_section(conn: Connection, job_id: str) -> dict[str, Any]:
-    row = conn.execute(
-        select(func.count().label("hits"), func.coalesce(func.sum(attempts.c.saved_picos), 0).label("saved")).where(
-            attempts.c.job_id == job_id,
-            attempts.c.channel == CACHE_CHANNEL,
-            attempts.c.status == AttemptStatus.succeeded,
-        )
-    ).one()
-    return {"hits": int(row.hits), "saved_usd": usd_json(int(row.saved)), "saved_picos": int(row.saved)}
+def cache_section(conn: Connection, job_id: str, groups: list[LedgerGroup] | None = None) -> dict[str, Any]:
+    """`groups`: the job's ledger groups (store/reads.py), if the caller read them already."""
+    if groups is None:
+        groups = ledger_groups(conn, job_id)
+    hits = saved = 0
+    for g in groups:
+        if g.channel == CACHE_CHANNEL and g.status == AttemptStatus.succeeded:
+            hits, saved = hits + g.attempts, saved + g.saved_picos
+    return {"hits": hits, "saved_usd": usd_json(saved), "saved_picos": saved}
 
 
-def prompt_cache_section(conn: Connection, job_id: str, catalog: Catalog) -> dict[str, Any]:
-    rows = (
-        conn.execute(
-            select(
-                attempts.c.provider,
-                attempts.c.model,
-                func.count().label("calls"),
-                func.sum(case((attempts.c.cached_tokens > 0, 1), else_=0)).label("hits"),
-                func.sum(attempts.c.input_tokens).label("input_tokens"),
-                func.sum(attempts.c.cached_tokens).label("cached_tokens"),
-                func.sum(attempts.c.cache_write_tokens).label("cache_write_tokens"),
-                func.sum(attempts.c.output_tokens).label("output_tokens"),
-                func.sum(attempts.c.reasoning_tokens).label("reasoning_tokens"),
-            )
-            .where(attempts.c.job_id == job_id, attempts.c.channel != CACHE_CHANNEL, attempts.c.input_tokens > 0)
-            .group_by(attempts.c.provider, attempts.c.model)
-        )
-        .mappings()
-        .all()
-    )
+def prompt_cache_section(
+    conn: Connection, job_id: str, catalog: Catalog, groups: list[LedgerGroup] | None = None
+) -> dict[str, Any]:
+    """The calls (attempts with input tokens, not answered from the response cache) per provider/model."""
+    if groups is None:
+        groups = ledger_groups(conn, job_id)
+    per: dict[tuple[str, str], dict[str, int]] = {}
+    for g in groups:
+        if g.channel == CACHE_CHANNEL or not g.calls:
+            continue
+        r = per.setdefault((g.provider, g.model), {"calls": 0, "hits": 0, **{k: 0 for k in TOKENS}})
+        r["calls"] += g.calls
+        r["hits"] += g.hits
+        for k in TOKENS:
+            r[k] += g.call_tokens[k]
+    rows: list[dict[str, Any]] = [{"provider": p, "model": m, **r} for (p, m), r in sorted(per.items())]
     calls = hits = cached = written = inputs = 0
     saved = input_cost = 0
     errors: list[str] = []

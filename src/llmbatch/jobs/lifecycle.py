@@ -306,6 +306,14 @@ def result_lines(settings: Settings, job_id: str, *, with_final_attempt: bool = 
         yield from lines(conn, job_id, with_final_attempt=with_final_attempt)
 
 
+def result_jsonl(settings: Settings, job_id: str):
+    """The `results --format jsonl` bytes of a job, in input order, a page of lines at a time."""
+    from ..reporting import result_jsonl as chunks
+
+    with reading(store(settings)) as conn:
+        yield from chunks(conn, job_id)
+
+
 def rejected_lines(settings: Settings, job_id: str):
     """Every rejected input line of a job (the OpenAI export writes them as error lines)."""
     with reading(store(settings)) as conn:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 from pathlib import Path
 
@@ -153,21 +152,15 @@ def _alembic_config(engine: Engine):
     return cfg
 
 
-_REVISION = re.compile(r"""^(down_revision|revision)\s*(?::[^=]*)?=\s*(?:['"]([^'"]*)['"]|None)""", re.M)
-
-
 def head_revision() -> str | None:
     """The newest migration. Read from the migration files' `revision`/`down_revision` lines: loading
     alembic's script directory costs ~150 ms, and every command (`status` too) checks this on start.
     Falls back to alembic when the files are not a simple chain."""
-    revisions: set[str] = set()
-    downs: set[str] = set()
-    for f in (_MIGRATIONS / "versions").glob("*.py"):
-        for key, value in _REVISION.findall(f.read_text("utf-8")):
-            (revisions if key == "revision" else downs).add(value)
-    heads = revisions - downs
-    if len(heads) == 1:
-        return heads.pop()
+    from ..status_reader import head_revision_from_files
+
+    head = head_revision_from_files()
+    if head is not None:
+        return head
     from alembic.script import ScriptDirectory
 
     cfg = _alembic_config(None)  # type: ignore[arg-type]

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import orjson
-from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, func, insert, or_, select, update
 
-from . import job_counts, ledger
+from . import job_counts, ledger, reads
 from .ledger.budget import BudgetRows
 from .outcomes import TaskOutcome, finish_task
-from .schema import AttemptStatus, JobStatus, TaskStatus, attempts, input_errors, jobs, tasks
+from .schema import JobStatus, TaskStatus, attempts, input_errors, jobs, tasks
 from .tx import Deferred, in_transaction
 
 
@@ -412,35 +412,6 @@ def input_error_rows(conn: Connection, job_id: str, limit: int | None = 1000) ->
 
 
 def by_model(conn: Connection, job_id: str) -> list[dict[str, Any]]:
-    """Ledger aggregated per provider/model: attempts (failed ones included), tasks touched, tokens, cost."""
-    succeeded = func.sum(case((attempts.c.status == AttemptStatus.succeeded, 1), else_=0))
-    rows = (
-        conn.execute(
-            select(
-                attempts.c.provider,
-                attempts.c.model,
-                func.count(func.distinct(attempts.c.task_seq)).label("tasks"),
-                func.count().label("attempts"),
-                succeeded.label("succeeded_attempts"),
-                func.sum(attempts.c.input_tokens).label("input_tokens"),
-                func.sum(attempts.c.cached_tokens).label("cached_tokens"),
-                func.sum(attempts.c.cache_write_tokens).label("cache_write_tokens"),
-                func.sum(attempts.c.output_tokens).label("output_tokens"),
-                func.sum(attempts.c.reasoning_tokens).label("reasoning_tokens"),
-                func.sum(attempts.c.cost_picos).label("cost_picos"),
-                func.sum(attempts.c.reserved_picos * case((attempts.c.settled.is_(False), 1), else_=0)).label(
-                    "held_picos"
-                ),
-                # The report's other ledger figures, from this one scan (a million-row ledger is read once).
-                func.sum(case((attempts.c.settled.is_(False), 1), else_=0)).label("unsettled_attempts"),
-                func.sum(case((attempts.c.cost_source == "unpriced", 1), else_=0)).label("unpriced_attempts"),
-            )
-            .where(attempts.c.job_id == job_id)
-            .group_by(attempts.c.provider, attempts.c.model)
-            .order_by(func.sum(attempts.c.cost_picos).desc())
-        )
-        .mappings()
-        .all()
-    )
-    # Postgres returns SUM(bigint) as numeric (Decimal), SQLite as int: every aggregate leaves here as int.
-    return [{k: (v if k in ("provider", "model") or v is None else int(v)) for k, v in r.items()} for r in rows]
+    """Ledger aggregated per provider/model: attempts (failed ones included), tasks touched, tokens, cost; most
+    expensive first. From the ledger groups (reads.py: one pass over the job's attempts, exact integers)."""
+    return reads.by_model(reads.ledger_groups(conn, job_id))

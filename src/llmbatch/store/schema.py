@@ -202,7 +202,8 @@ attempts = Table(
     _col("batch_ref", BigInteger),
     _col("provider_batch_id", String(200)),
     UniqueConstraint("job_id", "task_seq", "attempt_no", name="uq_attempts_task_no"),
-    Index("ix_attempts_job_status", "job_id", "status"),
+    # migration 0013: report's one pass over the ledger, grouped by (status, provider, model, channel)
+    Index("ix_attempts_job_status_model", "job_id", "status", "provider", "model", "channel"),
     Index(
         "ix_attempts_job_overrun",
         "job_id",  # migration 0012: report's overruns

@@ -6,8 +6,7 @@
     .venv/bin/python -m tests.benchmarks.bench_inflight --tasks 200 --concurrency 50 --p50 0.1 --p99 0.8
 
 For each scenario (simulator latency: `lognormal` p50/p99, `fixed` --latency) and executor:
-- pipeline: `embedded` = create_job + run_embedded on SQLite in this process; `celery` = submit (create_job +
-  dispatch) on Postgres/Redis, run by --workers `llmbatch worker` processes started (and ready) beforehand,
+- pipeline: `embedded` = run_embedded on SQLite in this process; `celery` = dispatch_job on Postgres/Redis, run by --workers `llmbatch worker` processes started (and ready) beforehand,
   each with concurrency/workers in flight (so the same total in flight). Routing, a job budget (every attempt
   reserves and settles), the ledger and escalations: the simulator's mini models answer outside the labels
   `--mini-error-rate` of the time (default 0.05, the usual ~5 %) and those tasks escalate (2 calls).
@@ -32,6 +31,10 @@ def run_embedded(db_url: str, path, *, concurrency: int, sim_url: str, budget_us
     from llmbatch.config import load_settings
     from llmbatch.jobs import create_job, run_embedded
     from llmbatch.models import JobSpec
+
+    # The modules a run imports on first use (engine, providers, HTTP client: ~0.3-0.8 s here) load before the
+    # clock, as the bare loop's aiohttp and the Celery workers' modules do: this compares runs, not imports.
+    import llmbatch.executors.local  # noqa: F401
 
     settings = load_settings(database_url=db_url, simulator_url=sim_url)
     spec = JobSpec.model_validate({"simulate": True, "budget_usd": budget_usd})
@@ -74,8 +77,11 @@ def run_celery(
         settings = load_settings(database_url=db_url, broker_url=broker, simulator_url=sim_url)
         cpu0 = C.proc_cpu_s(ws.pids())
         t0 = time.perf_counter()
-        job_id, n, units = C.submit(settings, path, budget_usd=budget_usd)
+        # The clock starts where the embedded run's does: the job stored, its units about to be queued.
+        # Ingest (create_job) is bench_submit's figure; end_to_end_s below still includes it.
+        job_id, n = C.create(settings, path, budget_usd=budget_usd, executor="celery")
         t1 = time.perf_counter()
+        units = C.dispatch(settings, job_id)
         job, t2 = C.wait_job(db_url, job_id, timeout=600)
         cpu = C.proc_cpu_s(ws.pids()) - cpu0
         counts, spent, ledger = C.job_counts(db_url, job_id)
@@ -89,9 +95,10 @@ def run_celery(
             "counts": counts,
             "spent_picos": spent,
             "ledger_picos": ledger,
-            "submit_s": round(t1 - t0, 3),
-            "run_s": round(t2 - t0, 3),
-            "per_s": round(n / (t2 - t0), 1),
+            "ingest_s": round(t1 - t0, 3),
+            "run_s": round(t2 - t1, 3),
+            "per_s": round(n / (t2 - t1), 1),
+            "end_to_end_s": round(t2 - t0, 3),
             "cpu_s": round(cpu, 2),
         }
         if counts["succeeded"] != n:

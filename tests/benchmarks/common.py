@@ -512,15 +512,26 @@ def job_counts(db_url: str, job_id: str) -> tuple[dict, int, int]:
 
 def submit(settings, path: Path, *, budget_usd: str | None = "50") -> tuple[str, int, int]:
     """create_job + dispatch_job, as `llmbatch submit` does. Returns (job id, tasks, units)."""
-    from llmbatch.executors.celery_app import dispatch_job
+    job_id, accepted = create(settings, path, budget_usd=budget_usd, executor="celery")
+    return job_id, accepted, dispatch(settings, job_id)
+
+
+def create(settings, path: Path, *, budget_usd: str | None, executor: str) -> tuple[str, int]:
+    """create_job of a simulated job (the lines stored, nothing queued). Returns (job id, tasks accepted)."""
     from llmbatch.jobs import create_job
     from llmbatch.models import JobSpec
 
-    # dispatch_job's configure() switches brokers (benchmarks run in one process, the smoke tests, use several).
     spec = JobSpec.model_validate({"simulate": True, **({"budget_usd": budget_usd} if budget_usd else {})})
-    job_id, report = create_job(settings, path, spec, executor="celery")
-    units = dispatch_job(settings, job_id)
-    return job_id, report.accepted, units
+    job_id, report = create_job(settings, path, spec, executor=executor)
+    return job_id, report.accepted
+
+
+def dispatch(settings, job_id: str) -> int:
+    """dispatch_job: the job's unit messages queued for the workers. Returns the number of units."""
+    from llmbatch.executors.celery_app import dispatch_job
+
+    # dispatch_job's configure() switches brokers (benchmarks run in one process, the smoke tests, use several).
+    return dispatch_job(settings, job_id)
 
 
 # ------------------------------------------------------------------------------------------ profiles

@@ -18,7 +18,6 @@ from ..errors import ConfigError
 from .base import RateLimiter, RateLimiterUnavailable
 from .gcra import DEFAULT_BURST_S, DEFAULT_LATENCY_ALLOWANCE_S, Pacing
 from .memory import InProcessRateLimiter
-from .redis import RedisRateLimiter
 
 __all__ = [
     "DEFAULT_BURST_S",
@@ -34,6 +33,15 @@ __all__ = [
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
+def __getattr__(name: str):
+    # redis.asyncio costs ~0.2 s to import, and an embedded run (in-process limits) never needs it.
+    if name == "RedisRateLimiter":
+        from .redis import RedisRateLimiter
+
+        return RedisRateLimiter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def make_rate_limiter(settings: Settings, *, shared: bool) -> RateLimiter:
     """Redis-backed when `shared` and a Redis URL is configured; otherwise in-process."""
     url = settings.effective_redis_url
@@ -44,4 +52,6 @@ def make_rate_limiter(settings: Settings, *, shared: bool) -> RateLimiter:
             "shared rate limits need Redis, but the broker URL is not a redis:// URL; "
             "set LLMBATCH_REDIS_URL (or redis_url in llmbatch.toml) to a Redis server"
         )
+    from .redis import RedisRateLimiter
+
     return RedisRateLimiter(url, settings.rate_limits)

@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 
 
 class _Compiled:
-    __slots__ = ("sql", "order", "fixed", "processors")
+    __slots__ = ("sql", "order", "fixed", "processors", "lists", "_sql_by_sizes")
 
     def __init__(self, stmt: Any, dialect) -> None:
         compiled = stmt.compile(dialect=dialect)
@@ -40,13 +40,45 @@ class _Compiled:
             if proc is not None:
                 processors[name] = proc
         self.processors = processors
+        # IN lists (`bindparam(..., expanding=True)`): SQLAlchemy leaves a `__[POSTCOMPILE_name]` mark in the
+        # SQL, rendered at each call as one placeholder per value; the SQL is kept per list length.
+        self.lists = frozenset(n for n in names if compiled.binds[n].expanding)
+        self._sql_by_sizes: dict[tuple[int, ...], str] = {}
 
-    def args(self, params: dict[str, Any]) -> tuple:
+    def bind(self, params: dict[str, Any]) -> tuple[str, tuple]:
+        """(SQL, positional arguments) for one call."""
         values = {**self.fixed, **params} if self.fixed else params
         procs = self.processors
+        if self.lists:
+            return self._bind_lists(values)
         if not procs:
-            return tuple([values[n] for n in self.order])
-        return tuple([procs[n](values[n]) if n in procs else values[n] for n in self.order])
+            return self.sql, tuple([values[n] for n in self.order])
+        return self.sql, tuple([procs[n](values[n]) if n in procs else values[n] for n in self.order])
+
+    def _bind_lists(self, values: dict[str, Any]) -> tuple[str, tuple]:
+        args: list[Any] = []
+        sizes: list[int] = []
+        for n in self.order:
+            proc = self.processors.get(n)
+            if n in self.lists:
+                items = list(values[n])
+                if not items:
+                    raise ValueError(f"a Prepared statement's IN list must not be empty: {n}")
+                sizes.append(len(items))
+                args.extend(map(proc, items) if proc is not None else items)
+            else:
+                args.append(proc(values[n]) if proc is not None else values[n])
+        key = tuple(sizes)
+        sql = self._sql_by_sizes.get(key)
+        if sql is None:
+            sql = self.sql
+            lists = iter(sizes)
+            for n in self.order:
+                if n in self.lists:
+                    sql = sql.replace(f"__[POSTCOMPILE_{n}]", ", ".join("?" * next(lists)), 1)
+            if len(self._sql_by_sizes) < 256:  # a few list lengths recur (a unit's size); bounded all the same
+                self._sql_by_sizes[key] = sql
+        return sql, tuple(args)
 
 
 def on_driver(conn: Connection) -> bool:
@@ -71,6 +103,12 @@ class Prepared:
         rows = self._cursor(conn, params).fetchall()  # read to the end: the statement is finished, not pending
         return rows[0] if rows else None
 
+    def all(self, conn: Connection, params: dict[str, Any]) -> list[tuple]:
+        """Every row the statement returns (a SELECT, or RETURNING)."""
+        if not on_driver(conn):
+            return [tuple(row) for row in conn.execute(self.stmt, params)]
+        return self._cursor(conn, params).fetchall()
+
     def run(self, conn: Connection, params: dict[str, Any]) -> int:
         """Run the statement; returns the number of rows it changed."""
         if not on_driver(conn):
@@ -84,15 +122,14 @@ class Prepared:
         return c
 
     def _cursor(self, conn: Connection, params: dict[str, Any]):
-        c = self._compiled(conn)
-        args = c.args(params)
+        sql, args = self._compiled(conn).bind(params)
         dbapi_conn = conn.connection.driver_connection
         assert dbapi_conn is not None  # a live connection, inside its transaction
         dialect = conn.dialect
         try:
-            return dbapi_conn.execute(c.sql, args)
+            return dbapi_conn.execute(sql, args)
         except dialect.loaded_dbapi.Error as e:
-            raise DBAPIError.instance(c.sql, args, e, dialect.loaded_dbapi.Error, dialect=dialect) from e
+            raise DBAPIError.instance(sql, args, e, dialect.loaded_dbapi.Error, dialect=dialect) from e
 
 
 def json_rows(rows: list[dict[str, Any]]) -> str:

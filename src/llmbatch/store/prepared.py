@@ -13,6 +13,7 @@ as it does every other store error.
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Callable, Sequence
 
 import orjson
@@ -21,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 
 
 class _Compiled:
-    __slots__ = ("sql", "order", "fixed", "processors", "lists", "_sql_by_sizes")
+    __slots__ = ("sql", "order", "fixed", "processors", "caller_processors", "pick", "lists", "_sql_by_sizes")
 
     def __init__(self, stmt: Any, dialect) -> None:
         compiled = stmt.compile(dialect=dialect)
@@ -31,8 +32,6 @@ class _Compiled:
         names: Sequence[str] = compiled.positiontup or ()
         self.sql: str = compiled.string
         self.order = tuple(names)  # qmark: one entry per placeholder, a name repeats where the bind repeats
-        # Binds with a value in the statement itself (`status == TaskStatus.running`): not the caller's.
-        self.fixed = {n: b.effective_value for n, b in compiled.binds.items() if not b.required and n in names}
         processors: dict[str, Callable[[Any], Any]] = {}
         for name in set(names):
             bind = compiled.binds[name]
@@ -40,6 +39,15 @@ class _Compiled:
             if proc is not None:
                 processors[name] = proc
         self.processors = processors
+        # Binds with a value in the statement itself (`status == TaskStatus.running`, `settled=False`): not the
+        # caller's. Their driver values are computed here, once, not at every call.
+        fixed = {n: b.effective_value for n, b in compiled.binds.items() if not b.required and n in names}
+        self.fixed = {n: processors[n](v) if n in processors else v for n, v in fixed.items()}
+        self.caller_processors = tuple((n, p) for n, p in processors.items() if n not in fixed)
+        # The positional arguments, in placeholder order, from the bound values (one C call)
+        self.pick: Callable[[dict], tuple] = (
+            operator.itemgetter(*names) if len(names) > 1 else lambda values: tuple(values[n] for n in names)
+        )
         # IN lists (`bindparam(..., expanding=True)`): SQLAlchemy leaves a `__[POSTCOMPILE_name]` mark in the
         # SQL, rendered at each call as one placeholder per value; the SQL is kept per list length.
         self.lists = frozenset(n for n in names if compiled.binds[n].expanding)
@@ -47,19 +55,21 @@ class _Compiled:
 
     def bind(self, params: dict[str, Any]) -> tuple[str, tuple]:
         """(SQL, positional arguments) for one call."""
-        values = {**self.fixed, **params} if self.fixed else params
-        procs = self.processors
         if self.lists:
-            return self._bind_lists(values)
-        if not procs:
-            return self.sql, tuple([values[n] for n in self.order])
-        return self.sql, tuple([procs[n](values[n]) if n in procs else values[n] for n in self.order])
+            return self._bind_lists({**params, **self.fixed})
+        if self.caller_processors:
+            values = {**params, **self.fixed}
+            for name, proc in self.caller_processors:
+                values[name] = proc(values[name])
+        else:
+            values = {**params, **self.fixed} if self.fixed else params
+        return self.sql, self.pick(values)
 
     def _bind_lists(self, values: dict[str, Any]) -> tuple[str, tuple]:
         args: list[Any] = []
         sizes: list[int] = []
         for n in self.order:
-            proc = self.processors.get(n)
+            proc = self.processors.get(n) if n not in self.fixed else None  # fixed values are processed already
             if n in self.lists:
                 items = list(values[n])
                 if not items:
@@ -123,7 +133,7 @@ class Prepared:
 
     def _cursor(self, conn: Connection, params: dict[str, Any]):
         sql, args = self._compiled(conn).bind(params)
-        dbapi_conn = conn.connection.driver_connection
+        dbapi_conn = conn.connection.dbapi_connection  # pysqlite's connection (the driver's own, on SQLite)
         assert dbapi_conn is not None  # a live connection, inside its transaction
         dialect = conn.dialect
         try:

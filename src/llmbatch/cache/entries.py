@@ -260,16 +260,31 @@ def put_many(conn: Connection, items: list[dict[str, Any]], *, now: float | None
         for r in rows:
             row = st.put.first(conn, r)
             saved[r["key"]] = row[0] if row is not None else 0
-    else:  # a statement is a round trip: one batched upsert, then one read of the costs
-        conn.execute(st.put_rows, rows)
-        saved = dict(
-            conn.execute(
-                select(response_cache.c.key, response_cache.c.cost_picos).where(
-                    response_cache.c.key.in_({i["key"] for i in items})
-                )
-            ).all()
-        )
+    else:  # a statement is a round trip: one upsert of them all, returning the costs
+        # A key twice in the batch: its last answer is the one that stays (as when they are written in order),
+        # and an upsert may not touch a row twice.
+        last = {r["key"]: r for r in rows}
+        saved = dict(conn.exec_driver_sql(_PUT_MANY_SQL, {"now": now, "rows": json_rows(list(last.values()))}).all())
     return [Entry(i["key"], i["provider"], i["model"], i["output"], int(saved.get(i["key"]) or 0)) for i in items]
+
+
+# put_many on Postgres: the `put` upsert for a batch of answers in one statement, its rows in one json
+# parameter (see store/ledger/_bulk.py); each answer's cost copied from its attempt's ledger row.
+_PUT_MANY_SQL = """
+INSERT INTO response_cache (key, scope, provider, model, output, invalid_error, usage, cost_picos, job_id, attempt_id,
+                            claimed_by, claim_expires_at, created_at)
+SELECT v.key, v.scope, v.provider, v.model, v.output, NULL, v.usage,
+       COALESCE((SELECT a.cost_picos FROM attempts a WHERE a.id = v.attempt_id), 0), v.job_id, v.attempt_id,
+       NULL, NULL, %(now)s
+FROM json_to_recordset(%(rows)s::json)
+     AS v(key varchar, scope varchar, provider varchar, model varchar, output text, usage text, job_id varchar,
+          attempt_id bigint)
+ON CONFLICT (key) DO UPDATE SET scope = excluded.scope, provider = excluded.provider, model = excluded.model,
+       output = excluded.output, invalid_error = NULL, usage = excluded.usage, cost_picos = excluded.cost_picos,
+       job_id = excluded.job_id, attempt_id = excluded.attempt_id, claimed_by = NULL, claim_expires_at = NULL,
+       created_at = excluded.created_at
+RETURNING key, cost_picos
+"""
 
 
 @dataclass(frozen=True)
@@ -277,7 +292,6 @@ class _Statements:
     claim_new: Prepared  # insert a claim marker unless the key exists; returns the key when it did not
     get: Any
     put: Prepared  # upsert an answer, its cost read from the attempt's ledger row; returns that cost
-    put_rows: Any  # the same without RETURNING (executemany)
 
 
 _BUILT: dict[str, _Statements] = {}
@@ -329,7 +343,6 @@ def _statements(conn: Connection) -> _Statements:
             Prepared(claim_new),
             select(response_cache).where(c.key == bindparam("key")),
             Prepared(upsert.returning(c.cost_picos)),
-            upsert,
         )
     return st
 

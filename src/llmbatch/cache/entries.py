@@ -146,7 +146,7 @@ def claim_or_get_many(
     conn: Connection, items: list[ClaimItem], *, deferred: Deferred | None = None
 ) -> list[tuple[str, Any]]:
     """claim_or_get for the calls of one group-commit transaction on Postgres, where a statement is a round
-    trip: the new keys (the common case, a miss) are claimed by one insert over arrays; each key that exists, or
+    trip: the new keys (the common case, a miss) are claimed by one insert over a json batch; each key that exists, or
     repeats in the batch after its first call, then goes through claim_or_get as it would alone, in order."""
     if len(items) < 2 or on_driver(conn):
         return [_claim_one(conn, i) for i in items]

@@ -3,7 +3,7 @@ table; the budget rows it holds and releases (job rows, daily windows) are budge
 
 Following one reservation:
 1. reserve() / reserve_many() insert the attempt row holding `amount_picos` (_INSERT_ATTEMPT below; on
-   Postgres, many at once as one INSERT over arrays, _bulk.py) and queue the hold (budget.BudgetRows);
+   Postgres, many at once as one INSERT over a json batch, _bulk.py) and queue the hold (budget.BudgetRows);
 2. at the end of the transaction the hold is one conditional UPDATE per row that caps it,
    `spent + reserved + amount <= cap` (budget.py: the job, the global day, the token's day), so any number
    of concurrent workers can never overspend. A hold that does not fit is refused (BudgetExceeded): its

@@ -4,6 +4,8 @@ the single forms leave, refuse exactly what the single forms refuse, and fall ba
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from sqlalchemy import event, select
 
@@ -48,7 +50,14 @@ def _settlement(attempt_id: int, i: int) -> ledger.Settlement:
         usage=Usage(input_tokens=100 + i, output_tokens=7 + i, cached_tokens=i % 3, reasoning_tokens=i % 2),
         latency_ms=5 + i,
         provider_request_id=f"req-{i}" if i % 2 else None,
+        # text the bulk forms must carry unchanged (they send a batch as one json parameter)
+        error_message=_TRICKY + str(i) if i % 4 == 1 else None,
+        finish_reason="stop",
     )
+
+
+_TRICKY = 'quote " apostrophe \' back\\slash {"json": [1]} tab\t newline\n é 日本 😀 \u2028 '
+_PRICE = 10**17 + 3  # a bigint beyond a double's exact integers
 
 
 def _outcome(job: str, seq: int, worker: str = WORKER) -> repo.TaskOutcome:
@@ -59,7 +68,8 @@ def _outcome(job: str, seq: int, worker: str = WORKER) -> repo.TaskOutcome:
         status="succeeded",
         provider="openai",
         model="gpt-4o-mini",
-        output={"answer": seq},
+        output={"answer": seq, "text": _TRICKY},
+        error=_TRICKY if seq % 3 == 0 else None,
         escalations=seq % 2,
     )
 
@@ -227,3 +237,30 @@ def test_store_batches_use_the_bulk_forms(fresh_postgres_url, n):
     _, task_rows, (spent, reserved) = _state(engine, job)
     assert reserved == 0 and spent == sum(10 + i for i in range(n))
     assert all(t["status"] == "succeeded" and t["attempts"] == 1 for t in task_rows)
+
+
+def test_bulk_forms_keep_big_integers_and_clocks_exact(fresh_postgres_url):
+    """Money beyond a double's exact integers and a clock's every digit survive the bulk forms' json."""
+    engine = get_engine(fresh_postgres_url)
+    job = _job(engine, 2, None)
+    started = 1764553600.1234567
+    with engine.begin() as c:
+        d = Deferred()
+        reservations = [ledger.Reservation(**_reserve_kw(job, i, _PRICE), now=started) for i in range(2)]
+        ids = ledger.reserve_many(c, reservations, deferred=d)
+        assert not d.flush(c)
+    with engine.begin() as c:
+        d = Deferred()
+        pairs = [(replace(_settlement(ids[i], i), cost_picos=_PRICE - 1), _outcome(job, i)) for i in range(2)]
+        assert ledger.settle_and_record_many(c, pairs, deferred=d) == [(True, True)] * 2
+        d.flush(c)
+    with engine.connect() as c:
+        rows = c.execute(
+            select(attempts.c.reserved_picos, attempts.c.cost_picos, attempts.c.overrun, attempts.c.started_at).where(
+                attempts.c.job_id == job
+            )
+        ).all()
+        costs = c.execute(select(tasks.c.cost_picos).where(tasks.c.job_id == job)).scalars().all()
+        spent = c.execute(select(jobs.c.spent_picos).where(jobs.c.id == job)).scalar()
+    assert [tuple(r) for r in rows] == [(_PRICE, _PRICE - 1, False, started)] * 2
+    assert costs == [_PRICE - 1] * 2 and spent == 2 * (_PRICE - 1)

@@ -97,6 +97,34 @@ def test_put_many_stores_what_put_stores(store):
         assert entries.put_many(c, []) == []
 
 
+def test_put_many_copies_each_cost_and_keeps_the_last_answer_of_a_repeated_key(store):
+    from llmbatch.store import ledger, repo
+    from tests.support.cli import make_store_job
+
+    job = make_store_job(store, 2, None)
+    repo.claim_tasks(store, job, 0, 1, worker="w1", lease_s=300, max_deliveries=5)
+    ids = []
+    for seq, cost in ((0, 123), (1, 4_560_000_000_000_000_001)):
+        kw = dict(provider="p", model="m", amount_picos=cost, purpose="first", worker="w1")
+        ids.append(ledger.reserve(store, job_id=job, task_seq=seq, task_id=f"t{seq}", **kw))
+        ledger.settle(
+            store, ledger.Settlement(attempt_id=ids[-1], status="succeeded", cost_picos=cost, cost_source="usage")
+        )
+    item = {"scope": "s", "provider": "p", "model": "m", "usage": {"input_tokens": 3}, "job_id": job}
+    items = [
+        {**item, "key": "a", "output": {"n": 1}, "attempt_id": ids[0]},
+        {**item, "key": "b", "output": 'quote " back\\slash é 😀', "attempt_id": ids[1]},
+        {**item, "key": "a", "output": {"n": 3}, "attempt_id": ids[1]},  # the same key again: this answer stays
+    ]
+    with store.begin() as c:
+        got = entries.put_many(c, items)
+        assert (got[1].key, got[1].output, got[1].cost_picos) == ("b", items[1]["output"], 4_560_000_000_000_000_001)
+        row = c.execute(select(response_cache).where(response_cache.c.key == "a")).mappings().one()
+        assert (row["output"], row["cost_picos"], row["attempt_id"]) == ('{"n":3}', 4_560_000_000_000_000_001, ids[1])
+        assert (row["scope"], row["usage"], row["claimed_by"]) == ("s", '{"input_tokens":3}', None)
+        assert _claim(c, "b", now=time.time())[1].output == items[1]["output"]
+
+
 def _prepare(conn, now):
     """Keys in every state: an answer, an invalid verdict, a live claim of w2, an expired claim of w2."""
     _put(conn, "hit", output={"a": 1}, now=now)

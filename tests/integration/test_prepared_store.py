@@ -5,6 +5,7 @@ the charge on the task once), and fail the way SQLAlchemy's statements fail."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from sqlalchemy import bindparam, insert, select
@@ -143,6 +144,11 @@ def _run(url: str) -> tuple[dict, tuple]:
         result = asyncio.run(_scenario(store, job))
     finally:
         store.close()
+    # Another worker claims the unit once the leases lapsed: the in-flight call is marked lost (an IN list on
+    # the driver path), and the tasks delivered twice are poison.
+    result["reclaim"] = repo.claim_tasks(
+        engine, job, 0, 4, worker="w2", lease_s=300, max_deliveries=1, now=time.time() + 1000
+    )
     return result, _rows(engine, job)
 
 
@@ -166,6 +172,9 @@ def test_driver_path_writes_what_sqlalchemy_writes_and_keeps_the_ledger_exact(tm
     assert len(settled) == 3 and job["reserved_picos"] == 500  # one call still in flight holds its 500
     assert job["succeeded_tasks"] == 2 and sum(r["attempts"] for r in t) == 3
     assert on_driver["saved"] == settled[0]["cost_picos"]  # copied from the ledger row, not the 999 of the late copy
+    assert on_driver["reclaim"] == ([], 3)  # the 3 tasks still running, delivered a second time: poison
+    assert [(r["status"], r["error_class"]) for r in a if not r["settled"]] == [("unknown", "worker_lost")]
+    assert job["failed_tasks"] == 3
 
 
 def test_driver_errors_are_sqlalchemy_errors(tmp_path):
@@ -233,3 +242,20 @@ def test_a_refusal_an_operation_cannot_report_fails_it_instead_of_passing_silent
         assert c.execute(select(provider_batches)).all() == []
         held = c.execute(select(attempts.c.task_seq).where(attempts.c.job_id == job)).scalars().all()
         assert held == [0]
+
+
+def test_an_in_list_runs_on_the_driver_as_through_sqlalchemy(tmp_path, monkeypatch):
+    engine = get_engine(f"sqlite:///{tmp_path / 'in.db'}")
+    job = make_store_job(engine, 5, None)
+    stmt = prepared.Prepared(
+        select(tasks.c.seq).where(
+            tasks.c.job_id == bindparam("b_job"), tasks.c.seq.in_(bindparam("b_seqs", expanding=True))
+        )
+    )
+    with engine.connect() as c:
+        driver = [stmt.all(c, {"b_job": job, "b_seqs": seqs}) for seqs in ([3], [0, 2, 4], [1], [9])]
+        with pytest.raises(ValueError, match="IN list"):
+            stmt.all(c, {"b_job": job, "b_seqs": []})
+        monkeypatch.setattr(prepared, "on_driver", lambda conn: False)
+        via_sqlalchemy = [stmt.all(c, {"b_job": job, "b_seqs": seqs}) for seqs in ([3], [0, 2, 4], [1], [9])]
+    assert driver == via_sqlalchemy == [[(3,)], [(0,), (2,), (4,)], [(1,)], []]

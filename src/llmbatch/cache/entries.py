@@ -17,7 +17,7 @@ from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select, u
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..store import ledger
-from ..store.prepared import Prepared, on_driver
+from ..store.prepared import Prepared, json_rows, on_driver
 from ..store.repo import TaskOutcome
 from ..store.schema import attempts, response_cache
 from ..store.tx import Deferred, in_transaction
@@ -129,13 +129,14 @@ class ClaimItem(NamedTuple):
     now: float | None = None
 
 
-# The claim_new statement (_statements) for many keys at once, over arrays: one statement, whatever the count.
+# The claim_new statement (_statements) for many keys at once: one statement, whatever the count, its rows
+# in one json parameter (see store/ledger/_bulk.py: cheaper to send than one array per column).
 _CLAIM_NEW_MANY_SQL = """
 INSERT INTO response_cache (key, scope, provider, model, output, cost_picos, claimed_by, claim_expires_at, created_at)
 SELECT v.key, v.scope, v.provider, v.model, NULL, 0, v.worker, v.expires, v.created
-FROM unnest(%(key)s::varchar[], %(scope)s::varchar[], %(provider)s::varchar[], %(model)s::varchar[],
-            %(worker)s::varchar[], %(expires)s::float8[], %(created)s::float8[])
-     AS v(key, scope, provider, model, worker, expires, created)
+FROM json_to_recordset(%(rows)s::json)
+     AS v(key varchar, scope varchar, provider varchar, model varchar, worker varchar, expires float8,
+          created float8)
 ON CONFLICT (key) DO NOTHING
 RETURNING key
 """
@@ -145,7 +146,7 @@ def claim_or_get_many(
     conn: Connection, items: list[ClaimItem], *, deferred: Deferred | None = None
 ) -> list[tuple[str, Any]]:
     """claim_or_get for the calls of one group-commit transaction on Postgres, where a statement is a round
-    trip: the new keys (the common case, a miss) are claimed by one insert over arrays; each key that exists, or
+    trip: the new keys (the common case, a miss) are claimed by one insert over a json batch; each key that exists, or
     repeats in the batch after its first call, then goes through claim_or_get as it would alone, in order."""
     if len(items) < 2 or on_driver(conn):
         return [_claim_one(conn, i) for i in items]
@@ -160,13 +161,20 @@ def claim_or_get_many(
         for (key,) in conn.exec_driver_sql(
             _CLAIM_NEW_MANY_SQL,
             {
-                "key": [i.key for i in firsts],
-                "scope": [i.scope for i in firsts],
-                "provider": [i.provider for i in firsts],
-                "model": [i.model for i in firsts],
-                "worker": [i.worker for i in firsts],
-                "expires": [t + i.claim_s for t, i in zip(at, firsts)],
-                "created": at,
+                "rows": json_rows(
+                    [
+                        {
+                            "key": i.key,
+                            "scope": i.scope,
+                            "provider": i.provider,
+                            "model": i.model,
+                            "worker": i.worker,
+                            "expires": t + i.claim_s,
+                            "created": t,
+                        }
+                        for t, i in zip(at, firsts)
+                    ]
+                )
             },
         )
     }
@@ -252,16 +260,31 @@ def put_many(conn: Connection, items: list[dict[str, Any]], *, now: float | None
         for r in rows:
             row = st.put.first(conn, r)
             saved[r["key"]] = row[0] if row is not None else 0
-    else:  # a statement is a round trip: one batched upsert, then one read of the costs
-        conn.execute(st.put_rows, rows)
-        saved = dict(
-            conn.execute(
-                select(response_cache.c.key, response_cache.c.cost_picos).where(
-                    response_cache.c.key.in_({i["key"] for i in items})
-                )
-            ).all()
-        )
+    else:  # a statement is a round trip: one upsert of them all, returning the costs
+        # A key twice in the batch: its last answer is the one that stays (as when they are written in order),
+        # and an upsert may not touch a row twice.
+        last = {r["key"]: r for r in rows}
+        saved = dict(conn.exec_driver_sql(_PUT_MANY_SQL, {"now": now, "rows": json_rows(list(last.values()))}).all())
     return [Entry(i["key"], i["provider"], i["model"], i["output"], int(saved.get(i["key"]) or 0)) for i in items]
+
+
+# put_many on Postgres: the `put` upsert for a batch of answers in one statement, its rows in one json
+# parameter (see store/ledger/_bulk.py); each answer's cost copied from its attempt's ledger row.
+_PUT_MANY_SQL = """
+INSERT INTO response_cache (key, scope, provider, model, output, invalid_error, usage, cost_picos, job_id, attempt_id,
+                            claimed_by, claim_expires_at, created_at)
+SELECT v.key, v.scope, v.provider, v.model, v.output, NULL, v.usage,
+       COALESCE((SELECT a.cost_picos FROM attempts a WHERE a.id = v.attempt_id), 0), v.job_id, v.attempt_id,
+       NULL, NULL, %(now)s
+FROM json_to_recordset(%(rows)s::json)
+     AS v(key varchar, scope varchar, provider varchar, model varchar, output text, usage text, job_id varchar,
+          attempt_id bigint)
+ON CONFLICT (key) DO UPDATE SET scope = excluded.scope, provider = excluded.provider, model = excluded.model,
+       output = excluded.output, invalid_error = NULL, usage = excluded.usage, cost_picos = excluded.cost_picos,
+       job_id = excluded.job_id, attempt_id = excluded.attempt_id, claimed_by = NULL, claim_expires_at = NULL,
+       created_at = excluded.created_at
+RETURNING key, cost_picos
+"""
 
 
 @dataclass(frozen=True)
@@ -269,7 +292,6 @@ class _Statements:
     claim_new: Prepared  # insert a claim marker unless the key exists; returns the key when it did not
     get: Any
     put: Prepared  # upsert an answer, its cost read from the attempt's ledger row; returns that cost
-    put_rows: Any  # the same without RETURNING (executemany)
 
 
 _BUILT: dict[str, _Statements] = {}
@@ -321,7 +343,6 @@ def _statements(conn: Connection) -> _Statements:
             Prepared(claim_new),
             select(response_cache).where(c.key == bindparam("key")),
             Prepared(upsert.returning(c.cost_picos)),
-            upsert,
         )
     return st
 

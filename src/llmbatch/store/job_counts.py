@@ -34,11 +34,16 @@ COLUMNS = {
     TaskStatus.cancelled: jobs.c.cancelled_tasks,
 }
 
-_ADD = Prepared(
-    update(jobs)
-    .where(jobs.c.id == bindparam("b_job"))
-    .values({col: col + bindparam(f"b_{status}") for status, col in COLUMNS.items()})
-)
+# The finished-count deltas as SET clauses, each from a bind parameter `b_<status>` (see params()): _ADD here,
+# and the job-row UPDATE at the end of a transaction (ledger.budget), which moves them with the money.
+SET_DELTAS = {col: col + bindparam(f"b_{status}") for status, col in COLUMNS.items()}
+
+_ADD = Prepared(update(jobs).where(jobs.c.id == bindparam("b_job")).values(SET_DELTAS))
+
+
+def params(deltas: dict[str, int]) -> dict[str, int]:
+    """SET_DELTAS' bind parameters for these finished-status deltas (0 for a status not in them)."""
+    return {f"b_{s}": deltas.get(s, 0) for s in COLUMNS}
 
 
 def note(rows: Any, job_id: str, status: str, n: int = 1) -> None:
@@ -52,7 +57,7 @@ def note(rows: Any, job_id: str, status: str, n: int = 1) -> None:
 def apply(conn: Connection, job_id: str, deltas: dict[str, int]) -> None:
     """One UPDATE of the job row with the finished-count deltas of a transaction."""
     if any(deltas.values()):
-        _ADD.run(conn, {"b_job": job_id, **{f"b_{s}": deltas.get(s, 0) for s in COLUMNS}})
+        _ADD.run(conn, {"b_job": job_id, **params(deltas)})
 
 
 def add(conn: Connection, job_id: str, status: str, n: int) -> None:

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import orjson
-from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 
 from . import job_counts, ledger, reads
 from .ledger.budget import BudgetRows
 from .outcomes import TaskOutcome, finish_task
+from .prepared import Prepared
 from .schema import JobStatus, TaskStatus, attempts, input_errors, jobs, tasks
 from .tx import Deferred, in_transaction
 
@@ -153,8 +154,12 @@ def request_cancel(conn: Connection, job_id: str) -> int:
     return res.rowcount
 
 
+_CANCEL_REQUESTED = Prepared(select(jobs.c.cancel_requested).where(jobs.c.id == bindparam("b_job")))
+
+
 def is_cancel_requested(conn: Connection, job_id: str) -> bool:
-    return bool(conn.execute(select(jobs.c.cancel_requested).where(jobs.c.id == job_id)).scalar())
+    row = _CANCEL_REQUESTED.first(conn, {"b_job": job_id})
+    return bool(row[0]) if row is not None else False
 
 
 def requeue_for_retry(
@@ -223,6 +228,29 @@ class ClaimedTask:
     deliveries: int
 
 
+# A claim: the unit's claimable tasks (queued, or running under a lapsed lease: their worker died) leased to
+# the claiming worker. Built once and run on SQLite's driver (prepared.py): a claim runs once per unit.
+_CLAIM = Prepared(
+    update(tasks)
+    .where(
+        tasks.c.job_id == bindparam("b_job"),
+        tasks.c.seq >= bindparam("b_lo"),
+        tasks.c.seq <= bindparam("b_hi"),
+        or_(
+            tasks.c.status == TaskStatus.queued,
+            and_(tasks.c.status == TaskStatus.running, tasks.c.lease_expires_at < bindparam("b_now")),
+        ),
+    )
+    .values(
+        status=TaskStatus.running,
+        lease_owner=bindparam("b_worker"),
+        lease_expires_at=bindparam("b_expires"),
+        deliveries=tasks.c.deliveries + 1,
+    )
+    .returning(tasks.c.seq, tasks.c.task_id, tasks.c.payload, tasks.c.deliveries)
+)
+
+
 @in_transaction
 def claim_tasks(
     conn: Connection,
@@ -242,39 +270,22 @@ def claim_tasks(
     now = now if now is not None else time.time()
     if is_cancel_requested(conn, job_id):
         return [], 0
-    claimable = and_(
-        tasks.c.job_id == job_id,
-        tasks.c.seq >= lo,
-        tasks.c.seq <= hi,
-        or_(
-            tasks.c.status == TaskStatus.queued,
-            and_(tasks.c.status == TaskStatus.running, tasks.c.lease_expires_at < now),
-        ),
+    rows = _CLAIM.all(
+        conn,
+        {"b_job": job_id, "b_lo": lo, "b_hi": hi, "b_now": now, "b_worker": worker, "b_expires": now + lease_s},
     )
-    rows = conn.execute(
-        update(tasks)
-        .where(claimable)
-        .values(
-            status=TaskStatus.running,
-            lease_owner=worker,
-            lease_expires_at=now + lease_s,
-            deliveries=tasks.c.deliveries + 1,
-        )
-        .returning(tasks.c.seq, tasks.c.task_id, tasks.c.payload, tasks.c.deliveries)
-    ).all()
     if not rows:
         return [], 0
-    seqs = [r.seq for r in rows]
     # Attempts still in flight for these tasks belonged to a worker whose lease lapsed: their outcome
     # is unknown. They keep their reservation until reconcile (or a late settle) decides.
     ledger.mark_lost(
         conn,
         job_id,
-        seqs=seqs,
+        seqs=[seq for seq, _, _, _ in rows],
         error_class="worker_lost",
         error_message="the worker holding this call stopped renewing its lease",
     )
-    poison = [r.seq for r in rows if r.deliveries > max_deliveries]
+    poison = [seq for seq, _, _, deliveries in rows if deliveries > max_deliveries]
     if poison:
         conn.execute(
             update(tasks)
@@ -290,7 +301,10 @@ def claim_tasks(
     rows_part = deferred.part(BudgetRows)
     job_counts.note(rows_part, job_id, TaskStatus.failed, len(poison))
     rows_part.started.add(job_id)  # queued -> running, and activity, at the end of the transaction
-    claimed = [ClaimedTask(job_id, r.seq, r.task_id, r.payload, r.deliveries) for r in rows if r.seq not in set(poison)]
+    if poison:
+        poisoned = set(poison)
+        rows = [r for r in rows if r[0] not in poisoned]
+    claimed = [ClaimedTask(job_id, seq, task_id, payload, deliveries) for seq, task_id, payload, deliveries in rows]
     return claimed, len(poison)
 
 

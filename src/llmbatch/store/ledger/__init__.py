@@ -3,7 +3,7 @@ table; the budget rows it holds and releases (job rows, daily windows) are budge
 
 Following one reservation:
 1. reserve() / reserve_many() insert the attempt row holding `amount_picos` (_INSERT_ATTEMPT below; on
-   Postgres, many at once as one INSERT over arrays, _bulk.py) and queue the hold (budget.BudgetRows);
+   Postgres, many at once as one INSERT over a json batch, _bulk.py) and queue the hold (budget.BudgetRows);
 2. at the end of the transaction the hold is one conditional UPDATE per row that caps it,
    `spent + reserved + amount <= cap` (budget.py: the job, the global day, the token's day), so any number
    of concurrent workers can never overspend. A hold that does not fit is refused (BudgetExceeded): its
@@ -427,6 +427,12 @@ def mark_lost(
     """The calls still in flight for these tasks (or made by these workers) lost their worker: their outcome
     is unknown. They keep their reservation (they might have been billed) until reconcile, or a late settle,
     decides."""
+    if workers is None and seqs is not None:  # a claim's tasks (repo.claim_tasks): once per unit, prepared
+        if seqs:
+            _MARK_LOST_TASKS.run(
+                conn, {"b_job": job_id, "b_seqs": seqs, "b_eclass": error_class, "b_emsg": error_message}
+            )
+        return
     lost = [attempts.c.job_id == job_id, attempts.c.status == AttemptStatus.in_flight, attempts.c.settled.is_(False)]
     if seqs is not None:
         lost.append(attempts.c.task_seq.in_(seqs))
@@ -437,6 +443,18 @@ def mark_lost(
         .where(*lost)
         .values(status=AttemptStatus.unknown, error_class=error_class, error_message=error_message)
     )
+
+
+_MARK_LOST_TASKS = Prepared(
+    update(attempts)
+    .where(
+        attempts.c.job_id == bindparam("b_job"),
+        attempts.c.status == AttemptStatus.in_flight,
+        attempts.c.settled.is_(False),
+        attempts.c.task_seq.in_(bindparam("b_seqs", expanding=True)),
+    )
+    .values(status=AttemptStatus.unknown, error_class=bindparam("b_eclass"), error_message=bindparam("b_emsg"))
+)
 
 
 def reconcile(

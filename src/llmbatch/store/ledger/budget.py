@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 from datetime import datetime, timezone
 
-from sqlalchemy import Connection, bindparam, delete, func, select, update
+from sqlalchemy import Boolean, Connection, and_, bindparam, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ...errors import BudgetExceeded
@@ -82,11 +82,17 @@ class BudgetRows:
         # Every job listed gets its last_activity_at stamped (stalled-job detection) with its deltas.
         for job_id in sorted(set(self.job_deltas) | self.started | set(by_job) | set(self.task_counts)):
             reserved, spent = self.job_deltas.get(job_id, (0, 0))
-            _JOB_DELTA.run(conn, {"b_job": job_id, "b_reserved": reserved, "b_spent": spent, "b_now": now})
-            if job_id in self.task_counts:
-                job_counts.apply(conn, job_id, self.task_counts[job_id])
-            if job_id in self.started:
-                _JOB_STARTED.run(conn, {"b_job": job_id, "b_now": now})
+            _JOB_ROW.run(
+                conn,
+                {
+                    "b_job": job_id,
+                    "b_reserved": reserved,
+                    "b_spent": spent,
+                    "b_now": now,
+                    "b_started": job_id in self.started,
+                    **job_counts.params(self.task_counts.get(job_id, {})),
+                },
+            )
             if job_id in by_job:
                 _reserve_in_job(conn, by_job[job_id], refused)
         windows = {r.window for r in self.reservations if r.window and r.attempt_id not in refused}
@@ -206,10 +212,23 @@ _JOB_DELTA = Prepared(
         last_activity_at=bindparam("b_now"),
     )
 )
-_JOB_STARTED = Prepared(
+# A transaction's unconditional work on a job row, in one statement (each is a round trip on Postgres): the
+# money deltas and activity (as _JOB_DELTA), the finished-task counts (job_counts), and, when tasks were
+# claimed (`b_started`), queued -> running. SET expressions read the row as it was before the UPDATE.
+_STARTS_NOW = and_(bindparam("b_started", type_=Boolean), jobs.c.status == JobStatus.queued)
+_JOB_ROW = Prepared(
     update(jobs)
-    .where(jobs.c.id == bindparam("b_job"), jobs.c.status == JobStatus.queued)
-    .values(status=JobStatus.running, started_at=bindparam("b_now"))
+    .where(jobs.c.id == bindparam("b_job"))
+    .values(
+        {
+            jobs.c.reserved_picos: jobs.c.reserved_picos + bindparam("b_reserved"),
+            jobs.c.spent_picos: jobs.c.spent_picos + bindparam("b_spent"),
+            jobs.c.last_activity_at: bindparam("b_now"),
+            **job_counts.SET_DELTAS,
+            jobs.c.status: case((_STARTS_NOW, JobStatus.running), else_=jobs.c.status),
+            jobs.c.started_at: case((_STARTS_NOW, bindparam("b_now")), else_=jobs.c.started_at),
+        }
+    )
 )
 _RESERVE_JOB = Prepared(
     update(jobs)

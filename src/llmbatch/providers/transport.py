@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Mapping, Protocol
+from typing import Iterator, Mapping, Protocol
 
 import httpx
 import orjson
@@ -74,23 +74,50 @@ class Answer(Protocol):
 class _Read:
     """A successful answer read in full with no content-encoding, as the adapters read an httpx.Response
     (status_code, content, headers, text) without building one: its stream, decoder and chunker machinery
-    cost ~10x what reading it does. The headers are httpx's (built when first read), the text is httpx's."""
+    cost ~10x what reading it does. The headers read as httpx's (see _AsciiHeaders), the text is httpx's."""
 
-    __slots__ = ("status_code", "content", "_raw", "_headers")
+    __slots__ = ("status_code", "content", "_raw", "_parsed", "_headers")
 
-    def __init__(self, status: int, raw_headers: tuple[tuple[bytes, bytes], ...], content: bytes) -> None:
-        self.status_code, self.content, self._raw = status, content, raw_headers
-        self._headers: httpx.Headers | None = None
+    def __init__(
+        self, status: int, raw_headers: tuple[tuple[bytes, bytes], ...], parsed: Mapping[str, str], content: bytes
+    ) -> None:
+        self.status_code, self.content, self._raw, self._parsed = status, content, raw_headers, parsed
+        self._headers: Mapping[str, str] | None = None
 
     @property
-    def headers(self) -> httpx.Headers:
+    def headers(self) -> Mapping[str, str]:
         if self._headers is None:
-            self._headers = httpx.Headers(self._raw)
+            if all(name.isascii() and value.isascii() for name, value in self._raw):
+                self._headers = _AsciiHeaders(self._parsed)
+            else:  # decoded as httpx decodes them (its encoding guess), which aiohttp's parse does not match
+                self._headers = httpx.Headers(self._raw)
         return self._headers
 
     @property
     def text(self) -> str:
         return httpx.Response(self.status_code, headers=self._raw, content=self.content).text
+
+
+class _AsciiHeaders(Mapping[str, str]):
+    """httpx.Headers' reading side over the headers aiohttp has already parsed (a case-insensitive multidict):
+    a name's repeated values joined with ", ", names listed in lower case. Only for ASCII-only headers, which
+    both decode alike. The adapters read one or two headers of a successful answer (its request id), and
+    building an httpx.Headers to do so normalized and decoded every header of every answer."""
+
+    __slots__ = ("_multi",)
+
+    def __init__(self, multi: Mapping[str, str]) -> None:
+        self._multi = multi
+
+    def __getitem__(self, name: str) -> str:
+        values = self._multi.getall(name)  # type: ignore[attr-defined]  # KeyError when absent, as a Mapping must
+        return values[0] if len(values) == 1 else ", ".join(values)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(name.lower() for name in self._multi))
+
+    def __len__(self) -> int:
+        return len({name.lower() for name in self._multi})
 
 
 @functools.lru_cache(maxsize=256)
@@ -106,8 +133,10 @@ def _phase_timeouts(timeout: float) -> dict:
 
 @functools.lru_cache(maxsize=64)
 def _aiohttp_timeout(timeout: float) -> "aiohttp.ClientTimeout":
-    """The per-phase timeouts AiohttpTransport derives from httpx's (connect, read; pool is connect)."""
-    return aiohttp.ClientTimeout(sock_connect=min(timeout, CONNECT_TIMEOUT_S), sock_read=timeout, connect=timeout)
+    """The connect timeout AiohttpTransport derives from httpx's. Its read and pool timeouts (`timeout` each)
+    are left out: post_json's overall deadline of `timeout`, started before them, always ends the call first,
+    and aiohttp re-armed the read timer on every chunk received."""
+    return aiohttp.ClientTimeout(sock_connect=min(timeout, CONNECT_TIMEOUT_S))
 
 
 if HttpxAiohttpClient is not None:
@@ -245,7 +274,7 @@ async def _send_direct(
     body read in full and decoded by httpx (content-encoding) as before."""
     if not isinstance(transport.client, aiohttp.ClientSession):
         transport.client = transport.get_client()
-    with map_aiohttp_exceptions():
+    try:
         async with transport.client.request(
             "POST",
             url,
@@ -257,8 +286,14 @@ async def _send_direct(
             timeout=_aiohttp_timeout(timeout),
         ) as response:
             content = await response.read()
+    except Exception:
+        # AiohttpTransport's mapping to httpx's exceptions, entered only on the way out (a context manager
+        # around every call cost more than the mapping ever does).
+        with map_aiohttp_exceptions():
+            raise
     if _http_log.isEnabledFor(logging.INFO):  # httpx's line, shown at -vv (cli/main.py)
         _http_log.info('HTTP Request: POST %s "HTTP/1.1 %d %s"', url, response.status, response.reason or "")
     if 200 <= response.status < 300 and "content-encoding" not in response.headers:
-        return _Read(response.status, response.raw_headers, content)  # nothing to decode: read as it is
+        # nothing to decode: read as it is
+        return _Read(response.status, response.raw_headers, response.headers, content)
     return httpx.Response(response.status, headers=response.raw_headers, content=content)

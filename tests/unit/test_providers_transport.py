@@ -234,7 +234,7 @@ def test_a_direct_answer_reads_as_the_httpx_response_of_the_same_bytes():
 
 def test_a_direct_answer_with_non_ascii_headers_reads_them_as_httpx_decodes_them():
     """aiohttp decodes header bytes as UTF-8, httpx guesses one encoding for them all (latin-1 here): an answer
-    whose headers are not all ASCII reads them through httpx."""
+    whose header value is not ASCII reads it through httpx."""
     import httpx
     from multidict import CIMultiDict, CIMultiDictProxy
 

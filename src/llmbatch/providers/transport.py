@@ -74,50 +74,49 @@ class Answer(Protocol):
 class _Read:
     """A successful answer read in full with no content-encoding, as the adapters read an httpx.Response
     (status_code, content, headers, text) without building one: its stream, decoder and chunker machinery
-    cost ~10x what reading it does. The headers read as httpx's (see _AsciiHeaders), the text is httpx's."""
+    cost ~10x what reading it does. The headers read as httpx's (_ResponseHeaders), the text is httpx's."""
 
-    __slots__ = ("status_code", "content", "_raw", "_parsed", "_headers")
+    __slots__ = ("status_code", "content", "_raw", "headers")
 
     def __init__(
         self, status: int, raw_headers: tuple[tuple[bytes, bytes], ...], parsed: Mapping[str, str], content: bytes
     ) -> None:
-        self.status_code, self.content, self._raw, self._parsed = status, content, raw_headers, parsed
-        self._headers: Mapping[str, str] | None = None
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        if self._headers is None:
-            if all(name.isascii() and value.isascii() for name, value in self._raw):
-                self._headers = _AsciiHeaders(self._parsed)
-            else:  # decoded as httpx decodes them (its encoding guess), which aiohttp's parse does not match
-                self._headers = httpx.Headers(self._raw)
-        return self._headers
+        self.status_code, self.content, self._raw = status, content, raw_headers
+        self.headers = _ResponseHeaders(parsed, raw_headers)
 
     @property
     def text(self) -> str:
         return httpx.Response(self.status_code, headers=self._raw, content=self.content).text
 
 
-class _AsciiHeaders(Mapping[str, str]):
-    """httpx.Headers' reading side over the headers aiohttp has already parsed (a case-insensitive multidict):
-    a name's repeated values joined with ", ", names listed in lower case. Only for ASCII-only headers, which
-    both decode alike. The adapters read one or two headers of a successful answer (its request id), and
-    building an httpx.Headers to do so normalized and decoded every header of every answer."""
+class _ResponseHeaders(Mapping[str, str]):
+    """Reads as the answer's httpx.Headers would, without building one for the header or two the adapters read
+    (the request id): building it normalized and decoded every header of every answer. A name is looked up in
+    the headers aiohttp has already parsed (case-insensitive), its repeated values joined with ", " as httpx
+    joins them. aiohttp decodes header bytes as UTF-8, httpx by one guess for all of them; both agree on an
+    ASCII value, so only a non-ASCII one (and listing the headers) goes through httpx.Headers."""
 
-    __slots__ = ("_multi",)
+    __slots__ = ("_parsed", "_raw", "_httpx")
 
-    def __init__(self, multi: Mapping[str, str]) -> None:
-        self._multi = multi
+    def __init__(self, parsed: Mapping[str, str], raw: tuple[tuple[bytes, bytes], ...]) -> None:
+        self._parsed, self._raw = parsed, raw
+        self._httpx: httpx.Headers | None = None
+
+    def _as_httpx(self) -> httpx.Headers:
+        if self._httpx is None:
+            self._httpx = httpx.Headers(self._raw)
+        return self._httpx
 
     def __getitem__(self, name: str) -> str:
-        values = self._multi.getall(name)  # type: ignore[attr-defined]  # KeyError when absent, as a Mapping must
-        return values[0] if len(values) == 1 else ", ".join(values)
+        values = self._parsed.getall(name)  # type: ignore[attr-defined]  # KeyError when absent, as a Mapping must
+        value = values[0] if len(values) == 1 else ", ".join(values)
+        return value if value.isascii() else self._as_httpx()[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(dict.fromkeys(name.lower() for name in self._multi))
+        return iter(self._as_httpx())
 
     def __len__(self) -> int:
-        return len({name.lower() for name in self._multi})
+        return len(self._as_httpx())
 
 
 @functools.lru_cache(maxsize=256)

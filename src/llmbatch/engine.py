@@ -429,9 +429,10 @@ class Engine:
 
     def _request_for(self, request: ChatRequest, cand: Candidate) -> ChatRequest:
         visible = min(request.max_output_tokens, cand.completion_cap)
-        return request.model_copy(
-            update={"max_output_tokens": visible, "reasoning_budget_tokens": max(0, cand.completion_cap - visible)}
-        )
+        budget = max(0, cand.completion_cap - visible)
+        if visible == request.max_output_tokens and budget == request.reasoning_budget_tokens:
+            return request  # already the call's request (most models: no reasoning budget, the cap fits)
+        return request.model_copy(update={"max_output_tokens": visible, "reasoning_budget_tokens": budget})
 
     async def _try_candidate(self, ctx, claimed, task, request, cand: Candidate, state: _TaskRun, deadline: float):
         """Up to max_attempts_per_model calls on one model. Returns a terminal status (recorded), or

@@ -3,12 +3,13 @@ for simulated jobs, the simulator (in-process unless LLMBATCH_SIMULATOR_URL poin
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
 import threading
 import uuid
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING
 
 from .catalog import Catalog
@@ -25,6 +26,35 @@ if TYPE_CHECKING:
     from .simulator import SimulatorThread
 
 log = logging.getLogger("llmbatch.runtime")
+
+# The cyclic garbage collector while an engine runs (see _collector_tuned). Measured at zero latency: with
+# Python's defaults (700, 10, 10) it took ~15 % of the process's CPU, a young-generation pass every few tasks
+# that walks the objects of every call in flight, and each full pass walked every module, schema and catalog
+# object too. Most of a task's objects are freed by reference counting long before 20,000 allocations.
+GC_THRESHOLDS = (20_000, 20, 10)
+_gc_users = 0
+_gc_saved: tuple[int, int, int] | None = None
+
+
+@contextmanager
+def _collector_tuned():
+    """While an engine is open: what exists at its start (imports, catalog, settings) is moved out of the
+    collector's sight (gc.freeze: it lives as long as the process anyway), and the young generation is
+    collected every GC_THRESHOLDS[0] net allocations rather than 700. The previous settings come back when the
+    last open engine closes (an application embedding llmbatch keeps its own)."""
+    global _gc_users, _gc_saved
+    if _gc_users == 0:
+        _gc_saved = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
+    _gc_users += 1
+    try:
+        yield
+    finally:
+        _gc_users -= 1
+        if _gc_users == 0 and _gc_saved is not None:
+            gc.set_threshold(*_gc_saved)
+            gc.unfreeze()
 
 
 def new_event_loop():
@@ -104,15 +134,16 @@ async def open_engine(
     engine.presence = Presence(
         store, engine.worker_id, ttl_s=settings.presence_ttl_s, chunk_size=settings.chunk_size, publish=publish
     )
-    try:
-        await engine.presence.start()  # before the first claim: sweepers must see us alive
-        yield engine
-    finally:
-        # Whatever this process still holds goes back to the queue now, not after lease_seconds.
-        handed_back = await engine.presence.stop()
-        if handed_back:
-            log.warning("handed back %d unfinished task(s) on stop", handed_back)
-        await limiter.close()
-        await client.aclose()
-        providers.close()
-        store.close()
+    with _collector_tuned():
+        try:
+            await engine.presence.start()  # before the first claim: sweepers must see us alive
+            yield engine
+        finally:
+            # Whatever this process still holds goes back to the queue now, not after lease_seconds.
+            handed_back = await engine.presence.stop()
+            if handed_back:
+                log.warning("handed back %d unfinished task(s) on stop", handed_back)
+            await limiter.close()
+            await client.aclose()
+            providers.close()
+            store.close()

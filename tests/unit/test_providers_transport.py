@@ -230,3 +230,19 @@ def test_a_direct_answer_reads_as_the_httpx_response_of_the_same_bytes():
     assert got.text == want.text == '{"answer": "d\u00e9j\u00e0 vu"}'
     assert got.headers["X-REQUEST-ID"] == want.headers["x-request-id"] == "req_1, req_2"
     assert dict(got.headers.items()) == dict(want.headers.items())
+
+
+def test_a_direct_answer_with_non_ascii_headers_reads_them_as_httpx_decodes_them():
+    """aiohttp decodes header bytes as UTF-8, httpx guesses one encoding for them all (latin-1 here): an answer
+    whose header value is not ASCII reads it through httpx."""
+    import httpx
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from llmbatch.providers.transport import _Read
+
+    raw = ((b"x-request-id", b"req_\xe9"), (b"Content-Type", b"application/json"))
+    aiohttp_view = CIMultiDictProxy(CIMultiDict([(k.decode(), v.decode("utf-8", "surrogateescape")) for k, v in raw]))
+    got = _Read(200, raw, aiohttp_view, b"{}")
+    want = httpx.Headers(raw)
+    assert got.headers["X-Request-Id"] == want["x-request-id"] == "req_\xe9"
+    assert dict(got.headers.items()) == dict(want.items())

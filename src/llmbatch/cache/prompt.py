@@ -59,9 +59,9 @@ class Prefix:
     tokens: int  # estimated
 
 
-def shared_prefix(request: ChatRequest) -> Prefix | None:
+def shared_prefix(request: ChatRequest, *, min_tokens: int = 0) -> Prefix | None:
     """The request's cacheable prefix candidate: its leading system/developer messages (None when there are
-    none, or when they are the whole request)."""
+    none, when they are the whole request, or when they are estimated below `min_tokens`: not digested)."""
     n = 0
     for m in request.messages:
         if m.get("role") not in SYSTEM_ROLES:
@@ -70,8 +70,11 @@ def shared_prefix(request: ChatRequest) -> Prefix | None:
     if n == 0 or n == len(request.messages):
         return None
     head = request.messages[:n]
+    tokens = estimate_input_tokens(head)
+    if tokens < min_tokens:
+        return None
     digest = hashlib.sha256(orjson.dumps(head, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
-    return Prefix(n, digest, estimate_input_tokens(head))
+    return Prefix(n, digest, tokens)
 
 
 def breakpoint_pays(model: ModelInfo, expected_reads: int) -> bool:
@@ -97,11 +100,13 @@ class PromptPlanner:
         self.enabled = enabled
         self._counts: OrderedDict[str, int] = OrderedDict()
         self._groups: dict[tuple[str, str], Warm] = {}
+        self._minimum: dict[str, int | None] = {}  # model key -> min_cacheable_tokens, asked for every call
 
     def note(self, request: ChatRequest) -> None:
         """Count a claimed task's prefix (before its tasks run: how many will share it)."""
-        p = shared_prefix(request) if self.enabled else None
-        if p is None or p.tokens < 1024 // 2:  # far below any provider's minimum: not worth tracking
+        # Far below any provider's minimum: not worth tracking.
+        p = shared_prefix(request, min_tokens=1024 // 2) if self.enabled else None
+        if p is None:
             return
         self._counts[p.digest] = self._counts.pop(p.digest, 0) + 1
         if len(self._counts) > MAX_TRACKED_PREFIXES:
@@ -116,9 +121,15 @@ class PromptPlanner:
         """The request to send (with an Anthropic breakpoint when it pays), after this group's warm-up call
         when another task is making it. Returns (request, group) where group is set when this call is the
         warm-up: pass it to warmed() when the call has ended, whatever its outcome."""
-        p = shared_prefix(request) if self.enabled else None
-        minimum = min_cacheable_tokens(model) if p is not None else None
-        if p is None or minimum is None or p.tokens < minimum:
+        if not self.enabled:
+            return request, None
+        try:
+            minimum = self._minimum[model.key]
+        except KeyError:
+            minimum = self._minimum[model.key] = min_cacheable_tokens(model)
+        # A model without a prompt-cache discount (most cheap ones) needs no look at the prefix at all.
+        p = shared_prefix(request, min_tokens=minimum) if minimum is not None else None
+        if p is None:
             return request, None
         n = self.sharing(p.digest)
         if n < 2:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Mapping, Protocol
+from typing import Iterator, Mapping, Protocol
 
 import httpx
 import orjson
@@ -74,23 +74,49 @@ class Answer(Protocol):
 class _Read:
     """A successful answer read in full with no content-encoding, as the adapters read an httpx.Response
     (status_code, content, headers, text) without building one: its stream, decoder and chunker machinery
-    cost ~10x what reading it does. The headers are httpx's (built when first read), the text is httpx's."""
+    cost ~10x what reading it does. The headers read as httpx's (_ResponseHeaders), the text is httpx's."""
 
-    __slots__ = ("status_code", "content", "_raw", "_headers")
+    __slots__ = ("status_code", "content", "_raw", "headers")
 
-    def __init__(self, status: int, raw_headers: tuple[tuple[bytes, bytes], ...], content: bytes) -> None:
+    def __init__(
+        self, status: int, raw_headers: tuple[tuple[bytes, bytes], ...], parsed: Mapping[str, str], content: bytes
+    ) -> None:
         self.status_code, self.content, self._raw = status, content, raw_headers
-        self._headers: httpx.Headers | None = None
-
-    @property
-    def headers(self) -> httpx.Headers:
-        if self._headers is None:
-            self._headers = httpx.Headers(self._raw)
-        return self._headers
+        self.headers = _ResponseHeaders(parsed, raw_headers)
 
     @property
     def text(self) -> str:
         return httpx.Response(self.status_code, headers=self._raw, content=self.content).text
+
+
+class _ResponseHeaders(Mapping[str, str]):
+    """Reads as the answer's httpx.Headers would, without building one for the header or two the adapters read
+    (the request id): building it normalized and decoded every header of every answer. A name is looked up in
+    the headers aiohttp has already parsed (case-insensitive), its repeated values joined with ", " as httpx
+    joins them. aiohttp decodes header bytes as UTF-8, httpx by one guess for all of them; both agree on an
+    ASCII value, so only a non-ASCII one (and listing the headers) goes through httpx.Headers."""
+
+    __slots__ = ("_parsed", "_raw", "_httpx")
+
+    def __init__(self, parsed: Mapping[str, str], raw: tuple[tuple[bytes, bytes], ...]) -> None:
+        self._parsed, self._raw = parsed, raw
+        self._httpx: httpx.Headers | None = None
+
+    def _as_httpx(self) -> httpx.Headers:
+        if self._httpx is None:
+            self._httpx = httpx.Headers(self._raw)
+        return self._httpx
+
+    def __getitem__(self, name: str) -> str:
+        values = self._parsed.getall(name)  # type: ignore[attr-defined]  # KeyError when absent, as a Mapping must
+        value = values[0] if len(values) == 1 else ", ".join(values)
+        return value if value.isascii() else self._as_httpx()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._as_httpx())
+
+    def __len__(self) -> int:
+        return len(self._as_httpx())
 
 
 @functools.lru_cache(maxsize=256)
@@ -106,8 +132,10 @@ def _phase_timeouts(timeout: float) -> dict:
 
 @functools.lru_cache(maxsize=64)
 def _aiohttp_timeout(timeout: float) -> "aiohttp.ClientTimeout":
-    """The per-phase timeouts AiohttpTransport derives from httpx's (connect, read; pool is connect)."""
-    return aiohttp.ClientTimeout(sock_connect=min(timeout, CONNECT_TIMEOUT_S), sock_read=timeout, connect=timeout)
+    """The connect timeout AiohttpTransport derives from httpx's. Its read and pool timeouts (`timeout` each)
+    are left out: post_json's overall deadline of `timeout`, started before them, always ends the call first,
+    and aiohttp re-armed the read timer on every chunk received."""
+    return aiohttp.ClientTimeout(sock_connect=min(timeout, CONNECT_TIMEOUT_S))
 
 
 if HttpxAiohttpClient is not None:
@@ -245,7 +273,7 @@ async def _send_direct(
     body read in full and decoded by httpx (content-encoding) as before."""
     if not isinstance(transport.client, aiohttp.ClientSession):
         transport.client = transport.get_client()
-    with map_aiohttp_exceptions():
+    try:
         async with transport.client.request(
             "POST",
             url,
@@ -257,8 +285,14 @@ async def _send_direct(
             timeout=_aiohttp_timeout(timeout),
         ) as response:
             content = await response.read()
+    except Exception:
+        # AiohttpTransport's mapping to httpx's exceptions, entered only on the way out (a context manager
+        # around every call cost more than the mapping ever does).
+        with map_aiohttp_exceptions():
+            raise
     if _http_log.isEnabledFor(logging.INFO):  # httpx's line, shown at -vv (cli/main.py)
         _http_log.info('HTTP Request: POST %s "HTTP/1.1 %d %s"', url, response.status, response.reason or "")
     if 200 <= response.status < 300 and "content-encoding" not in response.headers:
-        return _Read(response.status, response.raw_headers, content)  # nothing to decode: read as it is
+        # nothing to decode: read as it is
+        return _Read(response.status, response.raw_headers, response.headers, content)
     return httpx.Response(response.status, headers=response.raw_headers, content=content)

@@ -47,10 +47,15 @@ MODES = {
 BURSTS = ("storm429", "burst5xx")
 
 
-def _run_with_burst(mode: str, rate: float, sim: SimulatorThread, args: list[str], env: dict) -> tuple[int, dict, str]:
-    """Start `llmbatch run`, switch the burst on once the first calls arrived, wait for the end."""
+def _run_with_burst(
+    mode: str, rate: float, sim: SimulatorThread, args: list[str], env: dict, *, only_first_s: float | None = None
+) -> tuple[int, dict, str]:
+    """Start `llmbatch run`, switch the burst on once the first calls arrived, wait for the end. With
+    `only_first_s` (the burst's length), the fault is switched off after the first burst, so a run slowed down
+    by a loaded machine does not meet a second one."""
     import subprocess
     import sys
+    import threading
 
     import orjson
 
@@ -62,13 +67,19 @@ def _run_with_burst(mode: str, rate: float, sim: SimulatorThread, args: list[str
         text=True,
         cwd=str(REPO),
     )
+    off_timer: threading.Timer | None = None
     try:
         deadline = time.time() + 60
         while sim.stats()["total"] < 3 and proc.poll() is None and time.time() < deadline:
             time.sleep(0.02)
         sim.configure(faults={mode: rate})
+        if only_first_s is not None:
+            off_timer = threading.Timer(only_first_s + 0.2, lambda: sim.configure(faults={mode: 0.0}))
+            off_timer.start()
         out, err = proc.communicate(timeout=240)
     finally:
+        if off_timer is not None:
+            off_timer.cancel()
         if proc.poll() is None:
             proc.kill()
     try:
@@ -199,9 +210,14 @@ def test_a_long_outage_is_probed_by_one_call_not_a_stampede(tmp_path, sqlite_url
     sim_cfg = SimulatorConfig(latency_s=0.1, seed=7, mini_error_rate=0.0, burst_duration_s=4.0)
     with SimulatorThread(sim_cfg) as sim:
         env = cli_env(sqlite_url, LLMBATCH_SIMULATOR_URL=sim.url, LLMBATCH_CONFIG=str(cfg))
-        # rate 0.5 with 4 s bursts: the outage starts once the job is calling and lasts 4 s, then 4 s clear.
+        # One 4 s outage from the moment the job is calling (rate 0.5 would repeat it every 8 s: one, always).
         code, st, stderr = _run_with_burst(
-            "burst5xx", 0.5, sim, ["run", str(src), "--simulate", "--concurrency", str(concurrency)], env
+            "burst5xx",
+            0.5,
+            sim,
+            ["run", str(src), "--simulate", "--concurrency", str(concurrency)],
+            env,
+            only_first_s=sim_cfg.burst_duration_s,
         )
         stats = sim.stats()
     assert code == 0, f"exit {code}\n{stderr[-3000:]}"

@@ -153,7 +153,7 @@ class Settings(BaseSettings):
     sweep_interval_s: PositiveSeconds = 2.0  # how often each worker looks for lapsed workers (one cheap query)
     # --- never-pay-twice (cache) ---
     cache_ttl_s: PositiveSeconds = 30 * 86400.0  # a cached answer older than this is a miss (models and prompts drift)
-    cache_max_entries: PositiveInt = 1_000_000  # response-cache size bound; the oldest entries are evicted first
+    cache_max_entries: PositiveInt = 1_000_000  # response-cache size bound; over it the oldest go, down to 90 %
     prompt_cache_scheduling: bool = True  # shared long prefixes: one warm-up call first, Anthropic breakpoints
     # --- discount-channels ---
     batch_turnaround_s: PositiveSeconds = (

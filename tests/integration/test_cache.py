@@ -329,3 +329,37 @@ def test_celery_workers_call_once_for_identical_tasks(
     for r in results(job_id, env):
         outputs.setdefault(r["id"].rsplit("-", 1)[0], set()).add(r["output"])
     assert all(len(v) == 1 for v in outputs.values())
+
+
+def test_the_cache_stays_within_its_bound_counting_it_only_now_and_then(tmp_path, monkeypatch):
+    """A run that stores far more answers than cache_max_entries leaves about the bound behind (cut to 90 % of
+    it when over), and counts the table exactly only every RECOUNT_EVERY-th eviction pass: a count is a full
+    scan, ~0.3 s at a million entries."""
+    from llmbatch import jobs
+    from llmbatch.cache import entries, hook
+    from llmbatch.config import Settings
+    from llmbatch.models import JobSpec
+
+    monkeypatch.setattr(hook, "EVICT_EVERY", 10)
+    monkeypatch.setattr(hook, "RECOUNT_EVERY", 4)
+    passes: list[int | None] = []
+    evict = entries.evict
+
+    def counting_evict(conn, **kw):
+        passes.append(kw.get("known_count"))
+        return evict(conn, **kw)
+
+    monkeypatch.setattr(entries, "evict", counting_evict)
+    src = tmp_path / "reviews.jsonl"
+    write_reviews(src, 200)
+    with SimulatorThread(SimulatorConfig(seed=3)) as sim:
+        settings = Settings(database_url=f"sqlite:///{tmp_path}/c.db", simulator_url=sim.url, cache_max_entries=50)
+        job_id, _ = jobs.create_job(settings, src, JobSpec(simulate=True), executor="local")
+        assert jobs.run_embedded(settings, job_id, concurrency=4, handle_signals=False) == "succeeded"
+    with get_engine(settings.database_url).connect() as c:
+        left = c.execute(select(func.count()).select_from(response_cache)).scalar()
+    assert len(passes) >= 200 // 10
+    exact = [i for i, known in enumerate(passes) if known is None]
+    assert exact[:2] == [0, 4] and len(exact) <= len(passes) // 4 + 1, passes
+    # After the last pass at most EVICT_EVERY more answers were stored; other passes kept it within the bound.
+    assert 0 < left <= 50 + 10, left

@@ -64,8 +64,28 @@ def test_eviction_is_oldest_first_within_the_size_bound(store):
         _put(c, "old", now=now - 10_000)
         gone = entries.evict(c, max_entries=4, ttl_s=5_000, now=now)
         left = {r.key for r in c.execute(select(response_cache.c.key))}
-        assert gone == 7 and left == {"e6", "e7", "e8", "e9"}
+        assert gone == (7, 4) and left == {"e6", "e7", "e8", "e9"}
         assert c.execute(select(func.count()).select_from(response_cache)).scalar() == 4
+
+
+def test_an_over_full_cache_is_cut_to_its_low_water_mark_and_a_known_size_skips_the_count(store):
+    now = time.time()
+    with store.begin() as c:
+        for i in range(25):
+            _put(c, f"e{i:02d}", now=now - 100 + i)
+        _put(c, "old", now=now - 10_000)  # past the TTL
+        # A size the caller knows to be within the bound: only the TTL pass runs (no count, no size cut).
+        assert entries.evict(c, max_entries=30, ttl_s=5_000, now=now, known_count=26) == (1, 25)
+        assert c.execute(select(func.count()).select_from(response_cache)).scalar() == 25
+        # A known size over the bound counts exactly and cuts the oldest down to 90 % of it.
+        assert entries.low_water(20) == 18
+        assert entries.evict(c, max_entries=20, ttl_s=5_000, now=now, known_count=25) == (7, 18)
+        left = sorted(r.key for r in c.execute(select(response_cache.c.key)))
+        assert left == [f"e{i:02d}" for i in range(7, 25)]
+        # A claim a dead worker left long ago goes with the exact pass, not with the TTL pass.
+        assert _claim(c, "stale", now=now - 4_000)[0] == entries.LEAD  # expired at now - 3,970
+        assert entries.evict(c, max_entries=20, ttl_s=5_000, now=now, known_count=18) == (0, 18)
+        assert entries.evict(c, max_entries=20, ttl_s=5_000, now=now) == (1, 18)
 
 
 def test_put_many_stores_what_put_stores(store):

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("llmbatch.cache")
 
 EVICT_EVERY = 500  # stores between two eviction passes (per process)
+# Every RECOUNT_EVERY-th pass counts the cache exactly (other processes store too) and sweeps stale claims;
+# between, this process's own estimate decides (entries.evict).
+RECOUNT_EVERY = 20
 PUT_BATCH = 500  # answers stored in one store operation at most
 POLL_S = (0.1, 1.0)  # waiting on another worker's claim: first and longest poll interval
 # A claim marker lives this long unless renewed (every third of it while the call is under way): a worker
@@ -86,6 +89,10 @@ class CacheHook:
         self.prompt = PromptPlanner(enabled=engine.settings.prompt_cache_scheduling)
         self._inflight: dict[str, asyncio.Future] = {}
         self._puts = 0
+        # The cache's size as far as this process knows: the last exact count plus its own stores since (an
+        # upper bound of its own part; other processes' stores show at the next exact count).
+        self._cache_size: int | None = None
+        self._evict_passes = 0
         self._claims: set[str] = set()  # keys whose store claim this process holds
         self._renewer: asyncio.Task | None = None
         self._to_put: list[tuple[dict[str, Any], asyncio.Future]] = []  # answers waiting for the writer
@@ -278,13 +285,24 @@ class CacheHook:
         if tc.lead:
             self._resolve(tc.key, entry)
         self._puts += 1
+        if self._cache_size is not None:
+            self._cache_size += 1
         if self._puts % EVICT_EVERY == 1:
-            try:
-                await self.engine.store.write(
-                    entries.evict, max_entries=self.settings.cache_max_entries, ttl_s=self.settings.cache_ttl_s
-                )
-            except Exception as e:  # noqa: BLE001 - eviction is housekeeping; the next pass retries
-                log.warning("response cache: eviction failed: %s: %s", type(e).__name__, e)
+            await self._evict()
+
+    async def _evict(self) -> None:
+        exact = self._evict_passes % RECOUNT_EVERY == 0
+        self._evict_passes += 1
+        try:
+            _, self._cache_size = await self.engine.store.write(
+                entries.evict,
+                max_entries=self.settings.cache_max_entries,
+                ttl_s=self.settings.cache_ttl_s,
+                known_count=None if exact else self._cache_size,
+            )
+        except Exception as e:  # noqa: BLE001 - eviction is housekeeping; the next pass retries
+            self._cache_size = None  # count again next time
+            log.warning("response cache: eviction failed: %s: %s", type(e).__name__, e)
 
     async def _put(self, item: dict[str, Any]) -> entries.Entry:
         """Store one answer. One write is under way at a time; the answers that come meanwhile go together in the

@@ -426,6 +426,7 @@ def route(
     sized = _SIZED.get(size_key)
     if sized is not None and sized.verdicts is verdicts and not sized.cooling(health, now):
         # A size seen before, no eligible model cooling down: every figure, object and order comes from its table.
+        _TABLE_USE[0] += 1
         warnings += sized.pin_warnings
         return RouteDecision(sized.candidates(health.latency_ms), sized.rejected, tuple(warnings))
     pinned_from = len(warnings)
@@ -491,7 +492,8 @@ def route(
 
     if not cooling:  # a size seen twice gets a table (most sizes of a varied job come once)
         if _SEEN.pop(size_key, False):
-            _remember(size_key, _SizedRoute(verdicts, eligible, rejected, warnings[pinned_from:]))
+            if _tables_pay():
+                _remember(size_key, _SizedRoute(verdicts, eligible, rejected, warnings[pinned_from:]))
         else:
             if len(_SEEN) >= _SIZED_MAX_SEEN:
                 _SEEN.clear()
@@ -586,6 +588,25 @@ def _candidates(eligible: list[_Row]) -> tuple[Candidate, ...]:
 _SIZED: dict[tuple[int | None, ...], _SizedRoute] = {}
 _SEEN: dict[tuple[int | None, ...], bool] = {}
 _SIZED_MAX, _SIZED_MAX_SEEN = 256, 4096
+
+
+# Whether tables pay for their building: [uses, builds, sizes seen twice] since the last decay. A job with
+# thousands of sizes that each come a few times builds tables it hardly uses (and the cap clears them all):
+# routing then ran at ~0.86x the speed of building none (bench_route's varied mix). So while builds outnumber
+# uses, only one size in _SAMPLE gets a table: enough to see the uses come back when the sizes start repeating.
+_TABLE_USE = [0, 0, 0]
+_DECAY_AT, _SAMPLE = 4096, 16
+
+
+def _tables_pay() -> bool:
+    uses, builds, candidates = _TABLE_USE
+    if candidates >= _DECAY_AT:  # the recent past counts, not the whole process's life
+        _TABLE_USE[:] = [uses // 2, builds // 2, candidates // 2]
+    _TABLE_USE[2] += 1
+    if builds < 64 or uses >= builds or candidates % _SAMPLE == 0:
+        _TABLE_USE[1] += 1
+        return True
+    return False
 
 
 def _remember(key: tuple[int | None, ...], table: _SizedRoute) -> None:

@@ -15,6 +15,8 @@ import dataclasses
 import random
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from llmbatch.catalog import Catalog, ModelInfo, ProviderInfo, builtin_catalog
 from llmbatch.catalog.pricing import estimate_picos, upper_bound_picos
 from llmbatch.models import DEFAULT_MIN_TIER, TaskLine, Tier
@@ -304,7 +306,18 @@ def test_a_size_routed_again_decides_as_the_reference_whatever_latency_and_coold
                 raise AssertionError(f"seed {seed}, step {step}: {e}") from e
 
 
-def test_a_size_routed_again_shares_its_decision_objects():
+@pytest.fixture
+def fresh_tables(monkeypatch):
+    """routing's size tables and their use counts as at a process's start (other tests leave theirs)."""
+    from llmbatch import routing
+
+    monkeypatch.setattr(routing, "_SIZED", {})
+    monkeypatch.setattr(routing, "_SEEN", {})
+    monkeypatch.setattr(routing, "_TABLE_USE", [0, 0, 0])
+    return routing
+
+
+def test_a_size_routed_again_shares_its_decision_objects(fresh_tables):
     catalog = builtin_catalog()
     task = TaskLine(id="t", task="classify", input="is this spam? " * 7, labels=["yes", "no"])
     request = build_request(task)
@@ -312,3 +325,30 @@ def test_a_size_routed_again_shares_its_decision_objects():
     first, second, third = (route(task, request, catalog, **kw) for _ in range(3))
     assert first == second == third and len(third.candidates) > 1
     assert third.candidates is route(task, request, catalog, **kw).candidates  # from the table: nothing built
+
+
+def test_tables_that_are_not_used_stop_being_built_and_come_back_when_sizes_repeat(fresh_tables):
+    """A job whose sizes each come twice builds a table per size and never uses one: after the first 64, only
+    one size in _SAMPLE gets a table. When sizes start repeating the uses catch up and every size gets one."""
+    routing = fresh_tables
+    catalog = builtin_catalog()
+    kw = dict(credentials=set(catalog.providers), health=Health(), now=NOW)
+
+    def twice(words: int):
+        task = TaskLine(id="t", task="classify", input="word " * words, labels=["yes", "no"])
+        request = build_request(task)
+        return [route(task, request, catalog, **kw) for _ in range(2)]
+
+    for n in range(1, 1001):  # 1,000 sizes, each routed twice: the second sight may build, none is used
+        twice(n)
+    uses, builds, candidates = routing._TABLE_USE
+    assert uses == 0 and candidates == 1000
+    assert 64 <= builds <= 64 + 1000 // routing._SAMPLE + 1  # ~120 tables, not 1,000
+    for _ in range(40):  # now 50 sizes come 80 times each: the sampled tables are used, builds resume
+        for n in range(2051, 2101):
+            twice(n)
+    uses, builds, _ = routing._TABLE_USE
+    assert uses >= builds
+    task = TaskLine(id="t", task="classify", input="word " * 2100, labels=["yes", "no"])
+    request = build_request(task)
+    assert route(task, request, catalog, **kw).candidates is route(task, request, catalog, **kw).candidates

@@ -92,10 +92,11 @@ def test_daily_cap_spans_jobs(store_url):
     engine = get_engine(store_url)
     a, b = _job(engine, 3, None), _job(engine, 3, None)
     cap = 1000
-    ids = [
-        ledger_api.reserve(
+
+    def reserve_600(job_id: str) -> int:
+        return ledger_api.reserve(
             engine,
-            job_id=a,
+            job_id=job_id,
             task_seq=0,
             task_id="t0",
             provider="p",
@@ -105,38 +106,17 @@ def test_daily_cap_spans_jobs(store_url):
             worker="w",
             daily_cap_picos=cap,
         )
-    ]
+
+    ids = [reserve_600(a)]
     with pytest.raises(BudgetExceeded) as ei:
-        ledger_api.reserve(
-            engine,
-            job_id=b,
-            task_seq=0,
-            task_id="t0",
-            provider="p",
-            model="m",
-            amount_picos=600,
-            purpose="first",
-            worker="w",
-            daily_cap_picos=cap,
-        )
+        reserve_600(b)
     assert ei.value.scope == "daily"
     with engine.connect() as c:  # the refused daily reservation rolled back the job-level hold too
         assert repo.get_job(c, b)["reserved_picos"] == 0
     ledger_api.settle(
         engine, ledger_api.Settlement(attempt_id=ids[0], status="succeeded", cost_picos=100, cost_source="usage")
     )
-    ledger_api.reserve(
-        engine,
-        job_id=b,
-        task_seq=0,
-        task_id="t0",
-        provider="p",
-        model="m",
-        amount_picos=600,
-        purpose="first",
-        worker="w",
-        daily_cap_picos=cap,
-    )
+    reserve_600(b)
 
 
 def test_lost_lease_attempt_is_held_then_reconciled(store_url):

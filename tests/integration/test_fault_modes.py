@@ -193,7 +193,7 @@ def test_fault_mode_completes_within_retry_budget(mode, tmp_path, sqlite_url):
     # Per-request faults at 20% rarely beat 5 attempts. A 5xx burst hits every model (every provider is the
     # simulator) at once: the per-provider breaker opens after breaker_failures (5) failures in a row and
     # tasks wait out the burst instead of spending attempts in it. Without the breaker, 51-52 of 60 tasks
-    # got through, after ~50 failed calls; with it, all 60 after 8.
+    # got through, after ~50 failed calls; with it, all 60 after 15-17 (one 1 s burst, 8 in flight).
     if mode == "burst5xx":
         assert all("HTTP 5" in r["error"] for r in lines if r["status"] != "succeeded")
         assert "pausing calls to it" in stderr, stderr[-2000:]

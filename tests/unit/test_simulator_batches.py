@@ -139,6 +139,22 @@ def test_openai_flex_tier(sim):
     assert counters(sim)["flex"] == {"served": 1, "unavailable": 1}
 
 
+def test_anthropic_sdk_messages_and_a_raw_x_api_key(sim):
+    """The official SDK (2.x) sends its key as a bearer token; curl and older SDKs send x-api-key. Both are keys."""
+    anthropic = pytest.importorskip("anthropic")
+    client = anthropic.Anthropic(base_url=sim.url, api_key="sk-ant-sim", max_retries=0)
+    m = client.messages.create(
+        model="claude-3-5-haiku-20241022", max_tokens=20, messages=[{"role": "user", "content": "hello"}]
+    )
+    assert m.content[0].text and m.usage.input_tokens > 0 and m.usage.output_tokens > 0
+    headers = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
+    body = b'{"model": "claude-3-5-haiku-20241022", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}'
+    ok = httpx.post(f"{sim.url}/v1/messages", content=body, headers={**headers, "x-api-key": "sk-ant-sim"})
+    assert ok.status_code == 200, ok.text
+    missing = httpx.post(f"{sim.url}/v1/messages", content=body, headers=headers)
+    assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
+
+
 def test_anthropic_sdk_message_batches(sim):
     anthropic = pytest.importorskip("anthropic")
     client = anthropic.Anthropic(base_url=sim.url, api_key="sk-ant-sim", max_retries=0)

@@ -30,8 +30,7 @@ def _error(status: int, message: str, kind: str = "invalid_request_error") -> we
 
 
 def _check(request: web.Request) -> web.Response | None:
-    bearer = request.headers.get("Authorization", "")[7:].strip()  # newer SDKs send the key as a bearer token
-    if AnthropicDialect().api_key(request) is None and not bearer:
+    if AnthropicDialect().api_key(request) is None:  # x-api-key, or the bearer token newer SDKs send
         return _error(401, "x-api-key header is required", "authentication_error")
     if not request.headers.get("anthropic-version", "").strip():
         return _error(400, "anthropic-version: header is required")

@@ -41,7 +41,11 @@ class AnthropicDialect(Dialect):
     api = "anthropic"
 
     def api_key(self, request: web.Request) -> str | None:
-        return request.headers.get("x-api-key", "").strip() or None
+        key = request.headers.get("x-api-key", "").strip()
+        if key:
+            return key
+        auth = request.headers.get("Authorization", "")  # the official SDK (2.x) sends the key as a bearer token
+        return (auth[7:].strip() or None) if auth[:7].lower() == "bearer " else None
 
     def check_headers(self, request: web.Request) -> None:
         if not request.headers.get("anthropic-version", "").strip():

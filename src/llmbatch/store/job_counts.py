@@ -48,22 +48,16 @@ def params(deltas: dict[str, int]) -> dict[str, int]:
 
 def note(rows: Any, job_id: str, status: str, n: int = 1) -> None:
     """`n` tasks of `job_id` just became `status` (queued/running before): counted at the end of the
-    transaction (BudgetRows.flush -> apply). Not a finished status: nothing to count."""
+    transaction (BudgetRows.flush, in its one job-row UPDATE). Not a finished status: nothing to count."""
     if n and status in COLUMNS:
         d = rows.task_counts.setdefault(job_id, {})
         d[status] = d.get(status, 0) + n
 
 
-def apply(conn: Connection, job_id: str, deltas: dict[str, int]) -> None:
-    """One UPDATE of the job row with the finished-count deltas of a transaction."""
-    if any(deltas.values()):
-        _ADD.run(conn, {"b_job": job_id, **params(deltas)})
-
-
 def add(conn: Connection, job_id: str, status: str, n: int) -> None:
     """note() applied at once, for a statement that runs outside a Deferred transaction."""
     if n and status in COLUMNS:
-        apply(conn, job_id, {status: n})
+        _ADD.run(conn, {"b_job": job_id, **params({status: n})})
 
 
 def exact_counts(conn: Connection, job_id: str) -> dict[str, int]:

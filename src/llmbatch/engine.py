@@ -19,7 +19,7 @@ from typing import Any, Callable
 import orjson
 
 from . import decisions
-from .batch_runner import BatchRunner
+from .batch_channel import BatchRunner
 from .breaker import ProviderBreaker, Ticket
 from .cache.hook import CacheHook
 from .catalog import Catalog, ModelInfo

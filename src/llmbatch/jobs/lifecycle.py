@@ -204,7 +204,7 @@ def cancel(settings: Settings, job_id: str) -> tuple[int, list[str]]:
     cancelled at the provider (their finished lines stay billed). Returns (tasks cancelled, batch ids)."""
     import asyncio
 
-    from ..batch_runner import cancel_job_batches
+    from ..batch_channel import cancel_job_batches
 
     with store(settings).begin() as conn:
         n = repo.request_cancel(conn, job_id)

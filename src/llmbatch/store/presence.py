@@ -107,7 +107,7 @@ def _release(conn: Connection, task_held, attempt_held, deferred: Deferred) -> l
                 attempts.c.settled.is_(False),
                 attempt_held,
                 # A provider batch's lines are not lost with the worker: the batch runs on at the provider,
-                # and whoever claims its tasks next takes it over and settles them (batch_runner.py).
+                # and whoever claims its tasks next takes it over and settles them (batch_channel/runner.py).
                 attempts.c.channel != "batch",
             )
         ).all()

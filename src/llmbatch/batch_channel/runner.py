@@ -1,26 +1,4 @@
-"""The batch channel inside the engine's event loop: gather, reserve, send, poll, settle, fall back.
-
-The engine hands every claimed task of a job that may use a discount channel to `BatchRunner.take`, which
-keeps the tasks whose channel (channels.choose) is batch and returns the rest to the engine. Kept tasks:
-
-1. gather per job and model for `batch_linger_s` after the last arrival (or until the provider's request
-   limit), then split to the provider's limits (requests and bytes);
-2. each batch's lines are reserved at their upper bound at the batch price, with the batch's row, in ONE
-   transaction before anything is sent (store/batches.open_batch): the hard cap holds. When the whole batch
-   does not fit, the part that fits is sent; the rest waits for a batch of the job to settle (which frees the
-   difference between bound and cost), or is skipped as `budget` when nothing the job has in flight can free
-   money;
-3. the batch is sent (tagged, so a worker that dies between "create" and "record" finds it again instead of
-   making a second one) and its provider id recorded;
-4. a poller (an asyncio task, not a thread) polls with a doubling wait up to `batch_poll_max_s`, and checks
-   the job's cancel flag and deadline every second without calling the provider;
-5. when the batch ends, each line is settled from its own usage at the batch price and its task recorded;
-   lines that errored, expired or were cancelled are settled (released unless they carry usage) and run
-   online. At the deadline's fallback point an unfinished batch is cancelled, its finished lines settled
-   (they are billed) and the rest run online;
-6. a task claimed while its line sits in a batch another worker owns is left to that batch's owner; when
-   the owner's lease lapses, the claiming worker takes the batch over (store/batches.take_over).
-"""
+"""BatchRunner: the batch channel's work inside the engine's event loop (see the package's docstring)."""
 
 from __future__ import annotations
 
@@ -28,64 +6,33 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any
 
-from . import channels
-from .catalog import ModelInfo
-from .catalog.pricing import price
-from .errors import BudgetExceeded, PricingError, ProviderError
-from .flex import FlexCall, flex_adapter
-from .models import TaskLine, Usage
-from .prompts import build_request
-from .providers.batch import CANCELLED, EXPIRED, SUCCEEDED, BatchClient, LineResult, batch_client
-from .routing import Candidate
-from .store import batches, ledger, repo
-from .store.schema import AttemptStatus, TaskStatus
-from .validate import InvalidOutput, validate_output
+from .. import channels
+from ..catalog import ModelInfo
+from ..errors import BudgetExceeded, PricingError, ProviderError
+from ..flex import FlexCall, flex_adapter
+from ..models import TaskLine
+from ..prompts import build_request
+from ..providers.batch import SUCCEEDED, BatchClient, LineResult, batch_client
+from ..routing import Candidate
+from ..store import batches, repo
+from ..store.schema import TaskStatus
+from .poll import TICK_S, wait_until_ended
+from .pricing import batch_upper_bound
+from .settle import SETTLE_CHUNK, release_never_sent, settle_failed, settle_succeeded
+from .state import Group, JobState, Line, renew_leases
 
 log = logging.getLogger("llmbatch.batch")
 
-TICK_S = 1.0  # how often a waiting poller looks at the cancel flag and the deadline (no provider call)
 TURNAROUND_CACHE_S = 60.0
-RENEW_CHUNK = 1000
-SETTLE_CHUNK = 512  # lines settled at once (group commit turns them into a few transactions)
-
-
-@dataclass
-class _Line:
-    claimed: repo.ClaimedTask
-    task: TaskLine
-    cand: Candidate
-    body: dict
-    bound: int  # upper bound at the batch price
-    size: int  # bytes in the provider's batch file
-
-
-@dataclass
-class _Group:
-    model: ModelInfo
-    lines: list[_Line] = field(default_factory=list)
-    last: float = 0.0
-
-
-@dataclass
-class _Job:
-    created_at: float
-    deadline_at: float | None
-    fallback_at: float | None  # when unfinished batch work is cancelled and run online
-    waiting: list[_Line] = field(default_factory=list)  # lines that did not fit the budget yet
-    rows: set[int] = field(default_factory=set)  # provider batches this process owns
-    held: set[int] = field(default_factory=set)  # seqs this process holds outside a batch (gathering, online)
-    work: set[asyncio.Task] = field(default_factory=set)
 
 
 class BatchRunner:
     def __init__(self, engine) -> None:
         self.e = engine
         self.s = engine.settings
-        self.groups: dict[tuple[str, str], _Group] = {}
-        self.jobs: dict[str, _Job] = {}
+        self.groups: dict[tuple[str, str], Group] = {}
+        self.jobs: dict[str, JobState] = {}
         self._clients: dict[tuple[bool, str], BatchClient | None] = {}
         self._turnaround: dict[str, tuple[float, float]] = {}
         self._renewer: asyncio.Task | None = None
@@ -129,7 +76,7 @@ class BatchRunner:
 
     # ------------------------------------------------------------------------------------ planning
 
-    async def _job(self, ctx) -> _Job:
+    async def _job(self, ctx) -> JobState:
         job = self.jobs.get(ctx.job_id)
         if job is None:
             row = await self.e.store.read(repo.get_job, ctx.job_id)
@@ -139,22 +86,19 @@ class BatchRunner:
                 span = channels.parse_duration(ctx.spec.deadline)
                 deadline_at = created + span
                 fallback_at = deadline_at - channels.fallback_s(span, self.s.batch_fallback_s)
-            # Concurrent units of the job may have read the row too: the first one's _Job wins.
-            job = self.jobs.setdefault(ctx.job_id, _Job(created, deadline_at, fallback_at))
+            # Concurrent units of the job may have read the row too: the first one's JobState wins.
+            job = self.jobs.setdefault(ctx.job_id, JobState(created, deadline_at, fallback_at))
         return job
 
-    async def _timing(self, job: _Job, provider: str) -> channels.Timing:
+    async def _timing(self, job: JobState, provider: str) -> channels.Timing:
         now = time.time()
         cached = self._turnaround.get(provider)
         if cached is None or now - cached[1] > TURNAROUND_CACHE_S:
             measured = await self.e.store.read(batches.measured_turnaround, provider)
             cached = self._turnaround[provider] = (measured or self.s.batch_turnaround_s, now)
-        span = None if job.deadline_at is None else job.deadline_at - job.created_at
-        remaining = None if job.deadline_at is None else job.deadline_at - now
-        fallback = 0.0 if job.fallback_at is None or job.deadline_at is None else job.deadline_at - job.fallback_at
-        return channels.Timing(span, remaining, cached[0], self.s.flex_timeout_s, fallback)
+        return job.timing(cached[0], self.s.flex_timeout_s)
 
-    async def _plan(self, ctx, job: _Job, c: repo.ClaimedTask) -> _Line | None:
+    async def _plan(self, ctx, job: JobState, c: repo.ClaimedTask) -> Line | None:
         """A batch line for the task, or None when it runs online."""
         task = TaskLine.model_validate_json(c.payload)
         request = build_request(task)
@@ -172,9 +116,9 @@ class BatchRunner:
             bound = batch_upper_bound(cand)
         except (PricingError, KeyError, TypeError, ValueError):
             return None
-        return _Line(c, task, cand, body, bound, client.line_size(str(c.seq), body))
+        return Line(c, task, cand, body, bound, client.line_size(str(c.seq), body))
 
-    async def _pick(self, ctx, job: _Job, candidates: list[Candidate]) -> Candidate | None:
+    async def _pick(self, ctx, job: JobState, candidates: list[Candidate]) -> Candidate | None:
         """The candidate to batch, or None (online). An explicit `--channel batch` takes the cheapest model that
         has a batch channel; `auto` the cheapest (candidate, channel) at the channel's price, so a batch-capable
         model at half price can beat a cheaper online-only one."""
@@ -197,19 +141,19 @@ class BatchRunner:
 
     # ------------------------------------------------------------------------------------ gathering
 
-    def _gather(self, ctx, job: _Job, line: _Line) -> None:
+    def _gather(self, ctx, job: JobState, line: Line) -> None:
         key = (ctx.job_id, line.cand.model.key)
         group = self.groups.get(key)
         fresh = group is None
         if group is None:
-            group = self.groups[key] = _Group(line.cand.model)
+            group = self.groups[key] = Group(line.cand.model)
         group.lines.append(line)
         group.last = time.monotonic()
         job.held.add(line.claimed.seq)
         if fresh:
             self._spawn(ctx, job, self._linger(ctx, job, key))
 
-    async def _linger(self, ctx, job: _Job, key) -> None:
+    async def _linger(self, ctx, job: JobState, key) -> None:
         while True:
             group = self.groups[key]
             client = self._client(ctx.simulate, group.model.provider)
@@ -222,8 +166,8 @@ class BatchRunner:
         group = self.groups.pop(key)
         await self._send_all(ctx, job, group.model, group.lines)
 
-    def _split(self, client: BatchClient, lines: list[_Line]) -> list[list[_Line]]:
-        out: list[list[_Line]] = [[]]
+    def _split(self, client: BatchClient, lines: list[Line]) -> list[list[Line]]:
+        out: list[list[Line]] = [[]]
         size = 0
         for line in lines:
             if out[-1] and (len(out[-1]) >= client.limits.max_requests or size + line.size > client.limits.max_bytes):
@@ -233,7 +177,7 @@ class BatchRunner:
             size += line.size
         return [chunk for chunk in out if chunk]
 
-    async def _send_all(self, ctx, job: _Job, model: ModelInfo, lines: list[_Line]) -> None:
+    async def _send_all(self, ctx, job: JobState, model: ModelInfo, lines: list[Line]) -> None:
         client = self._client(ctx.simulate, model.provider)
         assert client is not None  # _plan batches a line only for a provider with a batch client
         for chunk in self._split(client, lines):
@@ -241,7 +185,7 @@ class BatchRunner:
 
     # ------------------------------------------------------------------------------------ sending
 
-    async def _send(self, ctx, job: _Job, client: BatchClient, model: ModelInfo, lines: list[_Line]) -> None:
+    async def _send(self, ctx, job: JobState, client: BatchClient, model: ModelInfo, lines: list[Line]) -> None:
         if await self.e.is_cancelled(ctx):
             await self._finish_many(ctx, job, lines, TaskStatus.cancelled, "job cancelled", skip="cancelled")
             return
@@ -300,7 +244,7 @@ class BatchRunner:
         except ProviderError:
             return None
 
-    async def _budget_check(self, ctx, job: _Job) -> None:
+    async def _budget_check(self, ctx, job: JobState) -> None:
         """Waiting lines go out when a batch of the job settles; with none in flight here, nothing will free
         money for them, so those that still do not fit are skipped as budget."""
         if job.rows or not job.waiting:
@@ -322,7 +266,7 @@ class BatchRunner:
 
     # ------------------------------------------------------------------------------------ polling
 
-    async def _adopt(self, ctx, job: _Job, row_id: int) -> None:
+    async def _adopt(self, ctx, job: JobState, row_id: int) -> None:
         row = await self.e.store.read(batches.take_over, row_id, self.e.worker_id, self.s.lease_seconds)
         if row is None:
             return  # a live worker owns it
@@ -348,7 +292,7 @@ class BatchRunner:
         log.info("job %s: took over %s batch %s", ctx.job_id, model.key, pid)
         await self._poll(ctx, job, client, model, row_id, pid)
 
-    async def _recreate(self, ctx, job: _Job, client: BatchClient, model: ModelInfo, row: dict) -> str | None:
+    async def _recreate(self, ctx, job: JobState, client: BatchClient, model: ModelInfo, row: dict) -> str | None:
         lines = await self.e.store.read(batches.open_lines, row["id"])
         bodies = []
         for ln in lines:
@@ -365,42 +309,8 @@ class BatchRunner:
             await self._release_row(ctx, job, row["id"], f"{e.error_class}: {e.message}")
             return None
 
-    async def _poll(self, ctx, job: _Job, client: BatchClient, model: ModelInfo, row_id: int, pid: str) -> None:
-        delay = self.s.batch_poll_s
-        next_poll = time.monotonic() + min(delay, 1.0)
-        cancelled_for = None
-        while True:
-            if cancelled_for is None:
-                if await self.e.is_cancelled(ctx):
-                    cancelled_for = "cancel"
-                elif job.fallback_at is not None and time.time() >= job.fallback_at:
-                    cancelled_for = "deadline"
-                if cancelled_for is not None:
-                    log.warning("job %s: cancelling batch %s (%s)", ctx.job_id, pid, cancelled_for)
-                    try:
-                        await client.cancel(pid)
-                    except ProviderError as e:
-                        log.warning("job %s: cancelling batch %s failed: %s", ctx.job_id, pid, e.message)
-                    next_poll, delay = time.monotonic(), min(delay, 1.0)
-            if time.monotonic() >= next_poll:
-                try:
-                    state = await client.poll(pid)
-                except ProviderError as e:
-                    log.warning("job %s: polling batch %s failed: %s", ctx.job_id, pid, e.message)
-                    state = None
-                await self.e.store.write(batches.polled, row_id)
-                if state is not None and state.ended:
-                    break
-                delay = min(delay * 2, self.s.batch_poll_max_s)
-                next_poll = time.monotonic() + delay
-            wait = next_poll - time.monotonic()
-            if job.fallback_at is not None and cancelled_for is None:
-                wait = min(wait, max(0.0, job.fallback_at - time.time()))
-            await asyncio.sleep(max(0.05, min(wait, TICK_S)))
-        if cancelled_for is None and await self.e.is_cancelled(ctx, fresh=True):
-            # `llmbatch cancel` sets the flag, then cancels the batch at the provider itself: the batch can end
-            # within the second the flag above was cached, and its unfinished lines must not then run online.
-            cancelled_for = "cancel"
+    async def _poll(self, ctx, job: JobState, client: BatchClient, model: ModelInfo, row_id: int, pid: str) -> None:
+        cancelled_for = await wait_until_ended(self.e, ctx, client, row_id, pid, job.fallback_at)
         try:
             results = await client.results(model, pid)
         except ProviderError as e:
@@ -412,7 +322,7 @@ class BatchRunner:
     # ------------------------------------------------------------------------------------ settling
 
     async def _settle(
-        self, ctx, job: _Job, model: ModelInfo, row_id: int, results: list[LineResult], *, cancelled: bool
+        self, ctx, job: JobState, model: ModelInfo, row_id: int, results: list[LineResult], *, cancelled: bool
     ) -> None:
         lines = await self.e.store.read(batches.open_lines, row_id)
         by_id = {r.custom_id: r for r in results}
@@ -421,10 +331,10 @@ class BatchRunner:
             claimed = repo.ClaimedTask(ctx.job_id, ln["seq"], ln["task_id"], ln["payload"], ln["deliveries"])
             r = by_id.get(str(ln["seq"]))
             if r is not None and r.kind == SUCCEEDED:
-                if await self._succeeded(ctx, model, ln, claimed, r):
+                if await settle_succeeded(self.e, ctx, model, ln, claimed, r):
                     return None
             else:
-                await self._settle_failed(model, ln, r)
+                await settle_failed(self.e, model, ln, r)
             if cancelled:
                 await self._record(ctx, claimed, TaskStatus.cancelled, error="job cancelled", skip="cancelled")
                 return None
@@ -445,93 +355,10 @@ class BatchRunner:
         await self._budget_check(ctx, job)
         await self.e.store.write(repo.finish_job_if_done, ctx.job_id)
 
-    async def _succeeded(self, ctx, model: ModelInfo, ln: dict, claimed, r: LineResult) -> bool:
-        """Settle and record a succeeded line; False when its output failed validation (it then runs online)."""
-        assert r.completion is not None and r.usage is not None  # a succeeded line has both (parse_line)
-        cost, source, perr = _batch_cost(r.usage, model, ln["reserved_picos"])
-        task = TaskLine.model_validate_json(ln["payload"])
-        base: dict[str, Any] = dict(
-            attempt_id=ln["attempt_id"],
-            cost_picos=cost,
-            cost_source=source,
-            usage=r.usage,
-            pricing_error=perr,
-            provider_request_id=r.completion.provider_request_id,
-        )
-        try:
-            output = validate_output(task, r.completion.text)
-        except InvalidOutput as e:
-            await self.e.store.call(
-                ledger.settle,
-                ledger.Settlement(
-                    status=AttemptStatus.invalid_output, error_class="invalid_output", error_message=str(e), **base
-                ),
-            )
-            return False
-        outcome = repo.TaskOutcome(
-            job_id=ctx.job_id,
-            seq=claimed.seq,
-            worker=self.e.worker_id,
-            status=TaskStatus.succeeded,
-            provider=model.provider,
-            model=model.model,
-            output=output,
-        )
-        _, recorded = await self.e.store.call(
-            ledger.settle_and_record, ledger.Settlement(status=AttemptStatus.succeeded, **base), outcome
-        )
-        if recorded:
-            self.e.progress.finished[TaskStatus.succeeded] += 1
-        return True
-
-    async def _settle_failed(self, model: ModelInfo, ln: dict, r: LineResult | None) -> None:
-        if r is None:  # absent from an ended batch's results: it may have been billed; charge the bound
-            s = ledger.Settlement(
-                attempt_id=ln["attempt_id"],
-                status=AttemptStatus.unknown,
-                cost_picos=ln["reserved_picos"],
-                cost_source="reservation",
-                error_class="batch_line_missing",
-                error_message="the ended batch has no result for this line; charged at its bound",
-            )
-        else:
-            cost, source, perr = (
-                (0, "none", None) if r.usage is None else _batch_cost(r.usage, model, ln["reserved_picos"])
-            )
-            kind = {EXPIRED: "batch_expired", CANCELLED: "batch_cancelled"}.get(r.kind, r.error_class or "batch_error")
-            s = ledger.Settlement(
-                attempt_id=ln["attempt_id"],
-                status=AttemptStatus.failed,
-                cost_picos=cost,
-                cost_source=source,
-                usage=r.usage,
-                error_class=kind[:40],
-                error_message=r.error,
-                http_status=r.http_status,
-                pricing_error=perr,
-            )
-        await self.e.store.call(ledger.settle, s)
-
-    async def _release_row(self, ctx, job: _Job, row_id: int, why: str) -> None:
+    async def _release_row(self, ctx, job: JobState, row_id: int, why: str) -> None:
         """A batch that was never created: release every line and run the tasks online."""
         lines = await self.e.store.read(batches.open_lines, row_id)
-        for i in range(0, len(lines), SETTLE_CHUNK):
-            await asyncio.gather(
-                *(
-                    self.e.store.call(
-                        ledger.settle,
-                        ledger.Settlement(
-                            attempt_id=ln["attempt_id"],
-                            status=AttemptStatus.failed,
-                            cost_picos=0,
-                            cost_source="none",
-                            error_class="batch_not_created",
-                            error_message=why[:500],
-                        ),
-                    )
-                    for ln in lines[i : i + SETTLE_CHUNK]
-                )
-            )
+        await release_never_sent(self.e, lines, why)
         await self.e.store.write(batches.mark, row_id, batches.FAILED, error=why, ended=True)
         job.rows.discard(row_id)
         for ln in lines:
@@ -539,7 +366,7 @@ class BatchRunner:
             job.held.add(c.seq)
             self._spawn(ctx, job, self._online(ctx, job, c))
 
-    async def _online(self, ctx, job: _Job, claimed: repo.ClaimedTask) -> None:
+    async def _online(self, ctx, job: JobState, claimed: repo.ClaimedTask) -> None:
         try:
             await self.e.run_claimed(ctx, claimed)
         finally:
@@ -549,7 +376,7 @@ class BatchRunner:
     async def _record(self, ctx, claimed, status: str, *, error: str, skip: str | None = None) -> None:
         await self.e._finish(ctx, claimed, status=status, error=error, skip_reason=skip)
 
-    async def _finish_many(self, ctx, job: _Job, lines: list[_Line], status: str, error: str, *, skip: str) -> None:
+    async def _finish_many(self, ctx, job: JobState, lines: list[Line], status: str, error: str, *, skip: str) -> None:
         for i in range(0, len(lines), SETTLE_CHUNK):
             await asyncio.gather(
                 *(self._record(ctx, ln.claimed, status, error=error, skip=skip) for ln in lines[i : i + SETTLE_CHUNK])
@@ -569,14 +396,7 @@ class BatchRunner:
             return None
         if ctx.spec.channel == "auto":
             cached = self._turnaround.get(model.provider, (self.s.batch_turnaround_s, 0.0))[0]
-            now = time.time()
-            timing = channels.Timing(
-                None if job.deadline_at is None else job.deadline_at - job.created_at,
-                None if job.deadline_at is None else job.deadline_at - now,
-                cached,
-                self.s.flex_timeout_s,
-                0.0 if job.fallback_at is None or job.deadline_at is None else job.deadline_at - job.fallback_at,
-            )
+            timing = job.timing(cached, self.s.flex_timeout_s)
             if channels.choose("auto", model, timing) != channels.FLEX:
                 return None
         until = min(task_deadline, job.fallback_at or task_deadline)
@@ -598,7 +418,7 @@ class BatchRunner:
 
     # ------------------------------------------------------------------------------------ plumbing
 
-    def _spawn(self, ctx, job: _Job, coro) -> None:
+    def _spawn(self, ctx, job: JobState, coro) -> None:
         t = asyncio.create_task(self._guard(ctx, coro))
         job.work.add(t)
         t.add_done_callback(job.work.discard)
@@ -623,91 +443,4 @@ class BatchRunner:
         while True:
             await asyncio.sleep(interval)
             for job_id, job in list(self.jobs.items()):
-                try:
-                    if job.rows:
-                        await self.e.store.write(
-                            batches.renew, sorted(job.rows), self.e.worker_id, self.s.lease_seconds
-                        )
-                    held = sorted(job.held)
-                    for i in range(0, len(held), RENEW_CHUNK):  # SQL IN lists stay small
-                        await self.e.store.call(
-                            repo.renew_leases,
-                            job_id,
-                            held[i : i + RENEW_CHUNK],
-                            worker=self.e.worker_id,
-                            lease_s=self.s.lease_seconds,
-                        )
-                except Exception as e:  # noqa: BLE001 - a store blip; the next beat retries
-                    log.warning("batch lease renewal for job %s failed: %s", job_id, type(e).__name__)
-
-
-def batch_upper_bound(cand: Candidate) -> int:
-    """The most one batch line can cost: every input token at the dearest input rate and the whole completion
-    cap, at the batch price (through catalog.pricing, so the ledger's unit is followed)."""
-    key = (cand.model.key, cand.input_tokens_upper, cand.completion_cap)
-    bound = _BOUNDS.get(key)
-    if bound is None:  # a million similar lines share a few hundred keys
-        if len(_BOUNDS) > 10_000:
-            _BOUNDS.clear()
-        bound = _BOUNDS[key] = _bound(cand.model, cand.input_tokens_upper, cand.completion_cap)
-    return bound
-
-
-_BOUNDS: dict[tuple[str, int, int], int] = {}
-
-
-def _bound(model: ModelInfo, n: int, cap: int) -> int:
-    usages = (
-        Usage(input_tokens=n, output_tokens=cap),
-        Usage(input_tokens=n, cached_tokens=n, output_tokens=cap),
-        Usage(input_tokens=n, cache_write_tokens=n, output_tokens=cap),
-    )
-    return max(price(u, model, batch=True).picos for u in usages)
-
-
-def _batch_cost(usage: Usage, model: ModelInfo, reserved: int) -> tuple[int, str, str | None]:
-    """A line's cost from its usage at the batch price; usage that cannot be priced is charged its bound."""
-    try:
-        return price(usage, model, batch=True).picos, "usage", None
-    except PricingError as e:
-        log.error("cannot price batch usage for %s: %s; charging the reserved upper bound", model.key, e)
-        return reserved, "unpriced", str(e)
-
-
-async def cancel_job_batches(settings, job_id: str) -> list[str]:
-    """`llmbatch cancel JOB`: cancel the job's open provider batches at the provider now (no more spend there).
-    Their finished lines are billed; the worker polling each batch sees it end and settles them (or, when that
-    worker is gone, the next one to resume the job). Returns the provider batch ids cancelled."""
-    from .catalog.loading import load_catalog
-    from .providers import make_http_client
-    from .runtime import ProviderSet
-    from .store.db import get_engine
-
-    engine = get_engine(settings.database_url)
-    with engine.connect() as conn:
-        job = repo.get_job(conn, job_id)
-        rows = [r for r in batches.open_rows(conn, job_id) if r["provider_batch_id"]]
-    if not rows or job is None:
-        return []
-    if job["simulate"] and not settings.simulator_url:
-        return []  # an in-process simulator died with the process that ran the job
-    catalog = load_catalog(settings)
-    client = make_http_client(max_connections=8)
-    providers = ProviderSet(catalog, client, settings)
-    done = []
-    try:
-        adapters = providers.get(bool(job["simulate"]))[0]
-        for r in rows:
-            adapter = adapters.get(r["provider"])
-            bc = batch_client(adapter) if adapter is not None else None
-            if bc is None:
-                continue
-            try:
-                await bc.cancel(r["provider_batch_id"])
-                done.append(r["provider_batch_id"])
-            except ProviderError as e:
-                log.warning("cancelling %s batch %s failed: %s", r["provider"], r["provider_batch_id"], e.message)
-    finally:
-        await client.aclose()
-        providers.close()
-    return done
+                await renew_leases(self.e, job_id, job)

@@ -238,3 +238,29 @@ def test_bad_files_raise_catalog_errors(tmp_path):
     bad.write_text("{not json", "utf-8")
     with pytest.raises(CatalogError, match="not JSON"):
         import_litellm(bad)
+
+
+# gemini-2.5-pro as older price files (LiteLLM 1.74) carry it: no `_batches` prices, no tier cache prices.
+OLD_GEMINI_PRO = {
+    "gemini/gemini-2.5-pro": {
+        "input_cost_per_token": 1.25e-06,
+        "output_cost_per_token": 1e-05,
+        "cache_read_input_token_cost": 1.25e-07,
+        "input_cost_per_token_above_200k_tokens": 2.5e-06,
+        "output_cost_per_token_above_200k_tokens": 1.5e-05,
+        "litellm_provider": "gemini",
+        "max_input_tokens": 1048576,
+        "max_output_tokens": 65536,
+        "mode": "chat",
+    }
+}
+
+
+def test_a_file_without_batch_prices_keeps_the_known_batch_discount():
+    assert builtin_catalog().find("gemini/gemini-2.5-pro").batch_discount == Decimal("0.5")
+    m = by_key(import_litellm(OLD_GEMINI_PRO, today=TODAY))["gemini/gemini-2.5-pro"]
+    assert m["batch_discount"] == "0.5"  # the file has no opinion: what we know stays
+    spec = {k: dict(v) for k, v in OLD_GEMINI_PRO.items()}
+    spec["gemini/gemini-2.5-pro"].update(input_cost_per_token_batches=1e-06, output_cost_per_token_batches=8e-06)
+    m = by_key(import_litellm(spec, today=TODAY))["gemini/gemini-2.5-pro"]
+    assert m["batch_discount"] == "0.8"  # the file's own batch prices win

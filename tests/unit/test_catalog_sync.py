@@ -96,3 +96,18 @@ def test_cli_dry_run_writes_nothing_and_names_what_changes(tmp_path, monkeypatch
     assert out["written"] is False and out["added"] and not (tmp_path / "llmbatch.catalog.json").exists()
     r = CliRunner().invoke(main, ["catalog", "sync", "--from", str(tmp_path / "missing.json")])
     assert r.exit_code == 2
+
+
+def test_a_dry_run_names_only_what_bills_differently(tmp_path):
+    """A file without batch prices and without tier cache prices (as LiteLLM 1.74 has gemini-2.5-pro): the known
+    batch discount is kept, and the tier change shows the cache prices that really differ."""
+    from tests.unit.test_catalog_litellm import OLD_GEMINI_PRO
+
+    src = tmp_path / "prices.json"
+    src.write_text(json.dumps(OLD_GEMINI_PRO), "utf-8")
+    settings = load_settings(catalog_file=str(tmp_path / "catalog.json"), database_url="sqlite:///:memory:")
+    res = sync(settings, source=str(src), dry_run=True, today=TODAY)
+    assert dict(res.changed)["gemini/gemini-2.5-pro"] == [
+        "price_tiers: >200000:2.5/15 (cached 0.25, write 2.5) -> >200000:2.5/15"
+    ]
+    assert not res.written

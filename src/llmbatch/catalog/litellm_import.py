@@ -90,6 +90,7 @@ _TIER_FIELD = {
     "cache_creation_input_token_cost": "cache_write_per_mtok",
 }
 _UNIT = Decimal("0.000001")  # one pico-dollar per token, in USD per 1M tokens
+_PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok")
 
 
 def per_mtok(value: Any) -> Decimal:
@@ -255,8 +256,7 @@ def _entry(model_id: str, provider: str, api: str, spec: Mapping[str, Any], toda
     ratios = [b / p for b, p in ((batch_in, inp), (batch_out, out)) if b is not None and p > 0]
     if ratios:
         batch = max(ratios)
-        prices = [inp, out, cached, write] + [Decimal(t[f]) for t in tiers for f in t if f != "above_input_tokens"]
-        if any((p * batch) % _UNIT for p in prices if p is not None):
+        if not _on_grid(batch, [inp, out, cached, write], tiers):
             batch = None  # a batch price off the ledger's grid: no batch channel rather than an inexact bill
 
     reasoning = bool(spec.get("supports_reasoning"))
@@ -307,8 +307,20 @@ def _entry(model_id: str, provider: str, api: str, spec: Mapping[str, Any], toda
     }
 
 
-def _keep_curated(entry: dict[str, Any], ours: Catalog) -> dict[str, Any]:
-    """Our judgement (tier, quirks, reasoning estimates, a known retirement) outlives a price refresh."""
+def _on_grid(batch: Decimal, prices: list[Decimal | None], tiers: list[dict[str, Any]]) -> bool:
+    """Whether every price times the batch factor is a whole number of the ledger's unit."""
+    every = prices + [Decimal(t[f]) for t in tiers for f in t if f != "above_input_tokens"]
+    return not any((p * batch) % _UNIT for p in every if p is not None)
+
+
+def _has_batch_prices(spec: Mapping[str, Any]) -> bool:
+    return any(spec.get(k) is not None for k in ("input_cost_per_token_batches", "output_cost_per_token_batches"))
+
+
+def _keep_curated(entry: dict[str, Any], ours: Catalog, *, file_has_batch: bool = True) -> dict[str, Any]:
+    """Our judgement (tier, quirks, reasoning estimates, a known retirement) outlives a price refresh; so does
+    a known batch discount when the file has no batch prices for the model (older price files lack them for
+    many models that have a batch API), as long as it stays exact at the file's prices."""
     known = ours.find(f"{entry['provider']}/{entry['model']}")
     if known is None or known.key != f"{entry['provider']}/{entry['model']}":
         return entry
@@ -324,6 +336,10 @@ def _keep_curated(entry: dict[str, Any], ours: Catalog) -> dict[str, Any]:
         entry["deprecation_date"] = known.deprecation_date.isoformat() if known.deprecation_date else None
     if known.notes:
         entry["notes"] = known.notes
+    if not file_has_batch and entry.get("batch_discount") is None and known.batch_discount is not None:
+        prices = [Decimal(entry[k]) for k in _PRICE_FIELDS if entry.get(k) is not None]
+        if _on_grid(known.batch_discount, prices, entry.get("price_tiers") or []):
+            entry["batch_discount"] = decimal_string(known.batch_discount)
     if not entry.get("price_tiers") and known.price_tiers:  # the file does not know them; we do
         entry["price_tiers"] = [
             {
@@ -388,7 +404,7 @@ def import_litellm(
         if ident in models:
             skip("duplicate")
             continue
-        models[ident] = _keep_curated(entry, ours)
+        models[ident] = _keep_curated(entry, ours, file_has_batch=_has_batch_prices(spec))
         if provider in ours.providers:
             used[provider] = ours.providers[provider].model_dump(exclude={"name"})
         else:

@@ -7,6 +7,8 @@ reads the installed distribution's file list without importing (or running) any 
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import importlib.metadata
 from dataclasses import dataclass, field
 from datetime import date
@@ -79,13 +81,29 @@ class SyncResult:
 def _show(m: ModelInfo, name: str) -> str:
     v = getattr(m, name)
     if name == "price_tiers":
-        return ",".join(f">{t.above_input_tokens}:{t.input_per_mtok}/{t.output_per_mtok}" for t in v) or "none"
+        return ",".join(_show_tier(t) for t in v) or "none"
     return str(v)
 
 
+def _plain(d: Decimal) -> str:
+    return format(d.normalize(), "f")  # 2.50 and 2.5 are one price
+
+
+def _show_tier(t) -> str:
+    """'>200000:2.5/15 (cached 0.25, write 3)': input/output, then the cache prices that are set."""
+    extra = [
+        f"{label} {_plain(d)}"
+        for label, d in (("cached", t.cached_input_per_mtok), ("write", t.cache_write_per_mtok))
+        if d is not None
+    ]
+    shown = f">{t.above_input_tokens}:{_plain(t.input_per_mtok)}/{_plain(t.output_per_mtok)}"
+    return shown + (f" ({', '.join(extra)})" if extra else "")
+
+
 def _value(m: ModelInfo, name: str):
-    """What a field means for billing: Decimals compare by value (1.00 == 1), tiers by their rates."""
-    return m._rate_table if name == "price_tiers" else getattr(m, name)
+    """What a field means for billing: Decimals compare by value (1.00 == 1), tiers by their own online rates
+    (the base tier and the batch factor are fields of their own)."""
+    return m.online_tier_rates[1:] if name == "price_tiers" else getattr(m, name)
 
 
 def diff(old: Catalog, new: Catalog, today: date) -> tuple[list[str], list[tuple[str, list[str]]], list[str]]:

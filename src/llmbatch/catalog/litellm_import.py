@@ -22,7 +22,7 @@ import re
 from datetime import date
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..errors import CatalogError
 from ..models import Tier
@@ -307,9 +307,9 @@ def _entry(model_id: str, provider: str, api: str, spec: Mapping[str, Any], toda
     }
 
 
-def _on_grid(batch: Decimal, prices: list[Decimal | None], tiers: list[dict[str, Any]]) -> bool:
+def _on_grid(batch: Decimal, prices: Sequence[Decimal | None], tiers: list[dict[str, Any]]) -> bool:
     """Whether every price times the batch factor is a whole number of the ledger's unit."""
-    every = prices + [Decimal(t[f]) for t in tiers for f in t if f != "above_input_tokens"]
+    every = [*prices, *(Decimal(t[f]) for t in tiers for f in t if f != "above_input_tokens")]
     return not any((p * batch) % _UNIT for p in every if p is not None)
 
 

@@ -161,7 +161,7 @@ def progress(settings: Settings, job_id: str) -> tuple[dict[str, Any], dict[str,
 
 def list_jobs(settings: Settings, *, status: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
     """The `llmbatch jobs` shape: newest first."""
-    from ..reporting import usd_json
+    from ..money import usd_json
 
     out = []
     with reading(store(settings)) as conn:

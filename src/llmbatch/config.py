@@ -52,10 +52,10 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .env_names import ENV_PREFIX, unknown_variable
 from .errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///llmbatch.db"
-ENV_PREFIX = "LLMBATCH_"
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -269,6 +269,9 @@ def load_settings(**overrides: Any) -> Settings:
             raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
         _unknown_keys(data, str(path))
     source: dict[str, str] = {k: f"{path}: {k}" for k in data}
+    unknown = unknown_variable(os.environ, _SCALARS)
+    if unknown is not None:
+        raise ConfigError(unknown)
     merged = dict(data)
     for name in _SCALARS:
         value = os.environ.get(ENV_PREFIX + name.upper())

@@ -21,6 +21,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .env_names import unknown_variable
+
 DEFAULT_DATABASE_URL = "sqlite:///llmbatch.db"  # config.DEFAULT_DATABASE_URL (tested equal)
 # Settings' top-level keys (tested equal to config.Settings.model_fields): any other key in the config file is an
 # error load_settings reports, so the full path runs and reports it.
@@ -70,6 +72,7 @@ SETTINGS_KEYS = frozenset(
         "metrics_port",
     }
 )
+TABLES = frozenset({"retry", "rate_limits", "providers", "models"})  # from the file only, never the environment
 MIGRATIONS = Path(__file__).with_name("store") / "migrations" / "versions"
 _REVISION = re.compile(r"""^(down_revision|revision)\s*(?::[^=]*)?=\s*(?:['"]([^'"]*)['"]|None)""", re.M)
 
@@ -112,6 +115,8 @@ def database_url() -> str:
         if not set(data) <= SETTINGS_KEYS:
             raise Fallback(f"unknown key in {path}")
         value = data.get("database_url")
+    if unknown_variable(os.environ, SETTINGS_KEYS - TABLES) is not None:
+        raise Fallback("an LLMBATCH_ variable that is no setting")  # load_settings words it
     env_value = os.environ.get("LLMBATCH_DATABASE_URL")
     if env_value is not None and env_value.strip() != "":
         value = env_value

@@ -93,6 +93,30 @@ def test_bad_environment_values_name_the_variable(toml, monkeypatch, var, value,
     assert expected in str(e.value), str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("var", "expected"),
+    [
+        ("LLMBATCH_CONCURENCY", "LLMBATCH_CONCURENCY: unknown setting (did you mean LLMBATCH_CONCURRENCY?)"),
+        ("LLMBATCH_DATABSE_URL", "LLMBATCH_DATABSE_URL: unknown setting (did you mean LLMBATCH_DATABASE_URL?)"),
+        ("LLMBATCH_RETRY", "LLMBATCH_RETRY: unknown setting"),  # tables come from the file only
+        ("LLMBATCH_XYZZY", "LLMBATCH_XYZZY: unknown setting (no setting has that name"),
+    ],
+)
+def test_a_misspelt_environment_variable_is_named_not_ignored(toml, monkeypatch, var, expected):
+    toml("")
+    monkeypatch.setenv(var, "4")
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert str(e.value).startswith(expected), str(e.value)
+
+
+def test_the_tooling_variables_under_the_prefix_are_not_settings_and_not_errors(toml, monkeypatch):
+    toml("")
+    for var in ("LLMBATCH_TEST_REDIS_URL", "LLMBATCH_BENCH_SHARED", "LLMBATCH_KEEP_SERVICES", "LLMBATCH_PG_PORT"):
+        monkeypatch.setenv(var, "1")
+    assert load_settings().concurrency == Settings().concurrency
+
+
 def test_bad_arguments_name_the_option(toml):
     toml("")
     with pytest.raises(ConfigError, match="--concurrency: Input should be greater than or equal to 1"):

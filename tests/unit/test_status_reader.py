@@ -42,6 +42,9 @@ CASES = {
     "file bad toml": ({}, "database_url = \n"),
     "file unknown key": ({}, f'databse_url = "{PG}"\n'),
     "file unknown key, env set": ({"LLMBATCH_DATABASE_URL": PG}, "concurency = 3\n"),
+    "env misspelt": ({"LLMBATCH_DATABSE_URL": PG}, None),
+    "env table name": ({"LLMBATCH_RETRY": "3"}, None),
+    "env tooling": ({"LLMBATCH_TEST_DATABASE_URL": PG, "LLMBATCH_PG_PORT": "5"}, None),
 }
 
 

@@ -205,3 +205,30 @@ def test_spec_bombs_are_refused_in_bounded_memory(tmp_path, sqlite_url):
         assert code == 2 and len(lines) == 1 and phrase in lines[0] and str(spec) in lines[0], (spec, code, err)
         print(f"\n{spec}: peak RSS {rss} MiB (a valid spec: {baseline} MiB)")
         assert rss < baseline + 64, (spec, rss, baseline)
+
+
+def test_a_run_with_no_provider_key_is_one_line_and_stores_nothing(tmp_path, sqlite_url):
+    """Without a key (and without --simulate) every task would fail `no credentials`: say so before storing."""
+    src = tmp_path / "t.jsonl"
+    src.write_text('{"id": "a", "task": "classify", "input": "fine", "labels": ["pos", "neg"]}\n')
+    env = {k: v for k, v in cli_env(sqlite_url).items() if k not in PROVIDER_KEY_VARS}
+    p = run_cli(["run", str(src), "--budget", "1"], env)
+    assert p.returncode == 2, p.stderr
+    (line,) = p.stderr.strip().splitlines()
+    assert line.startswith("llmbatch: no provider key is set (") and "OPENAI_API_KEY" in line and "--simulate" in line
+    assert json.loads(run_cli(["jobs", "--json"], env).stdout) == []
+
+
+def test_one_provider_key_is_enough_to_get_going(monkeypatch):
+    from llmbatch.config import load_settings
+    from llmbatch.errors import ConfigError
+    from llmbatch.jobs import check_credentials
+
+    for var in PROVIDER_KEY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    settings = load_settings(database_url="sqlite:///:memory:")
+    with pytest.raises(ConfigError, match="no provider key is set"):
+        check_credentials(settings, simulate=False)
+    check_credentials(settings, simulate=True)
+    monkeypatch.setenv("GROQ_API_KEY", "gsk-test")
+    check_credentials(settings, simulate=False)

@@ -30,7 +30,17 @@ from .lifecycle import (
     store_revision,
     summary,
 )
-from .running import CELERY, LOCAL, RunOutcome, check_broker, choose_executor, dispatch, run_embedded, wait_for
+from .running import (
+    CELERY,
+    LOCAL,
+    RunOutcome,
+    check_broker,
+    check_credentials,
+    choose_executor,
+    dispatch,
+    run_embedded,
+    wait_for,
+)
 
 __all__ = [
     "CELERY",
@@ -40,6 +50,7 @@ __all__ = [
     "attempt_lines",
     "cancel",
     "check_broker",
+    "check_credentials",
     "choose_executor",
     "create_job",
     "dispatch",

@@ -49,6 +49,23 @@ def check_broker(settings: Settings) -> None:
         )
 
 
+def check_credentials(settings: Settings, *, simulate: bool) -> None:
+    """ConfigError, before anything is stored or run, when this process could call no provider: no key is set.
+    Only for work this process runs (embedded): Celery workers hold their own keys."""
+    if simulate:
+        return
+    from ..catalog.loading import load_catalog
+    from ..providers import available_credentials
+
+    catalog = load_catalog(settings)
+    if available_credentials(catalog, simulate=False):
+        return
+    names = sorted({p.key_env for p in catalog.providers.values() if p.key_env})
+    raise ConfigError(
+        f"no provider key is set ({', '.join(names)}): export one, or add --simulate to run on the bundled simulator"
+    )
+
+
 def dispatch(
     settings: Settings,
     job: dict[str, Any],

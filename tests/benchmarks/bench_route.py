@@ -1,4 +1,4 @@
-"""CPU per route() call on a realistic mix; with --ref, also routing.py and tokens.py at a git ref, same run.
+"""CPU per route() call on a realistic mix; with --ref, also routing (module or package) and tokens.py at a git ref, same run.
 
     .venv/bin/python -m tests.benchmarks.bench_route                       # 20,000 calls, µs per call
     .venv/bin/python -m tests.benchmarks.bench_route --ref main            # + routing.py and tokens.py at main
@@ -107,14 +107,60 @@ def load_ref(ref: str) -> types.ModuleType:
         if name.startswith("llmbatch.") and not name.startswith("llmbatch._ref"):
             sys.modules.setdefault("llmbatch._ref." + name.removeprefix("llmbatch."), mod)
     for name in REF_MODULES:
-        src = subprocess.run(
-            ["git", "show", f"{ref}:src/llmbatch/{name}.py"], cwd=root, check=True, capture_output=True, text=True
-        ).stdout
-        mod = types.ModuleType(f"llmbatch._ref.{name}")
-        mod.__package__ = "llmbatch._ref"
-        sys.modules[mod.__name__] = mod
-        exec(compile(src, f"{ref}:{name}.py", "exec"), mod.__dict__)
+        src = _git_show(root, ref, f"src/llmbatch/{name}.py")
+        if src is not None:
+            _exec_module(f"llmbatch._ref.{name}", "llmbatch._ref", src, f"{ref}:{name}.py")
+        else:  # a package at that ref (routing/ since it was split): its modules first, then its __init__
+            _load_ref_package(root, ref, name)
     return sys.modules["llmbatch._ref.routing"]
+
+
+def _git_show(root: Path, ref: str, path: str) -> str | None:
+    p = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=root, capture_output=True, text=True)
+    return p.stdout if p.returncode == 0 else None
+
+
+def _exec_module(name: str, package: str, src: str, where: str, path: list[str] | None = None) -> None:
+    mod = types.ModuleType(name)
+    mod.__package__ = package
+    if path is not None:
+        mod.__path__ = path
+    sys.modules[name] = mod
+    try:
+        exec(compile(src, where, "exec"), mod.__dict__)
+    except ImportError:
+        del sys.modules[name]
+        raise
+
+
+def _load_ref_package(root: Path, ref: str, name: str) -> None:
+    listing = subprocess.run(
+        ["git", "ls-tree", "--name-only", ref, f"src/llmbatch/{name}/"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    pkg = f"llmbatch._ref.{name}"
+    subs = [Path(p).stem for p in listing if p.endswith(".py") and not p.endswith("__init__.py")]
+    while subs:  # in an order their imports of each other allow
+        loaded = []
+        for sub in subs:
+            try:
+                _exec_module(
+                    f"{pkg}.{sub}",
+                    pkg,
+                    _git_show(root, ref, f"src/llmbatch/{name}/{sub}.py") or "",
+                    f"{ref}:{name}/{sub}.py",
+                )
+                loaded.append(sub)
+            except ImportError:
+                continue
+        if not loaded:
+            raise ImportError(f"cannot load {name}/ at {ref}: {subs}")
+        subs = [s for s in subs if s not in loaded]
+    init = _git_show(root, ref, f"src/llmbatch/{name}/__init__.py") or ""
+    _exec_module(pkg, pkg, init, f"{ref}:{name}/__init__.py", path=[])
 
 
 def time_calls(route, calls) -> float:

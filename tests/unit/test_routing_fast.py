@@ -1,6 +1,6 @@
 """route()'s precomputed per-model table against a straightforward per-model computation.
 
-route() reads each model's rates and token constants once per request shape (routing._Fit) and builds its
+route() reads each model's rates and token constants once per request shape (routing.rules._Fit) and builds its
 Candidates and Rejections without the dataclass __init__. `reference_route` below is the plain form of the
 same rules: every model priced through catalog.pricing's estimate_picos / upper_bound_picos (the tier lookup
 and the dearest-tier bound done by ModelInfo.rates / dearest_rates), objects built by their constructors. The
@@ -22,11 +22,8 @@ from llmbatch.catalog.pricing import estimate_picos, upper_bound_picos
 from llmbatch.models import DEFAULT_MIN_TIER, TaskLine, Tier
 from llmbatch.money import exact_usd
 from llmbatch.prompts import build_request
-from llmbatch.routing import (
-    Candidate,
-    Health,
-    Rejection,
-    RouteDecision,
+from llmbatch.routing import Candidate, Health, Rejection, RouteDecision, route
+from llmbatch.routing.rules import (
     _adaptations,
     _check_static,
     _cooling_left,
@@ -35,7 +32,6 @@ from llmbatch.routing import (
     _Shape,
     _status_note,
     _utc_date,
-    route,
 )
 from llmbatch.tokens import IMAGE_TOKENS_MAX, IMAGE_TOKENS_TYPICAL, expected_output_tokens, measure_input
 
@@ -284,7 +280,7 @@ def test_the_remembered_utc_date_is_the_date_fromtimestamp_gives_at_every_instan
 
 
 def test_a_size_routed_again_decides_as_the_reference_whatever_latency_and_cooldowns_do():
-    """route() keeps a table per request size seen twice (routing._SizedRoute) and decides later tasks of that
+    """route() keeps a table per request size seen twice (routing.tables._SizedRoute) and decides later tasks of that
     size from it: the same decision as from scratch while observed latencies reorder equal estimates, a model
     starts or ends cooling down, and the clock moves."""
     for seed in range(300):
@@ -309,12 +305,12 @@ def test_a_size_routed_again_decides_as_the_reference_whatever_latency_and_coold
 @pytest.fixture
 def fresh_tables(monkeypatch):
     """routing's size tables and their use counts as at a process's start (other tests leave theirs)."""
-    from llmbatch import routing
+    from llmbatch.routing import tables
 
-    monkeypatch.setattr(routing, "_SIZED", {})
-    monkeypatch.setattr(routing, "_SEEN", {})
-    monkeypatch.setattr(routing, "_TABLE_USE", [0, 0, 0])
-    return routing
+    monkeypatch.setattr(tables, "_SIZED", {})
+    monkeypatch.setattr(tables, "_SEEN", {})
+    monkeypatch.setattr(tables, "_TABLE_USE", [0, 0, 0])
+    return tables
 
 
 def test_a_size_routed_again_shares_its_decision_objects(fresh_tables):
@@ -330,7 +326,7 @@ def test_a_size_routed_again_shares_its_decision_objects(fresh_tables):
 def test_tables_that_are_not_used_stop_being_built_and_come_back_when_sizes_repeat(fresh_tables):
     """A job whose sizes each come twice builds a table per size and never uses one: after the first 64, only
     one size in _SAMPLE gets a table. When sizes start repeating the uses catch up and every size gets one."""
-    routing = fresh_tables
+    tables = fresh_tables
     catalog = builtin_catalog()
     kw = dict(credentials=set(catalog.providers), health=Health(), now=NOW)
 
@@ -341,13 +337,13 @@ def test_tables_that_are_not_used_stop_being_built_and_come_back_when_sizes_repe
 
     for n in range(1, 1001):  # 1,000 sizes, each routed twice: the second sight may build, none is used
         twice(n)
-    uses, builds, candidates = routing._TABLE_USE
+    uses, builds, candidates = tables._TABLE_USE
     assert uses == 0 and candidates == 1000
-    assert 64 <= builds <= 64 + 1000 // routing._SAMPLE + 1  # ~120 tables, not 1,000
+    assert 64 <= builds <= 64 + 1000 // tables._SAMPLE + 1  # ~120 tables, not 1,000
     for _ in range(40):  # now 50 sizes come 80 times each: the sampled tables are used, builds resume
         for n in range(2051, 2101):
             twice(n)
-    uses, builds, _ = routing._TABLE_USE
+    uses, builds, _ = tables._TABLE_USE
     assert uses >= builds
     task = TaskLine(id="t", task="classify", input="word " * 2100, labels=["yes", "no"])
     request = build_request(task)

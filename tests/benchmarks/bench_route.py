@@ -142,6 +142,8 @@ def _load_ref_package(root: Path, ref: str, name: str) -> None:
         text=True,
     ).stdout.split()
     pkg = f"llmbatch._ref.{name}"
+    for stale in [m for m in sys.modules if m == pkg or m.startswith(pkg + ".")]:  # the current ones, aliased above
+        del sys.modules[stale]
     subs = [Path(p).stem for p in listing if p.endswith(".py") and not p.endswith("__init__.py")]
     while subs:  # in an order their imports of each other allow
         loaded = []

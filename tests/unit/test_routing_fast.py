@@ -41,7 +41,7 @@ PRICES = ["0", "0.05", "0.15", "1", "2.5", "15"]
 
 
 def reference_route(task, request, catalog, *, credentials, health, deny, job_min_tier, max_cost, now):
-    """The rules as routing.py's docstring states them, one model at a time, nothing precomputed."""
+    """The rules as the routing package's docstring states them, one model at a time, nothing precomputed."""
     today = datetime.fromtimestamp(now, tz=timezone.utc).date()
     min_tier = task.min_tier or job_min_tier or DEFAULT_MIN_TIER[task.task]
     msgs = request.messages

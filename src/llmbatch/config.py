@@ -52,7 +52,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .env_names import ENV_PREFIX, unknown_variable
+from .env_names import ENV_PREFIX, TABLES, unknown_variable
 from .errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///llmbatch.db"
@@ -227,9 +227,7 @@ def config_file() -> Path | None:
 
 
 # Top-level settings that may come from the environment (LLMBATCH_<NAME>); the tables come from the file only.
-_SCALARS = tuple(
-    n for n, f in Settings.model_fields.items() if n not in ("retry", "rate_limits", "providers", "models")
-)
+_SCALARS = tuple(n for n in Settings.model_fields if n not in TABLES)
 
 
 def _closest(name: str, valid) -> str:

@@ -12,6 +12,8 @@ ENV_PREFIX = "LLMBATCH_"
 # benchmark tooling (tests/support/services.py, scripts/test.sh, scripts/bench.sh, tests/benchmarks).
 OTHER_NAMES = frozenset({"CONFIG", "KEEP_SERVICES", "REDIS_PORT", "PG_PORT", "PG_DATA", "PG_DB", "LIFECYCLE_TASKS"})
 OTHER_PREFIXES = ("TEST_", "BENCH_")
+# Settings that are tables: they come from the config file only, never from the environment.
+TABLES = frozenset({"retry", "rate_limits", "providers", "models"})
 
 
 def unknown_variable(environ: Mapping[str, str], settings: Iterable[str]) -> str | None:

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .env_names import unknown_variable
+from .env_names import TABLES, unknown_variable
 
 DEFAULT_DATABASE_URL = "sqlite:///llmbatch.db"  # config.DEFAULT_DATABASE_URL (tested equal)
 # Settings' top-level keys (tested equal to config.Settings.model_fields): any other key in the config file is an
@@ -72,7 +72,6 @@ SETTINGS_KEYS = frozenset(
         "metrics_port",
     }
 )
-TABLES = frozenset({"retry", "rate_limits", "providers", "models"})  # from the file only, never the environment
 MIGRATIONS = Path(__file__).with_name("store") / "migrations" / "versions"
 _REVISION = re.compile(r"""^(down_revision|revision)\s*(?::[^=]*)?=\s*(?:['"]([^'"]*)['"]|None)""", re.M)
 

@@ -7,11 +7,10 @@ reads the installed distribution's file list without importing (or running) any 
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import importlib.metadata
 from dataclasses import dataclass, field
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 

@@ -115,14 +115,16 @@ def _run_job(
     return _finish_output(settings, job["id"], as_json)
 
 
-def _check_runnable(settings: Settings, job: dict, simulate: bool) -> None:
-    """resume/retry: the broker answers (Celery), or this process has a provider key (embedded)."""
+def _check_can_run(settings: Settings, executor: str, *, simulate: bool) -> None:
+    """Before anything is stored or changed: the broker answers (Celery; without one, dispatch says which to
+    set), or this process has a provider key (embedded)."""
     from .. import jobs
 
-    if job["executor"] == jobs.CELERY and settings.broker_url:
-        jobs.check_broker(settings)
+    if executor == jobs.CELERY:
+        if settings.broker_url:
+            jobs.check_broker(settings)
     else:
-        jobs.check_credentials(settings, simulate=simulate or bool(job["simulate"]))
+        jobs.check_credentials(settings, simulate=simulate)
 
 
 def _finish_output(settings: Settings, job_id: str, as_json: bool) -> int:
@@ -203,10 +205,7 @@ def run(input_path, concurrency, force_local, as_json, new, policy_path, quality
             as_json,
         )
     executor = jobs.choose_executor(settings, force_local=force_local)
-    if executor == jobs.CELERY:
-        jobs.check_broker(settings)  # before anything is stored
-    else:
-        jobs.check_credentials(settings, simulate=spec.simulate)
+    _check_can_run(settings, executor, simulate=spec.simulate)
     job, rejected, finished = _job_for_command(settings, input_path, spec, executor=executor, new=new, as_json=as_json)
     if finished:
         code = _finish_output(settings, job["id"], as_json)
@@ -276,7 +275,7 @@ def resume(job_id, by_name, concurrency, simulate, as_json):
         }.get(job["status"], "`llmbatch retry JOB` requeues failed or skipped tasks (--budget USD raises the cap)")
         err(f"job {job['id']} already ended {job['status']}: {hint}")
         sys.exit(_finish_output(settings, job["id"], as_json))
-    _check_runnable(settings, job, simulate)  # before anything changes in the store
+    _check_can_run(settings, job["executor"], simulate=simulate or bool(job["simulate"]))
     plan = jobs.prepare_resume(settings, job["id"])
     extra = [f"took back {plan.taken_back} task(s) of a stopped process"] if plan.taken_back else []
     extra += [f"reconciled {plan.reconciled} call(s) of unknown outcome"] if plan.reconciled else []
@@ -310,7 +309,7 @@ def retry(job_id, by_name, budget, skipped_only, wait, simulate, concurrency, as
         raise click.UsageError("retry needs JOB (or --name NAME)")
     settings = current_settings()
     job = find_job(job_id, by_name)
-    _check_runnable(settings, job, simulate)
+    _check_can_run(settings, job["executor"], simulate=simulate or bool(job["simulate"]))
     n = jobs.requeue(settings, job["id"], budget_usd=budget, include_failed=not skipped_only)
     if not as_json:
         err(f"{job['id']}: {n} task(s) requeued")

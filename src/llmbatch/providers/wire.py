@@ -239,26 +239,40 @@ class Limits:
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
         self.open = 0
+        self.pools: list[Pool] = []
         self._waiters: deque[asyncio.Future] = deque()
 
-    async def take(self) -> None:
-        while self.limit is not None and self.open >= self.limit:
-            fut = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
-            try:
-                await fut
-            finally:
-                if fut in self._waiters:
-                    self._waiters.remove(fut)
-        self.open += 1
+    def full(self) -> bool:
+        return self.limit is not None and self.open >= self.limit
 
-    def freed(self) -> None:
-        self.open -= 1
+    def close_an_idle(self) -> bool:
+        """At the limit: close the longest idle connection of any origin (as aiohttp's connector does)."""
+        oldest = min((p for p in self.pools if p.idle), key=lambda p: p.idle[0].idle_since, default=None)
+        if oldest is None:
+            return False
+        oldest.idle.pop(0).close()
+        return True
+
+    async def wait(self) -> None:
+        """Until a connection is freed or returned to its pool."""
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        finally:
+            if fut in self._waiters:
+                self._waiters.remove(fut)
+
+    def wake(self) -> None:
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
                 return
+
+    def freed(self) -> None:
+        self.open -= 1
+        self.wake()
 
 
 class Pool:
@@ -276,17 +290,30 @@ class Pool:
         self.host, self.port, self.ssl = host, port, ssl_context
         self.limits, self.keepalive_s = limits, keepalive_s
         self.host_line = f"Host: {host_header}\r\n"
-        self._idle: list[_Conn] = []
+        self.idle: list[_Conn] = []  # oldest first
+        limits.pools.append(self)
 
-    async def _connection(self, connect_timeout: float) -> _Conn:
+    def _reuse(self) -> _Conn | None:
         now = time.monotonic()
-        idle = self._idle
+        idle = self.idle
         while idle:
             conn = idle.pop()
             if not conn.closed and now - conn.idle_since < self.keepalive_s:
                 return conn
             conn.close()
-        await self.limits.take()
+        return None
+
+    async def _connection(self, connect_timeout: float) -> _Conn:
+        limits = self.limits
+        while True:
+            conn = self._reuse()
+            if conn is not None:
+                return conn
+            if not limits.full():
+                break
+            if not limits.close_an_idle():
+                await limits.wait()
+        limits.open += 1
         try:
             async with asyncio.timeout(connect_timeout):
                 _, conn = await asyncio.get_running_loop().create_connection(
@@ -329,13 +356,14 @@ class Pool:
         finally:
             if ok and conn.keep and not conn.closed:
                 conn.idle_since = time.monotonic()
-                self._idle.append(conn)
+                self.idle.append(conn)
+                self.limits.wake()
             else:  # failed, cancelled (the call's deadline) or not reusable: the connection goes
                 conn.waiter = None
                 conn.close()
 
     def close(self) -> None:
-        idle, self._idle = self._idle, []
+        idle, self.idle = self.idle, []
         for conn in idle:
             conn.close()
 

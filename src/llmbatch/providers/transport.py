@@ -284,9 +284,9 @@ async def post_json(
     try:
         if direct is not None:
             lean = client.wire_pool(url, direct)  # type: ignore[attr-defined]  # a _Client
+            if lean is not None:  # the deadline is wire.Pool.post's own (it raises TimeoutError too)
+                return await _send_wire(lean[0], lean[1], url, body, headers, timeout)
             async with asyncio.timeout(timeout):
-                if lean is not None:
-                    return await _send_wire(lean[0], lean[1], url, body, headers, timeout)
                 return await _send_direct(direct, url, body, headers, timeout)
         request = httpx.Request(
             "POST",
@@ -298,7 +298,8 @@ async def post_json(
         async with asyncio.timeout(timeout):
             return await client.send(request)
     except TimeoutError:
-        # Raised by asyncio.timeout: the deadline passed somewhere between connect and the last byte.
+        # Raised by asyncio.timeout (or wire.Pool.post): the deadline passed somewhere between connect and the
+        # last byte.
         failure = ProviderTimeout(
             redact(f"{where}: no complete response within {timeout:g}s", secrets), request_sent=True
         )
@@ -318,17 +319,24 @@ async def post_json(
     raise failure
 
 
+def _wire_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers aiohttp sent: ours, the caller's (which win whatever their case), aiohttp's Accept-Encoding."""
+    merged = {k.lower(): (k, v) for k, v in _DEFAULT_HEADERS.items()}
+    for k, v in headers.items():
+        merged[k.lower()] = (k, v)
+    merged.setdefault("accept-encoding", ("accept-encoding", _ACCEPT_ENCODING))
+    return dict(merged.values())
+
+
 async def _send_wire(
     pool: wire.Pool, target: str, url: str, body: dict, headers: Mapping[str, str], timeout: float
 ) -> Answer:
     """The call on the lean HTTP/1.1 client (wire.py): the headers aiohttp sent (ours, the caller's, which win
     whatever their case, and aiohttp's Accept-Encoding), the answer read in full, decoded by httpx when encoded."""
-    merged = {k.lower(): (k, v) for k, v in _DEFAULT_HEADERS.items()}
-    for k, v in headers.items():
-        merged[k.lower()] = (k, v)
-    merged.setdefault("accept-encoding", ("accept-encoding", _ACCEPT_ENCODING))
+    key = tuple(headers.items())
+    block = pool.blocks.get(key) or pool.keep_block(key, wire.render_headers(_wire_headers(headers)))
     answer = await pool.post(
-        target, wire.render_headers(dict(merged.values())), orjson.dumps(body), min(timeout, CONNECT_TIMEOUT_S)
+        target, block, orjson.dumps(body), connect_timeout=min(timeout, CONNECT_TIMEOUT_S), timeout=timeout
     )
     if _http_log.isEnabledFor(logging.INFO):  # httpx's line, shown at -vv (cli/main.py)
         _http_log.info('HTTP Request: POST %s "HTTP/1.1 %d %s"', url, answer.status, answer.reason)

@@ -291,6 +291,7 @@ class Pool:
         self.limits, self.keepalive_s = limits, keepalive_s
         self.host_line = f"Host: {host_header}\r\n"
         self.idle: list[_Conn] = []  # oldest first
+        self.blocks: dict[tuple[tuple[str, str], ...], str] = {}  # see keep_block
         limits.pools.append(self)
 
     def _reuse(self) -> _Conn | None:
@@ -334,11 +335,19 @@ class Pool:
             raise
         return conn
 
-    async def post(self, target: str, headers: str, body: bytes, connect_timeout: float) -> Answer:
-        """POST `body` to `target` (path and query) with `headers` (rendered "Name: value\\r\\n" lines)."""
-        conn = await self._connection(connect_timeout)
+    async def post(self, target: str, headers: str, body: bytes, *, connect_timeout: float, timeout: float) -> Answer:
+        """POST `body` to `target` (path and query) with `headers` (rendered "Name: value\\r\\n" lines). Raises
+        TimeoutError when no complete answer came within `timeout` (waiting for a connection included)."""
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        conn = self._reuse()
+        if conn is None:  # a new connection (or a wait for one at the limit), within the call's deadline
+            async with asyncio.timeout_at(deadline):
+                conn = await self._connection(connect_timeout)
         waiter = conn.waiter = loop.create_future()
+        # The answer's deadline is one timer on the waiter: asyncio.timeout's cancel-and-uncancel of the task
+        # cost more than the rest of the wait.
+        timer = loop.call_at(deadline, _expire, waiter)
         ok = False
         try:
             assert conn.transport is not None
@@ -354,18 +363,32 @@ class Pool:
             ok = True
             return answer
         finally:
+            timer.cancel()
             if ok and conn.keep and not conn.closed:
                 conn.idle_since = time.monotonic()
                 self.idle.append(conn)
                 self.limits.wake()
-            else:  # failed, cancelled (the call's deadline) or not reusable: the connection goes
+            else:  # failed, timed out, cancelled or not reusable: the connection goes
                 conn.waiter = None
                 conn.close()
+
+    def keep_block(self, key: tuple[tuple[str, str], ...], block: str) -> str:
+        """Keep a rendered header block (render_headers) for `key`, the headers it was rendered from: a client
+        sends the same few sets."""
+        if len(self.blocks) >= 64:
+            self.blocks.clear()
+        self.blocks[key] = block
+        return block
 
     def close(self) -> None:
         idle, self.idle = self.idle, []
         for conn in idle:
             conn.close()
+
+
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 def render_headers(headers: dict[str, str]) -> str:

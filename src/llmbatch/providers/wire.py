@@ -105,7 +105,7 @@ class _Conn(asyncio.Protocol):
         w = self.waiter
         if w is None or w.done():
             return
-        if self.mode == "close" and self.head is not None:  # a body read until the server closed
+        if self.mode == "close" and self.head is not None and exc is None:  # a body read until the server closed
             status, reason, headers = self.head
             self.waiter = None
             w.set_result(Answer(status, reason, headers, bytes(self.buf)))

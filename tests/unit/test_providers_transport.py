@@ -246,3 +246,97 @@ def test_a_direct_answer_with_non_ascii_headers_reads_them_as_httpx_decodes_them
     want = httpx.Headers(raw)
     assert got.headers["X-Request-Id"] == want["x-request-id"] == "req_\xe9"
     assert dict(got.headers.items()) == dict(want.items())
+
+
+# ------------------------------------------------------------------ the lean HTTP/1.1 client (providers/wire.py)
+
+_OK_BODY = (FIXTURES / "openai_gpt4o_mini_cached.json").read_bytes()
+
+
+def _answered_raw(answer: bytes):
+    async def on_request(writer):
+        writer.write(answer)
+        await writer.drain()
+
+    return _complete_raw(on_request)
+
+
+def test_a_chunked_answer_with_trailers_is_read_whole():
+    chunks = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in (_OK_BODY[:7], _OK_BODY[7:300], _OK_BODY[300:]))
+    done = _answered_raw(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+        + chunks
+        + b"0\r\nx-trailer: 1\r\n\r\n"
+    )
+    assert done.text == "positive" and done.usage.cached_tokens == 1920
+
+
+def test_an_answer_read_until_the_server_closes_after_an_interim_one():
+    done = _answered_raw(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n" + _OK_BODY
+    )
+    assert done.text == "positive"
+
+
+def test_an_unparsable_answer_is_a_reset_after_sending():
+    with pytest.raises(RetryableError) as info:
+        _answered_raw(b"SPDY/9 200 OK\r\n\r\n{}")
+    assert info.value.error_class == "connection_reset" and info.value.request_sent is True
+    assert KEY not in str(info.value)
+
+
+def test_connections_are_kept_alive_unless_the_server_closes_them_and_stay_within_the_limit():
+    """Calls reuse a kept-alive connection; an answer with `Connection: close` is not reused; at most
+    max_connections are open at once, the other calls wait for one."""
+    peers: list[int] = []
+    open_now = [0, 0]  # open, most at once
+
+    async def handler(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername")[1])
+        await asyncio.sleep(0.05)
+        headers = {"connection": "close"} if request.headers.get("x-close") else {}
+        return web.Response(body=_OK_BODY, content_type="application/json", headers=headers)
+
+    async def go():
+        runner, url = await _serve(handler)
+        server = runner.server
+        assert server is not None
+        made, lost = server.connection_made, server.connection_lost
+
+        def counted_made(*a):
+            open_now[0] += 1
+            open_now[1] = max(open_now[1], open_now[0])
+            return made(*a)
+
+        def counted_lost(*a):
+            open_now[0] -= 1
+            return lost(*a)
+
+        server.connection_made, server.connection_lost = counted_made, counted_lost  # type: ignore[method-assign]
+        client = make_http_client(max_connections=2, timeout=5)
+        try:
+            adapter = _adapter(client, url)
+            await adapter.complete(MODEL, REQUEST, timeout=5)
+            await adapter.complete(MODEL, REQUEST, timeout=5)
+            assert peers[0] == peers[1]  # the same connection
+            adapter.auth_headers = lambda key: {"authorization": f"Bearer {key}", "x-close": "1"}  # type: ignore[method-assign]
+            await adapter.complete(MODEL, REQUEST, timeout=5)
+            await adapter.complete(MODEL, REQUEST, timeout=5)
+            assert peers[3] != peers[2]  # closed after the answer that said so
+            del adapter.auth_headers
+            done = await asyncio.gather(*(adapter.complete(MODEL, REQUEST, timeout=5) for _ in range(6)))
+            assert all(d.text == "positive" for d in done)
+        finally:
+            await client.aclose()
+            await runner.cleanup()
+
+    asyncio.run(go())
+    assert open_now[1] <= 2
+
+
+def test_a_header_with_a_line_break_is_never_sent():
+    from llmbatch.providers import wire
+
+    with pytest.raises(ValueError) as info:
+        wire.render_headers({"authorization": "Bearer sk-x\r\nx-evil: 1"})
+    assert "sk-x" not in str(info.value)

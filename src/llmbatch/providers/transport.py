@@ -3,9 +3,12 @@
 The client uses the aiohttp-backed transport from `httpx_aiohttp`: on this workload (hundreds of small JSON
 POSTs in flight) httpx's default transport reached about a fifth of the ideal throughput, aiohttp's about 95%.
 
-`post_json` sends exactly once and turns transport failures into our error tree. On the shared client it
-sends on the transport's aiohttp session directly (see `_Client`): httpx's own send pipeline (auth, redirects,
-cookies, hooks, stream wrappers), unused by an API call, cost more CPU than the call itself. It matters whether the
+`post_json` sends exactly once and turns transport failures into our error tree. On the shared client, for a
+URL with no proxy, it sends on a lean HTTP/1.1 client (wire.py) with the transport's connection limit,
+keep-alive expiry and SSL context: httpx's own send pipeline (auth, redirects, cookies, hooks, stream
+wrappers), unused by an API call, cost more CPU than the call itself, and so did aiohttp's request machinery
+(~0.33 ms per call against ~0.10). A transport with options wire.py lacks (a Unix socket, a local address,
+socket options) still sends on its aiohttp session (`_send_direct`). It matters whether the
 provider may have seen the request: a connect failure cannot have been billed (request_sent=False), while a
 timeout or a reset after sending might have been (request_sent=True), so the budget keeps that attempt's
 reservation until it is reconciled.
@@ -20,9 +23,11 @@ from typing import Iterator, Mapping, Protocol
 
 import httpx
 import orjson
+import yarl
 
 from .. import __version__
 from ..errors import FatalError, ProviderTimeout, RetryableError
+from . import wire
 from .redact import redact, scrub
 
 try:
@@ -53,6 +58,8 @@ _DEFAULT_HEADERS = {
     "accept": "application/json",
     "user-agent": f"llmbatch/{__version__}",
 }
+# What aiohttp asks for unless told otherwise; an encoded answer is decoded by httpx (httpx.Response).
+_ACCEPT_ENCODING = "gzip, deflate"
 
 
 class Answer(Protocol):
@@ -159,6 +166,46 @@ if HttpxAiohttpClient is not None:
             self._direct[url] = transport if ok else None  # type: ignore[assignment]
             return self._direct[url]
 
+        _wire: dict[str, tuple[wire.Pool, str] | None]
+        _pools: dict[tuple[str, str, int], wire.Pool]
+        _limits: wire.Limits
+
+        def wire_pool(self, url: str, transport: AiohttpTransport) -> tuple[wire.Pool, str] | None:
+            """(the lean client's pool for the URL's origin, the request target), for a direct transport with no
+            option the lean client lacks (a Unix socket, a local address, socket options); else None."""
+            try:
+                return self._wire[url]
+            except AttributeError:
+                self._wire, self._pools = {}, {}
+                self._limits = wire.Limits(transport.limits.max_connections)
+            except KeyError:
+                pass
+            found = None
+            u = yarl.URL(url)
+            plain = not (transport.uds or transport.local_address or transport.socket_options or transport.retries)
+            if plain and u.scheme in ("http", "https") and u.raw_host and not u.raw_user and u.port is not None:
+                key = (u.scheme, u.raw_host, u.port)
+                pool = self._pools.get(key)
+                if pool is None:
+                    keepalive = transport.limits.keepalive_expiry
+                    pool = self._pools[key] = wire.Pool(
+                        u.raw_host,
+                        u.port,
+                        transport.ssl_context if u.scheme == "https" else None,
+                        self._limits,
+                        KEEPALIVE_EXPIRY_S if keepalive is None else keepalive,
+                        u.host_port_subcomponent or u.raw_host,
+                    )
+                found = (pool, u.raw_path_qs or "/")
+            if len(self._wire) < 256:  # endpoints are few; bounded all the same
+                self._wire[url] = found
+            return found
+
+        async def aclose(self) -> None:
+            for pool in getattr(self, "_pools", {}).values():
+                pool.close()
+            await super().aclose()
+
 
 def make_http_client(*, max_connections: int = 512, timeout: float = 120.0) -> httpx.AsyncClient:
     """One client for every provider. Falls back to httpx's default transport only if httpx_aiohttp is
@@ -239,6 +286,9 @@ async def post_json(
     direct = client.direct_transport(url) if isinstance(client, _Client) else None
     try:
         if direct is not None:
+            lean = client.wire_pool(url, direct)  # type: ignore[attr-defined]  # a _Client
+            if lean is not None:  # the deadline is wire.Pool.post's own (it raises TimeoutError too)
+                return await _send_wire(lean[0], lean[1], url, body, headers, timeout)
             async with asyncio.timeout(timeout):
                 return await _send_direct(direct, url, body, headers, timeout)
         request = httpx.Request(
@@ -251,7 +301,8 @@ async def post_json(
         async with asyncio.timeout(timeout):
             return await client.send(request)
     except TimeoutError:
-        # Raised by asyncio.timeout: the deadline passed somewhere between connect and the last byte.
+        # Raised by asyncio.timeout (or wire.Pool.post): the deadline passed somewhere between connect and the
+        # last byte.
         failure = ProviderTimeout(
             redact(f"{where}: no complete response within {timeout:g}s", secrets), request_sent=True
         )
@@ -260,9 +311,42 @@ async def post_json(
     except _RAW_AIOHTTP_ERRORS as exc:
         detail = f"{where}: {type(exc).__name__}: {scrub(str(exc), secrets) or 'no detail'}"
         failure = RetryableError(detail, error_class="connection_reset", request_sent=True)
+    except wire.ConnectFailed as exc:  # never sent: cannot have been billed
+        detail = f"{where}: {type(exc).__name__}: {scrub(str(exc), secrets) or 'no detail'}"
+        failure = RetryableError(detail, error_class="connect", request_sent=False)
+    except wire.Dropped as exc:  # sent, no complete answer: it may have been processed
+        detail = f"{where}: {type(exc).__name__}: {scrub(str(exc), secrets) or 'no detail'}"
+        failure = RetryableError(detail, error_class="connection_reset", request_sent=True)
     # Raised outside the except blocks so neither __cause__ nor __context__ holds the original exception:
     # it references the request, whose headers carry the key.
     raise failure
+
+
+def _wire_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers aiohttp sent: ours, the caller's (which win whatever their case), aiohttp's Accept-Encoding."""
+    merged = {k.lower(): (k, v) for k, v in _DEFAULT_HEADERS.items()}
+    for k, v in headers.items():
+        merged[k.lower()] = (k, v)
+    merged.setdefault("accept-encoding", ("accept-encoding", _ACCEPT_ENCODING))
+    return dict(merged.values())
+
+
+async def _send_wire(
+    pool: wire.Pool, target: str, url: str, body: dict, headers: Mapping[str, str], timeout: float
+) -> Answer:
+    """The call on the lean HTTP/1.1 client (wire.py): the headers aiohttp sent (ours, the caller's, which win
+    whatever their case, and aiohttp's Accept-Encoding), the answer read in full, decoded by httpx when encoded."""
+    key = tuple(headers.items())
+    block = pool.blocks.get(key) or pool.keep_block(key, wire.render_headers(_wire_headers(headers)))
+    answer = await pool.post(
+        target, block, orjson.dumps(body), connect_timeout=min(timeout, CONNECT_TIMEOUT_S), timeout=timeout
+    )
+    if _http_log.isEnabledFor(logging.INFO):  # httpx's line, shown at -vv (cli/main.py)
+        _http_log.info('HTTP Request: POST %s "HTTP/1.1 %d %s"', url, answer.status, answer.reason)
+    parsed = answer.parsed_headers()
+    if 200 <= answer.status < 300 and "content-encoding" not in parsed:  # nothing to decode: read as it is
+        return _Read(answer.status, answer.raw_headers, parsed, answer.content)
+    return httpx.Response(answer.status, headers=answer.raw_headers, content=answer.content)
 
 
 async def _send_direct(

@@ -184,6 +184,7 @@ class Engine:
         self._claim_epoch: dict[tuple[str, int], int] = {}  # (job, seq) -> presence epoch at its claim
         self._running: dict[tuple[str, int], _TaskRun] = {}  # (job, seq) -> its run's state, while it runs
         self._starting: dict[tuple[str, int], Callable[[], None]] = {}  # run_claimed's started(), until a slot
+        self._unsent: set[int] = set()  # attempt ids reserved ahead of their slot, call not sent yet
         self.cache = CacheHook(self, escalate=ESCALATE)
         self.batches = BatchRunner(self)  # discount channels: tasks routed to a provider batch API
 
@@ -510,12 +511,19 @@ class Engine:
     ):
         """One attempt in an in-flight slot, freed once the call has answered (or the attempt ended without one)."""
         slot = Slot(self.slots)
-        await slot.take(urgent=state.attempts > 0 or state.escalations > 0)
+        # The reservation is made while the attempt waits for its slot (a freed slot then calls at once, not one
+        # store round trip later); it is given back if the call is never sent (_release_unsent).
+        ahead = await self._reserve_ahead(ctx, claimed, cand, state, deadline)
+        try:
+            await slot.take(urgent=state.attempts > 0 or state.escalations > 0)
+        except BaseException:  # cancelled while waiting (a worker handing its claims back)
+            await self._release_unsent(ahead)
+            raise
         started = self._starting.pop((ctx.job_id, claimed.seq), None)
         if started is not None:
             started()
         try:
-            return await self._attempt_in_slot(ctx, claimed, task, call_request, cand, state, deadline, n, slot)
+            return await self._attempt_in_slot(ctx, claimed, task, call_request, cand, state, deadline, n, slot, ahead)
         finally:
             slot.free()
 
@@ -530,10 +538,22 @@ class Engine:
         deadline: float,
         n: int,
         slot: Slot,
+        ahead: int | None = None,
     ):
         """One attempt: checks, rate limit, reservation, the call, then what its answer means. Returns what
-        _try_candidate returns, or RETRY (try this model again)."""
+        _try_candidate returns, or RETRY (try this model again). `ahead`: the attempt id of a reservation made
+        while it waited for the slot (_reserve_ahead); released if the checks stop the call."""
         model, policy = cand.model, self.settings.retry
+        try:
+            return await self._checked_call(
+                ctx, claimed, task, call_request, cand, state, deadline, n, slot, ahead, model, policy
+            )
+        finally:
+            await self._release_unsent(ahead)  # a no-op once its call was sent
+
+    async def _checked_call(
+        self, ctx, claimed, task, call_request, cand, state, deadline, n, slot, ahead, model, policy
+    ):
         if self.stopping:
             raise Interrupted("the run is stopping")
         if await self.is_cancelled(ctx):
@@ -570,10 +590,19 @@ class Engine:
             )
         if not await self._still_holding(claimed, state):  # checked last thing before the money is held
             return LOST
+        if ahead is not None and self._amount(cand) > state.reserved:  # an overrun was learnt while it waited
+            await self._release_unsent(ahead)
+            ahead = None
         adapter = self.providers.get(ctx.simulate)[0][model.provider]
-        flex = self.batches.flex_call(ctx, model, adapter, deadline)  # discount channels: flex tier, or None
+        flex = None if ahead is not None else self.batches.flex_call(ctx, model, adapter, deadline)
         try:
-            attempt_id = await self._reserve(ctx, claimed, cand, state, deadline, channel="flex" if flex else "sync")
+            if ahead is not None:  # reserved while it waited for the slot: this call is what it holds for
+                attempt_id = ahead
+                self._unsent.discard(ahead)
+            else:
+                attempt_id = await self._reserve(
+                    ctx, claimed, cand, state, deadline, channel="flex" if flex else "sync", slot=slot
+                )
         except _LeaseLost:
             return LOST
         except BudgetExceeded as e:
@@ -777,6 +806,48 @@ class Engine:
         )
         return False
 
+    async def _reserve_ahead(
+        self, ctx: JobContext, claimed: repo.ClaimedTask, cand: Candidate, state: _TaskRun, deadline: float
+    ) -> int | None:
+        """The call's reservation, made before its slot is free, so a freed slot calls at once instead of one
+        store round trip later (at a fixed latency a worker's answers come together and the loop is busy
+        with them then: ~30-65 ms of every slot's cycle went there). None when the attempt will not call
+        (the slot's checks then say why), when its channel is flex (chosen at the call), or when the money
+        does not fit now: then it reserves in its slot as before, waiting for money there if it must.
+        Bounded by the tasks waiting for a slot (the flow's claim-ahead). A reservation whose call is never
+        sent is given back exactly (_release_unsent)."""
+        model = cand.model
+        if (
+            self.stopping
+            or ctx.cancelled
+            or ctx.stop_reason is not None
+            or state.attempts >= self.settings.retry.max_attempts_per_task
+            or time.time() > deadline
+        ):
+            return None
+        adapter = self.providers.get(ctx.simulate)[0][model.provider]
+        if self.batches.flex_call(ctx, model, adapter, deadline) is not None:
+            return None
+        if not await self._still_holding(claimed, state):
+            return None
+        try:
+            attempt_id = await self._reserve(ctx, claimed, cand, state, deadline, once=True)
+        except (BudgetExceeded, _LeaseLost):
+            return None
+        self._unsent.add(attempt_id)
+        return attempt_id
+
+    async def _release_unsent(self, attempt_id: int | None) -> None:
+        """Give back a reservation made ahead whose call was not sent (stop, cancel, lease lost, limits): its
+        row goes and its whole hold is released, exactly once (ledger.release_unsent). No-op once sent."""
+        if attempt_id is None or attempt_id not in self._unsent:
+            return
+        self._unsent.discard(attempt_id)
+        try:
+            await asyncio.shield(self.store.call(ledger.release_unsent, attempt_id))
+        except Exception as e:  # noqa: BLE001 - the row stays in flight; reconcile settles it, as a dead worker's
+            log.warning("attempt %d: could not release its unsent reservation: %s", attempt_id, type(e).__name__)
+
     async def _reserve(
         self,
         ctx: JobContext,
@@ -785,16 +856,19 @@ class Engine:
         state: _TaskRun,
         deadline: float,
         channel: str = "sync",
+        *,
+        once: bool = False,
+        slot: Slot | None = None,
     ) -> int:
         """Reserve the call's upper bound. A refusal that only other calls' in-flight holds cause is not
         final: those settle (usually far below their bound) and free money, so wait and try again. Give up
         (BudgetExceeded) once the amount cannot fit even if every in-flight call cost nothing, for the daily
-        cap at once, or at the task deadline. The job then stops within one call's bound of its cap."""
+        cap at once, or at the task deadline. The job then stops within one call's bound of its cap.
+        `once`: no waiting, a refusal is raised at once. `slot`: freed while it waits for money (retaken
+        before it tries again), so calls reserved ahead can go out, settle and free what it waits for."""
         model = cand.model
         purpose = "calibration" if ctx.spec.calibration else state.purpose
-        factor = self.overrun_factor.get(model.key)
-        amount = cand.upper_bound_picos if factor is None else -(-cand.upper_bound_picos * factor // 1)
-        state.reserved = amount
+        amount = state.reserved = self._amount(cand)
         delay = 0.05
         while True:
             if delay > 0.05 and not await self._still_holding(claimed, state):  # after a wait for money
@@ -814,12 +888,21 @@ class Engine:
                     channel=channel,
                 )
             except BudgetExceeded as e:
-                if e.scope != "job" or time.time() + delay > deadline:
+                if once or e.scope != "job" or time.time() + delay > deadline:
                     raise
                 if not await self.store.read(ledger.could_fit_later, ctx.job_id, amount):
                     raise
+            if slot is not None:
+                slot.free()
             await asyncio.sleep(delay * self.rng.uniform(0.5, 1.5))
+            if slot is not None:
+                await slot.take(urgent=True)
             delay = min(1.0, delay * 2)
+
+    def _amount(self, cand: Candidate) -> int:
+        """What a call on this candidate reserves: its upper bound, grown by the model's learnt overrun factor."""
+        factor = self.overrun_factor.get(cand.model.key)
+        return cand.upper_bound_picos if factor is None else -(-cand.upper_bound_picos * factor // 1)
 
     def _cost(self, usage, model: ModelInfo, state: _TaskRun) -> tuple[int, str, str | None]:
         """Actual cost from usage. A usage the catalog cannot price is never $0: it is charged at the

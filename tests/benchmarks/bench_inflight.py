@@ -27,7 +27,59 @@ from tests.benchmarks import common as C
 TARGET_RATIO = 0.9
 
 
-def run_embedded(db_url: str, path, *, concurrency: int, sim_url: str, budget_usd: str, profile_dir=None) -> dict:
+def timeline(db_url: str, job_id: str, t0: float, slots: int) -> dict:
+    """Where a run's time went, from the ledger (`--trace`): per worker, dispatch -> its first reservation,
+    the time an attempt held its slot beyond the call (reservation before the send, record after the answer:
+    started_at -> finished_at less latency_ms), how full its slots were over its span, when it last had them
+    full, and its last answer; then the last answer -> the job terminal. `t0`: epoch at dispatch/run start;
+    `slots`: in flight per worker."""
+    from sqlalchemy import select
+
+    from llmbatch.store.db import get_engine, reading
+    from llmbatch.store.schema import attempts as A, jobs as J
+
+    with reading(get_engine(db_url)) as conn:
+        rows = conn.execute(
+            select(A.c.worker, A.c.started_at, A.c.finished_at, A.c.latency_ms).where(A.c.job_id == job_id)
+        ).all()
+        done = conn.execute(select(J.c.finished_at).where(J.c.id == job_id)).scalar()
+    by: dict[str, list] = {}
+    for w, s, f, lat in rows:
+        if f is not None:
+            by.setdefault(w or "?", []).append((s, f, (lat or 0) / 1000))
+    out: dict = {"workers": {}}
+    last = max(f for v in by.values() for _, f, _ in v)
+    for w, v in sorted(by.items()):
+        first, end = min(s for s, _, _ in v), max(f for _, f, _ in v)
+        # Open attempts over time, 20 ms steps: the last time this worker had >= 90 % of its slots busy.
+        step, t, full_until, busy = 0.02, first, first, 0.0
+        events = sorted([(s, 1) for s, _, _ in v] + [(f, -1) for _, f, _ in v])
+        i = n = 0
+        while t < end:
+            while i < len(events) and events[i][0] <= t:
+                n += events[i][1]
+                i += 1
+            if n >= 0.9 * slots:
+                full_until = t
+            busy += min(n, slots) * step
+            t += step
+        out["workers"][w[-12:]] = {
+            "attempts": len(v),
+            "first_s": round(first - t0, 3),
+            "held_beyond_call_ms": round(1000 * sum(f - s - lat for s, f, lat in v) / len(v), 1),
+            "call_s": round(sum(lat for _, _, lat in v) / len(v), 3),
+            "slot_use": round(busy / (slots * max(1e-9, end - first)), 3),
+            "full_until_s": round(full_until - t0, 3),
+            "last_answer_s": round(end - t0, 3),
+        }
+    out["last_answer_s"] = round(last - t0, 3)
+    out["terminal_after_last_answer_s"] = round((done or last) - last, 3)
+    return out
+
+
+def run_embedded(
+    db_url: str, path, *, concurrency: int, sim_url: str, budget_usd: str, profile_dir=None, trace: bool = False
+) -> dict:
     from llmbatch.config import load_settings
     from llmbatch.jobs import create_job, run_embedded
     from llmbatch.models import JobSpec
@@ -41,7 +93,7 @@ def run_embedded(db_url: str, path, *, concurrency: int, sim_url: str, budget_us
     t0 = time.perf_counter()
     job_id, report = create_job(settings, path, spec, executor="local")
     with C.py_spy([os.getpid()], profile_dir, "inflight", profile_dir is not None) as files:
-        t1 = time.perf_counter()
+        t1, e1 = time.perf_counter(), time.time()
         cpu0 = time.process_time()
         status = run_embedded(settings, job_id, concurrency=concurrency)
         cpu = time.process_time() - cpu0
@@ -59,11 +111,22 @@ def run_embedded(db_url: str, path, *, concurrency: int, sim_url: str, budget_us
         "per_s": round(report.accepted / (t2 - t1), 1),
         "cpu_s": round(cpu, 2),
         **({"profile": C.summarize_collapsed(files)} if profile_dir is not None else {}),
+        **({"timeline": timeline(db_url, job_id, e1, concurrency)} if trace else {}),
     }
 
 
 def run_celery(
-    tmp, path, *, concurrency: int, workers: int, sim_url: str, budget_usd: str, redis_url: str, pg_url: str, tag: str
+    tmp,
+    path,
+    *,
+    concurrency: int,
+    workers: int,
+    sim_url: str,
+    budget_usd: str,
+    redis_url: str,
+    pg_url: str,
+    tag: str,
+    trace: bool = False,
 ) -> dict:
     from llmbatch.config import load_settings
     from llmbatch.store.db import get_engine
@@ -80,7 +143,7 @@ def run_celery(
         # The clock starts where the embedded run's does: the job stored, its units about to be queued.
         # Ingest (create_job) is bench_submit's figure; end_to_end_s below still includes it.
         job_id, n = C.create(settings, path, budget_usd=budget_usd, executor="celery")
-        t1 = time.perf_counter()
+        t1, e1 = time.perf_counter(), time.time()
         units = C.dispatch(settings, job_id)
         job, t2 = C.wait_job(db_url, job_id, timeout=600)
         cpu = C.proc_cpu_s(ws.pids()) - cpu0
@@ -101,6 +164,8 @@ def run_celery(
             "end_to_end_s": round(t2 - t0, 3),
             "cpu_s": round(cpu, 2),
         }
+        if trace:
+            out["timeline"] = timeline(db_url, job_id, e1, per_worker)
         if counts["succeeded"] != n:
             out["worker_logs"] = ws.tail()
     return out
@@ -124,6 +189,7 @@ def main(argv=None) -> dict:
     )
     ap.add_argument("--budget", default="25", help="job budget in USD (reservations are exercised either way)")
     ap.add_argument("--profile", action="store_true", help="py-spy the embedded pipeline run (summary in details)")
+    ap.add_argument("--trace", action="store_true", help="each pipeline run's timeline from the ledger (timeline())")
     args = ap.parse_args(argv)
     mach = C.machine()
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -148,6 +214,7 @@ def main(argv=None) -> dict:
                             sim_url=sim_url,
                             budget_usd=args.budget,
                             profile_dir=tmp if args.profile else None,
+                            trace=args.trace,
                         )
                     elif executor == "celery":
                         redis_url, pg_url = C.services()
@@ -161,12 +228,15 @@ def main(argv=None) -> dict:
                             redis_url=redis_url,
                             pg_url=pg_url,
                             tag=tag,
+                            trace=args.trace,
                         )
                     else:
                         raise SystemExit(f"unknown executor {executor!r}")
                     st = C.sim_stats(sim_url)
                     p["sim_total"], p["sim_by_model"], p["sim_by_status"] = st["total"], st["by_model"], st["by_status"]
                     C.log(f"{tag} pipeline: {p['per_s']} tasks/s, {st['total']} calls {st['by_model']} ({p['counts']})")
+                    if "timeline" in p:
+                        C.log(f"{tag} timeline: {p['timeline']}")
                     C.sim_reset(sim_url)
                     calls = C.call_mix(st["by_model"], classify=True)
                     b = C.bare_mix(sim_url, calls, concurrency=args.concurrency, tasks=args.tasks)

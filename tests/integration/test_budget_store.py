@@ -7,11 +7,13 @@ import random
 import threading
 
 import pytest
+from sqlalchemy import func, select
 
 from llmbatch.errors import BudgetExceeded
 from llmbatch.models import Usage
 from llmbatch.store import ledger as ledger_api, repo
 from llmbatch.store.db import get_engine
+from llmbatch.store.schema import attempts, budget_windows, tasks
 from tests.support.cli import make_store_job
 
 
@@ -168,3 +170,51 @@ def test_poison_task_fails_after_max_deliveries(store_url):
     with engine.connect() as c:
         counts = repo.task_counts(c, job)
     assert counts["failed"] == 1
+
+
+def test_a_reservation_never_sent_is_released_exactly_once(store_url):
+    """ledger.release_unsent (a call reserved ahead of its slot, then not sent): its row goes and its whole hold
+    comes back, once; a settled attempt is never released, a released one never settled."""
+    engine = get_engine(store_url)
+    job = _job(engine, 2, 1000)
+
+    def reserve(seq: int, amount: int) -> int:
+        return ledger_api.reserve(
+            engine,
+            job_id=job,
+            task_seq=seq,
+            task_id=f"t{seq}",
+            provider="p",
+            model="m",
+            amount_picos=amount,
+            purpose="first",
+            worker="w",
+            daily_cap_picos=10_000,
+        )
+
+    sent, unsent = reserve(0, 600), reserve(1, 400)
+    with pytest.raises(BudgetExceeded):  # both holds count against the cap
+        reserve(1, 1)
+    assert ledger_api.release_unsent(engine, unsent)
+    assert not ledger_api.release_unsent(engine, unsent)  # exactly once
+    assert not ledger_api.settle(
+        engine, ledger_api.Settlement(attempt_id=unsent, status="succeeded", cost_picos=5, cost_source="usage")
+    )
+    assert ledger_api.settle(
+        engine, ledger_api.Settlement(attempt_id=sent, status="succeeded", cost_picos=250, cost_source="usage")
+    )
+    assert not ledger_api.release_unsent(engine, sent)  # a settled call keeps its cost
+    with engine.connect() as c:
+        j = repo.get_job(c, job)
+        assert (j["reserved_picos"], j["spent_picos"]) == (0, 250) and ledger_api.ledger_sum(c, job) == 250
+        counted = c.execute(select(tasks.c.attempts).where(tasks.c.job_id == job).order_by(tasks.c.seq)).scalars()
+        assert list(counted) == [1, 0]  # the task's attempts count calls made, not reservations given back
+        window = c.execute(select(budget_windows.c.reserved_picos, budget_windows.c.spent_picos)).one()
+        assert tuple(window) == (0, 250)  # the daily window's hold came back too
+        assert c.execute(select(func.count()).select_from(attempts).where(attempts.c.job_id == job)).scalar() == 1
+    late = reserve(1, 750)  # the released money is free again
+    with engine.begin() as c:  # its claim taken over while it waited: the row is marked unknown, still unsent
+        ledger_api.mark_lost(c, job, seqs=[1], error_class="lease_lost", error_message="taken over")
+    assert ledger_api.release_unsent(engine, late)
+    with engine.connect() as c:
+        assert repo.get_job(c, job)["reserved_picos"] == 0 and ledger_api.ledger_sum(c, job) == 250

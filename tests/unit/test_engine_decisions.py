@@ -77,9 +77,9 @@ class FakeAdapter:
         return Completion(text=out, usage=Usage(input_tokens=50, output_tokens=2))
 
 
-def run_engine(tmp_path, script, *, n=1, spec_extra=None, before=None, during=None):
+def run_engine(tmp_path, script, *, n=1, spec_extra=None, before=None, during=None, drive=None):
     """Create a job of `n` classify lines, run it through an Engine with FakeAdapter(script); returns
-    (task rows, attempt rows, adapter, job id)."""
+    (task rows, attempt rows, adapter, job id). `drive(flow, job_id)`: runs the flow instead of feed + drain."""
     url = f"sqlite:///{tmp_path / 'e.db'}"
     settings = Settings(database_url=url, retry=POLICY)
     src = tmp_path / "in.jsonl"
@@ -115,8 +115,11 @@ def run_engine(tmp_path, script, *, n=1, spec_extra=None, before=None, during=No
             if during:
                 during.engine = engine
             flow = TaskFlow(engine, ahead=n)  # the executors' task-level flow (executors/flow.py)
-            await flow.feed(job_id, 0, n - 1)
-            await flow.drain()
+            if drive:
+                await drive(flow, job_id)
+            else:
+                await flow.feed(job_id, 0, n - 1)
+                await flow.drain()
         finally:
             store.close()
 
@@ -256,3 +259,67 @@ def test_in_flight_slots_are_held_by_calls_not_by_the_records_after_them(tmp_pat
     assert [r["status"] for r in t] == ["succeeded"] * 8 and len(ad.calls) == 8
     assert live[1] == 4
     assert sorted(calls)[4] < min(recorded)  # the 5th call went out before the first record was written
+
+
+# ------------------------------------------------------------------- reservations made ahead of the slot
+
+
+def _ahead_case(tmp_path, then):
+    """8 tasks, 4 slots: the first 4 calls wait until the other 4 tasks have reserved while waiting for a
+    slot (8 attempt rows in flight), then `then(engine, job_id, url)` runs and the calls answer. Returns
+    run_engine's rows, the job row and the ledger sum."""
+    from llmbatch.store import ledger
+
+    holder, seen = {}, []
+
+    async def answer():
+        if not seen:
+            for _ in range(200):  # the 4 waiting tasks reserve ahead of their slot
+                with get_engine(holder["url"]).connect() as c:
+                    n = c.execute(select(attempts.c.id).where(attempts.c.status == "in_flight")).all()
+                if len(n) == 8:
+                    break
+                await asyncio.sleep(0.01)
+            seen.append(len(n))
+            await then(holder["engine"], holder["job"], holder["url"])
+        await asyncio.sleep(0.02)
+        return "positive"
+
+    def before(engine, job_id):
+        holder["url"], holder["job"] = str(engine.url), job_id
+
+    class During:
+        def __setattr__(self, k, v):
+            holder["engine"] = v
+
+    t, a, ad, job_id = run_engine(
+        tmp_path, lambda m, k: answer(), n=8, before=before, during=During(), spec_extra={"budget_usd": "1"}
+    )
+    with get_engine(holder["url"]).connect() as c:
+        job = repo.get_job(c, job_id)
+        total = ledger.ledger_sum(c, job_id)
+    assert seen == [8], "the tasks waiting for a slot held their reservations"
+    return t, a, ad, job, total
+
+
+def test_a_stop_gives_back_the_reservations_of_calls_never_sent(tmp_path):
+    async def stop(engine, job_id, url):
+        engine.stop()
+
+    t, a, ad, job, total = _ahead_case(tmp_path, stop)
+    assert len(ad.calls) == 4 and [x["status"] for x in a] == ["succeeded"] * 4  # unsent rows are gone
+    assert sorted(r["status"] for r in t) == ["running"] * 4 + ["succeeded"] * 4  # the rest is handed back
+    assert job["reserved_picos"] == 0 and job["spent_picos"] == total > 0
+    assert [r["attempts"] for r in t if r["status"] == "running"] == [0] * 4
+
+
+def test_a_cancel_gives_back_the_reservations_of_calls_never_sent(tmp_path):
+    async def cancel(engine, job_id, url):
+        with get_engine(url).begin() as c:
+            repo.request_cancel(c, job_id)
+        await engine.is_cancelled(engine._jobs[job_id], fresh=True)  # seen now, not within the next second
+
+    t, a, ad, job, total = _ahead_case(tmp_path, cancel)
+    assert len(ad.calls) == 4 and len(a) == 4
+    assert sorted(r["status"] for r in t) == ["cancelled"] * 4 + ["succeeded"] * 4
+    assert job["reserved_picos"] == 0 and job["spent_picos"] == total > 0

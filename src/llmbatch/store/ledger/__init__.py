@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, Engine, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, case, delete, func, insert, or_, select, update
 
 from ..db import reading
 from .. import job_counts
@@ -50,6 +50,7 @@ __all__ = [
     "note_stop",
     "overruns_seen",
     "reconcile",
+    "release_unsent",
     "reserve",
     "reserve_many",
     "settle",
@@ -315,6 +316,25 @@ def settle(conn: Connection, s: Settlement, *, deferred: Deferred) -> bool:
     job_id, seq, reserved, window = row
     conn.execute(_SETTLE_TASK, {"b_job": job_id, "b_seq": seq, "b_cost": s.cost_picos, **tokens})
     deferred.part(BudgetRows).add_settlement(job_id, window, reserved, s.cost_picos)
+    return True
+
+
+@in_transaction
+def release_unsent(conn: Connection, attempt_id: int, *, deferred: Deferred) -> bool:
+    """Give back a reservation whose call was never sent (the run stopped, the job was cancelled or the claim
+    lost while the call waited for its slot): the attempt row goes, as a refused reservation's does, and its
+    whole hold is released (cost 0). Only the caller knows the call was not sent: a claim taken over meanwhile
+    may have marked the row unknown (mark_lost), and it is released all the same. Exactly once, and only while
+    unsettled: a settle or a reconcile that came first wins and this changes nothing (False)."""
+    row = conn.execute(
+        delete(attempts)
+        .where(attempts.c.id == attempt_id, attempts.c.settled.is_(False))
+        .returning(attempts.c.job_id, attempts.c.reserved_picos, attempts.c.budget_window)
+    ).first()
+    if row is None:
+        return False
+    job_id, reserved, window = row
+    deferred.part(BudgetRows).add_settlement(job_id, window, reserved, 0)
     return True
 
 

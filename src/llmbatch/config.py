@@ -47,7 +47,7 @@ from dataclasses import dataclass, fields
 from functools import cached_property
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -169,6 +169,9 @@ class Settings(BaseSettings):
     service_files_dir: str = "llmbatch-files"  # `llmbatch serve` keeps uploaded and result files here
     service_parallel_jobs: PositiveInt = 2  # batches the embedded service runs at once (the rest wait their turn)
     metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None  # `llmbatch worker` serves /metrics here
+    # Provider calls go out on llmbatch's lean HTTP/1.1 client (providers/wire.py: ~0.1 ms CPU per call against
+    # aiohttp's ~0.33); "aiohttp" sends them through aiohttp's client instead, should a server need it.
+    http_client: Literal["lean", "aiohttp"] = "lean"
 
     @classmethod
     def settings_customise_sources(

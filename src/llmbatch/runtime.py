@@ -119,7 +119,11 @@ async def open_engine(
     """`publish(job_id, lo, hi)` (Celery) re-queues the units this process hands back when it stops."""
     catalog = load_catalog(settings)
     store = AsyncStore(settings.database_url)
-    client = make_http_client(max_connections=max(concurrency * 2, 64), timeout=settings.retry.call_timeout_s)
+    client = make_http_client(
+        max_connections=max(concurrency * 2, 64),
+        timeout=settings.retry.call_timeout_s,
+        lean=settings.http_client == "lean",
+    )
     limiter = make_rate_limiter(settings, shared=shared_limits)
     providers = ProviderSet(catalog, client, settings, force_simulate=force_simulate)
     engine = Engine(

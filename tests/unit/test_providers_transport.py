@@ -340,3 +340,54 @@ def test_a_header_with_a_line_break_is_never_sent():
     with pytest.raises(ValueError) as info:
         wire.render_headers({"authorization": "Bearer sk-x\r\nx-evil: 1"})
     assert "sk-x" not in str(info.value)
+
+
+async def _serve_tls(cert_for: str, ca) -> tuple[web.AppRunner, str]:
+    """The OpenAI answer over HTTPS on 127.0.0.1 with a certificate for `cert_for`, signed by trustme's `ca`."""
+    import ssl
+
+    async def handler(request: web.Request) -> web.Response:
+        assert request.headers["authorization"] == f"Bearer {KEY}"
+        return web.Response(body=_OK_BODY, content_type="application/json", headers={"x-request-id": "req_tls"})
+
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(cert_for).configure_cert(server_ssl)
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ssl)
+    await site.start()
+    return runner, f"https://127.0.0.1:{runner.addresses[0][1]}"
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "aiohttp"])
+def test_https_calls_verify_the_certificate_on_either_client(monkeypatch, tmp_path, lean):
+    """Over TLS: a certificate from a trusted CA (SSL_CERT_FILE, as a corporate CA would be given) is accepted,
+    on the lean client (setting http_client = "lean", the default) and on aiohttp's; a certificate for another
+    name or from an unknown CA is refused before anything is sent (a connect failure: never billed)."""
+    trustme = pytest.importorskip("trustme")
+    trusted, unknown = trustme.CA(), trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    trusted.cert_pem.write_to_path(str(ca_file))
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+
+    async def call(cert_for: str, ca):
+        runner, url = await _serve_tls(cert_for, ca)
+        client = make_http_client(timeout=5, lean=lean)
+        try:
+            done = await _adapter(client, url).complete(MODEL, REQUEST, timeout=5)
+            on_wire = bool(getattr(client, "_pools", None))
+            return done, on_wire
+        finally:
+            await client.aclose()
+            await runner.cleanup()
+
+    done, on_wire = asyncio.run(call("127.0.0.1", trusted))
+    assert done.text == "positive" and done.provider_request_id == "req_tls"
+    assert on_wire is lean  # the setting chose the client that made the call
+    for cert_for, ca in (("other.example", trusted), ("127.0.0.1", unknown)):
+        with pytest.raises(RetryableError) as info:
+            asyncio.run(call(cert_for, ca))
+        assert info.value.error_class == "connect" and info.value.request_sent is False, (cert_for, info.value)
+        assert "certificate" in str(info.value).lower() or "ssl" in str(info.value).lower()

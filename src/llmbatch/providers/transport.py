@@ -153,6 +153,7 @@ if HttpxAiohttpClient is not None:
         have picked, when that is a plain AiohttpTransport without a proxy (else through httpx)."""
 
         _direct: dict[str, AiohttpTransport | None]
+        lean: bool = True  # calls on wire.py where it can take them (setting `http_client`)
 
         def direct_transport(self, url: str) -> AiohttpTransport | None:
             try:
@@ -173,6 +174,8 @@ if HttpxAiohttpClient is not None:
         def wire_pool(self, url: str, transport: AiohttpTransport) -> tuple[wire.Pool, str] | None:
             """(the lean client's pool for the URL's origin, the request target), for a direct transport with no
             option the lean client lacks (a Unix socket, a local address, socket options); else None."""
+            if not self.lean:
+                return None
             try:
                 return self._wire[url]
             except AttributeError:
@@ -207,9 +210,10 @@ if HttpxAiohttpClient is not None:
             await super().aclose()
 
 
-def make_http_client(*, max_connections: int = 512, timeout: float = 120.0) -> httpx.AsyncClient:
+def make_http_client(*, max_connections: int = 512, timeout: float = 120.0, lean: bool = True) -> httpx.AsyncClient:
     """One client for every provider. Falls back to httpx's default transport only if httpx_aiohttp is
-    missing. The client binds to the event loop that first uses it; close it with `await client.aclose()`."""
+    missing. The client binds to the event loop that first uses it; close it with `await client.aclose()`.
+    `lean=False` keeps provider calls on aiohttp's client rather than wire.py."""
     limits = httpx.Limits(
         max_connections=max_connections,
         max_keepalive_connections=max_connections,
@@ -220,7 +224,9 @@ def make_http_client(*, max_connections: int = 512, timeout: float = 120.0) -> h
         return httpx.AsyncClient(limits=limits, timeout=timeouts)
     # The subclass (rather than AsyncClient(transport=...)) keeps proxy settings from the environment working:
     # httpx ignores HTTP(S)_PROXY whenever an explicit transport is passed.
-    return _Client(limits=limits, timeout=timeouts)
+    client = _Client(limits=limits, timeout=timeouts)
+    client.lean = lean
+    return client
 
 
 def _aiohttp_cause(exc: BaseException) -> tuple[str, BaseException] | None:

@@ -63,8 +63,16 @@ def timeline(db_url: str, job_id: str, t0: float, slots: int) -> dict:
                 full_until = t
             busy += min(n, slots) * step
             t += step
+        # Waves (fixed latency): sends (finish less latency) in clusters more than half a call apart; the cycle
+        # is the mean time from one wave's first send to the next's.
+        sends = sorted(f - lat for _, f, lat in v)
+        call = sum(lat for _, _, lat in v) / len(v)
+        starts = [sends[0]] + [b for a, b in zip(sends, sends[1:]) if b - a > call / 2]
         out["workers"][w[-12:]] = {
             "attempts": len(v),
+            "waves": len(starts),
+            "cycle_s": round((starts[-1] - starts[0]) / max(1, len(starts) - 1), 3),
+            "last_wave_calls": sum(1 for x in sends if x >= starts[-1]),
             "first_s": round(first - t0, 3),
             "held_beyond_call_ms": round(1000 * sum(f - s - lat for s, f, lat in v) / len(v), 1),
             "call_s": round(sum(lat for _, _, lat in v) / len(v), 3),

@@ -257,7 +257,8 @@ class UnitRequest(Request):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._connection_errors = (*self._connection_errors, AttributeError)
+        errors: tuple[type[BaseException], ...] = self.connection_errors  # the property over _connection_errors
+        self._connection_errors = (*errors, AttributeError)
 
 
 @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True, Request=UnitRequest)
@@ -280,13 +281,37 @@ def unit_size(settings, open_tasks: int) -> int:
     return max(settings.chunk_size, math.ceil(open_tasks / max(1, settings.max_units_per_dispatch)))
 
 
+# The job's last TAIL_UNITS units go out as messages TAIL_SPLIT times smaller. Workers take a message whenever
+# they have room, so a job ends when the worker holding the most claimed tasks at the moment the queue runs dry
+# has finished them; whole units there leave workers up to a unit or two apart (measured: two workers at 100 in
+# flight ended 1,008 and 1,108 calls, and one ran a last wave alone, ~1 s). Small last messages even that out.
+TAIL_UNITS = 4
+TAIL_SPLIT = 5
+
+
+def tapered(ranges: list[tuple[int, int]], unit: int) -> list[tuple[int, int]]:
+    """`ranges` (contiguous open seq ranges, at most `unit` wide, in order) with the last TAIL_UNITS units'
+    worth of tasks re-cut into ranges of unit // TAIL_SPLIT (at least 1)."""
+    small = max(1, unit // TAIL_SPLIT)
+    cut, tail = len(ranges), 0
+    while cut > 0 and tail < TAIL_UNITS * unit:
+        cut -= 1
+        tail += ranges[cut][1] - ranges[cut][0] + 1
+    out = ranges[:cut]
+    for lo, hi in ranges[cut:]:
+        out.extend((start, min(start + small - 1, hi)) for start in range(lo, hi + 1, small))
+    return out
+
+
 def dispatch_job(settings, job_id: str) -> int:
-    """Publish one message per unit of the job's unfinished tasks, over one broker connection."""
+    """Publish one message per unit of the job's unfinished tasks (the last ones smaller: `tapered`), over one
+    broker connection."""
     configure(settings)
     engine = get_engine(settings.database_url)
     with reading(engine) as conn:
         open_tasks = sum(repo.task_counts(conn, job_id)[s] for s in ("queued", "running"))
-        ranges = repo.open_seq_ranges(conn, job_id, unit_size(settings, open_tasks))
+        unit = unit_size(settings, open_tasks)
+        ranges = tapered(repo.open_seq_ranges(conn, job_id, unit), unit)
     with app.producer_or_acquire() as producer:
         for lo, hi in ranges:
             app.send_task(TASK_NAME, args=[job_id, lo, hi], queue=QUEUE, producer=producer)

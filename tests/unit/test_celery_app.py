@@ -1,4 +1,4 @@
-"""A late ack that fails inside kombu once the broker connection is gone must not kill the worker."""
+"""The Celery executor's pure parts: a late ack failing inside kombu must not kill the worker; the last units are smaller."""
 
 from __future__ import annotations
 
@@ -45,3 +45,19 @@ def test_an_ack_failing_after_the_broker_connection_is_lost_is_logged_not_raised
         request.acknowledge()
         assert request.acknowledged
     assert "Couldn't ack" in caplog.text
+
+
+def test_the_last_units_of_a_job_go_out_smaller_and_every_task_exactly_once():
+    from llmbatch.executors.celery_app import TAIL_SPLIT, TAIL_UNITS, tapered
+
+    unit = 50
+    ranges = [(lo, min(lo + unit - 1, 1999)) for lo in range(0, 2000, unit)]
+    ranges[3] = (150, 170)  # a gap (tasks already finished): 171..199 are done
+    out = tapered(ranges, unit)
+    seqs = [s for lo, hi in out for s in range(lo, hi + 1)]
+    assert seqs == [s for lo, hi in ranges for s in range(lo, hi + 1)]  # the same tasks, once each, in order
+    widths = [hi - lo + 1 for lo, hi in out]
+    assert widths[: len(ranges) - TAIL_UNITS] == [hi - lo + 1 for lo, hi in ranges[: len(ranges) - TAIL_UNITS]]
+    assert widths[len(ranges) - TAIL_UNITS :] == [unit // TAIL_SPLIT] * (TAIL_UNITS * TAIL_SPLIT)
+    assert tapered([(0, 2)], unit) == [(0, 2)] and tapered([], unit) == []
+    assert tapered([(0, 3)], 1) == [(0, 0), (1, 1), (2, 2), (3, 3)]  # unit 1: never a width of 0

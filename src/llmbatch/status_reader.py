@@ -70,6 +70,7 @@ SETTINGS_KEYS = frozenset(
         "service_files_dir",
         "service_parallel_jobs",
         "metrics_port",
+        "http_client",
     }
 )
 MIGRATIONS = Path(__file__).with_name("store") / "migrations" / "versions"

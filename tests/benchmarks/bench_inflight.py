@@ -13,6 +13,8 @@ For each scenario (simulator latency: `lognormal` p50/p99, `fixed` --latency) an
 - baseline: a bare aiohttp loop, `concurrency` coroutines over one session, making the SAME calls (the same
   number per model, counted by the simulator during the pipeline run), in a shuffled order, with no
   dependency between a task's first call and its escalation (so the baseline is, if anything, favoured).
+  Also reported (`ratio_chained`, not the target): the same calls in a bare loop that escalates as it goes,
+  as a hand-written one would (a task's escalation after its first answer).
 Both figures are tasks/s (the baseline: the pipeline's task count over its time). Target (issue 14):
 pipeline >= 0.9 x baseline in every scenario and executor.
 """
@@ -249,10 +251,14 @@ def main(argv=None) -> dict:
                     calls = C.call_mix(st["by_model"], classify=True)
                     b = C.bare_mix(sim_url, calls, concurrency=args.concurrency, tasks=args.tasks)
                     C.log(f"{tag} baseline: {b['per_s']} tasks/s ({b['req_per_s']} req/s, {b['statuses']})")
+                    C.sim_reset(sim_url)
+                    chains = C.call_mix(st["by_model"], classify=True, chained=True)
+                    bc = C.bare_mix(sim_url, chains, concurrency=args.concurrency, tasks=args.tasks)
+                    C.log(f"{tag} baseline, escalating as it goes: {bc['per_s']} tasks/s ({bc['statuses']})")
                     ok = (
                         p["counts"]["succeeded"] == args.tasks
                         and p["spent_picos"] == p["ledger_picos"]
-                        and b["ok"] == len(calls)
+                        and b["ok"] == b["requests"] == bc["ok"] == st["total"]
                     )
                     runs.append(
                         {
@@ -261,6 +267,10 @@ def main(argv=None) -> dict:
                             "pipeline": p,
                             "baseline": b,
                             "ratio": round(p["per_s"] / b["per_s"], 3),
+                            # against a bare loop that escalates as it goes, as a hand-written one does (a
+                            # task's escalation waits for its first answer): reported, not the target
+                            "baseline_chained": bc,
+                            "ratio_chained": round(p["per_s"] / bc["per_s"], 3),
                             "correct": ok,
                             "cpu_ms_per_task": round(1000 * p["cpu_s"] / args.tasks, 2),
                         }
@@ -291,6 +301,7 @@ def main(argv=None) -> dict:
         },
         machine_info=mach,
         ratios={f"{r['scenario']}/{r['executor']}": r["ratio"] for r in runs},
+        ratios_chained={f"{r['scenario']}/{r['executor']}": r["ratio_chained"] for r in runs},
         runs=runs,
     )
     C.emit(res, args.out)

@@ -228,11 +228,20 @@ def write_classify(path: Path, n: int) -> Path:
 
 
 def call_mix(
-    calls_by_model: dict[str, int], *, classify: bool, max_output_tokens: int = 64, seed: int = 14
-) -> list[tuple[str, bytes, dict]]:
-    """The calls an engine run made, as (url path, body, headers), `calls_by_model[model id]` of each, in a
-    shuffled order: the bare loop then runs the same request mix (the same number of calls per model) as
-    the pipeline did. Bodies are built by the library's own adapters from one task line of the benchmark."""
+    calls_by_model: dict[str, int],
+    *,
+    classify: bool,
+    max_output_tokens: int = 64,
+    seed: int = 14,
+    chained: bool = False,
+) -> list[list[tuple[str, bytes, dict]]]:
+    """The calls an engine run made, as (url path, body, headers), `calls_by_model[model id]` of each, in
+    chains run one call after the other, in a shuffled order: the bare loop then runs the same request mix
+    (the same number of calls per model) as the pipeline did. Unchained, every call is a chain of its own
+    (no call waits for another: the ceiling); `chained`, as a hand-written loop that escalates would make
+    them: the most-called model's calls start the chains and each less-called model's calls follow in as many
+    of them (a first call, then its escalation). Bodies are built by the library's own adapters from one task
+    line of the benchmark."""
     import random
 
     from llmbatch.catalog.loading import load_catalog
@@ -262,7 +271,7 @@ def call_mix(
     request = build_request(task)
     decision = route(task, request, catalog, credentials=available_credentials(catalog, simulate=True))
     by_id = {c.model.model: c for c in decision.candidates}
-    calls: list[tuple[str, bytes, dict]] = []
+    by_model: list[tuple[int, tuple[str, bytes, dict]]] = []
     for model_id, n in calls_by_model.items():
         cand = by_id[model_id]
         provider = catalog.providers[cand.model.provider]
@@ -279,24 +288,30 @@ def call_mix(
             "accept": "application/json",
             **adapter.auth_headers(SIMULATOR_KEY),
         }
-        calls += [(adapter.endpoint(cand.model), body, headers)] * n
-    random.Random(seed).shuffle(calls)
-    return calls
+        by_model.append((n, (adapter.endpoint(cand.model), body, headers)))
+    if not chained:
+        chains = [[call] for n, call in by_model for _ in range(n)]
+    else:
+        by_model.sort(key=lambda x: -x[0])
+        chains = [[call for n, call in by_model if i < n] for i in range(by_model[0][0] if by_model else 0)]
+    random.Random(seed).shuffle(chains)
+    return chains
 
 
-async def _bare_mix(url: str, calls: list[tuple[str, bytes, dict]], concurrency: int) -> tuple[float, dict]:
+async def _bare_mix(url: str, chains: list[list[tuple[str, bytes, dict]]], concurrency: int) -> tuple[float, dict]:
     import aiohttp
 
     statuses: dict[int, int] = {}
-    todo = iter(calls)
+    todo = iter(chains)
     connector = aiohttp.TCPConnector(limit=concurrency * 2, limit_per_host=0)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def worker():
-            for path, data, headers in todo:
-                async with session.post(f"{url}{path}", data=data, headers=headers) as r:
-                    await r.read()
-                    statuses[r.status] = statuses.get(r.status, 0) + 1
+            for chain in todo:
+                for path, data, headers in chain:
+                    async with session.post(f"{url}{path}", data=data, headers=headers) as r:
+                        await r.read()
+                        statuses[r.status] = statuses.get(r.status, 0) + 1
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -304,16 +319,17 @@ async def _bare_mix(url: str, calls: list[tuple[str, bytes, dict]], concurrency:
     return elapsed, statuses
 
 
-def bare_mix(url: str, calls: list[tuple[str, bytes, dict]], *, concurrency: int, tasks: int) -> dict:
-    """A bare aiohttp loop making exactly `calls` (see call_mix) with `concurrency` in flight. Its figure is
-    `tasks` per second: the tasks the same calls served in the pipeline (escalated tasks needed 2 calls)."""
-    elapsed, statuses = asyncio.run(_bare_mix(url, calls, concurrency))
+def bare_mix(url: str, chains: list[list[tuple[str, bytes, dict]]], *, concurrency: int, tasks: int) -> dict:
+    """A bare aiohttp loop making exactly the calls of `chains` (see call_mix) with `concurrency` in flight. Its
+    figure is `tasks` per second: the tasks the same calls served in the pipeline (escalated tasks needed 2)."""
+    elapsed, statuses = asyncio.run(_bare_mix(url, chains, concurrency))
+    calls = sum(len(c) for c in chains)
     return {
-        "requests": len(calls),
+        "requests": calls,
         "ok": statuses.get(200, 0),
         "statuses": statuses,
         "seconds": round(elapsed, 3),
-        "req_per_s": round(len(calls) / elapsed, 1),
+        "req_per_s": round(calls / elapsed, 1),
         "per_s": round(tasks / elapsed, 1),
     }
 
@@ -371,7 +387,7 @@ def bare_aiohttp(url: str, *, n: int, concurrency: int, max_output_tokens: int =
     aiohttp session: the ceiling any client in one process can reach against this simulator."""
     _, body, headers = sample_request(max_output_tokens)
     elapsed, statuses = asyncio.run(
-        _bare_mix(url, [("/v1/chat/completions", orjson.dumps(body), headers)] * n, concurrency)
+        _bare_mix(url, [[("/v1/chat/completions", orjson.dumps(body), headers)]] * n, concurrency)
     )
     ok = statuses.get(200, 0)
     return {

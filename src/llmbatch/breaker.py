@@ -39,6 +39,7 @@ class Ticket:
 @dataclass
 class _State:
     failures: int = 0  # consecutive server-side failures since the last success
+    failing_since: float = 0.0  # when the first of them was seen
     opens: int = 0  # times opened since the last success (the hold doubles each time); 0 = closed
     open_until: float = 0.0
     probe: Ticket | None = None  # the half-open trial call in progress
@@ -70,6 +71,8 @@ class ProviderBreaker:
         if self.threshold <= 0:
             return None
         st = self._states.setdefault(provider, _State())
+        if st.failures == 0:
+            st.failing_since = now
         st.failures += 1
         if now < st.open_until or st.failures < self.threshold:
             return None  # already open (a call that was in flight), or not enough failures yet
@@ -80,9 +83,15 @@ class ProviderBreaker:
         self.health.cooldown_until[provider] = max(self.health.cooldown_until.get(provider, 0.0), st.open_until)
         return hold
 
-    def success(self, provider: str) -> None:
-        """The provider answered: close the breaker and forget the failures."""
+    def success(self, provider: str, sent_at: float | None = None) -> None:
+        """The provider answered a call sent at `sent_at`: close the breaker and forget the failures. An answer
+        to a call sent before the first of those failures was seen is old news (it was already in flight when
+        the provider began failing: at the start of an outage, slow answers to earlier calls come after the
+        fast 5xx) and changes nothing; else each one closed the breaker and let every waiting task call into
+        the outage again."""
         st = self._states.get(provider)
+        if st is not None and sent_at is not None and st.failures and sent_at < st.failing_since:
+            return
         if st is not None and (st.failures or st.opens):
             # A cooldown the breaker set ends now (a 429's cooldown is on a model key, not on the provider).
             if self.health.cooldown_until.get(provider) == st.open_until:

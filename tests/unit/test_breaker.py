@@ -83,3 +83,21 @@ def test_zero_threshold_disables_it():
     off = ProviderBreaker(Health(), threshold=0)
     assert all(off.failure("p", float(t)) is None for t in range(100))
     assert off.admit("p", 100.0)[0] is not None
+
+
+def test_an_answer_to_a_call_sent_before_the_failures_began_does_not_close_it():
+    """At the start of an outage the fast 5xx come back before slow answers to calls sent earlier; those old
+    answers must not close the breaker (each did, and every waiting task called into the outage again)."""
+    h = Health()
+    b = ProviderBreaker(h, threshold=2, base_hold_s=2.0, max_hold_s=30.0)
+    assert _open(b, "p", 10.0) == 2.0  # the first failure seen at 10.0
+    b.success("p", sent_at=9.9)  # sent before it: in flight all along
+    assert b.admit("p", 10.5) == (None, pytest.approx(1.5)) and h.cooldown_until["p"] == 12.0
+    probe, _ = b.admit("p", 12.1)
+    b.success("p", sent_at=12.1)  # the probe's answer: sent after the failures began
+    b.release(probe)
+    assert b.admit("p", 12.2)[0] is not None and "p" not in h.cooldown_until
+    # Closed with failures counting: an old answer does not reset the count either.
+    b.failure("p", 20.0)
+    b.success("p", sent_at=19.0)
+    assert b.failure("p", 20.1) == 2.0

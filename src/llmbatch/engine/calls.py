@@ -215,7 +215,7 @@ class CallsMixin(EngineParts):
         state.attempts += 1
         self.progress.attempts += 1
         state.purpose = "retry"
-        started = time.monotonic()
+        started, sent_at = time.monotonic(), time.time()
         try:
             completion = await (flex or adapter).complete(model, call_request, timeout=policy.call_timeout_s)
         except ProviderError as e:
@@ -230,7 +230,7 @@ class CallsMixin(EngineParts):
         self._learn_overrun(model.key, cand.upper_bound_picos, cost_picos)
         slot.free()  # answered: the rest (settle, record, cache) runs outside the slot
         latency = int((time.monotonic() - started) * 1000)
-        self.breaker.success(model.provider)
+        self.breaker.success(model.provider, sent_at)
         self._observe_latency(model.key, latency)
         used = completion.usage.input_tokens + completion.usage.output_tokens
         if used < tpm_tokens:  # TPM was taken at the upper estimate; give back what the call did not use
@@ -276,7 +276,7 @@ class CallsMixin(EngineParts):
                     hold,
                 )
         elif e.request_sent:  # a 4xx or a 429 is still an answer: the provider is up
-            self.breaker.success(model.provider)
+            self.breaker.success(model.provider, time.time() - latency / 1000)
         if isinstance(e, RetryableError) and outcome_unknown(e):
             # Sent, but no usable answer: it may have been billed. Keep the reservation for reconcile.
             await self.store.call(

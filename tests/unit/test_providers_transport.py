@@ -334,12 +334,23 @@ def test_connections_are_kept_alive_unless_the_server_closes_them_and_stay_withi
     assert open_now[1] <= 2
 
 
-def test_a_header_with_a_line_break_is_never_sent():
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"authorization": "Bearer sk-x\r\nx-evil: 1"},
+        {"authorization": "Bearer sk-x\nx-evil: 1"},
+        {"authorization": "Bearer sk-x\0"},
+        {"x-evil\r\nhost": "a"},
+        {"x-evil: 1\r\nx": "a"},
+    ],
+)
+def test_a_header_with_a_line_break_or_nul_is_never_sent(headers):
     from llmbatch.providers import wire
 
     with pytest.raises(ValueError) as info:
-        wire.render_headers({"authorization": "Bearer sk-x\r\nx-evil: 1"})
+        wire.render_headers(headers)
     assert "sk-x" not in str(info.value)
+    assert wire.render_headers({"authorization": "Bearer sk-x"}) == "authorization: Bearer sk-x\r\n"
 
 
 async def _serve_tls(cert_for: str, ca) -> tuple[web.AppRunner, str]:

@@ -16,6 +16,7 @@ unparsable answer) is a Dropped: it may have been processed.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 import time
@@ -391,12 +392,16 @@ def _expire(waiter: asyncio.Future) -> None:
         waiter.set_exception(TimeoutError())
 
 
+_FORBIDDEN = re.compile(r"[\r\n\0]")
+
+
 def render_headers(headers: dict[str, str]) -> str:
-    """Request headers as lines; a name or value with a line break (a header injection) is refused."""
+    """Request headers as lines; a name or value with a line break or NUL (a header injection), or a name with
+    a colon, is refused."""
     out = []
     for k, v in headers.items():
-        if "\r" in k or "\n" in k or "\r" in v or "\n" in v or ":" in k:
-            raise ValueError("a request header name or value contains a line break or a colon")
+        if _FORBIDDEN.search(k) or _FORBIDDEN.search(v) or ":" in k:
+            raise ValueError("a request header name or value contains a line break, a NUL or (a name) a colon")
         out.append(f"{k}: {v}\r\n")
     return "".join(out)
 

@@ -139,6 +139,10 @@ def test_worker_procs_start_kill_restart_and_teardown(worker_procs):
     new = worker_procs.restart(1, grace=2)
     assert old.poll() is not None and new.poll() is None and worker_procs.procs[1] is new
     assert worker_procs.alive() == [False, True]
+    # The restarted process's own output is waited for, not the "ready" its predecessor left in the same log
+    # (that one made wait_for_log return at once, before the new process had started).
+    worker_procs.wait_for_log(1, "ready", timeout=30)
+    assert worker_procs.log(1).count("ready") == 2
 
 
 def _alive(pid: int) -> bool:

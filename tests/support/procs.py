@@ -41,6 +41,9 @@ class WorkerProcs:
     procs: list[subprocess.Popen] = field(default_factory=list)
     _launch: list[tuple[list[str], dict[str, str], str]] = field(default_factory=list)
     _logs: list[Path] = field(default_factory=list)
+    # Where each worker's latest process began writing in its log (logs are appended to: a restarted worker,
+    # or a second set of workers in the same directory, writes after the earlier output).
+    _log_starts: dict[int, int] = field(default_factory=dict)
 
     def command(self, concurrency: int, args: list[str]) -> list[str]:
         cmd = [sys.executable, "-m", "llmbatch.cli", "worker"]
@@ -85,6 +88,7 @@ class WorkerProcs:
     def _spawn(self, i: int) -> subprocess.Popen:
         cmd, env, cwd = self._launch[i]
         with open(self._logs[i], "ab") as out:
+            self._log_starts[i] = out.tell()
             return subprocess.Popen(
                 cmd,
                 env=env,
@@ -155,15 +159,26 @@ class WorkerProcs:
         except FileNotFoundError:
             return ""
 
+    def _latest_output(self, i: int) -> str:
+        """What worker `i`'s latest process has written (its log from the byte where that process began)."""
+        try:
+            with open(self._logs[i], "rb") as f:
+                f.seek(self._log_starts.get(i, 0))
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
     def tail(self, n: int = 2000) -> dict[str, str]:
         """The last `n` characters of every worker's output, by log file name."""
         return {f.name: f.read_text(errors="replace")[-n:] for f in self._logs if f.exists()}
 
     def wait_for_log(self, i: int, text: str, timeout: float = 30.0) -> None:
-        """Wait until worker `i`'s output contains `text` (e.g. Celery's "ready")."""
+        """Wait until the output of worker `i`'s latest process contains `text` (e.g. Celery's "ready"): an
+        earlier process's " ready." in the same log says nothing about this one (it made the benchmarks start
+        their clock while the second run's workers were still starting)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in self.log(i):
+            if text in self._latest_output(i):
                 return
             if self.procs[i].poll() is not None:
                 raise AssertionError(

@@ -119,11 +119,12 @@ class CallsMixin(EngineParts):
         if started is not None:
             started()
         try:
-            return await self._attempt_in_slot(ctx, claimed, task, call_request, cand, state, deadline, n, slot, ahead)
+            return await self._checked_call(ctx, claimed, task, call_request, cand, state, deadline, n, slot, ahead)
         finally:
-            slot.free()
+            slot.free()  # first: a cancel arriving in the release below must not keep the slot
+            await self._release_unsent(ahead)  # a no-op once its call was sent
 
-    async def _attempt_in_slot(
+    async def _checked_call(
         self,
         ctx,
         claimed,
@@ -134,22 +135,12 @@ class CallsMixin(EngineParts):
         deadline: float,
         n: int,
         slot: Slot,
-        ahead: int | None = None,
+        ahead: int | None,
     ):
-        """One attempt: checks, rate limit, reservation, the call, then what its answer means. Returns what
-        _try_candidate returns, or RETRY (try this model again). `ahead`: the attempt id of a reservation made
-        while it waited for the slot (_reserve_ahead); released if the checks stop the call."""
+        """One attempt in its slot: checks, rate limit, reservation, the call, then what its answer means. Returns
+        what _try_candidate returns, or RETRY (try this model again). `ahead`: the attempt id of a reservation
+        made while it waited for the slot (_reserve_ahead); the caller releases it if the checks stop the call."""
         model, policy = cand.model, self.settings.retry
-        try:
-            return await self._checked_call(
-                ctx, claimed, task, call_request, cand, state, deadline, n, slot, ahead, model, policy
-            )
-        finally:
-            await self._release_unsent(ahead)  # a no-op once its call was sent
-
-    async def _checked_call(
-        self, ctx, claimed, task, call_request, cand, state, deadline, n, slot, ahead, model, policy
-    ):
         if self.stopping:
             raise Interrupted("the run is stopping")
         if await self.is_cancelled(ctx):

@@ -95,8 +95,10 @@ class AnswersMixin(EngineParts):
     ) -> None:
         """An answer that was paid for but not accepted (invalid, truncated, too unsure): settle it as
         invalid_output, learn from an overrun, and keep its reason for the task's error."""
-        await self.store.call(
-            ledger.settle,
+        await self._settle(
+            ctx,
+            cand,
+            state,
             ledger.Settlement(
                 attempt_id=attempt_id,
                 status=AttemptStatus.invalid_output,
@@ -107,7 +109,6 @@ class AnswersMixin(EngineParts):
                 **answer,
             ),
         )
-        await self._check_overrun(ctx, cand, state.reserved, cost_picos)
         state.last_error = message
 
     def _observe_latency(self, key: str, latency_ms: int) -> None:

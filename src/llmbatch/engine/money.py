@@ -144,8 +144,10 @@ class MoneyMixin(EngineParts):
         cost, source, perr = 0, "none", None
         if e.usage is not None:  # some failures are still billed (the provider returned usage)
             cost, source, perr = self._cost(e.usage, cand.model, state)
-        await self.store.call(
-            ledger.settle,
+        await self._settle(
+            ctx,
+            cand,
+            state,
             ledger.Settlement(
                 attempt_id=attempt_id,
                 status=AttemptStatus.failed,
@@ -159,7 +161,12 @@ class MoneyMixin(EngineParts):
                 latency_ms=latency_ms,
             ),
         )
-        await self._check_overrun(ctx, cand, state.reserved, cost)
+
+    async def _settle(self, ctx: JobContext, cand: Candidate, state: TaskRun, settlement: ledger.Settlement) -> None:
+        """Settle a paid attempt that did not end its task (failed, or an answer not accepted), then learn from
+        an overrun (and stop the job's dispatch if it passed the cap)."""
+        await self.store.call(ledger.settle, settlement)
+        await self._check_overrun(ctx, cand, state.reserved, settlement.cost_picos)
 
     def _learn_overrun(self, key: str, bound: int, cost: int) -> None:
         """Grow the model's reservation factor so that its upper `bound` (before any factor) covers the cost

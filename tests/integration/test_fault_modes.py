@@ -214,7 +214,9 @@ def test_a_long_outage_is_probed_by_one_call_not_a_stampede(tmp_path, sqlite_url
     cfg = tmp_path / "llmbatch.toml"
     retry = {**RETRY, "base_delay_s": 0.3, "max_attempts_per_task": 5}  # hold 1.2 s, then 2 s (max_delay_s)
     cfg.write_text(_toml(retry))
-    sim_cfg = SimulatorConfig(latency_s=0.1, seed=7, mini_error_rate=0.0, burst_duration_s=4.0)
+    # 0.5 s per call: the job calls for ~1 s without the outage, so the outage, switched on once the first calls
+    # arrive, always finds work (at 0.1 s the 60 tasks were done in ~0.2 s and a loaded machine could miss it).
+    sim_cfg = SimulatorConfig(latency_s=0.5, seed=7, mini_error_rate=0.0, burst_duration_s=4.0)
     with SimulatorThread(sim_cfg) as sim:
         env = cli_env(sqlite_url, LLMBATCH_SIMULATOR_URL=sim.url, LLMBATCH_CONFIG=str(cfg))
         # One 4 s outage from the moment the job is calling (rate 0.5 would repeat it every 8 s: one, always).

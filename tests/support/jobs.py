@@ -90,7 +90,7 @@ def check_ledger(db_url: str, job_id: str, *, reconciled: bool = True, allowed_s
     - every task is terminal (in `allowed_statuses`); failed/skipped/cancelled ones carry a reason;
     - a succeeded task has an output, a model, and exactly one attempt with status succeeded;
       no task (of any status) has more than one succeeded attempt (no double-recorded result);
-    - the attempt counter of each task equals its ledger rows; attempt numbers are unique per task;
+    - the attempt counter of each task equals its settled ledger rows (all rows, once reconciled); attempt numbers are unique per task;
     - job spent == sum of the ledger == sum of per-task costs; per-task cost == its attempts' sum
       (a second settle of one attempt would break these);
     - job reserved == the reservations of unsettled attempts, and once reconciled both are 0;
@@ -126,8 +126,9 @@ def check_ledger(db_url: str, job_id: str, *, reconciled: bool = True, allowed_s
                 problems.append(f"{t['task_id']}: succeeded without output/model")
         elif not (t["error"] or "").strip():
             problems.append(f"{t['task_id']}: {t['status']} without a reason")
-        if t["attempts"] != len(rows):
-            problems.append(f"{t['task_id']}: attempts counter {t['attempts']} != {len(rows)} ledger rows")
+        settled = sum(1 for a in rows if a["settled"])  # tasks.attempts counts settled attempts
+        if t["attempts"] != settled:
+            problems.append(f"{t['task_id']}: attempts counter {t['attempts']} != {settled} settled ledger rows")
         nos = [a["attempt_no"] for a in rows]
         if len(set(nos)) != len(nos):
             problems.append(f"{t['task_id']}: duplicate attempt numbers {sorted(nos)}")

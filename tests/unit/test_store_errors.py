@@ -68,3 +68,38 @@ def test_full_sqlite_store_fails_the_operation_at_once(tmp_path):
         event.remove(engine, "connect", _tiny)
         engine.dispose()
     assert time.monotonic() - t0 < 10, "a full disk must not be retried as an outage"
+
+
+class _PgError(Exception):
+    def __init__(self, sqlstate: str):
+        super().__init__(f"sqlstate {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+def test_reconcile_runs_a_settle_again_after_a_deadlock_and_not_after_other_errors(monkeypatch):
+    """A sweeper's settle and a worker's claim take an attempt's and its task's rows in opposite orders; Postgres
+    aborts one (40P01). The sweep must settle that attempt on a second try, not give up on the whole sweep."""
+    from llmbatch.store.ledger import Settlement, unknown
+
+    calls: list[int] = []
+
+    def settle(engine, s):
+        calls.append(s.attempt_id)
+        if len(calls) == 1:
+            raise OperationalError("UPDATE tasks ...", {}, _PgError("40P01"))
+        return True
+
+    monkeypatch.setattr(unknown, "settle", settle)
+    s = Settlement(attempt_id=7, status="unknown", cost_picos=1, cost_source="reservation")
+    assert unknown._settle_retrying(None, s) is True
+    assert calls == [7, 7]
+
+    def broken(engine, s):
+        calls.append(s.attempt_id)
+        raise OperationalError("UPDATE tasks ...", {}, _PgError("23505"))  # not a lock conflict: raised at once
+
+    monkeypatch.setattr(unknown, "settle", broken)
+    calls.clear()
+    with pytest.raises(OperationalError):
+        unknown._settle_retrying(None, s)
+    assert calls == [7]

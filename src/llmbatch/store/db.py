@@ -120,6 +120,16 @@ def classify_store_error(e: BaseException, url: str | None = None) -> StoreError
     return None
 
 
+# Postgres aborts one of two transactions that wait on each other's rows (deadlock_detected) or that a
+# serializable snapshot cannot order (serialization_failure); run again, the aborted one succeeds.
+_CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def is_transient_conflict(e: BaseException) -> bool:
+    """Whether `e` is a lock conflict the store resolved by aborting this transaction: worth running again."""
+    return getattr(getattr(e, "orig", None), "sqlstate", None) in _CONFLICT_SQLSTATES
+
+
 def dispose_all() -> None:
     with _lock:
         for e in _engines.values():

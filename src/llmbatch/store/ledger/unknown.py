@@ -8,7 +8,7 @@ import time
 
 from sqlalchemy import Connection, Engine, and_, bindparam, or_, select, update
 
-from ..db import reading
+from ..db import is_transient_conflict, reading
 from ..prepared import Prepared
 from ..schema import AttemptStatus, TaskStatus, attempts, tasks
 from ..tx import in_transaction
@@ -114,11 +114,25 @@ def reconcile(
     with reading(engine) as conn:
         candidates = conn.execute(q).all()
     for attempt_id, reserved, status, error_class, error_message in candidates:
-        if settle(
-            engine, unknown_outcome(attempt_id, reserved, status, error_class, error_message, billed=assume == "billed")
-        ):
+        settlement = unknown_outcome(attempt_id, reserved, status, error_class, error_message, billed=assume == "billed")
+        if _settle_retrying(engine, settlement):
             done.append(attempt_id)
     return done
+
+
+def _settle_retrying(engine: Engine, settlement: Settlement, tries: int = 4) -> bool:
+    """settle() in its own transaction, run again when Postgres aborted it for a lock conflict. A settle takes
+    the attempt's row, then its task's; a worker's group commit claiming that task again takes them the other
+    way round (the task, then its attempts in mark_lost), and one of the two is aborted. Giving up there left
+    every later attempt of the sweep unsettled until the next sweep."""
+    for n in range(tries):
+        try:
+            return settle(engine, settlement)
+        except Exception as e:
+            if n == tries - 1 or not is_transient_conflict(e):
+                raise
+            time.sleep(0.05 * (n + 1))
+    return False  # not reached: the last try returns or raises
 
 
 def unknown_outcome(

@@ -114,7 +114,9 @@ def reconcile(
     with reading(engine) as conn:
         candidates = conn.execute(q).all()
     for attempt_id, reserved, status, error_class, error_message in candidates:
-        settlement = unknown_outcome(attempt_id, reserved, status, error_class, error_message, billed=assume == "billed")
+        settlement = unknown_outcome(
+            attempt_id, reserved, status, error_class, error_message, billed=assume == "billed"
+        )
         if _settle_retrying(engine, settlement):
             done.append(attempt_id)
     return done

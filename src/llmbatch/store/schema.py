@@ -278,7 +278,7 @@ input_errors = Table(
 )
 
 
-# The response cache (cache/entries.py): per request digest, a validated answer, or an invalid verdict
+# The response cache (cache/entries/): per request digest, a validated answer, or an invalid verdict
 # (invalid_error), or a claim marker (neither) while one worker makes the call that the others wait for.
 response_cache = Table(
     "response_cache",

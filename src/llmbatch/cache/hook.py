@@ -29,6 +29,7 @@ from .prompt import PromptPlanner
 
 if TYPE_CHECKING:
     from ..engine import Engine, JobContext
+    from ..engine.state import TaskRun
     from ..routing import Candidate
 
 log = logging.getLogger("llmbatch.cache")
@@ -114,12 +115,11 @@ class CacheHook:
 
     # -------------------------------------------------------------------------------------- serving
 
-    async def serve(
-        self, ctx: "JobContext", claimed, cand: "Candidate", request: ChatRequest, state, deadline: float
-    ) -> tuple[Any, ChatRequest]:
+    async def serve(self, run: "TaskRun", cand: "Candidate", request: ChatRequest) -> tuple[Any, ChatRequest]:
         """(a terminal status already recorded, or the engine's escalate outcome, or None, the request to
         send). None means: make the call (this task leads, or waited in vain)."""
-        state.cache = None
+        ctx = run.ctx
+        run.cache = None
         # A quality policy judges each answer by its confidence, which a cached answer does not carry, and a
         # calibration job measures the models themselves: neither reads nor feeds the response cache.
         key = (
@@ -128,21 +128,21 @@ class CacheHook:
             else request_key(self.engine.catalog, cand.model, request, simulate=ctx.simulate, scope=ctx.owner)
         )
         if key is not None:
-            tc = state.cache = TaskCache(key, ctx.job_id, cand.model.provider, cand.model.model, ctx.owner)
+            tc = run.cache = TaskCache(key, ctx.job_id, cand.model.provider, cand.model.model, ctx.owner)
             if ctx.spec.cache:
-                served = await self._lookup(ctx, claimed, cand, tc, state, deadline)
+                served = await self._lookup(run, cand, tc)
                 if served is not None:
                     return served, request
-        request, group = await self.prompt.plan(cand.model, request, deadline)
+        request, group = await self.prompt.plan(cand.model, request, run.deadline)
         if group is not None:
-            if state.cache is None:
+            if run.cache is None:
                 self.prompt.warmed(group)  # no release() will come for a task without a key
             else:
-                state.cache.warm = group
+                run.cache.warm = group
         return None, request
 
-    async def _lookup(self, ctx, claimed, cand, tc: TaskCache, state, deadline: float):
-        model = cand.model
+    async def _lookup(self, run: "TaskRun", cand: "Candidate", tc: TaskCache):
+        model, deadline = cand.model, run.deadline
         while True:
             fut = self._inflight.get(tc.key)
             if fut is not None:  # another task of this process is making this very call
@@ -151,9 +151,9 @@ class CacheHook:
                 except (asyncio.TimeoutError, TimeoutError):
                     return None
                 if isinstance(result, entries.Entry):
-                    return await self._serve_hit(ctx, claimed, result, state)
+                    return await self._serve_hit(run, result)
                 if isinstance(result, _Invalid):
-                    state.last_error = result.error
+                    run.last_error = result.error
                     return self.escalate
                 continue  # the leader failed otherwise: lead (or find its successor)
             fut = self._inflight[tc.key] = asyncio.get_running_loop().create_future()
@@ -180,10 +180,10 @@ class CacheHook:
                     verdict = entries.LEAD
                 if verdict == entries.HIT:
                     self._resolve(tc.key, entry)
-                    return await self._serve_hit(ctx, claimed, entry, state)
+                    return await self._serve_hit(run, entry)
                 if verdict == entries.INVALID:  # this very request's answer failed validation before
                     self._resolve(tc.key, _Invalid(entry))
-                    state.last_error = entry
+                    run.last_error = entry
                     return self.escalate
                 if verdict == entries.LEAD or time.time() + delay > deadline:
                     tc.lead, tc.claimed = True, verdict == entries.LEAD
@@ -213,10 +213,10 @@ class CacheHook:
         if fut is not None and not fut.done():
             fut.set_result(result)
 
-    async def _serve_hit(self, ctx, claimed, entry: entries.Entry, state):
+    async def _serve_hit(self, run: "TaskRun", entry: entries.Entry):
         """Record the task as answered by `entry`: a $0 attempt on channel `cache` that saved the original
         cost. None (make the call instead) when even $0 cannot be reserved (the job is past its cap)."""
-        engine = self.engine
+        engine, ctx, claimed = self.engine, run.ctx, run.claimed
         try:
             attempt_id = await engine.store.call(
                 ledger.reserve,
@@ -250,7 +250,7 @@ class CacheHook:
             provider=entry.provider,
             model=entry.model,
             output=entry.output,
-            escalations=state.escalations,
+            escalations=run.escalations,
         )
         _, recorded = await engine.store.call(entries.record_hit, settlement, outcome, entry.cost_picos)
         if recorded:
@@ -259,9 +259,9 @@ class CacheHook:
 
     # ------------------------------------------------------------------------------------ after calls
 
-    async def remember(self, ctx: "JobContext", state, model, attempt_id: int, output: Any, usage) -> None:
+    async def remember(self, ctx: "JobContext", run: "TaskRun", model, attempt_id: int, output: Any, usage) -> None:
         """After a succeeded, validated and recorded attempt: store its answer (and hand it to the waiters)."""
-        tc: TaskCache | None = state.cache
+        tc: TaskCache | None = run.cache
         if tc is None:
             return
         try:
@@ -328,11 +328,11 @@ class CacheHook:
                 if not fut.done():
                     fut.set_result(entry)
 
-    async def release(self, state, *, escalated: bool) -> None:
+    async def release(self, run: "TaskRun", *, escalated: bool) -> None:
         """The candidate's calls are over: end its prompt-cache warm-up, and if it led without storing an
         answer, wake the waiters (escalating with it when its answer failed validation) and drop its claim."""
-        tc: TaskCache | None = state.cache
-        state.cache = None
+        tc: TaskCache | None = run.cache
+        run.cache = None
         if tc is None:
             return
         self._claims.discard(tc.key)
@@ -341,7 +341,7 @@ class CacheHook:
         if tc.stored:
             return
         if tc.lead:
-            self._resolve(tc.key, _Invalid(state.last_error) if escalated else None)
+            self._resolve(tc.key, _Invalid(run.last_error) if escalated else None)
         try:
             if escalated:  # replaces this worker's claim too
                 await self.engine.store.write(
@@ -350,7 +350,7 @@ class CacheHook:
                     scope=tc.scope,
                     provider=tc.provider,
                     model=tc.model,
-                    error=state.last_error or "invalid output",
+                    error=run.last_error or "invalid output",
                     job_id=tc.job_id,
                 )
             elif tc.claimed:

@@ -102,7 +102,7 @@ class Engine(CallsMixin, AnswersMixin, MoneyMixin):
         self.daily_cap_picos = usd_to_picos(settings.daily_cap_usd) if settings.daily_cap_usd is not None else None
         self.presence: Presence | None = None  # set by runtime.open_engine
         self._claim_epoch: dict[tuple[str, int], int] = {}  # (job, seq) -> presence epoch at its claim
-        self._running: dict[tuple[str, int], TaskRun] = {}  # (job, seq) -> its run's state, while it runs
+        self._running: dict[tuple[str, int], TaskRun] = {}  # (job, seq) -> the task's run, while it runs
         self._starting: dict[tuple[str, int], Callable[[], None]] = {}  # run_claimed's started(), until a slot
         self._unsent: set[int] = set()  # attempt ids reserved ahead of their slot, call not sent yet
         self.cache = CacheHook(self, escalate=ESCALATE)
@@ -184,8 +184,8 @@ class Engine(CallsMixin, AnswersMixin, MoneyMixin):
     def _claimed_again(self, key: tuple[str, int]) -> bool:
         """After a run ended LOST: whether this process has claimed the task again since (under the epoch now
         current), so it is ours to run after all."""
-        state = self._running.get(key)
-        return self.presence is not None and state is not None and state.epoch == self.presence.epoch
+        run = self._running.get(key)
+        return self.presence is not None and run is not None and run.epoch == self.presence.epoch
 
     def _not_running_here(self, job_id: str, claimed: list[repo.ClaimedTask], epoch: int) -> list[repo.ClaimedTask]:
         """A task this process still runs, claimed again by this process (its presence lapsed, a sweeper handed
@@ -199,9 +199,9 @@ class Engine(CallsMixin, AnswersMixin, MoneyMixin):
                 fresh.append(c)
                 continue
             self._claim_epoch[key] = epoch
-            state = self._running.get(key)
-            if state is not None:
-                state.epoch = epoch
+            run = self._running.get(key)
+            if run is not None:
+                run.epoch = epoch
             log.info("task %s: claimed again while it still runs here; the running delivery keeps it", c.task_id)
         return fresh
 
@@ -256,6 +256,10 @@ class Engine(CallsMixin, AnswersMixin, MoneyMixin):
             log.info("task %s: lease lost before recording; another delivery owns it", printable(claimed.task_id))
         return outcome.status
 
+    async def _end(self, run: TaskRun, status: str, **fields) -> str:
+        """Record a running task's terminal outcome, with its escalations so far (see _finish)."""
+        return await self._finish(run.ctx, run.claimed, status=status, escalations=run.escalations, **fields)
+
     def _route(self, ctx: JobContext, task: TaskLine, request: ChatRequest) -> RouteDecision:
         spec = ctx.spec
         _, credentials = self.providers.get(ctx.simulate)
@@ -287,14 +291,17 @@ class Engine(CallsMixin, AnswersMixin, MoneyMixin):
                 log.warning("job %s: %s (first seen on task %s)", ctx.job_id, w, printable(task.id))
         if not decision.candidates:
             return await self._no_candidate(ctx, claimed, decision)
-        state = self._running[(ctx.job_id, claimed.seq)] = TaskRun(
-            epoch=self._claim_epoch.get((ctx.job_id, claimed.seq), 0)
+        run = self._running[(ctx.job_id, claimed.seq)] = TaskRun(
+            ctx,
+            claimed,
+            task,
+            deadline=time.time() + self.settings.retry.task_deadline_s,
+            epoch=self._claim_epoch.get((ctx.job_id, claimed.seq), 0),
         )
-        deadline = time.time() + self.settings.retry.task_deadline_s
         queue = list(decision.candidates)
         while queue:
             cand = queue.pop(0)
-            outcome = await self._try_candidate(ctx, claimed, task, request, cand, state, deadline)
+            outcome = await self._try_candidate(run, request, cand)
             if outcome is ESCALATE:
                 higher = (
                     ctx.quality.escalation(task, decision, cand.model)
@@ -305,32 +312,27 @@ class Engine(CallsMixin, AnswersMixin, MoneyMixin):
                     higher_tier_left=bool(higher), escalation_enabled=ctx.spec.escalate
                 )
                 if move.kind == decisions.FAIL:
-                    why = move.reason
-                    return await self._finish(
-                        ctx,
-                        claimed,
-                        status=TaskStatus.failed,
+                    return await self._end(
+                        run,
+                        TaskStatus.failed,
                         provider=cand.model.provider,
                         model=cand.model.model,
-                        escalations=state.escalations,
-                        error=("truncated: " if state.truncated else "")
-                        + f"invalid output from {cand.model.key}: {state.last_error} ({why})",
+                        error=("truncated: " if run.truncated else "")
+                        + f"invalid output from {cand.model.key}: {run.last_error} ({move.reason})",
                     )
-                state.escalations += 1
+                run.escalations += 1
                 self.progress.escalations += 1
-                state.purpose = "escalation"
+                run.purpose = "escalation"
                 queue = higher
             elif outcome is NEXT_CANDIDATE:  # reroute error or retries exhausted on this model
-                state.purpose = "fallback"
+                run.purpose = "fallback"
             else:  # a terminal status, already recorded
                 return outcome
-        return await self._finish(
-            ctx,
-            claimed,
-            status=TaskStatus.failed,
-            escalations=state.escalations,
-            error=("truncated: " if state.truncated else "")
-            + f"all eligible models failed; last error: {state.last_error}",
+        return await self._end(
+            run,
+            TaskStatus.failed,
+            error=("truncated: " if run.truncated else "")
+            + f"all eligible models failed; last error: {run.last_error}",
         )
 
     async def _no_candidate(self, ctx: JobContext, claimed: repo.ClaimedTask, decision: RouteDecision) -> str:
@@ -355,19 +357,19 @@ class Engine(CallsMixin, AnswersMixin, MoneyMixin):
             return request  # already the call's request (most models: no reasoning budget, the cap fits)
         return request.model_copy(update={"max_output_tokens": visible, "reasoning_budget_tokens": budget})
 
-    async def _try_candidate(self, ctx, claimed, task, request, cand: Candidate, state: TaskRun, deadline: float):
+    async def _try_candidate(self, run: TaskRun, request: ChatRequest, cand: Candidate):
         """Up to max_attempts_per_model calls on one model. Returns a terminal status (recorded), or
         NEXT_CANDIDATE (reroute error / retries exhausted) or ESCALATE (output failed validation)."""
         call_request = self._request_for(request, cand)
-        served, call_request = await self.cache.serve(ctx, claimed, cand, call_request, state, deadline)
+        served, call_request = await self.cache.serve(run, cand, call_request)
         if served is not None:  # answered from the response cache (or escalating with an identical call)
             return served
         outcome = None
         try:
-            outcome = await self._calls(ctx, claimed, task, request, call_request, cand, state, deadline)
+            outcome = await self._calls(run, request, call_request, cand)
             return outcome
         finally:
-            await self.cache.release(state, escalated=outcome is ESCALATE)
+            await self.cache.release(run, escalated=outcome is ESCALATE)
 
     async def _admit(self, ctx: JobContext, provider: str, deadline: float) -> Ticket | None:
         """A breaker ticket for one attempt on `provider`: at once when it is closed; after the hold when it is

@@ -19,21 +19,17 @@ class AnswersMixin(EngineParts):
 
     async def _answered(
         self,
-        ctx,
-        claimed,
-        task,
+        run: TaskRun,
         call_request: ChatRequest,
         cand: Candidate,
-        state: TaskRun,
         attempt_id: int,
         completion,
         answer: dict[str, Any],
-        cost_picos: int,
-        cost_source: str,
     ):
         """A call answered (and was priced): validate it, settle it, and record the task when it is accepted.
-        Returns the task's recorded status, or TRUNCATED / ESCALATE."""
-        model = cand.model
+        `answer` is the attempt's settlement fields (cost, usage, latency...). Returns the task's recorded
+        status, or TRUNCATED / ESCALATE."""
+        model, ctx = cand.model, run.ctx
         truncated = completion.finish_reason in TRUNCATION_REASONS
         try:
             if truncated:  # cut off by the output cap: never a success, whatever the validator would say
@@ -43,73 +39,51 @@ class AnswersMixin(EngineParts):
                     f"{completion.finish_reason})"
                 )
             output = validate_output(
-                task, completion.text, timeout_s=self.settings.input_limits.schema_validation_timeout_s
+                run.task, completion.text, timeout_s=self.settings.input_limits.schema_validation_timeout_s
             )
         except InvalidOutput as e:
-            error_class = "truncated" if truncated else "invalid_output"
             await self._settle_rejected(
-                ctx, cand, state, attempt_id, cost_picos, cost_source, error_class, str(e), answer
+                run, cand, attempt_id, "truncated" if truncated else "invalid_output", str(e), answer
             )
-            state.truncated = state.truncated or truncated
+            run.truncated = run.truncated or truncated
             return TRUNCATED if truncated else ESCALATE
-        doubt = ctx.quality.low_confidence(task, model.key, completion) if ctx.quality else None
+        doubt = ctx.quality.low_confidence(run.task, model.key, completion) if ctx.quality else None
         if doubt:  # valid, but the quality policy escalates answers this unsure (the call is still paid)
-            await self._settle_rejected(
-                ctx, cand, state, attempt_id, cost_picos, cost_source, "low_confidence", doubt, answer
-            )
+            await self._settle_rejected(run, cand, attempt_id, "low_confidence", doubt, answer)
             return ESCALATE
         if ctx.quality:
             output = ctx.quality.record(output, completion)
-        settlement = ledger.Settlement(
-            attempt_id=attempt_id,
-            status=AttemptStatus.succeeded,
-            cost_picos=cost_picos,
-            cost_source=cost_source,
-            **answer,
-        )
         status = await self._finish(
             ctx,
-            claimed,
-            settlement=settlement,
+            run.claimed,
+            settlement=ledger.Settlement(attempt_id=attempt_id, status=AttemptStatus.succeeded, **answer),
             status=TaskStatus.succeeded,
             provider=model.provider,
             model=model.model,
             output=output,
-            escalations=state.escalations,
+            escalations=run.escalations,
         )
-        await self._check_overrun(ctx, cand, state.reserved, cost_picos)
-        await self.cache.remember(ctx, state, model, attempt_id, output, completion.usage)
+        await self._check_overrun(ctx, cand, run.reserved, answer["cost_picos"])
+        await self.cache.remember(ctx, run, model, attempt_id, output, completion.usage)
         return status
 
     async def _settle_rejected(
-        self,
-        ctx,
-        cand: Candidate,
-        state: TaskRun,
-        attempt_id: int,
-        cost_picos: int,
-        cost_source: str,
-        error_class: str,
-        message: str,
-        answer: dict[str, Any],
+        self, run: TaskRun, cand: Candidate, attempt_id: int, error_class: str, message: str, answer: dict[str, Any]
     ) -> None:
         """An answer that was paid for but not accepted (invalid, truncated, too unsure): settle it as
         invalid_output, learn from an overrun, and keep its reason for the task's error."""
         await self._settle(
-            ctx,
+            run,
             cand,
-            state,
             ledger.Settlement(
                 attempt_id=attempt_id,
                 status=AttemptStatus.invalid_output,
-                cost_picos=cost_picos,
-                cost_source=cost_source,
                 error_class=error_class,
                 error_message=message,
                 **answer,
             ),
         )
-        state.last_error = message
+        run.last_error = message
 
     def _observe_latency(self, key: str, latency_ms: int) -> None:
         prev = self.health.latency_ms.get(key)

@@ -16,7 +16,7 @@ from ..models import ChatRequest
 from ..money import exact_usd
 from ..routing import Candidate
 from ..slots import Slot
-from ..store import ledger, repo
+from ..store import ledger
 from ..store.schema import TaskStatus
 from .parts import EngineParts
 from .state import (
@@ -37,35 +37,25 @@ log = logging.getLogger("llmbatch.engine")
 class CallsMixin(EngineParts):
     """The Engine's calls (see the module docstring)."""
 
-    async def _calls(
-        self,
-        ctx,
-        claimed,
-        task,
-        request: ChatRequest,
-        call_request: ChatRequest,
-        cand: Candidate,
-        state: TaskRun,
-        deadline: float,
-    ):
+    async def _calls(self, run: TaskRun, request: ChatRequest, call_request: ChatRequest, cand: Candidate):
         n = 0
         while n < self.settings.retry.max_attempts_per_model:
-            ticket = await self._admit(ctx, cand.model.provider, deadline)
+            ticket = await self._admit(run.ctx, cand.model.provider, run.deadline)
             if ticket is None:
-                state.last_error = (
+                run.last_error = (
                     f"{cand.model.provider} kept failing (calls to it paused) past the task "
-                    f"deadline; last error: {state.last_error}"
+                    f"deadline; last error: {run.last_error}"
                 )
                 return NEXT_CANDIDATE
             try:
-                outcome = await self._attempt(ctx, claimed, task, call_request, cand, state, deadline, n)
+                outcome = await self._attempt(run, call_request, cand, n)
             finally:
                 self.breaker.release(ticket)
             if ticket.probe and outcome is RETRY:
                 # A failed half-open probe tried the provider for every task waiting on it: it is not this
                 # task's retry. Charged to it, a task that happened to win several probes of one outage ran out
                 # of attempts while the others waited for free. Its ledger row stays; the task deadline bounds it.
-                state.attempts -= 1
+                run.attempts -= 1
                 continue
             n += 1
             if outcome is TRUNCATED:
@@ -94,129 +84,93 @@ class CallsMixin(EngineParts):
             cand, completion_cap=cap, upper_bound_picos=upper_bound_picos(model, cand.input_tokens_upper, cap)
         )
 
-    async def _attempt(
-        self,
-        ctx,
-        claimed,
-        task,
-        call_request: ChatRequest,
-        cand: Candidate,
-        state: TaskRun,
-        deadline: float,
-        n: int,
-    ):
+    async def _attempt(self, run: TaskRun, call_request: ChatRequest, cand: Candidate, n: int):
         """One attempt in an in-flight slot, freed once the call has answered (or the attempt ended without one)."""
         slot = Slot(self.slots)
         # The reservation is made while the attempt waits for its slot (a freed slot then calls at once, not one
         # store round trip later); it is given back if the call is never sent (_release_unsent).
-        ahead = await self._reserve_ahead(ctx, claimed, cand, state, deadline)
+        ahead = await self._reserve_ahead(run, cand)
         try:
-            await slot.take(urgent=state.attempts > 0 or state.escalations > 0)
+            await slot.take(urgent=run.attempts > 0 or run.escalations > 0)
         except BaseException:  # cancelled while waiting (a worker handing its claims back)
             await self._release_unsent(ahead)
             raise
-        started = self._starting.pop((ctx.job_id, claimed.seq), None)
+        started = self._starting.pop((run.ctx.job_id, run.claimed.seq), None)
         if started is not None:
             started()
         try:
-            return await self._checked_call(ctx, claimed, task, call_request, cand, state, deadline, n, slot, ahead)
+            return await self._checked_call(run, call_request, cand, n, slot, ahead)
         finally:
             slot.free()  # first: a cancel arriving in the release below must not keep the slot
             await self._release_unsent(ahead)  # a no-op once its call was sent
 
     async def _checked_call(
-        self,
-        ctx,
-        claimed,
-        task,
-        call_request: ChatRequest,
-        cand: Candidate,
-        state: TaskRun,
-        deadline: float,
-        n: int,
-        slot: Slot,
-        ahead: int | None,
+        self, run: TaskRun, call_request: ChatRequest, cand: Candidate, n: int, slot: Slot, ahead: int | None
     ):
         """One attempt in its slot: checks, rate limit, reservation, the call, then what its answer means. Returns
         what _try_candidate returns, or RETRY (try this model again). `ahead`: the attempt id of a reservation
         made while it waited for the slot (_reserve_ahead); the caller releases it if the checks stop the call."""
-        model, policy = cand.model, self.settings.retry
+        model, policy, ctx = cand.model, self.settings.retry, run.ctx
         if self.stopping:
             raise Interrupted("the run is stopping")
         if await self.is_cancelled(ctx):
-            return await self._finish(
-                ctx,
-                claimed,
-                status=TaskStatus.cancelled,
-                skip_reason="cancelled",
-                error="job cancelled",
-                escalations=state.escalations,
-            )
-        if state.attempts >= policy.max_attempts_per_task or time.time() > deadline:
-            return await self._finish(
-                ctx,
-                claimed,
-                status=TaskStatus.failed,
-                escalations=state.escalations,
-                error=f"retry budget exhausted after {state.attempts} attempts; last error: {state.last_error}",
+            return await self._end(run, TaskStatus.cancelled, skip_reason="cancelled", error="job cancelled")
+        if run.attempts >= policy.max_attempts_per_task or time.time() > run.deadline:
+            return await self._end(
+                run,
+                TaskStatus.failed,
+                error=f"retry budget exhausted after {run.attempts} attempts; last error: {run.last_error}",
             )
         tpm_tokens = cand.input_tokens_est + cand.completion_cap
         try:
-            await self.limiter.acquire(model.key, tpm_tokens, deadline=deadline)
+            await self.limiter.acquire(model.key, tpm_tokens, deadline=run.deadline)
         except TimeoutError:  # no rate-limit slot before the task's deadline (asyncio.TimeoutError too)
-            state.last_error = f"no rate-limit slot for {model.key} before the task deadline"
+            run.last_error = f"no rate-limit slot for {model.key} before the task deadline"
             return NEXT_CANDIDATE
         if ctx.stop_reason is not None:  # an overrun took spend past the cap: nothing more is dispatched
-            return await self._finish(
-                ctx,
-                claimed,
-                status=TaskStatus.skipped,
+            return await self._end(
+                run,
+                TaskStatus.skipped,
                 skip_reason="budget",
-                escalations=state.escalations,
                 error=f"{ctx.stop_reason}; raise it with `llmbatch retry JOB --budget USD`",
             )
-        if not await self._still_holding(claimed, state):  # checked last thing before the money is held
+        if not await self._still_holding(run):  # checked last thing before the money is held
             return LOST
-        if ahead is not None and self._amount(cand) > state.reserved:  # an overrun was learnt while it waited
+        if ahead is not None and self._amount(cand) > run.reserved:  # an overrun was learnt while it waited
             await self._release_unsent(ahead)
             ahead = None
         adapter = self.providers.get(ctx.simulate)[0][model.provider]
-        flex = None if ahead is not None else self.batches.flex_call(ctx, model, adapter, deadline)
+        flex = None if ahead is not None else self.batches.flex_call(ctx, model, adapter, run.deadline)
         try:
             if ahead is not None:  # reserved while it waited for the slot: this call is what it holds for
                 attempt_id = ahead
                 self._unsent.discard(ahead)
             else:
-                attempt_id = await self._reserve(
-                    ctx, claimed, cand, state, deadline, channel="flex" if flex else "sync", slot=slot
-                )
+                attempt_id = await self._reserve(run, cand, channel="flex" if flex else "sync", slot=slot)
         except LeaseLost:
             return LOST
         except BudgetExceeded as e:
-            reason = "budget" if e.scope == "job" else "daily_cap"
-            return await self._finish(
-                ctx,
-                claimed,
-                status=TaskStatus.skipped,
-                skip_reason=reason,
-                escalations=state.escalations,
-                error=f"{e} (needs {exact_usd(state.reserved)} reserved for "
+            return await self._end(
+                run,
+                TaskStatus.skipped,
+                skip_reason="budget" if e.scope == "job" else "daily_cap",
+                error=f"{e} (needs {exact_usd(run.reserved)} reserved for "
                 f"{model.key}); raise it with `llmbatch retry JOB --budget USD`",
             )
-        state.attempts += 1
+        run.attempts += 1
         self.progress.attempts += 1
-        state.purpose = "retry"
+        run.purpose = "retry"
         started, sent_at = time.monotonic(), time.time()
         try:
             completion = await (flex or adapter).complete(model, call_request, timeout=policy.call_timeout_s)
         except ProviderError as e:
             slot.free()  # answered: the rest (settle, record, cache) runs outside the slot
             latency = int((time.monotonic() - started) * 1000)
-            return await self._failed_call(ctx, claimed, cand, e, attempt_id, latency, state, deadline, n)
+            return await self._failed_call(run, cand, e, attempt_id, latency, n)
         # Priced and learnt from before the slot goes (no await in between): a model billed above its bound
         # grows the next reservation, which waits for this slot (at --concurrency 1, the very next one).
         cost_picos, cost_source, pricing_error = (flex and flex.cost(completion, model)) or self._cost(
-            completion.usage, model, state
+            completion.usage, model, run
         )
         self._learn_overrun(model.key, cand.upper_bound_picos, cost_picos)
         slot.free()  # answered: the rest (settle, record, cache) runs outside the slot
@@ -229,6 +183,8 @@ class CallsMixin(EngineParts):
         if flex:
             await self.batches.flex_served(flex, attempt_id)
         answer: dict[str, Any] = {
+            "cost_picos": cost_picos,
+            "cost_source": cost_source,
             "usage": completion.usage,
             "pricing_error": pricing_error,
             "latency_ms": latency,
@@ -236,26 +192,15 @@ class CallsMixin(EngineParts):
             "finish_reason": completion.finish_reason,
             "served_model": completion.served_model,
         }
-        return await self._answered(
-            ctx, claimed, task, call_request, cand, state, attempt_id, completion, answer, cost_picos, cost_source
-        )
+        return await self._answered(run, call_request, cand, attempt_id, completion, answer)
 
     async def _failed_call(
-        self,
-        ctx,
-        claimed,
-        cand: Candidate,
-        e: ProviderError,
-        attempt_id: int,
-        latency: int,
-        state: TaskRun,
-        deadline: float,
-        n: int,
+        self, run: TaskRun, cand: Candidate, e: ProviderError, attempt_id: int, latency: int, n: int
     ):
         """Record a failed call in the ledger, tell the breaker, and decide: RETRY (after backoff or a
         cooldown), NEXT_CANDIDATE, or a recorded terminal status."""
         model, policy = cand.model, self.settings.retry
-        state.last_error = e.message
+        run.last_error = e.message
         if provider_in_trouble(e):
             hold = self.breaker.failure(model.provider, time.time())
             if hold is not None:
@@ -274,20 +219,14 @@ class CallsMixin(EngineParts):
                 ledger.mark_unknown, attempt_id, error_class=e.error_class, error_message=e.message, latency_ms=latency
             )
         else:
-            await self._settle_error(ctx, attempt_id, cand, e, latency, state)
-        move = decisions.after_error(e, n=n, policy=policy, time_left_s=deadline - time.time(), rng=self.rng)
+            await self._settle_error(run, attempt_id, cand, e, latency)
+        move = decisions.after_error(e, n=n, policy=policy, time_left_s=run.deadline - time.time(), rng=self.rng)
         if move.kind == decisions.FALLBACK:
-            state.last_error = move.reason
+            run.last_error = move.reason
             return NEXT_CANDIDATE
         if move.kind == decisions.FAIL:
-            return await self._finish(
-                ctx,
-                claimed,
-                status=TaskStatus.failed,
-                provider=model.provider,
-                model=model.model,
-                escalations=state.escalations,
-                error=move.reason,
+            return await self._end(
+                run, TaskStatus.failed, provider=model.provider, model=model.model, error=move.reason
             )
         if move.kind == decisions.COOLDOWN:
             # The next acquire() waits the hold out, within the task deadline. No sleep here: that would wait twice.
@@ -297,12 +236,12 @@ class CallsMixin(EngineParts):
         await asyncio.sleep(move.delay_s)
         return RETRY
 
-    async def _still_holding(self, claimed: repo.ClaimedTask, state: TaskRun) -> bool:
+    async def _still_holding(self, run: TaskRun) -> bool:
         """False once this process's presence has lapsed since the task was claimed: a sweeper may have handed
         the task to another worker, so no new call may start for it here."""
-        if self.presence is None or await self.presence.confirm() == state.epoch:
+        if self.presence is None or await self.presence.confirm() == run.epoch:
             return True
         log.info(
-            "task %s: this worker's presence lapsed after the claim; leaving it to its new holder", claimed.task_id
+            "task %s: this worker's presence lapsed after the claim; leaving it to its new holder", run.claimed.task_id
         )
         return False

@@ -25,9 +25,7 @@ log = logging.getLogger("llmbatch.engine")
 class MoneyMixin(EngineParts):
     """The Engine's reservations and settlements of failed calls (see the module docstring)."""
 
-    async def _reserve_ahead(
-        self, ctx: JobContext, claimed: repo.ClaimedTask, cand: Candidate, state: TaskRun, deadline: float
-    ) -> int | None:
+    async def _reserve_ahead(self, run: TaskRun, cand: Candidate) -> int | None:
         """The call's reservation, made before its slot is free, so a freed slot calls at once instead of one
         store round trip later (at a fixed latency a worker's answers come together and the loop is busy
         with them then: ~30-65 ms of every slot's cycle went there). None when the attempt will not call
@@ -35,22 +33,22 @@ class MoneyMixin(EngineParts):
         does not fit now: then it reserves in its slot as before, waiting for money there if it must.
         Bounded by the tasks waiting for a slot (the flow's claim-ahead). A reservation whose call is never
         sent is given back exactly (_release_unsent)."""
-        model = cand.model
+        model, ctx = cand.model, run.ctx
         if (
             self.stopping
             or ctx.cancelled
             or ctx.stop_reason is not None
-            or state.attempts >= self.settings.retry.max_attempts_per_task
-            or time.time() > deadline
+            or run.attempts >= self.settings.retry.max_attempts_per_task
+            or time.time() > run.deadline
         ):
             return None
         adapter = self.providers.get(ctx.simulate)[0][model.provider]
-        if self.batches.flex_call(ctx, model, adapter, deadline) is not None:
+        if self.batches.flex_call(ctx, model, adapter, run.deadline) is not None:
             return None
-        if not await self._still_holding(claimed, state):
+        if not await self._still_holding(run):
             return None
         try:
-            attempt_id = await self._reserve(ctx, claimed, cand, state, deadline, once=True)
+            attempt_id = await self._reserve(run, cand, once=True)
         except (BudgetExceeded, LeaseLost):
             return None
         self._unsent.add(attempt_id)
@@ -68,16 +66,7 @@ class MoneyMixin(EngineParts):
             log.warning("attempt %d: could not release its unsent reservation: %s", attempt_id, type(e).__name__)
 
     async def _reserve(
-        self,
-        ctx: JobContext,
-        claimed: repo.ClaimedTask,
-        cand: Candidate,
-        state: TaskRun,
-        deadline: float,
-        channel: str = "sync",
-        *,
-        once: bool = False,
-        slot: Slot | None = None,
+        self, run: TaskRun, cand: Candidate, channel: str = "sync", *, once: bool = False, slot: Slot | None = None
     ) -> int:
         """Reserve the call's upper bound. A refusal that only other calls' in-flight holds cause is not
         final: those settle (usually far below their bound) and free money, so wait and try again. Give up
@@ -85,12 +74,12 @@ class MoneyMixin(EngineParts):
         cap at once, or at the task deadline. The job then stops within one call's bound of its cap.
         `once`: no waiting, a refusal is raised at once. `slot`: freed while it waits for money (retaken
         before it tries again), so calls reserved ahead can go out, settle and free what it waits for."""
-        model = cand.model
-        purpose = "calibration" if ctx.spec.calibration else state.purpose
-        amount = state.reserved = self._amount(cand)
+        model, ctx, claimed = cand.model, run.ctx, run.claimed
+        purpose = "calibration" if ctx.spec.calibration else run.purpose
+        amount = run.reserved = self._amount(cand)
         delay = 0.05
         while True:
-            if delay > 0.05 and not await self._still_holding(claimed, state):  # after a wait for money
+            if delay > 0.05 and not await self._still_holding(run):  # after a wait for money
                 raise LeaseLost()
             try:
                 return await self.store.call_first(
@@ -107,7 +96,7 @@ class MoneyMixin(EngineParts):
                     channel=channel,
                 )
             except BudgetExceeded as e:
-                if once or e.scope != "job" or time.time() + delay > deadline:
+                if once or e.scope != "job" or time.time() + delay > run.deadline:
                     raise
                 if not await self.store.read(ledger.could_fit_later, ctx.job_id, amount):
                     raise
@@ -123,31 +112,22 @@ class MoneyMixin(EngineParts):
         factor = self.overrun_factor.get(cand.model.key)
         return cand.upper_bound_picos if factor is None else -(-cand.upper_bound_picos * factor // 1)
 
-    def _cost(self, usage, model: ModelInfo, state: TaskRun) -> tuple[int, str, str | None]:
+    def _cost(self, usage, model: ModelInfo, run: TaskRun) -> tuple[int, str, str | None]:
         """Actual cost from usage. A usage the catalog cannot price is never $0: it is charged at the
         reservation (the upper bound) and flagged so the report shows it loudly."""
         try:
             return price(usage, model).picos, "usage", None
         except PricingError as e:
             log.error("cannot price usage for %s: %s; charging the reserved upper bound", model.key, e)
-            return state.reserved, "unpriced", str(e)
+            return run.reserved, "unpriced", str(e)
 
-    async def _settle_error(
-        self,
-        ctx: JobContext,
-        attempt_id: int,
-        cand: Candidate,
-        e: ProviderError,
-        latency_ms: int,
-        state: TaskRun,
-    ) -> None:
+    async def _settle_error(self, run: TaskRun, attempt_id: int, cand: Candidate, e: ProviderError, latency_ms: int):
         cost, source, perr = 0, "none", None
         if e.usage is not None:  # some failures are still billed (the provider returned usage)
-            cost, source, perr = self._cost(e.usage, cand.model, state)
+            cost, source, perr = self._cost(e.usage, cand.model, run)
         await self._settle(
-            ctx,
+            run,
             cand,
-            state,
             ledger.Settlement(
                 attempt_id=attempt_id,
                 status=AttemptStatus.failed,
@@ -162,11 +142,11 @@ class MoneyMixin(EngineParts):
             ),
         )
 
-    async def _settle(self, ctx: JobContext, cand: Candidate, state: TaskRun, settlement: ledger.Settlement) -> None:
+    async def _settle(self, run: TaskRun, cand: Candidate, settlement: ledger.Settlement) -> None:
         """Settle a paid attempt that did not end its task (failed, or an answer not accepted), then learn from
         an overrun (and stop the job's dispatch if it passed the cap)."""
         await self.store.call(ledger.settle, settlement)
-        await self._check_overrun(ctx, cand, state.reserved, settlement.cost_picos)
+        await self._check_overrun(run.ctx, cand, run.reserved, settlement.cost_picos)
 
     def _learn_overrun(self, key: str, bound: int, cost: int) -> None:
         """Grow the model's reservation factor so that its upper `bound` (before any factor) covers the cost

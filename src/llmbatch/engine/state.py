@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import ProviderError, ProviderTimeout, RateLimitedError, RetryableError
-from ..models import JobSpec
+from ..models import JobSpec, TaskLine
 from ..quality.policy import PolicyRouter
+from ..store.repo import ClaimedTask
 from ..store.schema import TaskStatus
+
+if TYPE_CHECKING:
+    from ..cache.hook import TaskCache
 
 # What a candidate's attempts can end in besides a terminal task status.
 NEXT_CANDIDATE = object()  # fall back to the next candidate
@@ -56,8 +61,13 @@ class Progress:
 
 @dataclass
 class TaskRun:
-    """Mutable state of one task while it runs."""
+    """One task while it runs: what it is (its job, its claim, its line, its deadline) and its mutable state.
+    The engine's steps take it whole rather than each of its parts."""
 
+    ctx: JobContext
+    claimed: ClaimedTask
+    task: TaskLine
+    deadline: float  # time.time() past which no attempt starts
     attempts: int = 0
     escalations: int = 0
     last_error: str | None = None
@@ -65,7 +75,7 @@ class TaskRun:
     reserved: int = 0  # the current attempt's reservation
     truncated: bool = False  # an output stopped on the output cap
     epoch: int = 0  # the presence epoch the task was claimed under (see liveness.Presence)
-    cache: object | None = None  # the response cache's state on the current candidate (cache/hook.py)
+    cache: "TaskCache | None" = None  # the response cache's state on the current candidate
 
 
 # Retryable failures after the request was sent whose charge we cannot know: the provider may have

@@ -28,7 +28,7 @@ from .keys import request_key
 from .prompt import PromptPlanner
 
 if TYPE_CHECKING:
-    from ..engine import Engine, JobContext
+    from ..engine import Engine
     from ..engine.state import TaskRun
     from ..routing import Candidate
 
@@ -259,7 +259,7 @@ class CacheHook:
 
     # ------------------------------------------------------------------------------------ after calls
 
-    async def remember(self, ctx: "JobContext", run: "TaskRun", model, attempt_id: int, output: Any, usage) -> None:
+    async def remember(self, run: "TaskRun", model, attempt_id: int, output: Any, usage) -> None:
         """After a succeeded, validated and recorded attempt: store its answer (and hand it to the waiters)."""
         tc: TaskCache | None = run.cache
         if tc is None:
@@ -272,7 +272,7 @@ class CacheHook:
                     "provider": model.provider,
                     "model": model.model,
                     "output": output,
-                    "job_id": ctx.job_id,
+                    "job_id": run.ctx.job_id,
                     "usage": usage.model_dump() if usage is not None else None,
                     "attempt_id": attempt_id,
                 }

@@ -64,7 +64,7 @@ class AnswersMixin(EngineParts):
             escalations=run.escalations,
         )
         await self._check_overrun(ctx, cand, run.reserved, answer["cost_picos"])
-        await self.cache.remember(ctx, run, model, attempt_id, output, completion.usage)
+        await self.cache.remember(run, model, attempt_id, output, completion.usage)
         return status
 
     async def _settle_rejected(

@@ -70,7 +70,9 @@ def _run_with_burst(
     off_timer: threading.Timer | None = None
     try:
         deadline = time.time() + 60
-        while sim.stats()["total"] < 3 and proc.poll() is None and time.time() < deadline:
+        # Calls that arrived, answered or not: counting answers only, a loaded machine switched the fault on
+        # after a whole wave had been sent (and, at 0.1 s per call, after the last call of the job).
+        while _arrived(sim) < 3 and proc.poll() is None and time.time() < deadline:
             time.sleep(0.02)
         sim.configure(faults={mode: rate})
         if only_first_s is not None:
@@ -86,6 +88,11 @@ def _run_with_burst(
         return proc.returncode, orjson.loads(out), err
     except orjson.JSONDecodeError as e:
         raise AssertionError(f"not JSON (exit {proc.returncode}):\n{out}\n--- stderr\n{err[-3000:]}") from e
+
+
+def _arrived(sim: SimulatorThread) -> int:
+    stats = sim.stats()
+    return stats["total"] + stats["in_flight"]
 
 
 def _toml(retry: dict) -> str:
@@ -214,8 +221,7 @@ def test_a_long_outage_is_probed_by_one_call_not_a_stampede(tmp_path, sqlite_url
     cfg = tmp_path / "llmbatch.toml"
     retry = {**RETRY, "base_delay_s": 0.3, "max_attempts_per_task": 5}  # hold 1.2 s, then 2 s (max_delay_s)
     cfg.write_text(_toml(retry))
-    # 0.5 s per call: the job calls for ~1 s without the outage, so the outage, switched on once the first calls
-    # arrive, always finds work (at 0.1 s the 60 tasks were done in ~0.2 s and a loaded machine could miss it).
+    # 0.5 s per call: the outage, switched on as the first calls arrive, meets the second wave ~0.5 s later.
     sim_cfg = SimulatorConfig(latency_s=0.5, seed=7, mini_error_rate=0.0, burst_duration_s=4.0)
     with SimulatorThread(sim_cfg) as sim:
         env = cli_env(sqlite_url, LLMBATCH_SIMULATOR_URL=sim.url, LLMBATCH_CONFIG=str(cfg))
@@ -233,8 +239,8 @@ def test_a_long_outage_is_probed_by_one_call_not_a_stampede(tmp_path, sqlite_url
     assert st["counts"]["succeeded"] == N_TASKS
     failed = stats["by_fault"].get("burst5xx", 0)
     print(f"\n4 s outage, {concurrency} in flight: {failed} failed calls, {N_TASKS}/{N_TASKS} succeeded")
-    # The first wave (at most `concurrency` calls in flight when the outage began) plus about one probe per
-    # re-open (1.2 s, then every 2 s: 2-3 of them in 4 s). Releasing every waiting task at each hold's end
-    # would add ~30 failures per re-open.
-    assert 0 < failed <= concurrency + 6, (failed, stats["by_fault"])
+    # The wave sent into the outage (at most `concurrency` calls: 30 here, as the outage starts between two
+    # waves), the escalations of the wave before, and about one probe per re-open (1.2 s, then every 2 s: 2-3
+    # in 4 s): 32-34 measured. Releasing every waiting task at each hold's end would add ~30 per re-open.
+    assert 0 < failed <= concurrency + 10, (failed, stats["by_fault"])
     assert stderr.count("pausing calls to it") >= 2, stderr[-2000:]

@@ -4,8 +4,8 @@ ledger.settle_and_record_many choose them).
 Under group commit a transaction carries dozens of reservations and settlements. Run one by one, each is a
 statement: a round trip to the server and ~100 µs of driver and SQLAlchemy work in the worker, which made
 the store threads a third of a Celery worker's CPU. Here each kind runs as ONE statement whatever the batch
-size. Each writes the same rows, under the same conditions, as its single form in ledger/__init__.py
-(_INSERT_ATTEMPT, _SETTLE_ATTEMPT, _FINISH_AND_CHARGE_TASK).
+size. Each writes the same rows, under the same conditions, as its single form: _INSERT_ATTEMPT in
+ledger/__init__.py, _SETTLE_ATTEMPT and _FINISH_AND_CHARGE_TASK in ledger/settlement.py.
 
 The batch goes to the server as ONE json parameter, a list of row objects unpacked by `json_to_recordset`
 into typed columns. It used to go as one array per column (`unnest`): psycopg dumps an array element by
@@ -28,7 +28,8 @@ from ..schema import AttemptStatus, TaskStatus
 
 if TYPE_CHECKING:
     from ..outcomes import TaskOutcome
-    from . import Reservation, Settlement
+    from . import Reservation
+    from .settlement import Settlement
 
 _RESERVE_SQL = """
 INSERT INTO attempts (job_id, task_seq, task_id, attempt_no, provider, model, channel, purpose, status, settled,

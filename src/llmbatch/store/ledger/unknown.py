@@ -12,7 +12,7 @@ from ..db import is_transient_conflict, reading
 from ..prepared import Prepared
 from ..schema import AttemptStatus, TaskStatus, attempts, tasks
 from ..tx import in_transaction
-from . import Settlement, settle
+from .settlement import Settlement, settle
 
 
 @in_transaction

@@ -53,15 +53,13 @@ class AnswersMixin(EngineParts):
             return ESCALATE
         if ctx.quality:
             output = ctx.quality.record(output, completion)
-        status = await self._finish(
-            ctx,
-            run.claimed,
+        status = await self._end(
+            run,
+            TaskStatus.succeeded,
             settlement=ledger.Settlement(attempt_id=attempt_id, status=AttemptStatus.succeeded, **answer),
-            status=TaskStatus.succeeded,
             provider=model.provider,
             model=model.model,
             output=output,
-            escalations=run.escalations,
         )
         await self._check_overrun(ctx, cand, run.reserved, answer["cost_picos"])
         await self.cache.remember(run, model, attempt_id, output, completion.usage)

@@ -127,14 +127,14 @@ def _settle_retrying(engine: Engine, settlement: Settlement, tries: int = 4) -> 
     the attempt's row, then its task's; a worker's group commit claiming that task again takes them the other
     way round (the task, then its attempts in mark_lost), and one of the two is aborted. Giving up there left
     every later attempt of the sweep unsettled until the next sweep."""
-    for n in range(tries):
+    for n in range(tries - 1):
         try:
             return settle(engine, settlement)
         except Exception as e:
-            if n == tries - 1 or not is_transient_conflict(e):
+            if not is_transient_conflict(e):
                 raise
             time.sleep(0.05 * (n + 1))
-    return False  # not reached: the last try returns or raises
+    return settle(engine, settlement)  # the last try: whatever it raises is the sweep's error
 
 
 def unknown_outcome(
